@@ -1,0 +1,356 @@
+"""Experiment configuration: frozen dataclasses loaded from YAML, with dotted overrides.
+
+A technique is one YAML file under ``experiments/<stage>/``; it holds only the keys
+that differ from the defaults below. ``load_experiment`` resolves it (profile, then
+file, then ``-o key=value`` overrides) and validates every name and number, so a bad
+value is a clear :class:`ConfigError` before any run starts.
+
+    python -c "from fashion_core.config import load_experiment; print(load_experiment('experiments/pretrain/baseline.yaml'))"
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or name that cannot be used; the message says what can."""
+
+
+STAGES = ("pretrain", "finetune")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
+STEMS = ("imagenet", "s2", "s1")
+HEADS = ("linear", "cosine")
+LOSS_NAMES = ("ce", "focal", "logit_adjusted")
+WEIGHT_SCHEMES = ("none", "inverse", "inverse_sqrt", "effective_number")
+OPTIMIZERS = ("adamw", "sgd")
+TRANSFER_METHODS = ("finetune", "linear_probe", "partial", "imprint", "imprint_finetune", "ncm", "scratch")
+FUSION_MODES = ("none", "late", "film")
+META_FIELDS = ("gender", "baseColour", "season", "usage", "productDisplayName")
+LEAKY_FIELDS = ("masterCategory", "subCategory")
+RANK_ON = ("train", "all")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which products, which split, which image size."""
+
+    height: int = 80
+    width: int = 60
+    top_k: int = 20
+    rank_on: str = "train"  # rank the top-k classes by TRAIN frequency (default) or over the whole table
+    val_fraction: float = 0.15
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet18"
+    stem: str = "s2"  # imagenet: 7x7/2 conv + maxpool; s2: 3x3/2 conv; s1: 3x3/1 conv (no maxpool)
+    init: str = "scratch"  # scratch | imagenet | path to a local state dict
+    head: str = "linear"  # linear | cosine
+    dropout: float = 0.0
+    width_mult: float = 1.0  # channel multiplier for resnets (0.5 = half width); 1.0 is torchvision's
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "ce"
+    weights: str = "none"  # class-weight scheme, from the stage's training counts, normalised to mean 1
+    beta: float = 0.999  # effective_number only
+    gamma: float = 2.0  # focal only
+    label_smoothing: float = 0.0
+    tau: float = 1.0  # logit_adjusted only
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    mode: str = "none"  # none | late | film
+    fields: tuple[str, ...] = ("gender", "baseColour", "season", "usage")
+    leaky_fields: tuple[str, ...] = ()  # masterCategory / subCategory as INPUTS: tags the run leaky=true
+    aux_master: float = 0.0  # loss weight of an auxiliary masterCategory head (0 = no head)
+    aux_sub: float = 0.0  # loss weight of an auxiliary subCategory head
+    text_buckets: int = 4096  # hashed bag-of-words size for productDisplayName
+    embed_dim: int = 64
+
+    @property
+    def leaky(self) -> bool:
+        return bool(self.leaky_fields)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_scale_min: float = 0.5  # RandomResizedCrop scale range [crop_scale_min, 1]
+    hflip: bool = True
+    jitter: float = 0.1  # brightness/contrast/saturation strength; 0 = off
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    patience: int = 8  # early stopping on validation class-mean top-1; 0 = off
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    max_batches_per_epoch: int = 0  # 0 = all; >0 caps an epoch (smoke tests)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """How the finetune stage uses the pretrained network (ignored by pretrain)."""
+
+    method: str = "finetune"
+    backbone_lr_mult: float = 0.1  # finetune/partial/imprint_finetune: backbone lr = lr * this
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    stage: str = "pretrain"
+    technique: str = "baseline"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def replace(self, **overrides: Any) -> "ExperimentConfig":
+        """A copy with dotted overrides applied, e.g. ``replace(**{"loss.gamma": 1.0})``."""
+        return apply_overrides(self, overrides)
+
+
+# Profiles are named override sets applied before the experiment file.
+PROFILES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # prepare -> pretrain -> finetune on the real data on 2 CPU cores in under 10 minutes
+    "quick": {
+        "model.stem": "imagenet",
+        "model.width_mult": 0.5,
+        "train.epochs": 4,
+        "train.batch_size": 128,
+        "train.patience": 0,
+    },
+    # seconds; for tests on generated data
+    "smoke": {
+        "data.height": 32,
+        "data.width": 24,
+        "model.stem": "imagenet",
+        "model.width_mult": 0.25,
+        "train.epochs": 2,
+        "train.batch_size": 16,
+        "train.patience": 0,
+        "train.warmup_epochs": 0.0,
+    },
+}
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain dict (tuples become lists) for YAML / MLflow."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> dotted keys (``{"loss": {"gamma": 2}}`` -> ``{"loss.gamma": 2}``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    if isinstance(value, str) and not isinstance(current, str):
+        value = yaml.safe_load(value)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(current, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    if isinstance(current, str):
+        return str(value)
+    return value
+
+
+def _set(obj: Any, path: list[str], value: Any, full: str) -> Any:
+    names = [f.name for f in fields(obj)]
+    head = path[0]
+    if head not in names:
+        raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(names)}")
+    current = getattr(obj, head)
+    if len(path) == 1:
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{full}: expected a mapping of {', '.join(f.name for f in fields(current))}")
+            new = current
+            for k, v in value.items():
+                new = _set(new, [k], v, f"{full}.{k}")
+            return replace(obj, **{head: new})
+        return replace(obj, **{head: _coerce(value, current, full)})
+    if not dataclasses.is_dataclass(current):
+        raise ConfigError(f"unknown config key {full!r}: {head!r} has no sub-keys")
+    return replace(obj, **{head: _set(current, path[1:], value, full)})
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """Apply dotted-key overrides (values may be YAML strings) and validate the result."""
+    for key, value in overrides.items():
+        cfg = _set(cfg, key.split("."), value, key)
+    validate(cfg)
+    return cfg
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["loss.gamma=1.5"]`` -> ``{"loss.gamma": "1.5"}``; values stay strings until applied."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. loss.gamma=1.5")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Raise ConfigError for any unknown name or impossible number."""
+    _choice(cfg.stage, STAGES, "stage")
+    _choice(cfg.model.backbone, BACKBONES, "backbone")
+    _choice(cfg.model.stem, STEMS, "stem")
+    _choice(cfg.model.head, HEADS, "head")
+    if cfg.model.init not in ("scratch", "imagenet") and not cfg.model.init:
+        raise ConfigError("model.init must be scratch, imagenet or a path to a state dict")
+    _choice(cfg.loss.name, LOSS_NAMES, "loss")
+    _choice(cfg.loss.weights, WEIGHT_SCHEMES, "class-weight scheme")
+    _choice(cfg.train.optimizer, OPTIMIZERS, "optimizer")
+    _choice(cfg.train.device, DEVICES, "device")
+    _choice(cfg.transfer.method, TRANSFER_METHODS, "transfer method")
+    _choice(cfg.fusion.mode, FUSION_MODES, "fusion mode")
+    _choice(cfg.data.rank_on, RANK_ON, "rank_on")
+    for f in cfg.fusion.fields:
+        _choice(f, META_FIELDS, "metadata field")
+    for f in cfg.fusion.leaky_fields:
+        _choice(f, LEAKY_FIELDS, "leaky metadata field")
+    checks = [
+        (cfg.data.height >= 8 and cfg.data.width >= 8, "data.height and data.width must be >= 8"),
+        (cfg.data.top_k >= 1, "data.top_k must be >= 1"),
+        (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+        (cfg.model.dropout >= 0 and cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
+        (cfg.model.width_mult > 0, "model.width_mult must be > 0"),
+        (cfg.loss.gamma >= 0, f"loss.gamma must be >= 0, got {cfg.loss.gamma}"),
+        (0 < cfg.loss.beta < 1, f"loss.beta must be in (0, 1), got {cfg.loss.beta}"),
+        (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),
+        (cfg.train.epochs >= 1, f"train.epochs must be >= 1, got {cfg.train.epochs}"),
+        (cfg.train.batch_size >= 1, f"train.batch_size must be >= 1, got {cfg.train.batch_size}"),
+        (cfg.train.lr > 0, f"train.lr must be > 0, got {cfg.train.lr}"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (cfg.train.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
+        (cfg.train.patience >= 0, "train.patience must be >= 0"),
+        (cfg.train.max_batches_per_epoch >= 0, "train.max_batches_per_epoch must be >= 0"),
+        (0 < cfg.train.augment.crop_scale_min <= 1, "train.augment.crop_scale_min must be in (0, 1]"),
+        (cfg.train.augment.jitter >= 0, "train.augment.jitter must be >= 0"),
+        (cfg.transfer.backbone_lr_mult >= 0, "transfer.backbone_lr_mult must be >= 0"),
+        (cfg.fusion.aux_master >= 0 and cfg.fusion.aux_sub >= 0, "fusion.aux_* weights must be >= 0"),
+        (cfg.fusion.text_buckets >= 1 and cfg.fusion.embed_dim >= 1, "fusion sizes must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def load_experiment(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    profile: str = "default",
+    stage: str | None = None,
+) -> ExperimentConfig:
+    """Resolve an experiment: defaults <- profile <- YAML file <- overrides.
+
+    Args:
+        path: an ``experiments/**.yaml`` file, or None for the defaults.
+        overrides: dotted keys, e.g. ``{"loss.gamma": "1.5"}``.
+        profile: a name in PROFILES.
+        stage: the stage the caller runs; a file of another stage is an error.
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    cfg = ExperimentConfig(stage=stage or "pretrain")
+    cfg = apply_overrides(cfg, PROFILES[profile])
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"experiment file {str(p)!r} not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+        raw = dict(raw)
+        raw.setdefault("technique", p.stem)
+        cfg = apply_overrides(cfg, flatten(raw))
+        if stage is not None and cfg.stage != stage:
+            raise ConfigError(f"{p} is a {cfg.stage} technique, not a {stage} one")
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def find_technique(name_or_path: str, stage: str, root: str | Path = "experiments") -> Path:
+    """A technique by name (``focal``) or path; an unknown name lists the valid ones."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"experiment file {str(p)!r} not found")
+        return p
+    folder = Path(root) / stage
+    cand = folder / f"{name_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    valid = sorted(x.stem for x in folder.glob("*.yaml"))
+    raise ConfigError(f"unknown {stage} technique {name_or_path!r}; choose one of: {', '.join(valid) or '(none in ' + str(folder) + ')'}")
+
+
+def list_techniques(stage: str, root: str | Path = "experiments") -> list[Path]:
+    return sorted((Path(root) / stage).glob("*.yaml"))

@@ -1,0 +1,408 @@
+"""The ``pretrain`` and ``finetune`` stages: one technique config -> one MLflow run.
+
+A run: prepare the data (same split and digest as ``prepare``), build the model (or take
+the pretrained one and apply ``transfer.method``), train with validation selection, evaluate
+once on test, and log config, per-epoch metrics, ``eval/`` artifacts, checkpoints and the model.
+
+    fashion pretrain --technique baseline --profile quick --data ../shared/data/fashion-product-images-small.tar.gz
+    fashion finetune --technique finetune --from latest --profile quick
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import metrics as M
+from . import tracking
+from .config import ConfigError, ExperimentConfig, ModelConfig, to_dict
+from .data import Prepared, prepare_data
+from .data.loader import TensorData
+from .data.sources import cache_root
+from .data.splits import stage_classes
+from .losses import build_loss
+from .models import FashionNet, NCMHead, build_model, imprint_weights, param_groups, transfer_policy
+from .train import FitResult, LabelLoss, evaluate, fit, load_checkpoint, pick_device, predict_scores, top5_of
+
+REGISTERED_PRETRAIN = "fashion-pretrain"
+STATE_ARTIFACT = "checkpoint/model_state.pt"
+MODEL_JSON = "checkpoint/model.json"
+LAST_ARTIFACT = "checkpoint/last.pt"
+
+
+class SourceError(ConfigError):
+    """``finetune --from`` names something that is not a usable pretrain run."""
+
+
+@dataclass
+class StageData:
+    """The tensors and counts of one stage."""
+
+    classes: list[str]
+    train: TensorData
+    val: TensorData
+    test: TensorData
+    test_ids: np.ndarray
+    test_label_names: np.ndarray
+    n_train: np.ndarray
+    n_val: np.ndarray
+    test_only: dict[str, int]  # classes with test images but nothing to learn from (label -1 in ``test``)
+    frame: pd.DataFrame  # id, label, split of the stage's rows (for extras builders)
+
+
+ExtrasFn = Callable[[Prepared, pd.DataFrame, list[str]], dict[str, torch.Tensor]]
+
+
+def build_stage_data(p: Prepared, stage: str, extras_fn: ExtrasFn | None = None,
+                     classes: list[str] | None = None) -> StageData:
+    """Gather a stage's images from the cache and index its labels.
+
+    Args:
+        p: the prepared data.
+        stage: pretrain | finetune (the split's ``subset``).
+        extras_fn: ``(prepared, rows, classes) -> {name: tensor}`` adds per-item inputs
+            (metadata codes for fusion) aligned with ``rows``.
+        classes: the class list (default: the stage's learnable classes, sorted).
+    """
+    classes = classes or stage_classes(p.splits, stage)
+    index = {c: i for i, c in enumerate(classes)}
+    sp = p.splits[(p.splits["subset"] == stage) & (p.splits["split"].isin(["train", "val", "test"]))]
+    sp = sp.sort_values("id", kind="stable").reset_index(drop=True)
+    learnable = sp["label"].isin(index)
+    test_only = sp.loc[(sp["split"] == "test") & ~learnable, "label"].value_counts().sort_index()
+    test_only = {str(k): int(v) for k, v in test_only.items()}
+    # Only test rows may belong to a class the model cannot output: they get label -1.
+    sp = sp[learnable | (sp["split"] == "test")].reset_index(drop=True)
+    images = torch.from_numpy(p.cache.take(sp["id"].to_numpy()))
+    labels = torch.tensor([index.get(c, -1) for c in sp["label"]], dtype=torch.int64)
+    extras = extras_fn(p, sp, classes) if extras_fn else {}
+
+    def part(name: str) -> TensorData:
+        idx = torch.from_numpy(np.flatnonzero(sp["split"].to_numpy() == name))
+        return TensorData(images[idx], labels[idx], {k: v[idx] for k, v in extras.items()})
+
+    train, val, test = part("train"), part("val"), part("test")
+    c = len(classes)
+    test_rows = sp[sp["split"] == "test"]
+    return StageData(classes=classes, train=train, val=val, test=test,
+                     test_ids=test_rows["id"].to_numpy(), test_label_names=test_rows["label"].to_numpy(),
+                     n_train=np.bincount(train.labels.numpy(), minlength=c),
+                     n_val=np.bincount(val.labels.numpy(), minlength=c), test_only=test_only, frame=sp)
+
+
+# ---------------------------------------------------------------- source of a finetune run
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def resolve_model_uri(spec: str, experiment: str | None = None, stage: str = "pretrain") -> str:
+    """The run id behind a model reference: a run id, ``runs:/<id>[/..]``, ``models:/<name>/<version>``,
+    ``models:/<name>@<alias>``, ``models:/<name>`` (newest version), or ``latest`` (newest finished ``stage`` run)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if spec == "latest":
+        runs = tracking.find_runs(f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+                                  [experiment] if experiment else None, max_results=1)
+        if not runs:
+            raise SourceError(f"latest: no finished {stage} run in the tracking store ({tracking_uri()}); "
+                              f"run `fashion {stage}` first")
+        return runs[0].info.run_id
+    if spec.startswith("runs:/"):
+        return spec[len("runs:/"):].split("/")[0]
+    if spec.startswith("models:/"):
+        rest = spec[len("models:/"):]
+        try:
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                mv = client.get_model_version_by_alias(name.rstrip("/"), alias)
+            else:
+                name, _, version = rest.partition("/")
+                if not version:
+                    versions = client.search_model_versions(f"name = '{name}'")
+                    if not versions:
+                        raise SourceError(f"{spec}: no versions of registered model {name!r}")
+                    version = str(max(int(v.version) for v in versions))
+                mv = client.get_model_version(name, version)
+        except MlflowException as e:
+            raise SourceError(f"{spec}: {e.message}") from None
+        return mv.run_id
+    if _RUN_ID.match(spec):
+        return spec
+    raise SourceError(f"{spec!r}: expected a run id, runs:/<id>, models:/<name>/<version>, "
+                      "models:/<name>@<alias> or latest")
+
+
+def resolve_source(spec: str, experiment: str | None = None) -> str:
+    """The pretrain run id behind ``finetune --from``; it must exist, be FINISHED and be a pretrain run."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id = resolve_model_uri(spec, experiment, "pretrain")
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise SourceError(f"--from {spec}: no run {run_id} in the tracking store ({tracking_uri()})") from None
+    if run.info.status != "FINISHED":
+        raise SourceError(f"--from {spec}: run {run_id} is {run.info.status}, not FINISHED")
+    stage = run.data.tags.get("stage")
+    if stage != "pretrain":
+        raise SourceError(f"--from {spec}: run {run_id} is a {stage or 'untagged'} run, not a pretrain run")
+    return run_id
+
+
+def tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def load_run_model(run_id: str, map_location: str = "cpu") -> tuple[FashionNet, dict]:
+    """Rebuild a logged FashionNet from its state dict (loaded with weights_only=True) and model.json."""
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            meta = json.loads(tracking.download_artifact(run_id, MODEL_JSON, d).read_text())
+            state = torch.load(tracking.download_artifact(run_id, STATE_ARTIFACT, d), map_location=map_location,
+                               weights_only=True)
+        except Exception as e:
+            raise SourceError(f"run {run_id} has no usable model checkpoint ({MODEL_JSON}, {STATE_ARTIFACT}): {e}") from None
+    mcfg = ModelConfig(**{k: v for k, v in meta["model"].items()})
+    model = build_model(mcfg.__class__(**{**to_dict(mcfg), "init": "scratch"}), len(meta["classes"]))
+    if meta.get("head_kind") == "ncm":
+        model.set_head(NCMHead(state["head.means"]))
+    elif meta.get("head_kind") and meta["head_kind"] != model.head_kind:
+        model.reset_head(len(meta["classes"]), meta["head_kind"])
+    model.load_state_dict(state)
+    return model, meta
+
+
+# ---------------------------------------------------------------- the run
+
+def run_name(cfg: ExperimentConfig) -> str:
+    return f"{cfg.stage}/{cfg.technique}/seed{cfg.train.seed}"
+
+
+@torch.no_grad()
+def embed(model: FashionNet, data: TensorData, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Embeddings of every item, unaugmented."""
+    from .data.loader import batches, to_float
+
+    model.eval()
+    out = [model.forward_features(to_float(b["image"])).float().cpu()
+           for b in batches(data, batch_size, shuffle=False, device=device)]
+    return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
+
+
+def setup_model(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, dict] | None,
+                device: torch.device, log=print) -> tuple[FashionNet, dict, float]:
+    """The model a stage trains, its transfer policy, and the backbone lr multiplier."""
+    n = len(sd.classes)
+    if cfg.stage == "pretrain":
+        return build_model(cfg.model, n), {"train": True, "trainable": "all"}, 1.0
+    policy = transfer_policy(cfg.transfer.method)
+    if not policy["pretrained"] or source is None:
+        if source is None and policy["pretrained"]:
+            raise SourceError(f"transfer.method={cfg.transfer.method} needs --from (a pretrain run)")
+        return build_model(cfg.model, n), policy, 1.0
+    model, meta = source
+    # The backbone (architecture and weights) comes from the source run; only the head is new.
+    head = policy["head"] or cfg.model.head
+    if head == "ncm":
+        model.to(device)
+        feats = embed(model, sd.train, device)
+        model.set_head(NCMHead.from_features(feats, sd.train.labels, n))
+    elif policy["imprint"]:
+        model.to(device)
+        feats = embed(model, sd.train, device)
+        imprint_weights(model, feats, sd.train.labels, n)
+    else:
+        model.reset_head(n, head)
+    model.set_trainable(policy["trainable"])
+    mult = cfg.transfer.backbone_lr_mult if policy["lr_mult"] else 1.0
+    return model, policy, mult
+
+
+def _log_state(model: FashionNet, cfg: ExperimentConfig, classes: list[str], extra: dict | None = None) -> None:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(model.state_dict(), Path(d) / "model_state.pt")
+        meta = {"model": to_dict(cfg.model), "classes": classes, "height": cfg.data.height, "width": cfg.data.width,
+                "head_kind": model.head_kind, "fusion": to_dict(cfg.fusion), **(extra or {})}
+        (Path(d) / "model.json").write_text(json.dumps(meta, indent=1))
+        mlflow.log_artifacts(d, "checkpoint")
+
+
+def _log_last(ckpt_path: Path) -> None:
+    """The resumable training checkpoint as ``checkpoint/last.pt``."""
+    import shutil
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as d:
+        shutil.copy(ckpt_path, Path(d) / "last.pt")
+        mlflow.log_artifact(str(Path(d) / "last.pt"), "checkpoint")
+
+
+def _log_mlflow_model(model: FashionNet, cfg: ExperimentConfig, classes: list[str], register: str | None,
+                      val_score: float, log=print) -> None:
+    """``mlflow.pytorch.log_model`` of a serving wrapper (uint8 NHWC in, probabilities out)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from .serving import ServingModel
+
+    serving = ServingModel(model.cpu().eval(), classes)
+    example = np.full((1, cfg.data.height, cfg.data.width, 3), 255, dtype=np.uint8)
+    info = mlflow.pytorch.log_model(serving, name="model", input_example=example,
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+                                    registered_model_name=register)
+    mlflow.log_dict({"classes": classes}, "model_classes.json")
+    if register and info.registered_model_version is not None:
+        client = MlflowClient()
+        version = str(info.registered_model_version)
+        client.set_model_version_tag(register, version, "val_top1_mean", f"{val_score:.6f}")
+        best = None
+        try:
+            best = client.get_model_version_by_alias(register, "best")
+        except Exception:
+            pass
+        best_score = float(best.tags.get("val_top1_mean", "-1")) if best is not None else -1.0
+        if val_score > best_score:
+            client.set_registered_model_alias(register, "best", version)
+            log(f"registered {register} version {version} as models:/{register}@best (val top-1 {val_score:.4f})")
+
+
+def evaluate_test(model: FashionNet, sd: StageData, device: torch.device, seed: int):
+    """Test-split evaluation: (per-class table, predictions, summary metrics with intervals, (labels, top5))."""
+    scores = predict_scores(model, sd.test, device)
+    all_labels = sd.test.labels.numpy()
+    top5_all = top5_of(scores) if len(all_labels) else np.zeros((0, 5), dtype=np.int64)
+    # predictions.csv lists every test image, those of unlearnable classes too (always wrong).
+    preds = M.predictions_frame(sd.test_ids, sd.test_label_names, top5_all, sd.classes)
+    ok = all_labels >= 0
+    labels, top5 = all_labels[ok], top5_all[ok]
+    table = M.per_class_table(labels, top5, sd.classes, sd.n_train, sd.n_val, extra_classes=sd.test_only)
+    summ = M.summarize(table)
+    evaluated = np.flatnonzero((table["n_test"].to_numpy()[:len(sd.classes)] > 0) & (sd.n_train > 0))
+    boot = M.bootstrap_class_mean(labels, top5, evaluated, n_boot=1000, seed=seed)
+    out = {f"test_{k}": v for k, v in summ.items()}
+    out.update({"test_top1_mean_lo": boot["top1"][0], "test_top1_mean_hi": boot["top1"][1],
+                "test_top5_mean_lo": boot["top5"][0], "test_top5_mean_hi": boot["top5"][1]})
+    return table, preds, out, (labels, top5)
+
+
+def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = None, experiment: str | None = None,
+              parent_run_id: str | None = None, tags: dict | None = None, register: bool = True,
+              resume: str | None = None, extras_fn: ExtrasFn | None = None, log=print,
+              prepared: Prepared | None = None) -> str:
+    """Run one technique of a stage as an MLflow run; return its run id.
+
+    Args:
+        cfg: the resolved experiment config (its ``stage`` says which stage).
+        data: the ``--data`` value.
+        source: finetune only: ``--from`` (run id, runs:/, models:/ or latest).
+        parent_run_id: makes this a child run (grid, tune).
+        resume: a run id whose ``checkpoint/last.pt`` to continue (same config).
+        prepared: reuse already-prepared data (grid).
+    """
+    import mlflow
+
+    t_start = time.perf_counter()
+    p = prepared or prepare_data(data, cfg.data, log=log)
+    tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
+    src_run = None
+    src_model = None
+    if cfg.stage == "finetune":
+        policy = transfer_policy(cfg.transfer.method)
+        if policy["pretrained"]:
+            if not source:
+                raise SourceError(f"finetune with transfer.method={cfg.transfer.method} needs --from "
+                                  "(a pretrain run id, runs:/ or models:/ URI, or latest)")
+            src_run = resolve_source(source, experiment)
+            src_model = load_run_model(src_run)
+            cfg = cfg.replace(**{f"model.{k}": v for k, v in src_model[1]["model"].items() if k != "init"})
+    device = pick_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    sd = build_stage_data(p, cfg.stage, extras_fn)
+    if len(sd.train) == 0:
+        raise ConfigError(f"the {cfg.stage} stage has no training images with these split settings")
+    resume_state = None
+    if resume:
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                resume_state = load_checkpoint(tracking.download_artifact(resume, LAST_ARTIFACT, d))
+            except Exception as e:
+                raise SourceError(f"--resume {resume}: no {LAST_ARTIFACT} in that run ({e})") from None
+    all_tags = {"leaky": str(cfg.fusion.leaky).lower(), "seed": cfg.train.seed, "device": device.type,
+                "transfer": cfg.transfer.method if cfg.stage == "finetune" else "", **(tags or {})}
+    if src_run:
+        all_tags["source_run_id"] = src_run
+    ckpt_dir = cache_root() / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg),
+                            tags=all_tags, description=cfg.description or None, parent_run_id=parent_run_id,
+                            run_id=resume) as run:
+        run_id = run.info.run_id
+        ckpt_path = ckpt_dir / f"{run_id}.pt"
+        log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "
+            f"{len(sd.train)} train / {len(sd.val)} val / {len(sd.test)} test images, device {device}")
+        model, policy, lr_mult = setup_model(cfg, sd, src_model, device, log)
+        criterion = LabelLoss(build_loss(cfg.loss, sd.n_train))
+        tracking.log_metrics({"n_classes": len(sd.classes), "n_train_images": len(sd.train),
+                              "n_val_images": len(sd.val), "n_test_images_learnable": len(sd.test),
+                              "n_params": sum(p_.numel() for p_ in model.parameters()),
+                              "n_trainable_params": sum(p_.numel() for p_ in model.parameters() if p_.requires_grad)})
+        mlflow.log_dict({"classes": sd.classes, "test_only": sd.test_only,
+                         "class_weight": criterion.loss.class_weight.tolist()
+                         if getattr(criterion.loss, "class_weight", None) is not None else None}, "classes.json")
+        model.to(device)
+        try:
+            if policy.get("train", True):
+                groups = param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
+                result = fit(model, sd.train, sd.val, criterion, groups, cfg.train, device,
+                             on_epoch=lambda e, m: tracking.log_metrics(m, step=e),
+                             checkpoint_path=ckpt_path, resume=resume_state, log=log)
+                model.load_state_dict(result.best_state)
+                tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
+                val_score = result.best_val
+            else:
+                v = evaluate(model, sd.val, device, criterion) if len(sd.val) else {}
+                tracking.log_metrics({f"val_{k}": x for k, x in v.items()}, step=0)
+                val_score = v.get("top1_mean", float("nan"))
+        except KeyboardInterrupt:
+            if ckpt_path.is_file():
+                _log_last(ckpt_path)
+                log(f"interrupted: last checkpoint logged to run {run_id} as {LAST_ARTIFACT}; "
+                    f"continue with --resume {run_id}")
+            raise
+        table, preds, test_metrics, (labels, top5) = evaluate_test(model, sd, device, cfg.train.seed)
+        tracking.log_metrics(test_metrics)
+        tracking.log_frame(table, "eval/per_class.csv")
+        tracking.log_frame(preds, "eval/predictions.csv")
+        tracking.log_frame(M.with_wilson(table), "eval/per_class_intervals.csv")
+        if len(labels):
+            tracking.log_figure_html(M.confusion_matrix_figure(labels, top5[:, 0], sd.classes), "eval/confusion.html")
+        _log_state(model, cfg, sd.classes, {"source_run_id": src_run})
+        if ckpt_path.is_file():
+            _log_last(ckpt_path)
+            ckpt_path.unlink(missing_ok=True)
+        _log_mlflow_model(model, cfg, sd.classes, REGISTERED_PRETRAIN if (register and cfg.stage == "pretrain") else None,
+                          val_score if val_score == val_score else -1.0, log)
+        tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
+        log(f"{cfg.stage} {cfg.technique}: test class-mean top-1 {test_metrics['test_top1_mean']:.4f} "
+            f"[{test_metrics['test_top1_mean_lo']:.4f}, {test_metrics['test_top1_mean_hi']:.4f}]  "
+            f"top-5 {test_metrics['test_top5_mean']:.4f}  micro top-1 {test_metrics['test_top1_micro']:.4f}  "
+            f"({test_metrics['test_n_classes_evaluated']} classes evaluated"
+            + (f"; {len(sd.test_only)} test-only classes cannot be learned: {', '.join(sd.test_only)}" if sd.test_only else "")
+            + ")")
+        return run_id

@@ -1,0 +1,206 @@
+"""The one place that talks to MLflow: experiments, runs, tags, params, metrics and artifacts.
+
+Every run carries the DESIGN.md tags ``stage``, ``technique``, ``dataset_digest`` and the
+git commit; the fully resolved config is logged as params and as ``config.yaml``. A run
+that raises ends FAILED; Ctrl-C or SIGTERM ends it KILLED — never left RUNNING.
+
+The store is MLflow's own default (``sqlite:///mlflow.db`` in the working directory)
+unless ``MLFLOW_TRACKING_URI`` says otherwise (e.g. an ``http://`` tracking server).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import yaml
+
+from .config import flatten
+
+DEFAULT_EXPERIMENT = "fashion-product-images-small"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def _quiet_mlflow() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
+    warnings.filterwarnings("ignore", message=".*Hint: Inferred schema.*")
+
+
+def git_commit() -> tuple[str, bool]:
+    """(commit sha, dirty) of the project checkout; ('unknown', False) outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return (sha or "unknown"), dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def experiment_name_for(dataset_root: str | Path | None) -> str:
+    """One experiment per dataset by default: the dataset folder's name."""
+    env = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if env:
+        return env
+    if dataset_root is None:
+        return DEFAULT_EXPERIMENT
+    return Path(dataset_root).name or DEFAULT_EXPERIMENT
+
+
+def set_experiment(name: str) -> str:
+    """Create (once, race-safe) and select an experiment; returns its id."""
+    import mlflow
+
+    _quiet_mlflow()
+    for attempt in range(5):
+        try:
+            return mlflow.set_experiment(name).experiment_id
+        except Exception:  # two processes creating it at once: the loser retries and finds it
+            if attempt == 4:
+                raise
+            import time
+
+            time.sleep(0.2 * (attempt + 1))
+    raise RuntimeError("unreachable")
+
+
+class RunKilled(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM so runs end as KILLED."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum, frame):
+        raise RunKilled(f"signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str | None = None,
+              config: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+              description: str | None = None, nested: bool = False, parent_run_id: str | None = None,
+              run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run with the project's tags; ends FAILED on error and KILLED on interrupt.
+
+    Args:
+        stage, technique, dataset_digest: the DESIGN.md tags.
+        config: the resolved config (nested dict); logged as params and ``config.yaml``.
+        run_id: resume this run instead of creating one.
+    """
+    import mlflow
+
+    _quiet_mlflow()
+    commit, dirty = git_commit()
+    all_tags = {"stage": stage, "technique": technique, "dataset_digest": dataset_digest,
+                "mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty).lower()}
+    if tags:
+        all_tags.update({k: str(v) for k, v in tags.items()})
+    if description:
+        all_tags["mlflow.note.content"] = description
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {"run_name": run_name, "tags": all_tags}
+    with _sigterm_as_interrupt():
+        run = mlflow.start_run(nested=nested, **kwargs)
+        try:
+            if run_id:
+                mlflow.set_tags(all_tags)
+            elif config is not None:
+                log_config(config)
+            yield run
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+        else:
+            mlflow.end_run("FINISHED")
+
+
+def log_config(config: Mapping[str, Any]) -> None:
+    """The resolved config as params (dotted keys) and as a ``config.yaml`` artifact."""
+    import mlflow
+
+    params = {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in flatten(config).items()}
+    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+    mlflow.log_text(yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    import math
+
+    import mlflow
+
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_frame(df, artifact_path: str, index: bool = False) -> None:
+    """A DataFrame as a CSV artifact (``artifact_path`` like ``eval/per_class.csv``)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / Path(artifact_path).name
+        df.to_csv(p, index=index)
+        parent = str(Path(artifact_path).parent)
+        mlflow.log_artifact(str(p), artifact_path=None if parent == "." else parent)
+
+
+def log_file(path: str | Path, artifact_dir: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+
+
+def log_figure_html(fig, artifact_path: str) -> None:
+    """A plotly figure as a self-contained HTML artifact (plotly.js embedded, opens offline)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / Path(artifact_path).name
+        fig.write_html(str(p), include_plotlyjs=True, full_html=True)
+        parent = str(Path(artifact_path).parent)
+        mlflow.log_artifact(str(p), artifact_path=None if parent == "." else parent)
+
+
+def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> Path:
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                    dst_path=str(dst) if dst else None))
+
+
+def find_runs(filter_string: str = "", experiment_names: list[str] | None = None, order_by: list[str] | None = None,
+              max_results: int = 1000):
+    """Runs (as MLflow Run objects) matching a filter across the given (default: all) experiments."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if experiment_names:
+        exps = [client.get_experiment_by_name(n) for n in experiment_names]
+        ids = [e.experiment_id for e in exps if e is not None]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    return client.search_runs(ids, filter_string=filter_string, order_by=order_by or ["attributes.start_time DESC"],
+                              max_results=max_results)

@@ -1,0 +1,273 @@
+"""Training and evaluation: plain functions that return numbers and log nothing themselves.
+
+``fit`` trains with AdamW/SGD, linear warm-up + cosine decay, augmentation on the device,
+early stopping and best-state selection on VALIDATION class-mean top-1 (the test split
+never selects anything), and a resumable checkpoint after every epoch. The caller gets
+one ``on_epoch(epoch, metrics)`` call per epoch to log or prune.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import TrainConfig
+from .data.loader import TensorData, augment, batches, num_batches, to_float
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu for 'auto'; an explicit name that is unavailable is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .config import ConfigError
+
+        raise ConfigError("train.device=cuda but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch/numpy/random; return a CPU generator for shuffling and augmentation."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA; nothing elsewhere (plain fp32 on CPU)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """Model outputs are a logits tensor or a dict holding ``logits`` (plus auxiliary heads)."""
+    return out["logits"] if isinstance(out, dict) else out
+
+
+def call_model(model: nn.Module, x: torch.Tensor, batch: dict[str, torch.Tensor]) -> Any:
+    """Models that fuse metadata take the whole batch too (``uses_batch = True``)."""
+    if getattr(model, "uses_batch", False):
+        return model(x, batch)
+    return model(x)
+
+
+class LabelLoss(nn.Module):
+    """Adapts a ``loss(logits, target)`` module to ``(output, batch)``."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(logits_of(out).float(), batch["label"])
+
+
+def build_optimizer(param_groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=True)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up, then cosine decay to 0."""
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def class_mean_accuracy(labels: np.ndarray, top5: np.ndarray) -> tuple[float, float]:
+    """(class-mean top-1, class-mean top-5) over the classes present in ``labels``."""
+    labels = np.asarray(labels)
+    ok = labels >= 0
+    labels, top5 = labels[ok], top5[ok]
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    hit1 = top5[:, 0] == labels
+    hit5 = (top5 == labels[:, None]).any(axis=1)
+    classes, inv = np.unique(labels, return_inverse=True)
+    n = np.bincount(inv)
+    return float((np.bincount(inv, hit1) / n).mean()), float((np.bincount(inv, hit5) / n).mean())
+
+
+@torch.no_grad()
+def predict_scores(model: nn.Module, data: TensorData, device: torch.device, batch_size: int = 512,
+                   channels_last: bool = False) -> np.ndarray:
+    """Softmax-free scores (logits, float32) for every item, in order: (N, C)."""
+    model.eval()
+    out = []
+    for batch in batches(data, batch_size, shuffle=False, device=device):
+        x = to_float(batch["image"], channels_last)
+        with autocast_for(device):
+            logits = logits_of(call_model(model, x, batch))
+        out.append(logits.float().cpu())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
+def top5_of(scores: np.ndarray, k: int = 5) -> np.ndarray:
+    """Indices of the k best scores per row, best first (padded with -1 when fewer classes)."""
+    n, c = scores.shape
+    kk = min(k, c)
+    idx = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+    if kk < k:
+        idx = np.concatenate([idx, np.full((n, k - kk), -1, dtype=idx.dtype)], axis=1)
+    return idx
+
+
+def evaluate(model: nn.Module, data: TensorData, device: torch.device, criterion: nn.Module | None = None,
+             batch_size: int = 512) -> dict[str, float]:
+    """Class-mean top-1/top-5 (and loss when a criterion is given) on a labelled split."""
+    scores = predict_scores(model, data, device, batch_size)
+    labels = data.labels.cpu().numpy()
+    if len(labels) == 0:
+        return {"top1_mean": float("nan"), "top5_mean": float("nan")}
+    top5 = top5_of(scores)
+    t1, t5 = class_mean_accuracy(labels, top5)
+    res = {"top1_mean": t1, "top5_mean": t5, "top1_micro": float((top5[:, 0] == labels).mean())}
+    if criterion is not None:
+        ok = labels >= 0
+        if ok.any():
+            s = torch.from_numpy(scores[ok])
+            b = {"label": torch.from_numpy(labels[ok])}
+            res["loss"] = float(criterion(s, b).item())
+    return res
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best_val, history, bad_epochs, gen):
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+            "epoch": epoch, "best_state": best_state, "best_epoch": best_epoch, "best_val": best_val,
+            "history": history, "bad_epochs": bad_epochs, "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
+
+
+def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Module, param_groups: list[dict],
+        cfg: TrainConfig, device: torch.device, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        checkpoint_path: str | Path | None = None, resume: dict | None = None, log=print) -> FitResult:
+    """Train ``model`` on ``train``; select the best epoch on ``val`` class-mean top-1.
+
+    Args:
+        criterion: ``(output, batch) -> loss`` (see LabelLoss).
+        param_groups: optimizer groups (frozen parameters left out).
+        on_epoch: called after each epoch with ``train_*``/``val_*`` metrics; may raise to stop (pruning).
+        checkpoint_path: written after every epoch (a checkpoint dict loadable with weights_only=True).
+        resume: a checkpoint dict from an interrupted fit with the same settings.
+    Returns:
+        FitResult with the best state (on CPU) and the per-epoch history.
+    """
+    gen = seed_everything(cfg.seed)
+    channels_last = device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    fwd = torch.compile(model) if cfg.compile else model
+    optimizer = build_optimizer(param_groups, cfg)
+    steps_per_epoch = num_batches(len(train), cfg.batch_size, drop_last=len(train) > cfg.batch_size,
+                                  max_batches=cfg.max_batches_per_epoch)
+    total = max(1, steps_per_epoch * cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total, int(round(cfg.warmup_epochs * steps_per_epoch))))
+    start_epoch, best_val, best_epoch, bad_epochs = 1, -1.0, 0, 0
+    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    history: list[dict[str, float]] = []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["lr_scheduler"])
+        start_epoch = int(resume["epoch"]) + 1
+        best_state, best_epoch, best_val = resume["best_state"], int(resume["best_epoch"]), float(resume["best_val"])
+        history, bad_epochs = list(resume["history"]), int(resume["bad_epochs"])
+        gen.set_state(resume["rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        log(f"resuming at epoch {start_epoch} (best val top-1 {best_val:.4f} at epoch {best_epoch})")
+    stopped = False
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum, hit_sum, seen = 0.0, 0, 0
+        for batch in batches(train, cfg.batch_size, shuffle=True, generator=gen, device=device,
+                             drop_last=len(train) > cfg.batch_size, max_batches=cfg.max_batches_per_epoch):
+            x = augment(batch["image"], cfg.augment, gen, channels_last)
+            with autocast_for(device):
+                out = call_model(fwd, x, batch)
+            loss = criterion(out, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bs = batch["label"].shape[0]
+            loss_sum += float(loss.detach()) * bs
+            hit_sum += int((logits_of(out).argmax(1) == batch["label"]).sum())
+            seen += bs
+        train_seconds = time.perf_counter() - t0
+        metrics = {"train_loss": loss_sum / max(1, seen), "train_top1": hit_sum / max(1, seen),
+                   "lr": optimizer.param_groups[-1]["lr"], "epoch_seconds": train_seconds,
+                   "train_images_per_second": seen / max(train_seconds, 1e-9)}
+        if len(val):
+            v = evaluate(model, val, device, criterion)
+            metrics.update({f"val_{k}": x for k, x in v.items()})
+        score = metrics.get("val_top1_mean", -epoch)  # no validation: the last epoch is the best
+        if score > best_val:
+            best_val, best_epoch, bad_epochs = score, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        metrics["best_val_top1_mean"] = best_val if len(val) else float("nan")
+        history.append({"epoch": epoch, **metrics})
+        log(f"epoch {epoch}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  train top-1 {metrics['train_top1']:.3f}  "
+            + (f"val top-1 {metrics['val_top1_mean']:.4f}  val top-5 {metrics['val_top5_mean']:.4f}  " if len(val) else "")
+            + f"{seen / max(train_seconds, 1e-9):.0f} img/s  {train_seconds:.0f}s")
+        if checkpoint_path is not None:
+            ckpt = _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best_val, history,
+                               bad_epochs, gen)
+            tmp = Path(str(checkpoint_path) + ".tmp")
+            torch.save(ckpt, tmp)
+            os.replace(tmp, checkpoint_path)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if cfg.patience and bad_epochs >= cfg.patience and len(val):
+            log(f"early stop: no validation gain for {cfg.patience} epochs (best epoch {best_epoch})")
+            stopped = True
+            break
+    return FitResult(best_state=best_state, best_epoch=best_epoch, best_val=best_val, history=history,
+                     stopped_early=stopped)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by ``fit``; loaded with weights_only=True (no arbitrary unpickling)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
