@@ -97,6 +97,8 @@ def technique_options(fn):
                      help="quick: a few minutes on 2 CPU cores; default: the accurate one."),
         click.option("--override", "-o", multiple=True, metavar="KEY=VALUE",
                      help="Override a config key, e.g. -o loss.gamma=1.5 -o train.epochs=10 (repeatable)."),
+        click.option("--overrides", default="", metavar="'K=V K=V'",
+                     help="Several overrides in one string, separated by spaces (for MLproject parameters)."),
         click.option("--seed", type=int, default=None, help="Training seed (train.seed)."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="train.epochs."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="train.device."),
@@ -108,7 +110,8 @@ def technique_options(fn):
     return fn
 
 
-def resolve_config(stage, technique, profile, override, seed, epochs, device, experiments_dir, data_cfg):
+def resolve_config(stage, technique, profile, override, seed, epochs, device, experiments_dir, data_cfg,
+                   overrides: str = ""):
     """Profile <- technique file <- data options <- --seed/--epochs/--device <- -o overrides."""
     from .config import find_technique, load_experiment, parse_overrides, to_dict
 
@@ -122,7 +125,7 @@ def resolve_config(stage, technique, profile, override, seed, epochs, device, ex
         extra["train.epochs"] = epochs
     if device is not None:
         extra["train.device"] = device
-    extra.update(parse_overrides(override))
+    extra.update(parse_overrides(list(override) + overrides.split()))
     return cfg.replace(**extra) if extra else cfg
 
 
@@ -134,12 +137,12 @@ def resolve_config(stage, technique, profile, override, seed, epochs, device, ex
               help="Register the model as a version of 'fashion-pretrain' (alias @best follows validation).")
 @_user_errors
 def pretrain(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, technique, profile, override,
-             seed, epochs, device, experiments_dir, resume, register):
+             overrides, seed, epochs, device, experiments_dir, resume, register):
     """Train on the top-k classes; evaluate per class on the test split; log a `stage=pretrain` run."""
     from .experiment import run_stage
 
     cfg = resolve_config("pretrain", technique, profile, override, seed, epochs, device, experiments_dir,
-                         data_config(top_k, rank_on, val_fraction, split_seed, height, width))
+                         data_config(top_k, rank_on, val_fraction, split_seed, height, width), overrides)
     run_stage(cfg, data, experiment=experiment, register=register, resume=resume, log=click.echo)
 
 
@@ -152,14 +155,14 @@ def pretrain(data, top_k, rank_on, val_fraction, split_seed, height, width, expe
 @click.option("--resume", default=None, metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
 @_user_errors
 def finetune(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, technique, profile, override,
-             seed, epochs, device, experiments_dir, source, resume):
+             overrides, seed, epochs, device, experiments_dir, source, resume):
     """Transfer the pretrained network to the other classes; log a `stage=finetune` run."""
     from .experiment import run_stage
 
     if technique == "baseline":
         technique = "finetune"
     cfg = resolve_config("finetune", technique, profile, override, seed, epochs, device, experiments_dir,
-                         data_config(top_k, rank_on, val_fraction, split_seed, height, width))
+                         data_config(top_k, rank_on, val_fraction, split_seed, height, width), overrides)
     run_stage(cfg, data, source=source, experiment=experiment, resume=resume, log=click.echo)
 
 
