@@ -22,6 +22,8 @@ import torch.nn as nn
 
 from .config import TrainConfig
 from .data.loader import TensorData, augment, batches, num_batches, to_float
+from .distributed import DistEnv
+from .distributed import shard_batches as dist_shard_batches
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -65,7 +67,9 @@ def logits_of(out: Any) -> torch.Tensor:
 
 def call_model(model: nn.Module, x: torch.Tensor, batch: dict[str, torch.Tensor]) -> Any:
     """Models that fuse metadata take the whole batch too (``uses_batch = True``)."""
-    if getattr(model, "uses_batch", False):
+    from .distributed import unwrap
+
+    if getattr(unwrap(model), "uses_batch", False):  # DDP does not forward attributes of its module
         return model(x, batch)
     return model(x)
 
@@ -174,7 +178,8 @@ def _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best
 
 def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Module, param_groups: list[dict],
         cfg: TrainConfig, device: torch.device, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        checkpoint_path: str | Path | None = None, resume: dict | None = None, log=print) -> FitResult:
+        checkpoint_path: str | Path | None = None, resume: dict | None = None, log=print,
+        dist: "DistEnv | None" = None) -> FitResult:
     """Train ``model`` on ``train``; select the best epoch on ``val`` class-mean top-1.
 
     Args:
@@ -183,6 +188,9 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
         on_epoch: called after each epoch with ``train_*``/``val_*`` metrics; may raise to stop (pruning).
         checkpoint_path: written after every epoch (a checkpoint dict loadable with weights_only=True).
         resume: a checkpoint dict from an interrupted fit with the same settings.
+        dist: this process's place in a torchrun job (see ``distributed``): DDP, a disjoint slice of
+            every global batch, metrics summed over ranks, validation on rank 0 broadcast to all.
+            None or one process: plain single-process training.
     Returns:
         FitResult with the best state (on CPU) and the per-epoch history.
     """
@@ -191,7 +199,9 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    fwd = torch.compile(model) if cfg.compile else model
+    ddp = dist is not None and dist.active
+    net = dist.wrap(model, device) if ddp else model
+    fwd = torch.compile(net) if cfg.compile else net
     optimizer = build_optimizer(param_groups, cfg)
     steps_per_epoch = num_batches(len(train), cfg.batch_size, drop_last=len(train) > cfg.batch_size,
                                   max_batches=cfg.max_batches_per_epoch)
@@ -216,9 +226,17 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
         t0 = time.perf_counter()
         model.train()
         loss_sum, hit_sum, seen = 0.0, 0, 0
-        for batch in batches(train, cfg.batch_size, shuffle=True, generator=gen, device=device,
-                             drop_last=len(train) > cfg.batch_size, max_batches=cfg.max_batches_per_epoch):
-            x = augment(batch["image"], cfg.augment, gen, channels_last)
+        if ddp:  # same permutation on every rank (gen), own slice of each batch, own augmentation draws
+            aug_gen = dist.augment_generator(cfg.seed, epoch)
+            epoch_batches = dist_shard_batches(train, cfg.batch_size, dist, generator=gen, device=device,
+                                               drop_last=len(train) > cfg.batch_size,
+                                               max_batches=cfg.max_batches_per_epoch)
+        else:
+            aug_gen = gen
+            epoch_batches = batches(train, cfg.batch_size, shuffle=True, generator=gen, device=device,
+                                    drop_last=len(train) > cfg.batch_size, max_batches=cfg.max_batches_per_epoch)
+        for batch in epoch_batches:
+            x = augment(batch["image"], cfg.augment, aug_gen, channels_last)
             with autocast_for(device):
                 out = call_model(fwd, x, batch)
             loss = criterion(out, batch)
@@ -230,12 +248,16 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
             loss_sum += float(loss.detach()) * bs
             hit_sum += int((logits_of(out).argmax(1) == batch["label"]).sum())
             seen += bs
+        if ddp:
+            loss_sum, hit_sum, seen = dist.all_reduce_sums(loss_sum, hit_sum, seen)
         train_seconds = time.perf_counter() - t0
         metrics = {"train_loss": loss_sum / max(1, seen), "train_top1": hit_sum / max(1, seen),
                    "lr": optimizer.param_groups[-1]["lr"], "epoch_seconds": train_seconds,
                    "train_images_per_second": seen / max(train_seconds, 1e-9)}
         if len(val):
-            v = evaluate(model, val, device, criterion)
+            # Under DDP rank 0 alone evaluates; every rank gets its numbers, so early stopping agrees.
+            v = evaluate(model, val, device, criterion) if not ddp or dist.is_main else None
+            v = dist.broadcast_object(v) if ddp else v
             metrics.update({f"val_{k}": x for k, x in v.items()})
         score = metrics.get("val_top1_mean", -epoch)  # no validation: the last epoch is the best
         if score > best_val:

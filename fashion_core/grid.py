@@ -1,0 +1,417 @@
+"""The technique grid: every ``experiments/`` config as a child run of one parent ``stage=grid`` run.
+
+Pretrain techniques run first (every seed), then the finetune techniques start from one
+pretrained model: ``--from`` when given, else the grid's own best pretrain run by
+*validation* class-mean top-1 (the test split never selects). A technique whose finished
+run has the same resolved config (hash tagged ``config_hash``), dataset digest and git
+commit is reused instead of rerun; a technique that fails is recorded as a FAILED child
+run and the grid goes on. The parent run lists every child in ``grid/runs.csv``.
+
+    fashion grid --profile quick --seeds 0 --data ../shared/data/fashion-product-images-small.tar.gz
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from . import tracking
+from .config import STAGES, ConfigError, ExperimentConfig, find_technique, list_techniques, load_experiment, to_dict
+
+STAGE_ORDER = STAGES  # pretrain first: the finetune techniques need its model
+RUNS_ARTIFACT = "grid/runs.csv"
+SOURCE_ARTIFACT = "grid/source.json"
+RUN_COLUMNS = ("stage", "technique", "seed", "run_id", "status", "reused", "seconds", "config_hash",
+               "test_top1_mean", "val_top1_best", "error")
+
+
+@dataclass(frozen=True)
+class GridTask:
+    """One technique at one seed: a resolved config and the file it came from."""
+
+    cfg: ExperimentConfig
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.cfg.stage}/{self.cfg.technique}/seed{self.cfg.train.seed}"
+
+
+@dataclass
+class GridResult:
+    """What a grid did: the parent run, one row per task (``RUN_COLUMNS``), the finetune source."""
+
+    parent_run_id: str
+    runs: pd.DataFrame
+    source_run_id: str | None = None
+    seconds: float = 0.0
+    experiment_id: str = ""
+    sources: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+# ---------------------------------------------------------------- planning
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; a range ``"0-2"`` works too; duplicates are dropped."""
+    import re
+
+    seeds: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ConfigError(f"--seeds {text!r}: expected non-negative integers separated by commas, e.g. 0,1,2")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        seeds += [v for v in range(lo, hi + 1) if v not in seeds]
+    return seeds
+
+
+def select_techniques(experiments_dir: str | Path = "experiments", names: Sequence[str] | None = None,
+                      stages: Sequence[str] = STAGE_ORDER) -> list[Path]:
+    """The technique files of a grid, pretrain first.
+
+    Args:
+        experiments_dir: the folder with ``pretrain/`` and ``finetune/``.
+        names: ``None``/``["all"]`` for every file of ``stages``, else stems (``focal``), qualified
+            stems (``finetune/ncm``) or YAML paths; a stem found in two stages must be qualified.
+        stages: the stages to include.
+
+    Returns:
+        The files, pretrain ones first, each once.
+    """
+    for s in stages:
+        if s not in STAGE_ORDER:
+            raise ConfigError(f"unknown stage {s!r}; choose from: {', '.join(STAGE_ORDER)}")
+    ordered = [s for s in STAGE_ORDER if s in stages]
+    if not names or list(names) == ["all"]:
+        files = [p for s in ordered for p in list_techniques(s, experiments_dir)]
+        if not files:
+            raise ConfigError(f"no technique files in {experiments_dir}/{{{','.join(ordered)}}}/")
+        return files
+    picked: dict[str, list[Path]] = {s: [] for s in STAGE_ORDER}
+    for name in names:
+        if name.endswith((".yaml", ".yml")):
+            p = Path(name)
+            if not p.is_file():
+                raise ConfigError(f"technique file {name!r} not found")
+            stage = p.parent.name if p.parent.name in STAGE_ORDER else load_experiment(p).stage
+            picked[stage].append(p)
+            continue
+        stage_hint, _, stem = name.rpartition("/")
+        where = [stage_hint] if stage_hint else ordered
+        hits = []
+        for s in where:
+            try:
+                hits.append((s, find_technique(stem, s, experiments_dir)))
+            except ConfigError:
+                pass
+        if not hits:
+            valid = [f"{s}/{p.stem}" for s in ordered for p in list_techniques(s, experiments_dir)]
+            raise ConfigError(f"unknown technique {name!r}; choose from: {', '.join(valid)}")
+        if len(hits) > 1:
+            raise ConfigError(f"technique {name!r} exists in {' and '.join(s for s, _ in hits)}; "
+                              f"write {hits[0][0]}/{stem} or {hits[1][0]}/{stem}")
+        picked[hits[0][0]].append(hits[0][1])
+    out: list[Path] = []
+    for s in STAGE_ORDER:
+        for p in picked[s]:
+            if p not in out:
+                out.append(p)
+    return out
+
+
+def plan_grid(experiments_dir: str | Path = "experiments", techniques: Sequence[str] | None = None,
+              stages: Sequence[str] = STAGE_ORDER, seeds: Sequence[int] = (0,), profile: str = "default",
+              overrides: Mapping[str, Any] | None = None) -> list[GridTask]:
+    """Resolve every (technique, seed) of a grid into a config, pretrain first, seed-major within a stage.
+
+    Args:
+        experiments_dir, techniques, stages: see :func:`select_techniques`.
+        seeds: training seeds (``train.seed``).
+        profile: a config profile (``quick`` on CPUs).
+        overrides: dotted keys applied to every technique after its file (``data.top_k``, ``train.epochs``).
+
+    Returns:
+        The tasks in run order; every config is validated, so a bad value fails before any run.
+    """
+    files = select_techniques(experiments_dir, techniques, stages)
+    # A file under experiments/<stage>/ belongs to that stage; any other file says its own.
+    loaded = [(p, load_experiment(p, overrides=overrides, profile=profile,
+                                  stage=p.parent.name if p.parent.name in STAGE_ORDER else None)) for p in files]
+    tasks: list[GridTask] = []
+    for stage in STAGE_ORDER:
+        for seed in seeds:
+            tasks += [GridTask(c.replace(**{"train.seed": seed}), p) for p, c in loaded if c.stage == stage]
+    data_cfgs = {json.dumps(to_dict(t.cfg.data), sort_keys=True) for t in tasks}
+    if len(data_cfgs) > 1:
+        raise ConfigError("the techniques of one grid must share the data settings (split, size); "
+                          f"got {len(data_cfgs)} different ones - set them with the grid's data options")
+    return tasks
+
+
+# ---------------------------------------------------------------- reuse and source selection
+
+def needs_source(cfg: ExperimentConfig) -> bool:
+    """Whether a config trains from a pretrained model (finetune with a transfer method that uses one)."""
+    from .models import transfer_policy
+
+    return cfg.stage == "finetune" and bool(transfer_policy(cfg.transfer.method)["pretrained"])
+
+
+def config_hash(cfg: ExperimentConfig, source_run_id: str | None = None) -> str:
+    """16 hex digits identifying a resolved config (and, for transfer, the pretrain run it starts from)."""
+    payload = {"config": to_dict(cfg), "source_run_id": source_run_id if needs_source(cfg) else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def find_reusable(cfg_hash: str, digest: str, commit: str, experiment_id: str):
+    """The newest FINISHED run of this config, data and commit in the experiment, or None."""
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=(f"tags.config_hash = '{cfg_hash}' and tags.dataset_digest = '{digest}' "
+                       f"and tags.git_commit = '{commit}' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def best_val_score(run_id: str, metric: str = "val_top1_mean") -> float:
+    """The best validation class-mean top-1 of a run over its epochs (NaN when never logged)."""
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient().get_metric_history(run_id, metric)
+    values = [h.value for h in history if h.value == h.value]
+    return max(values) if values else float("nan")
+
+
+def pick_best_pretrain(runs: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
+    """The finished pretrain run with the best validation class-mean top-1, and the ranking table."""
+    cand = runs[(runs["stage"] == "pretrain") & (runs["status"] == "FINISHED")]
+    cand = cand[cand["val_top1_best"].notna()].sort_values("val_top1_best", ascending=False, kind="stable")
+    table = cand[["technique", "seed", "run_id", "val_top1_best"]].reset_index(drop=True)
+    return (str(cand.iloc[0]["run_id"]) if len(cand) else None), table
+
+
+# ---------------------------------------------------------------- dispatch
+
+Runner = Callable[..., str]
+
+
+def runner_for(cfg: ExperimentConfig) -> Runner:
+    """The function that runs a config as one MLflow run (same keywords as ``experiment.run_stage``)."""
+    from .experiment import run_stage
+
+    return run_stage
+
+
+# ---------------------------------------------------------------- the grid
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def _start_parent(experiment_id: str, digest: str, tasks: Sequence[GridTask], profile: str, seeds: Sequence[int],
+                  params: Mapping[str, Any]) -> str:
+    """Create the parent run (not made active: the children are started by ``run_stage`` meanwhile)."""
+    commit, dirty = tracking.git_commit()
+    techniques = sorted({f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks},
+                        key=lambda s: (STAGE_ORDER.index(s.split("/")[0]), s))
+    seed_text = ",".join(str(s) for s in seeds)
+    tags = {"stage": "grid", "technique": "grid", "dataset_digest": digest, "git_commit": commit,
+            "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower(), "profile": profile,
+            "seeds": seed_text,
+            "mlflow.note.content": (f"Technique grid, profile `{profile}`, seeds {seed_text}: "
+                                    f"{len(tasks)} runs of {', '.join(techniques)}.")}
+    run = _client().create_run(experiment_id, run_name=f"grid/{profile}/seeds{seed_text}", tags=tags)
+    client = _client()
+    for k, v in params.items():
+        client.log_param(run.info.run_id, k, str(v)[:6000])
+    return run.info.run_id
+
+
+def _record_failure(task: GridTask, cfg_hash: str, digest: str, experiment_id: str, parent: str, error: str) -> str:
+    """The FAILED child run of a technique: the one ``run_stage`` opened, else a new one holding the error."""
+    client = _client()
+    found = client.search_runs([experiment_id], filter_string=(f"tags.config_hash = '{cfg_hash}' and "
+                                                               f"tags.grid_run_id = '{parent}'"),
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+    else:  # it failed before a run existed (e.g. no pretrained model to start from)
+        commit, dirty = tracking.git_commit()
+        tags = {"stage": task.cfg.stage, "technique": task.cfg.technique, "dataset_digest": digest,
+                "git_commit": commit, "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower(),
+                "config_hash": cfg_hash, "grid_run_id": parent, "mlflow.parentRunId": parent,
+                "seed": str(task.cfg.train.seed), "mlflow.note.content": f"Failed before training: {error}"}
+        run_id = client.create_run(experiment_id, run_name=task.name, tags=tags).info.run_id
+    client.set_tag(run_id, "error", error[:5000])
+    client.log_text(run_id, error, "error.txt")
+    if client.get_run(run_id).info.status not in ("FAILED", "KILLED"):
+        client.set_terminated(run_id, "FAILED")
+    return run_id
+
+
+def _row(task: GridTask, run_id: str | None, status: str, reused: bool, seconds: float, cfg_hash: str,
+         error: str = "") -> dict:
+    top1 = val = float("nan")
+    if run_id and status == "FINISHED":
+        top1 = _client().get_run(run_id).data.metrics.get("test_top1_mean", float("nan"))
+        val = best_val_score(run_id)
+    return {"stage": task.cfg.stage, "technique": task.cfg.technique, "seed": task.cfg.train.seed, "run_id": run_id,
+            "status": status, "reused": reused, "seconds": round(seconds, 1), "config_hash": cfg_hash,
+            "test_top1_mean": top1, "val_top1_best": val, "error": error}
+
+
+def _finish_parent(parent: str, rows: list[dict], source: str | None, sources: pd.DataFrame, seconds: float,
+                   status: str) -> pd.DataFrame:
+    """Log the runs table, the source choice and the counts to the parent run, then end it."""
+    client = _client()
+    runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    client.log_text(parent, runs.to_csv(index=False), RUNS_ARTIFACT)
+    client.log_text(parent, json.dumps({"source_run_id": source, "candidates": sources.to_dict("records")},
+                                       indent=1, default=str), SOURCE_ARTIFACT)
+    counts = {"n_runs": len(runs), "n_finished": int((runs["status"] == "FINISHED").sum()),
+              "n_failed": int((runs["status"] == "FAILED").sum()), "n_reused": int(runs["reused"].sum()),
+              "grid_seconds": seconds}
+    for k, v in counts.items():
+        client.log_metric(parent, k, float(v))
+    if source:
+        client.set_tag(parent, "source_run_id", source)
+    note = client.get_run(parent).data.tags.get("mlflow.note.content", "")
+    from .report import markdown_table
+
+    table = markdown_table(runs[["stage", "technique", "seed", "status", "reused", "test_top1_mean"]])
+    client.set_tag(parent, "mlflow.note.content",
+                   f"{note}\n\nFinished {counts['n_finished']}, failed {counts['n_failed']}, "
+                   f"reused {counts['n_reused']} in {seconds:.0f} s.\n\n{table}")
+    client.set_terminated(parent, status)
+    return runs
+
+
+def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None = None,
+             experiment: str | None = None, reuse: bool = True, register: bool = True,
+             profile: str = "", seeds: Sequence[int] | None = None, log=print) -> GridResult:
+    """Run the tasks as child runs of one parent ``stage=grid`` run.
+
+    Args:
+        tasks: from :func:`plan_grid` (pretrain tasks before finetune ones).
+        data: the ``--data`` value.
+        source: the finetune techniques' pretrained model (run id, runs:/, models:/ or latest);
+            None: the grid's best pretrain run by validation class-mean top-1, or ``latest`` when
+            the grid runs no pretrain technique.
+        experiment: MLflow experiment (default: one per dataset, as the stages do).
+        reuse: reuse a FINISHED run of the same config hash, dataset digest and commit.
+        register: register pretrain models (``fashion-pretrain``, alias @best follows validation).
+        profile, seeds: recorded on the parent run.
+
+    Returns:
+        A :class:`GridResult`; failed techniques are rows with status FAILED, never an exception.
+    """
+    from .data import prepare_data
+    from .experiment import resolve_source
+
+    if not tasks:
+        raise ConfigError("the grid has no technique to run")
+    t0 = time.perf_counter()
+    prepared = prepare_data(data, tasks[0].cfg.data, log=log)
+    exp_name = experiment or tracking.experiment_name_for(prepared.root)
+    experiment_id = tracking.set_experiment(exp_name)
+    src = resolve_source(source, exp_name) if source else None  # a bad --from fails before any run
+    seeds = list(seeds) if seeds is not None else sorted({t.cfg.train.seed for t in tasks})
+    commit, _ = tracking.git_commit()
+    params = {"profile": profile, "seeds": ",".join(map(str, seeds)), "n_tasks": len(tasks), "from": source or "",
+              "techniques": ",".join(dict.fromkeys(f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks)),
+              "reuse": reuse}
+    parent = _start_parent(experiment_id, prepared.digest, tasks, profile, seeds, params)
+    log(f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest})")
+    rows: list[dict] = []
+    sources = pd.DataFrame()
+    status = "FAILED"
+    try:
+        # SIGTERM between two children must end the parent KILLED too, not leave it RUNNING.
+        with tracking._sigterm_as_interrupt():
+            for i, task in enumerate(tasks):
+                if needs_source(task.cfg) and src is None and sources.empty:
+                    src, sources = _pick_source(rows, tasks, exp_name, log)
+                this_source = src if needs_source(task.cfg) else None
+                h = config_hash(task.cfg, this_source)
+                log(f"[{i + 1}/{len(tasks)}] {task.name}")
+                old = find_reusable(h, prepared.digest, commit, experiment_id) if reuse else None
+                if old is not None:
+                    log(f"  reusing finished run {old.info.run_id} (same config, data and commit)")
+                    rows.append(_row(task, old.info.run_id, "FINISHED", True, 0.0, h))
+                    continue
+                t1 = time.perf_counter()
+                try:
+                    if needs_source(task.cfg) and not this_source:
+                        raise ConfigError("no finished pretrain run to start from; pass --from")
+                    run_id = runner_for(task.cfg)(task.cfg, data, source=this_source, experiment=exp_name,
+                                                  parent_run_id=parent, register=register, prepared=prepared,
+                                                  log=log, tags={"config_hash": h, "grid_run_id": parent})
+                    rows.append(_row(task, run_id, "FINISHED", False, time.perf_counter() - t1, h))
+                except Exception as e:  # one technique failing must not stop the grid
+                    error = f"{type(e).__name__}: {e}"
+                    log(f"  FAILED: {error}")
+                    failed = _record_failure(task, h, prepared.digest, experiment_id, parent,
+                                             error + "\n\n" + traceback.format_exc())
+                    rows.append(_row(task, failed, "FAILED", False, time.perf_counter() - t1, h, error))
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        seconds = time.perf_counter() - t0
+        runs = _finish_parent(parent, rows, src, sources, seconds, status)
+    log(f"grid {parent} done in {seconds:.0f} s: {int((runs['status'] == 'FINISHED').sum())} finished, "
+        f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused")
+    return GridResult(parent_run_id=parent, runs=runs, source_run_id=src, seconds=seconds,
+                      experiment_id=experiment_id, sources=sources)
+
+
+def _pick_source(rows: list[dict], tasks: Sequence[GridTask], exp_name: str, log) -> tuple[str | None, pd.DataFrame]:
+    """The finetune source when ``--from`` is not given: the grid's best pretrain run, else ``latest``."""
+    from .experiment import resolve_source
+
+    src, ranking = pick_best_pretrain(pd.DataFrame(rows, columns=list(RUN_COLUMNS)))
+    if src:
+        best = ranking.iloc[0]
+        log(f"finetune techniques start from pretrain run {src}: best validation class-mean top-1 "
+            f"{best['val_top1_best']:.4f} ({best['technique']}, seed {best['seed']})")
+    elif not any(t.cfg.stage == "pretrain" for t in tasks):
+        try:
+            src = resolve_source("latest", exp_name)
+            log(f"finetune techniques start from the latest finished pretrain run {src}")
+        except ConfigError as e:
+            log(f"no pretrained model for the finetune techniques: {e}")
+    else:
+        log("no pretrain run of this grid finished: the techniques that need a pretrained model fail")
+    # A non-empty ranking (or a marker row) stops the search being repeated for every finetune task.
+    return src, ranking if len(ranking) else pd.DataFrame([{"run_id": src, "val_top1_best": float("nan")}])
+
+
+def grid_run_ids(parent_run_id: str) -> list[str]:
+    """The child runs of a grid: those listed in its ``grid/runs.csv`` (reused ones included) and its children."""
+    import tempfile
+
+    client = _client()
+    parent = client.get_run(parent_run_id)
+    ids: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            table = pd.read_csv(tracking.download_artifact(parent_run_id, RUNS_ARTIFACT, d), dtype=str,
+                                keep_default_na=False)
+            ids += [r for r in table["run_id"] if r]
+    except Exception:  # a grid still running has no table yet; its children are found below
+        pass
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)
+    ids += [r.info.run_id for r in children]
+    return list(dict.fromkeys(ids))

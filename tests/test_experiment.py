@@ -1,0 +1,145 @@
+"""A tiny pretrain -> finetune on generated data: runs, tags, artifacts, and real transfer of the weights."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fashion_core.config import load_experiment
+from fashion_core.experiment import (SourceError, load_run_model, resolve_source, run_stage)
+
+EXP = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def cfg(stage, technique, **over):
+    over = {"data.top_k": 4, "train.epochs": 2, **over}
+    return load_experiment(EXP / stage / f"{technique}.yaml", overrides=over, profile="smoke", stage=stage)
+
+
+def artifacts(run_id, path=""):
+    from mlflow.tracking import MlflowClient
+
+    return {a.path for a in MlflowClient().list_artifacts(run_id, path)}
+
+
+@pytest.fixture(scope="module")
+def pretrained(dataset, isolated_module):
+    run_id = run_stage(cfg("pretrain", "baseline"), str(dataset), log=lambda m: None)
+    return run_id
+
+
+def test_pretrain_run_has_tags_metrics_and_artifacts(pretrained):
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().get_run(pretrained)
+    tags, metrics = run.data.tags, run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert tags["stage"] == "pretrain" and tags["technique"] == "baseline"
+    assert len(tags["dataset_digest"]) == 16 and tags["mlflow.source.git.commit"]
+    assert run.info.run_name == "pretrain/baseline/seed0"
+    for m in ("test_top1_mean", "test_top5_mean", "test_top1_micro", "test_top5_micro", "val_top1_mean",
+              "train_loss", "test_top1_mean_lo", "test_top1_mean_hi"):
+        assert m in metrics, m
+    history = MlflowClient().get_metric_history(pretrained, "val_top1_mean")
+    assert [h.step for h in history] == [1, 2]
+    assert {"eval/per_class.csv", "eval/predictions.csv", "eval/confusion.html", "eval/per_class_intervals.csv"} \
+        <= artifacts(pretrained, "eval")
+    assert {"checkpoint/model_state.pt", "checkpoint/model.json", "checkpoint/last.pt"} <= artifacts(pretrained, "checkpoint")
+    assert "config.yaml" in artifacts(pretrained)
+    import mlflow
+
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{pretrained}'", output_format="list")
+    assert [m.name for m in models] == ["model"]
+    assert run.data.params["loss.name"] == "ce"
+
+
+def test_per_class_table_matches_predictions(pretrained, tmp_path):
+    from fashion_core import metrics as M
+    from fashion_core.tracking import download_artifact
+
+    table = M.read_per_class(download_artifact(pretrained, "eval/per_class.csv", tmp_path))
+    preds = M.read_predictions(download_artifact(pretrained, "eval/predictions.csv", tmp_path))
+    assert list(table.columns) == ["class", "n_train", "n_val", "n_test", "top1", "top5"]
+    again = M.per_class_from_predictions(preds, table["class"].tolist()).set_index("class")
+    t = table.set_index("class")
+    assert np.allclose(t["top1"].fillna(-1), again.loc[t.index, "top1"].fillna(-1))
+    from mlflow.tracking import MlflowClient
+
+    m = MlflowClient().get_run(pretrained).data.metrics
+    assert m["test_top1_mean"] == pytest.approx(M.summarize(table)["top1_mean"])
+
+
+@pytest.mark.parametrize("technique", ["imprint", "ncm", "partial", "scratch", "imprint_finetune"])
+def test_finetune_techniques(pretrained, dataset, technique):
+    from mlflow.tracking import MlflowClient
+
+    run_id = run_stage(cfg("finetune", technique), str(dataset), source=pretrained, log=lambda m: None)
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["stage"] == "finetune" and run.data.tags["transfer"] == technique
+    if technique != "scratch":
+        assert run.data.tags["source_run_id"] == pretrained
+    table = pd.read_csv(MlflowClient().download_artifacts(run_id, "eval/per_class.csv"), keep_default_na=False)
+    assert set(table["class"]) >= {"C4", "C5", "C6", "C7"}
+
+
+def test_linear_probe_really_starts_from_the_pretrained_weights(pretrained, dataset):
+    from mlflow.tracking import MlflowClient
+
+    source, _ = load_run_model(pretrained)
+    run_id = run_stage(cfg("finetune", "linear_probe"), str(dataset), source=pretrained, log=lambda m: None)
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags["source_run_id"] == pretrained and run.data.tags["transfer"] == "linear_probe"
+    tuned, meta = load_run_model(run_id)
+    src, dst = source.state_dict(), tuned.state_dict()
+    backbone = [k for k in src if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(src[k], dst[k]) for k in backbone)  # frozen: identical, BN stats too
+    fresh = cfg("finetune", "scratch")
+    from fashion_core.models import build_model
+
+    other = build_model(fresh.model.__class__(**{**fresh.model.__dict__}), 4).state_dict()
+    assert any(not torch.equal(src[k], other[k]) for k in backbone if k in other and "weight" in k)
+    assert meta["classes"] == ["C4", "C5", "C6", "C7"]
+
+
+def test_full_finetune_moves_the_backbone_from_the_source(pretrained, dataset):
+    source, _ = load_run_model(pretrained)
+    run_id = run_stage(cfg("finetune", "finetune"), str(dataset), source=pretrained, log=lambda m: None)
+    tuned, _ = load_run_model(run_id)
+    key = "backbone.layer1.0.conv1.weight"
+    delta = (tuned.state_dict()[key] - source.state_dict()[key]).abs().max().item()
+    assert 0 < delta < 0.5  # changed, but close to the source (small backbone lr)
+
+
+def test_source_resolution(pretrained, dataset):
+    assert resolve_source("latest") == pretrained
+    assert resolve_source(f"runs:/{pretrained}/model") == pretrained
+    assert resolve_source("models:/fashion-pretrain@best") == pretrained
+    assert resolve_source("models:/fashion-pretrain/1") == pretrained
+    with pytest.raises(SourceError, match="no run"):
+        resolve_source("0" * 32)
+    ft = run_stage(cfg("finetune", "ncm"), str(dataset), source=pretrained, log=lambda m: None)
+    with pytest.raises(SourceError, match="not a pretrain run"):
+        resolve_source(ft)
+    with pytest.raises(SourceError, match="expected a run id"):
+        resolve_source("yesterday")
+
+
+def test_same_seed_same_result(dataset, isolated):
+    from mlflow.tracking import MlflowClient
+
+    a = run_stage(cfg("pretrain", "baseline"), str(dataset), log=lambda m: None, register=False)
+    b = run_stage(cfg("pretrain", "baseline"), str(dataset), log=lambda m: None, register=False)
+    ma, mb = MlflowClient().get_run(a).data.metrics, MlflowClient().get_run(b).data.metrics
+    assert ma["train_loss"] == pytest.approx(mb["train_loss"], rel=1e-6)
+    assert ma["test_top1_mean"] == mb["test_top1_mean"]
+
+
+def test_predict_top5_from_a_registered_model(pretrained, dataset):
+    from fashion_core.serving import predict_images
+
+    out = predict_images([dataset / "images" / "1000.jpg"], "models:/fashion-pretrain@best")
+    assert len(out) == 1 and len(out[0]) == 4  # 4 pretrain classes
+    assert abs(sum(p for _, p in out[0]) - 1) < 1e-4
