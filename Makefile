@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DATA ?= $(FASHION_DATA)
 PROFILE ?= default
 EXPERIMENT ?= fashion-product-images-small
-MLFLOW_RUN := $(BIN)/mlflow run . --env-manager local --experiment-name $(EXPERIMENT)
+MLFLOW_RUN := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local --experiment-name $(EXPERIMENT)
 
 .PHONY: run test test-all ui venv clean-venv
 

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -21,6 +22,13 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+def _one_line(message: str) -> str:
+    """A library message as one plain line (some wrap a third-party error with newlines and ANSI codes)."""
+    import re
+
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", message).split())
+
+
 def _user_errors(fn):
     """Turn the library's expected errors into one-line click errors."""
     import functools
@@ -35,7 +43,7 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DataSourceError, CatalogError, SplitError) as e:
-            raise UserError(str(e)) from None
+            raise UserError(_one_line(str(e))) from None
         except KeyboardInterrupt:
             click.echo("interrupted; the run was ended as KILLED", err=True)
             sys.exit(130)
@@ -56,12 +64,54 @@ def data_options(fn):
         click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the validation carve-out."),
         click.option("--height", type=click.IntRange(min=8), default=80, show_default=True, help="Cached image height."),
         click.option("--width", type=click.IntRange(min=8), default=60, show_default=True, help="Cached image width."),
+        click.option("--short-side", type=click.IntRange(min=8), default=None, is_eager=True, expose_value=False,
+                     callback=_short_side, metavar="N",
+                     help="Size for 3:4 portrait photos N pixels across: --width N --height round(N*4/3), "
+                          "e.g. 224 -> 299x224 for the full-resolution dataset (explicit --height/--width win)."),
         click.option("--experiment", default=None,
                      help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or the dataset's folder name)."),
     ]
     for o in reversed(opts):
         fn = o(fn)
     return fn
+
+
+def _short_side(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    """--short-side N becomes the defaults of --height and --width (eager, so before they are read)."""
+    if value is not None:
+        from .data.cache import size_for_short_side
+
+        height, width = size_for_short_side(value)
+        ctx.default_map = {**(ctx.default_map or {}), "height": height, "width": width}
+
+
+def _store_gpus(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    ctx.meta["gpus"] = value
+
+
+def gpus_option(fn):
+    """``--gpus N``: one training run over N processes with PyTorch DDP, launched through torchrun."""
+    return click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, expose_value=False,
+                        callback=_store_gpus, metavar="N",
+                        help="Train one run on N GPUs with DDP (re-launches this command under torchrun; "
+                             "without GPUs: N CPU processes, gloo). Same as torchrun --nproc_per_node N "
+                             "-m fashion_core.cli ...")(fn)
+
+
+def _torchrun_if_asked() -> None:
+    """With --gpus N > 1 outside torchrun: replace this process by torchrun running the same command."""
+    n = click.get_current_context().meta.get("gpus", 1)
+    if n <= 1 or "WORLD_SIZE" in os.environ:
+        return
+    if not any(a == "--gpus" or a.startswith("--gpus=") for a in sys.argv):
+        raise UserError("--gpus N works from the command line only (it re-launches the command under torchrun)")
+    import torch
+
+    if torch.cuda.is_available() and n > torch.cuda.device_count():
+        raise UserError(f"--gpus {n}: only {torch.cuda.device_count()} GPU(s) here")
+    from .distributed import launch_with_torchrun
+
+    launch_with_torchrun(n, sys.argv[1:])
 
 
 def data_config(top_k, rank_on, val_fraction, split_seed, height, width) -> DataConfig:
@@ -135,6 +185,7 @@ def resolve_config(stage, technique, profile, override, seed, epochs, device, ex
 @click.option("--resume", default=None, metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
 @click.option("--register/--no-register", default=True, show_default=True,
               help="Register the model as a version of 'fashion-pretrain' (alias @best follows validation).")
+@gpus_option
 @_user_errors
 def pretrain(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, technique, profile, override,
              overrides, seed, epochs, device, experiments_dir, resume, register):
@@ -143,6 +194,7 @@ def pretrain(data, top_k, rank_on, val_fraction, split_seed, height, width, expe
 
     cfg = resolve_config("pretrain", technique, profile, override, seed, epochs, device, experiments_dir,
                          data_config(top_k, rank_on, val_fraction, split_seed, height, width), overrides)
+    _torchrun_if_asked()
     run_stage(cfg, data, experiment=experiment, register=register, resume=resume, log=click.echo)
 
 
@@ -153,6 +205,7 @@ def pretrain(data, top_k, rank_on, val_fraction, split_seed, height, width, expe
               help="The pretrained model: a run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias>, "
                    "or latest (the newest finished pretrain run).")
 @click.option("--resume", default=None, metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
+@gpus_option
 @_user_errors
 def finetune(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, technique, profile, override,
              overrides, seed, epochs, device, experiments_dir, source, resume):
@@ -163,6 +216,7 @@ def finetune(data, top_k, rank_on, val_fraction, split_seed, height, width, expe
         technique = "finetune"
     cfg = resolve_config("finetune", technique, profile, override, seed, epochs, device, experiments_dir,
                          data_config(top_k, rank_on, val_fraction, split_seed, height, width), overrides)
+    _torchrun_if_asked()
     run_stage(cfg, data, source=source, experiment=experiment, resume=resume, log=click.echo)
 
 
@@ -178,6 +232,159 @@ def predict(images, model_uri, top):
 
     for path, preds in zip(images, predict_images(list(images), model_uri, k=top)):
         click.echo(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in preds))
+
+
+def _split_words(values, sep=None) -> list[str]:
+    """Repeated and/or separator-joined option values as one flat list (MLproject passes one string)."""
+    return [w for v in values for w in (v.replace(",", " ").split() if sep == "," else v.split()) if w]
+
+
+from .config import PROFILES as _PROFILES  # noqa: E402  (the grid's --profile choices)
+
+
+@main.command()
+@data_options
+@click.option("--techniques", default="all", show_default=True, metavar="NAMES",
+              help="Comma-separated techniques: file stems (focal), stage/stem (finetune/ncm), YAML paths, or all.")
+@click.option("--stages", default="pretrain,finetune", show_default=True, metavar="STAGES",
+              help="Which stages' techniques run (comma-separated); pretrain ones always run first.")
+@click.option("--seeds", default="0", show_default=True, metavar="0,1,2",
+              help="Training seeds; every technique runs once per seed.")
+@click.option("--from", "source", default=None,
+              help="The finetune techniques' pretrained model (run id, runs:/, models:/ or latest); default: the "
+                   "grid's best pretrain run by validation class-mean top-1.")
+@click.option("--profile", type=click.Choice(list(_PROFILES)), default="default",
+              show_default=True, help="quick: minutes per technique on 2 CPU cores; default: the accurate one.")
+@click.option("--override", "-o", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key in every technique, e.g. -o train.epochs=10 (repeatable).")
+@click.option("--overrides", default="", metavar="'K=V K=V'", help="Several overrides in one string.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="train.epochs of every technique.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="train.device.")
+@click.option("--experiments-dir", default="experiments", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of technique YAML files (pretrain/, finetune/).")
+@click.option("--reuse/--rerun", default=True, show_default=True,
+              help="Reuse a finished run with the same config, dataset digest and commit instead of rerunning it.")
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="Register the pretrain models as versions of 'fashion-pretrain'.")
+@_user_errors
+def grid(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, techniques, stages, seeds, source,
+         profile, override, overrides, epochs, device, experiments_dir, reuse, register):
+    """Run the technique grid: every chosen technique x seed as a child run of one `stage=grid` run."""
+    from .config import parse_overrides, to_dict
+    from .grid import parse_seeds, plan_grid, run_grid
+
+    data_cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width)
+    extra = {f"data.{k}": v for k, v in to_dict(data_cfg).items() if v != getattr(DataConfig(), k)}
+    if epochs is not None:
+        extra["train.epochs"] = epochs
+    if device is not None:
+        extra["train.device"] = device
+    extra.update(parse_overrides(list(override) + overrides.split()))
+    seed_list = parse_seeds(seeds)
+    tasks = plan_grid(experiments_dir, _split_words([techniques], ","), _split_words([stages], ","), seed_list,
+                      profile, extra)
+    run_grid(tasks, data, source=source or None, experiment=experiment, reuse=reuse, register=register,
+             profile=profile, seeds=seed_list, log=click.echo)
+
+
+@main.command()
+@click.option("--experiment", default=None,
+              help="MLflow experiment (default: the one holding the newest grid run, else the newest stage run).")
+@click.option("--stage", type=click.Choice(["all", "pretrain", "finetune"]), default="all", show_default=True)
+@click.option("--grid", "grid_run", default="latest", show_default=True, metavar="latest|RUN_ID|none",
+              help="Which runs: the newest grid's, one grid's (its parent run id), or none = every run.")
+@click.option("--tag", multiple=True, metavar="KEY=VALUE", help="Only runs with this tag (repeatable).")
+@click.option("--out", default="reports/compare", show_default=True, type=click.Path(file_okay=False),
+              help="Local folder for report.html and the CSV/Markdown tables.")
+@click.option("--log-run/--no-log-run", default=True, show_default=True,
+              help="Also log the report as the artifacts of a `stage=compare` run.")
+@_user_errors
+def compare(experiment, stage, grid_run, tag, out, log_run):
+    """Compare techniques per class: summary and per-class tables, an interactive HTML report."""
+    from .config import parse_overrides
+    from .report import STAGES, run_compare
+
+    tags = {k: str(v) for k, v in parse_overrides(_split_words(tag)).items()}
+    run_compare(experiment or None, STAGES if stage == "all" else (stage,), grid_run or "latest", tags, out,
+                log_run=log_run, log=click.echo)
+
+
+def _storage_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--storage must be an Optuna storage URL this project can open."""
+    from .tuning import check_storage_url
+
+    try:
+        check_storage_url(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+@main.command()
+@data_options
+@click.option("--space", default="focal_weights", show_default=True,
+              help="A search space: a file stem in --spaces-dir or a path to a YAML file.")
+@click.option("--spaces-dir", default="search_spaces", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of search-space YAML files.")
+@click.option("--experiments-dir", default="experiments", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of technique YAML files (the space's base technique).")
+@click.option("--profile", type=click.Choice(list(_PROFILES)), default="default", show_default=True,
+              help="Profile of every trial (and of --final); the same for every worker of a study.")
+@click.option("--override", "-o", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key of every trial, e.g. -o train.epochs=3 (repeatable; not a searched key).")
+@click.option("--overrides", default="", metavar="'K=V K=V'", help="Several overrides in one string (MLproject).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="train.device.")
+@click.option("--study-name", default=None, help="Optuna study (default: the space's name).")
+@click.option("--storage", default="sqlite:///optuna.db", show_default=True, callback=_storage_url,
+              help="Optuna storage: sqlite:///FILE (one machine), postgresql://USER:PASSWORD@HOST:5432/DB (many "
+                   "machines) or journal:FILE (many processes on one host).")
+@click.option("--n-trials", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Trials this worker runs (0: none, e.g. with --final).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Start no trial after this many seconds (0: no limit).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Sampler seed (plus the trials already in the study; give parallel workers different seeds).")
+@click.option("--pruning/--no-pruning", default=True, show_default=True,
+              help="Median pruning on the per-epoch validation reports.")
+@click.option("--prune-from", type=click.IntRange(min=0), default=1, show_default=True,
+              help="First epoch at which a trial may be pruned.")
+@click.option("--heartbeat", type=click.IntRange(min=1), default=60, show_default=True,
+              help="sqlite/PostgreSQL: seconds between heartbeats; a trial silent for twice this is failed and retried.")
+@click.option("--create-only", is_flag=True,
+              help="Create the storage, the study and the MLflow experiment, then exit (before starting workers).")
+@click.option("--final", type=click.BOOL, is_flag=False, flag_value=True, default=False, show_default=True,
+              help="Then train the best configuration as a normal run tagged selected=true, evaluated on test once.")
+@click.option("--from", "source", default="latest", show_default=True,
+              help="Finetune spaces: the pretrained model (run id, runs:/, models:/ or latest).")
+@_user_errors
+def tune(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, space, spaces_dir,
+         experiments_dir, profile, override, overrides, device, study_name, storage, n_trials, timeout, seed, pruning,
+         prune_from, heartbeat, create_only, final, source):
+    """Tune a search space with Optuna: one nested MLflow run per trial, chosen on validation only."""
+    import logging
+
+    import optuna
+
+    from .config import parse_overrides, to_dict
+    from .tuning import load_space, run_tune
+
+    optuna.logging.set_verbosity(logging.WARNING)  # the progress lines below say the same, once
+    spc = load_space(space, spaces_dir, experiments_dir)
+    data_cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width)
+    extra = {f"data.{k}": v for k, v in to_dict(data_cfg).items() if v != getattr(DataConfig(), k)}
+    if device is not None:
+        extra["train.device"] = device
+    extra.update(parse_overrides(list(override) + overrides.split()))
+    res = run_tune(spc, data, profile=profile, overrides=extra, study_name=study_name, storage=storage,
+                   n_trials=n_trials, timeout=timeout or None, seed=seed, pruning=pruning, prune_from=prune_from,
+                   heartbeat=heartbeat, experiment=experiment, create_only=create_only, final=final, source=source,
+                   log=click.echo)
+    if res.best_trial is not None:
+        click.echo(f"best of study {res.study_name!r}: trial {res.best_trial}, {spc.objective} {res.best_value:.4f}, "
+                   f"{res.best_params}")
+    if res.counts:
+        click.echo("trials: " + ", ".join(f"{v} {k}" for k, v in res.counts.items() if v))
+    click.echo(f"browse the study: {res.dashboard}")
 
 
 if __name__ == "__main__":

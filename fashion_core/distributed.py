@@ -11,16 +11,21 @@ process group (nccl on CUDA, gloo on CPU); outside torchrun it returns a one-pro
 - rank 0 alone evaluates validation and broadcasts the numbers, so early stopping agrees;
 - rank 0 alone talks to MLflow, writes checkpoints and evaluates test (``experiment.run_stage``).
 
+BatchNorm statistics stay per process (batch_size / N images each, as in torchvision's
+references without --sync-bn). One torchrun job runs one ``pretrain`` or ``finetune`` stage;
+``tune`` and ``grid`` drive many runs from one process and are not meant for torchrun.
+
     torchrun --standalone --nproc_per_node 2 -m fashion_core.cli pretrain --profile quick --data DATA
     fashion pretrain --gpus 2 --profile quick --data DATA      # the same, torchrun launched for you
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Callable, Iterator, NoReturn, TypeVar
 
 import torch
 import torch.nn as nn
@@ -129,6 +134,7 @@ def init_from_env(device: str = "auto", timeout_minutes: float = 60) -> DistEnv:
     backend = "nccl" if cuda else "gloo"
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
                             timeout=timedelta(minutes=timeout_minutes))
+    atexit.register(shutdown)  # leave the group cleanly when the command ends
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
 
 
@@ -182,7 +188,9 @@ def shard_batches(data, batch_size: int, env: DistEnv, generator: torch.Generato
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DDP (and torch.compile) wrappers."""
     while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
             return model
         model = inner
@@ -206,7 +214,7 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
             "-m", "fashion_core.cli", *rest]
 
 
-def launch_with_torchrun(nproc: int, argv: list[str]) -> Any:
+def launch_with_torchrun(nproc: int, argv: list[str]) -> NoReturn:
     """Replace this process by ``torchrun --nproc_per_node nproc -m fashion_core.cli <argv>`` (never returns)."""
     cmd = torchrun_command(nproc, argv)
     sys.stdout.flush()

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import distributed
+from . import fusion
 from . import metrics as M
 from . import tracking
 from .config import ConfigError, ExperimentConfig, ModelConfig, to_dict
@@ -30,7 +32,8 @@ from .data.sources import cache_root
 from .data.splits import stage_classes
 from .losses import build_loss
 from .models import FashionNet, NCMHead, build_model, imprint_weights, param_groups, transfer_policy
-from .train import FitResult, LabelLoss, evaluate, fit, load_checkpoint, pick_device, predict_scores, top5_of
+from .train import (FitResult, LabelLoss, evaluate, fit, load_checkpoint, load_error, pick_device, predict_scores,
+                    top5_of)
 
 REGISTERED_PRETRAIN = "fashion-pretrain"
 STATE_ARTIFACT = "checkpoint/model_state.pt"
@@ -81,13 +84,16 @@ def build_stage_data(p: Prepared, stage: str, extras_fn: ExtrasFn | None = None,
     test_only = {str(k): int(v) for k, v in test_only.items()}
     # Only test rows may belong to a class the model cannot output: they get label -1.
     sp = sp[learnable | (sp["split"] == "test")].reset_index(drop=True)
-    images = torch.from_numpy(p.cache.take(sp["id"].to_numpy()))
     labels = torch.tensor([index.get(c, -1) for c in sp["label"]], dtype=torch.int64)
     extras = extras_fn(p, sp, classes) if extras_fn else {}
 
     def part(name: str) -> TensorData:
-        idx = torch.from_numpy(np.flatnonzero(sp["split"].to_numpy() == name))
-        return TensorData(images[idx], labels[idx], {k: v[idx] for k, v in extras.items()})
+        rows = np.flatnonzero(sp["split"].to_numpy() == name)
+        idx = torch.from_numpy(rows)
+        # Each split straight from the cache: the stage's images are in memory once, not twice
+        # (6.5 GB for the pretrain stage at 299x224).
+        images = torch.from_numpy(p.cache.take(sp["id"].to_numpy()[rows]))
+        return TensorData(images, labels[idx], {k: v[idx] for k, v in extras.items()})
 
     train, val, test = part("train"), part("val"), part("test")
     c = len(classes)
@@ -112,7 +118,8 @@ def resolve_model_uri(spec: str, experiment: str | None = None, stage: str = "pr
     client = MlflowClient()
     if spec == "latest":
         runs = tracking.find_runs(f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
-                                  [experiment] if experiment else None, max_results=1)
+                                  [experiment] if experiment else None, max_results=50)
+        runs = [r for r in runs if r.data.tags.get("baseline") != "metadata_only"][:1]  # no network to load
         if not runs:
             raise SourceError(f"latest: no finished {stage} run in the tracking store ({tracking_uri()}); "
                               f"run `fashion {stage}` first")
@@ -157,6 +164,9 @@ def resolve_source(spec: str, experiment: str | None = None) -> str:
     stage = run.data.tags.get("stage")
     if stage != "pretrain":
         raise SourceError(f"--from {spec}: run {run_id} is a {stage or 'untagged'} run, not a pretrain run")
+    if run.data.tags.get("baseline") == "metadata_only":
+        raise SourceError(f"--from {spec}: run {run_id} is the metadata-only baseline (a scikit-learn model), "
+                          "not a network to fine-tune")
     return run_id
 
 
@@ -174,9 +184,11 @@ def load_run_model(run_id: str, map_location: str = "cpu") -> tuple[FashionNet, 
             state = torch.load(tracking.download_artifact(run_id, STATE_ARTIFACT, d), map_location=map_location,
                                weights_only=True)
         except Exception as e:
-            raise SourceError(f"run {run_id} has no usable model checkpoint ({MODEL_JSON}, {STATE_ARTIFACT}): {e}") from None
+            raise SourceError(f"run {run_id} has no usable model checkpoint ({MODEL_JSON}, {STATE_ARTIFACT}): "
+                              f"{load_error(e)}") from None
     mcfg = ModelConfig(**{k: v for k, v in meta["model"].items()})
-    model = build_model(mcfg.__class__(**{**to_dict(mcfg), "init": "scratch"}), len(meta["classes"]))
+    # A fused model (model.json has "fused") comes back with its encoders' vocabularies and auxiliary heads.
+    model = fusion.model_from_meta(mcfg.__class__(**{**to_dict(mcfg), "init": "scratch"}), meta)
     if meta.get("head_kind") == "ncm":
         model.set_head(NCMHead(state["head.means"]))
     elif meta.get("head_kind") and meta["head_kind"] != model.head_kind:
@@ -197,23 +209,31 @@ def embed(model: FashionNet, data: TensorData, device: torch.device, batch_size:
     from .data.loader import batches, to_float
 
     model.eval()
-    out = [model.forward_features(to_float(b["image"])).float().cpu()
+    # A fused model's embedding needs the batch's metadata too.
+    out = [(model.forward_features(to_float(b["image"]), b) if getattr(model, "uses_batch", False)
+            else model.forward_features(to_float(b["image"]))).float().cpu()
            for b in batches(data, batch_size, shuffle=False, device=device)]
     return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
 
 
 def setup_model(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, dict] | None,
-                device: torch.device, log=print) -> tuple[FashionNet, dict, float]:
-    """The model a stage trains, its transfer policy, and the backbone lr multiplier."""
+                device: torch.device, log=print, plan: fusion.FusionPlan | None = None) -> tuple[FashionNet, dict, float]:
+    """The model a stage trains, its transfer policy, and the backbone lr multiplier.
+
+    With a fusion ``plan`` the model is a ``fusion.FusedNet``: the heads (and imprinting / NCM) see the
+    fused embedding; from a source, its metadata encoders carry over and the auxiliary heads are new.
+    """
     n = len(sd.classes)
     if cfg.stage == "pretrain":
-        return build_model(cfg.model, n), {"train": True, "trainable": "all"}, 1.0
+        return _new_model(cfg, n, plan), {"train": True, "trainable": "all"}, 1.0
     policy = transfer_policy(cfg.transfer.method)
     if not policy["pretrained"] or source is None:
         if source is None and policy["pretrained"]:
             raise SourceError(f"transfer.method={cfg.transfer.method} needs --from (a pretrain run)")
-        return build_model(cfg.model, n), policy, 1.0
+        return _new_model(cfg, n, plan), policy, 1.0
     model, meta = source
+    if plan is not None:
+        model = plan.adapt(model)
     # The backbone (architecture and weights) comes from the source run; only the head is new.
     head = policy["head"] or cfg.model.head
     if head == "ncm":
@@ -231,15 +251,31 @@ def setup_model(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, 
     return model, policy, mult
 
 
+def _new_model(cfg: ExperimentConfig, n: int, plan: fusion.FusionPlan | None) -> FashionNet:
+    """A fresh model: fused when the stage has a fusion plan."""
+    return plan.new_model(cfg.model, n) if plan is not None else build_model(cfg.model, n)
+
+
 def _log_state(model: FashionNet, cfg: ExperimentConfig, classes: list[str], extra: dict | None = None) -> None:
     import mlflow
 
     with tempfile.TemporaryDirectory() as d:
         torch.save(model.state_dict(), Path(d) / "model_state.pt")
         meta = {"model": to_dict(cfg.model), "classes": classes, "height": cfg.data.height, "width": cfg.data.width,
-                "head_kind": model.head_kind, "fusion": to_dict(cfg.fusion), **(extra or {})}
+                "head_kind": model.head_kind, "fusion": to_dict(cfg.fusion), **fusion.model_meta(model), **(extra or {})}
         (Path(d) / "model.json").write_text(json.dumps(meta, indent=1))
         mlflow.log_artifacts(d, "checkpoint")
+
+
+def _log_missing_epochs(run_id: str, history: list[dict]) -> None:
+    """On --resume: log the epochs the checkpoint holds but the killed run did not (a signal between the
+    per-epoch checkpoint and its metrics), so the run's curves have every epoch once."""
+    from mlflow.tracking import MlflowClient
+
+    logged = {m.step for m in MlflowClient().get_metric_history(run_id, "train_loss")}
+    for h in history:
+        if int(h["epoch"]) not in logged:
+            tracking.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]))
 
 
 def _log_last(ckpt_path: Path) -> None:
@@ -261,9 +297,15 @@ def _log_mlflow_model(model: FashionNet, cfg: ExperimentConfig, classes: list[st
 
     from .serving import ServingModel
 
+    if getattr(model, "uses_batch", False):
+        log(f"not logged as an MLflow model nor registered: it fuses product metadata and the serving model takes "
+            f"images only; {MODEL_JSON} and {STATE_ARTIFACT} rebuild it (load_run_model)")
+        return
     serving = ServingModel(model.cpu().eval(), classes)
     example = np.full((1, cfg.data.height, cfg.data.width, 3), 255, dtype=np.uint8)
-    info = mlflow.pytorch.log_model(serving, name="model", input_example=example,
+    # pt2 (torch.export) always: MLflow's default turns to pickle on Databricks, and a pickled model
+    # runs code when `mlflow models serve` / mlflow.pytorch.load_model opens it.
+    info = mlflow.pytorch.log_model(serving, name="model", input_example=example, serialization_format="pt2",
                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
                                     registered_model_name=register)
     mlflow.log_dict({"classes": classes}, "model_classes.json")
@@ -284,7 +326,11 @@ def _log_mlflow_model(model: FashionNet, cfg: ExperimentConfig, classes: list[st
 
 def evaluate_test(model: FashionNet, sd: StageData, device: torch.device, seed: int):
     """Test-split evaluation: (per-class table, predictions, summary metrics with intervals, (labels, top5))."""
-    scores = predict_scores(model, sd.test, device)
+    return score_test_split(sd, predict_scores(model, sd.test, device), seed)
+
+
+def score_test_split(sd: StageData, scores: np.ndarray, seed: int):
+    """What ``evaluate_test`` returns, from test scores (N_test, C) over ``sd.classes`` of any model."""
     all_labels = sd.test.labels.numpy()
     top5_all = top5_of(scores) if len(all_labels) else np.zeros((0, 5), dtype=np.int64)
     # predictions.csv lists every test image, those of unlearnable classes too (always wrong).
@@ -301,11 +347,31 @@ def evaluate_test(model: FashionNet, sd: StageData, device: torch.device, seed: 
     return table, preds, out, (labels, top5)
 
 
+def _quiet(message: str) -> None:
+    """The log of ranks > 0: one process prints."""
+
+
+def _follow_fit(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, dict] | None, device: torch.device,
+                resume_state: dict | None, env: distributed.DistEnv, plan: fusion.FusionPlan | None = None) -> None:
+    """A rank > 0 of a torchrun job: the same model, loss and ``fit`` as rank 0 in ``run_stage`` (keep them in
+    step), without tracking, checkpoints or test evaluation."""
+    model, policy, lr_mult = setup_model(cfg, sd, source, device, _quiet, plan=plan)
+    if not policy.get("train", True):
+        return
+    criterion = fusion.wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
+    model.to(device)
+    groups = fusion.param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
+    fit(model, sd.train, sd.val, criterion, groups, cfg.train, device, resume=resume_state, log=_quiet, dist=env)
+
+
 def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = None, experiment: str | None = None,
               parent_run_id: str | None = None, tags: dict | None = None, register: bool = True,
               resume: str | None = None, extras_fn: ExtrasFn | None = None, log=print,
               prepared: Prepared | None = None) -> str:
     """Run one technique of a stage as an MLflow run; return its run id.
+
+    Under ``torchrun`` (see ``distributed``) every rank trains, rank 0 alone logs the run and
+    returns its id; the other ranks return "".
 
     Args:
         cfg: the resolved experiment config (its ``stage`` says which stage).
@@ -318,8 +384,20 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
     import mlflow
 
     t_start = time.perf_counter()
-    p = prepared or prepare_data(data, cfg.data, log=log)
-    tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
+    env = distributed.init_from_env(cfg.train.device)  # one process unless launched by torchrun
+    if not env.is_main:
+        log = _quiet
+    # Under torchrun rank 0 builds the image cache first; the other ranks then reuse it.
+    p = prepared or env.rank0_first(lambda: prepare_data(data, cfg.data, log=log))
+    if env.is_main:
+        tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
+    if cfg.fusion.mode == "metadata_only":  # a scikit-learn model on the metadata alone: no network, no source
+        from .metadata_baseline import run_metadata_baseline
+
+        if resume:
+            raise ConfigError("the metadata-only baseline fits in seconds and has no checkpoint: run it again "
+                              "instead of --resume")
+        return run_metadata_baseline(cfg, p, parent_run_id=parent_run_id, tags=tags, log=log) if env.is_main else ""
     src_run = None
     src_model = None
     if cfg.stage == "finetune":
@@ -328,10 +406,13 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
             if not source:
                 raise SourceError(f"finetune with transfer.method={cfg.transfer.method} needs --from "
                                   "(a pretrain run id, runs:/ or models:/ URI, or latest)")
-            src_run = resolve_source(source, experiment)
+            src_run = env.broadcast_object(resolve_source(source, experiment) if env.is_main else None)
             src_model = load_run_model(src_run)
             cfg = cfg.replace(**{f"model.{k}": v for k, v in src_model[1]["model"].items() if k != "init"})
-    device = pick_device(cfg.train.device)
+    cfg, plan = fusion.plan_stage(cfg, p, src_model, log)  # metadata encoders and auxiliary heads, if any
+    if plan is not None:
+        extras_fn = plan.chain(extras_fn)
+    device = env.device_for(pick_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
     sd = build_stage_data(p, cfg.stage, extras_fn)
     if len(sd.train) == 0:
@@ -342,11 +423,17 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
             try:
                 resume_state = load_checkpoint(tracking.download_artifact(resume, LAST_ARTIFACT, d))
             except Exception as e:
-                raise SourceError(f"--resume {resume}: no {LAST_ARTIFACT} in that run ({e})") from None
+                raise SourceError(f"--resume {resume}: no loadable {LAST_ARTIFACT} in that run ({load_error(e)})") from None
+    if not env.is_main:  # ranks > 0 of a torchrun job: train in step with rank 0, log and write nothing
+        _follow_fit(cfg, sd, src_model, device, resume_state, env, plan)
+        return ""
     all_tags = {"leaky": str(cfg.fusion.leaky).lower(), "seed": cfg.train.seed, "device": device.type,
                 "transfer": cfg.transfer.method if cfg.stage == "finetune" else "", **(tags or {})}
+    if env.active:
+        all_tags.update({"world_size": env.world_size, "ddp_backend": env.backend})
     if src_run:
         all_tags["source_run_id"] = src_run
+    all_tags.update(fusion.run_tags(cfg, plan))
     ckpt_dir = cache_root() / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     with tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg),
@@ -354,10 +441,12 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
                             run_id=resume) as run:
         run_id = run.info.run_id
         ckpt_path = ckpt_dir / f"{run_id}.pt"
+        if resume_state is not None:
+            _log_missing_epochs(run_id, resume_state["history"])
         log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "
             f"{len(sd.train)} train / {len(sd.val)} val / {len(sd.test)} test images, device {device}")
-        model, policy, lr_mult = setup_model(cfg, sd, src_model, device, log)
-        criterion = LabelLoss(build_loss(cfg.loss, sd.n_train))
+        model, policy, lr_mult = setup_model(cfg, sd, src_model, device, log, plan=plan)
+        criterion = fusion.wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
         tracking.log_metrics({"n_classes": len(sd.classes), "n_train_images": len(sd.train),
                               "n_val_images": len(sd.val), "n_test_images_learnable": len(sd.test),
                               "n_params": sum(p_.numel() for p_ in model.parameters()),
@@ -368,10 +457,10 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         model.to(device)
         try:
             if policy.get("train", True):
-                groups = param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
+                groups = fusion.param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
                 result = fit(model, sd.train, sd.val, criterion, groups, cfg.train, device,
                              on_epoch=lambda e, m: tracking.log_metrics(m, step=e),
-                             checkpoint_path=ckpt_path, resume=resume_state, log=log)
+                             checkpoint_path=ckpt_path, resume=resume_state, log=log, dist=env)
                 model.load_state_dict(result.best_state)
                 tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
                 val_score = result.best_val

@@ -1,11 +1,14 @@
 """The technique grid: every ``experiments/`` config as a child run of one parent ``stage=grid`` run.
 
-Pretrain techniques run first (every seed), then the finetune techniques start from one
-pretrained model: ``--from`` when given, else the grid's own best pretrain run by
-*validation* class-mean top-1 (the test split never selects). A technique whose finished
-run has the same resolved config (hash tagged ``config_hash``), dataset digest and git
-commit is reused instead of rerun; a technique that fails is recorded as a FAILED child
-run and the grid goes on. The parent run lists every child in ``grid/runs.csv``.
+Pretrain techniques run first (every seed), then the finetune techniques start from a
+pretrained model: ``--from`` when given, else the grid's own best pretrain run of their model
+kind (image network, or fused network with the same metadata encoders) by *validation*
+class-mean top-1 (the test split never selects). A technique whose finished run has the same
+resolved config (hash tagged ``config_hash``), dataset digest and code (git commit, plus a hash
+of uncommitted changes; tag ``code_version``) is reused instead of rerun; a technique that
+fails is recorded as a FAILED child run and the grid goes on. The parent run lists every child
+in ``grid/runs.csv``; ``experiment.run_stage`` runs each technique (and dispatches the
+metadata-only baseline to its own runner).
 
     fashion grid --profile quick --seeds 0 --data ../shared/data/fashion-product-images-small.tar.gz
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,8 +31,9 @@ from .config import STAGES, ConfigError, ExperimentConfig, find_technique, list_
 STAGE_ORDER = STAGES  # pretrain first: the finetune techniques need its model
 RUNS_ARTIFACT = "grid/runs.csv"
 SOURCE_ARTIFACT = "grid/source.json"
-RUN_COLUMNS = ("stage", "technique", "seed", "run_id", "status", "reused", "seconds", "config_hash",
-               "test_top1_mean", "val_top1_best", "error")
+RUN_COLUMNS = ("stage", "technique", "seed", "kind", "run_id", "status", "reused", "seconds", "config_hash",
+               "source_run_id", "test_top1_mean", "val_top1_best", "error")
+IMAGE = "image"  # the kind of a plain image network
 
 
 @dataclass(frozen=True)
@@ -45,14 +50,19 @@ class GridTask:
 
 @dataclass
 class GridResult:
-    """What a grid did: the parent run, one row per task (``RUN_COLUMNS``), the finetune source."""
+    """What a grid did: the parent run, one row per task (``RUN_COLUMNS``), the finetune sources.
+
+    ``source_run_id`` is the image networks' pretrained model; ``sources`` maps every model kind
+    (see :func:`model_kind`) to the pretrain run its finetune techniques started from.
+    """
 
     parent_run_id: str
     runs: pd.DataFrame
     source_run_id: str | None = None
     seconds: float = 0.0
     experiment_id: str = ""
-    sources: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sources: dict = field(default_factory=dict)
+    rankings: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # ---------------------------------------------------------------- planning
@@ -169,14 +179,41 @@ def config_hash(cfg: ExperimentConfig, source_run_id: str | None = None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def find_reusable(cfg_hash: str, digest: str, commit: str, experiment_id: str):
-    """The newest FINISHED run of this config, data and commit in the experiment, or None."""
+def code_version() -> str:
+    """The git commit, plus a hash of the uncommitted changes (tracked diffs and new files) when there are some.
+
+    Reuse keys on it rather than on the bare commit: in a working copy with local edits, a run made
+    before an edit must not stand in for the code after it.
+    """
+    import subprocess
+
+    commit, dirty = tracking.git_commit()
+    root = tracking.PROJECT_DIR
+
+    def git(*args: str) -> bytes:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return b""
+
+    h = hashlib.sha256(git("diff", "HEAD", "--binary"))
+    new_files = False
+    for name in sorted(git("ls-files", "--others", "--exclude-standard", "-z").split(b"\0")):
+        f = root / name.decode(errors="replace")
+        if name and f.is_file() and f.suffix in (".py", ".yaml", ".yml", ".toml", ".cfg"):
+            h.update(name + b"\0" + f.read_bytes())
+            new_files = True
+    return f"{commit}+{h.hexdigest()[:12]}" if dirty or new_files else commit
+
+
+def find_reusable(cfg_hash: str, digest: str, code: str, experiment_id: str):
+    """The newest FINISHED run of this config, data and code version in the experiment, or None."""
     from mlflow.tracking import MlflowClient
 
     runs = MlflowClient().search_runs(
         [experiment_id],
         filter_string=(f"tags.config_hash = '{cfg_hash}' and tags.dataset_digest = '{digest}' "
-                       f"and tags.git_commit = '{commit}' and attributes.status = 'FINISHED'"),
+                       f"and tags.code_version = '{code}' and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
@@ -190,11 +227,29 @@ def best_val_score(run_id: str, metric: str = "val_top1_mean") -> float:
     return max(values) if values else float("nan")
 
 
-def pick_best_pretrain(runs: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
-    """The finished pretrain run with the best validation class-mean top-1, and the ranking table."""
-    cand = runs[(runs["stage"] == "pretrain") & (runs["status"] == "FINISHED")]
+def model_kind(cfg: ExperimentConfig) -> str:
+    """Which pretrained networks fit a config: ``image``, ``<mode>-<hash>`` of the metadata encoders, or '' (no network).
+
+    A finetune technique starts only from a pretrain run of its own kind: image techniques from an
+    image network, a fused one from a network with the same metadata encoders; the metadata-only
+    baseline is no network at all.
+    """
+    from .fusion import INPUT_KEYS
+
+    f = cfg.fusion
+    if f.mode == "metadata_only":
+        return ""
+    if f.mode == "none":
+        return IMAGE
+    encoders = {k: to_dict(getattr(f, k)) for k in INPUT_KEYS}
+    return f"{f.mode}-{hashlib.sha256(json.dumps(encoders, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def pick_best_pretrain(runs: pd.DataFrame, kind: str = IMAGE) -> tuple[str | None, pd.DataFrame]:
+    """The finished pretrain run of a kind with the best validation class-mean top-1, and the ranking."""
+    cand = runs[(runs["stage"] == "pretrain") & (runs["status"] == "FINISHED") & (runs["kind"] == kind)]
     cand = cand[cand["val_top1_best"].notna()].sort_values("val_top1_best", ascending=False, kind="stable")
-    table = cand[["technique", "seed", "run_id", "val_top1_best"]].reset_index(drop=True)
+    table = cand[["kind", "technique", "seed", "run_id", "val_top1_best"]].reset_index(drop=True)
     return (str(cand.iloc[0]["run_id"]) if len(cand) else None), table
 
 
@@ -218,8 +273,8 @@ def _client():
     return MlflowClient()
 
 
-def _start_parent(experiment_id: str, digest: str, tasks: Sequence[GridTask], profile: str, seeds: Sequence[int],
-                  params: Mapping[str, Any]) -> str:
+def _start_parent(experiment_id: str, digest: str, code: str, tasks: Sequence[GridTask], profile: str,
+                  seeds: Sequence[int], params: Mapping[str, Any]) -> str:
     """Create the parent run (not made active: the children are started by ``run_stage`` meanwhile)."""
     commit, dirty = tracking.git_commit()
     techniques = sorted({f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks},
@@ -227,17 +282,30 @@ def _start_parent(experiment_id: str, digest: str, tasks: Sequence[GridTask], pr
     seed_text = ",".join(str(s) for s in seeds)
     tags = {"stage": "grid", "technique": "grid", "dataset_digest": digest, "git_commit": commit,
             "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower(), "profile": profile,
-            "seeds": seed_text,
+            "seeds": seed_text, "code_version": code,
             "mlflow.note.content": (f"Technique grid, profile `{profile}`, seeds {seed_text}: "
                                     f"{len(tasks)} runs of {', '.join(techniques)}.")}
-    run = _client().create_run(experiment_id, run_name=f"grid/{profile}/seeds{seed_text}", tags=tags)
     client = _client()
+    name = f"grid/{profile}/seeds{seed_text}"
+    # Under `mlflow run . -e grid` the run MLflow made for this process becomes the parent; it is taken
+    # out of the environment so that the children and later runs do not adopt it too.
+    launched = os.environ.pop("MLFLOW_RUN_ID", None)
+    if launched:
+        run_id = launched
+        client.set_tag(run_id, "mlflow.runName", name)
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+    else:
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    logged = client.get_run(run_id).data.params  # `mlflow run` logged its entry point's parameters already
     for k, v in params.items():
-        client.log_param(run.info.run_id, k, str(v)[:6000])
-    return run.info.run_id
+        if k not in logged:
+            client.log_param(run_id, k, str(v)[:6000])
+    return run_id
 
 
-def _record_failure(task: GridTask, cfg_hash: str, digest: str, experiment_id: str, parent: str, error: str) -> str:
+def _record_failure(task: GridTask, cfg_hash: str, digest: str, code: str, experiment_id: str, parent: str,
+                    error: str) -> str:
     """The FAILED child run of a technique: the one ``run_stage`` opened, else a new one holding the error."""
     client = _client()
     found = client.search_runs([experiment_id], filter_string=(f"tags.config_hash = '{cfg_hash}' and "
@@ -249,7 +317,7 @@ def _record_failure(task: GridTask, cfg_hash: str, digest: str, experiment_id: s
         commit, dirty = tracking.git_commit()
         tags = {"stage": task.cfg.stage, "technique": task.cfg.technique, "dataset_digest": digest,
                 "git_commit": commit, "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower(),
-                "config_hash": cfg_hash, "grid_run_id": parent, "mlflow.parentRunId": parent,
+                "config_hash": cfg_hash, "grid_run_id": parent, "mlflow.parentRunId": parent, "code_version": code,
                 "seed": str(task.cfg.train.seed), "mlflow.note.content": f"Failed before training: {error}"}
         run_id = client.create_run(experiment_id, run_name=task.name, tags=tags).info.run_id
     client.set_tag(run_id, "error", error[:5000])
@@ -260,34 +328,35 @@ def _record_failure(task: GridTask, cfg_hash: str, digest: str, experiment_id: s
 
 
 def _row(task: GridTask, run_id: str | None, status: str, reused: bool, seconds: float, cfg_hash: str,
-         error: str = "") -> dict:
+         source: str | None, error: str = "") -> dict:
     top1 = val = float("nan")
     if run_id and status == "FINISHED":
         top1 = _client().get_run(run_id).data.metrics.get("test_top1_mean", float("nan"))
         val = best_val_score(run_id)
-    return {"stage": task.cfg.stage, "technique": task.cfg.technique, "seed": task.cfg.train.seed, "run_id": run_id,
-            "status": status, "reused": reused, "seconds": round(seconds, 1), "config_hash": cfg_hash,
+    return {"stage": task.cfg.stage, "technique": task.cfg.technique, "seed": task.cfg.train.seed,
+            "kind": model_kind(task.cfg), "run_id": run_id, "status": status, "reused": reused,
+            "seconds": round(seconds, 1), "config_hash": cfg_hash, "source_run_id": source or "",
             "test_top1_mean": top1, "val_top1_best": val, "error": error}
 
 
-def _finish_parent(parent: str, rows: list[dict], source: str | None, sources: pd.DataFrame, seconds: float,
-                   status: str) -> pd.DataFrame:
-    """Log the runs table, the source choice and the counts to the parent run, then end it."""
+def _finish_parent(parent: str, rows: list[dict], sources: Mapping[str, str | None], rankings: pd.DataFrame,
+                   seconds: float, status: str) -> pd.DataFrame:
+    """Log the runs table, the source choices and the counts to the parent run, then end it."""
+    from .report import markdown_table
+
     client = _client()
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     client.log_text(parent, runs.to_csv(index=False), RUNS_ARTIFACT)
-    client.log_text(parent, json.dumps({"source_run_id": source, "candidates": sources.to_dict("records")},
+    client.log_text(parent, json.dumps({"sources": sources, "candidates": rankings.to_dict("records")},
                                        indent=1, default=str), SOURCE_ARTIFACT)
     counts = {"n_runs": len(runs), "n_finished": int((runs["status"] == "FINISHED").sum()),
               "n_failed": int((runs["status"] == "FAILED").sum()), "n_reused": int(runs["reused"].sum()),
               "grid_seconds": seconds}
     for k, v in counts.items():
         client.log_metric(parent, k, float(v))
-    if source:
-        client.set_tag(parent, "source_run_id", source)
+    if sources.get(IMAGE):
+        client.set_tag(parent, "source_run_id", sources[IMAGE])
     note = client.get_run(parent).data.tags.get("mlflow.note.content", "")
-    from .report import markdown_table
-
     table = markdown_table(runs[["stage", "technique", "seed", "status", "reused", "test_top1_mean"]])
     client.set_tag(parent, "mlflow.note.content",
                    f"{note}\n\nFinished {counts['n_finished']}, failed {counts['n_failed']}, "
@@ -305,8 +374,8 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         tasks: from :func:`plan_grid` (pretrain tasks before finetune ones).
         data: the ``--data`` value.
         source: the finetune techniques' pretrained model (run id, runs:/, models:/ or latest);
-            None: the grid's best pretrain run by validation class-mean top-1, or ``latest`` when
-            the grid runs no pretrain technique.
+            None: per model kind (:func:`model_kind`), the grid's best pretrain run of that kind by
+            validation class-mean top-1, or ``latest`` when the grid runs no pretrain technique.
         experiment: MLflow experiment (default: one per dataset, as the stages do).
         reuse: reuse a FINISHED run of the same config hash, dataset digest and commit.
         register: register pretrain models (``fashion-pretrain``, alias @best follows validation).
@@ -322,79 +391,88 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         raise ConfigError("the grid has no technique to run")
     t0 = time.perf_counter()
     prepared = prepare_data(data, tasks[0].cfg.data, log=log)
-    exp_name = experiment or tracking.experiment_name_for(prepared.root)
-    experiment_id = tracking.set_experiment(exp_name)
-    src = resolve_source(source, exp_name) if source else None  # a bad --from fails before any run
+    experiment_id = tracking.set_experiment(experiment or tracking.experiment_name_for(prepared.root))
+    exp_name = _client().get_experiment(experiment_id).name  # under `mlflow run`, the launched run's experiment
+    fixed = resolve_source(source, exp_name) if source else None  # a bad --from fails before any run
     seeds = list(seeds) if seeds is not None else sorted({t.cfg.train.seed for t in tasks})
-    commit, _ = tracking.git_commit()
+    code = code_version()
     params = {"profile": profile, "seeds": ",".join(map(str, seeds)), "n_tasks": len(tasks), "from": source or "",
               "techniques": ",".join(dict.fromkeys(f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks)),
               "reuse": reuse}
-    parent = _start_parent(experiment_id, prepared.digest, tasks, profile, seeds, params)
+    parent = _start_parent(experiment_id, prepared.digest, code, tasks, profile, seeds, params)
     log(f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest})")
     rows: list[dict] = []
-    sources = pd.DataFrame()
+    sources: dict[str, str | None] = {}  # model kind -> pretrain run, chosen when the first task needs it
+    rankings: list[pd.DataFrame] = []
     status = "FAILED"
     try:
         # SIGTERM between two children must end the parent KILLED too, not leave it RUNNING.
         with tracking._sigterm_as_interrupt():
             for i, task in enumerate(tasks):
-                if needs_source(task.cfg) and src is None and sources.empty:
-                    src, sources = _pick_source(rows, tasks, exp_name, log)
-                this_source = src if needs_source(task.cfg) else None
+                this_source = None
+                if needs_source(task.cfg):
+                    kind = model_kind(task.cfg)
+                    if kind not in sources:
+                        sources[kind], ranking = (fixed, pd.DataFrame()) if fixed else \
+                            _pick_source(rows, tasks, kind, exp_name, log)
+                        rankings.append(ranking)
+                    this_source = sources[kind]
                 h = config_hash(task.cfg, this_source)
                 log(f"[{i + 1}/{len(tasks)}] {task.name}")
-                old = find_reusable(h, prepared.digest, commit, experiment_id) if reuse else None
+                old = find_reusable(h, prepared.digest, code, experiment_id) if reuse else None
                 if old is not None:
                     log(f"  reusing finished run {old.info.run_id} (same config, data and commit)")
-                    rows.append(_row(task, old.info.run_id, "FINISHED", True, 0.0, h))
+                    rows.append(_row(task, old.info.run_id, "FINISHED", True, 0.0, h, this_source))
                     continue
                 t1 = time.perf_counter()
                 try:
                     if needs_source(task.cfg) and not this_source:
-                        raise ConfigError("no finished pretrain run to start from; pass --from")
+                        raise ConfigError(f"no finished pretrain run of this model kind ({model_kind(task.cfg)}) "
+                                          "to start from; pass --from")
                     run_id = runner_for(task.cfg)(task.cfg, data, source=this_source, experiment=exp_name,
                                                   parent_run_id=parent, register=register, prepared=prepared,
-                                                  log=log, tags={"config_hash": h, "grid_run_id": parent})
-                    rows.append(_row(task, run_id, "FINISHED", False, time.perf_counter() - t1, h))
+                                                  log=log, tags={"config_hash": h, "grid_run_id": parent,
+                                                                 "code_version": code})
+                    rows.append(_row(task, run_id, "FINISHED", False, time.perf_counter() - t1, h, this_source))
                 except Exception as e:  # one technique failing must not stop the grid
                     error = f"{type(e).__name__}: {e}"
                     log(f"  FAILED: {error}")
-                    failed = _record_failure(task, h, prepared.digest, experiment_id, parent,
+                    failed = _record_failure(task, h, prepared.digest, code, experiment_id, parent,
                                              error + "\n\n" + traceback.format_exc())
-                    rows.append(_row(task, failed, "FAILED", False, time.perf_counter() - t1, h, error))
+                    rows.append(_row(task, failed, "FAILED", False, time.perf_counter() - t1, h, this_source, error))
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         seconds = time.perf_counter() - t0
-        runs = _finish_parent(parent, rows, src, sources, seconds, status)
+        ranked = pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame()
+        runs = _finish_parent(parent, rows, sources, ranked, seconds, status)
     log(f"grid {parent} done in {seconds:.0f} s: {int((runs['status'] == 'FINISHED').sum())} finished, "
         f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused")
-    return GridResult(parent_run_id=parent, runs=runs, source_run_id=src, seconds=seconds,
-                      experiment_id=experiment_id, sources=sources)
+    return GridResult(parent_run_id=parent, runs=runs, source_run_id=sources.get(IMAGE), seconds=seconds,
+                      experiment_id=experiment_id, sources=sources, rankings=ranked)
 
 
-def _pick_source(rows: list[dict], tasks: Sequence[GridTask], exp_name: str, log) -> tuple[str | None, pd.DataFrame]:
-    """The finetune source when ``--from`` is not given: the grid's best pretrain run, else ``latest``."""
+def _pick_source(rows: list[dict], tasks: Sequence[GridTask], kind: str, exp_name: str,
+                 log) -> tuple[str | None, pd.DataFrame]:
+    """The source of a model kind without ``--from``: the grid's best pretrain run of it, else ``latest``."""
     from .experiment import resolve_source
 
-    src, ranking = pick_best_pretrain(pd.DataFrame(rows, columns=list(RUN_COLUMNS)))
+    src, ranking = pick_best_pretrain(pd.DataFrame(rows, columns=list(RUN_COLUMNS)), kind)
     if src:
         best = ranking.iloc[0]
-        log(f"finetune techniques start from pretrain run {src}: best validation class-mean top-1 "
+        log(f"{kind} finetune techniques start from pretrain run {src}: best validation class-mean top-1 "
             f"{best['val_top1_best']:.4f} ({best['technique']}, seed {best['seed']})")
-    elif not any(t.cfg.stage == "pretrain" for t in tasks):
+    elif kind == IMAGE and not any(t.cfg.stage == "pretrain" for t in tasks):
         try:
             src = resolve_source("latest", exp_name)
-            log(f"finetune techniques start from the latest finished pretrain run {src}")
+            log(f"image finetune techniques start from the latest finished pretrain run {src}")
         except ConfigError as e:
             log(f"no pretrained model for the finetune techniques: {e}")
     else:
-        log("no pretrain run of this grid finished: the techniques that need a pretrained model fail")
-    # A non-empty ranking (or a marker row) stops the search being repeated for every finetune task.
-    return src, ranking if len(ranking) else pd.DataFrame([{"run_id": src, "val_top1_best": float("nan")}])
+        log(f"no finished {kind} pretrain run in this grid: the {kind} techniques that need one fail")
+    return src, ranking
 
 
 def grid_run_ids(parent_run_id: str) -> list[str]:

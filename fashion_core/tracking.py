@@ -34,6 +34,41 @@ def _quiet_mlflow() -> None:
     warnings.filterwarnings("ignore", message=".*Hint: Inferred schema.*")
 
 
+_READY_STORES: set[str] = set()
+
+
+def ensure_store() -> None:
+    """Create a sqlite tracking store's tables once, under a file lock.
+
+    MLflow creates and migrates the schema on first use; several processes starting on an empty
+    sqlite file at once (grid, tune workers) race on it and all but one fail ("table already
+    exists"). The first to take ``<db>.lock`` creates it; the others wait, then find it ready.
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri in _READY_STORES or not uri.startswith("sqlite:///"):
+        _READY_STORES.add(uri)
+        return
+    from mlflow.tracking import MlflowClient
+
+    db = Path(uri[len("sqlite:///"):].split("?")[0])
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one process at a time there
+        fcntl = None
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the tables
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY_STORES.add(uri)
+
+
 def git_commit() -> tuple[str, bool]:
     """(commit sha, dirty) of the project checkout; ('unknown', False) outside git."""
     try:
@@ -56,11 +91,25 @@ def experiment_name_for(dataset_root: str | Path | None) -> str:
     return Path(dataset_root).name or DEFAULT_EXPERIMENT
 
 
+def launched_run_id() -> str | None:
+    """The run ``mlflow run`` created for this process (``MLFLOW_RUN_ID``), if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
 def set_experiment(name: str) -> str:
-    """Create (once, race-safe) and select an experiment; returns its id."""
+    """Create (once, race-safe) and select an experiment; returns its id.
+
+    Under ``mlflow run`` the run already exists: its experiment wins (``--experiment-name``).
+    """
     import mlflow
 
     _quiet_mlflow()
+    ensure_store()
+    env_run = launched_run_id()
+    if env_run:
+        exp_id = mlflow.get_run(env_run).info.experiment_id
+        mlflow.set_experiment(experiment_id=exp_id)
+        return exp_id
     for attempt in range(5):
         try:
             return mlflow.set_experiment(name).experiment_id
@@ -108,6 +157,7 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
     import mlflow
 
     _quiet_mlflow()
+    ensure_store()
     commit, dirty = git_commit()
     all_tags = {"stage": stage, "technique": technique, "dataset_digest": dataset_digest,
                 "mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty).lower()}
@@ -117,13 +167,19 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
         all_tags["mlflow.note.content"] = description
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {"run_name": run_name, "tags": all_tags}
+    adopt = None
+    if run_id is None and not nested and not parent_run_id:
+        adopt = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run` made for us
+    existing = run_id or adopt
+    kwargs: dict[str, Any] = {"run_id": existing} if existing else {"run_name": run_name, "tags": all_tags}
     with _sigterm_as_interrupt():
         run = mlflow.start_run(nested=nested, **kwargs)
         try:
-            if run_id:
+            if existing:
                 mlflow.set_tags(all_tags)
-            elif config is not None:
+            if adopt and run_name:
+                mlflow.set_tag("mlflow.runName", run_name)
+            if config is not None and not run_id:
                 log_config(config)
             yield run
         except KeyboardInterrupt:
@@ -195,6 +251,7 @@ def find_runs(filter_string: str = "", experiment_names: list[str] | None = None
     """Runs (as MLflow Run objects) matching a filter across the given (default: all) experiments."""
     from mlflow.tracking import MlflowClient
 
+    ensure_store()
     client = MlflowClient()
     if experiment_names:
         exps = [client.get_experiment_by_name(n) for n in experiment_names]

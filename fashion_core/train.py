@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .config import TrainConfig
 from .data.loader import TensorData, augment, batches, num_batches, to_float
-from .distributed import DistEnv
+from .distributed import DistEnv, unwrap
 from .distributed import shard_batches as dist_shard_batches
 
 
@@ -67,8 +67,6 @@ def logits_of(out: Any) -> torch.Tensor:
 
 def call_model(model: nn.Module, x: torch.Tensor, batch: dict[str, torch.Tensor]) -> Any:
     """Models that fuse metadata take the whole batch too (``uses_batch = True``)."""
-    from .distributed import unwrap
-
     if getattr(unwrap(model), "uses_batch", False):  # DDP does not forward attributes of its module
         return model(x, batch)
     return model(x)
@@ -179,7 +177,7 @@ def _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best
 def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Module, param_groups: list[dict],
         cfg: TrainConfig, device: torch.device, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         checkpoint_path: str | Path | None = None, resume: dict | None = None, log=print,
-        dist: "DistEnv | None" = None) -> FitResult:
+        dist: DistEnv | None = None) -> FitResult:
     """Train ``model`` on ``train``; select the best epoch on ``val`` class-mean top-1.
 
     Args:
@@ -267,15 +265,15 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
             bad_epochs += 1
         metrics["best_val_top1_mean"] = best_val if len(val) else float("nan")
         history.append({"epoch": epoch, **metrics})
-        log(f"epoch {epoch}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  train top-1 {metrics['train_top1']:.3f}  "
-            + (f"val top-1 {metrics['val_top1_mean']:.4f}  val top-5 {metrics['val_top5_mean']:.4f}  " if len(val) else "")
-            + f"{seen / max(train_seconds, 1e-9):.0f} img/s  {train_seconds:.0f}s")
-        if checkpoint_path is not None:
+        if checkpoint_path is not None:  # before the epoch line: once it is printed, the epoch is resumable
             ckpt = _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best_val, history,
                                bad_epochs, gen)
             tmp = Path(str(checkpoint_path) + ".tmp")
             torch.save(ckpt, tmp)
             os.replace(tmp, checkpoint_path)
+        log(f"epoch {epoch}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  train top-1 {metrics['train_top1']:.3f}  "
+            + (f"val top-1 {metrics['val_top1_mean']:.4f}  val top-5 {metrics['val_top5_mean']:.4f}  " if len(val) else "")
+            + f"{seen / max(train_seconds, 1e-9):.0f} img/s  {train_seconds:.0f}s")
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if cfg.patience and bad_epochs >= cfg.patience and len(val):
@@ -284,6 +282,17 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
             break
     return FitResult(best_state=best_state, best_epoch=best_epoch, best_val=best_val, history=history,
                      stopped_early=stopped)
+
+
+def load_error(e: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line (torch's own text is a page)."""
+    import re
+
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if m:
+        return (f"it holds a pickled Python object ({m.group(1)}), not only tensors; refused, since loading it "
+                "could run code")
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -1,0 +1,1 @@
+"""Benchmark scripts (speed, memory): each prints a markdown table; see README "Performance"."""

@@ -1,0 +1,85 @@
+"""Accuracy benchmark: pretrain techniques, then finetune techniques from the best pretrain run, on the real data.
+
+Every number comes from a logged MLflow run (config, data digest, commit); the table
+printed at the end lists the run ids. Validation picks the source model, never test.
+
+    python bench/accuracy.py --data ../shared/data/fashion-product-images-small.tar.gz --profile quick \
+        --pretrain baseline --finetune finetune,linear_probe,imprint,ncm,scratch
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fashion_core.config import find_technique, load_experiment, parse_overrides  # noqa: E402
+from fashion_core.data import prepare_data  # noqa: E402
+from fashion_core.experiment import run_stage  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--pretrain", default="baseline", help="comma-separated pretrain techniques")
+    ap.add_argument("--finetune", default="finetune,linear_probe,partial,imprint,imprint_finetune,ncm,scratch")
+    ap.add_argument("--from", dest="source", default=None, help="skip pretraining: finetune from this run")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("-o", "--override", action="append", default=[], help="applied to every technique")
+    ap.add_argument("--experiment", default=None)
+    args = ap.parse_args()
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    over = parse_overrides(args.override)
+    base = load_experiment(profile=args.profile, overrides=over)
+    prepared = prepare_data(args.data, base.data)
+    rows = []
+
+    def record(stage: str, technique: str, seed: int, run_id: str, seconds: float) -> None:
+        r = MlflowClient().get_run(run_id)
+        m = r.data.metrics
+        rows.append((stage, technique, seed, m.get("val_top1_mean", float("nan")) if stage == "pretrain"
+                     else m.get("best_val_top1_mean", m.get("val_top1_mean", float("nan"))),
+                     m["test_top1_mean"], m["test_top1_mean_lo"], m["test_top1_mean_hi"], m["test_top5_mean"],
+                     m["test_top1_micro"], int(m["test_n_classes_evaluated"]), seconds, run_id))
+
+    best_src, best_val = args.source, -1.0
+    if not args.source:
+        for technique in args.pretrain.split(","):
+            for seed in seeds:
+                cfg = load_experiment(find_technique(technique, "pretrain", ROOT / "experiments"), profile=args.profile,
+                                      stage="pretrain", overrides={**over, "train.seed": seed})
+                t0 = time.perf_counter()
+                run_id = run_stage(cfg, args.data, experiment=args.experiment, prepared=prepared,
+                                   tags={"bench": "accuracy"})
+                record("pretrain", technique, seed, run_id, time.perf_counter() - t0)
+                val = MlflowClient().get_run(run_id).data.metrics.get("best_val_top1_mean", -1.0)
+                if val > best_val:
+                    best_src, best_val = run_id, val
+    for technique in [t for t in args.finetune.split(",") if t]:
+        for seed in seeds:
+            cfg = load_experiment(find_technique(technique, "finetune", ROOT / "experiments"), profile=args.profile,
+                                  stage="finetune", overrides={**over, "train.seed": seed})
+            t0 = time.perf_counter()
+            run_id = run_stage(cfg, args.data, source=best_src, experiment=args.experiment, prepared=prepared,
+                               tags={"bench": "accuracy"})
+            record("finetune", technique, seed, run_id, time.perf_counter() - t0)
+
+    print(f"\nprofile {args.profile}, overrides {over or '-'}, tracking {mlflow.get_tracking_uri()}")
+    print("| stage | technique | seed | val top-1 (mean) | test top-1 (mean) [95% CI] | test top-5 (mean) "
+          "| test top-1 (micro) | classes | minutes | run |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for st, t, s, v, t1, lo, hi, t5, mi, n, sec, rid in rows:
+        print(f"| {st} | {t} | {s} | {v:.3f} | {t1:.3f} [{lo:.3f}, {hi:.3f}] | {t5:.3f} | {mi:.3f} | {n} "
+              f"| {sec / 60:.1f} | `{rid[:8]}` |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The metadata-only baseline: a scikit-learn logistic regression on the fused networks' metadata features.
+
+A technique with ``fusion.mode: metadata_only`` runs here instead of training a network
+(``run_stage`` dispatches). It sees exactly what a fused network's metadata encoder sees: the
+same stage rows and classes, one-hot codes of ``fusion.fields`` (vocabularies fitted on the stage's
+TRAIN split, with the unknown and missing buckets of ``fusion.CategoryVocab``) and the same hashed
+word n-grams of ``productDisplayName``. The inverse regularisation ``C`` is ``fusion.logreg_c``, or
+the best of ``config.LOGREG_C_GRID`` on VALIDATION class-mean top-1; the model is fitted on the
+training rows only, as the networks are.
+
+The run is a run of its stage (tags ``stage``, ``technique``, ``dataset_digest``, ``leaky``, plus
+``baseline=metadata_only``) with the same ``test_*`` metrics and ``eval/`` artifacts as a network,
+so ``compare`` shows it beside them. It has no network: ``finetune --from`` refuses it. Honoured
+keys: ``data.*``, ``fusion.fields``, ``fusion.leaky_fields``, ``fusion.text_buckets``,
+``fusion.text_ngrams``, ``fusion.logreg_c``, ``loss.weights`` (none, or inverse = scikit-learn's
+"balanced"), ``train.seed``; the model, train and transfer keys do not apply.
+
+    fashion pretrain --technique meta_only --data ../shared/data/fashion-product-images-small.tar.gz
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as M
+from . import tracking
+from .config import LOGREG_C_GRID, ConfigError, ExperimentConfig, to_dict
+from .fusion import TEXT_FIELD, MetaVocab, stage_rows
+from .train import class_mean_accuracy, top5_of
+
+BASELINE_TAG = "metadata_only"  # value of the ``baseline`` tag
+STATE_ARTIFACT = "checkpoint/metadata_baseline.json"
+WEIGHTS_ARTIFACT = "checkpoint/metadata_baseline.npz"
+
+
+def features(vocab: MetaVocab, rows: pd.DataFrame):
+    """Sparse (N, D) float32 features: one-hot codes of each categorical field, then hashed name n-grams (0/1).
+
+    Args:
+        vocab: the fitted vocabularies (``MetaVocab.fit`` on training rows).
+        rows: catalogue rows with the vocabulary's fields (and ``productDisplayName`` when it hashes text).
+
+    Returns:
+        A ``scipy.sparse.csr_matrix``; its columns are the same for every call with the same ``vocab``.
+    """
+    from scipy import sparse
+
+    enc = vocab.encode(rows)
+    n = len(rows)
+    cat = enc["meta_cat"].numpy()
+    row_ids, col_ids, offset = [], [], 0
+    for j, v in enumerate(vocab.categorical):
+        row_ids.append(np.arange(n))
+        col_ids.append(offset + cat[:, j])
+        offset += v.size
+    if vocab.text is not None:
+        text = enc["meta_text"].numpy()
+        r, c = np.nonzero(text != vocab.text.buckets)  # padding is no feature
+        row_ids.append(r)
+        col_ids.append(offset + text[r, c])
+        offset += vocab.text.buckets
+    rows_, cols_ = np.concatenate(row_ids), np.concatenate(col_ids)
+    x = sparse.csr_matrix((np.ones(len(rows_), dtype=np.float32), (rows_, cols_)), shape=(n, offset))
+    x.sum_duplicates()
+    x.data[:] = 1.0  # a word twice in a name counts once
+    return x
+
+
+def fit_logreg(x, y: np.ndarray, c: float, class_weight: str | None, seed: int):
+    """A multinomial logistic regression (lbfgs); returns (model, converged)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=c, max_iter=1000, class_weight=class_weight, random_state=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(x, y)
+    return clf, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+def class_scores(clf, x, n_classes: int) -> np.ndarray:
+    """Log-probabilities over all ``n_classes`` stage classes; a class the model never saw scores -1e30."""
+    out = np.full((x.shape[0], n_classes), -1e30, dtype=np.float64)
+    if x.shape[0]:
+        out[:, clf.classes_] = clf.predict_log_proba(x)
+    return out
+
+
+def _split_rows(p, sd, name: str) -> pd.DataFrame:
+    """Catalogue rows of one split of the stage, in the order of ``sd.<split>``."""
+    return stage_rows(p, sd.frame.loc[sd.frame["split"] == name, "id"])
+
+
+def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, tags: dict | None = None,
+                          log=print) -> str:
+    """Fit, select (on validation), evaluate (on test) and log the metadata-only baseline as one run.
+
+    Args:
+        cfg: a config with ``fusion.mode == "metadata_only"`` (validated by ``config.validate``).
+        p: the prepared data (``data.prepare_data``); the MLflow experiment is already selected.
+        parent_run_id: makes this a child run (grid).
+        tags: extra run tags (grid: ``config_hash``, ``grid_run_id``).
+
+    Returns:
+        The run id.
+    """
+    import mlflow
+
+    from .experiment import build_stage_data, run_name, score_test_split
+
+    if cfg.fusion.mode != "metadata_only":
+        raise ConfigError(f"run_metadata_baseline needs fusion.mode=metadata_only, got {cfg.fusion.mode}")
+    t_start = time.perf_counter()
+    sd = build_stage_data(p, cfg.stage)  # the networks' rows, classes and labels, so the tables line up
+    if len(sd.train) == 0:
+        raise ConfigError(f"the {cfg.stage} stage has no training images with these split settings")
+    train_rows = _split_rows(p, sd, "train")
+    vocab = MetaVocab.fit(train_rows, cfg.fusion)
+    x_train, y_train = features(vocab, train_rows), sd.train.labels.numpy()
+    x_val, y_val = features(vocab, _split_rows(p, sd, "val")), sd.val.labels.numpy()
+    x_test = features(vocab, _split_rows(p, sd, "test"))
+    if len(np.unique(y_train)) < 2:
+        raise ConfigError(f"the {cfg.stage} stage has fewer than two classes with training images")
+    n = len(sd.classes)
+    class_weight = "balanced" if cfg.loss.weights == "inverse" else None
+    grid = [cfg.fusion.logreg_c] if cfg.fusion.logreg_c > 0 else list(LOGREG_C_GRID)
+    if len(y_val) == 0 and len(grid) > 1:
+        grid = [1.0]  # nothing to select on: scikit-learn's default
+        log("no validation rows: logreg C = 1.0 (scikit-learn's default)")
+    search, best = [], None
+    for c in grid:
+        clf, converged = fit_logreg(x_train, y_train, c, class_weight, cfg.train.seed)
+        v1, v5 = class_mean_accuracy(y_val, top5_of(class_scores(clf, x_val, n))) if len(y_val) else (np.nan, np.nan)
+        search.append({"C": c, "val_top1_mean": v1, "val_top5_mean": v5, "converged": converged})
+        log(f"logreg C={c:g}: val class-mean top-1 {v1:.4f}  top-5 {v5:.4f}" + ("" if converged else "  (not converged)"))
+        if best is None or v1 > best[1]:
+            best = (clf, v1, v5, c, converged)
+    clf, val1, val5, c_best, converged = best
+    inputs = vocab.fields + ([TEXT_FIELD] if vocab.text else [])
+    all_tags = {"leaky": str(cfg.fusion.leaky).lower(), "seed": cfg.train.seed, "device": "cpu",
+                "transfer": cfg.transfer.method if cfg.stage == "finetune" else "", "baseline": BASELINE_TAG,
+                "fusion": cfg.fusion.mode, "fusion_inputs": ",".join(inputs), **(tags or {})}
+    if cfg.fusion.leaky:
+        log(f"LEAKY: {', '.join(cfg.fusion.leaky_fields)} are model inputs; the run is tagged leaky=true")
+    with tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg),
+                            tags=all_tags, description=cfg.description or None, parent_run_id=parent_run_id) as run:
+        run_id = run.info.run_id
+        log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): metadata-only logistic regression on {', '.join(inputs)}; "
+            f"{n} classes, {len(sd.train)} train / {len(sd.val)} val / {len(sd.test)} test rows, "
+            f"{x_train.shape[1]} features, C={c_best:g}")
+        tracking.log_metrics({"n_classes": n, "n_train_images": len(sd.train), "n_val_images": len(sd.val),
+                              "n_test_images_learnable": len(sd.test), "n_features": x_train.shape[1],
+                              "n_params": int(clf.coef_.size + clf.intercept_.size), "logreg_c": c_best,
+                              "logreg_converged": float(converged)})
+        tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
+        mlflow.log_dict({"classes": sd.classes, "test_only": sd.test_only}, "classes.json")
+        tracking.log_frame(pd.DataFrame(search), "baseline/c_search.csv")
+        table, preds, test_metrics, (labels, top5) = score_test_split(sd, class_scores(clf, x_test, n), cfg.train.seed)
+        tracking.log_metrics(test_metrics)
+        tracking.log_frame(table, "eval/per_class.csv")
+        tracking.log_frame(preds, "eval/predictions.csv")
+        tracking.log_frame(M.with_wilson(table), "eval/per_class_intervals.csv")
+        if len(labels):
+            tracking.log_figure_html(M.confusion_matrix_figure(labels, top5[:, 0], sd.classes), "eval/confusion.html")
+        _log_model(clf, vocab, c_best, sd.classes)
+        tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
+        log(f"{cfg.stage} {cfg.technique}: test class-mean top-1 {test_metrics['test_top1_mean']:.4f} "
+            f"[{test_metrics['test_top1_mean_lo']:.4f}, {test_metrics['test_top1_mean_hi']:.4f}]  "
+            f"top-5 {test_metrics['test_top5_mean']:.4f}  micro top-1 {test_metrics['test_top1_micro']:.4f}  "
+            f"({test_metrics['test_n_classes_evaluated']} classes evaluated)" + ("  LEAKY" if cfg.fusion.leaky else ""))
+    return run_id
+
+
+def _log_model(clf, vocab: MetaVocab, c: float, classes: list[str]) -> None:
+    """The fitted model without pickles: vocabularies and settings as JSON, coefficients as ``.npz``."""
+    import mlflow
+
+    state = {"kind": "logistic_regression", "C": c, "classes": classes, "vocab": vocab.to_dict(),
+             "model_classes": [int(k) for k in clf.classes_]}
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, Path(STATE_ARTIFACT).name).write_text(json.dumps(state))
+        np.savez_compressed(Path(d, Path(WEIGHTS_ARTIFACT).name), coef=clf.coef_, intercept=clf.intercept_)
+        mlflow.log_artifacts(d, str(Path(STATE_ARTIFACT).parent))
+
+
+def load_metadata_baseline(run_id: str):
+    """The logged baseline of a run: (scikit-learn model, vocabularies, class names); no unpickling.
+
+    Predict with ``class_scores(model, features(vocab, rows), len(classes))``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            state = json.loads(tracking.download_artifact(run_id, STATE_ARTIFACT, d).read_text())
+            weights = np.load(tracking.download_artifact(run_id, WEIGHTS_ARTIFACT, d), allow_pickle=False)
+            coef, intercept = weights["coef"], weights["intercept"]
+        except Exception as e:
+            raise ConfigError(f"run {run_id} has no metadata baseline ({STATE_ARTIFACT}, {WEIGHTS_ARTIFACT}): {e}") from None
+    clf = LogisticRegression(C=state["C"])
+    clf.classes_, clf.coef_, clf.intercept_ = np.asarray(state["model_classes"]), coef, intercept
+    clf.n_features_in_ = coef.shape[1]
+    return clf, MetaVocab.from_dict(state["vocab"]), state["classes"]

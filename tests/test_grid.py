@@ -1,0 +1,236 @@
+"""The technique grid on generated data: child runs, the failing technique, source choice, reuse, planning."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fashion_core.config import ConfigError
+from fashion_core.grid import (code_version, config_hash, grid_run_ids, model_kind, parse_seeds, plan_grid, run_grid,
+                               select_techniques)
+
+EXP = Path(__file__).resolve().parents[1] / "experiments"
+TINY = {"data.top_k": 4, "train.epochs": 1}
+
+
+def experiments_dir(root: Path) -> Path:
+    """A techniques folder: baseline, a technique that fails at run time, the metadata-only baseline, and ncm."""
+    d = root / "experiments"
+    (d / "pretrain").mkdir(parents=True)
+    (d / "finetune").mkdir(parents=True)
+    shutil.copy(EXP / "pretrain" / "baseline.yaml", d / "pretrain")
+    shutil.copy(EXP / "pretrain" / "meta_only.yaml", d / "pretrain")
+    shutil.copy(EXP / "finetune" / "ncm.yaml", d / "finetune")
+    (d / "pretrain" / "broken.yaml").write_text("description: weights that do not exist - fails once running\n"
+                                                "model:\n  init: /nonexistent/weights.pt\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, dataset):
+    """One MLflow store and cache for the module; the grid below runs once."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("grid")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("FASHION_CACHE", str(root / "cache"))
+        mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.chdir(root)
+        # Others may edit this working copy while the tests run; reuse must not depend on that here.
+        mp.setattr("fashion_core.grid.code_version", lambda: "c0ffee+test")
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        yield root
+        while mlflow.active_run():
+            mlflow.end_run()
+
+
+@pytest.fixture(scope="module")
+def grid(store, dataset):
+    tasks = plan_grid(experiments_dir(store), seeds=[0, 1], profile="smoke", overrides=TINY)
+    return tasks, run_grid(tasks, str(dataset), profile="smoke", seeds=[0, 1], register=False, log=lambda m: None)
+
+
+def test_grid_parent_children_and_the_failing_technique(grid):
+    from mlflow.tracking import MlflowClient
+
+    tasks, res = grid
+    client = MlflowClient()
+    parent = client.get_run(res.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["stage"] == "grid"
+    assert parent.info.run_name == "grid/smoke/seeds0,1"
+    assert parent.data.metrics["n_runs"] == 8 and parent.data.metrics["n_failed"] == 2
+    runs = res.runs.set_index(["stage", "technique", "seed"])
+    assert list(res.runs["stage"]) == ["pretrain"] * 6 + ["finetune"] * 2  # pretrain first
+    assert list(res.runs["technique"][:3]) == ["baseline", "broken", "meta_only"]  # seed 0 first
+    for key, row in runs.iterrows():
+        run = client.get_run(row["run_id"])
+        assert run.info.run_name == f"{key[0]}/{key[1]}/seed{key[2]}"
+        assert run.data.tags["mlflow.parentRunId"] == res.parent_run_id
+        assert run.data.tags["config_hash"] == row["config_hash"]
+        assert run.data.tags["code_version"] == "c0ffee+test"
+        assert run.info.status == row["status"]
+    for seed in (0, 1):
+        broken = runs.loc[("pretrain", "broken", seed)]
+        assert broken["status"] == "FAILED" and "nonexistent" in broken["error"]
+        assert "nonexistent" in client.get_run(broken["run_id"]).data.tags["error"]
+        assert runs.loc[("finetune", "ncm", seed), "status"] == "FINISHED"  # the grid went on
+        meta = client.get_run(runs.loc[("pretrain", "meta_only", seed), "run_id"])  # run_stage dispatched it
+        assert meta.info.status == "FINISHED" and meta.data.tags["baseline"] == "metadata_only"
+    assert "FAILED" in parent.data.tags["mlflow.note.content"]
+    listed = pd.read_csv(client.download_artifacts(res.parent_run_id, "grid/runs.csv"), dtype=str,
+                         keep_default_na=False)
+    assert set(listed["run_id"]) == set(res.runs["run_id"])
+
+
+def test_finetune_starts_from_the_best_pretrain_run_by_validation(grid):
+    from mlflow.tracking import MlflowClient
+
+    from fashion_core.grid import best_val_score
+
+    _, res = grid
+    pre = res.runs[(res.runs["stage"] == "pretrain") & (res.runs["status"] == "FINISHED")]
+    # The metadata-only baseline is no network to start from, however well it does on validation.
+    assert set(pre.loc[pre["technique"] == "meta_only", "kind"]) == {""}
+    pre = pre[pre["technique"] == "baseline"]
+    scores = {r: best_val_score(r) for r in pre["run_id"]}
+    best = max(scores, key=lambda r: (scores[r], -list(scores).index(r)))
+    assert res.source_run_id == best
+    assert MlflowClient().get_run(res.parent_run_id).data.tags["source_run_id"] == best
+    for _, row in res.runs[res.runs["technique"] == "ncm"].iterrows():
+        assert row["source_run_id"] == best == MlflowClient().get_run(row["run_id"]).data.tags["source_run_id"]
+    assert set(res.rankings["run_id"]) == set(pre["run_id"]) and res.sources == {"image": best}
+
+
+def test_rerun_reuses_finished_runs_and_compare_reads_the_grid(grid, dataset, store):
+    from fashion_core.report import run_compare
+
+    tasks, first = grid
+    again = run_grid(tasks, str(dataset), profile="smoke", seeds=[0, 1], register=False, log=lambda m: None)
+    ok = first.runs["status"] == "FINISHED"
+    assert again.runs["reused"].tolist() == ok.tolist()  # finished runs reused, failed ones tried again
+    assert again.runs.loc[ok, "run_id"].tolist() == first.runs.loc[ok, "run_id"].tolist()
+    assert again.source_run_id == first.source_run_id
+    assert set(grid_run_ids(again.parent_run_id)) == set(again.runs["run_id"])
+    rep = run_compare(grid="latest", out=store / "report", log=lambda m: None)
+    assert rep.scope.grid_run_id == again.parent_run_id
+    assert set(rep.tables.runs["run_id"]) == set(first.runs.loc[ok, "run_id"])
+    assert set(rep.tables.summary) == {"pretrain", "finetune"}
+    assert (rep.tables.runs["n_mismatch"] == 0).all()  # per_class.csv agrees with predictions.csv
+    assert "failed" in " ".join(rep.scope.left_out["reason"])
+    ncm = [t for t in tasks if t.cfg.technique == "ncm"][:1]  # no training: a cheap forced rerun
+    forced = run_grid(ncm, str(dataset), source=first.source_run_id, reuse=False, log=lambda m: None)
+    old_ncm = first.runs.loc[first.runs["technique"] == "ncm", "run_id"].iloc[0]
+    assert not forced.runs["reused"].any() and forced.runs["run_id"][0] != old_ncm
+    assert forced.runs["config_hash"][0] == first.runs.loc[first.runs["technique"] == "ncm", "config_hash"].iloc[0]
+
+
+def test_under_mlflow_run_the_launched_run_is_the_parent(grid, dataset, monkeypatch):
+    """`mlflow run . -e grid` creates a run, logs the entry point's parameters and exports MLFLOW_RUN_ID."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    tasks, first = grid
+    client = MlflowClient()
+    launched = client.create_run(first.experiment_id, tags={"mlflow.source.type": "PROJECT"}).info.run_id
+    client.log_param(launched, "profile", "smoke")
+    client.log_param(launched, "from", "''")  # how `mlflow run` logs an empty parameter
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    ncm = [t for t in tasks if t.cfg.technique == "ncm"][:1]
+    res = run_grid(ncm, str(dataset), source=first.source_run_id, profile="smoke", log=lambda m: None)
+    assert res.parent_run_id == launched and "MLFLOW_RUN_ID" not in os.environ
+    parent = client.get_run(launched)
+    assert parent.info.run_name == "grid/smoke/seeds0" and parent.data.tags["stage"] == "grid"
+    assert parent.data.params["from"] == "''" and parent.data.params["n_tasks"] == "1"
+    assert res.runs["reused"][0] and parent.info.status == "FINISHED"
+    assert res.runs["config_hash"][0] in set(first.runs["config_hash"])  # the ncm run of the first grid, or a rerun
+
+
+def test_a_technique_failing_before_its_run_is_recorded(store, dataset):
+    from mlflow.tracking import MlflowClient
+
+    tasks = plan_grid(EXP, ["finetune/ncm"], seeds=[0], profile="smoke", overrides=TINY)
+    res = run_grid(tasks, str(dataset), experiment="no-pretrain-here", log=lambda m: None)
+    row = res.runs.iloc[0]
+    assert row["status"] == "FAILED" and "pretrain" in row["error"]
+    run = MlflowClient().get_run(row["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["mlflow.parentRunId"] == res.parent_run_id
+    assert run.info.run_name == "finetune/ncm/seed0"
+
+
+def test_bad_from_fails_before_any_run(store, dataset):
+    from fashion_core.experiment import SourceError
+    from fashion_core.tracking import find_runs
+
+    before = len(find_runs("tags.stage = 'grid'"))
+    tasks = plan_grid(EXP, ["finetune/ncm"], seeds=[0], profile="smoke", overrides=TINY)
+    with pytest.raises(SourceError, match="no run"):
+        run_grid(tasks, str(dataset), source="0" * 32, log=lambda m: None)
+    assert len(find_runs("tags.stage = 'grid'")) == before
+
+
+def test_plan_order_names_and_errors(tmp_path):
+    tasks = plan_grid(EXP, ["ncm", "focal", "pretrain/baseline"], seeds=[0, 2], profile="quick", overrides=TINY)
+    assert [t.name for t in tasks] == ["pretrain/focal/seed0", "pretrain/baseline/seed0", "pretrain/focal/seed2",
+                                       "pretrain/baseline/seed2", "finetune/ncm/seed0", "finetune/ncm/seed2"]
+    assert all(t.cfg.data.top_k == 4 and t.cfg.train.epochs == 1 for t in tasks)
+    assert tasks[0].cfg.loss.name == "focal" and tasks[4].cfg.transfer.method == "ncm"
+    everything = select_techniques(EXP)
+    assert [p.parent.name for p in everything] == sorted([p.parent.name for p in everything], reverse=True)
+    assert {p.stem for p in everything} >= {"baseline", "focal", "ncm", "finetune"}
+    assert all(p.parent.name == "finetune" for p in select_techniques(EXP, stages=["finetune"]))
+    with pytest.raises(ConfigError, match="unknown technique 'nope'; choose from: .*pretrain/baseline"):
+        select_techniques(EXP, ["nope"])
+    with pytest.raises(ConfigError, match="unknown stage"):
+        select_techniques(EXP, stages=["train"])
+    both = tmp_path / "x"
+    for s in ("pretrain", "finetune"):
+        (both / s).mkdir(parents=True)
+        (both / s / "same.yaml").write_text(f"stage: {s}\n")
+    with pytest.raises(ConfigError, match="write pretrain/same or finetune/same"):
+        select_techniques(both, ["same"])
+    assert parse_seeds("0,1, 2") == [0, 1, 2] and parse_seeds("3-5,4") == [3, 4, 5]
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds("a")
+    a, b = tasks[0].cfg, tasks[0].cfg.replace(**{"loss.gamma": 1.0})
+    assert config_hash(a) == config_hash(a) != config_hash(b)
+    ncm = tasks[4].cfg
+    assert config_hash(ncm, "1" * 32) != config_hash(ncm, "2" * 32)  # the source is part of a transfer's identity
+
+
+def test_code_version_is_the_commit_plus_local_changes():
+    from fashion_core.tracking import git_commit
+
+    commit, dirty = git_commit()
+    version = code_version()
+    assert version.startswith(commit)
+    assert version == commit or (len(version) == len(commit) + 13 and version[len(commit)] == "+")
+
+
+def test_model_kinds_pair_finetune_techniques_with_compatible_sources():
+    base = plan_grid(EXP, ["baseline"], profile="smoke")[0].cfg
+    assert model_kind(base) == "image" == model_kind(base.replace(**{"fusion.aux_master": 0.3}))
+    assert model_kind(base.replace(**{"fusion.mode": "metadata_only"})) == ""
+    late = base.replace(**{"fusion.mode": "late"})
+    assert model_kind(late).startswith("late-")
+    assert model_kind(late) == model_kind(late.replace(**{"fusion.meta_dropout": 0.25, "stage": "finetune"}))
+    assert model_kind(late) != model_kind(late.replace(**{"fusion.fields": "gender"}))
+    assert model_kind(late) != model_kind(late.replace(**{"fusion.mode": "film"}))
+
+
+def test_cli_grid_validates_before_any_run(isolated):
+    from click.testing import CliRunner
+
+    from fashion_core.cli import main
+
+    for args, message in ((["--techniques", "nope"], "unknown technique 'nope'"),
+                          (["--seeds", "x"], "--seeds"),
+                          (["--profile", "fast"], "Invalid value for '--profile'"),
+                          (["-o", "loss.gamma=-1"], "loss.gamma must be >= 0")):
+        r = CliRunner().invoke(main, ["grid", "--experiments-dir", str(EXP), *args])
+        assert r.exit_code == 2 and message in r.output, (args, r.output)
+    assert not (isolated / "mlflow.db").exists()  # rejected before MLflow was touched
