@@ -103,7 +103,11 @@ def _isolate(path: Path, mp: pytest.MonkeyPatch):
     mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     mp.delenv("MLFLOW_RUN_ID", raising=False)
-    mp.chdir(path)  # MLflow reads MLFLOW_TRACKING_URI each time: nothing global to restore
+    mp.chdir(path)
+    # A test that called mlflow.set_tracking_uri() would win over the env variable: clear it, restore after.
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    mp.setattr(tracking_utils, "_tracking_uri", None)
 
 
 @pytest.fixture()

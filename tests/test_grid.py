@@ -42,7 +42,7 @@ def store(tmp_path_factory, dataset):
         mp.chdir(root)
         # Others may edit this working copy while the tests run; reuse must not depend on that here.
         mp.setattr("fashion_core.grid.code_version", lambda: "c0ffee+test")
-        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)  # the env variable decides
         yield root
         while mlflow.active_run():
             mlflow.end_run()

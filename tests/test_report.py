@@ -79,7 +79,7 @@ def store(tmp_path_factory):
         mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         mp.chdir(root)
-        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)  # the env variable decides
         yield root
         while mlflow.active_run():
             mlflow.end_run()

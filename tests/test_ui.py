@@ -101,7 +101,7 @@ def grid_over_http(server, dataset, tmp_path_factory):
         mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         mp.chdir(work)  # nothing may be written here: runs and artifacts go to the server
-        mlflow.set_tracking_uri(url)
+        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)  # the env variable decides
         tasks = plan_grid(EXP, ["pretrain/baseline"], seeds=[0], profile="smoke",
                           overrides={"data.top_k": 4, "train.epochs": 1})
         res = run_grid(tasks, str(dataset), profile="smoke", seeds=[0], register=False, log=lambda m: None)
