@@ -347,6 +347,17 @@ def score_test_split(sd: StageData, scores: np.ndarray, seed: int):
     return table, preds, out, (labels, top5)
 
 
+def log_evaluation(sd: StageData, table: pd.DataFrame, preds: pd.DataFrame, test_metrics: dict,
+                   labels: np.ndarray, top5: np.ndarray) -> None:
+    """The test metrics and the ``eval/`` artifacts of DESIGN.md, for any model of a stage."""
+    tracking.log_metrics(test_metrics)
+    tracking.log_frame(table, "eval/per_class.csv")
+    tracking.log_frame(preds, "eval/predictions.csv")
+    tracking.log_frame(M.with_wilson(table), "eval/per_class_intervals.csv")
+    if len(labels):
+        tracking.log_figure_html(M.confusion_matrix_figure(labels, top5[:, 0], sd.classes), "eval/confusion.html")
+
+
 def _quiet(message: str) -> None:
     """The log of ranks > 0: one process prints."""
 
@@ -475,12 +486,7 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
                     f"continue with --resume {run_id}")
             raise
         table, preds, test_metrics, (labels, top5) = evaluate_test(model, sd, device, cfg.train.seed)
-        tracking.log_metrics(test_metrics)
-        tracking.log_frame(table, "eval/per_class.csv")
-        tracking.log_frame(preds, "eval/predictions.csv")
-        tracking.log_frame(M.with_wilson(table), "eval/per_class_intervals.csv")
-        if len(labels):
-            tracking.log_figure_html(M.confusion_matrix_figure(labels, top5[:, 0], sd.classes), "eval/confusion.html")
+        log_evaluation(sd, table, preds, test_metrics, labels, top5)
         _log_state(model, cfg, sd.classes, {"source_run_id": src_run})
         if ckpt_path.is_file():
             _log_last(ckpt_path)

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics as M
 from . import tracking
 from .config import LOGREG_C_GRID, ConfigError, ExperimentConfig, to_dict
 from .fusion import TEXT_FIELD, MetaVocab, stage_rows
@@ -112,7 +111,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     """
     import mlflow
 
-    from .experiment import build_stage_data, run_name, score_test_split
+    from .experiment import build_stage_data, log_evaluation, run_name, score_test_split
 
     if cfg.fusion.mode != "metadata_only":
         raise ConfigError(f"run_metadata_baseline needs fusion.mode=metadata_only, got {cfg.fusion.mode}")
@@ -162,12 +161,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
         mlflow.log_dict({"classes": sd.classes, "test_only": sd.test_only}, "classes.json")
         tracking.log_frame(pd.DataFrame(search), "baseline/c_search.csv")
         table, preds, test_metrics, (labels, top5) = score_test_split(sd, class_scores(clf, x_test, n), cfg.train.seed)
-        tracking.log_metrics(test_metrics)
-        tracking.log_frame(table, "eval/per_class.csv")
-        tracking.log_frame(preds, "eval/predictions.csv")
-        tracking.log_frame(M.with_wilson(table), "eval/per_class_intervals.csv")
-        if len(labels):
-            tracking.log_figure_html(M.confusion_matrix_figure(labels, top5[:, 0], sd.classes), "eval/confusion.html")
+        log_evaluation(sd, table, preds, test_metrics, labels, top5)
         _log_model(clf, vocab, c_best, sd.classes)
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
         log(f"{cfg.stage} {cfg.technique}: test class-mean top-1 {test_metrics['test_top1_mean']:.4f} "

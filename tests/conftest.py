@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny generated catalogue (styles.csv + images) and isolated MLflow / cache folders."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -121,18 +122,24 @@ def isolated(tmp_path, monkeypatch) -> Path:
         mlflow.end_run()
 
 
+@contextlib.contextmanager
+def module_store(tmp_path_factory, name: str = "store"):
+    """Like ``isolated``, for a whole test module (a new sqlite store costs seconds of migrations); yields (path, mp)."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(path, mp)
+        yield path, mp
+        while mlflow.active_run():
+            mlflow.end_run()
+
+
 @pytest.fixture(scope="module")
 def isolated_module(tmp_path_factory) -> Path:
     """Like ``isolated``, shared by one test module (for expensive runs several tests read)."""
-    path = tmp_path_factory.mktemp("store")
-    mp = pytest.MonkeyPatch()
-    _isolate(path, mp)
-    yield path
-    import mlflow
-
-    while mlflow.active_run():
-        mlflow.end_run()
-    mp.undo()
+    with module_store(tmp_path_factory) as (path, _):
+        yield path
 
 
 @pytest.fixture()

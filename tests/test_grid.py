@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import module_store
 
 from fashion_core.config import ConfigError
 from fashion_core.grid import (code_version, config_hash, grid_run_ids, model_kind, parse_seeds, plan_grid, run_grid,
@@ -31,21 +32,10 @@ def experiments_dir(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, dataset):
     """One MLflow store and cache for the module; the grid below runs once."""
-    import mlflow
-
-    root = tmp_path_factory.mktemp("grid")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("FASHION_CACHE", str(root / "cache"))
-        mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.chdir(root)
+    with module_store(tmp_path_factory, "grid") as (root, mp):
         # Others may edit this working copy while the tests run; reuse must not depend on that here.
         mp.setattr("fashion_core.grid.code_version", lambda: "c0ffee+test")
-        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)  # the env variable decides
         yield root
-        while mlflow.active_run():
-            mlflow.end_run()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import module_store
 
 from fashion_core import metrics as M
 from fashion_core import tracking
@@ -70,19 +71,8 @@ def log_fake_run(stage, technique, seed, skill, digest="digest-a", leaky=False, 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One MLflow sqlite store for the module (creating one costs seconds); tests add their own experiments."""
-    import mlflow
-
-    root = tmp_path_factory.mktemp("report")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("FASHION_CACHE", str(root / "cache"))
-        mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.chdir(root)
-        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)  # the env variable decides
+    with module_store(tmp_path_factory, "report") as (root, mp):
         yield root
-        while mlflow.active_run():
-            mlflow.end_run()
 
 
 @pytest.fixture(scope="module")

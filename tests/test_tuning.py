@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import module_store
 
 from fashion_core.config import ConfigError, flatten, load_experiment, to_dict
 from fashion_core.tuning import (base_config, best_config_yaml, check_storage_url, load_space, make_pruner, mask_url,
@@ -34,19 +35,8 @@ def focal():
 def store(tmp_path_factory):
     """One MLflow store and image cache for the module (a new sqlite store costs seconds of migrations);
     each test keeps to its own study name and Optuna storage."""
-    import mlflow
-
-    root = tmp_path_factory.mktemp("tuning")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("FASHION_CACHE", str(root / "cache"))
-        mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.chdir(root)
-        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)  # the env variable decides
+    with module_store(tmp_path_factory, "tuning") as (root, mp):
         yield root
-        while mlflow.active_run():
-            mlflow.end_run()
 
 
 def tune(dataset, tmp_path, study_name: str, **kw):
