@@ -54,3 +54,14 @@ def test_stage_mismatch(tmp_path):
 def test_override_syntax():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["loss.gamma"])
+
+
+def test_float_in_exponent_notation(tmp_path):
+    # YAML 1.1 reads "2e-3" (no dot) as a string; a float setting must still take it.
+    cfg = load_experiment(overrides=parse_overrides(["train.lr=2e-3", "loss.beta=9e-1"]))
+    assert cfg.train.lr == 2e-3 and cfg.loss.beta == 0.9
+    f = tmp_path / "t.yaml"
+    f.write_text("train:\n  lr: 5e-4\n")
+    assert load_experiment(f).train.lr == 5e-4
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_experiment(overrides={"train.lr": "fast"})
