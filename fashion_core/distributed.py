@@ -169,20 +169,10 @@ def shard_batches(data, batch_size: int, env: DistEnv, generator: torch.Generato
         batch_size: the GLOBAL batch size.
         generator: seeded identically on every rank, so every rank draws the same permutation.
     """
-    n = len(data)
-    order = torch.randperm(n, generator=generator)  # same draw as loader.batches(shuffle=True)
-    stop = n - (n % batch_size if drop_last and n >= batch_size else 0)
-    count = 0
-    for start in range(0, stop, batch_size):
-        idx = shard_indices(order[start:start + batch_size], env.rank, env.world_size).to(data.images.device)
-        batch = {"image": data.images[idx], "label": data.labels[idx]}
-        batch.update({k: v[idx] for k, v in data.extras.items()})
-        if device is not None:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        yield batch
-        count += 1
-        if max_batches and count >= max_batches:
-            return
+    from .data.loader import batches
+
+    return batches(data, batch_size, shuffle=True, generator=generator, drop_last=drop_last, device=device,
+                   max_batches=max_batches, shard=lambda idx: shard_indices(idx, env.rank, env.world_size))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
