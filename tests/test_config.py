@@ -65,3 +65,9 @@ def test_float_in_exponent_notation(tmp_path):
     assert load_experiment(f).train.lr == 5e-4
     with pytest.raises(ConfigError, match="expected a number"):
         load_experiment(overrides={"train.lr": "fast"})
+
+
+@pytest.mark.parametrize("path", sorted(EXP.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_technique_file_loads_for_its_stage(path):
+    cfg = load_experiment(path, stage=path.parent.name)
+    assert cfg.technique == path.stem and cfg.description
