@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,15 @@ def real_data() -> str:
     if p is None:
         pytest.skip("the real dataset is absent (set FASHION_DATA or provide ../shared/data)")
     return p
+
+
+def write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    """A .tar.gz of hand-made members (payload None: no data, e.g. links and folders) - hostile archives too."""
+    with tarfile.open(path, "w:gz") as tf:
+        for info, payload in members:
+            if payload is not None:
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+            else:
+                tf.addfile(info)
+    return path

@@ -8,7 +8,6 @@ the MLflow run states - is written to ``reports/reliability.md`` for the README'
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import write_tar
 from fashion_core.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,17 +98,6 @@ def check_refused(area: str, fault: str, args: list[str], match: str | None = No
     what = describe_failure(code, out, before, after)
     ROWS.append((area, fault, what))
     return what
-
-
-def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
-    with tarfile.open(path, "w:gz") as tf:
-        for info, payload in members:
-            if payload is not None:
-                info.size = len(payload)
-                tf.addfile(info, io.BytesIO(payload))
-            else:
-                tf.addfile(info)
-    return path
 
 
 def _member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
@@ -193,7 +182,7 @@ def test_hostile_archives_are_refused_and_write_nothing_outside(tmp_path, isolat
                                                (_member("ds/images/2.jpg", tarfile.LNKTYPE, "../../outside"), None)],
     }
     for fault, members in cases.items():
-        archive = _tar(tmp_path / f"bad{len(ROWS)}.tar.gz", members)
+        archive = write_tar(tmp_path / f"bad{len(ROWS)}.tar.gz", members)
         check_refused("archives", fault, ["prepare", "--data", str(archive)], "refusing")
         assert not (tmp_path / "abs_evil").exists() and not list(tmp_path.parent.glob("dotdot_evil"))
         extracted = cache / "extracted"

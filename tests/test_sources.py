@@ -1,5 +1,4 @@
 """Dataset sources: folders at any of three depths, archives extracted once and safely, kaggle via a fake downloader."""
-import io
 import os
 import tarfile
 import zipfile
@@ -7,19 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_tar
 from fashion_core.data.sources import DataSourceError, resolve_dataset
 
 
 def _tar(path: Path, entries: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> Path:
-    with tarfile.open(path, "w:gz") as tf:
-        for info in entries:
-            payload = (data or {}).get(info.name)
-            if payload is not None:
-                info.size = len(payload)
-                tf.addfile(info, io.BytesIO(payload))
-            else:
-                tf.addfile(info)
-    return path
+    return write_tar(path, [(info, (data or {}).get(info.name)) for info in entries])
 
 
 def _file(name: str) -> tarfile.TarInfo:
