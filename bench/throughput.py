@@ -51,7 +51,7 @@ def _sync(dev: torch.device) -> None:
 def compute_rate(model, xs: list, ys: list, dev: torch.device, compile: bool, lr: float = 1e-3) -> float:
     """Images/s of forward + backward + AdamW step on ready batches (same autocast as fit)."""
     from fashion_core.models import param_groups
-    from fashion_core.train import LabelLoss, autocast_for, call_model
+    from fashion_core.train import LabelLoss, train_step
 
     fwd = torch.compile(model) if compile else model
     criterion = LabelLoss(torch.nn.CrossEntropyLoss())
@@ -60,13 +60,7 @@ def compute_rate(model, xs: list, ys: list, dev: torch.device, compile: bool, lr
     _sync(dev)
     t0 = time.perf_counter()
     for x, y in zip(xs, ys):
-        batch = {"label": y}
-        with autocast_for(dev):
-            out = call_model(fwd, x, batch)
-        loss = criterion(out, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(fwd, criterion, opt, x, {"label": y}, dev)
     _sync(dev)
     return sum(x.shape[0] for x in xs) / (time.perf_counter() - t0)
 

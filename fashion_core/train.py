@@ -159,6 +159,18 @@ def evaluate(model: nn.Module, data: TensorData, device: torch.device, criterion
     return res
 
 
+def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, Any]:
+    """One optimisation step on a ready input batch (autocast as on ``device``); returns (loss, output)."""
+    with autocast_for(device):
+        out = call_model(model, x, batch)
+    loss = criterion(out, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, out
+
+
 @dataclass
 class FitResult:
     best_state: dict[str, torch.Tensor]
@@ -235,12 +247,7 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
                                     drop_last=len(train) > cfg.batch_size, max_batches=cfg.max_batches_per_epoch)
         for batch in epoch_batches:
             x = augment(batch["image"], cfg.augment, aug_gen, channels_last)
-            with autocast_for(device):
-                out = call_model(fwd, x, batch)
-            loss = criterion(out, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, out = train_step(fwd, criterion, optimizer, x, batch, device)
             scheduler.step()
             bs = batch["label"].shape[0]
             loss_sum += float(loss.detach()) * bs
