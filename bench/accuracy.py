@@ -45,8 +45,8 @@ def main() -> None:
     def record(stage: str, technique: str, seed: int, run_id: str, seconds: float) -> None:
         r = MlflowClient().get_run(run_id)
         m = r.data.metrics
-        rows.append((stage, technique, seed, m.get("val_top1_mean", float("nan")) if stage == "pretrain"
-                     else m.get("best_val_top1_mean", m.get("val_top1_mean", float("nan"))),
+        # best_val_top1_mean: the selected epoch's; runs that do not train (imprint, ncm) log val_top1_mean only
+        rows.append((stage, technique, seed, m.get("best_val_top1_mean", m.get("val_top1_mean", float("nan"))),
                      m["test_top1_mean"], m["test_top1_mean_lo"], m["test_top1_mean_hi"], m["test_top5_mean"],
                      m["test_top1_micro"], int(m["test_n_classes_evaluated"]), seconds, run_id))
 
