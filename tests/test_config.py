@@ -63,8 +63,9 @@ def test_float_in_exponent_notation(tmp_path):
     f = tmp_path / "t.yaml"
     f.write_text("train:\n  lr: 5e-4\n")
     assert load_experiment(f).train.lr == 5e-4
-    with pytest.raises(ConfigError, match="expected a number"):
-        load_experiment(overrides={"train.lr": "fast"})
+    for bad in ("fast", "nan", "inf", ".nan"):
+        with pytest.raises(ConfigError, match="expected a number"):
+            load_experiment(overrides={"train.lr": bad})
 
 
 @pytest.mark.parametrize("path", sorted(EXP.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
