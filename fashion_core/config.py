@@ -117,6 +117,9 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     max_batches_per_epoch: int = 0  # 0 = all; >0 caps an epoch (smoke tests)
+    # > 0: validate, select and keep an exponential moving average of the weights (and BatchNorm statistics),
+    # updated every step with this decay (warmed up as min(decay, (1+t)/(10+t))); 0 = the raw weights
+    ema_decay: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -311,6 +314,7 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.train.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
         (cfg.train.patience >= 0, "train.patience must be >= 0"),
         (cfg.train.max_batches_per_epoch >= 0, "train.max_batches_per_epoch must be >= 0"),
+        (0 <= cfg.train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}"),
         (0 < cfg.train.augment.crop_scale_min <= 1, "train.augment.crop_scale_min must be in (0, 1]"),
         (cfg.train.augment.jitter >= 0, "train.augment.jitter must be >= 0"),
         (cfg.transfer.backbone_lr_mult >= 0, "transfer.backbone_lr_mult must be >= 0"),

@@ -171,6 +171,43 @@ def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Op
     return loss, out
 
 
+class WeightEMA:
+    """An exponential moving average of a model's state (parameters and BatchNorm statistics).
+
+    After step t the average moves towards the live weights by ``1 - d`` with
+    ``d = min(decay, (1 + t) / (10 + t))``, so early averages are not dominated by the initialisation.
+    Integer buffers (BatchNorm's batch counter) are copied. ``module`` is a model to evaluate.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self._pairs(model)
+
+    def _pairs(self, model: nn.Module) -> None:
+        live, avg = model.state_dict(keep_vars=False), self.module.state_dict(keep_vars=False)
+        self._float = ([avg[k] for k in avg if avg[k].is_floating_point()],
+                       [live[k] for k in avg if avg[k].is_floating_point()])
+        self._other = [(avg[k], live[k]) for k in avg if not avg[k].is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self._float[0], self._float[1], 1.0 - d)
+        for a, b in self._other:
+            a.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.module.load_state_dict(d["state"])
+        self.updates = int(d["updates"])
+
+
 @dataclass
 class FitResult:
     best_state: dict[str, torch.Tensor]
@@ -180,10 +217,14 @@ class FitResult:
     stopped_early: bool = False
 
 
-def _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best_val, history, bad_epochs, gen):
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+def _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best_val, history, bad_epochs, gen,
+                ema=None):
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
             "epoch": epoch, "best_state": best_state, "best_epoch": best_epoch, "best_val": best_val,
             "history": history, "bad_epochs": bad_epochs, "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
+    if ema is not None:
+        ckpt["ema"] = ema.state_dict()
+    return ckpt
 
 
 def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Module, param_groups: list[dict],
@@ -221,8 +262,14 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
     start_epoch, best_val, best_epoch, bad_epochs = 1, -1.0, 0, 0
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     history: list[dict[str, float]] = []
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    selected = ema.module if ema is not None else model  # the weights that are validated, selected and kept
     if resume is not None:
         model.load_state_dict(resume["model"])
+        if ema is not None:
+            if "ema" not in resume:
+                raise ValueError("the checkpoint has no weight average (it was written with train.ema_decay=0)")
+            ema.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["lr_scheduler"])
         start_epoch = int(resume["epoch"]) + 1
@@ -249,6 +296,8 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
             x = augment(batch["image"], cfg.augment, aug_gen, channels_last)
             loss, out = train_step(fwd, criterion, optimizer, x, batch, device)
             scheduler.step()
+            if ema is not None:
+                ema.update()
             bs = batch["label"].shape[0]
             loss_sum += float(loss.detach()) * bs
             hit_sum += int((logits_of(out).argmax(1) == batch["label"]).sum())
@@ -261,20 +310,20 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
                    "train_images_per_second": seen / max(train_seconds, 1e-9)}
         if len(val):
             # Under DDP rank 0 alone evaluates; every rank gets its numbers, so early stopping agrees.
-            v = evaluate(model, val, device, criterion) if not ddp or dist.is_main else None
+            v = evaluate(selected, val, device, criterion) if not ddp or dist.is_main else None
             v = dist.broadcast_object(v) if ddp else v
             metrics.update({f"val_{k}": x for k, x in v.items()})
         score = metrics.get("val_top1_mean", -epoch)  # no validation: the last epoch is the best
         if score > best_val:
             best_val, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in selected.state_dict().items()}
         else:
             bad_epochs += 1
         metrics["best_val_top1_mean"] = best_val if len(val) else float("nan")
         history.append({"epoch": epoch, **metrics})
         if checkpoint_path is not None:  # before the epoch line: once it is printed, the epoch is resumable
             ckpt = _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best_val, history,
-                               bad_epochs, gen)
+                               bad_epochs, gen, ema)
             tmp = Path(str(checkpoint_path) + ".tmp")
             torch.save(ckpt, tmp)
             os.replace(tmp, checkpoint_path)

@@ -1,0 +1,101 @@
+"""The training loop's weight average (train.ema_decay): the formula, selection on it, and resuming it."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fashion_core.config import AugmentConfig, ConfigError, TrainConfig, load_experiment
+from fashion_core.train import LabelLoss, WeightEMA, evaluate, fit, load_checkpoint
+from tests.test_distributed import toy_data
+
+NO_AUG = AugmentConfig(crop_scale_min=1.0, hflip=False, jitter=0.0)
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(8 * 6 * 3)
+        self.fc = nn.Linear(8 * 6 * 3, 3)
+
+    def forward(self, x):
+        return self.fc(self.bn(x.flatten(1)))
+
+
+def test_ema_follows_the_warmed_up_formula_and_copies_integer_buffers():
+    torch.manual_seed(0)
+    live = BNNet()
+    ema = WeightEMA(live, decay=0.9)
+    expect = {k: v.clone() for k, v in live.state_dict().items()}
+    for t in range(1, 30):
+        live.train()
+        live(torch.randn(16, 8, 6, 3)).sum().backward()
+        with torch.no_grad():
+            for p in live.parameters():
+                p -= 0.1 * p.grad
+                p.grad = None
+        ema.update()
+        d = min(0.9, (1 + t) / (10 + t))
+        for k, v in live.state_dict().items():
+            expect[k] = d * expect[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+    got = ema.module.state_dict()
+    for k, v in expect.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    assert int(got["bn.num_batches_tracked"]) == 29
+    assert not torch.equal(got["fc.weight"], live.fc.weight)  # an average, not a copy
+
+
+def _fit(ema_decay: float, checkpoint=None, resume=None, on_epoch=None):
+    torch.manual_seed(0)
+    model = BNNet()
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.0, patience=0, device="cpu",
+                      augment=NO_AUG, ema_decay=ema_decay)
+    res = fit(model, toy_data(100, 1), toy_data(40, 2), LabelLoss(nn.CrossEntropyLoss()),
+              [{"params": list(model.parameters())}], cfg, torch.device("cpu"), log=lambda m: None,
+              checkpoint_path=checkpoint, resume=resume, on_epoch=on_epoch)
+    return model, res
+
+
+def test_fit_validates_and_keeps_the_averaged_weights():
+    live, res = _fit(0.8)
+    kept = copy.deepcopy(live)
+    kept.load_state_dict(res.best_state)
+    val = toy_data(40, 2)
+    assert evaluate(kept, val, torch.device("cpu"))["top1_mean"] == pytest.approx(res.best_val)
+    assert res.history[res.best_epoch - 1]["val_top1_mean"] == pytest.approx(res.best_val)
+    if res.best_epoch == 4:  # the kept weights are the average, not the live ones
+        assert not torch.equal(res.best_state["fc.weight"], live.fc.weight.detach())
+
+
+def test_interrupted_fit_with_ema_resumes_to_the_same_result(tmp_path):
+    _, full = _fit(0.8)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(epoch, metrics):
+        if epoch == 2:
+            raise Stop
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Stop):
+        _fit(0.8, checkpoint=ckpt, on_epoch=stop_after_two)
+    _, resumed = _fit(0.8, resume=load_checkpoint(ckpt))
+    assert [h["val_top1_mean"] for h in resumed.history] == [h["val_top1_mean"] for h in full.history]
+    for k, v in full.best_state.items():
+        torch.testing.assert_close(resumed.best_state[k], v, msg=k)
+
+
+def test_resuming_a_plain_checkpoint_with_ema_is_refused(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    _fit(0.0, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="no weight average"):
+        _fit(0.8, resume=load_checkpoint(ckpt))
+
+
+@pytest.mark.parametrize("bad", ["1.0", "-0.1", "nan"])
+def test_ema_decay_out_of_range_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="ema_decay"):
+        load_experiment(overrides={"train.ema_decay": bad})
