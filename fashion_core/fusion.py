@@ -8,7 +8,8 @@ Inputs (``fusion.fields``; ``year`` is never one, it defines the split):
   seen in training), code 1 is "missing" (empty cell); the literal ``NA`` is a value of its own.
   The techniques in ``experiments/`` leave ``season`` out: it is the catalogue season a product was
   listed in and tracks time like ``year`` (Tshirts: mostly Fall in 2010, mostly Summer in 2012).
-- ``productDisplayName``: lower-cased words (and pairs with ``fusion.text_ngrams=2``) hashed with
+- ``productDisplayName``: lower-cased words, plurals made singular (``fusion.text_stem``, Harman's
+  S-stemmer: the odd years write "Wallets" where the even years write "Wallet"), and pairs with ``fusion.text_ngrams=2``, hashed with
   CRC-32 into ``fusion.text_buckets`` buckets, averaged by an ``EmbeddingBag``. Hashing rather than a
   learned vocabulary, because the finetune stage's classes bring words the pretrain stage never saw
   (``cufflinks``, ``saree``): they get their own buckets with nothing to fit or carry over, and the
@@ -66,7 +67,9 @@ UNKNOWN, MISSING = 0, 1  # reserved codes of every categorical vocabulary
 MAX_TOKENS = 32  # hashed n-grams kept per name (the longest real name has 14 words: 27 with pairs)
 AUX_FIELDS = {"aux_master": "masterCategory", "aux_sub": "subCategory"}  # output key -> catalogue column
 # The fusion settings that shape the encoders: a finetune run takes them from its pretrain run.
-INPUT_KEYS = ("mode", "fields", "leaky_fields", "text_buckets", "text_ngrams", "embed_dim")
+INPUT_KEYS = ("mode", "fields", "leaky_fields", "text_buckets", "text_ngrams", "text_stem", "embed_dim")
+# An input key's value in runs logged before the key existed (they did not stem).
+LEGACY_INPUTS = {"text_stem": False}
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
@@ -105,16 +108,35 @@ class CategoryVocab:
         return np.asarray([MISSING if not v else index.get(v, UNKNOWN) for v in _clean(values)], dtype=np.int64)
 
 
+def s_stem(word: str) -> str:
+    """Harman's (1991) S-stemmer: a plural to its singular, nothing else (``wallets``, ``watches``, ``accessories``).
+
+    ies -> y (not eies, aies); es -> e (not aes, ees, oes); s -> '' (not us, ss); words of 3 letters or fewer stay.
+    """
+    if len(word) <= 3:
+        return word
+    if word.endswith("ies") and not word.endswith(("eies", "aies")):
+        return word[:-3] + "y"
+    if word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
+        return word[:-1]
+    if word.endswith("s") and not word.endswith(("us", "ss")):
+        return word[:-1]
+    return word
+
+
 @dataclass(frozen=True)
 class TextHasher:
     """productDisplayName -> up to MAX_TOKENS hashed word n-gram buckets, padded with ``buckets`` (the pad index)."""
 
     buckets: int
     ngrams: int = 2
+    stem: bool = False
 
     def tokens(self, text: str) -> list[str]:
-        """Lower-cased alphanumeric words, then the word pairs (and triples) when ngrams > 1."""
+        """Lower-cased alphanumeric words (singular when ``stem``), then the word pairs (and triples) when ngrams > 1."""
         words = _TOKEN.findall(text.lower())
+        if self.stem:
+            words = [s_stem(w) for w in words]
         grams = list(words)
         for n in range(2, self.ngrams + 1):
             grams += [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
@@ -150,7 +172,7 @@ class MetaVocab:
         if absent:
             raise ConfigError(f"fusion fields {', '.join(absent)} are not columns of this catalogue "
                               "(brandName, ageGroup, colour1, fashionType come with the full-resolution dataset)")
-        text = TextHasher(fcfg.text_buckets, fcfg.text_ngrams) if TEXT_FIELD in fcfg.fields else None
+        text = TextHasher(fcfg.text_buckets, fcfg.text_ngrams, fcfg.text_stem) if TEXT_FIELD in fcfg.fields else None
         return cls(tuple(CategoryVocab.fit(n, rows[n]) for n in names), text)
 
     @property
@@ -168,13 +190,14 @@ class MetaVocab:
 
     def to_dict(self) -> dict:
         return {"categorical": {v.field: list(v.values) for v in self.categorical},
-                "text": None if self.text is None else {"buckets": self.text.buckets, "ngrams": self.text.ngrams}}
+                "text": None if self.text is None else {"buckets": self.text.buckets, "ngrams": self.text.ngrams,
+                                                        "stem": self.text.stem}}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "MetaVocab":
         text = d.get("text")
         return cls(tuple(CategoryVocab(k, tuple(v)) for k, v in d["categorical"].items()),
-                   TextHasher(int(text["buckets"]), int(text["ngrams"])) if text else None)
+                   TextHasher(int(text["buckets"]), int(text["ngrams"]), bool(text.get("stem", False))) if text else None)
 
 
 def aux_vocab(rows: pd.DataFrame, fcfg: FusionConfig) -> dict[str, tuple[str, ...]]:
@@ -505,7 +528,7 @@ def plan_stage(cfg: ExperimentConfig, prepared, source: tuple[FashionNet, dict] 
         if src_fused is not None:
             src_cfg = meta["fusion"]
             wanted = {k: to_dict(getattr(cfg.fusion, k)) for k in INPUT_KEYS}
-            theirs = {k: src_cfg.get(k, to_dict(getattr(FusionConfig(), k))) for k in INPUT_KEYS}
+            theirs = {k: src_cfg.get(k, LEGACY_INPUTS.get(k, to_dict(getattr(FusionConfig(), k)))) for k in INPUT_KEYS}
             if cfg.fusion.mode != "none" and wanted != theirs:
                 diff = ", ".join(f"{k}: {wanted[k]} here, {theirs[k]} there"
                                  for k in INPUT_KEYS if wanted[k] != theirs[k])

@@ -70,6 +70,33 @@ def test_text_hasher_is_stable_case_blind_and_pads():
     assert (TextHasher(97, 1).encode(["Puma Men Blue Shoes"]) < 97).sum() == 4
 
 
+def test_s_stemmer_makes_plurals_singular_only():
+    from fashion_core.fusion import s_stem
+
+    words = "wallets wallet accessories shoes flats dress glass canvas bus men kurtas tshirts toes".split()
+    assert [s_stem(w) for w in words] == ["wallet", "wallet", "accessory", "shoe", "flat", "dress", "glass",
+                                          "canva", "bus", "men", "kurta", "tshirt", "toe"]
+    stem, plain = TextHasher(97, 2, stem=True), TextHasher(97, 2)
+    assert np.array_equal(*stem.encode(["Men Black Wallets", "men black wallet"]))  # pairs too
+    assert not np.array_equal(*plain.encode(["Men Black Wallets", "men black wallet"]))
+    assert load_experiment(None).fusion.text_stem  # on for new runs
+
+
+def test_a_source_logged_before_stemming_keeps_its_unstemmed_names(fused_pretrain, dataset):
+    from fashion_core.data import prepare_data
+    from fashion_core.experiment import load_run_model
+    from fashion_core.fusion import plan_stage
+
+    source = load_run_model(fused_pretrain)
+    assert source[1]["fused"]["vocab"]["text"]["stem"] is True
+    del source[1]["fusion"]["text_stem"], source[1]["fused"]["vocab"]["text"]["stem"]  # as an older model.json
+    p = prepare_data(str(dataset), cfg("finetune", "ncm").data, log=lambda m: None)
+    adopted, plan = plan_stage(cfg("finetune", "ncm"), p, source, log=lambda m: None)
+    assert adopted.fusion.text_stem is False and plan.vocab.text.stem is False
+    with pytest.raises(ConfigError, match="text_stem: True here, False there"):
+        plan_stage(cfg("finetune", "fused_text"), p, source, log=lambda m: None)
+
+
 def test_meta_vocab_round_trips_and_rejects_absent_columns():
     v = tiny_vocab()
     again = MetaVocab.from_dict(v.to_dict())
