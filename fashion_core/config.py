@@ -397,19 +397,32 @@ def load_experiment(
     return cfg
 
 
+PROJECT_EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"  # this checkout's techniques
+
+
 def find_technique(name_or_path: str, stage: str, root: str | Path = "experiments") -> Path:
-    """A technique by name (``focal``) or path; an unknown name lists the valid ones."""
+    """A technique by name (``focal``) or path; an unknown name lists the valid ones.
+
+    A name is looked up in ``root/<stage>`` (relative to the working directory), and, when no such
+    folder is there, in the project's own ``experiments/`` (so ``fashion pretrain -t focal`` works from
+    any directory of a source checkout).
+    """
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise ConfigError(f"experiment file {str(p)!r} not found")
         return p
     folder = Path(root) / stage
+    if not folder.is_dir() and str(root) == "experiments" and (PROJECT_EXPERIMENTS / stage).is_dir():
+        folder = PROJECT_EXPERIMENTS / stage
     cand = folder / f"{name_or_path}.yaml"
     if cand.is_file():
         return cand
     valid = sorted(x.stem for x in folder.glob("*.yaml"))
-    raise ConfigError(f"unknown {stage} technique {name_or_path!r}; choose one of: {', '.join(valid) or '(none in ' + str(folder) + ')'}")
+    if not valid:
+        raise ConfigError(f"unknown {stage} technique {name_or_path!r}: no {folder} folder of technique files here; "
+                          "run from the project folder or pass the path of a technique's YAML file")
+    raise ConfigError(f"unknown {stage} technique {name_or_path!r}; choose one of: {', '.join(valid)}")
 
 
 def list_techniques(stage: str, root: str | Path = "experiments") -> list[Path]:

@@ -46,6 +46,13 @@ def test_unknown_technique_lists_the_valid_ones():
         find_technique("nope", "pretrain", EXP)
 
 
+def test_technique_names_work_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no experiments/ folder here: the checkout's own techniques are found
+    assert find_technique("focal", "pretrain") == EXP.resolve() / "pretrain" / "focal.yaml"
+    with pytest.raises(ConfigError, match="no .*other.* folder of technique files here; run from the project"):
+        find_technique("focal", "pretrain", tmp_path / "other")
+
+
 def test_stage_mismatch(tmp_path):
     with pytest.raises(ConfigError, match="is a finetune technique"):
         load_experiment(EXP / "finetune" / "ncm.yaml", stage="pretrain")
