@@ -9,9 +9,9 @@ Inputs (``fusion.fields``; ``year`` is never one, it defines the split):
   The techniques in ``experiments/`` leave ``season`` out: it is the catalogue season a product was
   listed in and tracks time like ``year`` (Tshirts: mostly Fall in 2010, mostly Summer in 2012).
 - ``productDisplayName``: lower-cased words, plurals made singular (``fusion.text_stem``, Harman's
-  S-stemmer: the odd years write "Wallets" where the even years write "Wallet"), and pairs with ``fusion.text_ngrams=2``, hashed with
-  CRC-32 into ``fusion.text_buckets`` buckets, averaged by an ``EmbeddingBag``. Hashing rather than a
-  learned vocabulary, because the finetune stage's classes bring words the pretrain stage never saw
+  S-stemmer: the odd years write "Wallets" where the even years write "Wallet"), and pairs with
+  ``fusion.text_ngrams=2``, hashed with CRC-32 into ``fusion.text_buckets`` buckets, averaged by an
+  ``EmbeddingBag``. Hashing rather than a learned vocabulary, because the finetune stage's classes bring words the pretrain stage never saw
   (``cufflinks``, ``saree``): they get their own buckets with nothing to fit or carry over, and the
   pretrained encoder keeps working on them.
 

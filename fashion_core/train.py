@@ -184,9 +184,7 @@ class WeightEMA:
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self._pairs(model)
-
-    def _pairs(self, model: nn.Module) -> None:
+        # state_dict tensors share storage with the modules: the pairs stay live as training updates in place
         live, avg = model.state_dict(keep_vars=False), self.module.state_dict(keep_vars=False)
         self._float = ([avg[k] for k in avg if avg[k].is_floating_point()],
                        [live[k] for k in avg if avg[k].is_floating_point()])
@@ -232,6 +230,9 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
         checkpoint_path: str | Path | None = None, resume: dict | None = None, log=print,
         dist: DistEnv | None = None) -> FitResult:
     """Train ``model`` on ``train``; select the best epoch on ``val`` class-mean top-1.
+
+    With ``cfg.ema_decay > 0`` the weight average (``WeightEMA``) is what is validated, selected and
+    returned as ``best_state``; the live weights only train.
 
     Args:
         criterion: ``(output, batch) -> loss`` (see LabelLoss).
