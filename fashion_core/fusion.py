@@ -11,8 +11,9 @@ Inputs (``fusion.fields``; ``year`` is never one, it defines the split):
 - ``productDisplayName``: lower-cased words, plurals made singular (``fusion.text_stem``, Harman's
   S-stemmer: the odd years write "Wallets" where the even years write "Wallet"), and pairs with
   ``fusion.text_ngrams=2``, hashed with CRC-32 into ``fusion.text_buckets`` buckets, averaged by an
-  ``EmbeddingBag``. Hashing rather than a learned vocabulary, because the finetune stage's classes bring words the pretrain stage never saw
-  (``cufflinks``, ``saree``): they get their own buckets with nothing to fit or carry over, and the
+  ``EmbeddingBag``. Hashing rather than a learned vocabulary, because the finetune stage's classes
+  bring words the pretrain stage never saw (``cufflinks``, ``saree``): they get their own buckets with
+  nothing to fit or carry over, and the
   pretrained encoder keeps working on them.
 
 Fusion (``fusion.mode``), on any backbone, keeping the embedding size of the image model, so every
