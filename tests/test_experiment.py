@@ -143,3 +143,26 @@ def test_predict_top5_from_a_registered_model(pretrained, dataset):
     out = predict_images([dataset / "images" / "1000.jpg"], "models:/fashion-pretrain@best")
     assert len(out) == 1 and len(out[0]) == 4  # 4 pretrain classes
     assert abs(sum(p for _, p in out[0]) - 1) < 1e-4
+
+
+def test_flip_average_bench_scores_the_runs_own_splits(pretrained, dataset, capsys):
+    import sys
+
+    sys.path.insert(0, str(EXP.parent))
+    from bench import tta
+    from fashion_core.data.loader import TensorData
+
+    assert tta.main([pretrained, "--data", str(dataset)]) == 0
+    out = capsys.readouterr().out
+    row = [ln for ln in out.splitlines() if ln.startswith(f"| {pretrained[:8]} |")]
+    assert len(row) == 1 and "| pretrain | baseline |" in row[0]
+    assert len(row[0].split("|")) == 2 + 3 + 6  # run, stage, technique, val x 3 views, test x 3 views
+    # The average view is the mean of the two views' logits; the mirrored view really mirrors the width axis.
+    model, _ = load_run_model(pretrained)
+    images = torch.randint(0, 256, (3, 80, 60, 3), dtype=torch.uint8)
+    data = TensorData(images, torch.zeros(3, dtype=torch.int64), {})
+    dev = torch.device("cpu")
+    plain, mirrored, avg = (tta.view_scores(model, data, dev, v) for v in tta.VIEWS)
+    np.testing.assert_allclose(avg, (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
+    flipped = TensorData(images.flip(2), data.labels, {})
+    np.testing.assert_allclose(tta.view_scores(model, flipped, dev, "as is"), mirrored, rtol=1e-5, atol=1e-6)

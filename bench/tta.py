@@ -1,0 +1,107 @@
+"""Would a horizontal-flip average at test time help? Validation and test class-mean of logged image models.
+
+For each model (a run id, ``runs:/`` or ``models:/`` URI) it scores the run's own validation and test split
+three ways — the images as they are, mirrored, and the average of the two logits — and prints class-mean
+Top-1 / Top-5 as a Markdown table. Nothing is logged and nothing is selected on the test split: the
+validation columns are the ones that decide whether a flip average is worth adopting.
+
+    MLFLOW_TRACKING_URI=sqlite:///mlflow.db python bench/tta.py \\
+        --data ../shared/data/fashion-product-images-small.tar.gz RUN_ID [RUN_ID ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VIEWS = ("as is", "mirrored", "average")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", help="Run ids, runs:/ or models:/ URIs of image-only pretrain or finetune runs.")
+    ap.add_argument("--data", required=True, help="The dataset the runs were trained on (folder or archive).")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
+    return ap.parse_args(argv)
+
+
+def view_scores(model, data, device, view: str):
+    """Logits (N, C) of one view: the images as they are, mirrored left-right, or the mean of both."""
+    from fashion_core.data.loader import TensorData
+    from fashion_core.train import predict_scores
+
+    if view == "as is":
+        return predict_scores(model, data, device)
+    mirrored = predict_scores(model, TensorData(data.images.flip(2), data.labels, data.extras), device)  # NHWC
+    return mirrored if view == "mirrored" else (predict_scores(model, data, device) + mirrored) / 2
+
+
+def run_data_config(run_id: str):
+    """The DataConfig the run was trained with (its logged params), so its split is rebuilt exactly."""
+    from mlflow.tracking import MlflowClient
+
+    from fashion_core.config import DataConfig
+
+    params = MlflowClient().get_run(run_id).data.params
+    cfg = DataConfig()
+    kw = {}
+    for key, default in vars(cfg).items():
+        raw = params.get(f"data.{key}")
+        if raw is not None:
+            kw[key] = type(default)(raw)
+    return DataConfig(**kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from fashion_core.data import prepare_data
+    from fashion_core.experiment import build_stage_data, load_run_model, resolve_model_uri
+    from fashion_core.train import class_mean_accuracy, top5_of
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    rows = []
+    prepared = {}
+    for spec in args.models:
+        run_id = resolve_model_uri(spec)
+        run = MlflowClient().get_run(run_id)
+        stage, technique = run.data.tags.get("stage", "?"), run.data.tags.get("technique", "?")
+        model, meta = load_run_model(run_id)
+        if getattr(model, "uses_batch", False):
+            print(f"{run_id[:8]}: skipped, it fuses product metadata (this script scores image-only models)",
+                  file=sys.stderr)
+            continue
+        dcfg = run_data_config(run_id)
+        key = tuple(sorted(vars(dcfg).items()))
+        if key not in prepared:
+            prepared[key] = prepare_data(args.data, dcfg, log=lambda *a: None)
+        sd = build_stage_data(prepared[key], stage, classes=meta["classes"])
+        row = {"run": run_id[:8], "stage": stage, "technique": technique}
+        for split, data in (("val", sd.val), ("test", sd.test)):
+            labels = data.labels.numpy()
+            for view in VIEWS:
+                t1, t5 = class_mean_accuracy(labels, top5_of(view_scores(model, data, device, view)))
+                row[f"{split} {view}"] = f"{t1:.4f} / {t5:.4f}"
+        print(f"{run_id[:8]} {stage}/{technique}: " + ", ".join(f"{k} {v}" for k, v in row.items()
+                                                                  if k.startswith(("val", "test"))), flush=True)
+        rows.append(row)
+    if not rows:
+        return 1
+    cols = list(rows[0])
+    print("\nClass-mean Top-1 / Top-5 (validation decides; test shown for reference)\n")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + " --- |" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
