@@ -85,3 +85,25 @@ def test_summary_reports_no_test_and_test_only():
     assert s.top == ["A"] or s.top == ["B"]
     assert "C" in s.test_only["finetune"]
     assert "D" in s.no_test["finetune"]
+
+
+def test_name_conflicts_across_the_year_split():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.label_conflicts import name_conflicts
+
+    rows = pd.DataFrame({"id": [1, 2, 3, 4, 5, 6, 7, 8],
+                         "label": ["Heels", "Heels", "Flats", "Flats", "Heels", "Flats", "Socks", "Belts"],
+                         "split": ["train", "val", "train", "test", "test", "test", "test", "test"]})
+    names = pd.Series({1: "Catwalk  Gold Flats", 2: "catwalk gold flats", 3: "Rocia Flats", 4: "CATWALK Gold Flats",
+                       5: "Rocia Flats", 6: "New Flats", 7: "Socks", 8: "Belt"})
+    table, conflicts = name_conflicts(rows, names)
+    # id 4 (Flats) bears a name the training years call Heels; id 5 (Heels) one they call Flats; id 6 is unseen.
+    # Socks and Belts have no training rows: test-only classes are not evaluated.
+    assert set(table.index) == {"Flats", "Heels"}
+    assert table.loc["Flats", "n_test"] == 2 and table.loc["Flats", "conflict"] == 0.5
+    assert table.loc["Flats", "name_seen"] == 0.5
+    assert table.loc["Heels", "conflict"] == 1.0
+    assert sorted(conflicts["id"]) == [4, 5]
