@@ -182,7 +182,7 @@ def test_samples_outside_the_image_are_white():
 
 def test_jitter_clamps_to_the_valid_pixel_range():
     white = torch.full((32, 10, 8, 3), 255, dtype=torch.uint8)
-    px = unnormalise(augment(white, AugmentConfig(jitter=0.5), torch.Generator().manual_seed(0)))
+    px = unnormalise(augment(white, AugmentConfig(hflip=True, jitter=0.5), torch.Generator().manual_seed(0)))
     assert px.max() <= 255 + 1e-3 and px.min() >= -1e-3
     assert (px > 254.9).float().mean() > 0.4  # brightening a white image saturates at white
 
@@ -194,7 +194,7 @@ def test_no_per_item_python(fn):
         data = TensorData(images(b), torch.arange(b), {"meta": torch.arange(b)})
         with CountCalls() as c:
             if fn == "augment":
-                augment(data.images, AugmentConfig(), torch.Generator().manual_seed(0))
+                augment(data.images, AugmentConfig(hflip=True), torch.Generator().manual_seed(0))
             else:
                 next(batches(data, b, shuffle=True, generator=torch.Generator().manual_seed(0)))
         return c.n
@@ -207,7 +207,7 @@ def test_no_per_item_python(fn):
 
 @CUDA
 def test_cuda_matches_cpu_for_the_same_seed():
-    x, cfg = images(32, 80, 60), AugmentConfig(jitter=0.2)
+    x, cfg = images(32, 80, 60), AugmentConfig(hflip=True, jitter=0.2)
     cpu = augment(x, cfg, torch.Generator().manual_seed(5))
     gpu = augment(x.cuda(), cfg, torch.Generator().manual_seed(5), channels_last=True)
     assert gpu.is_cuda and gpu.is_contiguous(memory_format=torch.channels_last)
