@@ -28,15 +28,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def view_scores(model, data, device, view: str):
-    """Logits (N, C) of one view: the images as they are, mirrored left-right, or the mean of both."""
+def view_scores(model, data, device) -> dict:
+    """Logits (N, C) of each view: the images as they are, mirrored left-right, and the mean of both."""
     from fashion_core.data.loader import TensorData
     from fashion_core.train import predict_scores
 
-    if view == "as is":
-        return predict_scores(model, data, device)
+    plain = predict_scores(model, data, device)
     mirrored = predict_scores(model, TensorData(data.images.flip(2), data.labels, data.extras), device)  # NHWC
-    return mirrored if view == "mirrored" else (predict_scores(model, data, device) + mirrored) / 2
+    return dict(zip(VIEWS, (plain, mirrored, (plain + mirrored) / 2)))
 
 
 def run_data_config(run_id: str):
@@ -86,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {"run": run_id[:8], "stage": stage, "technique": technique}
         for split, data in (("val", sd.val), ("test", sd.test)):
             labels = data.labels.numpy()
-            for view in VIEWS:
-                t1, t5 = class_mean_accuracy(labels, top5_of(view_scores(model, data, device, view)))
+            for view, scores in view_scores(model, data, device).items():
+                t1, t5 = class_mean_accuracy(labels, top5_of(scores))
                 row[f"{split} {view}"] = f"{t1:.4f} / {t5:.4f}"
         print(f"{run_id[:8]} {stage}/{technique}: " + ", ".join(f"{k} {v}" for k, v in row.items()
                                                                   if k.startswith(("val", "test"))), flush=True)
