@@ -24,15 +24,6 @@ def test_precedence_profile_file_override():
     assert cfg.model.stem == "imagenet"  # from the quick profile
 
 
-def test_mirrored_images_only_in_the_quick_and_smoke_profiles():
-    # default and cpu train without mirrored images (the catalogue's fixed pose); quick and smoke keep them,
-    # as the README's quick-profile tables were measured with them
-    for profile, hflip in (("default", False), ("cpu", False), ("quick", True), ("smoke", True)):
-        assert load_experiment(EXP / "pretrain" / "baseline.yaml", profile=profile).train.augment.hflip is hflip
-    assert load_experiment(EXP / "pretrain" / "baseline.yaml", profile="cpu",
-                           overrides={"train.augment.hflip": True}).train.augment.hflip is True
-
-
 @pytest.mark.parametrize("over,match", [
     ({"loss.gama": 1}, "unknown config key 'loss.gama'; valid keys here: name, weights"),
     ({"loss.name": "hinge"}, "unknown loss 'hinge'; choose one of: ce, focal, logit_adjusted"),

@@ -114,14 +114,14 @@ def test_to_float_values_and_layout(channels_last):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_augment_shape_dtype_layout(channels_last):
-    out = augment(images(6), AugmentConfig(hflip=True), torch.Generator().manual_seed(0), channels_last)
+    out = augment(images(6), AugmentConfig(), torch.Generator().manual_seed(0), channels_last)
     assert out.shape == (6, 3, 20, 16) and out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert torch.isfinite(out).all()
 
 
 def test_augment_is_deterministic_given_a_seed():
-    x, cfg = images(6), AugmentConfig(hflip=True, jitter=0.2)
+    x, cfg = images(6), AugmentConfig(jitter=0.2)
 
     def run(seed):
         return augment(x, cfg, torch.Generator().manual_seed(seed))
@@ -130,8 +130,7 @@ def test_augment_is_deterministic_given_a_seed():
     assert not torch.allclose(run(3), run(4))
 
 
-@pytest.mark.parametrize("cfg", [AugmentConfig(), AugmentConfig(hflip=True), AugmentConfig(hflip=True, jitter=0.0),
-                                 AugmentConfig(crop_scale_min=0.2, hflip=True, jitter=0.4),
+@pytest.mark.parametrize("cfg", [AugmentConfig(), AugmentConfig(jitter=0.0), AugmentConfig(crop_scale_min=0.2, jitter=0.4),
                                  AugmentConfig(crop_scale_min=1.0, hflip=False, jitter=0.3),
                                  AugmentConfig(crop_scale_min=0.7, hflip=False, jitter=0.0)])
 def test_augment_equals_the_step_by_step_definition(cfg):
