@@ -30,8 +30,6 @@ def name_conflicts(rows, names):
 
     Training years = the ``train`` and ``val`` rows (the even years); test = the ``test`` rows.
     """
-    import pandas as pd
-
     rows = rows.assign(name=rows["id"].map(names).fillna("").str.lower().str.split().str.join(" "))
     train = rows[rows["split"].isin(["train", "val"]) & (rows["name"] != "")]
     test = rows[rows["split"] == "test"]

@@ -39,19 +39,15 @@ def view_scores(model, data, device) -> dict:
 
 
 def run_data_config(run_id: str):
-    """The DataConfig the run was trained with (its logged params), so its split is rebuilt exactly."""
+    """The DataConfig the run was trained with (its logged ``data.*`` params), so its split is rebuilt exactly."""
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.config import DataConfig
+    from fashion_core.config import DataConfig, ExperimentConfig
 
     params = MlflowClient().get_run(run_id).data.params
-    cfg = DataConfig()
-    kw = {}
-    for key, default in vars(cfg).items():
-        raw = params.get(f"data.{key}")
-        if raw is not None:
-            kw[key] = type(default)(raw)
-    return DataConfig(**kw)
+    keys = {f"data.{k}" for k in vars(DataConfig())}
+    # ExperimentConfig.replace types and validates the logged strings as `-o key=value` overrides are
+    return ExperimentConfig().replace(**{k: v for k, v in params.items() if k in keys}).data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,7 @@ Inputs (``fusion.fields``; ``year`` is never one, it defines the split):
   ``fusion.text_ngrams=2``, hashed with CRC-32 into ``fusion.text_buckets`` buckets, averaged by an
   ``EmbeddingBag``. Hashing rather than a learned vocabulary, because the finetune stage's classes
   bring words the pretrain stage never saw (``cufflinks``, ``saree``): they get their own buckets with
-  nothing to fit or carry over, and the
-  pretrained encoder keeps working on them.
+  nothing to fit or carry over, and the pretrained encoder keeps working on them.
 
 Fusion (``fusion.mode``), on any backbone, keeping the embedding size of the image model, so every
 head and transfer method works on the fused embedding:
