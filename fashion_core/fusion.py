@@ -29,7 +29,9 @@ from trained within a quick profile's few hundred steps.
 
 ``fusion.meta_dropout`` zeroes an item's whole metadata embedding with that chance in training, so
 the image path keeps classifying on its own (the name nearly gives the label away in training, and
-odd-year names such as "... Kidswear" do not).
+odd-year names such as "... Kidswear" do not). ``fusion.text_dropout`` (word dropout, Iyyer et al. 2015)
+leaves each hashed word of a name out with that chance in training, so the model also learns from
+names that lack their most telling word.
 
 Auxiliary heads (``fusion.aux_master`` / ``fusion.aux_sub`` > 0) predict ``masterCategory`` /
 ``subCategory`` from the fused embedding as extra training targets; they are outputs only.
@@ -297,17 +299,19 @@ class FusedNet(FashionNet):
         meta_dropout: in training, the chance that an item's metadata embedding is zeroed, so the
             image path must classify on its own too (the name alone nearly gives the label away).
         embed_lr_mult: learning-rate multiplier of the metadata lookup tables (see ``param_groups``).
+        text_dropout: in training, the chance that each hashed word (n-gram) of a name is left out.
     """
 
     def __init__(self, net: FashionNet, vocab: MetaVocab | None, mode: str = "late", embed_dim: int = 64,
                  aux: Mapping[str, tuple[str, ...]] | None = None, meta_dropout: float = 0.0,
-                 embed_lr_mult: float = 1.0):
+                 embed_lr_mult: float = 1.0, text_dropout: float = 0.0):
         nn.Module.__init__(self)
         self.name, self.backbone, self.drop, self.head = net.name, net.backbone, net.drop, net.head
         self.embed_dim, self.trainable = net.embed_dim, net.trainable
         self.init_report = getattr(net, "init_report", None)
         self.vocab, self.mode, self.meta_embed_dim = vocab, (mode if vocab is not None else "none"), embed_dim
         self.meta_dropout = meta_dropout
+        self.text_dropout = text_dropout
         self.embed_lr_mult = embed_lr_mult
         self.meta: MetadataEncoder | None = None
         self.fuse: nn.Module | None = None
@@ -355,6 +359,11 @@ class FusedNet(FashionNet):
             return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
         if batch is None or "meta_cat" not in batch:
             raise ValueError("this model fuses product metadata: call it with the batch (meta_cat, meta_text)")
+        if self.training and self.text_dropout > 0 and self.meta.text is not None:
+            text = batch["meta_text"]
+            pad = self.meta.text.padding_idx
+            drop = torch.rand(text.shape, device=text.device) < self.text_dropout
+            batch = {**batch, "meta_text": text.masked_fill(drop, pad)}
         meta = self.meta(batch)
         if self.training and self.meta_dropout > 0:
             keep = torch.rand(meta.shape[0], 1, device=meta.device) >= self.meta_dropout
@@ -484,13 +493,14 @@ class FusionPlan:
     def new_model(self, model_cfg: ModelConfig, num_classes: int) -> FusedNet:
         """A fresh fused model (the image part initialised as ``model.init`` says)."""
         return FusedNet(build_model(model_cfg, num_classes), self.vocab, self.fusion.mode, self.fusion.embed_dim,
-                        self.aux, self.fusion.meta_dropout, self.fusion.meta_embed_lr_mult)
+                        self.aux, self.fusion.meta_dropout, self.fusion.meta_embed_lr_mult, self.fusion.text_dropout)
 
     def adapt(self, model: FashionNet) -> FusedNet:
         """A pretrained model for this stage: its encoders carried over, this stage's auxiliary heads new."""
         if isinstance(model, FusedNet):
             model.set_aux(self.aux)
             model.meta_dropout, model.embed_lr_mult = self.fusion.meta_dropout, self.fusion.meta_embed_lr_mult
+            model.text_dropout = self.fusion.text_dropout
             return model
         return FusedNet(model, None, "none", self.fusion.embed_dim, self.aux)
 

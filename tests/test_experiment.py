@@ -146,9 +146,6 @@ def test_predict_top5_from_a_registered_model(pretrained, dataset):
 
 
 def test_flip_average_bench_scores_the_runs_own_splits(pretrained, dataset, capsys):
-    import sys
-
-    sys.path.insert(0, str(EXP.parent))
     from bench import tta
     from fashion_core.data.loader import TensorData
 
@@ -166,3 +163,24 @@ def test_flip_average_bench_scores_the_runs_own_splits(pretrained, dataset, caps
     np.testing.assert_allclose(avg, (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
     flipped = TensorData(images.flip(2), data.labels, {})
     np.testing.assert_allclose(tta.view_scores(model, flipped, dev)["as is"], mirrored, rtol=1e-5, atol=1e-6)
+
+
+def test_error_budget_bench_slices_a_runs_test_errors(pretrained, dataset, capsys):
+    from bench import error_budget
+    from fashion_core import tracking
+    from fashion_core.metrics import read_per_class, read_predictions
+
+    assert error_budget.main([pretrained, "--data", str(dataset), "--top", "50"]) == 0
+    out = capsys.readouterr().out
+    pred = read_predictions(tracking.download_artifact(pretrained, "eval/predictions.csv"))
+    per_class = read_per_class(tracking.download_artifact(pretrained, "eval/per_class.csv"))
+    pred = error_budget.evaluated_predictions(pred, per_class)
+    mean = error_budget.class_mean(pred["label"], pred["label"] == pred["pred1"])
+    assert abs(mean - per_class["top1"].dropna().mean()) < 1e-9  # the class mean the run logged
+    assert f"Top-1 class mean {mean:.4f}" in out
+    for slicing in error_budget.SLICINGS:
+        assert f"| {slicing} | test | errors |" in out
+    # Every test product is in exactly one gender slice: the slices' rows add up to the evaluated rows.
+    section = out.split("| gender | test |")[1].split("\n\n")[0]
+    counts = [int(ln.split("|")[2]) for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln]
+    assert sum(counts) == len(pred)

@@ -180,6 +180,26 @@ def test_meta_dropout_only_in_training():
         assert torch.allclose(model.forward_features(x, batch), blind)
 
 
+def test_text_dropout_leaves_words_out_only_in_training():
+    torch.manual_seed(0)
+    vocab = tiny_vocab()
+    model = FusedNet(build_model(ModelConfig(width_mult=0.25, stem="imagenet"), 3), vocab, "late", 8,
+                     text_dropout=0.999)
+    x, batch = torch.randn(4, 3, 32, 24), batch_for(vocab)
+    assert (batch["meta_text"] != vocab.text.buckets).any()  # the names have words to drop
+    nameless = {**batch, "meta_text": torch.full_like(batch["meta_text"], vocab.text.buckets)}
+    with torch.no_grad():
+        model.eval()
+        with_words = model.forward_features(x, batch)
+        assert not torch.allclose(with_words, model.forward_features(x, nameless))  # eval: the words count
+        model.train()
+        model.backbone.eval()  # batch statistics out of the way
+        assert torch.allclose(model.forward_features(x, batch), model.forward_features(x, nameless))
+        assert torch.equal(batch["meta_text"], batch_for(vocab)["meta_text"])  # the caller's batch is untouched
+        model.text_dropout = 0.0
+        assert torch.allclose(model.forward_features(x, batch), with_words)
+
+
 def test_trainable_policies_and_param_groups():
     vocab = tiny_vocab()
     model = FusedNet(build_model(ModelConfig(width_mult=0.25), 3), vocab, "late", 8, {"aux_sub": ("x", "y")})

@@ -88,10 +88,6 @@ def test_summary_reports_no_test_and_test_only():
 
 
 def test_name_conflicts_across_the_year_split():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.label_conflicts import name_conflicts
 
     rows = pd.DataFrame({"id": [1, 2, 3, 4, 5, 6, 7, 8],

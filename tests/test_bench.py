@@ -1,0 +1,68 @@
+"""Pure functions of the bench/ scripts, on small hand-made tables."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.error_budget import class_mean, holds_class_word, slice_costs, slice_keys
+
+
+def test_slice_costs_are_class_mean_points_regained():
+    # Class A: 4 products, 2 wrong (both brand X); class B: 2 products, 1 wrong (brand Y). Class mean 0.5.
+    pred = pd.DataFrame({"label": ["A", "A", "A", "A", "B", "B"], "pred1": ["A", "A", "B", "B", "B", "A"]})
+    brand = pd.Series(["Z", "Z", "X", "X", "Y", "Y"])
+    assert class_mean(pred["label"], pred["label"] == pred["pred1"]) == pytest.approx(0.5)
+    t = slice_costs(pred, brand)
+    assert list(t.index) == ["X", "Y", "Z"]  # X regains A's half (0.25 of the mean), Y half of B's (0.25)...
+    assert t.loc["X", "cost"] == pytest.approx(0.25) and t.loc["X", "class mean if right"] == pytest.approx(0.75)
+    assert t.loc["Y", "cost"] == pytest.approx(0.25) and t.loc["Y", "errors"] == 1
+    assert t.loc["Z", "cost"] == 0 and t.loc["Z", "errors"] == 0 and t.loc["Z", "error rate"] == 0
+    assert t.loc["X", "test"] == 2 and t.loc["X", "error rate"] == 1.0
+
+
+def test_slice_keys_brand_and_class_word():
+    catalog = pd.DataFrame({"id": [1, 2, 3], "gender": ["Girls", "Men", ""], "year": [2011, 2012, 2013],
+                            "productDisplayName": ["Disney Kids Girl's Pink Kidswear", "Nike Men Casual Shoes", None]})
+    pred = pd.DataFrame({"id": [2, 1, 3], "label": ["Casual Shoes", "Tshirts", "Socks"], "pred1": ["x", "y", "z"]})
+    k = slice_keys(pred, catalog)
+    assert list(k["brand"]) == ["Nike", "Disney", "(no name)"]
+    assert list(k["name holds its class word"]) == ["yes", "no", "no"]  # "Shoes" -> shoe, stemmed like the label
+    assert list(k["year"]) == ["2012", "2011", "2013"] and list(k["gender"]) == ["Men", "Girls", ""]
+
+
+@pytest.mark.parametrize("label,name,holds", [
+    ("Tshirts", "Puma Men Red T-shirt", True), ("Dresses", "Biba Women Blue Dress", True),
+    ("Watches", "Titan Men Silver Watch", True), ("Casual Shoes", "Nike Men Shoe", True),
+    ("Sunglasses", "Fastrack Unisex Sunglass", True), ("Flats", "Catwalk Women Black Heels", False),
+    ("Tops", "Disney Kids Girl's Pink Kidswear", False)])
+def test_holds_class_word(label, name, holds):
+    assert holds_class_word(label, name) is holds
+
+
+def test_year_shift_cross_validation_learns_within_the_rows():
+    from fashion_core.config import FusionConfig
+    from bench.year_shift import cross_val_predict, per_class_top1
+
+    # Classes 0 and 1 are told apart by a name word only; class 2 has too few rows for 3 folds.
+    names = [f"Brand{i % 4} Men Blue Sneaker" for i in range(9)] + [f"Brand{i % 4} Men Blue Belt" for i in range(9)] \
+        + ["Odd Thing", "Odd Thing"]
+    rows = pd.DataFrame({"gender": "Men", "baseColour": "Blue", "usage": "Casual", "productDisplayName": names})
+    y = np.array([0] * 9 + [1] * 9 + [2, 2])
+    fcfg = FusionConfig(mode="metadata_only", fields=("gender", "productDisplayName"), text_buckets=256)
+    oof = cross_val_predict(rows, y, fcfg, 10.0, None, folds=3, seed=0, n_classes=3)
+    assert list(oof[-2:]) == [-1, -1]  # left out: fewer rows than folds
+    assert (oof[:18] == y[:18]).all()  # every held-out row predicted from the other folds' names
+    top1 = per_class_top1(y[:18], oof[:18], 3)
+    assert list(top1[:2]) == [1.0, 1.0] and np.isnan(top1[2])
+    assert per_class_top1(np.array([0, 0, 1]), np.array([0, 1, 1]), 2).tolist() == [0.5, 1.0]
+
+
+def test_year_shift_bench_on_generated_data(dataset, isolated, capsys):
+    from bench import year_shift
+
+    assert year_shift.main(["--data", str(dataset), "--folds", "2", "-o", "data.top_k=4"]) == 0
+    out = capsys.readouterr().out
+    assert "| class | train | test | train years -> val | train years -> test | test years, cross-validated |" in out
+    mean_row = [ln for ln in out.splitlines() if ln.startswith("| **class mean**")]
+    assert len(mean_row) == 1
+    values = [float(v.strip(" *")) for v in mean_row[0].split("|")[4:7]]
+    assert all(0 <= v <= 1 for v in values)
