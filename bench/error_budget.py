@@ -13,7 +13,6 @@ test split's errors, never a selection: nothing here feeds back into training or
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -63,21 +62,10 @@ def slice_costs(pred: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("slice").sort_values(["cost", "test"], ascending=False)
 
 
-def _singular(word: str) -> str:
-    """A class-name word's singular: Dresses -> dress, Watches -> watch, Shoes -> shoe, Tshirts -> tshirt."""
-    if word.endswith(("sses", "ches", "shes", "xes")):
-        return word[:-2]
-    return word[:-1] if word.endswith("s") and not word.endswith(("ss", "us")) else word
-
-
-def holds_class_word(label: str, name: str) -> bool:
-    """Whether the name holds a word of its class, letters and digits only ("T-shirt" holds "Tshirts")."""
-    compact = re.sub(r"[^a-z0-9]", "", str(name).lower())
-    return any(_singular(w) in compact for w in re.findall(r"[a-z0-9]+", label.lower()) if len(w) > 2)
-
-
 def slice_keys(pred: pd.DataFrame, catalog: pd.DataFrame) -> dict[str, pd.Series]:
     """The slicings of ``SLICINGS`` for each prediction row, from the catalogue (``id`` -> metadata)."""
+    from fashion_core.fusion import holds_class_word
+
     cat = catalog.drop_duplicates("id").set_index("id")
     meta = cat.loc[pred["id"].to_numpy()]
     names = meta["productDisplayName"].fillna("").astype(str)

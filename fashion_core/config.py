@@ -90,6 +90,8 @@ class FusionConfig:
     embed_dim: int = 64
     meta_dropout: float = 0.0  # training: chance that an item's whole metadata embedding is zeroed (image alone)
     text_dropout: float = 0.0  # training: chance that each hashed word (n-gram) of a name is left out (word dropout)
+    # training: chance that a training name is seen without the words of its own class ("Tshirt", "Casual Shoes")
+    class_word_dropout: float = 0.0
     # lr of the metadata lookup tables = train.lr * this, no decay: a row learns only from the items holding
     # its word, so it needs big steps (measured on finetune validation, 120 steps: x1 0.34, x30 0.60, x100 0.71)
     meta_embed_lr_mult: float = 100.0
@@ -347,6 +349,8 @@ def _validate_fusion(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"fusion.meta_dropout must be in [0, 1), got {f.meta_dropout}")
     if not 0 <= f.text_dropout < 1:
         raise ConfigError(f"fusion.text_dropout must be in [0, 1), got {f.text_dropout}")
+    if not 0 <= f.class_word_dropout < 1:
+        raise ConfigError(f"fusion.class_word_dropout must be in [0, 1), got {f.class_word_dropout}")
     if f.meta_embed_lr_mult <= 0:
         raise ConfigError(f"fusion.meta_embed_lr_mult must be > 0, got {f.meta_embed_lr_mult}")
     if f.logreg_c < 0:

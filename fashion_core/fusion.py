@@ -31,7 +31,10 @@ from trained within a quick profile's few hundred steps.
 the image path keeps classifying on its own (the name nearly gives the label away in training, and
 odd-year names such as "... Kidswear" do not). ``fusion.text_dropout`` (word dropout, Iyyer et al. 2015)
 leaves each hashed word of a name out with that chance in training, so the model also learns from
-names that lack their most telling word.
+names that lack their most telling word. ``fusion.class_word_dropout`` shows a training item's name without
+the words of its own class ("Puma Men Red T-shirt" -> "Puma Men Red") with that chance: the odd years
+name many products without them ("Disney Kids Girl's Pink Kidswear"), and there the image, the brand and
+the other words must decide. Only training rows get the class-less name; it is built from their labels.
 
 Auxiliary heads (``fusion.aux_master`` / ``fusion.aux_sub`` > 0) predict ``masterCategory`` /
 ``subCategory`` from the fused embedding as extra training targets; they are outputs only.
@@ -124,6 +127,40 @@ def s_stem(word: str) -> str:
     if word.endswith("s") and not word.endswith(("us", "ss")):
         return word[:-1]
     return word
+
+
+def class_singular(word: str) -> str:
+    """A class-name word's singular: Dresses -> dress, Watches -> watch, Shoes -> shoe, Tshirts -> tshirt."""
+    if word.endswith(("sses", "ches", "shes", "xes")):
+        return word[:-2]
+    return word[:-1] if word.endswith("s") and not word.endswith(("ss", "us")) else word
+
+
+_NOT_CLASS_WORDS = {"and", "of", "the", "with", "for"}  # "Perfume and Body Mist"
+
+
+def class_words(label: str) -> set[str]:
+    """The singular words of a class name that a product name may hold ("Casual Shoes" -> casual, shoe)."""
+    return {class_singular(w) for w in _TOKEN.findall(label.lower()) if w not in _NOT_CLASS_WORDS}
+
+
+def holds_class_word(label: str, name: Any) -> bool:
+    """Whether the name holds a word of its class, letters and digits only ("T-shirt" holds "Tshirts")."""
+    compact = re.sub(r"[^a-z0-9]", "", _clean([name])[0].lower())
+    return any(w in compact for w in class_words(label))
+
+
+def drop_class_words(name: Any, label: str) -> str:
+    """The name without the words of its class: single words ("Shoes") and split ones ("T-shirt", "Flip-Flops")."""
+    wanted = class_words(label)
+    words = _TOKEN.findall(_clean([name])[0].lower())
+    drop = [False] * len(words)
+    for i, w in enumerate(words):
+        if class_singular(w) in wanted or w in wanted:
+            drop[i] = True
+        elif i + 1 < len(words) and class_singular(w + words[i + 1]) in wanted:
+            drop[i] = drop[i + 1] = True
+    return " ".join(w for w, d in zip(words, drop) if not d)
 
 
 @dataclass(frozen=True)
@@ -300,11 +337,13 @@ class FusedNet(FashionNet):
             image path must classify on its own too (the name alone nearly gives the label away).
         embed_lr_mult: learning-rate multiplier of the metadata lookup tables (see ``param_groups``).
         text_dropout: in training, the chance that each hashed word (n-gram) of a name is left out.
+        class_word_dropout: in training, the chance that an item's name is replaced by its class-less
+            version (``meta_text_classless`` in the batch, built by ``FusionPlan.extras``).
     """
 
     def __init__(self, net: FashionNet, vocab: MetaVocab | None, mode: str = "late", embed_dim: int = 64,
                  aux: Mapping[str, tuple[str, ...]] | None = None, meta_dropout: float = 0.0,
-                 embed_lr_mult: float = 1.0, text_dropout: float = 0.0):
+                 embed_lr_mult: float = 1.0, text_dropout: float = 0.0, class_word_dropout: float = 0.0):
         nn.Module.__init__(self)
         self.name, self.backbone, self.drop, self.head = net.name, net.backbone, net.drop, net.head
         self.embed_dim, self.trainable = net.embed_dim, net.trainable
@@ -312,6 +351,7 @@ class FusedNet(FashionNet):
         self.vocab, self.mode, self.meta_embed_dim = vocab, (mode if vocab is not None else "none"), embed_dim
         self.meta_dropout = meta_dropout
         self.text_dropout = text_dropout
+        self.class_word_dropout = class_word_dropout
         self.embed_lr_mult = embed_lr_mult
         self.meta: MetadataEncoder | None = None
         self.fuse: nn.Module | None = None
@@ -359,6 +399,9 @@ class FusedNet(FashionNet):
             return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
         if batch is None or "meta_cat" not in batch:
             raise ValueError("this model fuses product metadata: call it with the batch (meta_cat, meta_text)")
+        if self.training and self.class_word_dropout > 0 and "meta_text_classless" in batch:
+            swap = torch.rand(batch["meta_text"].shape[0], 1, device=batch["meta_text"].device) < self.class_word_dropout
+            batch = {**batch, "meta_text": torch.where(swap, batch["meta_text_classless"], batch["meta_text"])}
         if self.training and self.text_dropout > 0 and self.meta.text is not None:
             text = batch["meta_text"]
             pad = self.meta.text.padding_idx
@@ -481,6 +524,12 @@ class FusionPlan:
         """``run_stage``'s ``extras_fn``: encoder inputs and auxiliary targets aligned with ``rows``."""
         meta = stage_rows(prepared, rows["id"])
         out = self.vocab.encode(meta) if self.vocab is not None else {}
+        if self.fusion.class_word_dropout > 0 and self.vocab is not None and self.vocab.text is not None:
+            # class-less names for the TRAINING rows only (they come from the labels); the rest keep theirs
+            train = (rows["split"] == "train").to_numpy()
+            names = meta[TEXT_FIELD].fillna("").astype(str).to_numpy()
+            less = [drop_class_words(n, lab) if t else n for n, lab, t in zip(names, rows["label"].astype(str), train)]
+            out["meta_text_classless"] = torch.from_numpy(self.vocab.text.encode(less))
         out.update(encode_aux(meta, self.aux))
         return out
 
@@ -493,14 +542,15 @@ class FusionPlan:
     def new_model(self, model_cfg: ModelConfig, num_classes: int) -> FusedNet:
         """A fresh fused model (the image part initialised as ``model.init`` says)."""
         return FusedNet(build_model(model_cfg, num_classes), self.vocab, self.fusion.mode, self.fusion.embed_dim,
-                        self.aux, self.fusion.meta_dropout, self.fusion.meta_embed_lr_mult, self.fusion.text_dropout)
+                        self.aux, self.fusion.meta_dropout, self.fusion.meta_embed_lr_mult, self.fusion.text_dropout,
+                        self.fusion.class_word_dropout)
 
     def adapt(self, model: FashionNet) -> FusedNet:
         """A pretrained model for this stage: its encoders carried over, this stage's auxiliary heads new."""
         if isinstance(model, FusedNet):
             model.set_aux(self.aux)
             model.meta_dropout, model.embed_lr_mult = self.fusion.meta_dropout, self.fusion.meta_embed_lr_mult
-            model.text_dropout = self.fusion.text_dropout
+            model.text_dropout, model.class_word_dropout = self.fusion.text_dropout, self.fusion.class_word_dropout
             return model
         return FusedNet(model, None, "none", self.fusion.embed_dim, self.aux)
 

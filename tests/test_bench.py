@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.error_budget import class_mean, holds_class_word, slice_costs, slice_keys
+from bench.error_budget import class_mean, slice_costs, slice_keys
+from fashion_core.fusion import holds_class_word
 
 
 def test_slice_costs_are_class_mean_points_regained():

@@ -342,6 +342,60 @@ def test_vocabularies_come_from_the_train_split_only(tmp_path, monkeypatch):
     assert extras["meta_text"].shape == (len(rows), 32)
 
 
+@pytest.mark.parametrize("name,label,left", [
+    ("Puma Men Red T-shirt", "Tshirts", "puma men red"), ("Nike Men Casual Shoes", "Casual Shoes", "nike men"),
+    ("ADIDAS Men Flip-Flops", "Flip Flops", "adidas men"), ("Biba Women Dresses", "Dresses", "biba women"),
+    ("Titan Men Watch", "Watches", "titan men"), ("Catwalk Women Black Flats", "Heels", "catwalk women black flats"),
+    ("Disney Kids Girl's Pink Kidswear", "Tops", "disney kids girl s pink kidswear"), (None, "Tops", "")])
+def test_drop_class_words(name, label, left):
+    from fashion_core.fusion import drop_class_words, holds_class_word
+
+    assert drop_class_words(name, label) == left
+    assert holds_class_word(label, name or "") is (left != (name or "").lower().replace("-", " ").replace("'", " "))
+
+
+def test_class_word_dropout_uses_training_labels_only(tmp_path, monkeypatch):
+    from conftest import make_dataset
+
+    from fashion_core.data import prepare_data
+    from fashion_core.fusion import drop_class_words, plan_stage
+
+    monkeypatch.setenv("FASHION_CACHE", str(tmp_path / "cache"))
+    root = make_dataset(tmp_path / "mini", n_classes=4, per_class=(12, 12, 10, 10), odd_rows=False)
+    p = prepare_data(str(root), cfg("pretrain", "fused_text").data, log=lambda m: None)
+    # The generated names hold their class ("Brand Men Blue C0 ..."): the class-less name leaves it out.
+    _, plan = plan_stage(cfg("pretrain", "fused_text", **{"fusion.class_word_dropout": 0.5}), p, None,
+                         log=lambda m: None)
+    rows = p.splits[p.splits["subset"] == "pretrain"].sort_values("id").reset_index(drop=True)
+    extras = plan.extras(p, rows, ["C0", "C1", "C2", "C3"])
+    names = p.catalog.set_index("id").loc[rows["id"], "productDisplayName"].astype(str).tolist()
+    train = torch.from_numpy((rows["split"] == "train").to_numpy().copy())
+    for i in range(len(rows)):
+        expect = drop_class_words(names[i], rows["label"][i]) if train[i] else names[i]
+        assert extras["meta_text_classless"][i].tolist() == plan.vocab.text.encode([expect])[0].tolist()
+    assert not torch.equal(extras["meta_text_classless"][train], extras["meta_text"][train])
+    assert torch.equal(extras["meta_text_classless"][~train], extras["meta_text"][~train])  # val/test: their names
+    _, plain = plan_stage(cfg("pretrain", "fused_text"), p, None, log=lambda m: None)
+    assert "meta_text_classless" not in plain.extras(p, rows, ["C0", "C1", "C2", "C3"])  # off by default
+
+
+def test_class_word_dropout_swaps_names_only_in_training():
+    torch.manual_seed(0)
+    vocab = tiny_vocab()
+    model = FusedNet(build_model(ModelConfig(width_mult=0.25, stem="imagenet"), 3), vocab, "late", 8,
+                     class_word_dropout=0.999)
+    x, batch = torch.randn(4, 3, 32, 24), batch_for(vocab)
+    classless = vocab.text.encode(["", "", "", ""])
+    batch = {**batch, "meta_text_classless": torch.from_numpy(classless)}
+    nameless = {**batch, "meta_text": torch.from_numpy(classless)}
+    with torch.no_grad():
+        model.eval()
+        assert not torch.allclose(model.forward_features(x, batch), model.forward_features(x, nameless))
+        model.train()
+        model.backbone.eval()
+        assert torch.allclose(model.forward_features(x, batch), model.forward_features(x, nameless))
+
+
 def test_finetune_carries_the_encoders_across(fused_pretrain, dataset):
     from fashion_core.experiment import load_run_model, run_stage
 
