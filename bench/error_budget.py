@@ -2,7 +2,7 @@
 
 For each run it reads ``eval/predictions.csv`` and ``eval/per_class.csv`` and the catalogue rows of those
 products and, for each slicing — brand (the first word of the name), gender, year, and whether the name
-holds a word of the product's own class ("Casual Shoe", "T-shirt"; the odd years name 325 kids' garments
+holds a word of the product's own class ("Casual Shoe", "T-shirt"; the odd years name many kids' garments
 "... Kidswear") — prints the slices whose errors cost the Top-1 class mean most: test products, errors,
 error rate, and the class mean the run would have if that slice's errors were right. A diagnosis of the
 test split's errors, never a selection: nothing here feeds back into training or into a choice.
