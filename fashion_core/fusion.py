@@ -9,7 +9,8 @@ Inputs (``fusion.fields``; ``year`` is never one, it defines the split):
   The techniques in ``experiments/`` leave ``season`` out: it is the catalogue season a product was
   listed in and tracks time like ``year`` (Tshirts: mostly Fall in 2010, mostly Summer in 2012).
 - ``productDisplayName``: lower-cased words, plurals made singular (``fusion.text_stem``, Harman's
-  S-stemmer: the odd years write "Wallets" where the even years write "Wallet"), and pairs with
+  S-stemmer: the odd years write "Wallets" where the even years write "Wallet"; with
+  ``fusion.text_stem_rules=plural`` also "Dresses" -> dress, which Harman's rules leave as "dresse"), and pairs with
   ``fusion.text_ngrams=2``, hashed with CRC-32 into ``fusion.text_buckets`` buckets, averaged by an
   ``EmbeddingBag``. Hashing rather than a learned vocabulary, because the finetune stage's classes
   bring words the pretrain stage never saw (``cufflinks``, ``saree``): they get their own buckets with
@@ -72,9 +73,10 @@ UNKNOWN, MISSING = 0, 1  # reserved codes of every categorical vocabulary
 MAX_TOKENS = 32  # hashed n-grams kept per name (the longest real name has 14 words: 27 with pairs)
 AUX_FIELDS = {"aux_master": "masterCategory", "aux_sub": "subCategory"}  # output key -> catalogue column
 # The fusion settings that shape the encoders: a finetune run takes them from its pretrain run.
-INPUT_KEYS = ("mode", "fields", "leaky_fields", "text_buckets", "text_ngrams", "text_stem", "embed_dim")
-# An input key's value in runs logged before the key existed (they did not stem).
-LEGACY_INPUTS = {"text_stem": False}
+INPUT_KEYS = ("mode", "fields", "leaky_fields", "text_buckets", "text_ngrams", "text_stem", "text_stem_rules",
+              "embed_dim")
+# An input key's value in runs logged before the key existed (they did not stem; then stemmed by Harman's rules).
+LEGACY_INPUTS = {"text_stem": False, "text_stem_rules": "harman"}
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
@@ -113,15 +115,20 @@ class CategoryVocab:
         return np.asarray([MISSING if not v else index.get(v, UNKNOWN) for v in _clean(values)], dtype=np.int64)
 
 
-def s_stem(word: str) -> str:
-    """Harman's (1991) S-stemmer: a plural to its singular, nothing else (``wallets``, ``watches``, ``accessories``).
+def s_stem(word: str, rules: str = "harman") -> str:
+    """A plural to its singular, nothing else (``wallets``, ``accessories``, ``shoes``, and with "plural" ``dresses``).
 
-    ies -> y (not eies, aies); es -> e (not aes, ees, oes); s -> '' (not us, ss); words of 3 letters or fewer stay.
+    ``rules="harman"`` is Harman's (1991) S-stemmer: ies -> y (not eies, aies); es -> e (not aes, ees, oes);
+    s -> '' (not us, ss); words of 3 letters or fewer stay. It leaves an "e" on the plurals of words that end
+    in s, ch, sh or x (dresses -> dresse, watches -> watche, while dress and watch stay); ``rules="plural"``
+    first takes -es off those (sses -> ss, ches -> ch, shes -> sh, xes -> x), so both forms meet.
     """
     if len(word) <= 3:
         return word
     if word.endswith("ies") and not word.endswith(("eies", "aies")):
         return word[:-3] + "y"
+    if rules == "plural" and word.endswith(("sses", "ches", "shes", "xes")):
+        return word[:-2]
     if word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
         return word[:-1]
     if word.endswith("s") and not word.endswith(("us", "ss")):
@@ -129,19 +136,12 @@ def s_stem(word: str) -> str:
     return word
 
 
-def class_singular(word: str) -> str:
-    """A class-name word's singular: Dresses -> dress, Watches -> watch, Shoes -> shoe, Tshirts -> tshirt."""
-    if word.endswith(("sses", "ches", "shes", "xes")):
-        return word[:-2]
-    return word[:-1] if word.endswith("s") and not word.endswith(("ss", "us")) else word
-
-
 _NOT_CLASS_WORDS = {"and", "of", "the", "with", "for"}  # "Perfume and Body Mist"
 
 
 def class_words(label: str) -> set[str]:
     """The singular words of a class name that a product name may hold ("Casual Shoes" -> casual, shoe)."""
-    return {class_singular(w) for w in _TOKEN.findall(label.lower()) if w not in _NOT_CLASS_WORDS}
+    return {s_stem(w, "plural") for w in _TOKEN.findall(label.lower()) if w not in _NOT_CLASS_WORDS}
 
 
 def holds_class_word(label: str, name: Any) -> bool:
@@ -156,9 +156,9 @@ def drop_class_words(name: Any, label: str) -> str:
     words = _TOKEN.findall(_clean([name])[0].lower())
     drop = [False] * len(words)
     for i, w in enumerate(words):
-        if class_singular(w) in wanted or w in wanted:
+        if s_stem(w, "plural") in wanted or w in wanted:
             drop[i] = True
-        elif i + 1 < len(words) and class_singular(w + words[i + 1]) in wanted:
+        elif i + 1 < len(words) and s_stem(w + words[i + 1], "plural") in wanted:
             drop[i] = drop[i + 1] = True
     return " ".join(w for w, d in zip(words, drop) if not d)
 
@@ -170,12 +170,13 @@ class TextHasher:
     buckets: int
     ngrams: int = 2
     stem: bool = False
+    rules: str = "harman"  # s_stem's rules when ``stem`` (models logged before the key: Harman's)
 
     def tokens(self, text: str) -> list[str]:
         """Lower-cased alphanumeric words (singular when ``stem``), then the word pairs (and triples) when ngrams > 1."""
         words = _TOKEN.findall(text.lower())
         if self.stem:
-            words = [s_stem(w) for w in words]
+            words = [s_stem(w, self.rules) for w in words]
         grams = list(words)
         for n in range(2, self.ngrams + 1):
             grams += [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
@@ -211,7 +212,8 @@ class MetaVocab:
         if absent:
             raise ConfigError(f"fusion fields {', '.join(absent)} are not columns of this catalogue "
                               "(brandName, ageGroup, colour1, fashionType come with the full-resolution dataset)")
-        text = TextHasher(fcfg.text_buckets, fcfg.text_ngrams, fcfg.text_stem) if TEXT_FIELD in fcfg.fields else None
+        text = TextHasher(fcfg.text_buckets, fcfg.text_ngrams, fcfg.text_stem, fcfg.text_stem_rules) \
+            if TEXT_FIELD in fcfg.fields else None
         return cls(tuple(CategoryVocab.fit(n, rows[n]) for n in names), text)
 
     @property
@@ -230,13 +232,14 @@ class MetaVocab:
     def to_dict(self) -> dict:
         return {"categorical": {v.field: list(v.values) for v in self.categorical},
                 "text": None if self.text is None else {"buckets": self.text.buckets, "ngrams": self.text.ngrams,
-                                                        "stem": self.text.stem}}
+                                                        "stem": self.text.stem, "rules": self.text.rules}}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "MetaVocab":
         text = d.get("text")
         return cls(tuple(CategoryVocab(k, tuple(v)) for k, v in d["categorical"].items()),
-                   TextHasher(int(text["buckets"]), int(text["ngrams"]), bool(text.get("stem", False))) if text else None)
+                   TextHasher(int(text["buckets"]), int(text["ngrams"]), bool(text.get("stem", False)),
+                              str(text.get("rules", "harman"))) if text else None)
 
 
 def aux_vocab(rows: pd.DataFrame, fcfg: FusionConfig) -> dict[str, tuple[str, ...]]:

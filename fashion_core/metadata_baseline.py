@@ -12,7 +12,7 @@ The run is a run of its stage (tags ``stage``, ``technique``, ``dataset_digest``
 ``baseline=metadata_only``) with the same ``test_*`` metrics and ``eval/`` artifacts as a network,
 so ``compare`` shows it beside them. It has no network: ``finetune --from`` refuses it. Honoured
 keys: ``data.*``, ``fusion.fields``, ``fusion.leaky_fields``, ``fusion.text_buckets``,
-``fusion.text_ngrams``, ``fusion.text_stem``, ``fusion.logreg_c``, ``loss.weights`` (none, or
+``fusion.text_ngrams``, ``fusion.text_stem``, ``fusion.text_stem_rules``, ``fusion.logreg_c``, ``loss.weights`` (none, or
 inverse = scikit-learn's "balanced"), ``train.seed``; the model, train and transfer keys do not apply.
 
     fashion pretrain --technique meta_only --data ../shared/data/fashion-product-images-small.tar.gz

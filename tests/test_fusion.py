@@ -82,6 +82,27 @@ def test_s_stemmer_makes_plurals_singular_only():
     assert load_experiment(None).fusion.text_stem  # on for new runs
 
 
+def test_plural_rules_fold_es_plurals_harman_leaves():
+    from fashion_core.fusion import s_stem
+
+    words = "dresses watches brushes boxes sunglasses shoes wallets accessories dress bus toes".split()
+    assert [s_stem(w, "plural") for w in words] == ["dress", "watch", "brush", "box", "sunglass", "shoe", "wallet",
+                                                    "accessory", "dress", "bus", "toe"]
+    assert [s_stem(w) for w in words[:5]] == ["dresse", "watche", "brushe", "boxe", "sunglasse"]  # Harman's alone
+    plural, harman = TextHasher(97, 2, True, "plural"), TextHasher(97, 2, True)
+    assert np.array_equal(*plural.encode(["Biba Women Blue Dresses", "biba women blue dress"]))
+    assert not np.array_equal(*harman.encode(["Biba Women Blue Dresses", "biba women blue dress"]))
+    assert load_experiment(None).fusion.text_stem_rules == "plural"  # new runs
+    with pytest.raises(ConfigError, match="text_stem_rules"):
+        load_experiment(None, {"fusion.text_stem_rules": "porter"})
+    # a vocabulary logged before the key keeps Harman's rules
+    f = FusionConfig(mode="late", fields=("gender", "productDisplayName"), text_buckets=64)
+    d = MetaVocab.fit(rows(), f).to_dict()
+    assert d["text"]["rules"] == "plural" and MetaVocab.from_dict(d).text.rules == "plural"
+    del d["text"]["rules"]
+    assert MetaVocab.from_dict(d).text.rules == "harman"
+
+
 def test_a_source_logged_before_stemming_keeps_its_unstemmed_names(fused_pretrain, dataset):
     from fashion_core.data import prepare_data
     from fashion_core.experiment import load_run_model
@@ -90,9 +111,11 @@ def test_a_source_logged_before_stemming_keeps_its_unstemmed_names(fused_pretrai
     source = load_run_model(fused_pretrain)
     assert source[1]["fused"]["vocab"]["text"]["stem"] is True
     del source[1]["fusion"]["text_stem"], source[1]["fused"]["vocab"]["text"]["stem"]  # as an older model.json
+    del source[1]["fusion"]["text_stem_rules"], source[1]["fused"]["vocab"]["text"]["rules"]
     p = prepare_data(str(dataset), cfg("finetune", "ncm").data, log=lambda m: None)
     adopted, plan = plan_stage(cfg("finetune", "ncm"), p, source, log=lambda m: None)
     assert adopted.fusion.text_stem is False and plan.vocab.text.stem is False
+    assert adopted.fusion.text_stem_rules == "harman" and plan.vocab.text.rules == "harman"
     with pytest.raises(ConfigError, match="text_stem: True here, False there"):
         plan_stage(cfg("finetune", "fused_text"), p, source, log=lambda m: None)
 
