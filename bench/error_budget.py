@@ -62,12 +62,10 @@ def slice_costs(pred: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("slice").sort_values(["cost", "test"], ascending=False)
 
 
-def slice_keys(pred: pd.DataFrame, catalog: pd.DataFrame) -> dict[str, pd.Series]:
-    """The slicings of ``SLICINGS`` for each prediction row, from the catalogue (``id`` -> metadata)."""
+def slice_keys(pred: pd.DataFrame, meta: pd.DataFrame) -> dict[str, pd.Series]:
+    """The slicings of ``SLICINGS`` for each prediction row, from its catalogue row (``meta``, aligned with ``pred``)."""
     from fashion_core.fusion import holds_class_word
 
-    cat = catalog.drop_duplicates("id").set_index("id")
-    meta = cat.loc[pred["id"].to_numpy()]
     names = meta["productDisplayName"].fillna("").astype(str)
     brand = names.str.split().str[0].fillna("(no name)")
     holds = [holds_class_word(label, name) for label, name in zip(pred["label"], names)]
@@ -90,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core import tracking
     from fashion_core.data import prepare_data
     from fashion_core.experiment import resolve_model_uri
+    from fashion_core.fusion import stage_rows
 
     from bench.tta import run_data_config
 
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## {run_id[:8]} {tags.get('stage', '?')}/{tags.get('technique', '?')}: Top-1 class mean "
               f"{class_mean(pred['label'], right):.4f}, {int((~right).sum())} errors in {len(pred)} test products "
               f"of {pred['label'].nunique()} classes")
-        for name, key_series in slice_keys(pred, prepared[key].catalog).items():
+        for name, key_series in slice_keys(pred, stage_rows(prepared[key], pred["id"])).items():
             table = slice_costs(pred, key_series).head(args.top)
             print(f"\n{name} (the {len(table)} costliest)\n")
             print(f"| {name} | test | errors | error rate | class mean if right | cost (points) |")

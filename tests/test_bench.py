@@ -21,10 +21,11 @@ def test_slice_costs_are_class_mean_points_regained():
 
 
 def test_slice_keys_brand_and_class_word():
-    catalog = pd.DataFrame({"id": [1, 2, 3], "gender": ["Girls", "Men", ""], "year": [2011, 2012, 2013],
-                            "productDisplayName": ["Disney Kids Girl's Pink Kidswear", "Nike Men Casual Shoes", None]})
+    meta = pd.DataFrame({"gender": ["Men", "Girls", ""], "year": [2012, 2011, 2013],
+                         "productDisplayName": ["Nike Men Casual Shoes", "Disney Kids Girl's Pink Kidswear", None]},
+                        index=[2, 1, 3])  # catalogue rows in the predictions' order, indexed by id
     pred = pd.DataFrame({"id": [2, 1, 3], "label": ["Casual Shoes", "Tshirts", "Socks"], "pred1": ["x", "y", "z"]})
-    k = slice_keys(pred, catalog)
+    k = slice_keys(pred, meta)
     assert list(k["brand"]) == ["Nike", "Disney", "(no name)"]
     assert list(k["name holds its class word"]) == ["yes", "no", "no"]  # "Shoes" -> shoe, stemmed like the label
     assert list(k["year"]) == ["2012", "2011", "2013"] and list(k["gender"]) == ["Men", "Girls", ""]
