@@ -46,6 +46,14 @@ def batch_for(vocab: MetaVocab, n: int = 4) -> dict:
     return vocab.encode(rows().iloc[:n])
 
 
+def tiny_late(*args, **kwargs):
+    """A seeded tiny late-fusion model on ``tiny_vocab``, 4 images and their batch: (model, vocab, x, batch)."""
+    torch.manual_seed(0)
+    vocab = tiny_vocab()
+    model = FusedNet(build_model(ModelConfig(width_mult=0.25, stem="imagenet"), 3), vocab, "late", 8, *args, **kwargs)
+    return model, vocab, torch.randn(4, 3, 32, 24), batch_for(vocab)
+
+
 # ---------------------------------------------------------------- encoders
 
 def test_category_codes_unknown_missing_and_na():
@@ -186,11 +194,7 @@ def test_film_starts_as_the_image_model_and_metadata_changes_late_fusion():
 
 
 def test_meta_dropout_only_in_training():
-    torch.manual_seed(0)
-    vocab = tiny_vocab()
-    model = FusedNet(build_model(ModelConfig(width_mult=0.25, stem="imagenet"), 3), vocab, "late", 8,
-                     meta_dropout=0.999)
-    x, batch = torch.randn(4, 3, 32, 24), batch_for(vocab)
+    model, vocab, x, batch = tiny_late(meta_dropout=0.999)
     model.eval()
     with torch.no_grad():
         a = model(x, batch)["logits"]
@@ -204,11 +208,7 @@ def test_meta_dropout_only_in_training():
 
 
 def test_text_dropout_leaves_words_out_only_in_training():
-    torch.manual_seed(0)
-    vocab = tiny_vocab()
-    model = FusedNet(build_model(ModelConfig(width_mult=0.25, stem="imagenet"), 3), vocab, "late", 8,
-                     text_dropout=0.999)
-    x, batch = torch.randn(4, 3, 32, 24), batch_for(vocab)
+    model, vocab, x, batch = tiny_late(text_dropout=0.999)
     assert (batch["meta_text"] != vocab.text.buckets).any()  # the names have words to drop
     nameless = {**batch, "meta_text": torch.full_like(batch["meta_text"], vocab.text.buckets)}
     with torch.no_grad():
@@ -289,11 +289,7 @@ def test_aux_loss_is_wired_and_weighted():
 
 
 def test_aux_gradient_reaches_the_shared_embedding():
-    torch.manual_seed(0)
-    vocab = tiny_vocab()
-    model = FusedNet(build_model(ModelConfig(width_mult=0.25, stem="imagenet"), 3), vocab, "late", 8,
-                     {"aux_master": ("Apparel", "Footwear")})
-    x, batch = torch.randn(4, 3, 32, 24), batch_for(vocab)
+    model, vocab, x, batch = tiny_late({"aux_master": ("Apparel", "Footwear")})
     batch.update(label=torch.tensor([0, 1, 2, 0]), aux_master=torch.tensor([1, 0, 1, 1]))
     out = model(x, batch)
     AuxLoss(torch.nn.CrossEntropyLoss(), {"aux_master": 1.0})(out, batch).backward()
@@ -403,11 +399,7 @@ def test_class_word_dropout_uses_training_labels_only(tmp_path, monkeypatch):
 
 
 def test_class_word_dropout_swaps_names_only_in_training():
-    torch.manual_seed(0)
-    vocab = tiny_vocab()
-    model = FusedNet(build_model(ModelConfig(width_mult=0.25, stem="imagenet"), 3), vocab, "late", 8,
-                     class_word_dropout=0.999)
-    x, batch = torch.randn(4, 3, 32, 24), batch_for(vocab)
+    model, vocab, x, batch = tiny_late(class_word_dropout=0.999)
     classless = vocab.text.encode(["", "", "", ""])
     batch = {**batch, "meta_text_classless": torch.from_numpy(classless)}
     nameless = {**batch, "meta_text": torch.from_numpy(classless)}
