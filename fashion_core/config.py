@@ -142,10 +142,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TransferConfig:
-    """How the finetune stage uses the pretrained network (ignored by pretrain)."""
+    """How a stage uses a pretrained network: the finetune stage its pretrain run, the pretrain stage
+    ImageNet weights (``model.init`` other than scratch)."""
 
-    method: str = "finetune"
+    method: str = "finetune"  # finetune stage only
     backbone_lr_mult: float = 0.1  # finetune/partial/imprint_finetune: backbone lr = lr * this
+    init_lr_mult: float = 1.0  # pretrain stage from model.init weights: trunk lr = lr * this (head, encoders at lr)
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,7 @@ def validate(cfg: ExperimentConfig) -> None:
         (0 < cfg.train.augment.crop_scale_min <= 1, "train.augment.crop_scale_min must be in (0, 1]"),
         (cfg.train.augment.jitter >= 0, "train.augment.jitter must be >= 0"),
         (cfg.transfer.backbone_lr_mult >= 0, "transfer.backbone_lr_mult must be >= 0"),
+        (cfg.transfer.init_lr_mult >= 0, "transfer.init_lr_mult must be >= 0"),
         (cfg.fusion.aux_master >= 0 and cfg.fusion.aux_sub >= 0, "fusion.aux_* weights must be >= 0"),
         (cfg.fusion.text_buckets >= 1 and cfg.fusion.embed_dim >= 1, "fusion sizes must be >= 1"),
     ]

@@ -225,7 +225,8 @@ def setup_model(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, 
     """
     n = len(sd.classes)
     if cfg.stage == "pretrain":
-        return _new_model(cfg, n, plan), {"train": True, "trainable": "all"}, 1.0
+        mult = cfg.transfer.init_lr_mult if cfg.model.init != "scratch" else 1.0
+        return _new_model(cfg, n, plan), {"train": True, "trainable": "all"}, mult
     policy = transfer_policy(cfg.transfer.method)
     if not policy["pretrained"] or source is None:
         if source is None and policy["pretrained"]:
