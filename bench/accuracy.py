@@ -79,6 +79,26 @@ def main() -> None:
     for st, t, s, v, t1, lo, hi, t5, mi, n, sec, rid in rows:
         print(f"| {st} | {t} | {s} | {v:.3f} | {t1:.3f} [{lo:.3f}, {hi:.3f}] | {t5:.3f} | {mi:.3f} | {n} "
               f"| {sec / 60:.1f} | `{rid[:8]}` |")
+    if len(seeds) > 1:
+        print(seed_summary(rows))
+
+
+def seed_summary(rows: list[tuple]) -> str:
+    """Per stage and technique: the seed mean and sample standard deviation of each figure (the headline)."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for r in rows:
+        groups.setdefault((r[0], r[1]), []).append(r)
+    out = ["", "| stage | technique | seeds | val top-1 mean ± s.d. | test top-1 mean ± s.d. | test top-5 mean ± s.d. "
+           "| minutes per run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (st, t), rs in groups.items():
+        def ms(i: int) -> str:
+            x = np.array([r[i] for r in rs], dtype=float)
+            return f"{x.mean():.3f} ± {x.std(ddof=1) if len(x) > 1 else 0.0:.3f}"
+        out.append(f"| {st} | {t} | {','.join(str(r[2]) for r in rs)} | {ms(3)} | {ms(4)} | {ms(7)} "
+                   f"| {np.mean([r[10] for r in rs]) / 60:.1f} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
