@@ -105,6 +105,8 @@ class FusionConfig:
     # its word, so it needs big steps (measured on finetune validation, 120 steps: x1 0.34, x30 0.60, x100 0.71)
     meta_embed_lr_mult: float = 100.0
     logreg_c: float = 0.0  # metadata_only: inverse L2 strength; 0 = pick from LOGREG_C_GRID on validation
+    # metadata_only: also predict the stage's classes without training images, from their names (zeroshot.py)
+    zero_shot: bool = False
 
     @property
     def leaky(self) -> bool:
@@ -388,6 +390,9 @@ def _validate_fusion(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"fusion.logreg_c must be >= 0 (0 = pick on validation), got {f.logreg_c}")
     if f.mode != "none" and not (f.fields or f.leaky_fields):
         raise ConfigError(f"fusion.mode={f.mode} needs at least one of fusion.fields: {', '.join(META_FIELDS)}")
+    if f.zero_shot and f.mode != "metadata_only":
+        raise ConfigError(f"fusion.zero_shot extends the metadata-only model: set fusion.mode=metadata_only "
+                          f"(got {f.mode})")
     if f.mode != "metadata_only":
         return
     # A logistic regression is plain (optionally class-weighted) cross-entropy with one output.

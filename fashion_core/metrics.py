@@ -211,6 +211,34 @@ def summarize(table: pd.DataFrame) -> dict[str, float | int]:
     return out
 
 
+def gzsl_summary(table: pd.DataFrame) -> dict[str, float | int]:
+    """Generalised zero-shot numbers of a per-class table: seen (S), unseen (U), harmonic (H) and all-class means.
+
+    A class with test images is *seen* when ``n_train`` > 0 and *unseen* otherwise; S and U are the
+    class-means of each group (U is 0 for a model that cannot output the unseen classes: their rows
+    hold 0), H = 2SU / (S + U), and ``mean_all`` is the class-mean over both groups together.
+
+    Returns:
+        ``top1_seen_mean``, ``top1_unseen_mean``, ``top1_harmonic``, ``top1_mean_all`` and the same for
+        top5, ``n_classes_unseen`` and ``n_classes_all``; NaN where a group has no class.
+    """
+    n_test = table["n_test"].to_numpy(dtype=np.int64)
+    has_test = n_test > 0
+    seen = has_test & (table["n_train"].to_numpy(dtype=np.int64) > 0)
+    unseen = has_test & ~seen
+    out: dict[str, float | int] = {}
+    for m in ("top1", "top5"):
+        acc = np.nan_to_num(table[m].to_numpy(dtype=np.float64), nan=0.0)  # a test-only class never hit: 0
+        s = float(acc[seen].mean()) if seen.any() else float("nan")
+        u = float(acc[unseen].mean()) if unseen.any() else float("nan")
+        out[f"{m}_seen_mean"], out[f"{m}_unseen_mean"] = s, u
+        out[f"{m}_harmonic"] = (2 * s * u / (s + u) if s + u > 0 else 0.0) if s == s and u == u else float("nan")
+        out[f"{m}_mean_all"] = float(acc[has_test].mean()) if has_test.any() else float("nan")
+    out["n_classes_unseen"] = int(unseen.sum())
+    out["n_classes_all"] = int(has_test.sum())
+    return out
+
+
 def wilson_interval(k: Any, n: Any, z: float = 1.96) -> tuple[Any, Any]:
     """Wilson score interval for k successes out of n trials.
 
