@@ -40,6 +40,9 @@ PREDICTIONS_ARTIFACT = "eval/predictions.csv"
 N_BOOT = 1000
 # Training-set sizes grouped for the few-shot curve: few-shot classes get fine bins.
 SHOT_EDGES = (1, 3, 6, 11, 21, 51, 101, 501)
+# Generalised zero-shot columns (metrics.gzsl_summary): seen S, unseen U, harmonic H, all classes with test images.
+GZSL_COLUMNS = ("top1_seen_mean", "top1_unseen_mean", "top1_harmonic", "top1_mean_all", "top5_unseen_mean",
+                "top5_mean_all", "n_classes_unseen")
 SECTIONS = ("summary", "class-mean", "heatmap", "few-shot", "per-class", "not-evaluated", "runs")
 
 
@@ -224,6 +227,7 @@ class RunEval:
     per_class: pd.DataFrame  # class,n_train,n_val,n_test,top1,top5 (top1/top5/n_test from predictions.csv)
     summary: dict
     n_mismatch: int  # classes whose per_class.csv numbers differ from the predictions
+    zero_shot: bool = False  # the run also predicts the classes without training images (tag zero_shot=true)
 
 
 def class_mean_interval(per_class_classes: Sequence[str], evaluated: np.ndarray, preds: pd.DataFrame,
@@ -272,12 +276,13 @@ def evaluate_run(run, folder: str | Path) -> RunEval:
     ci = class_mean_interval(table["class"].tolist(), evaluated, preds)
     summ.update({"top1_lo": ci["top1"][0], "top1_hi": ci["top1"][1], "top5_lo": ci["top5"][0],
                  "top5_hi": ci["top5"][1]})
+    summ.update(M.gzsl_summary(table))  # seen / unseen / harmonic / all-class means (generalised zero-shot)
     t = run.data.tags
     return RunEval(run_id=run_id, run_name=run.info.run_name, stage=t.get("stage", ""),
                    technique=t.get("technique", ""), seed=_seed_of(run), leaky=t.get("leaky", "false") == "true",
                    inputs=run_inputs(t),
                    transfer=t.get("transfer", ""), per_class=table, summary=summ,
-                   n_mismatch=int((~same).sum()) + len(extra))
+                   n_mismatch=int((~same).sum()) + len(extra), zero_shot=t.get("zero_shot") == "true")
 
 
 # ---------------------------------------------------------------- tables
@@ -312,7 +317,8 @@ def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None)
                          "top1_mean": s["top1_mean"], "top1_lo": s["top1_lo"], "top1_hi": s["top1_hi"],
                          "top5_mean": s["top5_mean"], "top5_lo": s["top5_lo"], "top5_hi": s["top5_hi"],
                          "top1_micro": s["top1_micro"], "top5_micro": s["top5_micro"],
-                         "n_classes_evaluated": s["n_classes_evaluated"], "n_mismatch": e.n_mismatch})
+                         "n_classes_evaluated": s["n_classes_evaluated"], "n_mismatch": e.n_mismatch,
+                         **{k: s[k] for k in GZSL_COLUMNS}, "zero_shot": e.zero_shot})
         pc = e.per_class.assign(stage=e.stage, technique=e.technique, seed=e.seed, run_id=e.run_id)
         long.append(pc[["stage", "technique", "seed", "run_id", "class", "n_train", "n_val", "n_test", "top1", "top5"]])
     runs = pd.DataFrame(run_rows).sort_values(["stage", "technique", "seed"], kind="stable").reset_index(drop=True)
@@ -340,6 +346,7 @@ def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None)
             n_classes_evaluated=("n_classes_evaluated", "max"),
             inputs=("inputs", "first"),
             leaky=("leaky", "any"),
+            **{k: (k, "mean") for k in GZSL_COLUMNS}, zero_shot=("zero_shot", "any"),
         ).reset_index()
         summ["classes_won"] = [int(wins.get(t, 0)) for t in summ["technique"]]
         if stage == "pretrain":
@@ -357,7 +364,10 @@ def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None)
                              if c in best.index and best.loc[c].notna().any() else "" for c in wide.index]
         wide = wide.reset_index().sort_values(["n_train", "class"], ascending=[False, True], kind="stable")
         per_class[stage] = wide.reset_index(drop=True)
-        missing = counts[~counts.index.isin(evaluated)]
+        # A class without training images that a zero-shot run predicts is evaluated (its Top-1 is in the tables).
+        zs_runs = runs.loc[(runs["stage"] == stage) & runs["zero_shot"], "run_id"]
+        zs_classes = pcr.loc[pcr["run_id"].isin(zs_runs) & (pcr["n_test"] > 0), "class"]
+        missing = counts[~counts.index.isin(evaluated) & ~counts.index.isin(zs_classes)]
         for c, row in missing.iterrows():
             not_eval.append({"stage": stage, "class": c, "n_train": int(row["n_train"]), "n_test": int(row["n_test"]),
                              "reason": _not_evaluated_reason(int(row["n_train"]), int(row["n_test"]))})
@@ -384,6 +394,10 @@ def display_summary(summ: pd.DataFrame) -> pd.DataFrame:
     out["Top-5 class-mean"] = [cell(*v) for v in summ[["top5_mean", "top5_std", "top5_lo", "top5_hi"]].to_numpy()]
     out["Top-1 micro"] = summ["top1_micro"].map(lambda v: f"{v:.3f}")
     out["Top-5 micro"] = summ["top5_micro"].map(lambda v: f"{v:.3f}")
+    if "zero_shot" in summ and summ["zero_shot"].any():  # generalised zero-shot: S is the class-mean above
+        out["Top-1 unseen (U)"] = summ["top1_unseen_mean"].map(lambda v: f"{v:.3f}")
+        out["H"] = summ["top1_harmonic"].map(lambda v: f"{v:.3f}")
+        out["Top-1 all classes"] = summ["top1_mean_all"].map(lambda v: f"{v:.3f}")
     out["classes evaluated"] = summ["n_classes_evaluated"]
     out["classes won"] = summ["classes_won"]
     out["seeds"] = summ["seeds"]
@@ -532,12 +546,18 @@ def report_html(tables: Tables, scope_text: str, title: str = "fashion-grid: tec
                                "weighs the same); ± = std across seeds; [lo, hi] = 95% stratified bootstrap interval "
                                "over test images (averaged over seeds); micro = over all test images of evaluated "
                                "classes; classes won = classes where the technique has the best Top-1 (ties count "
-                               "for each); LEAKY = uses masterCategory/subCategory as inputs."),
+                               "for each); LEAKY = uses masterCategory/subCategory as inputs. With a generalised "
+                               "zero-shot run in the stage: Top-1 unseen (U) = class-mean over the classes without "
+                               "training images (0 for a technique that cannot output them), H = harmonic mean of the "
+                               "Top-1 class-mean (seen classes) and U, Top-1 all classes = class-mean over every class "
+                               "with test images."),
         "class-mean": ("Class-mean accuracy", ""),
         "heatmap": ("Per-class Top-1", "Hover for Top-5 and counts."),
         "few-shot": ("Few-shot curve", "Accuracy against the number of training images of the class."),
         "per-class": ("Per-class table", "Top-1 and Top-5 per class and technique (mean over seeds)."),
-        "not-evaluated": ("Classes not evaluated", "Left out of the class-mean and micro numbers, with the reason."),
+        "not-evaluated": ("Classes not evaluated", "Left out of the class-mean and micro numbers, with the reason; "
+                                                   "a class without training images that a zero-shot run predicts is "
+                                                   "evaluated (in U) and not listed."),
         "runs": ("Runs", "The MLflow runs behind the numbers; n_mismatch = classes whose eval/per_class.csv "
                          "differs from the numbers recomputed from eval/predictions.csv (0 expected)."),
     }

@@ -1,0 +1,251 @@
+"""Generalised zero-shot (fashion_core/zeroshot.py): classes without training images predicted from their names."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import HEADER, module_store, write_image
+from fashion_core import metrics as M
+from fashion_core.config import ConfigError, load_experiment
+from fashion_core.zeroshot import (FEATURES, NameMatcher, candidate_classes, fit_ranker, harmonic, name_tokens,
+                                   pseudo_unseen_folds, ranker_log_proba, stacked_scores)
+
+EXP = Path(__file__).resolve().parents[1] / "experiments"
+QUIET = dict(log=lambda m: None)
+# class -> (product names; "seen" classes have products in even (training) and odd (test) years, the others odd only)
+SEEN = {
+    "Watches": ["Titan Men Black Watch", "Fastrack Women Steel Watch", "Casio Men Digital Watch"],
+    "Tshirts": ["Nike Men Blue T-shirt", "Puma Women Red Tshirt", "Adidas Men Grey T-shirt"],
+    "Night suits": ["Sweet Dreams Women Night Suit", "SDL Women Pink Night Suit", "Sweet Dreams Men Night Suit"],
+    "Wallets": ["Hidesign Men Brown Wallet", "Baggit Women Red Wallet", "Lino Perros Men Wallet"],
+    "Ties": ["Tossido Men Red Tie", "Park Avenue Men Blue Tie", "Louis Philippe Men Silk Tie"],
+    "Casual Shoes": ["Puma Men Casual Shoes", "Vans Women Casual Shoe", "Converse Men Black Casual Shoes"],
+    "Sweatshirts": ["Puma Men Grey Sweat", "Roadster Women Blue Sweat", "Nike Men Black Sweat"],  # a short form
+}
+UNSEEN = {
+    "Lipstick": ["Lakme Red Lipstick 03", "Colorbar Matte Lipstick 12"],  # shares its word with the name
+    "Deodorant": ["Wildstone Men Code Deo", "Axe Men Dark Temptation Deo"],  # no shared word: "Deo"
+    "Eyeshadow": ["Colorbar Copper Eye Shadow 002", "Lakme Black Eye Shadow 010"],  # no shared word: "Eye Shadow"
+    "Suits": ["Raymond Men Grey Suit", "Blackberrys Men Navy Suit"],  # shares "suit" with the seen Night suits
+}
+
+
+def make_zs_dataset(root: Path, n_seen: int = 24, n_unseen: int = 6) -> Path:
+    """A catalogue whose unseen classes exist only in odd (test) years; "Bags" is the top class (pretrain)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines, pid = [HEADER], 1000
+    plan = [("Bags", ["Baggit Women Black Bag", "Lavie Women Brown Bag"], 40, True)]
+    plan += [(c, names, n_seen, True) for c, names in SEEN.items()]
+    plan += [(c, names, n_unseen, False) for c, names in UNSEEN.items()]
+    for k, (label, names, n, seen) in enumerate(plan):
+        for j in range(n):
+            year = 2013 if not seen or j % 2 else 2012
+            gender = "Women" if "Women" in names[j % len(names)] else "Men"
+            lines.append(f"{pid},{gender},Apparel,Topwear,{label},Blue,Summer,{year},Casual,{names[j % len(names)]}")
+            write_image(root / "images" / f"{pid}.jpg", k, rng)
+            pid += 1
+    (root / "styles.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def cfg(stage="finetune", **over):
+    over = {"data.top_k": 1, "fusion.logreg_c": 1.0, **over}
+    return load_experiment(EXP / stage / "zeroshot.yaml", overrides=over, profile="smoke", stage=stage)
+
+
+@pytest.fixture(scope="module")
+def zs_data(tmp_path_factory) -> Path:
+    return make_zs_dataset(tmp_path_factory.mktemp("zs") / "catalogue")
+
+
+@pytest.fixture(scope="module")
+def zs_store(tmp_path_factory):
+    with module_store(tmp_path_factory, "zs-store") as (path, _):
+        yield path
+
+
+def _metrics(run_id):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_run(run_id).data
+
+
+def _table(run_id, folder, name="eval/per_class.csv"):
+    from fashion_core.tracking import download_artifact
+
+    path = download_artifact(run_id, name, folder)
+    return M.read_per_class(path) if name.endswith("per_class.csv") else pd.read_csv(path, keep_default_na=False)
+
+
+# ---------------------------------------------------------------- pieces
+
+def test_name_evidence_without_a_shared_word():
+    classes = ["Casual Shoes", "Deodorant", "Eyeshadow", "Mens Grooming Kit", "Night suits", "Suits", "Tshirts"]
+    m = NameMatcher.build(classes, ["Puma Men Casual Shoes", "Nike Men Blue T-shirt", "Titan Men Watch"])
+    f = {name: dict(zip(FEATURES, m.features([name])[0, classes.index(c)].tolist()))
+         for name, c in [("Colorbar Eye Shadow 002", "Eyeshadow"), ("Park Avenue Men Deo", "Deodorant"),
+                         ("Nike Men Blue T-shirt", "Tshirts")]}
+    assert f["Colorbar Eye Shadow 002"]["share_exact"] == 1.0  # two name words joined meet the class word
+    assert f["Park Avenue Men Deo"]["share_exact"] == 0.0 and f["Park Avenue Men Deo"]["share_abbrev"] == 1.0
+    assert f["Nike Men Blue T-shirt"]["head_word"] == 1.0 and f["Nike Men Blue T-shirt"]["all_exact"] == 1.0
+    # "men" is in every training name: it tells little about Mens Grooming Kit
+    phi = m.features(["Park Avenue Men Deo"])[0]
+    assert phi[classes.index("Mens Grooming Kit"), FEATURES.index("share_exact")] < 0.1
+    # a longer exact match covers more of the name
+    phi = m.features(["Sweet Dreams Night Suit"])[0]
+    cover = FEATURES.index("name_cover")
+    assert phi[classes.index("Night suits"), cover] > phi[classes.index("Suits"), cover]
+    assert name_tokens("Lakme Eye Liner 03")[1] == ["liner", "eyeliner"]
+    assert m.no_shared_word(["Park Avenue Men Deo", "Colorbar Eye Shadow"], ["Deodorant", "Eyeshadow"]).tolist() == \
+        [True, False]
+
+
+def test_ranker_learns_shared_weights_and_scores_classes_it_never_saw():
+    # Two kinds of evidence; the label always has the first: the weight of the first must be the larger.
+    rng = np.random.default_rng(0)
+    phi = rng.random((200, 5, 2)).astype(np.float32) * 0.2
+    y = rng.integers(0, 3, 200)  # classes 3 and 4 never appear
+    phi[np.arange(200), y, 0] = 1.0
+    w = fit_ranker(phi, y)
+    assert w[0] > 1.0 and w[0] > w[1]
+    new = np.zeros((1, 5, 2), dtype=np.float32)
+    new[0, 4, 0] = 1.0  # evidence for a class with no training product
+    assert ranker_log_proba(new, w).argmax() == 4
+
+
+def test_stacked_scores_and_calibration_constant():
+    seen = np.array([True, True, False])
+    meta = np.log(np.array([[0.9, 0.1, 1e-30]]))
+    name = np.log(np.array([[0.3, 0.1, 0.6]]))
+    gate = stacked_scores(meta, name, seen, 0.0)
+    assert gate[0, 0] == pytest.approx(np.log(0.4 * 0.9)) and gate[0, 2] == pytest.approx(np.log(0.6))
+    assert stacked_scores(meta, name, seen, 0.0).argmax() == 2  # 0.6 > 0.36
+    assert stacked_scores(meta, name, seen, -1.0).argmax() == 0  # a negative gamma favours seen classes
+    prod = stacked_scores(meta, name, seen, 0.5, "product")
+    assert prod[0, 1] == pytest.approx(np.log(0.1) + np.log(0.1) - 0.5)
+    with pytest.raises(ConfigError, match="choose one of"):
+        stacked_scores(meta, name, seen, 0.0, "sum")
+    assert harmonic(0.8, 0.4) == pytest.approx(2 * 0.8 * 0.4 / 1.2) and harmonic(0.0, 0.0) == 0.0
+    folds = pseudo_unseen_folds(np.arange(9), seed=0)
+    assert len(folds) == 3 and sorted(np.concatenate(folds).tolist()) == list(range(9))
+
+
+def test_gzsl_summary_against_a_hand_count():
+    table = pd.DataFrame({"class": ["A", "B", "C", "D", "E"], "n_train": [5, 3, 0, 0, 4], "n_val": [1, 1, 0, 0, 1],
+                          "n_test": [4, 2, 5, 0, 0], "top1": [0.75, 0.5, 0.4, np.nan, np.nan],
+                          "top5": [1.0, 0.5, 0.6, np.nan, np.nan]})
+    g = M.gzsl_summary(table)
+    s, u = (0.75 + 0.5) / 2, 0.4
+    assert g["top1_seen_mean"] == pytest.approx(s) and g["top1_unseen_mean"] == pytest.approx(u)
+    assert g["top1_harmonic"] == pytest.approx(2 * s * u / (s + u))
+    assert g["top1_mean_all"] == pytest.approx((0.75 + 0.5 + 0.4) / 3)
+    assert g["top5_unseen_mean"] == pytest.approx(0.6) and g["n_classes_unseen"] == 1 and g["n_classes_all"] == 3
+    assert g["top1_seen_mean"] == pytest.approx(M.summarize(table)["top1_mean"])  # S is the usual class-mean
+
+
+def test_zero_shot_needs_the_metadata_only_model():
+    with pytest.raises(ConfigError, match="fusion.mode=metadata_only"):
+        load_experiment(EXP / "finetune" / "fused_text.yaml", overrides={"fusion.zero_shot": True}, stage="finetune")
+
+
+# ---------------------------------------------------------------- runs
+
+@pytest.fixture(scope="module")
+def zs_run(zs_data, zs_store):
+    from fashion_core.experiment import run_stage
+
+    return run_stage(cfg(), str(zs_data), **QUIET)
+
+
+def test_unseen_classes_are_predicted_and_logged(zs_run, zs_data, tmp_path):
+    data = _metrics(zs_run)
+    assert data.tags["zero_shot"] == "true" and data.tags["stage"] == "finetune" and data.tags["leaky"] == "false"
+    assert "masterCategory" not in data.tags["fusion_inputs"] and "subCategory" not in data.tags["fusion_inputs"]
+    table = _table(zs_run, tmp_path)
+    unseen = table[table["n_train"] == 0].set_index("class")
+    assert set(UNSEEN) <= set(unseen.index)
+    assert (unseen.loc[list(UNSEEN), "n_test"] > 0).all()
+    # named from the class names, also the two whose names share no word with the products' ("Deo", "Eye Shadow");
+    # Suits' products ("Raymond Men Grey Suit") are left to the seen Night suits here, which shares its word
+    assert unseen.loc[["Deodorant", "Eyeshadow", "Lipstick"], "top1"].min() == 1.0, unseen
+    # S, U, H and the all-class mean, by hand from predictions.csv
+    preds = _table(zs_run, tmp_path, "eval/predictions.csv")
+    seen_classes = set(table.loc[table["n_train"] > 0, "class"])
+    acc = (preds["pred1"] == preds["label"]).groupby(preds["label"]).mean()
+    s = acc[[c for c in acc.index if c in seen_classes]].mean()
+    u = acc[[c for c in acc.index if c not in seen_classes]].mean()
+    m = data.metrics
+    assert m["test_top1_seen_mean"] == pytest.approx(s) and m["test_top1_unseen_mean"] == pytest.approx(u)
+    assert m["test_top1_harmonic"] == pytest.approx(2 * s * u / (s + u))
+    assert m["test_top1_mean_all"] == pytest.approx(acc.mean())
+    assert m["test_top1_mean"] == pytest.approx(s)  # the usual metric keeps its meaning: seen classes
+    assert m["test_n_classes_unseen"] == len(UNSEEN)
+    assert 0 < m["test_unseen_share_no_class_word"] < 1
+
+
+def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
+    """Poisoned test split: labels shuffled among test rows, unseen test names replaced; fit and gamma unchanged."""
+    from fashion_core.data import prepare_data
+    from fashion_core.zeroshot import run_zeroshot
+
+    c = cfg()
+    p = prepare_data(str(zs_data), c.data, log=lambda m: None)
+    splits = p.splits.copy()
+    test = (splits["split"] == "test") & (splits["subset"] == "finetune")
+    splits.loc[test, "label"] = np.random.default_rng(1).permutation(splits.loc[test, "label"].to_numpy())
+    catalog = p.catalog.copy()
+    unseen_ids = p.splits.loc[test & p.splits["label"].isin(list(UNSEEN)), "id"]
+    catalog.loc[catalog["id"].isin(unseen_ids), "productDisplayName"] = "Lakme Night Suit Tie Watch Wallet"
+    poisoned = dataclasses.replace(p, splits=splits, catalog=catalog)
+    assert candidate_classes(poisoned.splits, "finetune") == candidate_classes(p.splits, "finetune")
+    from fashion_core import tracking
+
+    tracking.set_experiment("poisoned")  # apart from the runs the compare test reads
+    again = run_zeroshot(c, poisoned, **QUIET)
+    a, b = _metrics(zs_run).metrics, _metrics(again).metrics
+    fitted = ["zs_gamma", "zs_mix_product", "logreg_c", "val_top1_mean", "val_pseudo_harmonic"]
+    fitted += [f"zs_w_{f}" for f in FEATURES]
+    assert {k: a[k] for k in fitted} == {k: b[k] for k in fitted}
+    from fashion_core.tracking import download_artifact
+
+    w1 = np.load(download_artifact(zs_run, "checkpoint/metadata_baseline.npz", tmp_path / "a"))
+    w2 = np.load(download_artifact(again, "checkpoint/metadata_baseline.npz", tmp_path / "b"))
+    assert np.array_equal(w1["coef"], w2["coef"]) and np.array_equal(w1["intercept"], w2["intercept"])
+    cal1 = _table(zs_run, tmp_path / "a", "zeroshot/calibration.csv")
+    cal2 = _table(again, tmp_path / "b", "zeroshot/calibration.csv")
+    pd.testing.assert_frame_equal(cal1, cal2)
+    assert a["test_top1_unseen_mean"] != b["test_top1_unseen_mean"]  # the poison did reach the test scores
+
+
+def test_compare_shows_gzsl_columns_and_shrinks_not_evaluated(zs_run, zs_data, tmp_path):
+    from fashion_core.experiment import run_stage
+    from fashion_core.report import display_summary, run_compare
+
+    over = {"data.top_k": 1, "fusion.logreg_c": 1.0}
+    meta = run_stage(load_experiment(EXP / "finetune" / "meta_only.yaml", overrides=over, profile="smoke",
+                                     stage="finetune"), str(zs_data), **QUIET)
+    res = run_compare("catalogue", stages=["finetune"], grid="none", out=tmp_path / "report", log_run=False, **QUIET)
+    summ = res.tables.summary["finetune"].set_index("technique")
+    m = _metrics(zs_run).metrics
+    assert summ.loc["zeroshot", "top1_unseen_mean"] == pytest.approx(m["test_top1_unseen_mean"])
+    assert summ.loc["zeroshot", "top1_harmonic"] == pytest.approx(m["test_top1_harmonic"])
+    assert summ.loc["zeroshot", "top1_mean"] == pytest.approx(m["test_top1_mean"])
+    assert summ.loc["meta_only", "top1_unseen_mean"] == 0.0 and summ.loc["meta_only", "top1_harmonic"] == 0.0
+    assert {"Top-1 unseen (U)", "H", "Top-1 all classes"} <= set(display_summary(res.tables.summary["finetune"]))
+    assert not set(UNSEEN) & set(res.tables.not_evaluated["class"])  # predicted zero-shot: evaluated
+    assert meta in set(res.tables.runs["run_id"]) and res.tables.runs["n_mismatch"].sum() == 0
+
+
+def test_pretrain_stage_with_a_class_without_training_images(zs_data, zs_store, tmp_path):
+    """--rank-on all puts classes with no training image into the pretrain stage: they are predicted too."""
+    from fashion_core.experiment import run_stage
+
+    run_id = run_stage(cfg("pretrain", **{"data.rank_on": "all", "data.top_k": 11}), str(zs_data), **QUIET)
+    table = _table(run_id, tmp_path).set_index("class")
+    assert table.loc["Lipstick", "n_train"] == 0 and table.loc["Lipstick", "top1"] == 1.0
+    assert _metrics(run_id).metrics["test_top1_unseen_mean"] > 0
