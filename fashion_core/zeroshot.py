@@ -29,7 +29,9 @@ training rows of seen classes only, and one constant chosen on validation:
    against the bias of models fitted on seen classes only. It is chosen on VALIDATION: in each of
    ``N_FOLDS`` folds a third of the seen classes with validation images are held out as *pseudo-unseen*
    (their training rows leave both fits), and gamma maximises the harmonic mean of the pseudo-seen and
-   pseudo-unseen class-mean validation Top-1, averaged over the folds.
+   pseudo-unseen class-mean validation Top-1, averaged over the folds. (How common a word is in training names,
+   which weighs the evidence, is counted once over all training names, the held-out classes' included: word
+   counts, no labels.)
 
 Test products enter only to be scored once at the end. Honoured keys: those of the metadata-only baseline
 (``fusion.*``, ``loss.weights``, ``train.seed``) and ``fusion.zero_shot``.
