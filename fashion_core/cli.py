@@ -287,6 +287,38 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, height, width, experime
              profile=profile, seeds=seed_list, log=click.echo)
 
 
+@main.command("run")
+@data_options
+@click.option("--profile", type=click.Choice(["auto", *_PROFILES]), default="auto", show_default=True,
+              help="auto: default on a CUDA GPU, quick on CPUs (printed with the reason and the expected time).")
+@click.option("--techniques", default="", metavar="NAMES",
+              help="Comma-separated techniques as for `fashion grid` (default: the lists in experiments/main.yaml).")
+@click.option("--override", "-o", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key in every technique, e.g. -o train.epochs=10 (repeatable).")
+@click.option("--overrides", default="", metavar="'K=V K=V'", help="Several overrides in one string.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="train.device.")
+@click.option("--experiments-dir", default="experiments", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of technique YAML files and main.yaml.")
+@click.option("--out", default="reports/compare", show_default=True, type=click.Path(file_okay=False),
+              help="Local folder for the comparison report.")
+@click.option("--reuse/--rerun", default=True, show_default=True,
+              help="Reuse a finished run with the same config, dataset digest and commit instead of rerunning it.")
+@_user_errors
+def run_job(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, profile, techniques, override,
+            overrides, device, experiments_dir, out, reuse):
+    """The main job: prepare -> pretrain -> finetune -> compare with the techniques of experiments/main.yaml."""
+    from .config import parse_overrides, to_dict
+    from .main_job import run_main
+
+    data_cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width)
+    extra = {f"data.{k}": v for k, v in to_dict(data_cfg).items() if v != getattr(DataConfig(), k)}
+    if device is not None:
+        extra["train.device"] = device
+    extra.update(parse_overrides(list(override) + overrides.split()))
+    run_main(data, profile, _split_words([techniques], ","), experiments_dir, extra, experiment, out, reuse,
+             log=click.echo)
+
+
 @main.command()
 @click.option("--experiment", default=None,
               help="MLflow experiment (default: the one holding the newest grid run, else the newest stage run).")

@@ -32,6 +32,7 @@ from .data.sources import cache_root
 from .data.splits import stage_classes
 from .losses import build_loss
 from .models import FashionNet, NCMHead, build_model, imprint_weights, param_groups, transfer_policy
+from .prepare import log_dataset_input
 from .train import (FitResult, LabelLoss, evaluate, fit, load_checkpoint, load_error, pick_device, predict_scores,
                     top5_of)
 
@@ -468,6 +469,7 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
                             run_id=resume) as run:
         run_id = run.info.run_id
         ckpt_path = ckpt_dir / f"{run_id}.pt"
+        log_dataset_input(p, cfg.stage)  # the runs table's Dataset column
         if resume_state is not None:
             _log_missing_epochs(run_id, resume_state["history"])
         log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "

@@ -112,6 +112,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     import mlflow
 
     from .experiment import build_stage_data, log_evaluation, run_name, score_test_split
+    from .prepare import log_dataset_input
 
     if cfg.fusion.mode != "metadata_only":
         raise ConfigError(f"run_metadata_baseline needs fusion.mode=metadata_only, got {cfg.fusion.mode}")
@@ -150,6 +151,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     with tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg),
                             tags=all_tags, description=cfg.description or None, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
+        log_dataset_input(p, cfg.stage)
         log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): metadata-only logistic regression on {', '.join(inputs)}; "
             f"{n} classes, {len(sd.train)} train / {len(sd.val)} val / {len(sd.test)} test rows, "
             f"{x_train.shape[1]} features, C={c_best:g}")

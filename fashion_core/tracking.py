@@ -32,6 +32,7 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine
     warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
     warnings.filterwarnings("ignore", message=".*Hint: Inferred schema.*")
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
 
 
 _READY_STORES: set[str] = set()
@@ -107,19 +108,44 @@ def set_experiment(name: str) -> str:
     ensure_store()
     env_run = launched_run_id()
     if env_run:
-        exp_id = mlflow.get_run(env_run).info.experiment_id
-        mlflow.set_experiment(experiment_id=exp_id)
-        return exp_id
+        exp = mlflow.set_experiment(experiment_id=mlflow.get_run(env_run).info.experiment_id)
+        _mark_model_development(exp)
+        return exp.experiment_id
     for attempt in range(5):
         try:
-            return mlflow.set_experiment(name).experiment_id
+            exp = mlflow.set_experiment(name)
+            break
         except Exception:  # two processes creating it at once: the loser retries and finds it
             if attempt == 4:
                 raise
             import time
 
             time.sleep(0.2 * (attempt + 1))
-    raise RuntimeError("unreachable")
+    _mark_model_development(exp)
+    return exp.experiment_id
+
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def _mark_model_development(exp) -> None:
+    """Tag the experiment as model development, so the MLflow UI opens it on its training runs.
+
+    MLflow 3 opens an experiment without a kind on its GenAI overview (traces), where no run shows.
+    """
+    from mlflow.tracking import MlflowClient
+
+    for key, value in EXPERIMENT_KIND.items():
+        if exp.tags.get(key) != value:
+            MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+
+
+def log_dataset(table, source: str, name: str, digest: str, context: str) -> None:
+    """The run's dataset as an MLflow input (the runs table's Dataset column): the split table, named and digested."""
+    import mlflow
+
+    ds = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)
+    mlflow.log_input(ds, context=context)
 
 
 class RunKilled(KeyboardInterrupt):
