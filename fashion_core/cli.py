@@ -221,17 +221,25 @@ def finetune(data, top_k, rank_on, val_fraction, split_seed, height, width, expe
 
 
 @main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", "model_uri", default="models:/fashion-pretrain@best", show_default=True,
-              help="A run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias>, or latest.")
+              help="A run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias>, or latest; e.g. "
+                   "models:/fashion-finetune-fused@best (photo + metadata) or models:/fashion-finetune-metadata@best.")
+@click.option("--meta", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="The products' catalogue fields, for models that read them: a CSV such as styles.csv (rows "
+                   "matched to the images by id = file name without extension) or a JSON object / list of objects.")
 @click.option("--top", type=click.IntRange(1, 20), default=5, show_default=True)
 @_user_errors
-def predict(images, model_uri, top):
-    """Top classes with probabilities for each IMAGE, from a logged or registered model."""
-    from .serving import predict_images
+def predict(images, model_uri, meta, top):
+    """Top classes with probabilities for each product (IMAGE files, and --meta for models that read metadata)."""
+    from .serving import predict_products
 
-    for path, preds in zip(images, predict_images(list(images), model_uri, k=top)):
-        click.echo(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in preds))
+    if not images and meta is None:
+        raise UserError("give IMAGE files (and --meta FILE for a model that reads the product's metadata)")
+    preds = predict_products(list(images), model_uri, meta, k=top)
+    names = list(images) or [f"row {i + 1}" for i in range(len(preds))]
+    for name, row in zip(names, preds):
+        click.echo(f"{name}: " + ", ".join(f"{c} {p:.3f}" for c, p in row))
 
 
 def _split_words(values, sep=None) -> list[str]:

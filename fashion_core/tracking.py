@@ -33,6 +33,7 @@ def _quiet_mlflow() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
     warnings.filterwarnings("ignore", message=".*Hint: Inferred schema.*")
     warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 
 
 _READY_STORES: set[str] = set()
