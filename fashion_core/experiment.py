@@ -123,8 +123,8 @@ def resolve_model_uri(spec: str, experiment: str | None = None, stage: str = "pr
                                   [experiment] if experiment else None, max_results=50)
         runs = [r for r in runs if r.data.tags.get("baseline") != "metadata_only"][:1]  # no network to load
         if not runs:
-            raise SourceError(f"latest: no finished {stage} run in the tracking store ({tracking_uri()}); "
-                              f"run `fashion {stage}` first")
+            raise SourceError(f"latest: no finished {stage} run; {tracking.store_hint()}; "
+                              f"or run `fashion {stage}` first")
         return runs[0].info.run_id
     if spec.startswith("runs:/"):
         return spec[len("runs:/"):].split("/")[0]
@@ -143,7 +143,7 @@ def resolve_model_uri(spec: str, experiment: str | None = None, stage: str = "pr
                     version = str(max(int(v.version) for v in versions))
                 mv = client.get_model_version(name, version)
         except MlflowException as e:
-            raise SourceError(f"{spec}: {e.message}") from None
+            raise SourceError(f"{spec}: {e.message}; {tracking.store_hint()}") from None
         return mv.run_id
     if _RUN_ID.match(spec):
         return spec
@@ -160,7 +160,7 @@ def resolve_source(spec: str, experiment: str | None = None) -> str:
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
-        raise SourceError(f"--from {spec}: no run {run_id} in the tracking store ({tracking_uri()})") from None
+        raise SourceError(f"--from {spec}: no run {run_id}; {tracking.store_hint()}") from None
     if run.info.status != "FINISHED":
         raise SourceError(f"--from {spec}: run {run_id} is {run.info.status}, not FINISHED")
     stage = run.data.tags.get("stage")

@@ -47,7 +47,8 @@ def predict_images(paths: list[str | Path], model_uri: str, k: int = 5) -> list[
     if getattr(model, "uses_batch", False):
         from .config import ConfigError
 
-        raise ConfigError(f"{model_uri} fuses product metadata; predict takes images only")
+        raise ConfigError(f"{model_uri} fuses product metadata: predict it with predict_products(..., meta=...) "
+                          "(fashion predict --meta)")
     h, w = meta["height"], meta["width"]
     images = np.stack([decode_image(str(p), h, w) for p in paths])
     serving = ServingModel(model.eval(), meta["classes"])

@@ -93,6 +93,29 @@ def experiment_name_for(dataset_root: str | Path | None) -> str:
     return Path(dataset_root).name or DEFAULT_EXPERIMENT
 
 
+def store_hint() -> str:
+    """Where runs were looked for, and how to point at another store: the tail of a "no runs" error line.
+
+    A newcomer who ran the job in one folder and ``compare`` in another gets a fresh, empty
+    ``mlflow.db``; this names both the store searched and, when this checkout holds one, that one.
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    here = None
+    if uri.startswith("sqlite:///"):
+        here = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()
+        where = f"the store {uri} ({here})"
+    else:
+        where = f"the store {uri}"
+    ours = PROJECT_DIR / "mlflow.db"
+    if ours.is_file() and ours.resolve() != here:
+        return (f"looked in {where}; this checkout's runs are in {ours}: run from {PROJECT_DIR} "
+                f"or set MLFLOW_TRACKING_URI=sqlite:///{ours}")
+    return (f"looked in {where}; if your runs are elsewhere, run from the folder that holds their mlflow.db "
+            "or set MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db (or http://host:5000)")
+
+
 def launched_run_id() -> str | None:
     """The run ``mlflow run`` created for this process (``MLFLOW_RUN_ID``), if any."""
     return os.environ.get("MLFLOW_RUN_ID") or None
