@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from . import tracking
 from .config import STAGES, ConfigError
 
 MAIN_FILE = "main.yaml"  # in the experiments folder
@@ -178,5 +179,6 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
     report = run_compare(exp_name, STAGES, grid.parent_run_id, out=out, log=log)
     elapsed = (time.perf_counter() - t0) / 60
     path = (Path(out) / "report.html").resolve()
-    log(f"\nmain job done in {elapsed:.1f} min (profile {chosen}): open {path}; browse the runs with `make ui`")
+    log(f"\nmain job done in {elapsed:.1f} min (profile {chosen}): the report is {path}")
+    log(f"browse the runs: `make ui`, then {tracking.runs_page(grid.experiment_id)}")
     return MainResult(chosen, prepare_run, grid.parent_run_id, report.run_id, path, elapsed)

@@ -164,6 +164,30 @@ def _mark_model_development(exp) -> None:
             MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
 
 
+UI_URL = "http://127.0.0.1:5000"  # `make ui`
+
+
+def runs_page(experiment_id: str, base: str = UI_URL) -> str:
+    """The MLflow UI page of an experiment's training runs.
+
+    MLflow 3.17's UI opens an experiment on the view of its global GenAI / Model training switch
+    (GenAI unless the user switched), whatever the experiment's kind tag says; the
+    ``workflowType`` parameter picks the Model training view and its runs table.
+    """
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def print_ui_links(base: str = UI_URL) -> None:
+    """One line per experiment with stage runs: its name and its runs page (`make ui` prints them)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for exp in client.search_experiments():
+        if client.search_runs([exp.experiment_id], filter_string="tags.stage = 'prepare'", max_results=1) or \
+                client.search_runs([exp.experiment_id], filter_string="tags.stage = 'grid'", max_results=1):
+            print(f"runs of {exp.name!r}: {runs_page(exp.experiment_id, base)}")
+
+
 def log_dataset(table, source: str, name: str, digest: str, context: str) -> None:
     """The run's dataset as an MLflow input (the runs table's Dataset column): the split table, named and digested."""
     import mlflow
