@@ -115,21 +115,22 @@ class ProductModel:
 
     @classmethod
     def from_run(cls, run_id: str) -> "ProductModel":
-        """From a run's logged checkpoint."""
+        """From a run's logged checkpoint (only the files the model needs, not the training state)."""
         import tempfile
 
         from .config import ConfigError
-        from .metadata_baseline import STATE_ARTIFACT as BASELINE_STATE
+        from .metadata_baseline import STATE_ARTIFACT as BASELINE_STATE, WEIGHTS_ARTIFACT as BASELINE_WEIGHTS
         from .tracking import download_artifact
 
+        kinds = (("checkpoint/model.json", "checkpoint/model_state.pt"), (BASELINE_STATE, BASELINE_WEIGHTS))
         with tempfile.TemporaryDirectory() as d:
-            try:
-                folder = download_artifact(run_id, "checkpoint", d)
-            except Exception as e:
-                raise ConfigError(f"run {run_id} has no logged model (checkpoint/): {e}") from None
-            if not (folder / "model.json").is_file() and not (folder / Path(BASELINE_STATE).name).is_file():
-                raise ConfigError(f"run {run_id} has no logged model (checkpoint/model.json or {BASELINE_STATE})")
-            return cls.from_folder(folder)
+            for files in kinds:
+                try:
+                    folder = [download_artifact(run_id, f, d) for f in files][0].parent
+                except Exception:
+                    continue
+                return cls.from_folder(folder)
+        raise ConfigError(f"run {run_id} has no logged model ({', '.join(kinds[0])} or {', '.join(kinds[1])})")
 
     def check_columns(self, columns) -> None:
         """A one-line ValueError when the input lacks what this model reads."""
