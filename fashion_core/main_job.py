@@ -2,7 +2,7 @@
 
 The profile follows the machine unless given (``auto``): the accurate ``default`` profile on a CUDA
 GPU, ``quick`` on CPUs (the whole job in well under an hour on 2 cores). The choice, the reason and
-the expected time (from the README's measured figures) are printed before anything starts. The
+the expected time (from the measured figures in docs/) are printed before anything starts. The
 techniques run as one grid (``grid.run_grid``: finetune techniques start from the grid's best
 pretrain run of their kind by validation), then ``report.run_compare`` reports that grid.
 
@@ -25,15 +25,15 @@ MAIN_FILE = "main.yaml"  # in the experiments folder
 AUTO = "auto"
 
 # Minutes of one image-network pretrain (the stage with 3.6x the finetune's training images), measured
-# or estimated in the README (Techniques: the profile table; Performance: bench/e2e.py).
+# or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
 PRETRAIN_MINUTES = {
     ("quick", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
     ("cpu", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs
     ("default", "cpu"): 300.0,  # 25.7 img/s, 30 epochs
     ("smoke", "cpu"): 0.05,
     ("quick", "cuda"): 0.5,
-    ("cpu", "cuda"): 1.5,      # estimate (README: ~1-2 min)
-    ("default", "cuda"): 4.0,  # estimate (README: ~3-5 min)
+    ("cpu", "cuda"): 1.5,      # estimate (docs/techniques.md: ~1-2 min)
+    ("default", "cuda"): 4.0,  # estimate (docs/techniques.md: ~3-5 min)
     ("smoke", "cuda"): 0.05,
 }
 FUSED_FACTOR = 1.2  # fused_text pretrain 7.6-8.4 min vs an image pretrain 6-7 min, quick, one thread each
@@ -107,7 +107,7 @@ def choose_profile(profile: str, device: str | None = None, gpu: bool | None = N
 
 
 def estimate_minutes(tasks: Sequence[Any], profile: str, gpu: bool) -> float:
-    """Expected minutes of the whole job (prepare, every task, compare) from the README's figures."""
+    """Expected minutes of the whole job (prepare, every task, compare) from the measured figures in docs/."""
     from .models import transfer_policy
 
     unit = PRETRAIN_MINUTES.get((profile, "cuda" if gpu else "cpu"), PRETRAIN_MINUTES[("default", "cpu")])
@@ -171,7 +171,7 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
     log(f"techniques: {', '.join(dict.fromkeys(f'{t.cfg.stage}/{t.cfg.technique}' for t in tasks))}")
     log(f"expected time: about {_duration(minutes)} (prepare, {len(tasks)} runs, compare) on "
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
-        + "; estimated from the README's measured figures")
+        + "; estimated from the measured figures in docs/")
     _, prepare_run = run_prepare(data, tasks[0].cfg.data, experiment=experiment, log=log)
     client = MlflowClient()
     exp_name = client.get_experiment(client.get_run(prepare_run).info.experiment_id).name
