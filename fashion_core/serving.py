@@ -95,23 +95,33 @@ class ProductModel:
         self.inputs = "metadata" if net is None else ("image+metadata" if self.fields else "image")
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "ProductModel":
-        """From a folder holding a run's ``checkpoint/`` files (a network's or the metadata baseline's)."""
+    def from_folder(cls, folder: str | Path, label: str | None = None) -> "ProductModel":
+        """From a folder holding a run's ``checkpoint/`` files (a network's or the metadata baseline's).
+
+        Anything unreadable (a pickled object where a state dict belongs, missing keys) is a ConfigError
+        naming ``label`` (default: the folder).
+        """
         import json
 
+        from .config import ConfigError
+        from .train import load_error
+
         folder = Path(folder)
-        if (folder / "model.json").is_file():
-            from .experiment import model_from_checkpoint
+        try:
+            if (folder / "model.json").is_file():
+                from .experiment import model_from_checkpoint
 
-            meta = json.loads((folder / "model.json").read_text())
-            state = torch.load(folder / "model_state.pt", map_location="cpu", weights_only=True)
-            net = model_from_checkpoint(meta, state).eval()
-            vocab = getattr(net, "vocab", None) if getattr(net, "uses_batch", False) else None
-            return cls(meta["classes"], meta["height"], meta["width"], net=net, vocab=vocab)
-        from .metadata_baseline import baseline_from_folder
+                meta = json.loads((folder / "model.json").read_text())
+                state = torch.load(folder / "model_state.pt", map_location="cpu", weights_only=True)
+                net = model_from_checkpoint(meta, state).eval()
+                vocab = getattr(net, "vocab", None) if getattr(net, "uses_batch", False) else None
+                return cls(meta["classes"], meta["height"], meta["width"], net=net, vocab=vocab)
+            from .metadata_baseline import baseline_from_folder
 
-        clf, vocab, classes = baseline_from_folder(folder)
-        return cls(classes, vocab=vocab, logreg=clf)
+            clf, vocab, classes = baseline_from_folder(folder)
+            return cls(classes, vocab=vocab, logreg=clf)
+        except Exception as e:
+            raise ConfigError(f"{label or folder} has no usable model checkpoint: {load_error(e)}") from None
 
     @classmethod
     def from_run(cls, run_id: str) -> "ProductModel":
@@ -129,7 +139,7 @@ class ProductModel:
                     folder = [download_artifact(run_id, f, d) for f in files][0].parent
                 except Exception:
                     continue
-                return cls.from_folder(folder)
+                return cls.from_folder(folder, f"run {run_id}")
         raise ConfigError(f"run {run_id} has no logged model ({', '.join(kinds[0])} or {', '.join(kinds[1])})")
 
     def check_columns(self, columns) -> None:
