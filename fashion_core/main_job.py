@@ -27,13 +27,16 @@ AUTO = "auto"
 # Minutes of one image-network pretrain (the stage with 3.6x the finetune's training images), measured
 # or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
 PRETRAIN_MINUTES = {
-    ("quick", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
-    ("cpu", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs
-    ("default", "cpu"): 300.0,  # 25.7 img/s, 30 epochs
+    ("quick", "cpu"): 27.0,    # EfficientNet-Lite0 from ImageNet, 3 epochs: 27 min on one busy thread (README profiles)
+    ("cpu", "cpu"): 30.0,      # estimate: "about half an hour of 2 CPU cores" (config.PROFILES)
+    ("default", "cpu"): 300.0,  # estimate: hours
+    ("quick_scratch", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
+    ("cpu_scratch", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs
+    ("default_scratch", "cpu"): 300.0,  # 25.7 img/s, 30 epochs
     ("smoke", "cpu"): 0.05,
     ("quick", "cuda"): 0.5,
-    ("cpu", "cuda"): 1.5,      # estimate (docs/techniques.md: ~1-2 min)
-    ("default", "cuda"): 4.0,  # estimate (docs/techniques.md: ~3-5 min)
+    ("cpu", "cuda"): 1.5,      # estimate
+    ("default", "cuda"): 4.0,  # estimate (docs/techniques.md: ~3-5 min for the from-scratch default)
     ("smoke", "cuda"): 0.05,
 }
 FUSED_FACTOR = 1.2  # fused_text pretrain 7.6-8.4 min vs an image pretrain 6-7 min, quick, one thread each
