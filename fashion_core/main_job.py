@@ -101,11 +101,11 @@ def choose_profile(profile: str, device: str | None = None, gpu: bool | None = N
         if gpu and device != "cpu":
             return "default", "a CUDA GPU is here, so the accurate profile"
         return "quick", (f"no CUDA GPU here ({cores} CPU cores): the accurate `default` profile would take about "
-                         f"{slow:.0f} h per image pretrain on 2 cores, `quick` does the whole job in minutes")
+                         f"{slow:.0f} h per image pretrain on 2 cores; `quick` is the profile sized for CPUs")
     if profile == "default" and not gpu and device != "cpu":
         raise ConfigError(f"profile default is the GPU profile (about {slow:.0f} h per pretrain on 2 CPU cores) and "
-                          "there is no CUDA GPU here: use PROFILE=auto or quick (minutes) or cpu (about an hour per "
-                          "pretrain), or add --device cpu (make run DEVICE=cpu) to run it on the CPU anyway")
+                          "there is no CUDA GPU here: use PROFILE=auto or quick (sized for CPUs; quick_scratch is the fastest), "
+                          "or add --device cpu (make run DEVICE=cpu) to run it on the CPU anyway")
     return profile, "as asked"
 
 
