@@ -1,15 +1,23 @@
 # Two commands do all the set-up on a fresh machine with Python 3.10+:
-#   make run    creates .venv when missing, then prepare -> pretrain -> finetune through the MLproject
+#   make run    creates .venv when missing, then the main job through the MLproject's `main` entry point:
+#               prepare -> pretrain -> finetune -> compare with the techniques of experiments/main.yaml
 #   make test   creates .venv when missing, then runs the test suite
-# Options: make run DATA=/path/to/dataset PROFILE=quick   (DATA defaults to $FASHION_DATA)
+# Options: make run DATA=/path/to/dataset PROFILE=quick   (DATA defaults to $FASHION_DATA; PROFILE=auto picks
+#          default on a CUDA GPU, quick on CPUs; DEVICE=cpu|cuda; TECHNIQUES=a,b instead of experiments/main.yaml;
+#          OVERRIDE='data.top_k=10 train.epochs=2' for every technique)
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= $(FASHION_DATA)
-PROFILE ?= default
+PROFILE ?= auto
+DEVICE ?= auto
+TECHNIQUES ?=
+OVERRIDE ?=
+OUT ?= reports/compare
 EXPERIMENT ?= fashion-product-images-small
 MLFLOW_RUN := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local --experiment-name $(EXPERIMENT)
+KAGGLE_PAGE := https://www.kaggle.com/datasets/paramaggarwal/fashion-product-images-small
 
 .PHONY: run test test-all ui venv clean-venv
 
@@ -21,10 +29,18 @@ $(BIN)/fashion: pyproject.toml
 
 venv: $(BIN)/fashion
 
+# Checked before the set-up, so a missing DATA is one line at once, not an error after minutes of pip.
+ifneq ($(filter run,$(MAKECMDGOALS)),)
+ifeq ($(strip $(DATA)),)
+$(error no data given: download the dataset from $(KAGGLE_PAGE), then make run DATA=/path/to/fashion-product-images-small.zip (a folder, .zip or .tar.gz) or set FASHION_DATA)
+endif
+ifeq ($(filter kaggle:%,$(DATA))$(wildcard $(DATA)),)
+$(error DATA=$(DATA) does not exist: give the path of the downloaded folder, .zip or .tar.gz ($(KAGGLE_PAGE)))
+endif
+endif
+
 run: venv
-	$(MLFLOW_RUN) -e prepare -P data="$(DATA)"
-	$(MLFLOW_RUN) -e pretrain -P data="$(DATA)" -P profile=$(PROFILE)
-	$(MLFLOW_RUN) -e finetune -P data="$(DATA)" -P profile=$(PROFILE)
+	$(MLFLOW_RUN) -e main -P data="$(DATA)" -P profile=$(PROFILE) -P device=$(DEVICE) -P techniques="$(TECHNIQUES)" -P out="$(OUT)" -P override="$(OVERRIDE)"
 
 test: venv
 	$(BIN)/python -m pytest -q
@@ -33,6 +49,7 @@ test-all: venv
 	$(BIN)/python -m pytest -q -m ""
 
 ui: venv
+	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -c "from fashion_core.tracking import print_ui_links; print_ui_links()" 2>/dev/null || true
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db
 
 clean-venv:

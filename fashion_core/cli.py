@@ -221,17 +221,25 @@ def finetune(data, top_k, rank_on, val_fraction, split_seed, height, width, expe
 
 
 @main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", "model_uri", default="models:/fashion-pretrain@best", show_default=True,
-              help="A run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias>, or latest.")
+              help="A run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias>, or latest; e.g. "
+                   "models:/fashion-finetune-fused@best (photo + metadata) or models:/fashion-finetune-metadata@best.")
+@click.option("--meta", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="The products' catalogue fields, for models that read them: a CSV such as styles.csv (rows "
+                   "matched to the images by id = file name without extension) or a JSON object / list of objects.")
 @click.option("--top", type=click.IntRange(1, 20), default=5, show_default=True)
 @_user_errors
-def predict(images, model_uri, top):
-    """Top classes with probabilities for each IMAGE, from a logged or registered model."""
-    from .serving import predict_images
+def predict(images, model_uri, meta, top):
+    """Top classes with probabilities for each product (IMAGE files, and --meta for models that read metadata)."""
+    from .serving import predict_products
 
-    for path, preds in zip(images, predict_images(list(images), model_uri, k=top)):
-        click.echo(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in preds))
+    if not images and meta is None:
+        raise UserError("give IMAGE files (and --meta FILE for a model that reads the product's metadata)")
+    preds = predict_products(list(images), model_uri, meta, k=top)
+    names = list(images) or [f"row {i + 1}" for i in range(len(preds))]
+    for name, row in zip(names, preds):
+        click.echo(f"{name}: " + ", ".join(f"{c} {p:.3f}" for c, p in row))
 
 
 def _split_words(values, sep=None) -> list[str]:
@@ -285,6 +293,38 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, height, width, experime
                       profile, extra)
     run_grid(tasks, data, source=source or None, experiment=experiment, reuse=reuse, register=register,
              profile=profile, seeds=seed_list, log=click.echo)
+
+
+@main.command("run")
+@data_options
+@click.option("--profile", type=click.Choice(["auto", *_PROFILES]), default="auto", show_default=True,
+              help="auto: default on a CUDA GPU, quick on CPUs (printed with the reason and the expected time).")
+@click.option("--techniques", default="", metavar="NAMES",
+              help="Comma-separated techniques as for `fashion grid` (default: the lists in experiments/main.yaml).")
+@click.option("--override", "-o", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key in every technique, e.g. -o train.epochs=10 (repeatable).")
+@click.option("--overrides", default="", metavar="'K=V K=V'", help="Several overrides in one string.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="train.device.")
+@click.option("--experiments-dir", default="experiments", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of technique YAML files and main.yaml.")
+@click.option("--out", default="reports/compare", show_default=True, type=click.Path(file_okay=False),
+              help="Local folder for the comparison report.")
+@click.option("--reuse/--rerun", default=True, show_default=True,
+              help="Reuse a finished run with the same config, dataset digest and commit instead of rerunning it.")
+@_user_errors
+def run_job(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, profile, techniques, override,
+            overrides, device, experiments_dir, out, reuse):
+    """The main job: prepare -> pretrain -> finetune -> compare with the techniques of experiments/main.yaml."""
+    from .config import parse_overrides, to_dict
+    from .main_job import run_main
+
+    data_cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width)
+    extra = {f"data.{k}": v for k, v in to_dict(data_cfg).items() if v != getattr(DataConfig(), k)}
+    if device is not None:
+        extra["train.device"] = device
+    extra.update(parse_overrides(list(override) + overrides.split()))
+    run_main(data, profile, _split_words([techniques], ","), experiments_dir, extra, experiment, out, reuse,
+             log=click.echo)
 
 
 @main.command()

@@ -32,6 +32,8 @@ from .data.sources import cache_root
 from .data.splits import stage_classes
 from .losses import build_loss
 from .models import FashionNet, NCMHead, build_model, imprint_weights, param_groups, transfer_policy
+from .prepare import log_dataset_input
+from .serving import registered_name
 from .train import (FitResult, LabelLoss, evaluate, fit, load_checkpoint, load_error, pick_device, predict_scores,
                     top5_of)
 
@@ -121,8 +123,8 @@ def resolve_model_uri(spec: str, experiment: str | None = None, stage: str = "pr
                                   [experiment] if experiment else None, max_results=50)
         runs = [r for r in runs if r.data.tags.get("baseline") != "metadata_only"][:1]  # no network to load
         if not runs:
-            raise SourceError(f"latest: no finished {stage} run in the tracking store ({tracking_uri()}); "
-                              f"run `fashion {stage}` first")
+            raise SourceError(f"latest: no finished {stage} run; {tracking.store_hint()}; "
+                              f"or run `fashion {stage}` first")
         return runs[0].info.run_id
     if spec.startswith("runs:/"):
         return spec[len("runs:/"):].split("/")[0]
@@ -141,7 +143,7 @@ def resolve_model_uri(spec: str, experiment: str | None = None, stage: str = "pr
                     version = str(max(int(v.version) for v in versions))
                 mv = client.get_model_version(name, version)
         except MlflowException as e:
-            raise SourceError(f"{spec}: {e.message}") from None
+            raise SourceError(f"{spec}: {e.message}; {tracking.store_hint()}") from None
         return mv.run_id
     if _RUN_ID.match(spec):
         return spec
@@ -158,7 +160,7 @@ def resolve_source(spec: str, experiment: str | None = None) -> str:
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
-        raise SourceError(f"--from {spec}: no run {run_id} in the tracking store ({tracking_uri()})") from None
+        raise SourceError(f"--from {spec}: no run {run_id}; {tracking.store_hint()}") from None
     if run.info.status != "FINISHED":
         raise SourceError(f"--from {spec}: run {run_id} is {run.info.status}, not FINISHED")
     stage = run.data.tags.get("stage")
@@ -186,6 +188,11 @@ def load_run_model(run_id: str, map_location: str = "cpu") -> tuple[FashionNet, 
         except Exception as e:
             raise SourceError(f"run {run_id} has no usable model checkpoint ({MODEL_JSON}, {STATE_ARTIFACT}): "
                               f"{load_error(e)}") from None
+    return model_from_checkpoint(meta, state), meta
+
+
+def model_from_checkpoint(meta: dict, state: dict) -> FashionNet:
+    """The network a ``model.json`` describes, with the weights of a ``model_state.pt`` state dict."""
     mcfg = ModelConfig(**{k: v for k, v in meta["model"].items()})
     # A fused model (model.json has "fused") comes back with its encoders' vocabularies and auxiliary heads.
     model = fusion.model_from_meta(mcfg.__class__(**{**to_dict(mcfg), "init": "scratch"}), meta)
@@ -194,7 +201,7 @@ def load_run_model(run_id: str, map_location: str = "cpu") -> tuple[FashionNet, 
     elif meta.get("head_kind") and meta["head_kind"] != model.head_kind:
         model.reset_head(len(meta["classes"]), meta["head_kind"])
     model.load_state_dict(state)
-    return model, meta
+    return model
 
 
 # ---------------------------------------------------------------- the run
@@ -257,14 +264,22 @@ def _new_model(cfg: ExperimentConfig, n: int, plan: fusion.FusionPlan | None) ->
     return plan.new_model(cfg.model, n) if plan is not None else build_model(cfg.model, n)
 
 
+def _checkpoint_meta(model: FashionNet, cfg: ExperimentConfig, classes: list[str], extra: dict | None = None) -> dict:
+    """What ``model.json`` holds: enough to rebuild the network (``model_from_checkpoint``)."""
+    return {"model": to_dict(cfg.model), "classes": classes, "height": cfg.data.height, "width": cfg.data.width,
+            "head_kind": model.head_kind, "fusion": to_dict(cfg.fusion), **fusion.model_meta(model), **(extra or {})}
+
+
+def _write_checkpoint(model: FashionNet, meta: dict, folder: Path) -> None:
+    torch.save(model.state_dict(), folder / "model_state.pt")
+    (folder / "model.json").write_text(json.dumps(meta, indent=1))
+
+
 def _log_state(model: FashionNet, cfg: ExperimentConfig, classes: list[str], extra: dict | None = None) -> None:
     import mlflow
 
     with tempfile.TemporaryDirectory() as d:
-        torch.save(model.state_dict(), Path(d) / "model_state.pt")
-        meta = {"model": to_dict(cfg.model), "classes": classes, "height": cfg.data.height, "width": cfg.data.width,
-                "head_kind": model.head_kind, "fusion": to_dict(cfg.fusion), **fusion.model_meta(model), **(extra or {})}
-        (Path(d) / "model.json").write_text(json.dumps(meta, indent=1))
+        _write_checkpoint(model, _checkpoint_meta(model, cfg, classes, extra), Path(d))
         mlflow.log_artifacts(d, "checkpoint")
 
 
@@ -307,15 +322,16 @@ def _log_last(ckpt_path: Path) -> None:
 
 def _log_mlflow_model(model: FashionNet, cfg: ExperimentConfig, classes: list[str], register: str | None,
                       val_score: float, log=print) -> None:
-    """``mlflow.pytorch.log_model`` of a serving wrapper (uint8 NHWC in, probabilities out)."""
+    """The run's MLflow model: ``mlflow.pytorch`` of a serving wrapper (uint8 NHWC in, probabilities out) for an
+    image network; a pyfunc (photo bytes + catalogue fields in) for a fused one (``serving.log_product_model``)."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    from .serving import ServingModel
+    from .serving import ServingModel, log_product_model, set_best_alias
 
     if getattr(model, "uses_batch", False):
-        log(f"not logged as an MLflow model nor registered: it fuses product metadata and the serving model takes "
-            f"images only; {MODEL_JSON} and {STATE_ARTIFACT} rebuild it (load_run_model)")
+        with tempfile.TemporaryDirectory() as d:
+            _write_checkpoint(model, _checkpoint_meta(model, cfg, classes), Path(d))
+            log_product_model(d, register, val_score, log)
         return
     serving = ServingModel(model.cpu().eval(), classes)
     example = np.full((1, cfg.data.height, cfg.data.width, 3), 255, dtype=np.uint8)
@@ -326,18 +342,7 @@ def _log_mlflow_model(model: FashionNet, cfg: ExperimentConfig, classes: list[st
                                     registered_model_name=register)
     mlflow.log_dict({"classes": classes}, "model_classes.json")
     if register and info.registered_model_version is not None:
-        client = MlflowClient()
-        version = str(info.registered_model_version)
-        client.set_model_version_tag(register, version, "val_top1_mean", f"{val_score:.6f}")
-        best = None
-        try:
-            best = client.get_model_version_by_alias(register, "best")
-        except Exception:
-            pass
-        best_score = float(best.tags.get("val_top1_mean", "-1")) if best is not None else -1.0
-        if val_score > best_score:
-            client.set_registered_model_alias(register, "best", version)
-            log(f"registered {register} version {version} as models:/{register}@best (val top-1 {val_score:.4f})")
+        set_best_alias(register, str(info.registered_model_version), val_score, log)
 
 
 def evaluate_test(model: FashionNet, sd: StageData, device: torch.device, seed: int):
@@ -428,7 +433,8 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
             from .zeroshot import run_zeroshot
 
             return run_zeroshot(cfg, p, parent_run_id=parent_run_id, tags=tags, log=log) if env.is_main else ""
-        return run_metadata_baseline(cfg, p, parent_run_id=parent_run_id, tags=tags, log=log) if env.is_main else ""
+        return run_metadata_baseline(cfg, p, parent_run_id=parent_run_id, tags=tags, register=register,
+                                     log=log) if env.is_main else ""
     src_run = None
     src_model = None
     if cfg.stage == "finetune":
@@ -472,6 +478,7 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
                             run_id=resume) as run:
         run_id = run.info.run_id
         ckpt_path = ckpt_dir / f"{run_id}.pt"
+        log_dataset_input(p, cfg.stage)  # the runs table's Dataset column
         if resume_state is not None:
             _log_missing_epochs(run_id, resume_state["history"])
         log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "
@@ -512,7 +519,8 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         if ckpt_path.is_file():
             _log_last(ckpt_path)
             ckpt_path.unlink(missing_ok=True)
-        _log_mlflow_model(model, cfg, sd.classes, REGISTERED_PRETRAIN if (register and cfg.stage == "pretrain") else None,
+        inputs = "image+metadata" if getattr(model, "uses_batch", False) else "image"
+        _log_mlflow_model(model, cfg, sd.classes, registered_name(cfg.stage, inputs) if register else None,
                           val_score if val_score == val_score else -1.0, log)
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
         log(f"{cfg.stage} {cfg.technique}: test class-mean top-1 {test_metrics['test_top1_mean']:.4f} "

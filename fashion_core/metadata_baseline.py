@@ -31,6 +31,7 @@ import pandas as pd
 from . import tracking
 from .config import LOGREG_C_GRID, ConfigError, ExperimentConfig, to_dict
 from .fusion import TEXT_FIELD, MetaVocab, stage_rows
+from .serving import registered_name
 from .train import class_mean_accuracy, top5_of
 
 BASELINE_TAG = "metadata_only"  # value of the ``baseline`` tag
@@ -97,7 +98,7 @@ def _split_rows(p, sd, name: str) -> pd.DataFrame:
 
 
 def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, tags: dict | None = None,
-                          log=print) -> str:
+                          register: bool = True, log=print) -> str:
     """Fit, select (on validation), evaluate (on test) and log the metadata-only baseline as one run.
 
     Args:
@@ -105,6 +106,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
         p: the prepared data (``data.prepare_data``); the MLflow experiment is already selected.
         parent_run_id: makes this a child run (grid).
         tags: extra run tags (grid: ``config_hash``, ``grid_run_id``).
+        register: register the model as a version of ``fashion-<stage>-metadata`` (@best follows validation).
 
     Returns:
         The run id.
@@ -112,6 +114,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     import mlflow
 
     from .experiment import build_stage_data, log_evaluation, run_name, score_test_split
+    from .prepare import log_dataset_input
 
     if cfg.fusion.mode != "metadata_only":
         raise ConfigError(f"run_metadata_baseline needs fusion.mode=metadata_only, got {cfg.fusion.mode}")
@@ -150,6 +153,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     with tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg),
                             tags=all_tags, description=cfg.description or None, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
+        log_dataset_input(p, cfg.stage)
         log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): metadata-only logistic regression on {', '.join(inputs)}; "
             f"{n} classes, {len(sd.train)} train / {len(sd.val)} val / {len(sd.test)} test rows, "
             f"{x_train.shape[1]} features, C={c_best:g}")
@@ -162,7 +166,8 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
         tracking.log_frame(pd.DataFrame(search), "baseline/c_search.csv")
         table, preds, test_metrics, (labels, top5) = score_test_split(sd, class_scores(clf, x_test, n), cfg.train.seed)
         log_evaluation(sd, table, preds, test_metrics, labels, top5)
-        _log_model(clf, vocab, c_best, sd.classes)
+        _log_model(clf, vocab, c_best, sd.classes, registered_name(cfg.stage, "metadata") if register else None,
+                   val1 if val1 == val1 else -1.0, log)
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
         log(f"{cfg.stage} {cfg.technique}: test class-mean top-1 {test_metrics['test_top1_mean']:.4f} "
             f"[{test_metrics['test_top1_mean_lo']:.4f}, {test_metrics['test_top1_mean_hi']:.4f}]  "
@@ -171,9 +176,13 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     return run_id
 
 
-def _log_model(clf, vocab: MetaVocab, c: float, classes: list[str]) -> None:
-    """The fitted model without pickles: vocabularies and settings as JSON, coefficients as ``.npz``."""
+def _log_model(clf, vocab: MetaVocab, c: float, classes: list[str], register: str | None = None,
+               val_score: float = -1.0, log=print) -> None:
+    """The fitted model without pickles (vocabularies and settings as JSON, coefficients as ``.npz``), and the same
+    files as an MLflow pyfunc model (catalogue fields in), registered as ``register`` when given."""
     import mlflow
+
+    from .serving import log_product_model
 
     state = {"kind": "logistic_regression", "C": c, "classes": classes, "vocab": vocab.to_dict(),
              "model_classes": [int(k) for k in clf.classes_]}
@@ -181,6 +190,7 @@ def _log_model(clf, vocab: MetaVocab, c: float, classes: list[str]) -> None:
         Path(d, Path(STATE_ARTIFACT).name).write_text(json.dumps(state))
         np.savez_compressed(Path(d, Path(WEIGHTS_ARTIFACT).name), coef=clf.coef_, intercept=clf.intercept_)
         mlflow.log_artifacts(d, str(Path(STATE_ARTIFACT).parent))
+        log_product_model(d, register, val_score, log)
 
 
 def load_metadata_baseline(run_id: str):
@@ -188,15 +198,22 @@ def load_metadata_baseline(run_id: str):
 
     Predict with ``class_scores(model, features(vocab, rows), len(classes))``.
     """
-    from sklearn.linear_model import LogisticRegression
-
     with tempfile.TemporaryDirectory() as d:
         try:
-            state = json.loads(tracking.download_artifact(run_id, STATE_ARTIFACT, d).read_text())
-            weights = np.load(tracking.download_artifact(run_id, WEIGHTS_ARTIFACT, d), allow_pickle=False)
-            coef, intercept = weights["coef"], weights["intercept"]
+            folder = tracking.download_artifact(run_id, STATE_ARTIFACT, d).parent
+            tracking.download_artifact(run_id, WEIGHTS_ARTIFACT, d)
         except Exception as e:
             raise ConfigError(f"run {run_id} has no metadata baseline ({STATE_ARTIFACT}, {WEIGHTS_ARTIFACT}): {e}") from None
+        return baseline_from_folder(folder)
+
+
+def baseline_from_folder(folder: str | Path):
+    """(model, vocabularies, class names) from a folder holding the two files of ``_log_model``."""
+    from sklearn.linear_model import LogisticRegression
+
+    state = json.loads(Path(folder, Path(STATE_ARTIFACT).name).read_text())
+    with np.load(Path(folder, Path(WEIGHTS_ARTIFACT).name), allow_pickle=False) as weights:
+        coef, intercept = weights["coef"], weights["intercept"]
     clf = LogisticRegression(C=state["C"])
     clf.classes_, clf.coef_, clf.intercept_ = np.asarray(state["model_classes"]), coef, intercept
     clf.n_features_in_ = coef.shape[1]

@@ -76,6 +76,18 @@ def prepare_metrics(p: Prepared) -> dict[str, float]:
     return m
 
 
+def split_table(p: Prepared) -> pd.DataFrame:
+    """The ``splits/splits.parquet`` table: ``id,label,year,split,subset``."""
+    table = p.splits[["id", "label", "year", "split", "subset"]].copy()
+    table["year"] = table["year"].astype("Int64")
+    return table
+
+
+def log_dataset_input(p: Prepared, context: str, table: pd.DataFrame | None = None) -> None:
+    """The prepared dataset as the active run's input (same name, source and digest on every stage's run)."""
+    tracking.log_dataset(split_table(p) if table is None else table, str(p.root), p.root.name, p.digest, context)
+
+
 def run_prepare(data: str | None, cfg: DataConfig, workers: int | None = None, experiment: str | None = None,
                 log=print) -> tuple[Prepared, str]:
     """Prepare the data and log the ``stage=prepare`` run. Returns (prepared, run_id)."""
@@ -93,8 +105,7 @@ def run_prepare(data: str | None, cfg: DataConfig, workers: int | None = None, e
         tracking.log_metrics(metrics)
         mlflow.set_tags({"top_classes": ", ".join(p.top), "dataset_root": str(p.root),
                          "cache_folder": str(p.cache.folder)})
-        table = p.splits[["id", "label", "year", "split", "subset"]].copy()
-        table["year"] = table["year"].astype("Int64")
+        table = split_table(p)
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "splits.parquet"
             table.to_parquet(path, index=False)
@@ -107,9 +118,7 @@ def run_prepare(data: str | None, cfg: DataConfig, workers: int | None = None, e
         tracking.log_figure_html(class_frequency_figure(p.summary.counts, p.top), "splits/class_frequency.html")
         text = summary_text(p)
         mlflow.log_text(text, "summary.txt")
-        ds = mlflow.data.from_pandas(table, source=str(p.root), name=p.root.name, targets="label",
-                                     digest=p.digest)
-        mlflow.log_input(ds, context="prepare")
+        log_dataset_input(p, "prepare", table)
         log(text)
         log(f"prepare run: {run.info.run_id}")
         return p, run.info.run_id

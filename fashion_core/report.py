@@ -108,7 +108,8 @@ def _pick_experiment(client, experiment: str | None, grid: str | None):
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             names = [e.name for e in client.search_experiments()]
-            raise CompareError(f"no experiment {experiment!r} in {tracking_uri()}; choose one of: {', '.join(names)}")
+            raise CompareError(f"no experiment {experiment!r}; choose one of: {', '.join(names) or 'none'}; "
+                               f"{tracking.store_hint()}")
         return exp
     if grid and grid not in ("latest", "none"):
         try:
@@ -121,7 +122,8 @@ def _pick_experiment(client, experiment: str | None, grid: str | None):
             if ids else []
         if runs:
             return client.get_experiment(runs[0].info.experiment_id)
-    raise CompareError(f"no pretrain or finetune run in {tracking_uri()}; run `fashion grid` first")
+    raise CompareError(f"no pretrain or finetune run to compare; {tracking.store_hint()}; "
+                       "or run `make run` / `fashion grid` first")
 
 
 def tracking_uri() -> str:

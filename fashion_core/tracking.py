@@ -32,6 +32,8 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine
     warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
     warnings.filterwarnings("ignore", message=".*Hint: Inferred schema.*")
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 
 
 _READY_STORES: set[str] = set()
@@ -91,6 +93,29 @@ def experiment_name_for(dataset_root: str | Path | None) -> str:
     return Path(dataset_root).name or DEFAULT_EXPERIMENT
 
 
+def store_hint() -> str:
+    """Where runs were looked for, and how to point at another store: the tail of a "no runs" error line.
+
+    A newcomer who ran the job in one folder and ``compare`` in another gets a fresh, empty
+    ``mlflow.db``; this names both the store searched and, when this checkout holds one, that one.
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    here = None
+    if uri.startswith("sqlite:///"):
+        here = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()
+        where = f"the store {uri} ({here})"
+    else:
+        where = f"the store {uri}"
+    ours = PROJECT_DIR / "mlflow.db"
+    if ours.is_file() and ours.resolve() != here:
+        return (f"looked in {where}; this checkout's runs are in {ours}: run from {PROJECT_DIR} "
+                f"or set MLFLOW_TRACKING_URI=sqlite:///{ours}")
+    return (f"looked in {where}; if your runs are elsewhere, run from the folder that holds their mlflow.db "
+            "or set MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db (or http://host:5000)")
+
+
 def launched_run_id() -> str | None:
     """The run ``mlflow run`` created for this process (``MLFLOW_RUN_ID``), if any."""
     return os.environ.get("MLFLOW_RUN_ID") or None
@@ -107,19 +132,68 @@ def set_experiment(name: str) -> str:
     ensure_store()
     env_run = launched_run_id()
     if env_run:
-        exp_id = mlflow.get_run(env_run).info.experiment_id
-        mlflow.set_experiment(experiment_id=exp_id)
-        return exp_id
+        exp = mlflow.set_experiment(experiment_id=mlflow.get_run(env_run).info.experiment_id)
+        _mark_model_development(exp)
+        return exp.experiment_id
     for attempt in range(5):
         try:
-            return mlflow.set_experiment(name).experiment_id
+            exp = mlflow.set_experiment(name)
+            break
         except Exception:  # two processes creating it at once: the loser retries and finds it
             if attempt == 4:
                 raise
             import time
 
             time.sleep(0.2 * (attempt + 1))
-    raise RuntimeError("unreachable")
+    _mark_model_development(exp)
+    return exp.experiment_id
+
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def _mark_model_development(exp) -> None:
+    """Tag the experiment as model development, so the MLflow UI opens it on its training runs.
+
+    MLflow 3 opens an experiment without a kind on its GenAI overview (traces), where no run shows.
+    """
+    from mlflow.tracking import MlflowClient
+
+    for key, value in EXPERIMENT_KIND.items():
+        if exp.tags.get(key) != value:
+            MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+
+
+UI_URL = "http://127.0.0.1:5000"  # `make ui`
+
+
+def runs_page(experiment_id: str, base: str = UI_URL) -> str:
+    """The MLflow UI page of an experiment's training runs.
+
+    MLflow 3.17's UI opens an experiment on the view of its global GenAI / Model training switch
+    (GenAI unless the user switched), whatever the experiment's kind tag says; the
+    ``workflowType`` parameter picks the Model training view and its runs table.
+    """
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def print_ui_links(base: str = UI_URL) -> None:
+    """One line per experiment with stage runs: its name and its runs page (`make ui` prints them)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for exp in client.search_experiments():
+        if client.search_runs([exp.experiment_id], filter_string="tags.stage = 'prepare'", max_results=1) or \
+                client.search_runs([exp.experiment_id], filter_string="tags.stage = 'grid'", max_results=1):
+            print(f"runs of {exp.name!r}: {runs_page(exp.experiment_id, base)}")
+
+
+def log_dataset(table, source: str, name: str, digest: str, context: str) -> None:
+    """The run's dataset as an MLflow input (the runs table's Dataset column): the split table, named and digested."""
+    import mlflow
+
+    ds = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)
+    mlflow.log_input(ds, context=context)
 
 
 class RunKilled(KeyboardInterrupt):

@@ -145,3 +145,27 @@ def test_chromium_renders_the_experiment_page(server, grid_over_http, tmp_path):
     assert "grid/smoke/seeds0" in text  # the parent row; its children are nested under it
     assert f"{n_runs} matching runs" in text, text[:3000]
     assert "fashion-mini" in text  # one experiment per dataset, named after it
+
+
+def test_experiment_is_model_development_and_training_runs_carry_their_dataset(server, grid_over_http):
+    url, _ = server
+    res = grid_over_http[0]
+    exp = get_json(f"{url}/api/2.0/mlflow/experiments/get?experiment_id={res.experiment_id}")["experiment"]
+    assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+    found = get_json(url + "/api/2.0/mlflow/runs/search", {"experiment_ids": [res.experiment_id]})["runs"]
+    child = next(r for r in found if r["info"]["run_name"] == "pretrain/baseline/seed0")
+    inputs = child["inputs"]["dataset_inputs"]
+    tags = {t["key"]: t["value"] for t in child["data"]["tags"]}
+    assert [(d["dataset"]["name"], d["dataset"]["digest"]) for d in inputs] == [("fashion-mini", tags["dataset_digest"])]
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Chromium (Debian package `chromium`)")
+def test_chromium_opens_the_printed_link_on_the_training_runs(server, grid_over_http, tmp_path):
+    from fashion_core.tracking import runs_page
+
+    url, _ = server
+    res = grid_over_http[0]
+    dom, _ = dump_dom(runs_page(res.experiment_id, url), tmp_path / "chromium", budget_ms=30000)
+    text = page_text(dom)
+    assert text.lstrip().startswith(f"Runs - Experiment {res.experiment_id}"), text[:500]  # not the GenAI overview
+    assert "grid/smoke/seeds0" in text and "matching runs" in text and " Dataset " in text, text[:3000]

@@ -191,6 +191,16 @@ def _kaggle_download(handle: str) -> Path:
         raise DataSourceError(f"kagglehub could not download {handle}: {e}. {HOW_TO_GET}") from None
 
 
+def check_data_spec(spec: str | Path | None) -> str:
+    """The ``--data`` value (``$FASHION_DATA`` when empty) if it names something; else a DataSourceError that says what to do."""
+    spec = str(spec or os.environ.get("FASHION_DATA") or "")
+    if not spec:
+        raise DataSourceError(f"no dataset given. {HOW_TO_GET}")
+    if not spec.startswith("kaggle:") and not Path(spec).expanduser().exists():
+        raise DataSourceError(f"dataset path {str(Path(spec).expanduser())!r} does not exist. {HOW_TO_GET}")
+    return spec
+
+
 def resolve_dataset(spec: str | os.PathLike | None, downloader: Callable[[str], Path] | None = None,
                     progress: Callable[[str], None] = print) -> Path:
     """The dataset folder (holding styles.csv) for a ``--data`` value.
@@ -203,18 +213,12 @@ def resolve_dataset(spec: str | os.PathLike | None, downloader: Callable[[str], 
     Raises:
         DataSourceError with instructions when nothing usable is found.
     """
-    if spec is None or str(spec) == "":
-        spec = os.environ.get("FASHION_DATA") or ""
-    spec = str(spec)
-    if not spec:
-        raise DataSourceError(f"no dataset given. {HOW_TO_GET}")
+    spec = check_data_spec(spec)
     if spec.startswith("kaggle:"):
         handle = spec[len("kaggle:"):] or PUBLIC_DATASETS["small"]
         folder = (downloader or _kaggle_download)(handle)
         return resolve_dataset(folder, downloader, progress)
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise DataSourceError(f"dataset path {str(path)!r} does not exist. {HOW_TO_GET}")
     folder = path if path.is_dir() else extract_archive(path, progress)
     root = find_root(folder)
     if root is None:

@@ -1,0 +1,187 @@
+"""The main job: prepare -> pretrain -> finetune -> compare, with the techniques of ``experiments/main.yaml``.
+
+The profile follows the machine unless given (``auto``): the accurate ``default`` profile on a CUDA
+GPU, ``quick`` on CPUs (the whole job in well under an hour on 2 cores). The choice, the reason and
+the expected time (from the measured figures in docs/) are printed before anything starts. The
+techniques run as one grid (``grid.run_grid``: finetune techniques start from the grid's best
+pretrain run of their kind by validation), then ``report.run_compare`` reports that grid.
+
+    fashion run --data ../shared/data/fashion-product-images-small.tar.gz
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from . import tracking
+from .config import STAGES, ConfigError
+
+MAIN_FILE = "main.yaml"  # in the experiments folder
+AUTO = "auto"
+
+# Minutes of one image-network pretrain (the stage with 3.6x the finetune's training images), measured
+# or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
+PRETRAIN_MINUTES = {
+    ("quick", "cpu"): 27.0,    # EfficientNet-Lite0 from ImageNet, 3 epochs: 27 min on one busy thread (README profiles)
+    ("cpu", "cpu"): 30.0,      # estimate: "about half an hour of 2 CPU cores" (config.PROFILES)
+    ("default", "cpu"): 300.0,  # estimate: hours
+    ("quick_scratch", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
+    ("cpu_scratch", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs
+    ("default_scratch", "cpu"): 300.0,  # 25.7 img/s, 30 epochs
+    ("smoke", "cpu"): 0.05,
+    ("quick", "cuda"): 0.5,
+    ("cpu", "cuda"): 1.5,      # estimate
+    ("default", "cuda"): 4.0,  # estimate (docs/techniques.md: ~3-5 min for the from-scratch default)
+    ("smoke", "cuda"): 0.05,
+}
+FUSED_FACTOR = 1.2  # fused_text pretrain 7.6-8.4 min vs an image pretrain 6-7 min, quick, one thread each
+FINETUNE_SHARE = 1 / 3.6  # the finetune stage's share of the pretrain stage's training images
+NO_TRAINING_MINUTES = 0.2  # imprint / ncm: embeddings only
+METADATA_MINUTES = 0.5  # the logistic regression (a few C values)
+PREPARE_MINUTES = 0.5  # extract + image cache, 2 idle cores (30 s in bench/e2e.py)
+COMPARE_MINUTES = 0.5
+
+
+@dataclass
+class MainResult:
+    """What the main job did: its profile, the prepare, grid and compare runs, the report folder."""
+
+    profile: str
+    prepare_run_id: str
+    grid_run_id: str
+    compare_run_id: str | None
+    report: Path
+    minutes: float
+
+
+def load_main_techniques(experiments_dir: str | Path = "experiments") -> list[str]:
+    """The ``stage/technique`` names listed in ``<experiments_dir>/main.yaml``, pretrain first."""
+    path = Path(experiments_dir) / MAIN_FILE
+    if not path.is_file():
+        raise ConfigError(f"no {path}: it lists the main job's techniques (pretrain: [...], finetune: [...]); "
+                          "or pass --techniques")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, Mapping) or set(raw) - set(STAGES):
+        raise ConfigError(f"{path}: expected the keys {' and '.join(STAGES)}, each a list of technique names")
+    names = []
+    for stage in STAGES:
+        values = raw.get(stage) or []
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"{path}: {stage} must be a list of technique names")
+        names += [f"{stage}/{v}" for v in values]
+    if not names:
+        raise ConfigError(f"{path} lists no technique")
+    return names
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_profile(profile: str, device: str | None = None, gpu: bool | None = None,
+                   cores: int | None = None) -> tuple[str, str]:
+    """(profile, why): ``auto`` follows the machine; ``default`` on a machine without a GPU is refused.
+
+    Args:
+        profile: ``auto`` or a profile name.
+        device: ``train.device`` when given (``cpu`` runs ``default`` on CPUs on purpose).
+        gpu, cores: the machine (default: this one).
+    """
+    gpu = has_gpu() if gpu is None else gpu
+    cores = cores or os.cpu_count() or 1
+    slow = PRETRAIN_MINUTES[("default", "cpu")] / 60
+    if profile == AUTO:
+        if gpu and device != "cpu":
+            return "default", "a CUDA GPU is here, so the accurate profile"
+        return "quick", (f"no CUDA GPU here ({cores} CPU cores): the accurate `default` profile would take about "
+                         f"{slow:.0f} h per image pretrain on 2 cores; `quick` is the profile sized for CPUs")
+    if profile == "default" and not gpu and device != "cpu":
+        raise ConfigError(f"profile default is the GPU profile (about {slow:.0f} h per pretrain on 2 CPU cores) and "
+                          "there is no CUDA GPU here: use PROFILE=auto or quick (sized for CPUs; quick_scratch is the fastest), "
+                          "or add --device cpu (make run DEVICE=cpu) to run it on the CPU anyway")
+    return profile, "as asked"
+
+
+def estimate_minutes(tasks: Sequence[Any], profile: str, gpu: bool) -> float:
+    """Expected minutes of the whole job (prepare, every task, compare) from the measured figures in docs/."""
+    from .models import transfer_policy
+
+    unit = PRETRAIN_MINUTES.get((profile, "cuda" if gpu else "cpu"), PRETRAIN_MINUTES[("default", "cpu")])
+    total = PREPARE_MINUTES + COMPARE_MINUTES
+    for t in tasks:
+        cfg = t.cfg
+        if cfg.fusion.mode == "metadata_only":
+            total += METADATA_MINUTES
+            continue
+        minutes = unit * (FUSED_FACTOR if cfg.fusion.mode != "none" else 1.0)
+        if cfg.stage == "finetune":
+            if not transfer_policy(cfg.transfer.method).get("train", True):
+                total += NO_TRAINING_MINUTES
+                continue
+            minutes *= FINETUNE_SHARE
+        total += minutes
+    return total
+
+
+def _duration(minutes: float) -> str:
+    return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{max(1, round(minutes))} min"
+
+
+def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | None = None,
+             experiments_dir: str | Path = "experiments", overrides: Mapping[str, Any] | None = None,
+             experiment: str | None = None, out: str | Path = "reports/compare", reuse: bool = True,
+             log=print) -> MainResult:
+    """Prepare the data, run the main techniques as one grid, and compare them.
+
+    Args:
+        data: the ``--data`` value.
+        profile: ``auto`` (see :func:`choose_profile`) or a profile name.
+        techniques: grid technique names (default: ``<experiments_dir>/main.yaml``).
+        overrides: dotted keys applied to every technique (``train.device`` among them).
+        experiment: MLflow experiment (default: one per dataset; under ``mlflow run``, its experiment).
+        out: local folder of the report.
+        reuse: reuse finished runs of the same config, data and code (see ``grid.run_grid``).
+
+    Returns:
+        A :class:`MainResult`.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from .data.sources import check_data_spec
+    from .grid import plan_grid, run_grid
+    from .prepare import run_prepare
+    from .report import run_compare
+
+    t0 = time.perf_counter()
+    check_data_spec(data)  # no data / a path that does not exist: one line, before anything else
+    overrides = dict(overrides or {})
+    device = overrides.get("train.device")
+    if device == "cuda" and not has_gpu():
+        raise ConfigError("--device cuda but there is no CUDA GPU here; use auto or cpu")
+    chosen, why = choose_profile(profile, device)
+    names = list(techniques) if techniques else load_main_techniques(experiments_dir)
+    tasks = plan_grid(experiments_dir, names, STAGES, [0], chosen, overrides)  # every config checked before any run
+    gpu = has_gpu() and device != "cpu"
+    minutes = estimate_minutes(tasks, chosen, gpu)
+    log(f"profile {chosen}" + (f" (auto): {why}" if profile == AUTO else ""))
+    log(f"techniques: {', '.join(dict.fromkeys(f'{t.cfg.stage}/{t.cfg.technique}' for t in tasks))}")
+    log(f"expected time: about {_duration(minutes)} (prepare, {len(tasks)} runs, compare) on "
+        + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
+        + "; estimated from the measured figures in docs/")
+    _, prepare_run = run_prepare(data, tasks[0].cfg.data, experiment=experiment, log=log)
+    client = MlflowClient()
+    exp_name = client.get_experiment(client.get_run(prepare_run).info.experiment_id).name
+    grid = run_grid(tasks, data, experiment=exp_name, reuse=reuse, profile=chosen, seeds=[0], log=log)
+    report = run_compare(exp_name, STAGES, grid.parent_run_id, out=out, log=log)
+    elapsed = (time.perf_counter() - t0) / 60
+    path = (Path(out) / "report.html").resolve()
+    log(f"\nmain job done in {elapsed:.1f} min (profile {chosen}): the report is {path}")
+    log(f"browse the runs: `make ui`, then {tracking.runs_page(grid.experiment_id)}")
+    return MainResult(chosen, prepare_run, grid.parent_run_id, report.run_id, path, elapsed)

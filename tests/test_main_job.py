@@ -1,0 +1,299 @@
+"""The first hour of a new user: `make run` end to end, the best models usable, and the newcomer's errors.
+
+`make run` runs here exactly as the README says (same Makefile target, the MLproject's `main` entry point,
+`fashion run`), on the generated dataset with the smoke profile and this interpreter's environment as
+the venv (``-o`` keeps make from reinstalling it): about a minute.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from conftest import module_store
+from fashion_core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = Path(sys.prefix)
+EXPERIMENTS = str(ROOT / "experiments")
+STAGES = ("prepare", "pretrain", "finetune", "compare")
+
+
+def make(args: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`make -C <checkout> ARGS` with this interpreter's environment as the venv (never reinstalled)."""
+    return subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", *args, f"VENV={VENV}",
+                           "-o", f"{VENV}/bin/fashion"], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def clean_env(store: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "FASHION_DATA")}
+    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "FASHION_CACHE": str(store / "cache"),
+            "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+@pytest.fixture(scope="module")
+def made(dataset, tmp_path_factory):
+    """`make run DATA=<generated> PROFILE=smoke` into a store of its own; yields (store folder, output)."""
+    with module_store(tmp_path_factory, "main") as (path, _):
+        proc = make(["run", f"DATA={dataset}", "PROFILE=smoke", "OVERRIDE=data.top_k=4", f"OUT={path / 'report'}",
+                     "EXPERIMENT=fashion-mini"], clean_env(path))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-4000:]
+        yield path, out
+
+
+def all_runs():
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, max_results=1000)
+
+
+# ---------------------------------------------------------------- make run
+
+
+def test_make_run_does_the_whole_job(made):
+    path, out = made
+    runs = all_runs()
+    by_stage = {s: [r for r in runs if r.data.tags.get("stage") == s] for s in STAGES + ("grid",)}
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert {r.data.tags["technique"] for r in by_stage["pretrain"]} == {"class_balanced", "fused_text", "meta_only"}
+    assert {r.data.tags["technique"] for r in by_stage["finetune"]} == {"imprint_balanced", "fused_text", "meta_only"}
+    assert len(by_stage["prepare"]) == len(by_stage["grid"]) == len(by_stage["compare"]) == 1
+    # The run `mlflow run . -e main` opened is the prepare run; the report was written and logged.
+    assert by_stage["prepare"][0].data.tags["mlflow.project.entryPoint"] == "main"
+    assert (path / "report" / "report.html").is_file() and (path / "report" / "summary_finetune.csv").is_file()
+    lines = out.splitlines()
+    assert any(ln.startswith("profile smoke") for ln in lines)
+    expected = [ln for ln in lines if ln.startswith("expected time: about")]
+    assert len(expected) == 1 and lines.index(expected[0]) < next(i for i, ln in enumerate(lines) if "prepare run:" in ln)
+    assert f"the report is {path / 'report' / 'report.html'}" in out
+    assert "| rank | technique |" in out and "?workflowType=machine_learning" in out
+
+
+def test_every_training_run_logs_its_dataset_and_the_experiment_is_model_development(made):
+    from mlflow.tracking import MlflowClient
+
+    runs = [r for r in all_runs() if r.data.tags.get("stage") in ("prepare", "pretrain", "finetune")]
+    assert len(runs) == 7
+    for r in runs:
+        inputs = r.inputs.dataset_inputs
+        assert [d.dataset.name for d in inputs] == ["fashion-mini"], r.info.run_name
+        assert inputs[0].dataset.digest == r.data.tags["dataset_digest"]
+    exp = MlflowClient().get_experiment(runs[0].info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_profile_follows_the_machine():
+    from fashion_core.config import ConfigError
+    from fashion_core.main_job import choose_profile
+
+    assert choose_profile("auto", gpu=True)[0] == "default"
+    profile, why = choose_profile("auto", gpu=False, cores=2)
+    assert profile == "quick" and "no CUDA GPU" in why
+    assert choose_profile("auto", device="cpu", gpu=True)[0] == "quick"
+    assert choose_profile("quick", gpu=False)[0] == "quick"
+    assert choose_profile("default", device="cpu", gpu=False)[0] == "default"  # on the CPU on purpose
+    with pytest.raises(ConfigError, match="GPU profile"):
+        choose_profile("default", gpu=False)
+
+
+def test_the_expected_time_follows_the_measured_figures():
+    from fashion_core.grid import plan_grid
+    from fashion_core.main_job import estimate_minutes, load_main_techniques
+
+    names = load_main_techniques(EXPERIMENTS)
+    assert names[:1] == ["pretrain/class_balanced"] and "finetune/imprint_balanced" in names
+    tasks = plan_grid(EXPERIMENTS, names, profile="quick")
+    assert 10 < estimate_minutes(tasks, "quick_scratch", gpu=False) < 30
+    assert estimate_minutes(tasks, "quick", gpu=False) < estimate_minutes(tasks, "cpu", gpu=False) * 3
+    assert estimate_minutes(tasks, "default", gpu=False) > 5 * 60  # why auto never picks it on CPUs
+    assert estimate_minutes(tasks, "default", gpu=True) < 30
+
+
+# ---------------------------------------------------------------- the best models usable
+
+
+def registered(name: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_model_version_by_alias(name, "best").run_id
+
+
+def test_every_kind_of_model_is_registered_with_best_by_validation(made):
+    runs = {(r.data.tags.get("stage"), r.data.tags.get("technique")): r.info.run_id for r in all_runs()}
+    for stage in ("pretrain", "finetune"):
+        assert registered(f"fashion-{stage}-fused") == runs[(stage, "fused_text")]
+        assert registered(f"fashion-{stage}-metadata") == runs[(stage, "meta_only")]
+    assert registered("fashion-pretrain") == runs[("pretrain", "class_balanced")]
+    assert registered("fashion-finetune") == runs[("finetune", "imprint_balanced")]
+
+
+def product(dataset: Path, pid: int) -> dict:
+    """A product of the generated catalogue: its image bytes and its fields."""
+    styles = pd.read_csv(dataset / "styles.csv", dtype=str, on_bad_lines="skip").set_index("id")
+    row = styles.loc[str(pid)].to_dict()
+    return {"image": (dataset / "images" / f"{pid}.jpg").read_bytes(), **row}
+
+
+def test_pyfunc_of_a_fused_model_takes_image_and_fields(made, dataset):
+    import mlflow
+
+    from fashion_core.serving import predict_products
+
+    model = mlflow.pyfunc.load_model("models:/fashion-finetune-fused@best")
+    names = [c.name for c in model.metadata.get_input_schema().inputs]
+    assert names[0] == "image" and "productDisplayName" in names and "gender" in names
+    frame = pd.DataFrame([product(dataset, 1140), product(dataset, 1160)])
+    probs = model.predict(frame[names])
+    assert list(probs.columns) == ["C4", "C5", "C6", "C7"]
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    # The same numbers as `fashion predict` gives from the run's checkpoint.
+    top = predict_products([dataset / "images" / "1140.jpg"], "models:/fashion-finetune-fused@best",
+                           dataset / "styles.csv", k=4)[0]
+    assert [c for c, _ in top] == list(probs.iloc[0].sort_values(ascending=False).index)
+    assert np.allclose([p for _, p in top], probs.iloc[0].sort_values(ascending=False).to_numpy(), atol=1e-5)
+    with pytest.raises(Exception, match="productDisplayName"):
+        model.predict(frame[["image"]])
+
+
+def cli(args: list[str]):
+    res = CliRunner().invoke(main, args, catch_exceptions=True)
+    return res.exit_code, res.output
+
+
+def test_predict_takes_metadata_and_refuses_a_fused_model_without_it(made, dataset, tmp_path):
+    image = str(dataset / "images" / "1140.jpg")  # class C4, a finetune class
+    code, out = cli(["predict", image, "--model", "models:/fashion-finetune-fused@best",
+                     "--meta", str(dataset / "styles.csv"), "--top", "2"])
+    assert code == 0 and re.search(rf"^{re.escape(image)}: C\d \d\.\d{{3}}, C\d \d\.\d{{3}}$", out, re.M), out
+    fields = {k: v for k, v in product(dataset, 1140).items() if k != "image"}
+    (tmp_path / "p.json").write_text(json.dumps(fields))
+    code, out = cli(["predict", image, "--model", "models:/fashion-finetune-fused@best", "--meta", str(tmp_path / "p.json")])
+    assert code == 0 and re.search(rf"^{re.escape(image)}: C\d", out, re.M), out
+    code, out = cli(["predict", image, "--model", "models:/fashion-finetune-fused@best"])
+    one_line_error(code, out, "is an image\\+metadata model: it reads gender, .* give them with --meta styles.csv")
+    code, out = cli(["predict", "--model", "models:/fashion-finetune-metadata@best", "--meta", str(tmp_path / "p.json")])
+    assert code == 0 and re.search(r"^row 1: C\d \d\.\d{3}", out, re.M), out
+    pd.DataFrame([{"id": 7, **fields}]).to_csv(tmp_path / "other.csv", index=False)
+    code, out = cli(["predict", image, "--model", "models:/fashion-finetune-fused@best", "--meta", str(tmp_path / "other.csv")])
+    one_line_error(code, out, re.escape("--meta has no row with the id of 1140.jpg"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_a_fused_model_request(made, dataset):
+    import mlflow
+
+    path, _ = made
+    port = free_port()
+    env = {**clean_env(path), "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}"}
+    log = open(path / "serve.log", "w")
+    proc = subprocess.Popen([str(VENV / "bin" / "mlflow"), "models", "serve", "-m", "models:/fashion-finetune-fused@best",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=5):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError((path / "serve.log").read_text()[-2000:])
+                time.sleep(1)
+        item = product(dataset, 1160)
+        columns = ["image", "gender", "baseColour", "usage", "productDisplayName"]
+        row = [base64.b64encode(item["image"]).decode()] + [item[c] for c in columns[1:]]
+        body = json.dumps({"dataframe_split": {"columns": columns, "data": [row]}}).encode()
+        req = urllib.request.Request(url + "/invocations", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            answer = json.loads(r.read())["predictions"][0]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+    local = mlflow.pyfunc.load_model("models:/fashion-finetune-fused@best").predict(
+        pd.DataFrame([{**{c: item[c] for c in columns}}]))
+    assert set(answer) == {"C4", "C5", "C6", "C7"}
+    assert np.allclose([answer[c] for c in local.columns], local.iloc[0].to_numpy(), atol=1e-5)
+
+
+# ---------------------------------------------------------------- the newcomer's errors
+
+
+def one_line_error(code: int, out: str, match: str) -> None:
+    """Exit 2 and one ``Error:`` line, the last one, that matches (the library's log lines may precede it)."""
+    errors = [ln for ln in out.splitlines() if ln.startswith("Error")]
+    assert code == 2 and len(errors) == 1 and out.strip().splitlines()[-1] == errors[0], out
+    assert "Traceback" not in out and re.search(match, errors[0]), out
+
+
+def test_make_run_without_data_or_with_a_missing_path_says_so_before_the_set_up(tmp_path):
+    env = clean_env(tmp_path)
+    for data, match in (("", "no data given: download the dataset from https://www.kaggle.com/"),
+                        (str(tmp_path / "nope.zip"), f"DATA={tmp_path / 'nope.zip'} does not exist")):
+        proc = make(["run", f"DATA={data}"], env, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+        assert proc.stderr.count("\n") == 1 and match in proc.stderr, proc.stderr  # make's own one line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("fault,args,match", [
+    ("no data", [], "no dataset given. Get the dataset from"),
+    ("a data path that does not exist", ["--data", "/nonexistent/fashion.zip"], "'/nonexistent/fashion.zip' does not exist"),
+])
+def test_run_without_usable_data(isolated, monkeypatch, fault, args, match):
+    monkeypatch.delenv("FASHION_DATA", raising=False)
+    one_line_error(*cli(["run", "--profile", "smoke", "--experiments-dir", EXPERIMENTS, *args]), match)
+    assert not (isolated / "mlflow.db").exists()  # nothing started
+
+
+def test_gpu_profile_on_a_machine_without_gpu(isolated, dataset, monkeypatch):
+    monkeypatch.setattr("fashion_core.main_job.has_gpu", lambda: False)
+    one_line_error(*cli(["run", "--data", str(dataset), "--profile", "default", "--experiments-dir", EXPERIMENTS]),
+                   "profile default is the GPU profile .* PROFILE=auto or quick")
+    one_line_error(*cli(["run", "--data", str(dataset), "--device", "cuda", "--experiments-dir", EXPERIMENTS]),
+                   "--device cuda but there is no CUDA GPU here")
+    assert not (isolated / "mlflow.db").exists()
+
+
+def test_compare_and_from_latest_with_no_runs_say_where_they_looked(isolated, dataset):
+    db = isolated / "mlflow.db"
+    one_line_error(*cli(["compare", "--no-log-run"]),
+                   rf"no pretrain or finetune run to compare; looked in the store sqlite:///\S*{re.escape(str(db))}.* "
+                   "MLFLOW_TRACKING_URI=.*make run")
+    one_line_error(*cli(["finetune", "--data", str(dataset), "--from", "latest", "--profile", "smoke", "--top-k", "4",
+                         "--experiments-dir", EXPERIMENTS]),
+                   "latest: no finished pretrain run; looked in the store .* or run `fashion pretrain` first")
+
+
+def test_runs_in_the_checkout_while_working_elsewhere(isolated, tmp_path_factory, monkeypatch):
+    """A newcomer ran `make run` in the checkout, then `fashion compare` in another folder."""
+    from fashion_core import tracking
+
+    checkout = tmp_path_factory.mktemp("checkout")
+    (checkout / "mlflow.db").write_bytes(b"")
+    monkeypatch.setattr(tracking, "PROJECT_DIR", checkout)
+    one_line_error(*cli(["compare", "--no-log-run"]),
+                   re.escape(f"this checkout's runs are in {checkout / 'mlflow.db'}: run from {checkout} or set "
+                             f"MLFLOW_TRACKING_URI=sqlite:///{checkout / 'mlflow.db'}"))
