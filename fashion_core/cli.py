@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .config import RANK_ON, ConfigError, DataConfig, apply_overrides, ExperimentConfig
+from .config import RANK_ON, VAL_BY, ConfigError, DataConfig, apply_overrides, ExperimentConfig
 
 DATA_HELP = "Dataset: a folder with styles.csv and images/, a .zip/.tar.gz of one, or kaggle:<owner>/<dataset> " \
             "(default: $FASHION_DATA)."
@@ -62,6 +62,12 @@ def data_options(fn):
         click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
                      help="Share of each class's training images held out for validation."),
         click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the validation carve-out."),
+        click.option("--val-by", type=click.Choice(VAL_BY), default="random", show_default=True,
+                     help="Validation: a random share of each class's even-year images (--val-fraction), or every "
+                          "even-year image of --val-years (held out whole, as the odd test years are)."),
+        click.option("--val-years", default="2016", show_default=True, metavar="YEARS", callback=_val_years,
+                     help="With --val-by year: the held-out even years, comma-separated (2016 holds a quarter "
+                          "of the training years' products)."),
         click.option("--height", type=click.IntRange(min=8), default=80, show_default=True, help="Cached image height."),
         click.option("--width", type=click.IntRange(min=8), default=60, show_default=True, help="Cached image width."),
         click.option("--short-side", type=click.IntRange(min=8), default=None, is_eager=True, expose_value=False,
@@ -83,6 +89,19 @@ def _short_side(ctx: click.Context, param: click.Parameter, value: int | None) -
 
         height, width = size_for_short_side(value)
         ctx.default_map = {**(ctx.default_map or {}), "height": height, "width": width}
+
+
+def _val_years(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    """--val-years 2014,2016 -> (2014, 2016): even years only."""
+    from .config import validate_val_years
+
+    try:
+        years = tuple(int(v) for v in value.replace(",", " ").split())
+        validate_val_years(years)
+    except ValueError as e:  # ConfigError is a ValueError
+        msg = str(e) if isinstance(e, ConfigError) else f"{value!r}: expected even years, e.g. 2016 or 2014,2016"
+        raise click.BadParameter(msg) from None
+    return years
 
 
 def _store_gpus(ctx: click.Context, param: click.Parameter, value: int) -> None:
@@ -114,9 +133,19 @@ def _torchrun_if_asked() -> None:
     launch_with_torchrun(n, sys.argv[1:])
 
 
-def data_config(top_k, rank_on, val_fraction, split_seed, height, width) -> DataConfig:
+def data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by="random",
+                val_years=(2016,)) -> DataConfig:
     return DataConfig(height=height, width=width, top_k=top_k, rank_on=rank_on, val_fraction=val_fraction,
-                      split_seed=split_seed)
+                      split_seed=split_seed, val_by=val_by, val_years=tuple(val_years))
+
+
+def data_overrides(data_cfg: DataConfig) -> dict:
+    """The data options that differ from the defaults, as dotted overrides (the others leave the file's)."""
+    from .config import to_dict
+
+    default = DataConfig()
+    return {f"data.{k}": v for k, v in to_dict(data_cfg).items()
+            if getattr(data_cfg, k) != getattr(default, k)}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -128,11 +157,12 @@ def main() -> None:
 @data_options
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Image decoding processes (default: all cores).")
 @_user_errors
-def prepare(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, workers):
+def prepare(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment,
+            workers):
     """Validate the catalogue, split it, build the image cache; log a `stage=prepare` run."""
     from .prepare import run_prepare
 
-    cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width)
+    cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years)
     run_prepare(data, cfg, workers=workers, experiment=experiment, log=lambda m: click.echo(m, err=False))
 
 
@@ -163,12 +193,11 @@ def technique_options(fn):
 def resolve_config(stage, technique, profile, override, seed, epochs, device, experiments_dir, data_cfg,
                    overrides: str = ""):
     """Profile <- technique file <- data options <- --seed/--epochs/--device <- -o overrides."""
-    from .config import find_technique, load_experiment, parse_overrides, to_dict
+    from .config import find_technique, load_experiment, parse_overrides
 
     path = find_technique(technique, stage, experiments_dir)
     cfg = load_experiment(path, profile=profile, stage=stage)
-    extra = {f"data.{k}": v for k, v in to_dict(data_cfg).items()
-             if v != getattr(DataConfig(), k)}  # explicit data options win over the file only when set
+    extra = data_overrides(data_cfg)  # explicit data options win over the file only when set
     if seed is not None:
         extra["train.seed"] = seed
     if epochs is not None:
@@ -187,13 +216,14 @@ def resolve_config(stage, technique, profile, override, seed, epochs, device, ex
               help="Register the model as a version of 'fashion-pretrain' (alias @best follows validation).")
 @gpus_option
 @_user_errors
-def pretrain(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, technique, profile, override,
-             overrides, seed, epochs, device, experiments_dir, resume, register):
+def pretrain(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, technique,
+             profile, override, overrides, seed, epochs, device, experiments_dir, resume, register):
     """Train on the top-k classes; evaluate per class on the test split; log a `stage=pretrain` run."""
     from .experiment import run_stage
 
     cfg = resolve_config("pretrain", technique, profile, override, seed, epochs, device, experiments_dir,
-                         data_config(top_k, rank_on, val_fraction, split_seed, height, width), overrides)
+                         data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years),
+                         overrides)
     _torchrun_if_asked()
     run_stage(cfg, data, experiment=experiment, register=register, resume=resume, log=click.echo)
 
@@ -207,15 +237,16 @@ def pretrain(data, top_k, rank_on, val_fraction, split_seed, height, width, expe
 @click.option("--resume", default=None, metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
 @gpus_option
 @_user_errors
-def finetune(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, technique, profile, override,
-             overrides, seed, epochs, device, experiments_dir, source, resume):
+def finetune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, technique,
+             profile, override, overrides, seed, epochs, device, experiments_dir, source, resume):
     """Transfer the pretrained network to the other classes; log a `stage=finetune` run."""
     from .experiment import run_stage
 
     if technique == "baseline":
         technique = "finetune"
     cfg = resolve_config("finetune", technique, profile, override, seed, epochs, device, experiments_dir,
-                         data_config(top_k, rank_on, val_fraction, split_seed, height, width), overrides)
+                         data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years),
+                         overrides)
     _torchrun_if_asked()
     run_stage(cfg, data, source=source, experiment=experiment, resume=resume, log=click.echo)
 
@@ -271,18 +302,18 @@ from .config import PROFILES as _PROFILES  # noqa: E402  (the grid's --profile c
 @click.option("--experiments-dir", default="experiments", show_default=True, type=click.Path(file_okay=False),
               help="Folder of technique YAML files (pretrain/, finetune/).")
 @click.option("--reuse/--rerun", default=True, show_default=True,
-              help="Reuse a finished run with the same config, dataset digest and commit instead of rerunning it.")
+              help="Reuse a finished run with the same config, dataset digest, commit and library versions instead "
+                   "of rerunning it (never outside a git checkout).")
 @click.option("--register/--no-register", default=True, show_default=True,
               help="Register the pretrain models as versions of 'fashion-pretrain'.")
 @_user_errors
-def grid(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, techniques, stages, seeds, source,
-         profile, override, overrides, epochs, device, experiments_dir, reuse, register):
+def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, techniques,
+         stages, seeds, source, profile, override, overrides, epochs, device, experiments_dir, reuse, register):
     """Run the technique grid: every chosen technique x seed as a child run of one `stage=grid` run."""
-    from .config import parse_overrides, to_dict
+    from .config import parse_overrides
     from .grid import parse_seeds, plan_grid, run_grid
 
-    data_cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width)
-    extra = {f"data.{k}": v for k, v in to_dict(data_cfg).items() if v != getattr(DataConfig(), k)}
+    extra = data_overrides(data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years))
     if epochs is not None:
         extra["train.epochs"] = epochs
     if device is not None:
@@ -397,7 +428,7 @@ def _storage_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--from", "source", default="latest", show_default=True,
               help="Finetune spaces: the pretrained model (run id, runs:/, models:/ or latest).")
 @_user_errors
-def tune(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, space, spaces_dir,
+def tune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, space, spaces_dir,
          experiments_dir, profile, override, overrides, device, study_name, storage, n_trials, timeout, seed, pruning,
          prune_from, heartbeat, create_only, final, source):
     """Tune a search space with Optuna: one nested MLflow run per trial, chosen on validation only."""
@@ -405,13 +436,12 @@ def tune(data, top_k, rank_on, val_fraction, split_seed, height, width, experime
 
     import optuna
 
-    from .config import parse_overrides, to_dict
+    from .config import parse_overrides
     from .tuning import load_space, run_tune
 
     optuna.logging.set_verbosity(logging.WARNING)  # the progress lines below say the same, once
     spc = load_space(space, spaces_dir, experiments_dir)
-    data_cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width)
-    extra = {f"data.{k}": v for k, v in to_dict(data_cfg).items() if v != getattr(DataConfig(), k)}
+    extra = data_overrides(data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years))
     if device is not None:
         extra["train.device"] = device
     extra.update(parse_overrides(list(override) + overrides.split()))

@@ -40,6 +40,7 @@ META_FIELDS = ("gender", "baseColour", "season", "usage", "productDisplayName",
                "brandName", "ageGroup", "colour1", "fashionType")
 LEAKY_FIELDS = ("masterCategory", "subCategory")
 RANK_ON = ("train", "all")
+VAL_BY = ("random", "year")  # data.val_by: a random share of each class, or whole held-out even years
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -51,8 +52,14 @@ class DataConfig:
     width: int = 60
     top_k: int = 20
     rank_on: str = "train"  # rank the top-k classes by TRAIN frequency (default) or over the whole table
-    val_fraction: float = 0.15
-    split_seed: int = 0
+    val_fraction: float = 0.15  # val_by=random: share of each class's training images held out
+    split_seed: int = 0  # val_by=random: seed of the carve-out
+    # random: validation is a random share of each class's even-year images (the same years as training);
+    # year: validation is every even-year image of ``val_years`` (the test's year shift, mirrored; see splits.py)
+    val_by: str = "random"
+    # val_by=year: the held-out even years. 2016 holds 6,007 of the 23,791 even-year products (25 %); 2012
+    # holds 68 %, too much to train without, and 2010/2014/2018 hold 1-4 % each, too few to rank techniques
+    val_years: tuple[int, ...] = (2016,)
 
 
 @dataclass(frozen=True)
@@ -266,8 +273,15 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
     if isinstance(current, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]  # one year, e.g. data.val_years=2016
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if current and all(isinstance(v, int) for v in current):  # a list of integers (data.val_years)
+            try:
+                return tuple(int(v) for v in value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}: expected integers, got {value!r}") from None
         return tuple(str(v) for v in value)
     if isinstance(current, str):
         return str(value)
@@ -333,6 +347,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _choice(cfg.transfer.method, TRANSFER_METHODS, "transfer method")
     _choice(cfg.fusion.mode, FUSION_MODES, "fusion mode")
     _choice(cfg.data.rank_on, RANK_ON, "rank_on")
+    _choice(cfg.data.val_by, VAL_BY, "data.val_by")
+    validate_val_years(cfg.data.val_years)
     for f in cfg.fusion.fields:
         _choice(f, META_FIELDS, "metadata field")
     for f in cfg.fusion.leaky_fields:
@@ -366,6 +382,16 @@ def validate(cfg: ExperimentConfig) -> None:
         if not ok:
             raise ConfigError(msg)
     _validate_fusion(cfg)
+
+
+def validate_val_years(years: tuple[int, ...]) -> None:
+    """``data.val_years``: at least one year, every one even (the odd years are the test split)."""
+    if not years:
+        raise ConfigError("data.val_years must name at least one even year, e.g. 2016")
+    odd = [y for y in years if y % 2]
+    if odd:
+        raise ConfigError(f"data.val_years must be even (training) years; {', '.join(map(str, odd))} "
+                          "is a test year")
 
 
 LOGREG_C_GRID = (0.1, 1.0, 10.0, 100.0)

@@ -30,6 +30,13 @@ def class_frequency_figure(counts: pd.DataFrame, top: list[str]):
     return fig
 
 
+def validation_text(cfg: DataConfig) -> str:
+    """How validation was drawn, in words."""
+    if cfg.val_by == "year":
+        return "the even years " + ", ".join(str(y) for y in cfg.val_years) + " held out"
+    return f"a random {cfg.val_fraction:.0%} of each class, seed {cfg.split_seed}"
+
+
 def summary_text(p: Prepared) -> str:
     """The printed summary of a prepare run."""
     cat, sp = p.catalog, p.splits
@@ -38,15 +45,16 @@ def summary_text(p: Prepared) -> str:
         f"dataset: {p.root}",
         f"rows {len(cat):,}  valid {int(cat['valid'].sum()):,}  excluded {int((~cat['valid']).sum()):,} "
         + str({k: v for k, v in reason_counts(cat).items() if v}),
-        f"train {n.get('train', 0):,}  val {n.get('val', 0):,}  (even years {n.get('train', 0) + n.get('val', 0):,})  "
-        f"test {n.get('test', 0):,} (odd years)",
+        f"train {n.get('train', 0):,}  val {n.get('val', 0):,}  (even years {n.get('train', 0) + n.get('val', 0):,}; "
+        f"validation: {validation_text(p.cfg)})  test {n.get('test', 0):,} (odd years)",
         f"top {len(p.top)} classes by {'training' if p.cfg.rank_on == 'train' else 'whole-table'} frequency: "
         + ", ".join(p.top),
     ]
     for sub in ("pretrain", "finetune"):
         c = p.summary.counts[p.summary.counts["subset"] == sub]
         lines.append(f"{sub}: {len(c)} classes, {int(c['n_train'].sum()):,} train / {int(c['n_val'].sum()):,} val / "
-                     f"{int(c['n_test'].sum()):,} test images")
+                     f"{int(c['n_test'].sum()):,} test images; {int((c['n_val'] > 0).sum())} classes with "
+                     "validation images")
         if p.summary.no_test[sub]:
             lines.append(f"  no test images (not evaluated): {', '.join(p.summary.no_test[sub])}")
         if p.summary.test_only[sub]:
@@ -69,6 +77,8 @@ def prepare_metrics(p: Prepared) -> dict[str, float]:
         "n_test": int(n.get("test", 0)),
         "n_classes_pretrain": int((counts["subset"] == "pretrain").sum()),
         "n_classes_finetune": int((counts["subset"] == "finetune").sum()),
+        "n_val_classes_pretrain": int(((counts["subset"] == "pretrain") & (counts["n_val"] > 0)).sum()),
+        "n_val_classes_finetune": int(((counts["subset"] == "finetune") & (counts["n_val"] > 0)).sum()),
         "cache_build_seconds": float(p.cache.meta.get("seconds", 0.0)),
         "cache_megabytes": p.cache.nbytes_on_disk / 1e6,
     }

@@ -140,7 +140,7 @@ def test_cli_short_side_sets_height_and_width():
 
     @cli.main.command("probe-size")
     @cli.data_options
-    def probe(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment):
+    def probe(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment):
         seen["hw"] = (height, width)
 
     try:

@@ -103,6 +103,18 @@ def cache_key(ids: np.ndarray, sizes: np.ndarray, height: int, width: int, draft
     return f"{h.hexdigest()[:16]}_{height}x{width}"
 
 
+def cached_rows(catalog: pd.DataFrame) -> pd.DataFrame:
+    """The catalogue rows the cache holds: those with an image file of some bytes, each id once."""
+    todo = catalog[(catalog["image"] != "") & (catalog["image_bytes"] > 0) & (catalog["id"] >= 0)]
+    return todo.drop_duplicates("id")
+
+
+def catalog_cache_key(catalog: pd.DataFrame, height: int, width: int, draft: bool = True) -> str:
+    """The :func:`cache_key` of a catalogue's images at a size (what ``build_cache`` names its folder by)."""
+    todo = cached_rows(catalog)
+    return cache_key(todo["id"].to_numpy(np.int64), todo["image_bytes"].to_numpy(), height, width, draft)
+
+
 def size_for_short_side(short: int, aspect: float = 4 / 3) -> tuple[int, int]:
     """(height, width) for portrait 3:4 catalogue photos with ``short`` pixels across: 224 -> (299, 224).
 
@@ -195,11 +207,10 @@ def build_cache(catalog: pd.DataFrame, height: int = 80, width: int = 60, worker
     Returns:
         The opened ImageCache; its ``failures`` are the undecodable images.
     """
-    todo = catalog[(catalog["image"] != "") & (catalog["image_bytes"] > 0) & (catalog["id"] >= 0)]
-    todo = todo.drop_duplicates("id")
+    todo = cached_rows(catalog)
     ids = todo["id"].to_numpy(np.int64)
     paths = todo["image"].tolist()
-    key = cache_key(ids, todo["image_bytes"].to_numpy(), height, width, draft)
+    key = catalog_cache_key(catalog, height, width, draft)
     folder = Path(root or cache_root()) / "images" / key
     meta_path = folder / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("complete"):

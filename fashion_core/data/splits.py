@@ -6,7 +6,13 @@
   what we train on, and ranking over the whole table would put ``Perfume and Body Mist``
   (614 products, none in an even year) into the top 20 with nothing to train on.
   ``rank_on="all"`` ranks over every valid product (what several public repos did);
-- validation: carved out of train per class, seeded; a class with one training example keeps it.
+- validation (``data.val_by``):
+  ``random`` (default): carved out of train per class, seeded; a class with one training example keeps it;
+  ``year``: every even-year product of ``data.val_years`` (default 2016), so that validation, like the
+  test split, lies in other years than training and sees the year shift. A class whose every even-year
+  product lies in the held-out years keeps them all in train (no validation for it), so that it stays
+  learnable, as a one-example class does under ``random`` (on the real data: 4 finetune classes,
+  6 products, with 2016 held out).
 
 The result is the table DESIGN.md names: ``id,label,year,split,subset``.
 
@@ -76,10 +82,22 @@ def carve_validation(train_ids: np.ndarray, train_labels: np.ndarray, fraction: 
     return mask
 
 
+def hold_out_years(train_labels: np.ndarray, train_years: np.ndarray, years: tuple[int, ...]) -> np.ndarray:
+    """Boolean mask over the training rows: True = validation (the row's year is one of ``years``).
+
+    A class with no training row outside ``years`` keeps all its rows in train: held out, it
+    could not be learned at all.
+    """
+    mask = np.isin(train_years, np.asarray(years, dtype=np.int64))
+    kept_somewhere = set(train_labels[~mask].tolist())
+    return mask & np.isin(train_labels, list(kept_somewhere))
+
+
 def make_splits(catalog: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     """The split table ``id,label,year,split,subset`` for every catalogue row (same order).
 
     ``split``: train / val / test / excluded; ``subset``: pretrain / finetune ('' when no label).
+    Raises SplitError when ``val_by=year`` names no year that has a valid training product.
     """
     top = set(top_classes(catalog, cfg.top_k, cfg.rank_on))
     out = pd.DataFrame({
@@ -91,24 +109,68 @@ def make_splits(catalog: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     year = catalog["year"].fillna(-1).to_numpy().astype(np.int64)
     split = np.where(~valid, "excluded", np.where(year % 2 == 0, "train", "test")).astype(object)
     train_rows = np.flatnonzero(split == "train")
-    # Validation is carved per subset too, but seeding per class makes the stage irrelevant.
-    is_val = carve_validation(out["id"].to_numpy()[train_rows], out["label"].to_numpy()[train_rows],
-                              cfg.val_fraction, cfg.split_seed)
+    if cfg.val_by == "year":
+        train_years = year[train_rows]
+        if not np.isin(train_years, np.asarray(cfg.val_years, dtype=np.int64)).any():
+            present = ", ".join(str(y) for y in sorted(set(train_years.tolist())))
+            raise SplitError(f"data.val_years {', '.join(map(str, cfg.val_years))}: no valid training product "
+                             f"in {'that year' if len(cfg.val_years) == 1 else 'those years'}; "
+                             f"training years: {present}")
+        is_val = hold_out_years(out["label"].to_numpy()[train_rows], train_years, cfg.val_years)
+    elif cfg.val_by == "random":
+        # Validation is carved per subset too, but seeding per class makes the stage irrelevant.
+        is_val = carve_validation(out["id"].to_numpy()[train_rows], out["label"].to_numpy()[train_rows],
+                                  cfg.val_fraction, cfg.split_seed)
+    else:
+        raise SplitError(f"unknown val_by {cfg.val_by!r}; choose one of: random, year")
     split[train_rows[is_val]] = "val"
     out["split"] = split.astype(str)
     out["subset"] = np.where(out["label"] == "", "", np.where(out["label"].isin(top), "pretrain", "finetune"))
     return out
 
 
+def split_settings(cfg: DataConfig) -> dict:
+    """The data settings that decide which rows are where (the validation ones only for their ``val_by``)."""
+    settings = {"top_k": cfg.top_k, "rank_on": cfg.rank_on, "val_by": cfg.val_by}
+    if cfg.val_by == "year":
+        settings["val_years"] = sorted(int(y) for y in cfg.val_years)
+    else:
+        settings.update(val_fraction=cfg.val_fraction, split_seed=cfg.split_seed)
+    return settings
+
+
+def digest_columns(catalog: pd.DataFrame) -> list[str]:
+    """The catalogue columns a model may read as input or auxiliary target, in a fixed order (those present)."""
+    from ..config import LEAKY_FIELDS, META_FIELDS
+    from .richmeta import RICH_FIELDS
+
+    names = dict.fromkeys([*META_FIELDS, *LEAKY_FIELDS, *RICH_FIELDS])
+    return [c for c in names if c in catalog.columns]
+
+
 def dataset_digest(catalog: pd.DataFrame, cfg: DataConfig) -> str:
-    """Hash of the valid catalogue (id, label, year, image size) and the split settings: 16 hex chars."""
-    valid = catalog[catalog["valid"]].sort_values("id")
+    """Hash of what a run learns from and is scored on: 16 hex chars.
+
+    Covers the valid catalogue (id, label, year, every metadata column a model can read:
+    :func:`digest_columns`), the image cache's key (``cache.cache_key`` of the product ids, image
+    file sizes and cached size, in id order: the small and the full-resolution photos differ), the
+    cached height and width,
+    and the split settings (:func:`split_settings`). Pure: the same table and settings give the
+    same digest, whatever the row order.
+    """
+    from .cache import catalog_cache_key
+
+    valid = catalog[catalog["valid"]].sort_values("id", kind="stable")
     h = hashlib.sha256()
     h.update(valid["id"].to_numpy().astype(np.int64).tobytes())
     h.update("\x1f".join(valid[LABEL].tolist()).encode())
     h.update(valid["year"].astype("int64").to_numpy().tobytes())
-    settings = {"top_k": cfg.top_k, "rank_on": cfg.rank_on, "val_fraction": cfg.val_fraction,
-                "split_seed": cfg.split_seed}
+    for col in digest_columns(catalog):
+        values = valid[col].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
+        h.update(f"\x1e{col}\x1d".encode() + "\x1f".join(values.tolist()).encode())
+    settings = {**split_settings(cfg), "height": cfg.height, "width": cfg.width,
+                # the key of the id-sorted catalogue: the same images in another row order, the same digest
+                "image_cache_key": catalog_cache_key(catalog.sort_values("id", kind="stable"), cfg.height, cfg.width)}
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
