@@ -502,6 +502,10 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
                              checkpoint_path=ckpt_path, resume=resume_state, log=log, dist=env)
                 model.load_state_dict(result.best_state)
                 tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
+                mlflow.set_tag("selection", result.selection)
+                if result.selection != "val_top1_mean":
+                    log(f"no validation images: kept the weights of the last epoch ({result.best_epoch}), "
+                        f"tagged selection={result.selection}")
                 val_score = result.best_val
             else:
                 v = evaluate(model, sd.val, device, criterion) if len(sd.val) else {}

@@ -206,13 +206,18 @@ class WeightEMA:
         self.updates = int(d["updates"])
 
 
+SELECT_VAL = "val_top1_mean"  # FitResult.selection: the epoch with the best validation class-mean top-1
+SELECT_LAST = "last_epoch"  # no validation images: the weights after the last configured epoch
+
+
 @dataclass
 class FitResult:
     best_state: dict[str, torch.Tensor]
     best_epoch: int
-    best_val: float
+    best_val: float  # NaN when there was no validation (selection == SELECT_LAST)
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
+    selection: str = SELECT_VAL
 
 
 def _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best_val, history, bad_epochs, gen,
@@ -231,7 +236,8 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
         dist: DistEnv | None = None) -> FitResult:
     """Train ``model`` on ``train``; select the best epoch on ``val`` class-mean top-1.
 
-    With ``cfg.ema_decay > 0`` the weight average (``WeightEMA``) is what is validated, selected and
+    Without validation images (``len(val) == 0``) every configured epoch runs (no early stopping)
+    and the last epoch's weights are kept (``FitResult.selection == "last_epoch"``). With ``cfg.ema_decay > 0`` the weight average (``WeightEMA``) is what is validated, selected and
     returned as ``best_state``; the live weights only train.
 
     Args:
@@ -314,9 +320,11 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
             v = evaluate(selected, val, device, criterion) if not ddp or dist.is_main else None
             v = dist.broadcast_object(v) if ddp else v
             metrics.update({f"val_{k}": x for k, x in v.items()})
-        score = metrics.get("val_top1_mean", -epoch)  # no validation: the last epoch is the best
-        if score > best_val:
-            best_val, best_epoch, bad_epochs = score, epoch, 0
+        if not len(val):  # nothing to select on: keep the newest weights
+            best_val, best_epoch = float("nan"), epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in selected.state_dict().items()}
+        elif metrics["val_top1_mean"] > best_val:
+            best_val, best_epoch, bad_epochs = metrics["val_top1_mean"], epoch, 0
             best_state = {k: v.detach().cpu().clone() for k, v in selected.state_dict().items()}
         else:
             bad_epochs += 1
@@ -338,7 +346,7 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
             stopped = True
             break
     return FitResult(best_state=best_state, best_epoch=best_epoch, best_val=best_val, history=history,
-                     stopped_early=stopped)
+                     stopped_early=stopped, selection=SELECT_VAL if len(val) else SELECT_LAST)
 
 
 def load_error(e: Exception) -> str:

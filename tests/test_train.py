@@ -99,3 +99,25 @@ def test_resuming_a_plain_checkpoint_with_ema_is_refused(tmp_path):
 def test_ema_decay_out_of_range_is_a_config_error(bad):
     with pytest.raises(ConfigError, match="ema_decay"):
         load_experiment(overrides={"train.ema_decay": bad})
+
+
+def test_fit_without_validation_keeps_the_last_epochs_weights():
+    """data.val_fraction=0: nothing to select on, so every epoch runs and the last weights are kept (tagged)."""
+    torch.manual_seed(0)
+    model = BNNet()
+    initial = copy.deepcopy(model.state_dict())
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0.0, patience=1, device="cpu",
+                      augment=NO_AUG, ema_decay=0.0)
+    res = fit(model, toy_data(100, 1), toy_data(0, 2), LabelLoss(nn.CrossEntropyLoss()),
+              [{"params": list(model.parameters())}], cfg, torch.device("cpu"), log=lambda m: None)
+    assert res.selection == "last_epoch" and res.best_epoch == 3 and len(res.history) == 3
+    assert not res.stopped_early
+    assert res.best_val != res.best_val  # NaN: no validation score exists
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(res.best_state[k], v.detach().cpu(), msg=k)
+    assert not torch.equal(res.best_state["fc.weight"], initial["fc.weight"])  # trained, not the initial weights
+
+
+def test_fit_with_validation_says_it_selected_on_it():
+    _, res = _fit(0.0)
+    assert res.selection == "val_top1_mean" and res.best_val == res.best_val
