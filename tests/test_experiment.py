@@ -184,3 +184,61 @@ def test_error_budget_bench_slices_a_runs_test_errors(pretrained, dataset, capsy
     section = out.split("| gender | test |")[1].split("\n\n")[0]
     counts = [int(ln.split("|")[2]) for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln]
     assert sum(counts) == len(pred)
+
+
+def year_dataset(root: Path) -> Path:
+    """The generated dataset with every fourth product id of 2012 moved to 2016 (a second training year)."""
+    from conftest import make_dataset
+
+    data = make_dataset(root, odd_rows=False)
+    lines = (data / "styles.csv").read_text().splitlines()
+    moved = [ln.replace(",2012,", ",2016,") if ln.split(",")[0].isdigit() and int(ln.split(",")[0]) % 4 == 0
+             else ln for ln in lines]
+    (data / "styles.csv").write_text("\n".join(moved) + "\n")
+    return data
+
+
+def test_validation_by_year_through_prepare_pretrain_and_the_registry(tmp_path, isolated):
+    """--val-by year: prepare logs the held-out year as val, pretrain validates and registers @best on it."""
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from fashion_core import cli
+    from fashion_core.tracking import download_artifact
+
+    data = str(year_dataset(tmp_path / "years"))
+    res = CliRunner().invoke(cli.main, ["prepare", "--data", data, "--top-k", "4", "--val-by", "year", "--val-years",
+                                        "2016", "--workers", "1", "--height", "32", "--width", "24"])
+    assert res.exit_code == 0, res.output
+    assert "validation: the even years 2016 held out" in res.output
+    client = MlflowClient()
+    prep = client.search_runs([client.get_experiment_by_name("years").experiment_id], "tags.stage = 'prepare'")[0]
+    sp = pd.read_parquet(download_artifact(prep.info.run_id, "splits/splits.parquet", tmp_path / "dl"))
+    val = sp[sp["split"] == "val"]
+    assert len(val) > 0 and set(val["year"]) == {2016}
+    assert not ((sp["split"] == "train") & (sp["year"] == 2016)).any()  # every class has 2012 products too
+    assert prep.data.metrics["n_val"] == len(val) and prep.data.params["data.val_by"] == "year"
+    assert prep.data.metrics["n_val_classes_pretrain"] == 4
+    smoke = ["--data", data, "--top-k", "4", "--profile", "smoke", "--epochs", "2"]
+    res = CliRunner().invoke(cli.main, ["pretrain", *smoke, "--val-by", "year"])
+    assert res.exit_code == 0, res.output
+    run = client.search_runs([prep.info.experiment_id], "tags.stage = 'pretrain'")[0]
+    assert run.data.tags["dataset_digest"] == prep.data.tags["dataset_digest"]
+    assert run.data.params["data.val_years"] == "[2016]" and run.data.tags["selection"] == "val_top1_mean"
+    assert run.data.metrics["n_val_images"] == (val["subset"] == "pretrain").sum()
+    assert client.get_model_version_by_alias("fashion-pretrain", "best").run_id == run.info.run_id
+    res = CliRunner().invoke(cli.main, ["pretrain", *smoke, "--val-fraction", "0", "--no-register"])
+    assert res.exit_code == 0, res.output
+    last = client.search_runs([prep.info.experiment_id], "tags.stage = 'pretrain'",
+                              order_by=["attributes.start_time DESC"])[0]
+    assert last.data.tags["selection"] == "last_epoch" and last.data.metrics["n_val_images"] == 0
+    assert "kept the weights of the last epoch (2)" in res.output
+
+
+def test_val_years_option_refuses_a_test_year(isolated):
+    from click.testing import CliRunner
+
+    from fashion_core import cli
+
+    res = CliRunner().invoke(cli.main, ["prepare", "--val-by", "year", "--val-years", "2015"])
+    assert res.exit_code == 2 and "2015 is a test year" in res.output

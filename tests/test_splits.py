@@ -1,12 +1,16 @@
 """Split invariants: parity, no id in two splits, top-k by training frequency, stratified seeded validation."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_core.config import DataConfig
+from fashion_core.config import ConfigError, DataConfig, load_experiment
 from fashion_core.data.catalog import build_catalog
 from fashion_core.data.splits import (SplitError, carve_validation, dataset_digest, make_splits, rank_classes,
-                                      summarize_splits, top_classes)
+                                      stage_classes, summarize_splits, top_classes)
+
+EXP = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +77,88 @@ def test_digest_depends_on_settings_not_row_order(catalog):
     d = dataset_digest(catalog, DataConfig())
     assert d == dataset_digest(catalog.sample(frac=1.0, random_state=0), DataConfig())
     assert d != dataset_digest(catalog, DataConfig(top_k=3))
+
+
+def test_digest_covers_images_size_and_every_metadata_column_a_model_reads(catalog):
+    base = dataset_digest(catalog, DataConfig())
+    renamed = catalog.copy()
+    first = renamed.index[renamed["valid"]][0]
+    renamed.loc[first, "productDisplayName"] = renamed.loc[first, "productDisplayName"] + " Edited"
+    assert dataset_digest(renamed, DataConfig()) != base
+    for col in ("gender", "baseColour", "season", "usage", "masterCategory", "subCategory"):
+        edited = catalog.copy()
+        edited.loc[first, col] = "Other"
+        assert dataset_digest(edited, DataConfig()) != base, col
+    # other photos of the same products (the full-resolution files are bigger): another cache key
+    bigger = catalog.assign(image_bytes=catalog["image_bytes"] * 30)
+    assert dataset_digest(bigger, DataConfig()) != base
+    assert dataset_digest(catalog, DataConfig(height=40, width=30)) != base  # another cached size
+    rich = catalog.assign(brandName="Acme")  # the full-resolution dataset's styles/<id>.json columns
+    assert dataset_digest(rich, DataConfig()) != base
+    assert dataset_digest(rich, DataConfig()) != dataset_digest(rich.assign(brandName="Other"), DataConfig())
+    # a column no model reads does not split the digest
+    assert dataset_digest(catalog.assign(note="x"), DataConfig()) == base
+
+
+def year_catalog() -> pd.DataFrame:
+    """Classes over several even years and an odd one: A everywhere, B never in 2016, C only in 2016."""
+    years = ([2010, 2012, 2012, 2014, 2016, 2016, 2016, 2013, 2013]  # A
+             + [2012, 2012, 2014, 2018, 2015]  # B
+             + [2016, 2016, 2017])  # C
+    labels = ["A"] * 9 + ["B"] * 5 + ["C"] * 3
+    return pd.DataFrame({"id": range(len(years)), "valid": True, "articleType": labels,
+                         "year": pd.array(years, dtype="Int64")})
+
+
+def test_validation_by_year_holds_out_whole_even_years():
+    cat = year_catalog()
+    sp = make_splits(cat, DataConfig(top_k=1, val_by="year", val_years=(2016,)))
+    val = sp[sp["split"] == "val"]
+    assert set(val["year"]) == {2016} and set(val["label"]) == {"A"}
+    assert len(val) == 3  # every 2016 product of A, none of another year
+    assert (sp.loc[sp["year"] % 2 == 1, "split"] == "test").all()
+    # C's only training-year products are in 2016: held out, C could not be learned; it keeps them in train
+    assert (sp.loc[(sp["label"] == "C") & (sp["year"] == 2016), "split"] == "train").all()
+    assert stage_classes(sp, "finetune") == ["B", "C"]
+    assert (sp.loc[sp["label"] == "B", "split"] != "val").all()  # B has no 2016 product: no validation
+    two = make_splits(cat, DataConfig(top_k=1, val_by="year", val_years=(2014, 2016)))
+    assert set(two.loc[two["split"] == "val", "year"]) == {2014, 2016}
+    # val_fraction and split_seed mean nothing here: the same split, the same digest
+    other = DataConfig(top_k=1, val_by="year", val_years=(2016,), val_fraction=0.3, split_seed=5)
+    assert make_splits(cat, other)["split"].tolist() == sp["split"].tolist()
+    assert dataset_digest(cat.assign(image="", image_bytes=0), other) == dataset_digest(
+        cat.assign(image="", image_bytes=0), DataConfig(top_k=1, val_by="year", val_years=(2016,)))
+
+
+def test_validation_by_year_changes_the_digest_and_needs_a_present_year():
+    cat = year_catalog().assign(image="", image_bytes=0)
+    random = dataset_digest(cat, DataConfig(top_k=1))
+    by_2016 = dataset_digest(cat, DataConfig(top_k=1, val_by="year"))
+    by_2014 = dataset_digest(cat, DataConfig(top_k=1, val_by="year", val_years=(2014,)))
+    assert len({random, by_2016, by_2014}) == 3
+    with pytest.raises(SplitError, match="val_years 2020: no valid training product.*2010, 2012, 2014, 2016, 2018"):
+        make_splits(cat, DataConfig(top_k=1, val_by="year", val_years=(2020,)))
+
+
+@pytest.mark.parametrize("value, expected", [("2016", (2016,)), ("2014,2016", (2014, 2016)),
+                                             ("[2012, 2018]", (2012, 2018))])
+def test_val_years_override_reads_integers(value, expected):
+    from fashion_core.config import apply_overrides
+
+    cfg = load_experiment(EXP / "pretrain" / "baseline.yaml", profile="smoke")
+    assert apply_overrides(cfg, {"data.val_by": "year", "data.val_years": value}).data.val_years == expected
+
+
+@pytest.mark.parametrize("key, value, message", [("data.val_years", "2015", "2015 is a test year"),
+                                                 ("data.val_years", "x", "expected integers"),
+                                                 ("data.val_years", "[]", "at least one even year"),
+                                                 ("data.val_by", "month", "choose one of: random, year")])
+def test_bad_validation_settings_are_config_errors(key, value, message):
+    from fashion_core.config import apply_overrides
+
+    cfg = load_experiment(EXP / "pretrain" / "baseline.yaml", profile="smoke")
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(cfg, {key: value})
 
 
 def test_summary_reports_no_test_and_test_only():
