@@ -5,7 +5,8 @@ pretrained model: ``--from`` when given, else the grid's own best pretrain run o
 kind (image network, or fused network with the same metadata encoders) by *validation*
 class-mean top-1 (the test split never selects). A technique whose finished run has the same
 resolved config (hash tagged ``config_hash``), dataset digest and code (git commit, plus a hash
-of uncommitted changes; tag ``code_version``) is reused instead of rerun; a technique that
+of uncommitted changes and of the numeric libraries' versions; tag ``code_version``; never when
+the commit is unknown) is reused instead of rerun; a technique that
 fails is recorded as a FAILED child run and the grid goes on. The parent run lists every child
 in ``grid/runs.csv``; ``experiment.run_stage`` runs each technique (and dispatches the
 metadata-only baseline to its own runner).
@@ -179,16 +180,21 @@ def config_hash(cfg: ExperimentConfig, source_run_id: str | None = None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def code_version() -> str:
-    """The git commit, plus a hash of the uncommitted changes (tracked diffs and new files) when there are some.
+def code_version(root: Path | None = None) -> str:
+    """What a run's numbers depend on besides config and data: ``<commit>[+<changes>]~lib<hash>``, or ``unknown``.
 
-    Reuse keys on it rather than on the bare commit: in a working copy with local edits, a run made
-    before an edit must not stand in for the code after it.
+    ``<changes>`` hashes the uncommitted changes (tracked diffs and new source files) when there are
+    some: in a working copy with local edits, a run made before an edit must not stand in for the
+    code after it. ``lib<hash>`` hashes the versions of ``tracking.NUMERIC_LIBRARIES`` (torch,
+    torchvision, scikit-learn, numpy): an upgrade changes the numbers as a code change does.
+    Outside a git checkout the version is ``unknown``, and an unknown version is never reused.
     """
     import subprocess
 
-    commit, dirty = tracking.git_commit()
-    root = tracking.PROJECT_DIR
+    root = Path(root or tracking.PROJECT_DIR)
+    commit, dirty = tracking.git_commit(root)
+    if commit == tracking.UNKNOWN_COMMIT:
+        return tracking.UNKNOWN_COMMIT
 
     def git(*args: str) -> bytes:
         try:
@@ -197,19 +203,31 @@ def code_version() -> str:
             return b""
 
     h = hashlib.sha256(git("diff", "HEAD", "--binary"))
-    new_files = False
-    for name in sorted(git("ls-files", "--others", "--exclude-standard", "-z").split(b"\0")):
-        f = root / name.decode(errors="replace")
-        if name and f.is_file() and f.suffix in (".py", ".yaml", ".yml", ".toml", ".cfg"):
-            h.update(name + b"\0" + f.read_bytes())
-            new_files = True
-    return f"{commit}+{h.hexdigest()[:12]}" if dirty or new_files else commit
+    new_files = tracking.untracked_sources(root)
+    for name in new_files:
+        f = root / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    libs = json.dumps(tracking.library_versions(), sort_keys=True)
+    lib_hash = hashlib.sha256(libs.encode()).hexdigest()[:8]
+    base = f"{commit}+{h.hexdigest()[:12]}" if dirty or new_files else commit
+    return f"{base}~lib{lib_hash}"
+
+
+def reusable_version(code: str) -> bool:
+    """Whether runs of this code version may stand in for each other: never when it is unknown."""
+    return bool(code) and not code.startswith(tracking.UNKNOWN_COMMIT)
 
 
 def find_reusable(cfg_hash: str, digest: str, code: str, experiment_id: str):
-    """The newest FINISHED run of this config, data and code version in the experiment, or None."""
+    """The newest FINISHED run of this config, data and code version in the experiment, or None.
+
+    None too when the code version is unknown (no git checkout): nothing says two such runs ran the same code.
+    """
     from mlflow.tracking import MlflowClient
 
+    if not reusable_version(code):
+        return None
     runs = MlflowClient().search_runs(
         [experiment_id],
         filter_string=(f"tags.config_hash = '{cfg_hash}' and tags.dataset_digest = '{digest}' "
@@ -377,7 +395,8 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
             None: per model kind (:func:`model_kind`), the grid's best pretrain run of that kind by
             validation class-mean top-1, or ``latest`` when the grid runs no pretrain technique.
         experiment: MLflow experiment (default: one per dataset, as the stages do).
-        reuse: reuse a FINISHED run of the same config hash, dataset digest and commit.
+        reuse: reuse a FINISHED run of the same config hash, dataset digest and code version (commit, changes,
+            library versions; never an unknown one).
         register: register pretrain models (``fashion-pretrain``, alias @best follows validation).
         profile, seeds: recorded on the parent run.
 
@@ -396,9 +415,12 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
     fixed = resolve_source(source, exp_name) if source else None  # a bad --from fails before any run
     seeds = list(seeds) if seeds is not None else sorted({t.cfg.train.seed for t in tasks})
     code = code_version()
+    if reuse and not reusable_version(code):
+        log("code version unknown (not a git checkout): no finished run is reused, every technique runs")
     params = {"profile": profile, "seeds": ",".join(map(str, seeds)), "n_tasks": len(tasks), "from": source or "",
               "techniques": ",".join(dict.fromkeys(f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks)),
               "reuse": reuse}
+    libs = ", ".join(f"{k} {v}" for k, v in tracking.library_versions().items())
     parent = _start_parent(experiment_id, prepared.digest, code, tasks, profile, seeds, params)
     log(f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest})")
     rows: list[dict] = []
@@ -421,7 +443,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
                 log(f"[{i + 1}/{len(tasks)}] {task.name}")
                 old = find_reusable(h, prepared.digest, code, experiment_id) if reuse else None
                 if old is not None:
-                    log(f"  reusing finished run {old.info.run_id} (same config, data and commit)")
+                    log(f"  reusing finished run {old.info.run_id} (same config, data, code and libraries)")
                     rows.append(_row(task, old.info.run_id, "FINISHED", True, 0.0, h, this_source))
                     continue
                 t1 = time.perf_counter()
@@ -432,7 +454,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
                     run_id = runner_for(task.cfg)(task.cfg, data, source=this_source, experiment=exp_name,
                                                   parent_run_id=parent, register=register, prepared=prepared,
                                                   log=log, tags={"config_hash": h, "grid_run_id": parent,
-                                                                 "code_version": code})
+                                                                 "code_version": code, "library_versions": libs})
                     rows.append(_row(task, run_id, "FINISHED", False, time.perf_counter() - t1, h, this_source))
                 except Exception as e:  # one technique failing must not stop the grid
                     error = f"{type(e).__name__}: {e}"

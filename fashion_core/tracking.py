@@ -71,16 +71,55 @@ def ensure_store() -> None:
     _READY_STORES.add(uri)
 
 
-def git_commit() -> tuple[str, bool]:
-    """(commit sha, dirty) of the project checkout; ('unknown', False) outside git."""
+UNKNOWN_COMMIT = "unknown"
+# Files whose edits change what a run computes; an untracked one makes the checkout dirty.
+SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".toml", ".cfg")
+# Libraries whose versions change the numbers a run produces (kernels, initialisation, solvers, RNG streams).
+NUMERIC_LIBRARIES = ("torch", "torchvision", "scikit-learn", "numpy")
+
+
+def _git(*args: str, root: Path | None = None) -> str:
+    """stdout of a git command in the project checkout ('' when git is absent or fails)."""
+    return subprocess.run(["git", *args], cwd=root or PROJECT_DIR, capture_output=True, text=True,
+                          timeout=30).stdout
+
+
+def untracked_sources(root: Path | None = None) -> list[str]:
+    """Untracked, not ignored source files (``SOURCE_SUFFIXES``) of the checkout, sorted relative paths."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-        return (sha or "unknown"), dirty
+        names = _git("ls-files", "--others", "--exclude-standard", "-z", root=root).split("\0")
     except (OSError, subprocess.SubprocessError):
-        return "unknown", False
+        return []
+    return sorted(n for n in names if n and Path(n).suffix in SOURCE_SUFFIXES)
+
+
+def git_commit(root: Path | None = None) -> tuple[str, bool]:
+    """(commit sha, dirty) of the project checkout; ('unknown', False) outside git.
+
+    Dirty: a tracked file differs from the commit, or an untracked source file exists (a new
+    module changes what runs as much as an edited one).
+    """
+    try:
+        sha = _git("rev-parse", "HEAD", root=root).strip()
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no", root=root).strip())
+        if sha and not dirty:
+            dirty = bool(untracked_sources(root))
+        return (sha or UNKNOWN_COMMIT), dirty
+    except (OSError, subprocess.SubprocessError):
+        return UNKNOWN_COMMIT, False
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of ``NUMERIC_LIBRARIES`` ('absent' for one not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def experiment_name_for(dataset_root: str | Path | None) -> str:

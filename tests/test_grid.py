@@ -192,13 +192,105 @@ def test_plan_order_names_and_errors(tmp_path):
     assert config_hash(ncm, "1" * 32) != config_hash(ncm, "2" * 32)  # the source is part of a transfer's identity
 
 
-def test_code_version_is_the_commit_plus_local_changes():
+def test_code_version_is_the_commit_plus_local_changes_plus_libraries():
     from fashion_core.tracking import git_commit
 
     commit, dirty = git_commit()
     version = code_version()
-    assert version.startswith(commit)
-    assert version == commit or (len(version) == len(commit) + 13 and version[len(commit)] == "+")
+    base, _, libs = version.partition("~lib")
+    assert base.startswith(commit) and len(libs) == 8
+    assert base == commit or (len(base) == len(commit) + 13 and base[len(commit)] == "+")
+
+
+def git_repo(root: Path) -> Path:
+    """A tiny git checkout with one committed module."""
+    import subprocess
+
+    root.mkdir(parents=True)
+    (root / "model.py").write_text("WIDTH = 64\n")
+    for args in (["init", "-q"], ["add", "model.py"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one"]):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+    return root
+
+
+def test_a_real_code_change_changes_the_version_and_stops_reuse(tmp_path, isolated, monkeypatch):
+    """Edited, new and committed source files, and other library versions, each give a version no run matches."""
+    import subprocess
+
+    import mlflow
+
+    from fashion_core import tracking
+    from fashion_core.grid import find_reusable
+
+    repo = git_repo(tmp_path / "repo")
+    clean = code_version(repo)
+    assert tracking.git_commit(repo)[1] is False and "+" not in clean.partition("~")[0]
+    exp = tracking.set_experiment("reuse")
+    run = mlflow.MlflowClient().create_run(exp, tags={"config_hash": "h", "dataset_digest": "d",
+                                                      "code_version": clean})
+    mlflow.MlflowClient().set_terminated(run.info.run_id, "FINISHED")
+    assert find_reusable("h", "d", clean, exp).info.run_id == run.info.run_id
+
+    (repo / "model.py").write_text("WIDTH = 128\n")  # an uncommitted edit
+    edited = code_version(repo)
+    assert edited != clean and tracking.git_commit(repo)[1] is True
+    (repo / "model.py").write_text("WIDTH = 64\n")
+    assert code_version(repo) == clean  # undone: the same code again
+
+    (repo / "layers.py").write_text("DEPTH = 3\n")  # a new, untracked source file
+    assert tracking.git_commit(repo)[1] is True  # dirty counts it (it did not with --untracked-files=no)
+    untracked = code_version(repo)
+    subprocess.run(["git", "add", "layers.py"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "two"], cwd=repo,
+                   check=True)
+    committed = code_version(repo)
+    (repo / "notes.txt").write_text("not source")  # an untracked non-source file changes nothing
+    assert code_version(repo) == committed and tracking.git_commit(repo)[1] is False
+
+    monkeypatch.setattr(tracking, "library_versions", lambda: {"torch": "0.0.1", "torchvision": "0.0.1",
+                                                              "scikit-learn": "0.0.1", "numpy": "0.0.1"})
+    other_libs = code_version(repo)
+    versions = [clean, edited, untracked, committed, other_libs]
+    assert len(set(versions)) == len(versions)
+    for v in versions[1:]:
+        assert find_reusable("h", "d", v, exp) is None
+
+
+def test_an_unknown_code_version_is_never_reused(tmp_path, isolated):
+    import mlflow
+
+    from fashion_core import tracking
+    from fashion_core.grid import find_reusable
+
+    outside = tmp_path / "not-a-checkout"
+    outside.mkdir()
+    assert code_version(outside) == "unknown"
+    exp = tracking.set_experiment("unknown")
+    run = mlflow.MlflowClient().create_run(exp, tags={"config_hash": "h", "dataset_digest": "d",
+                                                      "code_version": "unknown"})
+    mlflow.MlflowClient().set_terminated(run.info.run_id, "FINISHED")
+    assert find_reusable("h", "d", "unknown", exp) is None
+
+
+def test_source_choice_follows_validation_when_test_disagrees():
+    """The better-validation run is the source although another run scores better on test."""
+    from fashion_core.grid import RUN_COLUMNS, pick_best_pretrain
+
+    rows = [
+        {"stage": "pretrain", "technique": "baseline", "seed": 0, "kind": "image", "run_id": "a" * 32,
+         "status": "FINISHED", "test_top1_mean": 0.95, "val_top1_best": 0.70},
+        {"stage": "pretrain", "technique": "focal", "seed": 0, "kind": "image", "run_id": "b" * 32,
+         "status": "FINISHED", "test_top1_mean": 0.60, "val_top1_best": 0.80},
+        {"stage": "pretrain", "technique": "late", "seed": 0, "kind": "late-12345678", "run_id": "c" * 32,
+         "status": "FINISHED", "test_top1_mean": 0.99, "val_top1_best": 0.99},
+        {"stage": "pretrain", "technique": "broken", "seed": 0, "kind": "image", "run_id": "d" * 32,
+         "status": "FAILED", "test_top1_mean": float("nan"), "val_top1_best": 0.99},
+    ]
+    runs = pd.DataFrame(rows).reindex(columns=list(RUN_COLUMNS))
+    best, ranking = pick_best_pretrain(runs, "image")
+    assert best == "b" * 32  # best validation (0.80), worst test (0.60)
+    assert ranking["run_id"].tolist() == ["b" * 32, "a" * 32] and "test_top1_mean" not in ranking
 
 
 def test_model_kinds_pair_finetune_techniques_with_compatible_sources():
