@@ -296,10 +296,7 @@ def bootstrap_class_mean(labels: Any, top5_preds: Any, class_ids_evaluated: Any,
     """Percentile interval of the class-mean top-1/top-5 by a stratified bootstrap.
 
     Each replicate resamples, with replacement, as many test images as a class has from
-    that class alone, then averages the per-class accuracies. An image is one of three
-    kinds (top-1 hit, top-5-only hit, miss), so the resampled counts of a class follow
-    exactly a multinomial with that class's observed proportions: drawing those counts is
-    the same bootstrap as drawing image indices, in O(n_boot x C) instead of O(n_boot x N).
+    that class alone, then averages the per-class accuracies (see :func:`bootstrap_class_mean_replicates`).
 
     Args:
         labels: (N,) true class indices of the test images.
@@ -314,6 +311,30 @@ def bootstrap_class_mean(labels: Any, top5_preds: Any, class_ids_evaluated: Any,
     Returns:
         ``{"top1": (lo, hi), "top5": (lo, hi)}``; NaN bounds when no class has test images.
     """
+    reps = bootstrap_class_mean_replicates(labels, top5_preds, class_ids_evaluated, n_boot, seed)
+    return {k: percentile_interval(v, alpha) for k, v in reps.items()}
+
+
+def percentile_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """The (alpha/2, 1 - alpha/2) quantiles of bootstrap replicates; NaN bounds when there are none."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0 or np.isnan(values).all():
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def bootstrap_class_mean_replicates(labels: Any, top5_preds: Any, class_ids_evaluated: Any, n_boot: int = 1000,
+                                   seed: int = 0) -> dict[str, np.ndarray]:
+    """``n_boot`` stratified-bootstrap replicates of the class-mean top-1/top-5 (as :func:`bootstrap_class_mean`).
+
+    An image is one of three kinds (top-1 hit, top-5-only hit, miss), so the resampled counts of
+    a class follow exactly a multinomial with that class's observed proportions: drawing those
+    counts is the same bootstrap as drawing image indices, in O(n_boot x C) instead of O(n_boot x N).
+
+    Returns:
+        ``{"top1": (n_boot,), "top5": (n_boot,)}``; empty arrays when no class has test images.
+    """
     labels = _to_numpy(labels).astype(np.int64, copy=False).reshape(-1)
     top5_preds = _topk_matrix(top5_preds, len(labels))
     classes = np.unique(np.asarray(class_ids_evaluated, dtype=np.int64).reshape(-1))
@@ -326,8 +347,7 @@ def bootstrap_class_mean(labels: Any, top5_preds: Any, class_ids_evaluated: Any,
     present = n > 0
     n, k1, k5 = n[present], k1[present], k5[present]
     if len(n) == 0:
-        nan = (float("nan"), float("nan"))
-        return {"top1": nan, "top5": nan}
+        return {"top1": np.zeros(0), "top5": np.zeros(0)}
     # Three kinds per class: top-1 hit, top-5 hit but not top-1, miss. top-1 implies top-5.
     counts = np.stack([k1, k5 - k1, n - k5], axis=1)
     pvals = counts / n[:, None]
@@ -335,10 +355,34 @@ def bootstrap_class_mean(labels: Any, top5_preds: Any, class_ids_evaluated: Any,
     draws = rng.multinomial(n, pvals, size=(n_boot, len(n)))  # (n_boot, C_eval, 3)
     acc1 = draws[..., 0] / n
     acc5 = (draws[..., 0] + draws[..., 1]) / n
-    q = [alpha / 2, 1 - alpha / 2]
-    lo1, hi1 = np.quantile(acc1.mean(axis=1), q)
-    lo5, hi5 = np.quantile(acc5.mean(axis=1), q)
-    return {"top1": (float(lo1), float(hi1)), "top5": (float(lo5), float(hi5))}
+    return {"top1": acc1.mean(axis=1), "top5": acc5.mean(axis=1)}
+
+
+def bootstrap_seed_mean(replicates: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0,
+                        alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval of a mean over seeds that includes the seed-to-seed variance.
+
+    A two-stage bootstrap: each replicate draws as many seeds as there are, with replacement,
+    and for each drawn seed one of its own test-image replicates (``bootstrap_class_mean_replicates``
+    of that run), then averages them. Averaging the bounds of per-seed intervals instead would
+    ignore how far the seeds disagree. With one seed it is that seed's own interval.
+
+    Args:
+        replicates: per seed, its (B,) bootstrap replicates of the class-mean accuracy.
+        n_boot, seed, alpha: replicates drawn, the Generator's seed, 1 - confidence level.
+    """
+    reps = [np.asarray(r, dtype=float) for r in replicates if len(r)]
+    if not reps:
+        return float("nan"), float("nan")
+    if len(reps) == 1:
+        return percentile_interval(reps[0], alpha)
+    width = min(len(r) for r in reps)
+    table = np.stack([r[:width] for r in reps])  # (S, B)
+    rng = np.random.default_rng(seed)
+    s = len(reps)
+    pick = rng.integers(0, s, size=(n_boot, s))
+    draw = rng.integers(0, width, size=(n_boot, s))
+    return percentile_interval(table[pick, draw].mean(axis=1), alpha)
 
 
 def predictions_frame(ids: Any, labels: Any, top5: Any, class_names: Sequence[str]) -> pd.DataFrame:

@@ -5,9 +5,11 @@ default sqlite store and an ``http://`` tracking server), reads each run's ``eva
 recomputes every per-class number from ``eval/predictions.csv`` (and counts any disagreement
 with ``eval/per_class.csv``), and writes, per stage:
 
-- a summary table: technique x class-mean Top-1/Top-5 (95 % bootstrap interval), micro
-  accuracy, classes evaluated, seeds, mean ± std across seeds, classes won, the model's inputs
-  (image / metadata / image+metadata) and the leaky flag;
+- a summary table: technique x class-mean Top-1/Top-5 (mean over seeds ± std, and a 95 %
+  interval of that mean from a bootstrap over seeds and test images), the lowest and highest
+  seed, micro accuracy, classes evaluated, seeds, classes won, the model's inputs
+  (image / metadata / image+metadata) and the leaky flag; runs of one technique with different
+  configurations (e.g. an epochs override) are separate rows, ``technique [key=value]``;
 - a per-class table: class x technique Top-1/Top-5 with ``n_train`` and ``n_test``;
 - an interactive HTML report (plotly.js embedded, opens offline): per-class heatmap,
   class-mean bars with error bars, accuracy against training examples (the few-shot curve),
@@ -82,9 +84,11 @@ class Scope:
     experiment_id: str
     experiment_name: str
     grid_run_id: str | None
-    runs: list = field(default_factory=list)  # mlflow Run objects, FINISHED, one per (stage, technique, seed)
+    runs: list = field(default_factory=list)  # mlflow Run objects, FINISHED, one per (stage, technique, config, seed)
     left_out: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id, run_name, stage, technique, seed, reason
     dataset_digest: str = ""
+    # run id -> the config's keys that tell it apart from other configs of its technique ('' when it has one)
+    configs: dict = field(default_factory=dict)
 
 
 def _client():
@@ -132,6 +136,48 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+# Logged params that do not make another configuration of a technique: the seed (a row holds its seeds)
+# and the device (the tag ``device`` says where a run ran).
+NOT_CONFIG = ("train.seed", "train.device")
+
+
+def run_config(run) -> dict[str, str]:
+    """A run's logged configuration (its params), less ``NOT_CONFIG``."""
+    return {k: v for k, v in run.data.params.items() if k not in NOT_CONFIG}
+
+
+def same_config(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+    """Two logged configs agree on every key both have (a key added to the code since is not a difference)."""
+    return all(a[k] == b[k] for k in a.keys() & b.keys())
+
+
+def config_groups(runs: Sequence) -> tuple[dict[str, int], dict[tuple, list[dict]]]:
+    """Configurations per (stage, technique): run id -> group number (newest config 0), and the groups' configs."""
+    groups: dict[tuple, list[dict]] = {}
+    of: dict[str, int] = {}
+    for r in runs:  # newest first
+        key = (r.data.tags.get("stage"), r.data.tags.get("technique"))
+        cfg = run_config(r)
+        known = groups.setdefault(key, [])
+        hit = next((i for i, c in enumerate(known) if same_config(c, cfg)), None)
+        if hit is None:
+            known.append(cfg)
+            hit = len(known) - 1
+        of[r.info.run_id] = hit
+    return of, groups
+
+
+def config_label(configs: Sequence[Mapping[str, str]], i: int, max_keys: int = 3) -> str:
+    """The keys that tell config ``i`` apart from the others of its technique, e.g. ``train.epochs=20``."""
+    if len(configs) < 2:
+        return ""
+    mine = configs[i]
+    keys = sorted(k for k in mine if any(k in c and c[k] != mine[k] for c in configs))
+    text = ", ".join(f"{k}={mine[k]}" for k in keys[:max_keys]) + (f", +{len(keys) - max_keys} more"
+                                                                  if len(keys) > max_keys else "")
+    return text or f"config {i + 1}"
+
+
 def find_runs(experiment: str | None = None, stages: Sequence[str] = STAGES, grid: str | None = "latest",
               tags: Mapping[str, str] | None = None) -> Scope:
     """Select the runs of a report through the tracking API.
@@ -144,8 +190,11 @@ def find_runs(experiment: str | None = None, stages: Sequence[str] = STAGES, gri
         tags: extra ``tag = value`` filters.
 
     Returns:
-        A :class:`Scope`: FINISHED runs, the newest per (stage, technique, seed) among those of the
-        dataset digest most runs share; every other matching run is in ``left_out`` with the reason.
+        A :class:`Scope`: FINISHED runs, the newest per (stage, technique, configuration, seed) among
+        those of the dataset digest most runs share; every other matching run is in ``left_out`` with
+        the reason. A configuration is the logged config less the seed and device (:func:`run_config`;
+        the ``config_hash`` tag hashes the seed too, so it cannot group seeds): two configurations of a
+        technique (e.g. a 20-epoch override of a 4-epoch run) are two rows, told apart in ``configs``.
     """
     from .grid import grid_run_ids
 
@@ -187,9 +236,11 @@ def find_runs(experiment: str | None = None, stages: Sequence[str] = STAGES, gri
     finished = [r.data.tags.get("dataset_digest", "") for r in runs if r.info.status == "FINISHED"]
     digest = max(dict.fromkeys(finished), key=finished.count) if finished else ""
     seen: dict[tuple, str] = {}
+    comparable = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("dataset_digest", "") == digest]
+    group_of, groups = config_groups(comparable)
     for r in runs:
         t = r.data.tags
-        key = (t.get("stage"), t.get("technique"), _seed_of(r))
+        key = (t.get("stage"), t.get("technique"), group_of.get(r.info.run_id, -1), _seed_of(r))
         reason = ""
         if r.info.status != "FINISHED":
             reason = f"{r.info.status.lower()}" + (f": {t['error'].splitlines()[0]}" if t.get("error") else "")
@@ -199,7 +250,7 @@ def find_runs(experiment: str | None = None, stages: Sequence[str] = STAGES, gri
             reason = f"superseded by the newer run {seen[key]}"
         if reason:
             left.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "stage": key[0], "technique": key[1],
-                         "seed": key[2], "reason": reason})
+                         "seed": key[3], "reason": reason})
         else:
             seen[key] = r.info.run_id
             kept.append(r)
@@ -209,7 +260,9 @@ def find_runs(experiment: str | None = None, stages: Sequence[str] = STAGES, gri
                            + (f" the tags {dict(tags)}" if tags else "")
                            + ("; --grid none compares every run of the experiment" if grid_id else ""))
     left_out = pd.DataFrame(left, columns=["run_id", "run_name", "stage", "technique", "seed", "reason"])
-    return Scope(exp.experiment_id, exp.name, grid_id, kept, left_out, digest)
+    configs = {r.info.run_id: config_label(groups[(r.data.tags.get("stage"), r.data.tags.get("technique"))],
+                                           group_of[r.info.run_id]) for r in kept}
+    return Scope(exp.experiment_id, exp.name, grid_id, kept, left_out, digest, configs)
 
 
 # ---------------------------------------------------------------- one run's evaluation
@@ -230,17 +283,27 @@ class RunEval:
     summary: dict
     n_mismatch: int  # classes whose per_class.csv numbers differ from the predictions
     zero_shot: bool = False  # the run also predicts the classes without training images (tag zero_shot=true)
+    config: str = ""  # what tells this run's config apart from other configs of its technique ('' if none)
+    # bootstrap replicates of the class-mean top-1 / top-5 over the run's test images (for the seed-mean interval)
+    replicates: dict = field(default_factory=dict)
 
 
-def class_mean_interval(per_class_classes: Sequence[str], evaluated: np.ndarray, preds: pd.DataFrame,
-                        seed: int = 0) -> dict[str, tuple[float, float]]:
-    """95 % stratified-bootstrap interval of the class-mean top-1/top-5 from a predictions table."""
+def class_mean_replicates(per_class_classes: Sequence[str], evaluated: np.ndarray, preds: pd.DataFrame,
+                          seed: int = 0) -> dict[str, np.ndarray]:
+    """Stratified-bootstrap replicates of the class-mean top-1/top-5 from a predictions table."""
     index = {c: i for i, c in enumerate(per_class_classes)}
     labels = np.array([index.get(c, -1) for c in preds["label"].astype(str)], dtype=np.int64)
     top5 = np.array([[index.get(c, -1) for c in row] for row in
                      preds[list(M.PRED_COLUMNS)].fillna("").astype(str).to_numpy()], dtype=np.int64)
     top5 = top5.reshape(len(labels), len(M.PRED_COLUMNS))
-    return M.bootstrap_class_mean(labels, top5, np.flatnonzero(evaluated), n_boot=N_BOOT, seed=seed)
+    return M.bootstrap_class_mean_replicates(labels, top5, np.flatnonzero(evaluated), n_boot=N_BOOT, seed=seed)
+
+
+def class_mean_interval(per_class_classes: Sequence[str], evaluated: np.ndarray, preds: pd.DataFrame,
+                        seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95 % stratified-bootstrap interval of the class-mean top-1/top-5 from a predictions table."""
+    reps = class_mean_replicates(per_class_classes, evaluated, preds, seed)
+    return {k: M.percentile_interval(v) for k, v in reps.items()}
 
 
 def run_inputs(tags: Mapping[str, str]) -> str:
@@ -250,7 +313,7 @@ def run_inputs(tags: Mapping[str, str]) -> str:
     return "image+metadata" if tags.get("fusion") in ("late", "film") else "image"
 
 
-def evaluate_run(run, folder: str | Path) -> RunEval:
+def evaluate_run(run, folder: str | Path, config: str = "") -> RunEval:
     """Download a run's ``eval/`` tables and recompute its per-class numbers from ``predictions.csv``."""
     run_id = run.info.run_id
     folder = Path(folder) / run_id
@@ -275,16 +338,19 @@ def evaluate_run(run, folder: str | Path) -> RunEval:
         same &= np.isclose(a, b, equal_nan=True)
     summ = M.summarize(table)
     evaluated = (table["n_test"].to_numpy() > 0) & (table["n_train"].to_numpy() > 0)
-    ci = class_mean_interval(table["class"].tolist(), evaluated, preds)
+    reps = class_mean_replicates(table["class"].tolist(), evaluated, preds)
+    ci = {k: M.percentile_interval(v) for k, v in reps.items()}
     summ.update({"top1_lo": ci["top1"][0], "top1_hi": ci["top1"][1], "top5_lo": ci["top5"][0],
                  "top5_hi": ci["top5"][1]})
     summ.update(M.gzsl_summary(table))  # seen / unseen / harmonic / all-class means (generalised zero-shot)
     t = run.data.tags
+    technique = t.get("technique", "")
     return RunEval(run_id=run_id, run_name=run.info.run_name, stage=t.get("stage", ""),
-                   technique=t.get("technique", ""), seed=_seed_of(run), leaky=t.get("leaky", "false") == "true",
-                   inputs=run_inputs(t),
+                   technique=f"{technique} [{config}]" if config else technique, seed=_seed_of(run),
+                   leaky=t.get("leaky", "false") == "true", inputs=run_inputs(t),
                    transfer=t.get("transfer", ""), per_class=table, summary=summ,
-                   n_mismatch=int((~same).sum()) + len(extra), zero_shot=t.get("zero_shot") == "true")
+                   n_mismatch=int((~same).sum()) + len(extra), zero_shot=t.get("zero_shot") == "true",
+                   config=config, replicates=reps)
 
 
 # ---------------------------------------------------------------- tables
@@ -315,7 +381,8 @@ def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None)
     for e in evals:
         s = e.summary
         run_rows.append({"stage": e.stage, "technique": e.technique, "seed": e.seed, "run_id": e.run_id,
-                         "run_name": e.run_name, "transfer": e.transfer, "inputs": e.inputs, "leaky": e.leaky,
+                         "run_name": e.run_name, "config": e.config, "transfer": e.transfer, "inputs": e.inputs,
+                         "leaky": e.leaky,
                          "top1_mean": s["top1_mean"], "top1_lo": s["top1_lo"], "top1_hi": s["top1_hi"],
                          "top5_mean": s["top5_mean"], "top5_lo": s["top5_lo"], "top5_hi": s["top5_hi"],
                          "top1_micro": s["top1_micro"], "top5_micro": s["top5_micro"],
@@ -341,15 +408,26 @@ def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None)
             seeds=("seed", lambda x: ",".join(str(v) for v in sorted(x))),
             n_seeds=("seed", "size"),
             top1_mean=("top1_mean", "mean"), top1_std=("top1_mean", "std"),
-            top1_lo=("top1_lo", "mean"), top1_hi=("top1_hi", "mean"),
+            top1_min=("top1_mean", "min"), top1_max=("top1_mean", "max"),
             top5_mean=("top5_mean", "mean"), top5_std=("top5_mean", "std"),
-            top5_lo=("top5_lo", "mean"), top5_hi=("top5_hi", "mean"),
+            top5_min=("top5_mean", "min"), top5_max=("top5_mean", "max"),
             top1_micro=("top1_micro", "mean"), top5_micro=("top5_micro", "mean"),
             n_classes_evaluated=("n_classes_evaluated", "max"),
             inputs=("inputs", "first"),
             leaky=("leaky", "any"),
             **{k: (k, "mean") for k in GZSL_COLUMNS}, zero_shot=("zero_shot", "any"),
         ).reset_index()
+        # The interval of the seed mean: seeds and, within each, test images resampled (not the mean of bounds).
+        reps = {}
+        for e in evals:
+            if e.stage == stage:
+                reps.setdefault(e.technique, []).append(e.replicates)
+        for metric in ("top1", "top5"):
+            ci = [M.bootstrap_seed_mean([r.get(metric, np.zeros(0)) for r in reps[t]], n_boot=N_BOOT)
+                  for t in summ["technique"]]
+            pos = summ.columns.get_loc(f"{metric}_max") + 1
+            summ.insert(pos, f"{metric}_lo", [c[0] for c in ci])
+            summ.insert(pos + 1, f"{metric}_hi", [c[1] for c in ci])
         summ["classes_won"] = [int(wins.get(t, 0)) for t in summ["technique"]]
         if stage == "pretrain":
             summ = summ.drop(columns=["transfer"])
@@ -393,6 +471,8 @@ def display_summary(summ: pd.DataFrame) -> pd.DataFrame:
         out["transfer"] = summ["transfer"]
     out["inputs"] = summ["inputs"]
     out["Top-1 class-mean"] = [cell(*v) for v in summ[["top1_mean", "top1_std", "top1_lo", "top1_hi"]].to_numpy()]
+    out["Top-1 seeds min-max"] = [f"{lo:.3f}-{hi:.3f}" if n > 1 else ""
+                                  for lo, hi, n in summ[["top1_min", "top1_max", "n_seeds"]].to_numpy()]
     out["Top-5 class-mean"] = [cell(*v) for v in summ[["top5_mean", "top5_std", "top5_lo", "top5_hi"]].to_numpy()]
     out["Top-1 micro"] = summ["top1_micro"].map(lambda v: f"{v:.3f}")
     out["Top-5 micro"] = summ["top5_micro"].map(lambda v: f"{v:.3f}")
@@ -451,8 +531,9 @@ def class_mean_figure(summ: pd.DataFrame, runs: pd.DataFrame, stage: str):
                         mode="markers", marker=dict(color="black", size=6, symbol="circle-open"),
                         offsetgroup=metric, text=[f"seed {s}" for s in r["seed"]],
                         hovertemplate="%{x} %{text}: %{y:.3f}<extra></extra>")
-    fig.update_layout(title=f"{stage}: class-mean accuracy per technique (error bars: 95% bootstrap interval; "
-                            "dots: seeds)", barmode="group", scattermode="group", yaxis=dict(range=[0, 1.05]),
+    fig.update_layout(title=f"{stage}: class-mean accuracy per technique (error bars: 95% bootstrap interval "
+                            "of the seed mean; dots: seeds)", barmode="group", scattermode="group",
+                      yaxis=dict(range=[0, 1.05]),
                       xaxis=dict(type="category", categoryorder="array", categoryarray=order), height=480)
     return fig
 
@@ -538,15 +619,17 @@ def report_html(tables: Tables, scope_text: str, title: str = "fashion-grid: tec
         ne = tables.not_evaluated[tables.not_evaluated["stage"] == stage]
         parts["not-evaluated"].append(f"<h3>{stage}: {len(ne)} classes not evaluated</h3>"
                                       + (_html_table(ne.drop(columns=["stage"])) if len(ne) else "<p>none</p>"))
-    runs_cols = ["stage", "technique", "seed", "run_name", "run_id", "top1_mean", "top5_mean", "top1_micro",
+    runs_cols = ["stage", "technique", "seed", "run_name", "run_id", "config", "top1_mean", "top5_mean", "top1_micro",
                  "n_classes_evaluated", "n_mismatch"]
     parts["runs"].append(_html_table(tables.runs[runs_cols]))
     if len(tables.left_out):
         parts["runs"].append(f"<h3>{len(tables.left_out)} runs left out</h3>" + _html_table(tables.left_out))
     headings = {
         "summary": ("Summary", "Class-mean = mean of the per-class accuracies over the evaluated classes (every class "
-                               "weighs the same); ± = std across seeds; [lo, hi] = 95% stratified bootstrap interval "
-                               "over test images (averaged over seeds); micro = over all test images of evaluated "
+                               "weighs the same); ± = std across seeds; [lo, hi] = 95% interval of the seed mean "
+                               "(a bootstrap over the seeds and, within each, stratified over its test images; one "
+                               "seed: its own interval); seeds min-max = the lowest and highest seed; micro = over "
+                               "all test images of evaluated "
                                "classes; classes won = classes where the technique has the best Top-1 (ties count "
                                "for each); LEAKY = uses masterCategory/subCategory as inputs. With a generalised "
                                "zero-shot run in the stage: Top-1 unseen (U) = class-mean over the classes without "
@@ -644,7 +727,7 @@ def run_compare(experiment: str | None = None, stages: Sequence[str] = STAGES, g
         + (f", grid {scope.grid_run_id}" if scope.grid_run_id else "")
         + (f" ({len(scope.left_out)} left out)" if len(scope.left_out) else ""))
     with tempfile.TemporaryDirectory() as d:
-        evals = [evaluate_run(r, d) for r in scope.runs]
+        evals = [evaluate_run(r, d, scope.configs.get(r.info.run_id, "")) for r in scope.runs]
     bad = [e for e in evals if e.n_mismatch]
     for e in bad:
         log(f"warning: run {e.run_id} ({e.run_name}): {e.n_mismatch} classes of eval/per_class.csv differ from "

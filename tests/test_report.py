@@ -15,7 +15,8 @@ from conftest import module_store
 
 from fashion_core import metrics as M
 from fashion_core import tracking
-from fashion_core.report import (SECTIONS, CompareError, find_runs, markdown_table, run_compare, shot_bin)
+from fashion_core.report import (SECTIONS, CompareError, display_summary, find_runs, markdown_table, run_compare,
+                                 shot_bin)
 
 # "NA" must stay a class name (not a missing value); "Sarees" has no test image; "Perfume" is test-only.
 PRETRAIN = ["NA", "Shirts", "Tshirts", "Watches", "Sarees"]
@@ -50,7 +51,7 @@ def fake_eval(classes, n_train, n_test, skill, seed, test_only=None):
 
 
 def log_fake_run(stage, technique, seed, skill, digest="digest-a", leaky=False, tags=None, corrupt=False,
-                 experiment="fake-data"):
+                 experiment="fake-data", config=None):
     """A FINISHED run with ``eval/per_class.csv`` and ``eval/predictions.csv``, as run_stage logs them."""
     if stage == "pretrain":
         table, preds = fake_eval(PRETRAIN, PRE_TRAIN_N, PRE_TEST_N, skill, seed)
@@ -62,7 +63,7 @@ def log_fake_run(stage, technique, seed, skill, digest="digest-a", leaky=False, 
     all_tags = {"seed": seed, "leaky": str(leaky).lower(), "transfer": technique if stage == "finetune" else "",
                 "fusion": "late" if leaky else "none", **(tags or {})}
     with tracking.start_run(stage, technique, digest, run_name=f"{stage}/{technique}/seed{seed}",
-                            tags=all_tags) as run:
+                            tags=all_tags, config=config) as run:
         tracking.log_frame(table, "eval/per_class.csv")
         tracking.log_frame(preds, "eval/predictions.csv")
     return run.info.run_id
@@ -246,6 +247,48 @@ def test_filters_and_left_out_runs(store):
         find_runs("filters", grid=kept_runs[0])
     with pytest.raises(CompareError, match="no such run"):
         find_runs("filters", grid="0" * 32)
+
+
+def test_the_seed_mean_interval_includes_the_seeds_spread(store, tmp_path):
+    """Two seeds far apart: the interval of their mean spans them (the mean of per-seed bounds did not)."""
+    low, high = log_fake_run("pretrain", "shaky", 0, 0.2, experiment="spread"), \
+        log_fake_run("pretrain", "shaky", 1, 0.95, experiment="spread")
+    res = run_compare(experiment="spread", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    row = res.tables.summary["pretrain"].set_index("technique").loc["shaky"]
+    runs = res.tables.runs.set_index("run_id")
+    seeds = [runs.loc[low, "top1_mean"], runs.loc[high, "top1_mean"]]
+    assert (row["top1_min"], row["top1_max"]) == (min(seeds), max(seeds))
+    narrow = (runs["top1_hi"] - runs["top1_lo"]).mean()  # the width the mean of per-seed bounds has
+    assert row["top1_hi"] - row["top1_lo"] > 3 * narrow
+    assert row["top1_lo"] < np.mean(seeds) < row["top1_hi"]
+    assert row["top1_lo"] <= min(seeds) + narrow and row["top1_hi"] >= max(seeds) - narrow
+    shown = display_summary(res.tables.summary["pretrain"]).set_index("technique").loc["shaky"]
+    assert shown["Top-1 seeds min-max"] == f"{min(seeds):.3f}-{max(seeds):.3f}"
+
+
+def test_grid_none_keeps_each_configuration_of_a_technique(store, tmp_path):
+    """A 20-epoch override does not replace the 4-epoch run: two rows, told apart by the differing key."""
+    def run(seed, epochs, **k):
+        config = {"train": {"epochs": epochs, "seed": seed, "device": "cpu"}, "loss": {"name": "ce"}}
+        return log_fake_run("finetune", "fused", seed, 0.5 if epochs == 4 else 0.8, experiment="configs",
+                            config=config, **k)
+
+    short = [run(0, 4), run(1, 4)]
+    long_old = run(0, 20)
+    long = [run(0, 20), run(1, 20)]  # the newer seed-0 run of the same config supersedes long_old
+    older_code = log_fake_run("finetune", "fused", 2, 0.5, experiment="configs",
+                              config={"train": {"epochs": 4, "seed": 2}})  # logged before loss.name existed
+    scope = find_runs(experiment="configs", grid="none")
+    assert {r.info.run_id for r in scope.runs} == {*short, *long, older_code}
+    assert "superseded" in scope.left_out.set_index("run_id").loc[long_old, "reason"]
+    res = run_compare(experiment="configs", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    summ = res.tables.summary["finetune"].set_index("technique")
+    assert set(summ.index) == {"fused [train.epochs=4]", "fused [train.epochs=20]"}
+    assert summ.loc["fused [train.epochs=4]", "seeds"] == "0,1,2"
+    assert summ.loc["fused [train.epochs=20]", "n_seeds"] == 2
+    runs = res.tables.runs.set_index("run_id")
+    assert runs.loc[long[0], "config"] == "train.epochs=20"
+    assert runs.loc[short[0], "technique"] == "fused [train.epochs=4]"
 
 
 def test_cli_compare(fake_runs, tmp_path):
