@@ -105,8 +105,8 @@ def test_shard_indices_equal_disjoint_covering():
         allv = torch.cat(parts)
         assert set(allv.tolist()) == set(idx.tolist())
         assert len(allv) - n < world  # padding only to the next multiple of world
-        if n % world == 0:
-            assert len(set(allv.tolist())) == n  # disjoint
+        assert (len(allv) == n) == (n % world == 0)  # padded exactly when n is not a multiple of world
+        assert len(allv) - len(set(allv.tolist())) == len(allv) - n  # disjoint: the only repeats are the padding
 
 
 def test_shard_batches_split_the_single_process_batches():

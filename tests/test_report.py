@@ -150,10 +150,12 @@ def test_every_per_class_number_equals_the_predictions(fake_runs, compared, tmp_
                     got = wide.loc[wide["class"] == c, f"{t} {m}"].iloc[0]
                     want = means.loc[(stage, c, t), m] if (stage, c, t) in means.index else np.nan
                     assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want), (stage, c, t, m)
-                    if want == want:  # the Markdown copy, rounded to 3 decimals
-                        row = next(line for line in md.split(f"## {stage}: per class")[1].splitlines()
-                                   if line.startswith(f"| {c} |"))
-                        assert f"{want:.3f}" in row
+        # The Markdown copy of every number, rounded to 3 decimals.
+        scored = means.loc[stage].dropna()
+        assert len(scored)
+        for (c, t), row in scored.iterrows():
+            line = next(ln for ln in md.split(f"## {stage}: per class")[1].splitlines() if ln.startswith(f"| {c} |"))
+            assert f"{row['top1']:.3f}" in line and f"{row['top5']:.3f}" in line, (stage, c, t)
         # The heatmap shows the evaluated classes (most training images first) x ranked techniques.
         trace = plotly_data(html_text, f"heatmap-{stage}")[0]
         assert trace["x"] == techniques
