@@ -654,7 +654,8 @@ class Objective:
             planned, plan = fusion.plan_stage(cfg, self.prepared, self.source, self.log)
             sd = build_stage_data(self.prepared, cfg.stage, plan.extras if plan is not None else None)
             if len(sd.val) == 0:
-                raise ConfigError("tuning needs a validation split: data.val_fraction must be > 0")
+                raise ConfigError("tuning needs a validation split: data.val_fraction must be > 0, or data.val_by=year "
+                                  "with a held-out year that has this stage's products")
             if len(sd.train) == 0:
                 raise ConfigError(f"the {cfg.stage} stage has no training images with these split settings")
             self._stage_cache = (key, (planned.fusion, plan, sd))
