@@ -135,6 +135,9 @@ def _torchrun_if_asked() -> None:
 
 def data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by="random",
                 val_years=(2016,)) -> DataConfig:
+    if val_by != "year" and tuple(val_years) != DataConfig().val_years:
+        raise ConfigError(f"--val-years {','.join(map(str, val_years))} needs --val-by year (validation is "
+                          f"{val_by} without it)")
     return DataConfig(height=height, width=width, top_k=top_k, rank_on=rank_on, val_fraction=val_fraction,
                       split_seed=split_seed, val_by=val_by, val_years=tuple(val_years))
 

@@ -235,10 +235,12 @@ def test_validation_by_year_through_prepare_pretrain_and_the_registry(tmp_path, 
     assert "kept the weights of the last epoch (2)" in res.output
 
 
-def test_val_years_option_refuses_a_test_year(isolated):
+def test_val_years_option_refuses_a_test_year_and_needs_val_by_year(isolated):
     from click.testing import CliRunner
 
     from fashion_core import cli
 
     res = CliRunner().invoke(cli.main, ["prepare", "--val-by", "year", "--val-years", "2015"])
     assert res.exit_code == 2 and "2015 is a test year" in res.output
+    res = CliRunner().invoke(cli.main, ["prepare", "--val-years", "2014"])  # no --val-by year: it would do nothing
+    assert res.exit_code == 2 and "--val-years 2014 needs --val-by year" in res.output
