@@ -81,3 +81,74 @@ class EpochProgress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class GridStatus:
+    """The grid's cells at a glance: pending / running / finished / failed, and an ETA.
+
+    On a terminal a tqdm bar over the cells (its postfix counts the states; tqdm's ETA); elsewhere
+    one line per cell that ends. The ETA is the mean wall time of the cells run so far times the
+    cells left, divided by the cells that run at once.
+
+    Args:
+        names: every cell's name (all start pending).
+        concurrency: how many cells run at once.
+    """
+
+    STATES = ("pending", "running", "finished", "reused", "failed")
+
+    def __init__(self, names: list[str], concurrency: int = 1, stream: IO | None = None):
+        self.state = {n: "pending" for n in names}
+        self.started: dict[str, float] = {}
+        self.durations: list[float] = []
+        self.concurrency, self.stream = max(1, concurrency), stream or sys.stderr
+        self.bar = None
+        if enabled() is False:
+            self.stream = None
+            return
+        tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        if enabled() or tty:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=len(names), desc="grid", unit="cell", file=self.stream, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(v == s for v in self.state.values()) for s in self.STATES}
+
+    def eta_seconds(self) -> float | None:
+        """Seconds until every cell has ended, from the cells run so far (None before the first ends)."""
+        if not self.durations:
+            return None
+        c = self.counts()
+        left = c["pending"] + c["running"] * 0.5
+        return sum(self.durations) / len(self.durations) * left / self.concurrency
+
+    def line(self) -> str:
+        c = self.counts()
+        eta = self.eta_seconds()
+        text = (f"{c['finished'] + c['reused']}/{len(self.state)} finished ({c['reused']} reused), "
+                f"{c['running']} running, {c['failed']} failed, {c['pending']} pending")
+        return text + (f"; ETA {eta / 60:.0f} min" if eta is not None and c["pending"] + c["running"] else "")
+
+    def update(self, name: str, state: str) -> None:
+        """``name`` is now ``state`` (one of ``STATES``)."""
+        now = time.perf_counter()
+        if state == "running":
+            self.started[name] = now
+        elif name in self.started:
+            self.durations.append(now - self.started.pop(name))
+        self.state[name] = state
+        if self.bar is not None:
+            if state != "running":
+                self.bar.update(1)
+            self.bar.set_postfix_str(self.line().split(", ", 1)[1], refresh=True)
+        elif self.stream is not None and state != "running":
+            print(f"grid: {name} {state}; {self.line()}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
