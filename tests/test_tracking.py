@@ -13,6 +13,7 @@ from fashion_core import tracking
 def store(tmp_path_factory):
     """One MLflow store for the module (a new sqlite store costs seconds of migrations)."""
     with module_store(tmp_path_factory, "tracking") as (root, _):
+        tracking.set_experiment("tracking")  # not the experiment another module's store left active
         yield root
 
 
