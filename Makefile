@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.10+:
 #   make run    creates .venv when missing, then the main job through the MLproject's `main` entry point:
 #               prepare -> pretrain -> finetune -> compare with the techniques of experiments/main.yaml
-#   make test   creates .venv when missing, then runs the test suite
+#   make test   creates .venv when missing (with the dev and ray extras), then runs the test suite
 # Options: make run DATA=/path/to/dataset PROFILE=quick   (DATA defaults to $FASHION_DATA; PROFILE=auto picks
 #          default on a CUDA GPU, quick on CPUs; DEVICE=cpu|cuda; TECHNIQUES=a,b instead of experiments/main.yaml;
 #          OVERRIDE='data.top_k=10 train.epochs=2' for every technique)
@@ -24,7 +24,7 @@ KAGGLE_PAGE := https://www.kaggle.com/datasets/paramaggarwal/fashion-product-ima
 $(BIN)/fashion: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,ray]'
 	touch $@
 
 venv: $(BIN)/fashion

@@ -10,7 +10,12 @@ benchmarks still to come are skipped, and say so, once the budget is spent).
    device-resident data, ``fit`` with bf16 autocast + channels-last (and ``torch.compile``),
    then ``tests/test_loader.py`` (its CUDA tests included) when pytest is installed;
 3. benchmarks: the input pipeline (bench/pipeline.py) and the training throughput of every
-   backbone (bench/throughput.py), data resident on the device; one row with the data on the host.
+   backbone (bench/throughput.py), data resident on the device; one row with the data on the host;
+4. one table of what a user waits for: images/s of a ``default``-profile pretrain (``fit`` with the
+   default model and training config on 15,767 images of 80x60, the real pretrain split's size,
+   placed on the device by ``fit``), the same cells run as a ``--jobs`` grid on every GPU (one cell
+   per GPU in worker processes, ``executors.local_pool``: the grid's own pool), and the image cache
+   build (``bench/cache_build.py``'s child, on ``--data`` or generated JPEGs).
 
 On a GPU machine (from the repository root):
 
@@ -24,6 +29,7 @@ PyTorch machine may lack, so a stray import fails here first):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -181,6 +187,92 @@ def run_pytest(timeout: float) -> str:
     return tail
 
 
+def _default_pretrain(n: int, epochs: int, max_batches: int, seed: int = 0) -> dict:
+    """A ``default``-profile pretrain on synthetic data on this process's GPU: images/s of its last epoch."""
+    import torch
+
+    from bench.throughput import synthetic_data
+    from fashion_core.config import ExperimentConfig
+    from fashion_core.models import build_model, param_groups
+    from fashion_core.train import LabelLoss, fit, pick_device
+
+    dev = pick_device("auto")
+    cfg = ExperimentConfig()  # the default profile: no overrides
+    train_cfg = dataclasses.replace(cfg.train, epochs=epochs, patience=0, max_batches_per_epoch=max_batches, seed=seed)
+    model = build_model(cfg.model, 20)
+    train, empty = synthetic_data(n, cfg.data.height, cfg.data.width, 20, seed), synthetic_data(0, 80, 60, 20)
+    t0 = time.perf_counter()
+    res = fit(model, train, empty, LabelLoss(torch.nn.CrossEntropyLoss()),
+              param_groups(model, train_cfg.lr, 1.0, train_cfg.weight_decay), train_cfg, dev, log=lambda m: None,
+              progress=False)
+    return {"images/s": res.history[-1]["train_images_per_second"], "seconds": time.perf_counter() - t0,
+            "images per epoch": min(n, (max_batches or n) * train_cfg.batch_size),
+            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            "model": f"{cfg.model.backbone} width {cfg.model.width_mult}, batch {train_cfg.batch_size}"}
+
+
+def _cell_in_worker(args: tuple) -> dict:
+    """One grid cell in a pool worker (the pool set CUDA_VISIBLE_DEVICES to its GPU)."""
+    return _default_pretrain(*args)
+
+
+def user_table(dev, data: str | None, smoke: bool, left) -> list[dict]:
+    """Images/s of a default-profile pretrain, a --jobs grid on all GPUs, and the cache build: one table."""
+    import tempfile
+
+    import torch
+
+    rows = []
+    n, epochs, max_batches = (256, 2, 2) if smoke else (15767, 2, 40)
+    one = _default_pretrain(n, epochs, max_batches)
+    rows.append({"measure": f"default-profile pretrain on 1 {dev.type.upper()} ({one['model']}"
+                            + (", bf16 + channels-last)" if dev.type == "cuda" else ")"), "images/s": one["images/s"],
+                 "seconds": one["seconds"], "detail": f"{one['images per epoch']} images per epoch, last of {epochs}"})
+    n_gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if n_gpus and left() > 60:
+        from fashion_core.executors import local_pool
+
+        pool, info = local_pool(n_gpus, gpus_per_cell=1.0)
+        t0 = time.perf_counter()
+        with pool:
+            cells = list(pool.map(_cell_in_worker, [(n, epochs, max_batches, s) for s in range(n_gpus)]))
+        wall = time.perf_counter() - t0
+        total = sum(c["images/s"] for c in cells)
+        rows.append({"measure": f"--jobs {n_gpus} grid: {n_gpus} default pretrain cells, one per GPU",
+                     "images/s": total, "seconds": wall,
+                     "detail": f"{total / max(one['images/s'], 1e-9):.2f}x one GPU; wall includes worker start; "
+                               f"GPUs {', '.join(c['gpu'] for c in cells)}"})
+    elif not n_gpus:
+        rows.append({"measure": "--jobs grid on all GPUs", "detail": "skipped: no GPU"})
+    else:
+        rows.append({"measure": "--jobs grid on all GPUs", "detail": "skipped: budget spent"})
+    if left() > 30:
+        from bench import cache_build
+
+        with tempfile.TemporaryDirectory(prefix="gpu-check-data-") as tmp:
+            root = data or _generated_dataset(Path(tmp) / "data", 512 if smoke else 8192)
+            built = cache_build.run(root, [os.cpu_count() or 1], log=lambda m: print(m, file=sys.stderr))
+        step = next(r for r in built if r["step"].startswith("decode"))
+        rows.append({"measure": f"image cache build ({step['images']} images, {step['workers']} processes)",
+                     "images/s": step["images/s"], "seconds": step["seconds"],
+                     "detail": "the real dataset" if data else "generated 60x80 JPEGs"})
+    else:
+        rows.append({"measure": "image cache build", "detail": "skipped: budget spent"})
+    return rows
+
+
+def _generated_dataset(root: Path, n: int) -> str:
+    """A small-layout dataset (styles.csv + images/) of ``n`` generated JPEGs in 8 classes."""
+    from bench.pipeline import synthetic_jpegs
+
+    paths = synthetic_jpegs(root / "images", n)
+    lines = ["id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"]
+    for i, _ in enumerate(paths):
+        lines.append(f"{i},Men,Apparel,Topwear,C{i % 8},Blue,Summer,{2012 + i % 2},Casual,Shirt {i}")
+    (root / "styles.csv").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -275,6 +367,18 @@ def main(argv: list[str] | None = None) -> int:
     report.add(f"### Training throughput (batch {kw['batch_size']}, 80x60, {kw['steps']} steps x {kw['rounds']} rounds, "
                f"{time.perf_counter() - t0:.0f}s)\n\n" + table(trows)
                + (f"\n\nskipped (budget spent): {'; '.join(skipped)}" if skipped else ""))
+    if left() > 0:
+        t0 = time.perf_counter()
+        try:
+            urows = user_table(dev, args.data, args.smoke, left)
+        except Exception as e:  # a failure here is a finding, not the end of the report
+            traceback.print_exc()
+            urows = [{"measure": "user table", "detail": f"FAILED: {type(e).__name__}: {e}"[:300]}]
+            failed += 1
+        report.add(f"### What a user waits for ({time.perf_counter() - t0:.0f}s)\n\n"
+                   + table(urows, ["measure", "images/s", "seconds", "detail"]))
+    else:
+        report.add("### What a user waits for\n\nskipped: budget spent")
     loaded = sorted(m for m in TRACKING if sys.modules.get(m) is not None)
     report.add(f"total {time.perf_counter() - t_start:.0f}s; {failed} failure(s); tracking modules loaded: "
                f"{', '.join(loaded) or 'none'}")

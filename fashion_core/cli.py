@@ -309,9 +309,20 @@ from .config import PROFILES as _PROFILES  # noqa: E402  (the grid's --profile c
                    "of rerunning it (never outside a git checkout).")
 @click.option("--register/--no-register", default=True, show_default=True,
               help="Register the pretrain models as versions of 'fashion-pretrain'.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells at once in local worker processes (the CPU cores are divided between them).")
+@click.option("--gpus-per-cell", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs per cell with --jobs or --ray: 1 = a GPU each, 0.25 = four cells share one, 0 = CPU.")
+@click.option("--ray", "ray_address", default=None, metavar="auto|HOST:PORT",
+              help="Run every cell as a Ray task on this running cluster (pip install 'fashion-grid[ray]').")
+@click.option("--cpus-per-cell", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="With --ray: the CPUs each cell asks for (and its torch threads).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="With --ray: reruns of a cell whose worker or node died.")
 @_user_errors
 def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, techniques,
-         stages, seeds, source, profile, override, overrides, epochs, device, experiments_dir, reuse, register):
+         stages, seeds, source, profile, override, overrides, epochs, device, experiments_dir, reuse, register, jobs,
+         gpus_per_cell, ray_address, cpus_per_cell, max_retries):
     """Run the technique grid: every chosen technique x seed as a child run of one `stage=grid` run."""
     from .config import parse_overrides
     from .grid import parse_seeds, plan_grid, run_grid
@@ -326,7 +337,8 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
     tasks = plan_grid(experiments_dir, _split_words([techniques], ","), _split_words([stages], ","), seed_list,
                       profile, extra)
     run_grid(tasks, data, source=source or None, experiment=experiment, reuse=reuse, register=register,
-             profile=profile, seeds=seed_list, log=click.echo)
+             profile=profile, seeds=seed_list, log=click.echo, jobs=jobs, gpus_per_cell=gpus_per_cell,
+             ray=ray_address or None, cpus_per_cell=cpus_per_cell, max_retries=max_retries, show_status=True)
 
 
 @main.command("run")

@@ -15,6 +15,7 @@ metadata-only baseline to its own runner).
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import json
 import os
@@ -28,12 +29,14 @@ import pandas as pd
 
 from . import tracking
 from .config import STAGES, ConfigError, ExperimentConfig, find_technique, list_techniques, load_experiment, to_dict
+from .progress import GridStatus
 
 STAGE_ORDER = STAGES  # pretrain first: the finetune techniques need its model
 RUNS_ARTIFACT = "grid/runs.csv"
 SOURCE_ARTIFACT = "grid/source.json"
+PLAN_ARTIFACT = "grid/plan.json"
 RUN_COLUMNS = ("stage", "technique", "seed", "kind", "run_id", "status", "reused", "seconds", "config_hash",
-               "source_run_id", "test_top1_mean", "val_top1_best", "error")
+               "source_run_id", "test_top1_mean", "val_top1_best", "error", "host", "worker", "device")
 IMAGE = "image"  # the kind of a plain image network
 
 
@@ -347,6 +350,7 @@ def _record_failure(task: GridTask, cfg_hash: str, digest: str, code: str, exper
 
 def _row(task: GridTask, run_id: str | None, status: str, reused: bool, seconds: float, cfg_hash: str,
          source: str | None, error: str = "") -> dict:
+    """A row of ``RUN_COLUMNS`` (where it ran is added by ``run_cell``)."""
     top1 = val = float("nan")
     if run_id and status == "FINISHED":
         top1 = _client().get_run(run_id).data.metrics.get("test_top1_mean", float("nan"))
@@ -354,7 +358,7 @@ def _row(task: GridTask, run_id: str | None, status: str, reused: bool, seconds:
     return {"stage": task.cfg.stage, "technique": task.cfg.technique, "seed": task.cfg.train.seed,
             "kind": model_kind(task.cfg), "run_id": run_id, "status": status, "reused": reused,
             "seconds": round(seconds, 1), "config_hash": cfg_hash, "source_run_id": source or "",
-            "test_top1_mean": top1, "val_top1_best": val, "error": error}
+            "test_top1_mean": top1, "val_top1_best": val, "error": error, "host": "", "worker": "", "device": ""}
 
 
 def _finish_parent(parent: str, rows: list[dict], sources: Mapping[str, str | None], rankings: pd.DataFrame,
@@ -383,9 +387,101 @@ def _finish_parent(parent: str, rows: list[dict], sources: Mapping[str, str | No
     return runs
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One task ready to run: its source and identity, and where it logs; picklable, no images.
+
+    ``run_cell`` runs it in the grid's process, a local worker or a Ray worker alike.
+    """
+
+    index: int
+    task: GridTask
+    source: str | None
+    cfg_hash: str
+    data: str | None
+    exp_name: str
+    experiment_id: str
+    parent: str
+    digest: str
+    code: str
+    register: bool = True
+    libs: str = ""
+
+
+_PREPARED: dict[tuple, Any] = {}  # per worker process: the data is prepared (the cache opened) once
+
+
+def _prepared_for(cell: Cell, log):
+    from .data import prepare_data
+
+    key = (cell.data, json.dumps(to_dict(cell.task.cfg.data), sort_keys=True))
+    if key not in _PREPARED:
+        _PREPARED[key] = prepare_data(cell.data, cell.task.cfg.data, log=log)
+    return _PREPARED[key]
+
+
+def _close_dead_attempts(cell: Cell) -> dict | None:
+    """Before a cell runs: an earlier attempt's FINISHED run is the result; a RUNNING one (its worker died) is KILLED.
+
+    A cell runs twice only when Ray retries it after losing its worker; this keeps every cell at
+    one FINISHED run.
+    """
+    client = _client()
+    found = client.search_runs([cell.experiment_id], filter_string=(f"tags.config_hash = '{cell.cfg_hash}' and "
+                                                                    f"tags.grid_run_id = '{cell.parent}'"))
+    for run in found:
+        if run.info.status == "FINISHED":
+            return run
+    for run in found:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "error", "its worker died; the cell was retried")
+            client.set_terminated(run.info.run_id, "KILLED")
+    return None
+
+
+def run_cell(cell: Cell, prepared=None, log=None) -> dict:
+    """Run one cell as a child run of the grid (or record its failure); returns its row of ``RUN_COLUMNS``."""
+    from .executors import worker_place
+
+    task, place = cell.task, worker_place()
+    if log is None:  # a worker: every line says which cell it is about
+        def log(message: str, _name=task.name) -> None:
+            print(f"[{_name}] {message}", flush=True)
+    t1 = time.perf_counter()
+    try:
+        earlier = _close_dead_attempts(cell)
+        if earlier is not None:
+            log(f"  an earlier attempt finished: run {earlier.info.run_id}")
+            return {**_row(task, earlier.info.run_id, "FINISHED", False, 0.0, cell.cfg_hash, cell.source), **place}
+        if needs_source(task.cfg) and not cell.source:
+            raise ConfigError(f"no finished pretrain run of this model kind ({model_kind(task.cfg)}) "
+                              "to start from; pass --from")
+        prepared = prepared or _prepared_for(cell, log)
+        run_id = runner_for(task.cfg)(task.cfg, cell.data, source=cell.source, experiment=cell.exp_name,
+                                      parent_run_id=cell.parent, register=cell.register, prepared=prepared,
+                                      log=log, tags={"config_hash": cell.cfg_hash, "grid_run_id": cell.parent,
+                                                     "code_version": cell.code, "library_versions": cell.libs,
+                                                     "host": place["host"],
+                                                     "worker_pid": os.getpid()})
+        row = _row(task, run_id, "FINISHED", False, time.perf_counter() - t1, cell.cfg_hash, cell.source)
+    except Exception as e:  # one technique failing must not stop the grid
+        error = f"{type(e).__name__}: {e}"
+        log(f"  FAILED: {error}")
+        row = _cell_failed(cell, error + "\n\n" + traceback.format_exc(), time.perf_counter() - t1)
+    return {**row, **place}
+
+
+def _cell_failed(cell: Cell, error: str, seconds: float) -> dict:
+    """The FAILED row (and child run) of a cell."""
+    failed = _record_failure(cell.task, cell.cfg_hash, cell.digest, cell.code, cell.experiment_id, cell.parent, error)
+    return _row(cell.task, failed, "FAILED", False, seconds, cell.cfg_hash, cell.source, error.split("\n\n")[0])
+
+
 def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None = None,
              experiment: str | None = None, reuse: bool = True, register: bool = True,
-             profile: str = "", seeds: Sequence[int] | None = None, log=print) -> GridResult:
+             profile: str = "", seeds: Sequence[int] | None = None, log=print, jobs: int = 1,
+             gpus_per_cell: float = 0.0, ray: str | None = None, cpus_per_cell: float = 1,
+             max_retries: int = 2, threads_per_cell: int | None = None, show_status: bool = False) -> GridResult:
     """Run the tasks as child runs of one parent ``stage=grid`` run.
 
     Args:
@@ -399,6 +495,16 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
             library versions; never an unknown one).
         register: register pretrain models (``fashion-pretrain``, alias @best follows validation).
         profile, seeds: recorded on the parent run.
+        jobs: cells at once in local worker processes (1: one after another in this process).
+        threads_per_cell: a local worker's torch threads (default: the cores divided by ``jobs``).
+        gpus_per_cell: with ``jobs`` or ``ray``, the GPUs of a cell (0.25: four cells share one).
+        ray: ``auto`` or a cluster address: every cell a Ray task (``cpus_per_cell``, ``gpus_per_cell``,
+            retried ``max_retries`` times when its worker dies).
+        show_status: a live status of the cells on stderr (``progress.GridStatus``).
+
+    Every cell starts as soon as it can: cells without a source at once, a finetune cell when
+    every pretrain cell of its model kind has ended (its source is then chosen as the sequential
+    grid chooses it); a cell's numbers do not depend on ``jobs``.
 
     Returns:
         A :class:`GridResult`; failed techniques are rows with status FAILED, never an exception.
@@ -417,63 +523,125 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
     code = code_version()
     if reuse and not reusable_version(code):
         log("code version unknown (not a git checkout): no finished run is reused, every technique runs")
+    executor, how = _executor(jobs, gpus_per_cell, ray, cpus_per_cell, max_retries, threads_per_cell)
+    if data and ray:  # Ray workers may start elsewhere: a path, not a relative one
+        data = str(Path(data).resolve()) if Path(data).exists() else data
     params = {"profile": profile, "seeds": ",".join(map(str, seeds)), "n_tasks": len(tasks), "from": source or "",
               "techniques": ",".join(dict.fromkeys(f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks)),
-              "reuse": reuse}
+              "reuse": reuse, **{k: v for k, v in how.items() if k != "executor"}}
     libs = ", ".join(f"{k} {v}" for k, v in tracking.library_versions().items())
     parent = _start_parent(experiment_id, prepared.digest, code, tasks, profile, seeds, params)
-    log(f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest})")
-    rows: list[dict] = []
-    sources: dict[str, str | None] = {}  # model kind -> pretrain run, chosen when the first task needs it
+    _client().log_dict(parent, {"cells": [{"index": i, "name": t.name, "kind": model_kind(t.cfg),
+                                           "needs_source": needs_source(t.cfg)} for i, t in enumerate(tasks)],
+                                **how}, PLAN_ARTIFACT)
+    log(f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest}), "
+        f"{how['executor']}")
+    status = GridStatus([t.name for t in tasks], how["concurrency"]) if show_status else None
+    rows: list[dict | None] = [None] * len(tasks)
+    sources: dict[str, str | None] = {}  # model kind -> pretrain run, chosen when every pretrain run of it ended
     rankings: list[pd.DataFrame] = []
-    status = "FAILED"
+    running: dict = {}  # future -> Cell
+    waiting = [i for i, t in enumerate(tasks) if needs_source(t.cfg)]
+    inline = how["executor"] == "sequential"
+
+    def start(i: int, this_source: str | None) -> None:
+        task = tasks[i]
+        h = config_hash(task.cfg, this_source)
+        old = find_reusable(h, prepared.digest, code, experiment_id) if reuse else None
+        if old is not None:
+            log(f"[{i + 1}/{len(tasks)}] {task.name}\n  reusing finished run {old.info.run_id} "
+                "(same config, data, code and libraries)")
+            rows[i] = _row(task, old.info.run_id, "FINISHED", True, 0.0, h, this_source)
+            if status is not None:
+                status.update(task.name, "reused")
+            return
+        cell = Cell(i, task, this_source, h, data, exp_name, experiment_id, parent, prepared.digest, code, register,
+                    libs)
+        log(f"[{i + 1}/{len(tasks)}] {task.name}")
+        if status is not None:
+            status.update(task.name, "running")
+        if inline:
+            running[executor.submit(run_cell, cell, prepared, log)] = cell
+            return
+        try:
+            running[executor.submit(run_cell, cell)] = cell
+        except RuntimeError as e:  # a broken pool (a worker was killed) takes no more cells
+            rows[i] = _cell_failed(cell, f"{type(e).__name__}: {e}", 0.0)
+
+    def release() -> None:
+        """Start the finetune cells whose source is known (every pretrain cell of their kind has ended)."""
+        for i in list(waiting):
+            kind = model_kind(tasks[i].cfg)
+            if kind not in sources:
+                if not fixed and any(rows[j] is None for j, t in enumerate(tasks)
+                                     if t.cfg.stage == "pretrain" and model_kind(t.cfg) == kind):
+                    continue
+                sources[kind], ranking = (fixed, pd.DataFrame()) if fixed else \
+                    _pick_source([r for r in rows if r is not None], tasks, kind, exp_name, log)
+                rankings.append(ranking)
+            waiting.remove(i)
+            start(i, sources[kind])
+
+    status_ = "FAILED"
     try:
         # SIGTERM between two children must end the parent KILLED too, not leave it RUNNING.
         with tracking._sigterm_as_interrupt():
             for i, task in enumerate(tasks):
-                this_source = None
-                if needs_source(task.cfg):
-                    kind = model_kind(task.cfg)
-                    if kind not in sources:
-                        sources[kind], ranking = (fixed, pd.DataFrame()) if fixed else \
-                            _pick_source(rows, tasks, kind, exp_name, log)
-                        rankings.append(ranking)
-                    this_source = sources[kind]
-                h = config_hash(task.cfg, this_source)
-                log(f"[{i + 1}/{len(tasks)}] {task.name}")
-                old = find_reusable(h, prepared.digest, code, experiment_id) if reuse else None
-                if old is not None:
-                    log(f"  reusing finished run {old.info.run_id} (same config, data, code and libraries)")
-                    rows.append(_row(task, old.info.run_id, "FINISHED", True, 0.0, h, this_source))
-                    continue
-                t1 = time.perf_counter()
-                try:
-                    if needs_source(task.cfg) and not this_source:
-                        raise ConfigError(f"no finished pretrain run of this model kind ({model_kind(task.cfg)}) "
-                                          "to start from; pass --from")
-                    run_id = runner_for(task.cfg)(task.cfg, data, source=this_source, experiment=exp_name,
-                                                  parent_run_id=parent, register=register, prepared=prepared,
-                                                  log=log, tags={"config_hash": h, "grid_run_id": parent,
-                                                                 "code_version": code, "library_versions": libs})
-                    rows.append(_row(task, run_id, "FINISHED", False, time.perf_counter() - t1, h, this_source))
-                except Exception as e:  # one technique failing must not stop the grid
-                    error = f"{type(e).__name__}: {e}"
-                    log(f"  FAILED: {error}")
-                    failed = _record_failure(task, h, prepared.digest, code, experiment_id, parent,
-                                             error + "\n\n" + traceback.format_exc())
-                    rows.append(_row(task, failed, "FAILED", False, time.perf_counter() - t1, h, this_source, error))
-        status = "FINISHED"
+                if not needs_source(task.cfg):
+                    start(i, None)
+            release()
+            while running:
+                done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+                for f in done:
+                    cell = running.pop(f)
+                    try:
+                        rows[cell.index] = f.result()
+                    except Exception as e:  # the worker itself died (a cell's own errors come back as rows)
+                        error = f"{type(e).__name__}: {e}"
+                        log(f"  {cell.task.name} FAILED: {error}")
+                        rows[cell.index] = _cell_failed(cell, error, 0.0)
+                    if status is not None:
+                        status.update(cell.task.name, rows[cell.index]["status"].lower())
+                release()
+        status_ = "FINISHED"
     except KeyboardInterrupt:
-        status = "KILLED"
+        status_ = "KILLED"
         raise
     finally:
+        from .executors import stop_pool
+
+        if status_ == "FINISHED" or inline:
+            executor.shutdown(wait=True)
+        elif hasattr(executor, "_processes"):  # a local pool: its workers are stopped (their runs end KILLED)
+            stop_pool(executor)
+        else:
+            executor.shutdown(wait=False, cancel_futures=True)
+        if status is not None:
+            status.close()
         seconds = time.perf_counter() - t0
         ranked = pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame()
-        runs = _finish_parent(parent, rows, sources, ranked, seconds, status)
+        runs = _finish_parent(parent, [r for r in rows if r is not None], sources, ranked, seconds, status_)
     log(f"grid {parent} done in {seconds:.0f} s: {int((runs['status'] == 'FINISHED').sum())} finished, "
         f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused")
     return GridResult(parent_run_id=parent, runs=runs, source_run_id=sources.get(IMAGE), seconds=seconds,
                       experiment_id=experiment_id, sources=sources, rankings=ranked)
+
+
+def _executor(jobs: int, gpus_per_cell: float, ray: str | None, cpus_per_cell: float, max_retries: int,
+              threads_per_cell: int | None = None):
+    """The executor of the cells and what it gives each (logged on the parent run as the plan)."""
+    from .executors import InlineExecutor, RayExecutor, local_pool
+
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: must be >= 1")
+    if ray:
+        ex = RayExecutor(ray, cpus_per_cell, gpus_per_cell, max_retries)
+        return ex, {"executor": f"Ray cluster {ray} ({ex.info['nodes']} nodes)", **ex.info}
+    if jobs == 1:
+        return InlineExecutor(), {"executor": "sequential", "jobs": 1, "concurrency": 1}
+    pool, info = local_pool(jobs, gpus_per_cell, threads_per_cell=threads_per_cell)
+    return pool, {"executor": f"{info['jobs']} local worker processes, {info['threads_per_cell']} threads each"
+                  + (f", {gpus_per_cell} GPU each" if gpus_per_cell else ""), "concurrency": info["jobs"], **info}
 
 
 def _pick_source(rows: list[dict], tasks: Sequence[GridTask], kind: str, exp_name: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -34,6 +35,17 @@ def _quiet_mlflow() -> None:
     warnings.filterwarnings("ignore", message=".*Hint: Inferred schema.*")
     warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # a start/stop line per run otherwise
+
+
+def system_metrics_enabled() -> bool | None:
+    """System metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) on every run.
+
+    True unless ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is set, which then decides (None lets MLflow
+    read it; the tests set it to false). ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` sets the period
+    (MLflow's default: 10 s).
+    """
+    return None if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING") else True
 
 
 _READY_STORES: set[str] = set()
@@ -286,7 +298,7 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
     existing = run_id or adopt
     kwargs: dict[str, Any] = {"run_id": existing} if existing else {"run_name": run_name, "tags": all_tags}
     with _sigterm_as_interrupt():
-        run = mlflow.start_run(nested=nested, **kwargs)
+        run = mlflow.start_run(nested=nested, log_system_metrics=system_metrics_enabled(), **kwargs)
         try:
             if existing:
                 mlflow.set_tags(all_tags)

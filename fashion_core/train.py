@@ -1,9 +1,13 @@
 """Training and evaluation: plain functions that return numbers and log nothing themselves.
 
-``fit`` trains with AdamW/SGD, linear warm-up + cosine decay, augmentation on the device,
-early stopping and best-state selection on VALIDATION class-mean top-1 (the test split
-never selects anything), and a resumable checkpoint after every epoch. The caller gets
-one ``on_epoch(epoch, metrics)`` call per epoch to log or prune.
+As in torchvision's classification references: ``train_one_epoch`` (augment on the device, step,
+schedule, weight average; the loss and hits summed on the device and read back once per epoch)
+and ``evaluate`` (class-mean top-1/top-5 on a split), and ``fit``, a short loop that calls them and
+keeps the rest: resume, DDP sharding, early stopping and best-state selection on VALIDATION
+class-mean top-1 (the test split never selects anything), a resumable checkpoint after every
+epoch, and a progress bar per epoch (``progress``). ``place_data`` puts a stage's uint8 images
+on the device once when they fit. The caller gets one ``on_epoch(epoch, metrics)`` call per
+epoch to log or prune.
 """
 from __future__ import annotations
 
@@ -53,11 +57,20 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
+def _bf16_ok(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; nothing elsewhere (plain fp32 on CPU)."""
+    """bf16 autocast on CUDA (fp16 where the GPU has no bf16); nothing elsewhere (plain fp32 on CPU)."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16 if _bf16_ok(device) else torch.float16)
     return contextlib.nullcontext()
+
+
+def grad_scaler_for(device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler that is on only for fp16 autocast (bf16 and fp32 need none; off, it changes nothing)."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not _bf16_ok(device))
 
 
 def logits_of(out: Any) -> torch.Tensor:
@@ -160,14 +173,24 @@ def evaluate(model: nn.Module, data: TensorData, device: torch.device, criterion
 
 
 def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, Any]:
-    """One optimisation step on a ready input batch (autocast as on ``device``); returns (loss, output)."""
+               batch: dict[str, torch.Tensor], device: torch.device,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, Any]:
+    """One optimisation step on a ready input batch (autocast as on ``device``); returns (loss, output).
+
+    ``scaler``: fp16's gradient scaler (``grad_scaler_for``); when enabled it reads one flag from the
+    device per step (only on GPUs without bf16).
+    """
     with autocast_for(device):
         out = call_model(model, x, batch)
     loss = criterion(out, batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     return loss, out
 
 
@@ -220,20 +243,124 @@ class FitResult:
     selection: str = SELECT_VAL
 
 
-def _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best_val, history, bad_epochs, gen,
-                ema=None):
+def place_data(data: TensorData, device: torch.device, max_fraction: float = 0.5) -> TensorData:
+    """A stage's split where training reads it: moved to ``device`` once when it fits, else pinned host memory.
+
+    On CUDA "fits" means at most ``max_fraction`` of the free device memory (the rest is the model's);
+    a split that does not fit stays on the host, pinned, and ``batches`` copies each batch without
+    blocking. On the CPU (and MPS's shared memory) ``to`` moves nothing or everything cheaply.
+    """
+    if device.type == "cuda":
+        need = data.images.nbytes + data.labels.nbytes + sum(v.nbytes for v in data.extras.values())
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > max_fraction * free:
+            return data if data.images.device.type == "cuda" else data.pin_memory()
+    return data.to(device)
+
+
+def _epoch_batches(train: TensorData, cfg: TrainConfig, gen: torch.Generator, device: torch.device, epoch: int,
+                   dist: DistEnv | None):
+    """One epoch's shuffled batches and augmentation generator (under DDP: this rank's slice, own draws)."""
+    drop_last = len(train) > cfg.batch_size
+    if dist is not None and dist.active:  # same permutation on every rank (gen), own augmentation draws
+        return (dist_shard_batches(train, cfg.batch_size, dist, generator=gen, device=device, drop_last=drop_last,
+                                   max_batches=cfg.max_batches_per_epoch), dist.augment_generator(cfg.seed, epoch))
+    return (batches(train, cfg.batch_size, shuffle=True, generator=gen, device=device, drop_last=drop_last,
+                    max_batches=cfg.max_batches_per_epoch), gen)
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, epoch_batches, device: torch.device,
+                    cfg: TrainConfig, aug_gen: torch.Generator, *, ema: WeightEMA | None = None,
+                    scaler: torch.amp.GradScaler | None = None, progress=None) -> tuple[float, int, int]:
+    """One pass over ``epoch_batches``: augment, step, schedule, average; returns (loss sum, hits, images).
+
+    The loss and hit sums stay on the device and are read back once, at the end: a read per
+    step would make the host wait for the GPU at every step. ``progress`` (``EpochProgress``)
+    counts images without reading anything from the device.
+    """
+    model.train()
+    channels_last = device.type == "cuda"
+    # float64 like the Python floats this replaces (same sums); MPS has no float64.
+    loss_sum = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    hit_sum = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    for batch in epoch_batches:
+        x = augment(batch["image"], cfg.augment, aug_gen, channels_last)
+        loss, out = train_step(model, criterion, optimizer, x, batch, device, scaler)
+        scheduler.step()
+        if ema is not None:
+            ema.update()
+        bs = batch["label"].shape[0]
+        loss_sum += loss.detach().to(loss_sum.dtype) * bs
+        hit_sum += (logits_of(out).argmax(1) == batch["label"]).sum()
+        seen += bs
+        if progress is not None:
+            progress.update(bs)
+    return float(loss_sum), int(hit_sum), seen
+
+
+@dataclass
+class _Selection:
+    """Best-epoch bookkeeping on validation class-mean top-1 (no validation: the last epoch's weights, best_val NaN)."""
+
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int = 0
+    best_val: float = -1.0
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def update(self, epoch: int, metrics: dict[str, float], selected: nn.Module, has_val: bool) -> None:
+        if not has_val:  # nothing to select on: keep the newest weights
+            self.best_val, self.best_epoch = float("nan"), epoch
+            self.best_state = {k: v.detach().cpu().clone() for k, v in selected.state_dict().items()}
+        elif metrics["val_top1_mean"] > self.best_val:
+            self.best_val, self.best_epoch, self.bad_epochs = metrics["val_top1_mean"], epoch, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in selected.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        metrics["best_val_top1_mean"] = self.best_val if has_val else float("nan")
+        self.history.append({"epoch": epoch, **metrics})
+
+
+def _checkpoint(model, optimizer, scheduler, epoch: int, sel: _Selection, gen: torch.Generator,
+                ema: WeightEMA | None = None) -> dict:
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-            "epoch": epoch, "best_state": best_state, "best_epoch": best_epoch, "best_val": best_val,
-            "history": history, "bad_epochs": bad_epochs, "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
+            "epoch": epoch, "best_state": sel.best_state, "best_epoch": sel.best_epoch, "best_val": sel.best_val,
+            "history": sel.history, "bad_epochs": sel.bad_epochs, "rng": gen.get_state(),
+            "torch_rng": torch.get_rng_state()}
     if ema is not None:
         ckpt["ema"] = ema.state_dict()
     return ckpt
 
 
+def _save(ckpt: dict, path: str | Path) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint."""
+    tmp = Path(str(path) + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(resume: dict, model, optimizer, scheduler, ema: WeightEMA | None, gen: torch.Generator) -> tuple[int, _Selection]:
+    """Load a checkpoint written by ``fit``; returns (first epoch to run, the selection so far)."""
+    model.load_state_dict(resume["model"])
+    if ema is not None:
+        if "ema" not in resume:
+            raise ValueError("the checkpoint has no weight average (it was written with train.ema_decay=0)")
+        ema.load_state_dict(resume["ema"])
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["lr_scheduler"])
+    gen.set_state(resume["rng"])
+    torch.set_rng_state(resume["torch_rng"])
+    sel = _Selection(resume["best_state"], int(resume["best_epoch"]), float(resume["best_val"]),
+                     int(resume["bad_epochs"]), list(resume["history"]))
+    return int(resume["epoch"]) + 1, sel
+
+
 def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Module, param_groups: list[dict],
         cfg: TrainConfig, device: torch.device, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         checkpoint_path: str | Path | None = None, resume: dict | None = None, log=print,
-        dist: DistEnv | None = None) -> FitResult:
+        dist: DistEnv | None = None, progress: bool = True) -> FitResult:
     """Train ``model`` on ``train``; select the best epoch on ``val`` class-mean top-1.
 
     Without validation images (``len(val) == 0``) every configured epoch runs (no early stopping)
@@ -249,66 +376,46 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
         dist: this process's place in a torchrun job (see ``distributed``): DDP, a disjoint slice of
             every global batch, metrics summed over ranks, validation on rank 0 broadcast to all.
             None or one process: plain single-process training.
+        progress: a bar per epoch on stderr (``progress.EpochProgress``; rank 0 only).
     Returns:
         FitResult with the best state (on CPU) and the per-epoch history.
     """
+    from .progress import EpochProgress
+
     gen = seed_everything(cfg.seed)
-    channels_last = device.type == "cuda"
     model.to(device)
-    if channels_last:
+    if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    train, val = place_data(train, device), place_data(val, device)
     ddp = dist is not None and dist.active
     net = dist.wrap(model, device) if ddp else model
     fwd = torch.compile(net) if cfg.compile else net
     optimizer = build_optimizer(param_groups, cfg)
+    scaler = grad_scaler_for(device)
     steps_per_epoch = num_batches(len(train), cfg.batch_size, drop_last=len(train) > cfg.batch_size,
                                   max_batches=cfg.max_batches_per_epoch)
     total = max(1, steps_per_epoch * cfg.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total, int(round(cfg.warmup_epochs * steps_per_epoch))))
-    start_epoch, best_val, best_epoch, bad_epochs = 1, -1.0, 0, 0
-    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    history: list[dict[str, float]] = []
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     selected = ema.module if ema is not None else model  # the weights that are validated, selected and kept
+    start_epoch, sel = 1, _Selection({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        if ema is not None:
-            if "ema" not in resume:
-                raise ValueError("the checkpoint has no weight average (it was written with train.ema_decay=0)")
-            ema.load_state_dict(resume["ema"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["lr_scheduler"])
-        start_epoch = int(resume["epoch"]) + 1
-        best_state, best_epoch, best_val = resume["best_state"], int(resume["best_epoch"]), float(resume["best_val"])
-        history, bad_epochs = list(resume["history"]), int(resume["bad_epochs"])
-        gen.set_state(resume["rng"])
-        torch.set_rng_state(resume["torch_rng"])
-        log(f"resuming at epoch {start_epoch} (best val top-1 {best_val:.4f} at epoch {best_epoch})")
+        start_epoch, sel = _resume(resume, model, optimizer, scheduler, ema, gen)
+        log(f"resuming at epoch {start_epoch} (best val top-1 {sel.best_val:.4f} at epoch {sel.best_epoch})")
+    epoch_images = min(len(train), steps_per_epoch * cfg.batch_size)
+    show = progress and (not ddp or dist.is_main)
     stopped = False
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        loss_sum, hit_sum, seen = 0.0, 0, 0
-        if ddp:  # same permutation on every rank (gen), own slice of each batch, own augmentation draws
-            aug_gen = dist.augment_generator(cfg.seed, epoch)
-            epoch_batches = dist_shard_batches(train, cfg.batch_size, dist, generator=gen, device=device,
-                                               drop_last=len(train) > cfg.batch_size,
-                                               max_batches=cfg.max_batches_per_epoch)
-        else:
-            aug_gen = gen
-            epoch_batches = batches(train, cfg.batch_size, shuffle=True, generator=gen, device=device,
-                                    drop_last=len(train) > cfg.batch_size, max_batches=cfg.max_batches_per_epoch)
-        for batch in epoch_batches:
-            x = augment(batch["image"], cfg.augment, aug_gen, channels_last)
-            loss, out = train_step(fwd, criterion, optimizer, x, batch, device)
-            scheduler.step()
-            if ema is not None:
-                ema.update()
-            bs = batch["label"].shape[0]
-            loss_sum += float(loss.detach()) * bs
-            hit_sum += int((logits_of(out).argmax(1) == batch["label"]).sum())
-            seen += bs
+        epoch_batches, aug_gen = _epoch_batches(train, cfg, gen, device, epoch, dist)
+        bar = EpochProgress(epoch_images, f"epoch {epoch}/{cfg.epochs}") if show else None
+        try:
+            loss_sum, hit_sum, seen = train_one_epoch(fwd, criterion, optimizer, scheduler, epoch_batches, device,
+                                                      cfg, aug_gen, ema=ema, scaler=scaler, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
         if ddp:
             loss_sum, hit_sum, seen = dist.all_reduce_sums(loss_sum, hit_sum, seen)
         train_seconds = time.perf_counter() - t0
@@ -320,33 +427,20 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
             v = evaluate(selected, val, device, criterion) if not ddp or dist.is_main else None
             v = dist.broadcast_object(v) if ddp else v
             metrics.update({f"val_{k}": x for k, x in v.items()})
-        if not len(val):  # nothing to select on: keep the newest weights
-            best_val, best_epoch = float("nan"), epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in selected.state_dict().items()}
-        elif metrics["val_top1_mean"] > best_val:
-            best_val, best_epoch, bad_epochs = metrics["val_top1_mean"], epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in selected.state_dict().items()}
-        else:
-            bad_epochs += 1
-        metrics["best_val_top1_mean"] = best_val if len(val) else float("nan")
-        history.append({"epoch": epoch, **metrics})
+        sel.update(epoch, metrics, selected, bool(len(val)))
         if checkpoint_path is not None:  # before the epoch line: once it is printed, the epoch is resumable
-            ckpt = _checkpoint(model, optimizer, scheduler, epoch, best_state, best_epoch, best_val, history,
-                               bad_epochs, gen, ema)
-            tmp = Path(str(checkpoint_path) + ".tmp")
-            torch.save(ckpt, tmp)
-            os.replace(tmp, checkpoint_path)
+            _save(_checkpoint(model, optimizer, scheduler, epoch, sel, gen, ema), checkpoint_path)
         log(f"epoch {epoch}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  train top-1 {metrics['train_top1']:.3f}  "
             + (f"val top-1 {metrics['val_top1_mean']:.4f}  val top-5 {metrics['val_top5_mean']:.4f}  " if len(val) else "")
             + f"{seen / max(train_seconds, 1e-9):.0f} img/s  {train_seconds:.0f}s")
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        if cfg.patience and bad_epochs >= cfg.patience and len(val):
-            log(f"early stop: no validation gain for {cfg.patience} epochs (best epoch {best_epoch})")
+        if cfg.patience and sel.bad_epochs >= cfg.patience and len(val):
+            log(f"early stop: no validation gain for {cfg.patience} epochs (best epoch {sel.best_epoch})")
             stopped = True
             break
-    return FitResult(best_state=best_state, best_epoch=best_epoch, best_val=best_val, history=history,
-                     stopped_early=stopped, selection=SELECT_VAL if len(val) else SELECT_LAST)
+    return FitResult(best_state=sel.best_state, best_epoch=sel.best_epoch, best_val=sel.best_val,
+                     history=sel.history, stopped_early=stopped, selection=SELECT_VAL if len(val) else SELECT_LAST)
 
 
 def load_error(e: Exception) -> str:

@@ -104,6 +104,7 @@ def _isolate(path: Path, mp: pytest.MonkeyPatch):
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
     mp.setenv("FASHION_CACHE", str(path / "cache"))
     mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    mp.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")  # on in real runs; tests/test_tracking.py checks it
     mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     mp.delenv("MLFLOW_RUN_ID", raising=False)
     mp.chdir(path)

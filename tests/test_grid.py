@@ -316,3 +316,36 @@ def test_cli_grid_validates_before_any_run(isolated):
         r = CliRunner().invoke(main, ["grid", "--experiments-dir", str(EXP), *args])
         assert r.exit_code == 2 and message in r.output, (args, r.output)
     assert not (isolated / "mlflow.db").exists()  # rejected before MLflow was touched
+
+
+def _cell_numbers(res) -> dict:
+    """Per cell (stage, technique, seed): its logged metrics except timings, and its source's technique/seed."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    by_id = {r["run_id"]: (r["technique"], r["seed"]) for _, r in res.runs.iterrows()}
+    out = {}
+    for _, r in res.runs.iterrows():
+        metrics = client.get_run(r["run_id"]).data.metrics
+        out[(r["stage"], r["technique"], r["seed"])] = (
+            {k: v for k, v in metrics.items() if "second" not in k and not k.startswith("system/")},
+            by_id.get(r["source_run_id"]))
+    return out
+
+
+def test_jobs_2_gives_the_sequential_grid_numbers(grid, dataset):
+    """Two local worker processes (as many threads each as the sequential grid had): the same metrics per cell."""
+    import torch
+
+    _, seq = grid
+    tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
+    par = run_grid(tasks, str(dataset), experiment="jobs-2", register=False, log=lambda m: None, jobs=2,
+                   threads_per_cell=torch.get_num_threads())
+    assert (par.runs["status"] == "FINISHED").all() and not par.runs["reused"].any()
+    assert [t.name for t in tasks] == [f"{r.stage}/{r.technique}/seed{r.seed}" for r in par.runs.itertuples()]
+    assert par.runs["worker"].nunique() == 2 and all(w.startswith("pid ") for w in par.runs["worker"])
+    expected = _cell_numbers(seq)
+    got = _cell_numbers(par)
+    assert got == {k: expected[k] for k in got}  # every metric of every cell, and the same source choice
+    again = run_grid(tasks, str(dataset), experiment="jobs-2", register=False, log=lambda m: None, jobs=2)
+    assert again.runs["reused"].all() and list(again.runs["run_id"]) == list(par.runs["run_id"])

@@ -131,3 +131,62 @@ def test_fit_without_validation_keeps_the_last_epochs_weights():
 def test_fit_with_validation_says_it_selected_on_it():
     _, res = _fit(0.0)
     assert res.selection == "val_top1_mean" and res.best_val == res.best_val
+
+
+def _count_host_reads(monkeypatch) -> list[str]:
+    """Record every call that reads a tensor's value back to the host (each one a sync on a GPU)."""
+    calls: list[str] = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _name=name, _original=original, **k):
+            calls.append(_name)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("n_items", [48, 160])
+def test_one_epoch_reads_the_device_once_whatever_the_number_of_steps(monkeypatch, n_items):
+    from fashion_core.train import build_optimizer, train_one_epoch
+    from fashion_core.data.loader import batches
+    from tests.test_distributed import TinyNet
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    cfg = TrainConfig(batch_size=16, optimizer="sgd", lr=0.01, augment=AugmentConfig(jitter=0.2), device="cpu")
+    opt = build_optimizer([{"params": list(model.parameters())}], cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    gen = torch.Generator().manual_seed(0)
+    data = toy_data(n_items, 1)
+    calls = _count_host_reads(monkeypatch)
+    loss_sum, hits, seen = train_one_epoch(model, LabelLoss(nn.CrossEntropyLoss()), opt, sched,
+                                           batches(data, 16, shuffle=True, generator=gen), torch.device("cpu"),
+                                           cfg, gen)
+    monkeypatch.undo()
+    assert seen == n_items and 0 <= hits <= n_items and loss_sum > 0
+    assert sorted(calls) == ["__float__", "__int__"]  # the two sums, once per epoch: 3 steps or 10
+
+
+def test_fit_moves_the_splits_with_their_to_device(monkeypatch):
+    from fashion_core.data.loader import TensorData
+
+    moved = []
+    original = TensorData.to
+
+    def spy(self, device):
+        moved.append((len(self), torch.device(device).type))
+        return original(self, device)
+
+    monkeypatch.setattr(TensorData, "to", spy)
+    _fit(0.0)
+    assert moved == [(100, "cpu"), (40, "cpu")]  # train and validation, once each for the whole fit
+
+
+def test_place_data_moves_a_split_to_the_device():
+    from fashion_core.train import place_data
+
+    data = toy_data(10, 0)
+    placed = place_data(data, torch.device("cpu"))
+    assert placed.images.device.type == "cpu" and torch.equal(placed.images, data.images)

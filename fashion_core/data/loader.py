@@ -45,6 +45,11 @@ class TensorData:
         return TensorData(self.images.to(device, non_blocking=True), self.labels.to(device),
                           {k: v.to(device) for k, v in self.extras.items()})
 
+    def pin_memory(self) -> "TensorData":
+        """The same tensors in page-locked host memory (CUDA only): batches then copy to the GPU without blocking."""
+        return TensorData(self.images.pin_memory(), self.labels.pin_memory(),
+                          {k: v.pin_memory() for k, v in self.extras.items()})
+
     def subset(self, idx: torch.Tensor) -> "TensorData":
         return TensorData(self.images[idx], self.labels[idx], {k: v[idx] for k, v in self.extras.items()})
 
@@ -65,20 +70,32 @@ def batches(data: TensorData, batch_size: int, shuffle: bool, generator: torch.G
     # One copy of the order per epoch: a copy per batch would stall a GPU on every step.
     order = order.to(data.images.device)
     stop = n - (n % batch_size if drop_last and n >= batch_size else 0)
+    # Host data in pinned memory (``TensorData.pin_memory``): gather each batch into pinned memory too,
+    # so that the copy to the GPU below is asynchronous.
+    pinned = device is not None and device.type == "cuda" and data.images.device.type == "cpu" \
+        and data.images.is_pinned()
     count = 0
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
         if shard is not None:
             idx = shard(idx)
-        # index_select, not images[idx]: the same rows, about ten times faster for uint8 images on CPU.
-        batch = {"image": data.images.index_select(0, idx), "label": data.labels.index_select(0, idx)}
-        batch.update({k: v.index_select(0, idx) for k, v in data.extras.items()})
+        batch = {"image": _gather(data.images, idx, pinned), "label": _gather(data.labels, idx, pinned)}
+        batch.update({k: _gather(v, idx, pinned) for k, v in data.extras.items()})
         if device is not None:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         yield batch
         count += 1
         if max_batches and count >= max_batches:
             return
+
+
+def _gather(t: torch.Tensor, idx: torch.Tensor, pinned: bool = False) -> torch.Tensor:
+    """Rows ``idx`` of ``t``; into a pinned buffer when asked (torch's pinned-memory cache recycles it safely)."""
+    # index_select, not t[idx]: the same rows, about ten times faster for uint8 images on CPU.
+    if not pinned:
+        return t.index_select(0, idx)
+    out = torch.empty((idx.shape[0], *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+    return torch.index_select(t, 0, idx, out=out)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False, max_batches: int = 0) -> int:
