@@ -38,7 +38,7 @@ def _user_errors(fn):
         from .data.catalog import CatalogError
         from .data.sources import DataSourceError
         from .data.splits import SplitError
-        from .experiment import SourceError  # noqa: F401  (a ConfigError)
+        from .model_source import SourceError  # noqa: F401  (a ConfigError)
 
         try:
             return fn(*args, **kwargs)

@@ -10,205 +10,35 @@ once on test, and log config, per-epoch metrics, ``eval/`` artifacts, checkpoint
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import distributed
 from . import fusion
-from . import metrics as M
 from . import tracking
-from .config import ConfigError, ExperimentConfig, ModelConfig, to_dict
+from .config import ConfigError, ExperimentConfig, to_dict
 from .data import Prepared, prepare_data
 from .data.loader import TensorData
 from .data.sources import cache_root
-from .data.splits import stage_classes
 from .losses import build_loss
-from .models import FashionNet, NCMHead, build_model, imprint_weights, param_groups, transfer_policy
+from .model_source import (MODEL_JSON, STATE_ARTIFACT, SourceError, load_run_model,  # noqa: F401
+                           model_from_checkpoint, resolve_model_uri, resolve_source, tracking_uri)
+from .models import FashionNet, NCMHead, build_model, imprint_weights, transfer_policy
 from .prepare import log_dataset_input
-from .serving import registered_name
-from .train import (FitResult, LabelLoss, evaluate, fit, load_checkpoint, load_error, pick_device, predict_scores,
-                    top5_of)
+from .serving import ServingModel, log_product_model, registered_name, set_best_alias
+from .stage import (ExtrasFn, StageData, build_stage_data, evaluate_test, log_evaluation, run_name,  # noqa: F401
+                    score_test_split)
+from .train import evaluate, fit, load_checkpoint, load_error, pick_device
 
 REGISTERED_PRETRAIN = "fashion-pretrain"
-STATE_ARTIFACT = "checkpoint/model_state.pt"
-MODEL_JSON = "checkpoint/model.json"
 LAST_ARTIFACT = "checkpoint/last.pt"
 
 
-class SourceError(ConfigError):
-    """``finetune --from`` names something that is not a usable pretrain run."""
-
-
-@dataclass
-class StageData:
-    """The tensors and counts of one stage."""
-
-    classes: list[str]
-    train: TensorData
-    val: TensorData
-    test: TensorData
-    test_ids: np.ndarray
-    test_label_names: np.ndarray
-    n_train: np.ndarray
-    n_val: np.ndarray
-    test_only: dict[str, int]  # classes with test images but nothing to learn from (label -1 in ``test``)
-    frame: pd.DataFrame  # id, label, split of the stage's rows (for extras builders)
-
-
-ExtrasFn = Callable[[Prepared, pd.DataFrame, list[str]], dict[str, torch.Tensor]]
-
-
-def build_stage_data(p: Prepared, stage: str, extras_fn: ExtrasFn | None = None,
-                     classes: list[str] | None = None) -> StageData:
-    """Gather a stage's images from the cache and index its labels.
-
-    Args:
-        p: the prepared data.
-        stage: pretrain | finetune (the split's ``subset``).
-        extras_fn: ``(prepared, rows, classes) -> {name: tensor}`` adds per-item inputs
-            (metadata codes for fusion) aligned with ``rows``.
-        classes: the class list (default: the stage's learnable classes, sorted).
-    """
-    classes = classes or stage_classes(p.splits, stage)
-    index = {c: i for i, c in enumerate(classes)}
-    sp = p.splits[(p.splits["subset"] == stage) & (p.splits["split"].isin(["train", "val", "test"]))]
-    sp = sp.sort_values("id", kind="stable").reset_index(drop=True)
-    learnable = sp["label"].isin(index)
-    test_only = sp.loc[(sp["split"] == "test") & ~learnable, "label"].value_counts().sort_index()
-    test_only = {str(k): int(v) for k, v in test_only.items()}
-    # Only test rows may belong to a class the model cannot output: they get label -1.
-    sp = sp[learnable | (sp["split"] == "test")].reset_index(drop=True)
-    labels = torch.tensor([index.get(c, -1) for c in sp["label"]], dtype=torch.int64)
-    extras = extras_fn(p, sp, classes) if extras_fn else {}
-
-    def part(name: str) -> TensorData:
-        rows = np.flatnonzero(sp["split"].to_numpy() == name)
-        idx = torch.from_numpy(rows)
-        # Each split straight from the cache: the stage's images are in memory once, not twice
-        # (6.5 GB for the pretrain stage at 299x224).
-        images = torch.from_numpy(p.cache.take(sp["id"].to_numpy()[rows]))
-        return TensorData(images, labels[idx], {k: v[idx] for k, v in extras.items()})
-
-    train, val, test = part("train"), part("val"), part("test")
-    c = len(classes)
-    test_rows = sp[sp["split"] == "test"]
-    return StageData(classes=classes, train=train, val=val, test=test,
-                     test_ids=test_rows["id"].to_numpy(), test_label_names=test_rows["label"].to_numpy(),
-                     n_train=np.bincount(train.labels.numpy(), minlength=c),
-                     n_val=np.bincount(val.labels.numpy(), minlength=c), test_only=test_only, frame=sp)
-
-
-# ---------------------------------------------------------------- source of a finetune run
-
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def resolve_model_uri(spec: str, experiment: str | None = None, stage: str = "pretrain") -> str:
-    """The run id behind a model reference: a run id, ``runs:/<id>[/..]``, ``models:/<name>/<version>``,
-    ``models:/<name>@<alias>``, ``models:/<name>`` (newest version), or ``latest`` (newest finished ``stage`` run)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    if spec == "latest":
-        runs = tracking.find_runs(f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
-                                  [experiment] if experiment else None, max_results=50)
-        runs = [r for r in runs if r.data.tags.get("baseline") != "metadata_only"][:1]  # no network to load
-        if not runs:
-            raise SourceError(f"latest: no finished {stage} run; {tracking.store_hint()}; "
-                              f"or run `fashion {stage}` first")
-        return runs[0].info.run_id
-    if spec.startswith("runs:/"):
-        return spec[len("runs:/"):].split("/")[0]
-    if spec.startswith("models:/"):
-        rest = spec[len("models:/"):]
-        try:
-            if "@" in rest:
-                name, alias = rest.split("@", 1)
-                mv = client.get_model_version_by_alias(name.rstrip("/"), alias)
-            else:
-                name, _, version = rest.partition("/")
-                if not version:
-                    versions = client.search_model_versions(f"name = '{name}'")
-                    if not versions:
-                        raise SourceError(f"{spec}: no versions of registered model {name!r}")
-                    version = str(max(int(v.version) for v in versions))
-                mv = client.get_model_version(name, version)
-        except MlflowException as e:
-            raise SourceError(f"{spec}: {e.message}; {tracking.store_hint()}") from None
-        return mv.run_id
-    if _RUN_ID.match(spec):
-        return spec
-    raise SourceError(f"{spec!r}: expected a run id, runs:/<id>, models:/<name>/<version>, "
-                      "models:/<name>@<alias> or latest")
-
-
-def resolve_source(spec: str, experiment: str | None = None) -> str:
-    """The pretrain run id behind ``finetune --from``; it must exist, be FINISHED and be a pretrain run."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    run_id = resolve_model_uri(spec, experiment, "pretrain")
-    try:
-        run = MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise SourceError(f"--from {spec}: no run {run_id}; {tracking.store_hint()}") from None
-    if run.info.status != "FINISHED":
-        raise SourceError(f"--from {spec}: run {run_id} is {run.info.status}, not FINISHED")
-    stage = run.data.tags.get("stage")
-    if stage != "pretrain":
-        raise SourceError(f"--from {spec}: run {run_id} is a {stage or 'untagged'} run, not a pretrain run")
-    if run.data.tags.get("baseline") == "metadata_only":
-        raise SourceError(f"--from {spec}: run {run_id} is the metadata-only baseline (a scikit-learn model), "
-                          "not a network to fine-tune")
-    return run_id
-
-
-def tracking_uri() -> str:
-    import mlflow
-
-    return mlflow.get_tracking_uri()
-
-
-def load_run_model(run_id: str, map_location: str = "cpu") -> tuple[FashionNet, dict]:
-    """Rebuild a logged FashionNet from its state dict (loaded with weights_only=True) and model.json."""
-    with tempfile.TemporaryDirectory() as d:
-        try:
-            meta = json.loads(tracking.download_artifact(run_id, MODEL_JSON, d).read_text())
-            state = torch.load(tracking.download_artifact(run_id, STATE_ARTIFACT, d), map_location=map_location,
-                               weights_only=True)
-        except Exception as e:
-            raise SourceError(f"run {run_id} has no usable model checkpoint ({MODEL_JSON}, {STATE_ARTIFACT}): "
-                              f"{load_error(e)}") from None
-    return model_from_checkpoint(meta, state), meta
-
-
-def model_from_checkpoint(meta: dict, state: dict) -> FashionNet:
-    """The network a ``model.json`` describes, with the weights of a ``model_state.pt`` state dict."""
-    mcfg = ModelConfig(**{k: v for k, v in meta["model"].items()})
-    # A fused model (model.json has "fused") comes back with its encoders' vocabularies and auxiliary heads.
-    model = fusion.model_from_meta(mcfg.__class__(**{**to_dict(mcfg), "init": "scratch"}), meta)
-    if meta.get("head_kind") == "ncm":
-        model.set_head(NCMHead(state["head.means"]))
-    elif meta.get("head_kind") and meta["head_kind"] != model.head_kind:
-        model.reset_head(len(meta["classes"]), meta["head_kind"])
-    model.load_state_dict(state)
-    return model
-
-
 # ---------------------------------------------------------------- the run
-
-def run_name(cfg: ExperimentConfig) -> str:
-    return f"{cfg.stage}/{cfg.technique}/seed{cfg.train.seed}"
-
 
 @torch.no_grad()
 def embed(model: FashionNet, data: TensorData, device: torch.device, batch_size: int = 512) -> torch.Tensor:
@@ -326,8 +156,6 @@ def _log_mlflow_model(model: FashionNet, cfg: ExperimentConfig, classes: list[st
     image network; a pyfunc (photo bytes + catalogue fields in) for a fused one (``serving.log_product_model``)."""
     import mlflow
 
-    from .serving import ServingModel, log_product_model, set_best_alias
-
     if getattr(model, "uses_batch", False):
         with tempfile.TemporaryDirectory() as d:
             _write_checkpoint(model, _checkpoint_meta(model, cfg, classes), Path(d))
@@ -343,40 +171,6 @@ def _log_mlflow_model(model: FashionNet, cfg: ExperimentConfig, classes: list[st
     mlflow.log_dict({"classes": classes}, "model_classes.json")
     if register and info.registered_model_version is not None:
         set_best_alias(register, str(info.registered_model_version), val_score, log)
-
-
-def evaluate_test(model: FashionNet, sd: StageData, device: torch.device, seed: int):
-    """Test-split evaluation: (per-class table, predictions, summary metrics with intervals, (labels, top5))."""
-    return score_test_split(sd, predict_scores(model, sd.test, device), seed)
-
-
-def score_test_split(sd: StageData, scores: np.ndarray, seed: int):
-    """What ``evaluate_test`` returns, from test scores (N_test, C) over ``sd.classes`` of any model."""
-    all_labels = sd.test.labels.numpy()
-    top5_all = top5_of(scores) if len(all_labels) else np.zeros((0, 5), dtype=np.int64)
-    # predictions.csv lists every test image, those of unlearnable classes too (always wrong).
-    preds = M.predictions_frame(sd.test_ids, sd.test_label_names, top5_all, sd.classes)
-    ok = all_labels >= 0
-    labels, top5 = all_labels[ok], top5_all[ok]
-    table = M.per_class_table(labels, top5, sd.classes, sd.n_train, sd.n_val, extra_classes=sd.test_only)
-    summ = M.summarize(table)
-    evaluated = np.flatnonzero((table["n_test"].to_numpy()[:len(sd.classes)] > 0) & (sd.n_train > 0))
-    boot = M.bootstrap_class_mean(labels, top5, evaluated, n_boot=1000, seed=seed)
-    out = {f"test_{k}": v for k, v in summ.items()}
-    out.update({"test_top1_mean_lo": boot["top1"][0], "test_top1_mean_hi": boot["top1"][1],
-                "test_top5_mean_lo": boot["top5"][0], "test_top5_mean_hi": boot["top5"][1]})
-    return table, preds, out, (labels, top5)
-
-
-def log_evaluation(sd: StageData, table: pd.DataFrame, preds: pd.DataFrame, test_metrics: dict,
-                   labels: np.ndarray, top5: np.ndarray) -> None:
-    """The test metrics and the ``eval/`` artifacts of DESIGN.md, for any model of a stage."""
-    tracking.log_metrics(test_metrics)
-    tracking.log_frame(table, "eval/per_class.csv")
-    tracking.log_frame(preds, "eval/predictions.csv")
-    tracking.log_frame(M.with_wilson(table), "eval/per_class_intervals.csv")
-    if len(labels):
-        tracking.log_figure_html(M.confusion_matrix_figure(labels, top5[:, 0], sd.classes), "eval/confusion.html")
 
 
 def _quiet(message: str) -> None:

@@ -28,11 +28,13 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from . import tracking
+# Run lookups live in tracking; callers and tests import them from here too (and patch grid.code_version).
+from .tracking import best_val_score, code_version, find_reusable, grid_run_ids, reusable_version  # noqa: F401
 from .config import STAGES, ConfigError, ExperimentConfig, find_technique, list_techniques, load_experiment, to_dict
 from .progress import GridStatus
 
 STAGE_ORDER = STAGES  # pretrain first: the finetune techniques need its model
-RUNS_ARTIFACT = "grid/runs.csv"
+RUNS_ARTIFACT = tracking.GRID_RUNS_ARTIFACT
 SOURCE_ARTIFACT = "grid/source.json"
 PLAN_ARTIFACT = "grid/plan.json"
 RUN_COLUMNS = ("stage", "technique", "seed", "kind", "run_id", "status", "reused", "seconds", "config_hash",
@@ -181,71 +183,6 @@ def config_hash(cfg: ExperimentConfig, source_run_id: str | None = None) -> str:
     """16 hex digits identifying a resolved config (and, for transfer, the pretrain run it starts from)."""
     payload = {"config": to_dict(cfg), "source_run_id": source_run_id if needs_source(cfg) else None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def code_version(root: Path | None = None) -> str:
-    """What a run's numbers depend on besides config and data: ``<commit>[+<changes>]~lib<hash>``, or ``unknown``.
-
-    ``<changes>`` hashes the uncommitted changes (tracked diffs and new source files) when there are
-    some: in a working copy with local edits, a run made before an edit must not stand in for the
-    code after it. ``lib<hash>`` hashes the versions of ``tracking.NUMERIC_LIBRARIES`` (torch,
-    torchvision, scikit-learn, numpy): an upgrade changes the numbers as a code change does.
-    Outside a git checkout the version is ``unknown``, and an unknown version is never reused.
-    """
-    import subprocess
-
-    root = Path(root or tracking.PROJECT_DIR)
-    commit, dirty = tracking.git_commit(root)
-    if commit == tracking.UNKNOWN_COMMIT:
-        return tracking.UNKNOWN_COMMIT
-
-    def git(*args: str) -> bytes:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            return b""
-
-    h = hashlib.sha256(git("diff", "HEAD", "--binary"))
-    new_files = tracking.untracked_sources(root)
-    for name in new_files:
-        f = root / name
-        if f.is_file():
-            h.update(name.encode() + b"\0" + f.read_bytes())
-    libs = json.dumps(tracking.library_versions(), sort_keys=True)
-    lib_hash = hashlib.sha256(libs.encode()).hexdigest()[:8]
-    base = f"{commit}+{h.hexdigest()[:12]}" if dirty or new_files else commit
-    return f"{base}~lib{lib_hash}"
-
-
-def reusable_version(code: str) -> bool:
-    """Whether runs of this code version may stand in for each other: never when it is unknown."""
-    return bool(code) and not code.startswith(tracking.UNKNOWN_COMMIT)
-
-
-def find_reusable(cfg_hash: str, digest: str, code: str, experiment_id: str):
-    """The newest FINISHED run of this config, data and code version in the experiment, or None.
-
-    None too when the code version is unknown (no git checkout): nothing says two such runs ran the same code.
-    """
-    from mlflow.tracking import MlflowClient
-
-    if not reusable_version(code):
-        return None
-    runs = MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=(f"tags.config_hash = '{cfg_hash}' and tags.dataset_digest = '{digest}' "
-                       f"and tags.code_version = '{code}' and attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
-def best_val_score(run_id: str, metric: str = "val_top1_mean") -> float:
-    """The best validation class-mean top-1 of a run over its epochs (NaN when never logged)."""
-    from mlflow.tracking import MlflowClient
-
-    history = MlflowClient().get_metric_history(run_id, metric)
-    values = [h.value for h in history if h.value == h.value]
-    return max(values) if values else float("nan")
 
 
 def model_kind(cfg: ExperimentConfig) -> str:
@@ -510,7 +447,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         A :class:`GridResult`; failed techniques are rows with status FAILED, never an exception.
     """
     from .data import prepare_data
-    from .experiment import resolve_source
+    from .model_source import resolve_source
 
     if not tasks:
         raise ConfigError("the grid has no technique to run")
@@ -647,7 +584,7 @@ def _executor(jobs: int, gpus_per_cell: float, ray: str | None, cpus_per_cell: f
 def _pick_source(rows: list[dict], tasks: Sequence[GridTask], kind: str, exp_name: str,
                  log) -> tuple[str | None, pd.DataFrame]:
     """The source of a model kind without ``--from``: the grid's best pretrain run of it, else ``latest``."""
-    from .experiment import resolve_source
+    from .model_source import resolve_source
 
     src, ranking = pick_best_pretrain(pd.DataFrame(rows, columns=list(RUN_COLUMNS)), kind)
     if src:
@@ -664,22 +601,3 @@ def _pick_source(rows: list[dict], tasks: Sequence[GridTask], kind: str, exp_nam
         log(f"no finished {kind} pretrain run in this grid: the {kind} techniques that need one fail")
     return src, ranking
 
-
-def grid_run_ids(parent_run_id: str) -> list[str]:
-    """The child runs of a grid: those listed in its ``grid/runs.csv`` (reused ones included) and its children."""
-    import tempfile
-
-    client = _client()
-    parent = client.get_run(parent_run_id)
-    ids: list[str] = []
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            table = pd.read_csv(tracking.download_artifact(parent_run_id, RUNS_ARTIFACT, d), dtype=str,
-                                keep_default_na=False)
-            ids += [r for r in table["run_id"] if r]
-    except Exception:  # a grid still running has no table yet; its children are found below
-        pass
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)
-    ids += [r.info.run_id for r in children]
-    return list(dict.fromkeys(ids))

@@ -31,45 +31,13 @@ import pandas as pd
 from . import tracking
 from .config import LOGREG_C_GRID, ConfigError, ExperimentConfig, to_dict
 from .fusion import TEXT_FIELD, MetaVocab, stage_rows
+from .metadata_model import (STATE_ARTIFACT, WEIGHTS_ARTIFACT, baseline_from_folder, class_scores,  # noqa: F401
+                             features)
+from .metrics import class_mean_accuracy, topk_predictions
 from .serving import registered_name
-from .train import class_mean_accuracy, top5_of
+from .stage import build_stage_data, log_evaluation, run_name, score_test_split
 
 BASELINE_TAG = "metadata_only"  # value of the ``baseline`` tag
-STATE_ARTIFACT = "checkpoint/metadata_baseline.json"
-WEIGHTS_ARTIFACT = "checkpoint/metadata_baseline.npz"
-
-
-def features(vocab: MetaVocab, rows: pd.DataFrame):
-    """Sparse (N, D) float32 features: one-hot codes of each categorical field, then hashed name n-grams (0/1).
-
-    Args:
-        vocab: the fitted vocabularies (``MetaVocab.fit`` on training rows).
-        rows: catalogue rows with the vocabulary's fields (and ``productDisplayName`` when it hashes text).
-
-    Returns:
-        A ``scipy.sparse.csr_matrix``; its columns are the same for every call with the same ``vocab``.
-    """
-    from scipy import sparse
-
-    enc = vocab.encode(rows)
-    n = len(rows)
-    cat = enc["meta_cat"].numpy()
-    row_ids, col_ids, offset = [], [], 0
-    for j, v in enumerate(vocab.categorical):
-        row_ids.append(np.arange(n))
-        col_ids.append(offset + cat[:, j])
-        offset += v.size
-    if vocab.text is not None:
-        text = enc["meta_text"].numpy()
-        r, c = np.nonzero(text != vocab.text.buckets)  # padding is no feature
-        row_ids.append(r)
-        col_ids.append(offset + text[r, c])
-        offset += vocab.text.buckets
-    rows_, cols_ = np.concatenate(row_ids), np.concatenate(col_ids)
-    x = sparse.csr_matrix((np.ones(len(rows_), dtype=np.float32), (rows_, cols_)), shape=(n, offset))
-    x.sum_duplicates()
-    x.data[:] = 1.0  # a word twice in a name counts once
-    return x
 
 
 def fit_logreg(x, y: np.ndarray, c: float, class_weight: str | None, seed: int):
@@ -82,14 +50,6 @@ def fit_logreg(x, y: np.ndarray, c: float, class_weight: str | None, seed: int):
         warnings.simplefilter("always", ConvergenceWarning)
         clf.fit(x, y)
     return clf, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-
-
-def class_scores(clf, x, n_classes: int) -> np.ndarray:
-    """Log-probabilities over all ``n_classes`` stage classes; a class the model never saw scores -1e30."""
-    out = np.full((x.shape[0], n_classes), -1e30, dtype=np.float64)
-    if x.shape[0]:
-        out[:, clf.classes_] = clf.predict_log_proba(x)
-    return out
 
 
 def _split_rows(p, sd, name: str) -> pd.DataFrame:
@@ -113,7 +73,6 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     """
     import mlflow
 
-    from .experiment import build_stage_data, log_evaluation, run_name, score_test_split
     from .prepare import log_dataset_input
 
     if cfg.fusion.mode != "metadata_only":
@@ -138,7 +97,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     search, best = [], None
     for c in grid:
         clf, converged = fit_logreg(x_train, y_train, c, class_weight, cfg.train.seed)
-        v1, v5 = class_mean_accuracy(y_val, top5_of(class_scores(clf, x_val, n))) if len(y_val) else (np.nan, np.nan)
+        v1, v5 = class_mean_accuracy(y_val, topk_predictions(class_scores(clf, x_val, n))) if len(y_val) else (np.nan, np.nan)
         search.append({"C": c, "val_top1_mean": v1, "val_top5_mean": v5, "converged": converged})
         log(f"logreg C={c:g}: val class-mean top-1 {v1:.4f}  top-5 {v5:.4f}" + ("" if converged else "  (not converged)"))
         if best is None or v1 > best[1]:
@@ -179,7 +138,11 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
 def _log_model(clf, vocab: MetaVocab, c: float, classes: list[str], register: str | None = None,
                val_score: float = -1.0, log=print) -> None:
     """The fitted model without pickles (vocabularies and settings as JSON, coefficients as ``.npz``), and the same
-    files as an MLflow pyfunc model (catalogue fields in), registered as ``register`` when given."""
+    files as an MLflow pyfunc model (catalogue fields in), registered as ``register`` when given.
+
+    Not ``mlflow.sklearn.log_model``: it pickles (or skops-dumps) the estimator, and loading a pickle
+    runs code from the artifact store; JSON and ``np.load(allow_pickle=False)`` cannot.
+    """
     import mlflow
 
     from .serving import log_product_model
@@ -205,16 +168,3 @@ def load_metadata_baseline(run_id: str):
         except Exception as e:
             raise ConfigError(f"run {run_id} has no metadata baseline ({STATE_ARTIFACT}, {WEIGHTS_ARTIFACT}): {e}") from None
         return baseline_from_folder(folder)
-
-
-def baseline_from_folder(folder: str | Path):
-    """(model, vocabularies, class names) from a folder holding the two files of ``_log_model``."""
-    from sklearn.linear_model import LogisticRegression
-
-    state = json.loads(Path(folder, Path(STATE_ARTIFACT).name).read_text())
-    with np.load(Path(folder, Path(WEIGHTS_ARTIFACT).name), allow_pickle=False) as weights:
-        coef, intercept = weights["coef"], weights["intercept"]
-    clf = LogisticRegression(C=state["C"])
-    clf.classes_, clf.coef_, clf.intercept_ = np.asarray(state["model_classes"]), coef, intercept
-    clf.n_features_in_ = coef.shape[1]
-    return clf, MetaVocab.from_dict(state["vocab"]), state["classes"]

@@ -26,90 +26,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+# Per-image scoring (top-k, hits, class-mean) lives in scoring.py; these names are part of metrics' API too.
+from .scoring import (TOPK, _hits, _int_labels, _rates, _to_numpy, _topk_matrix, class_mean_accuracy,  # noqa: F401
+                      topk_predictions)
+
 PER_CLASS_COLUMNS = ("class", "n_train", "n_val", "n_test", "top1", "top5")
 PREDICTION_COLUMNS = ("id", "label", "pred1", "pred2", "pred3", "pred4", "pred5")
 PRED_COLUMNS = PREDICTION_COLUMNS[2:]
-TOPK = 5  # the "top-5" of every artifact; fewer columns are padded, more are cut
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """Array from a numpy array, a list or a (CPU or device) torch tensor, without importing torch."""
-    if hasattr(x, "detach"):  # a torch tensor: it may live on the GPU or be bf16, which numpy cannot read
-        x = x.detach().cpu()
-        if x.is_floating_point():
-            x = x.float()
-        return x.numpy()
-    return np.asarray(x)
-
-
-def _int_labels(labels: Any, n_classes: int) -> np.ndarray:
-    """1-D int64 class indices, checked to lie in [0, n_classes)."""
-    labels = _to_numpy(labels).astype(np.int64, copy=False).reshape(-1)
-    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must be class indices in [0, {n_classes}); "
-                         f"got values in [{labels.min()}, {labels.max()}]")
-    return labels
-
-
-def _topk_matrix(top5: Any, n_rows: int) -> np.ndarray:
-    """(N, k) int64 matrix of predicted indices, checked against the number of labels."""
-    top5 = _to_numpy(top5).astype(np.int64, copy=False)
-    if top5.ndim == 1:  # a single prediction per image
-        top5 = top5[:, None]
-    if top5.ndim != 2 or top5.shape[0] != n_rows:
-        raise ValueError(f"predictions must have shape (N={n_rows}, k); got {top5.shape}")
-    return top5
-
-
-def _hits(labels: np.ndarray, top5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image top-1 and top-5 hits (bool arrays); a padded prediction (-1 or '') never hits."""
-    if top5.shape[1] == 0:
-        no_hit = np.zeros(len(labels), dtype=bool)
-        return no_hit, no_hit
-    hit1 = top5[:, 0] == labels
-    hit5 = (top5[:, :TOPK] == labels[:, None]).any(axis=1)
-    return hit1, hit5
-
-
-def _rates(codes: np.ndarray, hit1: np.ndarray, hit5: np.ndarray,
-           n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class test count and top-1/top-5 rates (NaN where a class has no test image).
-
-    Shared by :func:`per_class_table` and :func:`per_class_from_predictions` so that both
-    give bit-identical numbers.
-    """
-    n_test = np.bincount(codes, minlength=n_classes).astype(np.int64)
-    c1 = np.bincount(codes, weights=hit1.astype(np.float64), minlength=n_classes)
-    c5 = np.bincount(codes, weights=hit5.astype(np.float64), minlength=n_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        top1 = np.where(n_test > 0, c1 / n_test, np.nan)
-        top5 = np.where(n_test > 0, c5 / n_test, np.nan)
-    return n_test, top1, top5
-
-
-def topk_predictions(scores: Any, k: int = TOPK) -> np.ndarray:
-    """Indices of the k highest scores per row.
-
-    Args:
-        scores: (N, C) logits or probabilities (numpy array or torch tensor).
-        k: how many classes to keep per row.
-
-    Returns:
-        (N, k) int64 class indices by descending score; equal scores are ordered by the
-        lower class index; columns beyond C are -1.
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1; got {k}")
-    scores = _to_numpy(scores)
-    if scores.ndim != 2:
-        raise ValueError(f"scores must have shape (N, C); got {scores.shape}")
-    n, c = scores.shape
-    # A stable sort of the negated scores keeps the lower index first among ties,
-    # which argpartition would not guarantee; C is ~140, so a full sort is cheap.
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
-    if c < k:
-        order = np.concatenate([order, np.full((n, k - c), -1, dtype=np.int64)], axis=1)
-    return order
 
 
 def per_class_table(labels: Any, top5: Any, class_names: Sequence[str], n_train: Any, n_val: Any,
@@ -330,7 +253,8 @@ def bootstrap_class_mean_replicates(labels: Any, top5_preds: Any, class_ids_eval
 
     An image is one of three kinds (top-1 hit, top-5-only hit, miss), so the resampled counts of
     a class follow exactly a multinomial with that class's observed proportions: drawing those
-    counts is the same bootstrap as drawing image indices, in O(n_boot x C) instead of O(n_boot x N).
+    counts is the same bootstrap as drawing image indices, in O(n_boot x C) instead of O(n_boot x N)
+    (``scipy.stats.bootstrap`` resamples the images and has no stratified form, hence our own).
 
     Returns:
         ``{"top1": (n_boot,), "top5": (n_boot,)}``; empty arrays when no class has test images.

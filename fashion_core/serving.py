@@ -40,7 +40,7 @@ def predict_images(paths: list[str | Path], model_uri: str, k: int = 5) -> list[
     The model is rebuilt from its state dict (``torch.load(weights_only=True)``), never unpickled.
     """
     from .data.cache import decode_image
-    from .experiment import load_run_model, resolve_model_uri
+    from .model_source import load_run_model, resolve_model_uri
 
     run_id = resolve_model_uri(model_uri)
     model, meta = load_run_model(run_id)
@@ -109,14 +109,14 @@ class ProductModel:
         folder = Path(folder)
         try:
             if (folder / "model.json").is_file():
-                from .experiment import model_from_checkpoint
+                from .model_source import model_from_checkpoint
 
                 meta = json.loads((folder / "model.json").read_text())
                 state = torch.load(folder / "model_state.pt", map_location="cpu", weights_only=True)
                 net = model_from_checkpoint(meta, state).eval()
                 vocab = getattr(net, "vocab", None) if getattr(net, "uses_batch", False) else None
                 return cls(meta["classes"], meta["height"], meta["width"], net=net, vocab=vocab)
-            from .metadata_baseline import baseline_from_folder
+            from .metadata_model import baseline_from_folder
 
             clf, vocab, classes = baseline_from_folder(folder)
             return cls(classes, vocab=vocab, logreg=clf)
@@ -129,7 +129,7 @@ class ProductModel:
         import tempfile
 
         from .config import ConfigError
-        from .metadata_baseline import STATE_ARTIFACT as BASELINE_STATE, WEIGHTS_ARTIFACT as BASELINE_WEIGHTS
+        from .metadata_model import STATE_ARTIFACT as BASELINE_STATE, WEIGHTS_ARTIFACT as BASELINE_WEIGHTS
         from .tracking import download_artifact
 
         kinds = (("checkpoint/model.json", "checkpoint/model_state.pt"), (BASELINE_STATE, BASELINE_WEIGHTS))
@@ -156,7 +156,7 @@ class ProductModel:
         self.check_columns(frame.columns)
         rows = frame.reset_index(drop=True)
         if self.net is None:
-            from .metadata_baseline import class_scores, features
+            from .metadata_model import class_scores, features
 
             scores = class_scores(self.logreg, features(self.vocab, rows), len(self.classes))
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
@@ -249,7 +249,7 @@ def predict_products(images: list[str | Path], model_uri: str, meta: str | Path 
             metadata refuses to run without it.
     """
     from .config import ConfigError
-    from .experiment import resolve_model_uri
+    from .model_source import resolve_model_uri
     from .tracking import _quiet_mlflow
 
     _quiet_mlflow()  # no progress bar per downloaded file

@@ -10,6 +10,7 @@ unless ``MLFLOW_TRACKING_URI`` says otherwise (e.g. an ``http://`` tracking serv
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from .config import flatten
 
 DEFAULT_EXPERIMENT = "fashion-product-images-small"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+GRID_RUNS_ARTIFACT = "grid/runs.csv"  # a grid parent run's table of its runs (grid.py writes it)
 
 
 def _quiet_mlflow() -> None:
@@ -132,6 +134,76 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "absent"
     return out
+
+
+def code_version(root: Path | None = None) -> str:
+    """What a run's numbers depend on besides config and data: ``<commit>[+<changes>]~lib<hash>``, or ``unknown``.
+
+    ``<changes>`` hashes the uncommitted changes (tracked diffs and new source files) when there are
+    some: in a working copy with local edits, a run made before an edit must not stand in for the
+    code after it. ``lib<hash>`` hashes the versions of ``NUMERIC_LIBRARIES`` (torch,
+    torchvision, scikit-learn, numpy): an upgrade changes the numbers as a code change does.
+    Outside a git checkout the version is ``unknown``, and an unknown version is never reused.
+    """
+    root = Path(root or PROJECT_DIR)
+    commit, dirty = git_commit(root)
+    if commit == UNKNOWN_COMMIT:
+        return UNKNOWN_COMMIT
+
+    def git(*args: str) -> bytes:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return b""
+
+    h = hashlib.sha256(git("diff", "HEAD", "--binary"))
+    new_files = untracked_sources(root)
+    for name in new_files:
+        f = root / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    libs = json.dumps(library_versions(), sort_keys=True)
+    lib_hash = hashlib.sha256(libs.encode()).hexdigest()[:8]
+    base = f"{commit}+{h.hexdigest()[:12]}" if dirty or new_files else commit
+    return f"{base}~lib{lib_hash}"
+
+
+def reusable_version(code: str) -> bool:
+    """Whether runs of this code version may stand in for each other: never when it is unknown."""
+    return bool(code) and not code.startswith(UNKNOWN_COMMIT)
+
+
+def find_reusable(cfg_hash: str, digest: str, code: str, experiment_id: str):
+    """The newest FINISHED run of this config, data and code version in the experiment, or None.
+
+    None too when the code version is unknown (no git checkout): nothing says two such runs ran the same code.
+    """
+    from mlflow.tracking import MlflowClient
+
+    if not reusable_version(code):
+        return None
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=(f"tags.config_hash = '{cfg_hash}' and tags.dataset_digest = '{digest}' "
+                       f"and tags.code_version = '{code}' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def best_val_score(run_id: str, metric: str = "val_top1_mean") -> float:
+    """The best validation class-mean top-1 of a run over its epochs (NaN when never logged)."""
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient().get_metric_history(run_id, metric)
+    values = [h.value for h in history if h.value == h.value]
+    return max(values) if values else float("nan")
+
+
+def tracking_uri() -> str:
+    """The tracking store in use (for messages)."""
+    import mlflow
+
+    return mlflow.get_tracking_uri()
 
 
 def experiment_name_for(dataset_root: str | Path | None) -> str:
@@ -274,6 +346,10 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
               run_id: str | None = None) -> Iterator[Any]:
     """An MLflow run with the project's tags; ends FAILED on error and KILLED on interrupt.
 
+    Our own wrapper around ``mlflow.start_run`` because MLflow's context manager ends a run FAILED on
+    any exception, Ctrl-C included, and leaves it RUNNING on SIGTERM; here an interrupt or SIGTERM
+    ends it KILLED (``--resume`` continues it), and ``mlflow run``'s own run is adopted.
+
     Args:
         stage, technique, dataset_digest: the DESIGN.md tags.
         config: the resolved config (nested dict); logged as params and ``config.yaml``.
@@ -290,13 +366,14 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
         all_tags.update({k: str(v) for k, v in tags.items()})
     if description:
         all_tags["mlflow.note.content"] = description
-    if parent_run_id:
+    if parent_run_id:  # start_run(parent_run_id=) tags a new run; a resumed or adopted run needs the tag set
         all_tags["mlflow.parentRunId"] = parent_run_id
     adopt = None
     if run_id is None and not nested and not parent_run_id:
         adopt = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run` made for us
     existing = run_id or adopt
-    kwargs: dict[str, Any] = {"run_id": existing} if existing else {"run_name": run_name, "tags": all_tags}
+    kwargs: dict[str, Any] = {"run_id": existing} if existing else {"run_name": run_name, "tags": all_tags,
+                                                                      "parent_run_id": parent_run_id}
     with _sigterm_as_interrupt():
         run = mlflow.start_run(nested=nested, log_system_metrics=system_metrics_enabled(), **kwargs)
         try:
@@ -318,7 +395,11 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
 
 
 def log_config(config: Mapping[str, Any]) -> None:
-    """The resolved config as params (dotted keys) and as a ``config.yaml`` artifact."""
+    """The resolved config as params (dotted keys) and as a ``config.yaml`` artifact.
+
+    ``mlflow.log_text`` rather than ``mlflow.log_dict``: log_dict's YAML sorts the keys and may tag
+    tuples as Python objects; ``yaml.safe_dump(sort_keys=False)`` keeps the config's own order.
+    """
     import mlflow
 
     params = {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in flatten(config).items()}
@@ -340,11 +421,15 @@ def log_frame(df, artifact_path: str, index: bool = False) -> None:
     """A DataFrame as a CSV artifact (``artifact_path`` like ``eval/per_class.csv``)."""
     import mlflow
 
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / Path(artifact_path).name
-        df.to_csv(p, index=index)
-        parent = str(Path(artifact_path).parent)
-        mlflow.log_artifact(str(p), artifact_path=None if parent == "." else parent)
+    mlflow.log_text(df.to_csv(index=index), artifact_path)
+
+
+def log_table(df, artifact_path: str) -> None:
+    """A DataFrame as an MLflow table (``mlflow.log_table``, JSON): the UI's artifact view and its
+    evaluation view show it, and ``mlflow.load_table`` reads it back across runs."""
+    import mlflow
+
+    mlflow.log_table(df, artifact_path)
 
 
 def log_file(path: str | Path, artifact_dir: str | None = None) -> None:
@@ -354,14 +439,13 @@ def log_file(path: str | Path, artifact_dir: str | None = None) -> None:
 
 
 def log_figure_html(fig, artifact_path: str) -> None:
-    """A plotly figure as a self-contained HTML artifact (plotly.js embedded, opens offline)."""
+    """A plotly figure as a self-contained HTML artifact (plotly.js embedded, opens offline).
+
+    ``mlflow.log_figure`` links plotly.js from a CDN by default; the page must open without a network.
+    """
     import mlflow
 
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / Path(artifact_path).name
-        fig.write_html(str(p), include_plotlyjs=True, full_html=True)
-        parent = str(Path(artifact_path).parent)
-        mlflow.log_artifact(str(p), artifact_path=None if parent == "." else parent)
+    mlflow.log_figure(fig, artifact_path, save_kwargs={"include_plotlyjs": True, "full_html": True})
 
 
 def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> Path:
@@ -374,16 +458,32 @@ def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> 
 def find_runs(filter_string: str = "", experiment_names: list[str] | None = None, order_by: list[str] | None = None,
               max_results: int = 1000):
     """Runs (as MLflow Run objects) matching a filter across the given (default: all) experiments."""
-    from mlflow.tracking import MlflowClient
+    import mlflow
 
     ensure_store()
+    if experiment_names and all(mlflow.get_experiment_by_name(n) is None for n in experiment_names):
+        return []  # mlflow.search_runs would warn; no such experiment holds no run
+    return mlflow.search_runs(experiment_names=experiment_names or None, search_all_experiments=not experiment_names,
+                              filter_string=filter_string, order_by=order_by or ["attributes.start_time DESC"],
+                              max_results=max_results, output_format="list")
+
+
+def grid_run_ids(parent_run_id: str) -> list[str]:
+    """The child runs of a grid: those listed in its ``grid/runs.csv`` (reused ones included) and its children."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient()
-    if experiment_names:
-        exps = [client.get_experiment_by_name(n) for n in experiment_names]
-        ids = [e.experiment_id for e in exps if e is not None]
-    else:
-        ids = [e.experiment_id for e in client.search_experiments()]
-    if not ids:
-        return []
-    return client.search_runs(ids, filter_string=filter_string, order_by=order_by or ["attributes.start_time DESC"],
-                              max_results=max_results)
+    parent = client.get_run(parent_run_id)
+    ids: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            table = pd.read_csv(download_artifact(parent_run_id, GRID_RUNS_ARTIFACT, d), dtype=str,
+                                keep_default_na=False)
+            ids += [r for r in table["run_id"] if r]
+    except Exception:  # a grid still running has no table yet; its children are found below
+        pass
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)
+    ids += [r.info.run_id for r in children]
+    return list(dict.fromkeys(ids))

@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .data.loader import TensorData, augment, batches, num_batches, to_float
 from .distributed import DistEnv, unwrap
 from .distributed import shard_batches as dist_shard_batches
+from .metrics import class_mean_accuracy, topk_predictions as top5_of  # one implementation of each, in metrics
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -113,20 +114,6 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return f
 
 
-def class_mean_accuracy(labels: np.ndarray, top5: np.ndarray) -> tuple[float, float]:
-    """(class-mean top-1, class-mean top-5) over the classes present in ``labels``."""
-    labels = np.asarray(labels)
-    ok = labels >= 0
-    labels, top5 = labels[ok], top5[ok]
-    if len(labels) == 0:
-        return float("nan"), float("nan")
-    hit1 = top5[:, 0] == labels
-    hit5 = (top5 == labels[:, None]).any(axis=1)
-    classes, inv = np.unique(labels, return_inverse=True)
-    n = np.bincount(inv)
-    return float((np.bincount(inv, hit1) / n).mean()), float((np.bincount(inv, hit5) / n).mean())
-
-
 @torch.no_grad()
 def predict_scores(model: nn.Module, data: TensorData, device: torch.device, batch_size: int = 512,
                    channels_last: bool = False) -> np.ndarray:
@@ -141,16 +128,6 @@ def predict_scores(model: nn.Module, data: TensorData, device: torch.device, bat
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(out).numpy()
-
-
-def top5_of(scores: np.ndarray, k: int = 5) -> np.ndarray:
-    """Indices of the k best scores per row, best first (padded with -1 when fewer classes)."""
-    n, c = scores.shape
-    kk = min(k, c)
-    idx = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
-    if kk < k:
-        idx = np.concatenate([idx, np.full((n, k - kk), -1, dtype=idx.dtype)], axis=1)
-    return idx
 
 
 def evaluate(model: nn.Module, data: TensorData, device: torch.device, criterion: nn.Module | None = None,

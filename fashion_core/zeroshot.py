@@ -397,7 +397,7 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     """
     import mlflow
 
-    from .experiment import build_stage_data, log_evaluation, run_name, score_test_split
+    from .stage import build_stage_data, log_evaluation, run_name, score_test_split
     from .metadata_baseline import BASELINE_TAG, _log_model, class_scores, features, fit_logreg
 
     if cfg.fusion.mode != "metadata_only" or not cfg.fusion.zero_shot:

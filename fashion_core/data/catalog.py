@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .richmeta import RICH_FIELDS, add_rich_metadata, detect_layout
+
 COLUMNS = ("id", "gender", "masterCategory", "subCategory", "articleType", "baseColour",
            "season", "year", "usage", "productDisplayName")
 LABEL = "articleType"
@@ -118,8 +120,6 @@ def build_catalog(root: str | Path) -> pd.DataFrame:
     df["reason"] = reason.astype(str)
     df["valid"] = df["reason"] == ""
     # Full-resolution dataset: styles/<id>.json adds brandName, price, description, ... columns.
-    from .richmeta import add_rich_metadata
-
     return add_rich_metadata(df, root)
 
 
@@ -141,3 +141,6 @@ def reason_counts(catalog: pd.DataFrame) -> dict[str, int]:
 if __name__ == "__main__":
     cat = build_catalog(sys.argv[1])
     print(f"{len(cat)} rows, {int(cat['valid'].sum())} valid; excluded: {reason_counts(cat)}")
+    print(detect_layout(sys.argv[1], cat).describe())
+    print(cat.attrs.get("richmeta", "no styles/ folder"))
+    print(cat[[c for c in ("id", *RICH_FIELDS) if c in cat.columns]].head())

@@ -5,7 +5,9 @@ tensor (in memory, or on the GPU when there is one), and augmentation is one bat
 ``grid_sample`` (random resized crop + horizontal flip) followed by one batched 3x3 colour
 matrix per image that folds colour jitter and normalisation together. The random draws
 are made on the CPU generator (so a seed gives the same batch on every device) and reach
-the device as one small copy per batch.
+the device as one small copy per batch. This replaces ``torch.utils.data.DataLoader`` and
+torchvision's per-image transforms on purpose: those run Python per item in worker processes,
+which bench/pipeline.py measures as 6-10x slower on this data (README, "Performance").
 
     .venv/bin/python -c "import torch; from fashion_core.config import AugmentConfig; from fashion_core.data.loader import augment; print(augment(torch.zeros(4, 80, 60, 3, dtype=torch.uint8), AugmentConfig()).shape)"
 """

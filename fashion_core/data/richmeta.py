@@ -13,7 +13,7 @@ extra catalogue columns that the fusion encoders can use:
 Reading 44k files takes seconds, so the parsed table is cached under
 ``<cache>/richmeta/<hash of the file listing>.parquet`` and reused while the files are unchanged.
 
-    python -m fashion_core.data.richmeta /path/to/fashion-dataset
+    python -m fashion_core.data.catalog /path/to/fashion-dataset   # the layout and rich fields of a folder
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import html
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,12 +215,3 @@ def detect_layout(root: str | Path, catalog: pd.DataFrame, sample: int = 16) -> 
     big = size is not None and min(size) > 200
     return DatasetLayout(kind="full" if (n_json or big) else "small", n_json=n_json, image_size=size,
                          n_sampled=len(sizes))
-
-
-if __name__ == "__main__":
-    from .catalog import build_catalog
-
-    cat = build_catalog(sys.argv[1])
-    print(detect_layout(sys.argv[1], cat).describe())
-    print(cat.attrs.get("richmeta", "no styles/ folder"))
-    print(cat[[c for c in ("id", *RICH_FIELDS) if c in cat.columns]].head())

@@ -1,0 +1,35 @@
+"""The ``compare`` report: which technique works best, for which classes?
+
+Pulls the pretrain/finetune runs through the MLflow tracking API (the same calls against the
+default sqlite store and an ``http://`` tracking server), reads each run's ``eval/`` artifacts,
+recomputes every per-class number from ``eval/predictions.csv`` (and counts any disagreement
+with ``eval/per_class.csv``), and writes, per stage:
+
+- a summary table: technique x class-mean Top-1/Top-5 (mean over seeds ± std, and a 95 %
+  interval of that mean from a bootstrap over seeds and test images), the lowest and highest
+  seed, micro accuracy, classes evaluated, seeds, classes won, the model's inputs
+  (image / metadata / image+metadata) and the leaky flag; runs of one technique with different
+  configurations (e.g. an epochs override) are separate rows, ``technique [key=value]``;
+- a per-class table: class x technique Top-1/Top-5 with ``n_train`` and ``n_test``;
+- an interactive HTML report (plotly.js embedded, opens offline): per-class heatmap,
+  class-mean bars with error bars, accuracy against training examples (the few-shot curve),
+  and the classes that were not evaluated and why;
+
+as CSV and Markdown too, into a local folder and as the artifacts of a ``stage=compare`` run.
+
+The package, one module per step, each importing only those before it: ``runs`` (which runs),
+``tables`` (one run's evaluation and the report's tables), ``figures``, ``render`` (HTML, Markdown,
+CSV), ``compare`` (``run_compare``). Every public name is importable from ``fashion_core.report``.
+
+    fashion compare --out reports/compare
+"""
+from __future__ import annotations
+
+from .runs import (NOT_CONFIG, PER_CLASS_ARTIFACT, PREDICTIONS_ARTIFACT, STAGES, CompareError, Scope,  # noqa: F401
+                   config_groups, config_label, find_runs, run_config, same_config, tracking_uri)
+from .tables import (GZSL_COLUMNS, N_BOOT, SHOT_EDGES, RunEval, Tables, build_tables,  # noqa: F401
+                     class_mean_interval, class_mean_replicates, display_summary, evaluate_run, few_shot_table,
+                     markdown_table, run_inputs, shot_bin)
+from .figures import class_mean_figure, few_shot_figure, heatmap_figure  # noqa: F401
+from .render import SECTIONS, report_html, report_markdown, write_report  # noqa: F401
+from .compare import CompareResult, run_compare  # noqa: F401

@@ -1,0 +1,78 @@
+"""The ``compare`` command: select the runs, build the tables, write the report, log a ``stage=compare`` run."""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .. import tracking
+from ..tracking import tracking_uri
+from .render import report_markdown, write_report
+from .runs import STAGES, Scope, find_runs
+from .tables import Tables, build_tables, display_summary, evaluate_run, markdown_table
+
+
+# ---------------------------------------------------------------- the command
+
+@dataclass
+class CompareResult:
+    """A finished comparison: the tables, the local folder, the ``stage=compare`` run."""
+
+    tables: Tables
+    out: Path
+    files: list[Path]
+    run_id: str | None
+    scope: Scope
+
+
+def run_compare(experiment: str | None = None, stages: Sequence[str] = STAGES, grid: str | None = "latest",
+                tags: Mapping[str, str] | None = None, out: str | Path = "reports/compare", log_run: bool = True,
+                log=print) -> CompareResult:
+    """Build the report of the selected runs, write it to ``out`` and log it as a ``stage=compare`` run.
+
+    Args:
+        experiment, stages, grid, tags: the run filters of :func:`find_runs`.
+        out: local folder for report.html, the CSV and Markdown files.
+        log_run: also log the files as artifacts (``report/``) of a ``stage=compare`` run.
+
+    Returns:
+        A :class:`CompareResult`.
+    """
+    t0 = time.perf_counter()
+    tracking._quiet_mlflow()  # no progress bar per downloaded artifact
+    scope = find_runs(experiment, stages, grid, tags)
+    log(f"comparing {len(scope.runs)} runs of experiment {scope.experiment_name!r}"
+        + (f", grid {scope.grid_run_id}" if scope.grid_run_id else "")
+        + (f" ({len(scope.left_out)} left out)" if len(scope.left_out) else ""))
+    with tempfile.TemporaryDirectory() as d:
+        evals = [evaluate_run(r, d, scope.configs.get(r.info.run_id, "")) for r in scope.runs]
+    bad = [e for e in evals if e.n_mismatch]
+    for e in bad:
+        log(f"warning: run {e.run_id} ({e.run_name}): {e.n_mismatch} classes of eval/per_class.csv differ from "
+            "eval/predictions.csv; the report uses the predictions")
+    tables = build_tables(evals, scope.left_out)
+    scope_text = (f"Experiment {scope.experiment_name!r} ({tracking_uri()}), "
+                  + (f"grid run {scope.grid_run_id}, " if scope.grid_run_id else "all runs, ")
+                  + f"dataset digest {scope.dataset_digest}, {len(evals)} runs"
+                  + (f", filtered by tags {dict(tags)}" if tags else "")
+                  + f"; built {time.strftime('%Y-%m-%d %H:%M:%S')}.")
+    files = write_report(tables, out, scope_text)
+    run_id = None
+    if log_run:
+        tracking.set_experiment(scope.experiment_name)
+        name = f"compare/{'grid-' + scope.grid_run_id[:8] if scope.grid_run_id else 'all'}"
+        with tracking.start_run("compare", "compare", scope.dataset_digest, run_name=name,
+                                tags={"grid_run_id": scope.grid_run_id or "", "n_runs": len(evals)},
+                                description=report_markdown(tables, scope_text, full=False)) as run:
+            run_id = run.info.run_id
+            for f in files:
+                tracking.log_file(f, "report")
+            tracking.log_metrics({"n_runs": len(evals), "n_left_out": len(scope.left_out),
+                                  "n_mismatch": sum(e.n_mismatch for e in evals),
+                                  "compare_seconds": time.perf_counter() - t0})
+    log(f"report: {Path(out) / 'report.html'}" + (f" (compare run {run_id})" if run_id else ""))
+    for stage, summ in tables.summary.items():
+        log(f"\n{stage}:\n" + markdown_table(display_summary(summ)))
+    return CompareResult(tables=tables, out=Path(out), files=files, run_id=run_id, scope=scope)
