@@ -358,13 +358,13 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
 @click.option("--reuse/--rerun", default=True, show_default=True,
               help="Reuse a finished run with the same config, dataset digest and commit instead of rerunning it.")
 @_user_errors
-def run_job(data, top_k, rank_on, val_fraction, split_seed, height, width, experiment, profile, techniques, override,
-            overrides, device, experiments_dir, out, reuse):
+def run_job(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, profile,
+            techniques, override, overrides, device, experiments_dir, out, reuse):
     """The main job: prepare -> pretrain -> finetune -> compare with the techniques of experiments/main.yaml."""
     from .config import parse_overrides, to_dict
     from .main_job import run_main
 
-    data_cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width)
+    data_cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years)
     extra = {f"data.{k}": v for k, v in to_dict(data_cfg).items() if v != getattr(DataConfig(), k)}
     if device is not None:
         extra["train.device"] = device

@@ -39,7 +39,9 @@ def make(args: list[str], env: dict, timeout: int = 900) -> subprocess.Completed
 
 
 def clean_env(store: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "FASHION_DATA")}
+    # MLFLOW_EXPERIMENT_ID: mlflow.set_experiment exports it, and `mlflow run --experiment-name` refuses both
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "FASHION_DATA")}
     return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "FASHION_CACHE": str(store / "cache"),
             "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
