@@ -316,7 +316,16 @@ def log_dataset(table, source: str, name: str, digest: str, context: str) -> Non
     import mlflow
 
     ds = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)
-    mlflow.log_input(ds, context=context)
+    for attempt in range(4):
+        try:
+            mlflow.log_input(ds, context=context)
+            return
+        except Exception as e:  # two grid workers creating the same dataset row at once (sqlite): the loser
+            if "UNIQUE constraint" not in str(e) or attempt == 3:  # retries and finds it, then links it
+                raise
+            import time
+
+            time.sleep(0.2 * (attempt + 1))
 
 
 class RunKilled(KeyboardInterrupt):

@@ -105,8 +105,9 @@ def _isolate(path: Path, mp: pytest.MonkeyPatch):
     mp.setenv("FASHION_CACHE", str(path / "cache"))
     mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     mp.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")  # on in real runs; tests/test_tracking.py checks it
-    mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    mp.delenv("MLFLOW_RUN_ID", raising=False)
+    # what `mlflow run` hands its child, and what mlflow.set_experiment exports into os.environ in earlier tests
+    for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        mp.delenv(var, raising=False)
     mp.chdir(path)
     # A test that called mlflow.set_tracking_uri() would win over the env variable: clear it, restore after.
     from mlflow.tracking._tracking_service import utils as tracking_utils
