@@ -27,8 +27,8 @@ AUTO = "auto"
 # Minutes of one image-network pretrain (the stage with 3.6x the finetune's training images), measured
 # or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
 PRETRAIN_MINUTES = {
-    ("quick", "cpu"): 27.0,    # EfficientNet-Lite0 from ImageNet, 3 epochs: 27 min on one busy thread (README profiles)
-    ("cpu", "cpu"): 30.0,      # estimate: "about half an hour of 2 CPU cores" (config.PROFILES)
+    ("quick", "cpu"): 31.0,    # Lite0 from ImageNet, 3 epochs: 30.6 min on one busy thread (run a1adea7f, docs/imagenet-transfer.md)
+    ("cpu", "cpu"): 82.0,      # estimate: 2 epochs at 2x input scale, ~4x a quick epoch each (not measured yet)
     ("default", "cpu"): 300.0,  # estimate: hours
     ("quick_scratch", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
     ("cpu_scratch", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs
