@@ -27,7 +27,7 @@ def probe_rows(data: str, backbones: list[str], scales: list[float], stems: list
     from fashion_core.config import ExperimentConfig, ModelConfig
     from fashion_core.data import prepare_data
     from fashion_core.experiment import build_stage_data, embed
-    from fashion_core.train import class_mean_accuracy
+    from fashion_core.metrics import class_mean_accuracy
     from fashion_core.models import build_model
 
     cfg = ExperimentConfig().replace(**(val_overrides or {}))

@@ -206,7 +206,7 @@ _QUICK_SCRATCH = {
 PROFILES: dict[str, dict[str, Any]] = {
     # the accurate one, for a GPU: Lite0 from ImageNet at 3x input scale (240x180), weight average
     "default": {**LITE0_IMAGENET, "model.input_scale": 3.0, "train.epochs": 15},
-    # prepare -> pretrain -> finetune on the real data on 2 CPU cores in about 20 minutes
+    # 3 epochs at 80x60: a pretrain took 31 min on one thread of a busy 2-core machine (run a1adea7f)
     "quick": {**LITE0_IMAGENET, **_SHORT_AUGMENT, "train.epochs": 3, "train.batch_size": 128, "train.patience": 0,
               "train.ema_decay": 0.0},
     # Lite0 from ImageNet at 2x input scale (160x120), 2 epochs (not measured yet: docs/imagenet-transfer.md)

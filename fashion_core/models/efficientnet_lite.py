@@ -21,6 +21,7 @@ trained to compute:
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 from importlib import metadata
 from pathlib import Path
@@ -217,8 +218,8 @@ def read_wheel_state(name: str) -> tuple[dict[str, Tensor], dict[str, str]]:
         from the installed package only (never the network).
     """
     path = wheel_file(name)
-    raw = path.read_bytes()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    raw = path.read_bytes()  # read once: hashed, then loaded from memory
+    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     keys = wheel_key_map(name)
     unmapped = sorted(k for k in state if k not in keys and not k.startswith("_fc."))
     if unmapped:
