@@ -44,11 +44,13 @@ LAST_ARTIFACT = "checkpoint/last.pt"
 def embed(model: FashionNet, data: TensorData, device: torch.device, batch_size: int = 512) -> torch.Tensor:
     """Embeddings of every item, unaugmented."""
     from .data.loader import batches, to_float
+    from .train import to_preferred_layout
 
     model.eval()
+    cl = to_preferred_layout(model, device)
     # A fused model's embedding needs the batch's metadata too.
-    out = [(model.forward_features(to_float(b["image"]), b) if getattr(model, "uses_batch", False)
-            else model.forward_features(to_float(b["image"]))).float().cpu()
+    out = [(model.forward_features(to_float(b["image"], cl), b) if getattr(model, "uses_batch", False)
+            else model.forward_features(to_float(b["image"], cl))).float().cpu()
            for b in batches(data, batch_size, shuffle=False, device=device)]
     return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
 

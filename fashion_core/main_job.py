@@ -28,7 +28,7 @@ AUTO = "auto"
 # or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
 PRETRAIN_MINUTES = {
     ("quick", "cpu"): 31.0,    # Lite0 from ImageNet, 3 epochs: 30.6 min on one busy thread (run a1adea7f, docs/imagenet-transfer.md)
-    ("cpu", "cpu"): 82.0,      # estimate: 2 epochs at 2x input scale, ~4x a quick epoch each (not measured yet)
+    ("cpu", "cpu"): 36.0,      # 2 epochs at 2x input scale: 36.1 min on 2 threads, other work niced (run 692a376a)
     ("default", "cpu"): 300.0,  # estimate: hours
     ("quick_scratch", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
     ("cpu_scratch", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs

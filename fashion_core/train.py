@@ -11,7 +11,6 @@ epoch to log or prune.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -26,24 +25,11 @@ import torch.nn as nn
 
 from .config import TrainConfig
 from .data.loader import TensorData, augment, batches, num_batches, to_float
+from .devices import (autocast_for, channels_last_on, grad_scaler_for, pick_device, place_data,  # noqa: F401 (re-exported)
+                      to_preferred_layout)
 from .distributed import DistEnv, unwrap
 from .distributed import shard_batches as dist_shard_batches
 from .metrics import class_mean_accuracy, topk_predictions as top5_of  # one implementation of each, in metrics
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu for 'auto'; an explicit name that is unavailable is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from .config import ConfigError
-
-        raise ConfigError("train.device=cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -56,22 +42,6 @@ def seed_everything(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
-
-
-def _bf16_ok(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (fp16 where the GPU has no bf16); nothing elsewhere (plain fp32 on CPU)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if _bf16_ok(device) else torch.float16)
-    return contextlib.nullcontext()
-
-
-def grad_scaler_for(device: torch.device) -> torch.amp.GradScaler:
-    """A gradient scaler that is on only for fp16 autocast (bf16 and fp32 need none; off, it changes nothing)."""
-    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not _bf16_ok(device))
 
 
 def logits_of(out: Any) -> torch.Tensor:
@@ -115,10 +85,13 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, data: TensorData, device: torch.device, batch_size: int = 512,
-                   channels_last: bool = False) -> np.ndarray:
-    """Softmax-free scores (logits, float32) for every item, in order: (N, C)."""
+def predict_scores(model: nn.Module, data: TensorData, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Softmax-free scores (logits, float32) for every item, in order: (N, C).
+
+    The model and its inputs go channels-last where the device prefers it (a layout change only).
+    """
     model.eval()
+    channels_last = to_preferred_layout(model, device)
     out = []
     for batch in batches(data, batch_size, shuffle=False, device=device):
         x = to_float(batch["image"], channels_last)
@@ -220,21 +193,6 @@ class FitResult:
     selection: str = SELECT_VAL
 
 
-def place_data(data: TensorData, device: torch.device, max_fraction: float = 0.5) -> TensorData:
-    """A stage's split where training reads it: moved to ``device`` once when it fits, else pinned host memory.
-
-    On CUDA "fits" means at most ``max_fraction`` of the free device memory (the rest is the model's);
-    a split that does not fit stays on the host, pinned, and ``batches`` copies each batch without
-    blocking. On the CPU (and MPS's shared memory) ``to`` moves nothing or everything cheaply.
-    """
-    if device.type == "cuda":
-        need = data.images.nbytes + data.labels.nbytes + sum(v.nbytes for v in data.extras.values())
-        free, _ = torch.cuda.mem_get_info(device)
-        if need > max_fraction * free:
-            return data if data.images.device.type == "cuda" else data.pin_memory()
-    return data.to(device)
-
-
 def _epoch_batches(train: TensorData, cfg: TrainConfig, gen: torch.Generator, device: torch.device, epoch: int,
                    dist: DistEnv | None):
     """One epoch's shuffled batches and augmentation generator (under DDP: this rank's slice, own draws)."""
@@ -257,7 +215,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     counts images without reading anything from the device.
     """
     model.train()
-    channels_last = device.type == "cuda"
+    channels_last = channels_last_on(device)
     # float64 like the Python floats this replaces (same sums); MPS has no float64.
     loss_sum = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     hit_sum = torch.zeros((), dtype=torch.int64, device=device)
@@ -361,8 +319,7 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
 
     gen = seed_everything(cfg.seed)
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    to_preferred_layout(model, device)
     train, val = place_data(train, device), place_data(val, device)
     ddp = dist is not None and dist.active
     net = dist.wrap(model, device) if ddp else model

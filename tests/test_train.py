@@ -190,3 +190,46 @@ def test_place_data_moves_a_split_to_the_device():
     data = toy_data(10, 0)
     placed = place_data(data, torch.device("cpu"))
     assert placed.images.device.type == "cpu" and torch.equal(placed.images, data.images)
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_cpu_scoring_runs_channels_last_with_the_same_scores():
+    from fashion_core.data.loader import to_float
+    from fashion_core.train import predict_scores
+
+    torch.manual_seed(0)
+    model, data = ConvNet(), toy_data(20, 3)
+    with torch.no_grad():
+        expect = model.eval()(to_float(data.images)).numpy()  # default (contiguous) layout
+    got = predict_scores(model, data, torch.device("cpu"))
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)  # oneDNN's layout on CPUs
+    torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(expect), rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_training_runs_channels_last(monkeypatch):
+    import fashion_core.train as train_mod
+
+    layouts = []
+    original = train_mod.augment
+
+    def spy(images, cfg, gen, channels_last=False):
+        layouts.append(channels_last)
+        return original(images, cfg, gen, channels_last)
+
+    monkeypatch.setattr(train_mod, "augment", spy)
+    torch.manual_seed(0)
+    model = ConvNet()
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, warmup_epochs=0.0, patience=0, device="cpu", augment=NO_AUG)
+    fit(model, toy_data(40, 1), toy_data(20, 2), LabelLoss(nn.CrossEntropyLoss()),
+        [{"params": list(model.parameters())}], cfg, torch.device("cpu"), log=lambda m: None)
+    assert layouts == [True, True]  # every batch of the epoch (40 items, batch 16, last partial dropped)
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
