@@ -99,7 +99,7 @@ def measure(backbone: str, device: str = "cpu", batch_size: int = 128, steps: in
     from fashion_core.config import ModelConfig, TrainConfig
     from fashion_core.data.loader import TensorData, augment, batches
     from fashion_core.models import build_model, param_groups
-    from fashion_core.train import LabelLoss, fit
+    from fashion_core.train import LabelLoss, channels_last_on, fit
 
     dev = torch.device(device)
     mcfg = ModelConfig(backbone=backbone)
@@ -112,7 +112,7 @@ def measure(backbone: str, device: str = "cpu", batch_size: int = 128, steps: in
     tcfg = TrainConfig(epochs=1, batch_size=batch_size, max_batches_per_epoch=steps, patience=0, warmup_epochs=0.0,
                        compile=compile, device=device)
     criterion = LabelLoss(torch.nn.CrossEntropyLoss())
-    channels_last = dev.type == "cuda"  # as fit does
+    channels_last = channels_last_on(dev)  # as fit does
 
     def loop_rate(cfg) -> float:
         res = fit(model, data, empty, criterion, param_groups(model, cfg.lr, 1.0, cfg.weight_decay), cfg, dev,

@@ -68,3 +68,35 @@ def test_year_shift_bench_on_generated_data(dataset, isolated, capsys):
     assert len(mean_row) == 1
     values = [float(v.strip(" *")) for v in mean_row[0].split("|")[4:7]]
     assert all(0 <= v <= 1 for v in values)
+
+
+def test_layout_bench_prints_both_layouts_per_backbone(capsys):
+    from bench import layout
+
+    layout.main(["--batch", "2", "--rounds", "1", "--steps", "1", "--height", "16", "--width", "12"])
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| efficientnet") or ln.startswith("| resnet")]
+    assert len(rows) == 2
+    for row in rows:
+        nchw, cl, ratio = (float(v) for v in row.split("|")[2:5])
+        assert nchw > 0 and cl > 0 and abs(ratio - cl / nchw) < 0.01 * ratio + 0.01
+
+
+def test_time_to_accuracy_tabulates_a_logged_run(isolated):
+    import mlflow
+
+    from bench.time_to_accuracy import run_rows
+
+    with mlflow.start_run() as run:
+        mlflow.set_tags({"technique": "weighted_ce", "seed": "0"})
+        mlflow.log_params({"data.height": 80, "data.width": 60, "model.input_scale": 2.0})
+        for epoch, (sec, val) in enumerate([(600.0, 0.87), (660.0, 0.90)], start=1):
+            mlflow.log_metrics({"epoch_seconds": sec, "val_top1_mean": val, "train_images_per_second": 20.0}, step=epoch)
+        mlflow.log_metrics({"run_seconds": 1500.0, "best_val_top1_mean": 0.90, "test_top1_mean": 0.91,
+                            "test_top5_mean": 0.99})
+    rows, summary = run_rows(run.info.run_id, goal=0.90, budget_min=30.0)
+    assert [(r["epoch"], r["train min (cumulative)"], r["val class-mean"]) for r in rows] == [(1, 10.0, 0.87),
+                                                                                            (2, 21.0, 0.90)]
+    assert summary["run min (wall)"] == 25.0 and summary["input"] == "80x60 x2.0"
+    assert summary[">= 0.9 within 30 min"] == "yes"
+    _, late = run_rows(run.info.run_id, goal=0.90, budget_min=20.0)
+    assert late[">= 0.9 within 20 min"] == "no"
