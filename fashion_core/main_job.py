@@ -27,8 +27,8 @@ AUTO = "auto"
 # Minutes of one image-network pretrain (the stage with 3.6x the finetune's training images), measured
 # or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
 PRETRAIN_MINUTES = {
-    ("quick", "cpu"): 31.0,    # Lite0 from ImageNet, 3 epochs: 30.6 min on one busy thread (run a1adea7f, docs/imagenet-transfer.md)
-    ("cpu", "cpu"): 36.0,      # 2 epochs at 2x input scale: 36.1 min on 2 threads, other work niced (run 692a376a)
+    ("quick", "cpu"): 11.1,    # Lite0 from ImageNet, 3 epochs, channels-last: 665 s on 2 threads (make run, docs/first-run.md)
+    ("cpu", "cpu"): 36.0,      # 2 epochs at 2x input scale: 36.1 min on 2 threads before channels-last (run 692a376a)
     ("default", "cpu"): 300.0,  # estimate: hours
     ("quick_scratch", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
     ("cpu_scratch", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs
@@ -39,7 +39,7 @@ PRETRAIN_MINUTES = {
     ("default", "cuda"): 4.0,  # estimate (docs/techniques.md: ~3-5 min for the from-scratch default)
     ("smoke", "cuda"): 0.05,
 }
-FUSED_FACTOR = 1.2  # fused_text pretrain 7.6-8.4 min vs an image pretrain 6-7 min, quick, one thread each
+FUSED_FACTOR = 1.02  # fused_text pretrain 679 s vs class_balanced 665 s, quick, the same make run (docs/first-run.md)
 FINETUNE_SHARE = 1 / 3.6  # the finetune stage's share of the pretrain stage's training images
 NO_TRAINING_MINUTES = 0.2  # imprint / ncm: embeddings only
 METADATA_MINUTES = 0.5  # the logistic regression (a few C values)
