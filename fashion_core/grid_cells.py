@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from . import tracking
-from .config import ConfigError, ExperimentConfig
+from .config import ConfigError, ExperimentConfig, to_dict
 from .grid_plan import IMAGE, STAGE_ORDER, GridTask, model_kind, needs_source
 from .tracking import best_val_score
 
