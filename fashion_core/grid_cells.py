@@ -26,6 +26,7 @@ PLAN_ARTIFACT = "grid/plan.json"
 RUN_COLUMNS = ("stage", "technique", "seed", "kind", "run_id", "status", "reused", "seconds", "config_hash",
                "source_run_id", "test_top1_mean", "val_top1_best", "error", "host", "worker", "device")
 
+
 # ---------------------------------------------------------------- dispatch
 
 Runner = Callable[..., str]

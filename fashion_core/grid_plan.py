@@ -21,6 +21,7 @@ from .config import STAGES, ConfigError, ExperimentConfig, find_technique, list_
 STAGE_ORDER = STAGES  # pretrain first: the finetune techniques need its model
 IMAGE = "image"  # the kind of a plain image network
 
+
 @dataclass(frozen=True)
 class GridTask:
     """One technique at one seed: a resolved config and the file it came from."""
