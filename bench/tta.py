@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fashion_core.data import prepare_data
     from fashion_core.experiment import build_stage_data, load_run_model, resolve_model_uri
-    from fashion_core.train import class_mean_accuracy, top5_of
+    from fashion_core.scoring import class_mean_accuracy, topk_predictions
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         for split, data in (("val", sd.val), ("test", sd.test)):
             labels = data.labels.numpy()
             for view, scores in view_scores(model, data, device).items():
-                t1, t5 = class_mean_accuracy(labels, top5_of(scores))
+                t1, t5 = class_mean_accuracy(labels, topk_predictions(scores))
                 row[f"{split} {view}"] = f"{t1:.4f} / {t5:.4f}"
         print(f"{run_id[:8]} {stage}/{technique}: " + ", ".join(f"{k} {v}" for k, v in row.items()
                                                                   if k.startswith(("val", "test"))), flush=True)

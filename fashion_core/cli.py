@@ -5,150 +5,14 @@
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import click
 
-from .config import RANK_ON, VAL_BY, ConfigError, DataConfig, apply_overrides, ExperimentConfig
-
-DATA_HELP = "Dataset: a folder with styles.csv and images/, a .zip/.tar.gz of one, or kaggle:<owner>/<dataset> " \
-            "(default: $FASHION_DATA)."
-
-
-class UserError(click.ClickException):
-    """A user's mistake: printed as one line, exit code 2, no traceback."""
-
-    exit_code = 2
-
-
-def _one_line(message: str) -> str:
-    """A library message as one plain line (some wrap a third-party error with newlines and ANSI codes)."""
-    import re
-
-    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", message).split())
-
-
-def _user_errors(fn):
-    """Turn the library's expected errors into one-line click errors."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from .data.catalog import CatalogError
-        from .data.sources import DataSourceError
-        from .data.splits import SplitError
-        from .model_source import SourceError  # noqa: F401  (a ConfigError)
-
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, DataSourceError, CatalogError, SplitError) as e:
-            raise UserError(_one_line(str(e))) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted; the run was ended as KILLED", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def data_options(fn):
-    """Options shared by every stage that reads the dataset."""
-    opts = [
-        click.option("--data", default=None, help=DATA_HELP),
-        click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True,
-                     help="Number of most frequent classes in the pretrain subset."),
-        click.option("--rank-on", type=click.Choice(RANK_ON), default="train", show_default=True,
-                     help="Rank classes by frequency in the training half (default) or the whole table."),
-        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
-                     help="Share of each class's training images held out for validation."),
-        click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the validation carve-out."),
-        click.option("--val-by", type=click.Choice(VAL_BY), default="random", show_default=True,
-                     help="Validation: a random share of each class's even-year images (--val-fraction), or every "
-                          "even-year image of --val-years (held out whole, as the odd test years are)."),
-        click.option("--val-years", default="2016", show_default=True, metavar="YEARS", callback=_val_years,
-                     help="With --val-by year: the held-out even years, comma-separated (2016 holds a quarter "
-                          "of the training years' products)."),
-        click.option("--height", type=click.IntRange(min=8), default=80, show_default=True, help="Cached image height."),
-        click.option("--width", type=click.IntRange(min=8), default=60, show_default=True, help="Cached image width."),
-        click.option("--short-side", type=click.IntRange(min=8), default=None, is_eager=True, expose_value=False,
-                     callback=_short_side, metavar="N",
-                     help="Size for 3:4 portrait photos N pixels across: --width N --height round(N*4/3), "
-                          "e.g. 224 -> 299x224 for the full-resolution dataset (explicit --height/--width win)."),
-        click.option("--experiment", default=None,
-                     help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or the dataset's folder name)."),
-    ]
-    for o in reversed(opts):
-        fn = o(fn)
-    return fn
-
-
-def _short_side(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
-    """--short-side N becomes the defaults of --height and --width (eager, so before they are read)."""
-    if value is not None:
-        from .data.cache import size_for_short_side
-
-        height, width = size_for_short_side(value)
-        ctx.default_map = {**(ctx.default_map or {}), "height": height, "width": width}
-
-
-def _val_years(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    """--val-years 2014,2016 -> (2014, 2016): even years only."""
-    from .config import validate_val_years
-
-    try:
-        years = tuple(int(v) for v in value.replace(",", " ").split())
-        validate_val_years(years)
-    except ValueError as e:  # ConfigError is a ValueError
-        msg = str(e) if isinstance(e, ConfigError) else f"{value!r}: expected even years, e.g. 2016 or 2014,2016"
-        raise click.BadParameter(msg) from None
-    return years
-
-
-def _store_gpus(ctx: click.Context, param: click.Parameter, value: int) -> None:
-    ctx.meta["gpus"] = value
-
-
-def gpus_option(fn):
-    """``--gpus N``: one training run over N processes with PyTorch DDP, launched through torchrun."""
-    return click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, expose_value=False,
-                        callback=_store_gpus, metavar="N",
-                        help="Train one run on N GPUs with DDP (re-launches this command under torchrun; "
-                             "without GPUs: N CPU processes, gloo). Same as torchrun --nproc_per_node N "
-                             "-m fashion_core.cli ...")(fn)
-
-
-def _torchrun_if_asked() -> None:
-    """With --gpus N > 1 outside torchrun: replace this process by torchrun running the same command."""
-    n = click.get_current_context().meta.get("gpus", 1)
-    if n <= 1 or "WORLD_SIZE" in os.environ:
-        return
-    if not any(a == "--gpus" or a.startswith("--gpus=") for a in sys.argv):
-        raise UserError("--gpus N works from the command line only (it re-launches the command under torchrun)")
-    import torch
-
-    if torch.cuda.is_available() and n > torch.cuda.device_count():
-        raise UserError(f"--gpus {n}: only {torch.cuda.device_count()} GPU(s) here")
-    from .distributed import launch_with_torchrun
-
-    launch_with_torchrun(n, sys.argv[1:])
-
-
-def data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by="random",
-                val_years=(2016,)) -> DataConfig:
-    if val_by != "year" and tuple(val_years) != DataConfig().val_years:
-        raise ConfigError(f"--val-years {','.join(map(str, val_years))} needs --val-by year (validation is "
-                          f"{val_by} without it)")
-    return DataConfig(height=height, width=width, top_k=top_k, rank_on=rank_on, val_fraction=val_fraction,
-                      split_seed=split_seed, val_by=val_by, val_years=tuple(val_years))
-
-
-def data_overrides(data_cfg: DataConfig) -> dict:
-    """The data options that differ from the defaults, as dotted overrides (the others leave the file's)."""
-    from .config import to_dict
-
-    default = DataConfig()
-    return {f"data.{k}": v for k, v in to_dict(data_cfg).items()
-            if getattr(data_cfg, k) != getattr(default, k)}
+# The shared options live in cli_options; callers and tests import them from here too.
+from .cli_options import (DATA_HELP, UserError, data_config, data_options, data_overrides, gpus_option,  # noqa: F401
+                          resolve_config, split_words, storage_url, technique_options, torchrun_if_asked,
+                          user_errors)
+from .config import PROFILES as _PROFILES  # the --profile choices of grid, run and tune
+from .config import DataConfig
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -159,7 +23,7 @@ def main() -> None:
 @main.command()
 @data_options
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Image decoding processes (default: all cores).")
-@_user_errors
+@user_errors
 def prepare(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment,
             workers):
     """Validate the catalogue, split it, build the image cache; log a `stage=prepare` run."""
@@ -169,48 +33,6 @@ def prepare(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, h
     run_prepare(data, cfg, workers=workers, experiment=experiment, log=lambda m: click.echo(m, err=False))
 
 
-def technique_options(fn):
-    """Options shared by the training stages."""
-    from .config import PROFILES
-
-    opts = [
-        click.option("--technique", "-t", default="baseline", show_default=True,
-                     help="A file stem in experiments/<stage>/ or a path to a YAML file."),
-        click.option("--profile", type=click.Choice(list(PROFILES)), default="default", show_default=True,
-                     help="quick: a few minutes on 2 CPU cores; default: the accurate one."),
-        click.option("--override", "-o", multiple=True, metavar="KEY=VALUE",
-                     help="Override a config key, e.g. -o loss.gamma=1.5 -o train.epochs=10 (repeatable)."),
-        click.option("--overrides", default="", metavar="'K=V K=V'",
-                     help="Several overrides in one string, separated by spaces (for MLproject parameters)."),
-        click.option("--seed", type=int, default=None, help="Training seed (train.seed)."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="train.epochs."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="train.device."),
-        click.option("--experiments-dir", default="experiments", show_default=True, type=click.Path(file_okay=False),
-                     help="Folder of technique YAML files."),
-    ]
-    for o in reversed(opts):
-        fn = o(fn)
-    return fn
-
-
-def resolve_config(stage, technique, profile, override, seed, epochs, device, experiments_dir, data_cfg,
-                   overrides: str = ""):
-    """Profile <- technique file <- data options <- --seed/--epochs/--device <- -o overrides."""
-    from .config import find_technique, load_experiment, parse_overrides
-
-    path = find_technique(technique, stage, experiments_dir)
-    cfg = load_experiment(path, profile=profile, stage=stage)
-    extra = data_overrides(data_cfg)  # explicit data options win over the file only when set
-    if seed is not None:
-        extra["train.seed"] = seed
-    if epochs is not None:
-        extra["train.epochs"] = epochs
-    if device is not None:
-        extra["train.device"] = device
-    extra.update(parse_overrides(list(override) + overrides.split()))
-    return cfg.replace(**extra) if extra else cfg
-
-
 @main.command()
 @data_options
 @technique_options
@@ -218,7 +40,7 @@ def resolve_config(stage, technique, profile, override, seed, epochs, device, ex
 @click.option("--register/--no-register", default=True, show_default=True,
               help="Register the model as a version of 'fashion-pretrain' (alias @best follows validation).")
 @gpus_option
-@_user_errors
+@user_errors
 def pretrain(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, technique,
              profile, override, overrides, seed, epochs, device, experiments_dir, resume, register):
     """Train on the top-k classes; evaluate per class on the test split; log a `stage=pretrain` run."""
@@ -227,7 +49,7 @@ def pretrain(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
     cfg = resolve_config("pretrain", technique, profile, override, seed, epochs, device, experiments_dir,
                          data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years),
                          overrides)
-    _torchrun_if_asked()
+    torchrun_if_asked()
     run_stage(cfg, data, experiment=experiment, register=register, resume=resume, log=click.echo)
 
 
@@ -239,7 +61,7 @@ def pretrain(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
                    "or latest (the newest finished pretrain run).")
 @click.option("--resume", default=None, metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
 @gpus_option
-@_user_errors
+@user_errors
 def finetune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, technique,
              profile, override, overrides, seed, epochs, device, experiments_dir, source, resume):
     """Transfer the pretrained network to the other classes; log a `stage=finetune` run."""
@@ -250,7 +72,7 @@ def finetune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
     cfg = resolve_config("finetune", technique, profile, override, seed, epochs, device, experiments_dir,
                          data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years),
                          overrides)
-    _torchrun_if_asked()
+    torchrun_if_asked()
     run_stage(cfg, data, source=source, experiment=experiment, resume=resume, log=click.echo)
 
 
@@ -263,7 +85,7 @@ def finetune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
               help="The products' catalogue fields, for models that read them: a CSV such as styles.csv (rows "
                    "matched to the images by id = file name without extension) or a JSON object / list of objects.")
 @click.option("--top", type=click.IntRange(1, 20), default=5, show_default=True)
-@_user_errors
+@user_errors
 def predict(images, model_uri, meta, top):
     """Top classes with probabilities for each product (IMAGE files, and --meta for models that read metadata)."""
     from .serving import predict_products
@@ -276,12 +98,6 @@ def predict(images, model_uri, meta, top):
         click.echo(f"{name}: " + ", ".join(f"{c} {p:.3f}" for c, p in row))
 
 
-def _split_words(values, sep=None) -> list[str]:
-    """Repeated and/or separator-joined option values as one flat list (MLproject passes one string)."""
-    return [w for v in values for w in (v.replace(",", " ").split() if sep == "," else v.split()) if w]
-
-
-from .config import PROFILES as _PROFILES  # noqa: E402  (the grid's --profile choices)
 
 
 @main.command()
@@ -319,7 +135,7 @@ from .config import PROFILES as _PROFILES  # noqa: E402  (the grid's --profile c
               help="With --ray: the CPUs each cell asks for (and its torch threads).")
 @click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="With --ray: reruns of a cell whose worker or node died.")
-@_user_errors
+@user_errors
 def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, techniques,
          stages, seeds, source, profile, override, overrides, epochs, device, experiments_dir, reuse, register, jobs,
          gpus_per_cell, ray_address, cpus_per_cell, max_retries):
@@ -334,7 +150,7 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
         extra["train.device"] = device
     extra.update(parse_overrides(list(override) + overrides.split()))
     seed_list = parse_seeds(seeds)
-    tasks = plan_grid(experiments_dir, _split_words([techniques], ","), _split_words([stages], ","), seed_list,
+    tasks = plan_grid(experiments_dir, split_words([techniques], ","), split_words([stages], ","), seed_list,
                       profile, extra)
     run_grid(tasks, data, source=source or None, experiment=experiment, reuse=reuse, register=register,
              profile=profile, seeds=seed_list, log=click.echo, jobs=jobs, gpus_per_cell=gpus_per_cell,
@@ -357,7 +173,7 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
               help="Local folder for the comparison report.")
 @click.option("--reuse/--rerun", default=True, show_default=True,
               help="Reuse a finished run with the same config, dataset digest and commit instead of rerunning it.")
-@_user_errors
+@user_errors
 def run_job(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, profile,
             techniques, override, overrides, device, experiments_dir, out, reuse):
     """The main job: prepare -> pretrain -> finetune -> compare with the techniques of experiments/main.yaml."""
@@ -369,7 +185,7 @@ def run_job(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, h
     if device is not None:
         extra["train.device"] = device
     extra.update(parse_overrides(list(override) + overrides.split()))
-    run_main(data, profile, _split_words([techniques], ","), experiments_dir, extra, experiment, out, reuse,
+    run_main(data, profile, split_words([techniques], ","), experiments_dir, extra, experiment, out, reuse,
              log=click.echo)
 
 
@@ -384,26 +200,15 @@ def run_job(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, h
               help="Local folder for report.html and the CSV/Markdown tables.")
 @click.option("--log-run/--no-log-run", default=True, show_default=True,
               help="Also log the report as the artifacts of a `stage=compare` run.")
-@_user_errors
+@user_errors
 def compare(experiment, stage, grid_run, tag, out, log_run):
     """Compare techniques per class: summary and per-class tables, an interactive HTML report."""
     from .config import parse_overrides
     from .report import STAGES, run_compare
 
-    tags = {k: str(v) for k, v in parse_overrides(_split_words(tag)).items()}
+    tags = {k: str(v) for k, v in parse_overrides(split_words(tag)).items()}
     run_compare(experiment or None, STAGES if stage == "all" else (stage,), grid_run or "latest", tags, out,
                 log_run=log_run, log=click.echo)
-
-
-def _storage_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """--storage must be an Optuna storage URL this project can open."""
-    from .tuning import check_storage_url
-
-    try:
-        check_storage_url(value)
-    except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
-    return value
 
 
 @main.command()
@@ -421,7 +226,7 @@ def _storage_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--overrides", default="", metavar="'K=V K=V'", help="Several overrides in one string (MLproject).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="train.device.")
 @click.option("--study-name", default=None, help="Optuna study (default: the space's name).")
-@click.option("--storage", default="sqlite:///optuna.db", show_default=True, callback=_storage_url,
+@click.option("--storage", default="sqlite:///optuna.db", show_default=True, callback=storage_url,
               help="Optuna storage: sqlite:///FILE (one machine), postgresql://USER:PASSWORD@HOST:5432/DB (many "
                    "machines) or journal:FILE (many processes on one host).")
 @click.option("--n-trials", type=click.IntRange(min=0), default=20, show_default=True,
@@ -442,7 +247,7 @@ def _storage_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="Then train the best configuration as a normal run tagged selected=true, evaluated on test once.")
 @click.option("--from", "source", default="latest", show_default=True,
               help="Finetune spaces: the pretrained model (run id, runs:/, models:/ or latest).")
-@_user_errors
+@user_errors
 def tune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, space, spaces_dir,
          experiments_dir, profile, override, overrides, device, study_name, storage, n_trials, timeout, seed, pruning,
          prune_from, heartbeat, create_only, final, source):

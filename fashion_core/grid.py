@@ -9,49 +9,33 @@ of uncommitted changes and of the numeric libraries' versions; tag ``code_versio
 the commit is unknown) is reused instead of rerun; a technique that
 fails is recorded as a FAILED child run and the grid goes on. The parent run lists every child
 in ``grid/runs.csv``; ``experiment.run_stage`` runs each technique (and dispatches the
-metadata-only baseline to its own runner).
+metadata-only baseline to its own runner). The plan is ``grid_plan``'s, the cells and their runs
+``grid_cells``'; this module schedules them.
 
     fashion grid --profile quick --seeds 0 --data ../shared/data/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
-import json
-import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Sequence
 
 import pandas as pd
 
 from . import tracking
-# Run lookups live in tracking; callers and tests import them from here too (and patch grid.code_version).
-from .tracking import best_val_score, code_version, find_reusable, grid_run_ids, reusable_version  # noqa: F401
-from .config import STAGES, ConfigError, ExperimentConfig, find_technique, list_techniques, load_experiment, to_dict
+from .config import ConfigError
+# The plan and the cells live in grid_plan and grid_cells; callers import them from here (as before the split).
+from .grid_cells import (PLAN_ARTIFACT, RUN_COLUMNS, RUNS_ARTIFACT, SOURCE_ARTIFACT, Cell, Runner,  # noqa: F401
+                         cell_failed, finish_parent, mlflow_client, run_cell, runner_for, start_parent, task_row)
+from .grid_plan import (IMAGE, STAGE_ORDER, GridTask, config_hash, model_kind, needs_source,  # noqa: F401
+                        parse_seeds, pick_best_pretrain, plan_grid, select_techniques)
 from .progress import GridStatus
-
-STAGE_ORDER = STAGES  # pretrain first: the finetune techniques need its model
-RUNS_ARTIFACT = tracking.GRID_RUNS_ARTIFACT
-SOURCE_ARTIFACT = "grid/source.json"
-PLAN_ARTIFACT = "grid/plan.json"
-RUN_COLUMNS = ("stage", "technique", "seed", "kind", "run_id", "status", "reused", "seconds", "config_hash",
-               "source_run_id", "test_top1_mean", "val_top1_best", "error", "host", "worker", "device")
-IMAGE = "image"  # the kind of a plain image network
-
-
-@dataclass(frozen=True)
-class GridTask:
-    """One technique at one seed: a resolved config and the file it came from."""
-
-    cfg: ExperimentConfig
-    path: Path
-
-    @property
-    def name(self) -> str:
-        return f"{self.cfg.stage}/{self.cfg.technique}/seed{self.cfg.train.seed}"
+# Run lookups live in tracking, the code version in versions; callers and tests import them from here too
+# (and patch grid.code_version).
+from .tracking import best_val_score, find_reusable, grid_run_ids  # noqa: F401
+from .versions import code_version, library_versions, reusable_version
 
 
 @dataclass
@@ -69,349 +53,6 @@ class GridResult:
     experiment_id: str = ""
     sources: dict = field(default_factory=dict)
     rankings: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-
-# ---------------------------------------------------------------- planning
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]``; a range ``"0-2"`` works too; duplicates are dropped."""
-    import re
-
-    seeds: list[int] = []
-    for part in str(text).replace(" ", "").split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise ConfigError(f"--seeds {text!r}: expected non-negative integers separated by commas, e.g. 0,1,2")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        seeds += [v for v in range(lo, hi + 1) if v not in seeds]
-    return seeds
-
-
-def select_techniques(experiments_dir: str | Path = "experiments", names: Sequence[str] | None = None,
-                      stages: Sequence[str] = STAGE_ORDER) -> list[Path]:
-    """The technique files of a grid, pretrain first.
-
-    Args:
-        experiments_dir: the folder with ``pretrain/`` and ``finetune/``.
-        names: ``None``/``["all"]`` for every file of ``stages``, else stems (``focal``), qualified
-            stems (``finetune/ncm``) or YAML paths; a stem found in two stages must be qualified.
-        stages: the stages to include.
-
-    Returns:
-        The files, pretrain ones first, each once.
-    """
-    for s in stages:
-        if s not in STAGE_ORDER:
-            raise ConfigError(f"unknown stage {s!r}; choose from: {', '.join(STAGE_ORDER)}")
-    ordered = [s for s in STAGE_ORDER if s in stages]
-    if not names or list(names) == ["all"]:
-        files = [p for s in ordered for p in list_techniques(s, experiments_dir)]
-        if not files:
-            raise ConfigError(f"no technique files in {experiments_dir}/{{{','.join(ordered)}}}/")
-        return files
-    picked: dict[str, list[Path]] = {s: [] for s in STAGE_ORDER}
-    for name in names:
-        if name.endswith((".yaml", ".yml")):
-            p = Path(name)
-            if not p.is_file():
-                raise ConfigError(f"technique file {name!r} not found")
-            stage = p.parent.name if p.parent.name in STAGE_ORDER else load_experiment(p).stage
-            picked[stage].append(p)
-            continue
-        stage_hint, _, stem = name.rpartition("/")
-        where = [stage_hint] if stage_hint else ordered
-        hits = []
-        for s in where:
-            try:
-                hits.append((s, find_technique(stem, s, experiments_dir)))
-            except ConfigError:
-                pass
-        if not hits:
-            valid = [f"{s}/{p.stem}" for s in ordered for p in list_techniques(s, experiments_dir)]
-            raise ConfigError(f"unknown technique {name!r}; choose from: {', '.join(valid)}")
-        if len(hits) > 1:
-            raise ConfigError(f"technique {name!r} exists in {' and '.join(s for s, _ in hits)}; "
-                              f"write {hits[0][0]}/{stem} or {hits[1][0]}/{stem}")
-        picked[hits[0][0]].append(hits[0][1])
-    out: list[Path] = []
-    for s in STAGE_ORDER:
-        for p in picked[s]:
-            if p not in out:
-                out.append(p)
-    return out
-
-
-def plan_grid(experiments_dir: str | Path = "experiments", techniques: Sequence[str] | None = None,
-              stages: Sequence[str] = STAGE_ORDER, seeds: Sequence[int] = (0,), profile: str = "default",
-              overrides: Mapping[str, Any] | None = None) -> list[GridTask]:
-    """Resolve every (technique, seed) of a grid into a config, pretrain first, seed-major within a stage.
-
-    Args:
-        experiments_dir, techniques, stages: see :func:`select_techniques`.
-        seeds: training seeds (``train.seed``).
-        profile: a config profile (``quick`` on CPUs).
-        overrides: dotted keys applied to every technique after its file (``data.top_k``, ``train.epochs``).
-
-    Returns:
-        The tasks in run order; every config is validated, so a bad value fails before any run.
-    """
-    files = select_techniques(experiments_dir, techniques, stages)
-    # A file under experiments/<stage>/ belongs to that stage; any other file says its own.
-    loaded = [(p, load_experiment(p, overrides=overrides, profile=profile,
-                                  stage=p.parent.name if p.parent.name in STAGE_ORDER else None)) for p in files]
-    tasks: list[GridTask] = []
-    for stage in STAGE_ORDER:
-        for seed in seeds:
-            tasks += [GridTask(c.replace(**{"train.seed": seed}), p) for p, c in loaded if c.stage == stage]
-    data_cfgs = {json.dumps(to_dict(t.cfg.data), sort_keys=True) for t in tasks}
-    if len(data_cfgs) > 1:
-        raise ConfigError("the techniques of one grid must share the data settings (split, size); "
-                          f"got {len(data_cfgs)} different ones - set them with the grid's data options")
-    return tasks
-
-
-# ---------------------------------------------------------------- reuse and source selection
-
-def needs_source(cfg: ExperimentConfig) -> bool:
-    """Whether a config trains from a pretrained model (finetune with a transfer method that uses one)."""
-    from .models import transfer_policy
-
-    return cfg.stage == "finetune" and bool(transfer_policy(cfg.transfer.method)["pretrained"])
-
-
-def config_hash(cfg: ExperimentConfig, source_run_id: str | None = None) -> str:
-    """16 hex digits identifying a resolved config (and, for transfer, the pretrain run it starts from)."""
-    payload = {"config": to_dict(cfg), "source_run_id": source_run_id if needs_source(cfg) else None}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def model_kind(cfg: ExperimentConfig) -> str:
-    """Which pretrained networks fit a config: ``image``, ``<mode>-<hash>`` of the metadata encoders, or '' (no network).
-
-    A finetune technique starts only from a pretrain run of its own kind: image techniques from an
-    image network, a fused one from a network with the same metadata encoders; the metadata-only
-    baseline is no network at all.
-    """
-    from .fusion import INPUT_KEYS
-
-    f = cfg.fusion
-    if f.mode == "metadata_only":
-        return ""
-    if f.mode == "none":
-        return IMAGE
-    encoders = {k: to_dict(getattr(f, k)) for k in INPUT_KEYS}
-    return f"{f.mode}-{hashlib.sha256(json.dumps(encoders, sort_keys=True).encode()).hexdigest()[:8]}"
-
-
-def pick_best_pretrain(runs: pd.DataFrame, kind: str = IMAGE) -> tuple[str | None, pd.DataFrame]:
-    """The finished pretrain run of a kind with the best validation class-mean top-1, and the ranking."""
-    cand = runs[(runs["stage"] == "pretrain") & (runs["status"] == "FINISHED") & (runs["kind"] == kind)]
-    cand = cand[cand["val_top1_best"].notna()].sort_values("val_top1_best", ascending=False, kind="stable")
-    table = cand[["kind", "technique", "seed", "run_id", "val_top1_best"]].reset_index(drop=True)
-    return (str(cand.iloc[0]["run_id"]) if len(cand) else None), table
-
-
-# ---------------------------------------------------------------- dispatch
-
-Runner = Callable[..., str]
-
-
-def runner_for(cfg: ExperimentConfig) -> Runner:
-    """The function that runs a config as one MLflow run (same keywords as ``experiment.run_stage``)."""
-    from .experiment import run_stage
-
-    return run_stage
-
-
-# ---------------------------------------------------------------- the grid
-
-def _client():
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient()
-
-
-def _start_parent(experiment_id: str, digest: str, code: str, tasks: Sequence[GridTask], profile: str,
-                  seeds: Sequence[int], params: Mapping[str, Any]) -> str:
-    """Create the parent run (not made active: the children are started by ``run_stage`` meanwhile)."""
-    commit, dirty = tracking.git_commit()
-    techniques = sorted({f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks},
-                        key=lambda s: (STAGE_ORDER.index(s.split("/")[0]), s))
-    seed_text = ",".join(str(s) for s in seeds)
-    tags = {"stage": "grid", "technique": "grid", "dataset_digest": digest, "git_commit": commit,
-            "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower(), "profile": profile,
-            "seeds": seed_text, "code_version": code,
-            "mlflow.note.content": (f"Technique grid, profile `{profile}`, seeds {seed_text}: "
-                                    f"{len(tasks)} runs of {', '.join(techniques)}.")}
-    client = _client()
-    name = f"grid/{profile}/seeds{seed_text}"
-    # Under `mlflow run . -e grid` the run MLflow made for this process becomes the parent; it is taken
-    # out of the environment so that the children and later runs do not adopt it too.
-    launched = os.environ.pop("MLFLOW_RUN_ID", None)
-    if launched:
-        run_id = launched
-        client.set_tag(run_id, "mlflow.runName", name)
-        for k, v in tags.items():
-            client.set_tag(run_id, k, v)
-    else:
-        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    logged = client.get_run(run_id).data.params  # `mlflow run` logged its entry point's parameters already
-    for k, v in params.items():
-        if k not in logged:
-            client.log_param(run_id, k, str(v)[:6000])
-    return run_id
-
-
-def _record_failure(task: GridTask, cfg_hash: str, digest: str, code: str, experiment_id: str, parent: str,
-                    error: str) -> str:
-    """The FAILED child run of a technique: the one ``run_stage`` opened, else a new one holding the error."""
-    client = _client()
-    found = client.search_runs([experiment_id], filter_string=(f"tags.config_hash = '{cfg_hash}' and "
-                                                               f"tags.grid_run_id = '{parent}'"),
-                               order_by=["attributes.start_time DESC"], max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-    else:  # it failed before a run existed (e.g. no pretrained model to start from)
-        commit, dirty = tracking.git_commit()
-        tags = {"stage": task.cfg.stage, "technique": task.cfg.technique, "dataset_digest": digest,
-                "git_commit": commit, "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower(),
-                "config_hash": cfg_hash, "grid_run_id": parent, "mlflow.parentRunId": parent, "code_version": code,
-                "seed": str(task.cfg.train.seed), "mlflow.note.content": f"Failed before training: {error}"}
-        run_id = client.create_run(experiment_id, run_name=task.name, tags=tags).info.run_id
-    client.set_tag(run_id, "error", error[:5000])
-    client.log_text(run_id, error, "error.txt")
-    if client.get_run(run_id).info.status not in ("FAILED", "KILLED"):
-        client.set_terminated(run_id, "FAILED")
-    return run_id
-
-
-def _row(task: GridTask, run_id: str | None, status: str, reused: bool, seconds: float, cfg_hash: str,
-         source: str | None, error: str = "") -> dict:
-    """A row of ``RUN_COLUMNS`` (where it ran is added by ``run_cell``)."""
-    top1 = val = float("nan")
-    if run_id and status == "FINISHED":
-        top1 = _client().get_run(run_id).data.metrics.get("test_top1_mean", float("nan"))
-        val = best_val_score(run_id)
-    return {"stage": task.cfg.stage, "technique": task.cfg.technique, "seed": task.cfg.train.seed,
-            "kind": model_kind(task.cfg), "run_id": run_id, "status": status, "reused": reused,
-            "seconds": round(seconds, 1), "config_hash": cfg_hash, "source_run_id": source or "",
-            "test_top1_mean": top1, "val_top1_best": val, "error": error, "host": "", "worker": "", "device": ""}
-
-
-def _finish_parent(parent: str, rows: list[dict], sources: Mapping[str, str | None], rankings: pd.DataFrame,
-                   seconds: float, status: str) -> pd.DataFrame:
-    """Log the runs table, the source choices and the counts to the parent run, then end it."""
-    from .report import markdown_table
-
-    client = _client()
-    runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-    client.log_text(parent, runs.to_csv(index=False), RUNS_ARTIFACT)
-    client.log_text(parent, json.dumps({"sources": sources, "candidates": rankings.to_dict("records")},
-                                       indent=1, default=str), SOURCE_ARTIFACT)
-    counts = {"n_runs": len(runs), "n_finished": int((runs["status"] == "FINISHED").sum()),
-              "n_failed": int((runs["status"] == "FAILED").sum()), "n_reused": int(runs["reused"].sum()),
-              "grid_seconds": seconds}
-    for k, v in counts.items():
-        client.log_metric(parent, k, float(v))
-    if sources.get(IMAGE):
-        client.set_tag(parent, "source_run_id", sources[IMAGE])
-    note = client.get_run(parent).data.tags.get("mlflow.note.content", "")
-    table = markdown_table(runs[["stage", "technique", "seed", "status", "reused", "test_top1_mean"]])
-    client.set_tag(parent, "mlflow.note.content",
-                   f"{note}\n\nFinished {counts['n_finished']}, failed {counts['n_failed']}, "
-                   f"reused {counts['n_reused']} in {seconds:.0f} s.\n\n{table}")
-    client.set_terminated(parent, status)
-    return runs
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One task ready to run: its source and identity, and where it logs; picklable, no images.
-
-    ``run_cell`` runs it in the grid's process, a local worker or a Ray worker alike.
-    """
-
-    index: int
-    task: GridTask
-    source: str | None
-    cfg_hash: str
-    data: str | None
-    exp_name: str
-    experiment_id: str
-    parent: str
-    digest: str
-    code: str
-    register: bool = True
-    libs: str = ""
-
-
-_PREPARED: dict[tuple, Any] = {}  # per worker process: the data is prepared (the cache opened) once
-
-
-def _prepared_for(cell: Cell, log):
-    from .data import prepare_data
-
-    key = (cell.data, json.dumps(to_dict(cell.task.cfg.data), sort_keys=True))
-    if key not in _PREPARED:
-        _PREPARED[key] = prepare_data(cell.data, cell.task.cfg.data, log=log)
-    return _PREPARED[key]
-
-
-def _close_dead_attempts(cell: Cell) -> dict | None:
-    """Before a cell runs: an earlier attempt's FINISHED run is the result; a RUNNING one (its worker died) is KILLED.
-
-    A cell runs twice only when Ray retries it after losing its worker; this keeps every cell at
-    one FINISHED run.
-    """
-    client = _client()
-    found = client.search_runs([cell.experiment_id], filter_string=(f"tags.config_hash = '{cell.cfg_hash}' and "
-                                                                    f"tags.grid_run_id = '{cell.parent}'"))
-    for run in found:
-        if run.info.status == "FINISHED":
-            return run
-    for run in found:
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "error", "its worker died; the cell was retried")
-            client.set_terminated(run.info.run_id, "KILLED")
-    return None
-
-
-def run_cell(cell: Cell, prepared=None, log=None) -> dict:
-    """Run one cell as a child run of the grid (or record its failure); returns its row of ``RUN_COLUMNS``."""
-    from .executors import worker_place
-
-    task, place = cell.task, worker_place()
-    if log is None:  # a worker: every line says which cell it is about
-        def log(message: str, _name=task.name) -> None:
-            print(f"[{_name}] {message}", flush=True)
-    t1 = time.perf_counter()
-    try:
-        earlier = _close_dead_attempts(cell)
-        if earlier is not None:
-            log(f"  an earlier attempt finished: run {earlier.info.run_id}")
-            return {**_row(task, earlier.info.run_id, "FINISHED", False, 0.0, cell.cfg_hash, cell.source), **place}
-        if needs_source(task.cfg) and not cell.source:
-            raise ConfigError(f"no finished pretrain run of this model kind ({model_kind(task.cfg)}) "
-                              "to start from; pass --from")
-        prepared = prepared or _prepared_for(cell, log)
-        run_id = runner_for(task.cfg)(task.cfg, cell.data, source=cell.source, experiment=cell.exp_name,
-                                      parent_run_id=cell.parent, register=cell.register, prepared=prepared,
-                                      log=log, tags={"config_hash": cell.cfg_hash, "grid_run_id": cell.parent,
-                                                     "code_version": cell.code, "library_versions": cell.libs,
-                                                     "host": place["host"],
-                                                     "worker_pid": os.getpid()})
-        row = _row(task, run_id, "FINISHED", False, time.perf_counter() - t1, cell.cfg_hash, cell.source)
-    except Exception as e:  # one technique failing must not stop the grid
-        error = f"{type(e).__name__}: {e}"
-        log(f"  FAILED: {error}")
-        row = _cell_failed(cell, error + "\n\n" + traceback.format_exc(), time.perf_counter() - t1)
-    return {**row, **place}
-
-
-def _cell_failed(cell: Cell, error: str, seconds: float) -> dict:
-    """The FAILED row (and child run) of a cell."""
-    failed = _record_failure(cell.task, cell.cfg_hash, cell.digest, cell.code, cell.experiment_id, cell.parent, error)
-    return _row(cell.task, failed, "FAILED", False, seconds, cell.cfg_hash, cell.source, error.split("\n\n")[0])
 
 
 def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None = None,
@@ -454,7 +95,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
     t0 = time.perf_counter()
     prepared = prepare_data(data, tasks[0].cfg.data, log=log)
     experiment_id = tracking.set_experiment(experiment or tracking.experiment_name_for(prepared.root))
-    exp_name = _client().get_experiment(experiment_id).name  # under `mlflow run`, the launched run's experiment
+    exp_name = mlflow_client().get_experiment(experiment_id).name  # under `mlflow run`, the launched run's experiment
     fixed = resolve_source(source, exp_name) if source else None  # a bad --from fails before any run
     seeds = list(seeds) if seeds is not None else sorted({t.cfg.train.seed for t in tasks})
     code = code_version()
@@ -466,9 +107,9 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
     params = {"profile": profile, "seeds": ",".join(map(str, seeds)), "n_tasks": len(tasks), "from": source or "",
               "techniques": ",".join(dict.fromkeys(f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks)),
               "reuse": reuse, **{k: v for k, v in how.items() if k != "executor"}}
-    libs = ", ".join(f"{k} {v}" for k, v in tracking.library_versions().items())
-    parent = _start_parent(experiment_id, prepared.digest, code, tasks, profile, seeds, params)
-    _client().log_dict(parent, {"cells": [{"index": i, "name": t.name, "kind": model_kind(t.cfg),
+    libs = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+    parent = start_parent(experiment_id, prepared.digest, code, tasks, profile, seeds, params)
+    mlflow_client().log_dict(parent, {"cells": [{"index": i, "name": t.name, "kind": model_kind(t.cfg),
                                            "needs_source": needs_source(t.cfg)} for i, t in enumerate(tasks)],
                                 **how}, PLAN_ARTIFACT)
     log(f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest}), "
@@ -488,7 +129,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         if old is not None:
             log(f"[{i + 1}/{len(tasks)}] {task.name}\n  reusing finished run {old.info.run_id} "
                 "(same config, data, code and libraries)")
-            rows[i] = _row(task, old.info.run_id, "FINISHED", True, 0.0, h, this_source)
+            rows[i] = task_row(task, old.info.run_id, "FINISHED", True, 0.0, h, this_source)
             if status is not None:
                 status.update(task.name, "reused")
             return
@@ -503,7 +144,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         try:
             running[executor.submit(run_cell, cell)] = cell
         except RuntimeError as e:  # a broken pool (a worker was killed) takes no more cells
-            rows[i] = _cell_failed(cell, f"{type(e).__name__}: {e}", 0.0)
+            rows[i] = cell_failed(cell, f"{type(e).__name__}: {e}", 0.0)
 
     def release() -> None:
         """Start the finetune cells whose source is known (every pretrain cell of their kind has ended)."""
@@ -536,7 +177,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
                     except Exception as e:  # the worker itself died (a cell's own errors come back as rows)
                         error = f"{type(e).__name__}: {e}"
                         log(f"  {cell.task.name} FAILED: {error}")
-                        rows[cell.index] = _cell_failed(cell, error, 0.0)
+                        rows[cell.index] = cell_failed(cell, error, 0.0)
                     if status is not None:
                         status.update(cell.task.name, rows[cell.index]["status"].lower())
                 release()
@@ -557,7 +198,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
             status.close()
         seconds = time.perf_counter() - t0
         ranked = pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame()
-        runs = _finish_parent(parent, [r for r in rows if r is not None], sources, ranked, seconds, status_)
+        runs = finish_parent(parent, [r for r in rows if r is not None], sources, ranked, seconds, status_)
     log(f"grid {parent} done in {seconds:.0f} s: {int((runs['status'] == 'FINISHED').sum())} finished, "
         f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused")
     return GridResult(parent_run_id=parent, runs=runs, source_run_id=sources.get(IMAGE), seconds=seconds,
@@ -600,4 +241,3 @@ def _pick_source(rows: list[dict], tasks: Sequence[GridTask], kind: str, exp_nam
     else:
         log(f"no finished {kind} pretrain run in this grid: the {kind} techniques that need one fail")
     return src, ranking
-

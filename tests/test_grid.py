@@ -220,7 +220,7 @@ def test_a_real_code_change_changes_the_version_and_stops_reuse(tmp_path, isolat
 
     import mlflow
 
-    from fashion_core import tracking
+    from fashion_core import tracking, versions
     from fashion_core.grid import find_reusable
 
     repo = git_repo(tmp_path / "repo")
@@ -248,7 +248,7 @@ def test_a_real_code_change_changes_the_version_and_stops_reuse(tmp_path, isolat
     (repo / "notes.txt").write_text("not source")  # an untracked non-source file changes nothing
     assert code_version(repo) == committed and tracking.git_commit(repo)[1] is False
 
-    monkeypatch.setattr(tracking, "library_versions", lambda: {"torch": "0.0.1", "torchvision": "0.0.1",
+    monkeypatch.setattr(versions, "library_versions", lambda: {"torch": "0.0.1", "torchvision": "0.0.1",
                                                               "scikit-learn": "0.0.1", "numpy": "0.0.1"})
     other_libs = code_version(repo)
     versions = [clean, edited, untracked, committed, other_libs]

@@ -16,16 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 MAX_LINES = 450
 # Modules over the limit that are not split yet, each with its reason; it leaves this table when it is.
 NOT_YET_SPLIT = {
-    "fashion_core.config": "506 lines after main's model.init / EfficientNet-Lite / profile changes; its split "
-                           "(schema vs. loading, a package) waits for the concurrent config edits",
     "fashion_core.zeroshot": "478 lines, landed on main at 23:00 (issue 21's end); to split by concern next",
-    "fashion_core.tracking": "489 lines after main's store hints, UI links and dataset inputs (#19) and the code "
-                             "version's library versions (#16) joined the run lookups; the version/reuse key "
-                             "(tests patch tracking.library_versions) and the UI links are the next split",
-    "fashion_core.grid": "603 lines after main's --jobs / --ray executors, cell scheduling and status line (h20) "
-                         "landed on the restructure; the scheduler and the parent run's logging are the next split",
-    "fashion_core.cli": "476 lines after main's `fashion run`, predict --meta, --val-by and --jobs/--ray "
-                        "(#19, #16, h20); one module per command group next",
 }
 
 
