@@ -18,7 +18,6 @@ MAX_LINES = 450
 NOT_YET_SPLIT = {
     "fashion_core.config": "506 lines after main's model.init / EfficientNet-Lite / profile changes; its split "
                            "(schema vs. loading, a package) waits for the concurrent config edits",
-    "fashion_core.zeroshot": "478 lines, landed on main at 23:00 (issue 21's end); to split by concern next",
     "fashion_core.tracking": "489 lines after main's store hints, UI links and dataset inputs (#19) and the code "
                              "version's library versions (#16) joined the run lookups; the version/reuse key "
                              "(tests patch tracking.library_versions) and the UI links are the next split",

@@ -1,0 +1,106 @@
+"""Fitting both models on some seen classes and choosing the calibration on validation with pseudo-unseen folds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..train import class_mean_accuracy
+from .ranker import MIXES, fit_ranker, harmonic, ranker_log_proba, stacked_scores
+
+N_FOLDS = 3  # pseudo-unseen folds for gamma
+HOLDOUT = 1 / 3  # share of the seen classes (with validation images) held out per fold
+GAMMAS = tuple(np.round(np.arange(-4.0, 12.0001, 0.25), 2))  # calibration constants tried (log-probability units)
+
+
+# ---------------------------------------------------------------- fitting, calibration
+
+@dataclass
+class SeenModels:
+    """The two models fitted on some seen classes: the metadata logistic regression and the name ranker."""
+
+    clf: Any
+    w: np.ndarray
+    seen: np.ndarray  # (C,) bool: classes with training rows in this fit
+
+
+def fit_models(x_train, phi_train: np.ndarray, y_train: np.ndarray, n_classes: int, c: float,
+               class_weight: str | None, seed: int) -> SeenModels:
+    """Fit both models on the given training rows (labels index the C candidates)."""
+    from ..metadata_baseline import fit_logreg
+
+    clf, _ = fit_logreg(x_train, y_train, c, class_weight, seed)
+    w = fit_ranker(phi_train, y_train, balanced=class_weight == "balanced")
+    seen = np.zeros(n_classes, dtype=bool)
+    seen[np.unique(y_train)] = True
+    return SeenModels(clf, w, seen)
+
+
+def model_scores(models: SeenModels, x, phi: np.ndarray, gamma: float, mix: str) -> np.ndarray:
+    """Stacked GZSL scores (N, C) of some rows."""
+    from ..metadata_baseline import class_scores
+
+    meta = class_scores(models.clf, x, len(models.seen))
+    return stacked_scores(meta, ranker_log_proba(phi, models.w), models.seen, gamma, mix)
+
+
+def split_means(labels: np.ndarray, pred1: np.ndarray, groups: Sequence[np.ndarray]) -> list[float]:
+    """Class-mean Top-1 over the rows whose label is in each group of class indices (NaN for an empty group)."""
+    out = []
+    for g in groups:
+        rows = np.isin(labels, g)
+        out.append(class_mean_accuracy(labels[rows], pred1[rows, None])[0] if rows.any() else float("nan"))
+    return out
+
+
+def pseudo_unseen_folds(seen_with_val: np.ndarray, seed: int, n_folds: int = N_FOLDS,
+                        share: float = HOLDOUT) -> list[np.ndarray]:
+    """Class indices held out as pseudo-unseen in each fold: disjoint seeded slices of a permutation."""
+    classes = np.sort(np.asarray(seen_with_val))
+    k = int(round(share * len(classes)))
+    if len(classes) < 2 or k < 1:
+        return []
+    order = np.random.default_rng(seed).permutation(classes)
+    folds = np.array_split(order, max(1, min(n_folds, len(classes) // k)))
+    return [np.sort(f) for f in folds[:n_folds] if 0 < len(f) < len(classes)]
+
+
+def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int, c: float,
+              class_weight: str | None, seed: int, log=print) -> tuple[float, str, pd.DataFrame]:
+    """The calibration: (gamma, mix) of the best mean validation H over pseudo-unseen folds, and the curve per fold.
+
+    In each fold the held-out classes' training rows leave both fits; every validation row is scored over
+    all candidates, and S / U are the class-mean Top-1 of the pseudo-seen / pseudo-unseen validation rows.
+    """
+    folds = pseudo_unseen_folds(np.unique(y_val), seed)
+    rows = []
+    for i, held in enumerate(folds):
+        keep = ~np.isin(y_train, held)
+        if len(np.unique(y_train[keep])) < 2:
+            continue
+        models = fit_models(x_train[np.flatnonzero(keep)], phi_train[keep], y_train[keep], n_classes, c,
+                            class_weight, seed)
+        pseudo_seen = np.setdiff1d(np.unique(y_val), held)
+        for mix in MIXES:
+            base = model_scores(models, x_val, phi_val, 0.0, mix)
+            for g in GAMMAS:
+                s = base.copy()
+                s[:, models.seen] -= g
+                s_mean, u_mean = split_means(y_val, s.argmax(axis=1), [pseudo_seen, held])
+                rows.append({"fold": i, "mix": mix, "gamma": float(g), "n_held_out": len(held), "val_seen": s_mean,
+                             "val_unseen": u_mean, "val_harmonic": harmonic(s_mean, u_mean)})
+    curve = pd.DataFrame(rows, columns=["fold", "mix", "gamma", "n_held_out", "val_seen", "val_unseen",
+                                        "val_harmonic"])
+    if curve.empty:
+        log(f"zero-shot: too few seen classes with validation images to hold some out: gamma = 0, mix {MIXES[0]}")
+        return 0.0, MIXES[0], curve
+    mean = curve.groupby(["mix", "gamma"], sort=False)[["val_seen", "val_unseen", "val_harmonic"]].mean()
+    mix, gamma = mean["val_harmonic"].idxmax()  # the first among equals: gate before product, smaller gamma first
+    best = mean.loc[(mix, gamma)]
+    log(f"zero-shot calibration on validation ({curve['fold'].nunique()} folds of pseudo-unseen classes): "
+        f"mix {mix}, gamma={gamma:g}  pseudo-seen {best['val_seen']:.4f}  pseudo-unseen {best['val_unseen']:.4f}  "
+        f"H {best['val_harmonic']:.4f}")
+    return float(gamma), str(mix), curve
+
