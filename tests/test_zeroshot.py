@@ -13,6 +13,7 @@ from fashion_core import metrics as M
 from fashion_core.config import ConfigError, load_experiment
 from fashion_core.zeroshot import (FEATURES, NameMatcher, candidate_classes, fit_ranker, harmonic, name_tokens,
                                    pseudo_unseen_folds, ranker_log_proba, stacked_scores)
+from fashion_core.zeroshot.names import name_words, novelty
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 QUIET = dict(log=lambda m: None)
@@ -131,8 +132,17 @@ def test_stacked_scores_and_calibration_constant():
     with pytest.raises(ConfigError, match="choose one of"):
         stacked_scores(meta, name, seen, 0.0, "sum")
     assert harmonic(0.8, 0.4) == pytest.approx(2 * 0.8 * 0.4 / 1.2) and harmonic(0.0, 0.0) == 0.0
+    # gamma per row: a novel name holds the seen classes back more
+    rows = stacked_scores(np.repeat(meta, 2, 0), np.repeat(name, 2, 0), seen, np.array([-1.0, 1.0]))
+    assert rows.argmax(axis=1).tolist() == [0, 2]
     folds = pseudo_unseen_folds(np.arange(9), seed=0)
     assert len(folds) == 3 and sorted(np.concatenate(folds).tolist()) == list(range(9))
+
+
+def test_novelty_counts_the_words_no_training_name_holds():
+    known = set().union(*name_words(["Puma Men Casual Shoes", "Nike Men Blue T-shirts"]))
+    nov = novelty(name_words(["Nike Men Shoe", "Lakme Red Lipstick", "Lakme Men Shoes", ""]), known)
+    assert nov.tolist() == pytest.approx([0.0, 1.0, 1 / 3, 0.0])  # "shoe" meets "shoes": plurals are folded
 
 
 def test_gzsl_summary_against_a_hand_count():
@@ -185,6 +195,9 @@ def test_unseen_classes_are_predicted_and_logged(zs_run, zs_data, tmp_path):
     assert m["test_top1_mean_all"] == pytest.approx(acc.mean())
     assert m["test_top1_mean"] == pytest.approx(s)  # the usual metric keeps its meaning: seen classes
     assert m["test_n_classes_unseen"] == len(UNSEEN)
+    # every test image, the unseen classes' counted as predicted (not as wrong)
+    assert m["test_top1_micro_all"] == pytest.approx((preds["pred1"] == preds["label"]).mean())
+    assert "zs_beta" in m and m["zs_beta"] >= 0
     assert 0 < m["test_unseen_share_no_class_word"] < 1
 
 
@@ -208,7 +221,7 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     tracking.set_experiment("poisoned")  # apart from the runs the compare test reads
     again = run_zeroshot(c, poisoned, **QUIET)
     a, b = _metrics(zs_run).metrics, _metrics(again).metrics
-    fitted = ["zs_gamma", "zs_mix_product", "logreg_c", "val_top1_mean", "val_pseudo_harmonic"]
+    fitted = ["zs_gamma", "zs_beta", "zs_mix_product", "logreg_c", "val_top1_mean", "val_pseudo_harmonic"]
     fitted += [f"zs_w_{f}" for f in FEATURES]
     assert {k: a[k] for k in fitted} == {k: b[k] for k in fitted}
     from fashion_core.tracking import download_artifact

@@ -8,11 +8,15 @@ import numpy as np
 import pandas as pd
 
 from ..train import class_mean_accuracy
+from .names import novelty
 from .ranker import MIXES, fit_ranker, harmonic, ranker_log_proba, stacked_scores
 
 N_FOLDS = 3  # pseudo-unseen folds for gamma
 HOLDOUT = 1 / 3  # share of the seen classes (with validation images) held out per fold
 GAMMAS = tuple(np.round(np.arange(-4.0, 12.0001, 0.25), 2))  # calibration constants tried (log-probability units)
+# How much more a seen class is held back per unit of name novelty (share of the name's words no training name
+# holds): gamma(x) = gamma + beta * novelty(x); beta 0 is the single constant.
+BETAS = (0.0, 2.0, 4.0, 6.0, 8.0)
 
 
 # ---------------------------------------------------------------- fitting, calibration
@@ -27,19 +31,21 @@ class SeenModels:
 
 
 def fit_models(x_train, phi_train: np.ndarray, y_train: np.ndarray, n_classes: int, c: float,
-               class_weight: str | None, seed: int) -> SeenModels:
-    """Fit both models on the given training rows (labels index the C candidates)."""
+               class_weight: str | None, seed: int, clf=None) -> SeenModels:
+    """Fit both models on the given training rows (labels index the C candidates); ``clf``: the metadata model
+    already fitted on exactly these rows with this ``c`` (saves its refit)."""
     from ..metadata_baseline import fit_logreg
 
-    clf, _ = fit_logreg(x_train, y_train, c, class_weight, seed)
+    if clf is None:
+        clf, _ = fit_logreg(x_train, y_train, c, class_weight, seed)
     w = fit_ranker(phi_train, y_train, balanced=class_weight == "balanced")
     seen = np.zeros(n_classes, dtype=bool)
     seen[np.unique(y_train)] = True
     return SeenModels(clf, w, seen)
 
 
-def model_scores(models: SeenModels, x, phi: np.ndarray, gamma: float, mix: str) -> np.ndarray:
-    """Stacked GZSL scores (N, C) of some rows."""
+def model_scores(models: SeenModels, x, phi: np.ndarray, gamma, mix: str) -> np.ndarray:
+    """Stacked GZSL scores (N, C) of some rows; ``gamma`` a constant or one value per row."""
     from ..metadata_baseline import class_scores
 
     meta = class_scores(models.clf, x, len(models.seen))
@@ -68,11 +74,15 @@ def pseudo_unseen_folds(seen_with_val: np.ndarray, seed: int, n_folds: int = N_F
 
 
 def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int, c: float,
-              class_weight: str | None, seed: int, log=print) -> tuple[float, str, pd.DataFrame]:
-    """The calibration: (gamma, mix) of the best mean validation H over pseudo-unseen folds, and the curve per fold.
+              class_weight: str | None, seed: int, words_train: Sequence[set] | None = None,
+              words_val: Sequence[set] | None = None, betas: Sequence[float] = BETAS,
+              log=print) -> tuple[float, float, str, pd.DataFrame]:
+    """The calibration: (gamma, beta, mix) of the best mean validation H over pseudo-unseen folds, and the curve.
 
-    In each fold the held-out classes' training rows leave both fits; every validation row is scored over
-    all candidates, and S / U are the class-mean Top-1 of the pseudo-seen / pseudo-unseen validation rows.
+    In each fold the held-out classes' training rows leave both fits and the known words (novelty is counted
+    against the fold's training names only); every validation row is scored over all candidates, and S / U
+    are the class-mean Top-1 of the pseudo-seen / pseudo-unseen validation rows. Without ``words_*`` only
+    beta 0 is tried.
     """
     folds = pseudo_unseen_folds(np.unique(y_val), seed)
     rows = []
@@ -83,24 +93,29 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
         models = fit_models(x_train[np.flatnonzero(keep)], phi_train[keep], y_train[keep], n_classes, c,
                             class_weight, seed)
         pseudo_seen = np.setdiff1d(np.unique(y_val), held)
+        nov = np.zeros(len(y_val))
+        if words_train is not None and words_val is not None:
+            nov = novelty(words_val, set().union(*[words_train[j] for j in np.flatnonzero(keep)]))
         for mix in MIXES:
             base = model_scores(models, x_val, phi_val, 0.0, mix)
-            for g in GAMMAS:
-                s = base.copy()
-                s[:, models.seen] -= g
-                s_mean, u_mean = split_means(y_val, s.argmax(axis=1), [pseudo_seen, held])
-                rows.append({"fold": i, "mix": mix, "gamma": float(g), "n_held_out": len(held), "val_seen": s_mean,
-                             "val_unseen": u_mean, "val_harmonic": harmonic(s_mean, u_mean)})
-    curve = pd.DataFrame(rows, columns=["fold", "mix", "gamma", "n_held_out", "val_seen", "val_unseen",
+            for b in (betas if words_val is not None else (0.0,)):
+                for g in GAMMAS:
+                    s = base.copy()
+                    s[:, models.seen] -= g + b * nov[:, None]
+                    s_mean, u_mean = split_means(y_val, s.argmax(axis=1), [pseudo_seen, held])
+                    rows.append({"fold": i, "mix": mix, "beta": float(b), "gamma": float(g), "n_held_out": len(held),
+                                 "val_seen": s_mean, "val_unseen": u_mean, "val_harmonic": harmonic(s_mean, u_mean)})
+    curve = pd.DataFrame(rows, columns=["fold", "mix", "beta", "gamma", "n_held_out", "val_seen", "val_unseen",
                                         "val_harmonic"])
     if curve.empty:
         log(f"zero-shot: too few seen classes with validation images to hold some out: gamma = 0, mix {MIXES[0]}")
-        return 0.0, MIXES[0], curve
-    mean = curve.groupby(["mix", "gamma"], sort=False)[["val_seen", "val_unseen", "val_harmonic"]].mean()
-    mix, gamma = mean["val_harmonic"].idxmax()  # the first among equals: gate before product, smaller gamma first
-    best = mean.loc[(mix, gamma)]
+        return 0.0, 0.0, MIXES[0], curve
+    mean = curve.groupby(["mix", "beta", "gamma"], sort=False)[["val_seen", "val_unseen", "val_harmonic"]].mean()
+    # the first among equals: gate before product, smaller beta, smaller gamma
+    mix, beta, gamma = mean["val_harmonic"].idxmax()
+    best = mean.loc[(mix, beta, gamma)]
     log(f"zero-shot calibration on validation ({curve['fold'].nunique()} folds of pseudo-unseen classes): "
-        f"mix {mix}, gamma={gamma:g}  pseudo-seen {best['val_seen']:.4f}  pseudo-unseen {best['val_unseen']:.4f}  "
-        f"H {best['val_harmonic']:.4f}")
-    return float(gamma), str(mix), curve
+        f"mix {mix}, gamma={gamma:g}, beta={beta:g}  pseudo-seen {best['val_seen']:.4f}  "
+        f"pseudo-unseen {best['val_unseen']:.4f}  H {best['val_harmonic']:.4f}")
+    return float(gamma), float(beta), str(mix), curve
 

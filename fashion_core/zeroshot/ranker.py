@@ -56,7 +56,7 @@ def ranker_log_proba(phi: np.ndarray, w: np.ndarray) -> np.ndarray:
     return _log_softmax(phi.astype(np.float64) @ w) if len(phi) else np.zeros((0, phi.shape[1]))
 
 
-def stacked_scores(meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarray, gamma: float,
+def stacked_scores(meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarray, gamma,
                    mix: str = "gate") -> np.ndarray:
     """GZSL scores: an unseen c scores log p_name(c); a seen c scores ``mix``'s combination minus gamma.
 
@@ -64,7 +64,7 @@ def stacked_scores(meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarra
         meta_logp: (N, C) log p_meta over the candidates (NEG where the metadata model cannot output c).
         name_logp: (N, C) log p_name over the candidates.
         seen: (C,) bool, the classes the metadata model was fitted on.
-        gamma: the calibration constant subtracted from seen classes.
+        gamma: the calibration subtracted from the seen classes: a constant, or one value per row (N,).
         mix: "gate": log p_name(any seen class) + log p_meta(c) (the name model says whether the product is of
             a seen class, the metadata model which); "product": log p_name(c) + log p_meta(c) (both must agree
             on the class: a "Night Suit" is more Night suits than the unseen Suits).
@@ -74,6 +74,7 @@ def stacked_scores(meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarra
     if len(name_logp) == 0:
         return np.zeros_like(name_logp)
     out = name_logp.copy()
+    gamma = np.reshape(np.asarray(gamma, dtype=np.float64), (-1, 1))
     if mix == "product":
         out[:, seen] = name_logp[:, seen] + meta_logp[:, seen] - gamma
         return out
