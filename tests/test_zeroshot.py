@@ -13,7 +13,7 @@ from fashion_core import metrics as M
 from fashion_core.config import ConfigError, load_experiment
 from fashion_core.zeroshot import (FEATURES, NameMatcher, candidate_classes, fit_ranker, harmonic, name_tokens,
                                    pseudo_unseen_folds, ranker_log_proba, stacked_scores)
-from fashion_core.zeroshot.names import name_words, novelty
+from fashion_core.zeroshot.ranker import doubt
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 QUIET = dict(log=lambda m: None)
@@ -132,17 +132,13 @@ def test_stacked_scores_and_calibration_constant():
     with pytest.raises(ConfigError, match="choose one of"):
         stacked_scores(meta, name, seen, 0.0, "sum")
     assert harmonic(0.8, 0.4) == pytest.approx(2 * 0.8 * 0.4 / 1.2) and harmonic(0.0, 0.0) == 0.0
-    # gamma per row: a novel name holds the seen classes back more
-    rows = stacked_scores(np.repeat(meta, 2, 0), np.repeat(name, 2, 0), seen, np.array([-1.0, 1.0]))
-    assert rows.argmax(axis=1).tolist() == [0, 2]
+    # beta: the seen classes are held back more where the metadata model doubts (a flat p_meta), not where it is sure
+    unsure = np.log(np.array([[0.5, 0.5, 1e-30]]))
+    assert doubt(meta, seen) == pytest.approx([-np.log(0.9)]) and doubt(unsure, seen) == pytest.approx([np.log(2)])
+    assert stacked_scores(meta, name, seen, -1.0, beta=4.0).argmax() == 0  # sure: -1 + 4 * 0.105 < 0
+    assert stacked_scores(unsure, name, seen, -1.0, beta=4.0).argmax() == 2  # unsure: -1 + 4 * 0.69 > 0
     folds = pseudo_unseen_folds(np.arange(9), seed=0)
     assert len(folds) == 3 and sorted(np.concatenate(folds).tolist()) == list(range(9))
-
-
-def test_novelty_counts_the_words_no_training_name_holds():
-    known = set().union(*name_words(["Puma Men Casual Shoes", "Nike Men Blue T-shirts"]))
-    nov = novelty(name_words(["Nike Men Shoe", "Lakme Red Lipstick", "Lakme Men Shoes", ""]), known)
-    assert nov.tolist() == pytest.approx([0.0, 1.0, 1 / 3, 0.0])  # "shoe" meets "shoes": plurals are folded
 
 
 def test_gzsl_summary_against_a_hand_count():

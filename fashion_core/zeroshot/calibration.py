@@ -8,15 +8,14 @@ import numpy as np
 import pandas as pd
 
 from ..train import class_mean_accuracy
-from .names import novelty
-from .ranker import MIXES, fit_ranker, harmonic, ranker_log_proba, stacked_scores
+from .ranker import MIXES, doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
 
 N_FOLDS = 3  # pseudo-unseen folds for gamma
 HOLDOUT = 1 / 3  # share of the seen classes (with validation images) held out per fold
 GAMMAS = tuple(np.round(np.arange(-4.0, 12.0001, 0.25), 2))  # calibration constants tried (log-probability units)
-# How much more a seen class is held back per unit of name novelty (share of the name's words no training name
-# holds): gamma(x) = gamma + beta * novelty(x); beta 0 is the single constant.
-BETAS = (0.0, 2.0, 4.0, 6.0, 8.0)
+# How much more a seen class is held back per unit of the metadata model's doubt (ranker.doubt):
+# gamma(x) = gamma + beta * doubt(x); beta 0 is the single constant of calibrated stacking.
+BETAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 # ---------------------------------------------------------------- fitting, calibration
@@ -44,12 +43,12 @@ def fit_models(x_train, phi_train: np.ndarray, y_train: np.ndarray, n_classes: i
     return SeenModels(clf, w, seen)
 
 
-def model_scores(models: SeenModels, x, phi: np.ndarray, gamma, mix: str) -> np.ndarray:
-    """Stacked GZSL scores (N, C) of some rows; ``gamma`` a constant or one value per row."""
+def model_scores(models: SeenModels, x, phi: np.ndarray, gamma: float, mix: str, beta: float = 0.0) -> np.ndarray:
+    """Stacked GZSL scores (N, C) of some rows."""
     from ..metadata_baseline import class_scores
 
     meta = class_scores(models.clf, x, len(models.seen))
-    return stacked_scores(meta, ranker_log_proba(phi, models.w), models.seen, gamma, mix)
+    return stacked_scores(meta, ranker_log_proba(phi, models.w), models.seen, gamma, mix, beta)
 
 
 def split_means(labels: np.ndarray, pred1: np.ndarray, groups: Sequence[np.ndarray]) -> list[float]:
@@ -74,15 +73,12 @@ def pseudo_unseen_folds(seen_with_val: np.ndarray, seed: int, n_folds: int = N_F
 
 
 def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int, c: float,
-              class_weight: str | None, seed: int, words_train: Sequence[set] | None = None,
-              words_val: Sequence[set] | None = None, betas: Sequence[float] = BETAS,
+              class_weight: str | None, seed: int, betas: Sequence[float] = BETAS,
               log=print) -> tuple[float, float, str, pd.DataFrame]:
     """The calibration: (gamma, beta, mix) of the best mean validation H over pseudo-unseen folds, and the curve.
 
-    In each fold the held-out classes' training rows leave both fits and the known words (novelty is counted
-    against the fold's training names only); every validation row is scored over all candidates, and S / U
-    are the class-mean Top-1 of the pseudo-seen / pseudo-unseen validation rows. Without ``words_*`` only
-    beta 0 is tried.
+    In each fold the held-out classes' training rows leave both fits; every validation row is scored over
+    all candidates, and S / U are the class-mean Top-1 of the pseudo-seen / pseudo-unseen validation rows.
     """
     folds = pseudo_unseen_folds(np.unique(y_val), seed)
     rows = []
@@ -93,12 +89,12 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
         models = fit_models(x_train[np.flatnonzero(keep)], phi_train[keep], y_train[keep], n_classes, c,
                             class_weight, seed)
         pseudo_seen = np.setdiff1d(np.unique(y_val), held)
-        nov = np.zeros(len(y_val))
-        if words_train is not None and words_val is not None:
-            nov = novelty(words_val, set().union(*[words_train[j] for j in np.flatnonzero(keep)]))
+        from ..metadata_baseline import class_scores
+
+        nov = doubt(class_scores(models.clf, x_val, n_classes), models.seen)
         for mix in MIXES:
             base = model_scores(models, x_val, phi_val, 0.0, mix)
-            for b in (betas if words_val is not None else (0.0,)):
+            for b in betas:
                 for g in GAMMAS:
                     s = base.copy()
                     s[:, models.seen] -= g + b * nov[:, None]

@@ -151,20 +151,3 @@ class NameMatcher:
         return np.array([not (wanted.get(str(lab), set()) & set(name_tokens(nm)[0]))
                          for nm, lab in zip(names, labels)], dtype=bool)
 
-
-# ---------------------------------------------------------------- novelty of a name
-
-def name_words(names: Iterable[Any]) -> list[set[str]]:
-    """The singular words of each name (no joined pairs)."""
-    out = []
-    for name in names:
-        tokens, _, n_words = name_tokens(name)
-        out.append(set(tokens[:n_words]))
-    return out
-
-
-def novelty(words: Sequence[set[str]], known: set[str]) -> np.ndarray:
-    """Per name: the share of its words that no training name holds (a brand or product word the training
-    catalogue never saw hints at a class it never saw: "Lakme", "Lipstick"); 0 for an empty name."""
-    return np.array([len(w - known) / len(w) if w else 0.0 for w in words], dtype=np.float64)
-

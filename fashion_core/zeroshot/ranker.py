@@ -56,15 +56,19 @@ def ranker_log_proba(phi: np.ndarray, w: np.ndarray) -> np.ndarray:
     return _log_softmax(phi.astype(np.float64) @ w) if len(phi) else np.zeros((0, phi.shape[1]))
 
 
-def stacked_scores(meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarray, gamma,
-                   mix: str = "gate") -> np.ndarray:
-    """GZSL scores: an unseen c scores log p_name(c); a seen c scores ``mix``'s combination minus gamma.
+def stacked_scores(meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarray, gamma: float,
+                   mix: str = "gate", beta: float = 0.0) -> np.ndarray:
+    """GZSL scores: an unseen c scores log p_name(c); a seen c scores ``mix``'s combination minus
+    ``gamma + beta * doubt(x)``, where doubt(x) = -max_c log p_meta(c | x) is how unsure the metadata model is of
+    its best seen class (0 when sure; large for a product unlike any it was fitted on).
 
     Args:
         meta_logp: (N, C) log p_meta over the candidates (NEG where the metadata model cannot output c).
         name_logp: (N, C) log p_name over the candidates.
         seen: (C,) bool, the classes the metadata model was fitted on.
-        gamma: the calibration subtracted from the seen classes: a constant, or one value per row (N,).
+        gamma: the calibration constant subtracted from seen classes.
+        beta: how much more the seen classes are held back per unit of the metadata model's doubt (0: the
+            single constant of calibrated stacking).
         mix: "gate": log p_name(any seen class) + log p_meta(c) (the name model says whether the product is of
             a seen class, the metadata model which); "product": log p_name(c) + log p_meta(c) (both must agree
             on the class: a "Night Suit" is more Night suits than the unseen Suits).
@@ -74,7 +78,8 @@ def stacked_scores(meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarra
     if len(name_logp) == 0:
         return np.zeros_like(name_logp)
     out = name_logp.copy()
-    gamma = np.reshape(np.asarray(gamma, dtype=np.float64), (-1, 1))
+    if beta and seen.any():
+        gamma = gamma + beta * doubt(meta_logp, seen)[:, None]
     if mix == "product":
         out[:, seen] = name_logp[:, seen] + meta_logp[:, seen] - gamma
         return out
@@ -83,6 +88,11 @@ def stacked_scores(meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarra
         np.full(len(name_logp), NEG)
     out[:, seen] = log_seen[:, None] + meta_logp[:, seen] - gamma
     return out
+
+
+def doubt(meta_logp: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """-max over the seen classes of log p_meta(c | x), per row (N,): the metadata model's uncertainty."""
+    return -meta_logp[:, seen].max(axis=1)
 
 
 def harmonic(s: float, u: float) -> float:

@@ -12,7 +12,7 @@ from ..config import LOGREG_C_GRID, ConfigError, ExperimentConfig, to_dict
 from ..fusion import TEXT_FIELD, MetaVocab
 from ..train import class_mean_accuracy, top5_of
 from .calibration import MIXES, calibrate, fit_models, model_scores
-from .names import FEATURES, NameMatcher, candidate_classes, name_words, novelty
+from .names import FEATURES, NameMatcher, candidate_classes
 
 ZERO_SHOT_TAG = "zero_shot"  # run tag: "true" on a run that predicts classes without training images
 STATE_ARTIFACT = "checkpoint/zeroshot.json"
@@ -57,7 +57,6 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     matcher = NameMatcher.build(classes, rows["train"][TEXT_FIELD] if TEXT_FIELD in rows["train"].columns else ())
     phi = {s: matcher.features(r[TEXT_FIELD]) if TEXT_FIELD in r.columns else
            np.zeros((len(r), len(classes), len(FEATURES)), dtype=np.float32) for s, r in rows.items()}
-    words = {s: name_words(r[TEXT_FIELD]) if TEXT_FIELD in r.columns else [set()] * len(r) for s, r in rows.items()}
     y_train, y_val = sd.train.labels.numpy(), sd.val.labels.numpy()
     n = len(classes)
     class_weight = "balanced" if cfg.loss.weights == "inverse" else None
@@ -74,14 +73,12 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
             best = (c, v1, clf)
     c_best = best[0]
     gamma, beta, mix, curve = calibrate(x["train"], phi["train"], y_train, x["val"], phi["val"], y_val, n, c_best,
-                                        class_weight, cfg.train.seed, words["train"], words["val"], log=log) \
+                                        class_weight, cfg.train.seed, log=log) \
         if len(y_val) else (0.0, 0.0, MIXES[0], pd.DataFrame())
     models = fit_models(x["train"], phi["train"], y_train, n, c_best, class_weight, cfg.train.seed, clf=best[2])
-    known = set().union(*words["train"]) if len(words["train"]) else set()
-    shift = {s: gamma + beta * novelty(words[s], known) for s in ("val", "test")}  # one value per row
-    val_scores = model_scores(models, x["val"], phi["val"], shift["val"], mix)
+    val_scores = model_scores(models, x["val"], phi["val"], gamma, mix, beta)
     val1, val5 = class_mean_accuracy(y_val, top5_of(val_scores)) if len(y_val) else (np.nan, np.nan)
-    test_scores = model_scores(models, x["test"], phi["test"], shift["test"], mix)
+    test_scores = model_scores(models, x["test"], phi["test"], gamma, mix, beta)
     unseen = [classes[i] for i in np.flatnonzero(~models.seen)]
     inputs = vocab.fields + ([TEXT_FIELD] if vocab.text else []) + ["class names"]
     all_tags = {"leaky": str(cfg.fusion.leaky).lower(), "seed": cfg.train.seed, "device": "cpu",
@@ -95,10 +92,12 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
             f"gamma={gamma:g}, beta={beta:g}")
         tracking.log_metrics({"n_classes": n, "n_classes_seen": int(models.seen.sum()), "n_train_images": len(sd.train),
                               "n_val_images": len(sd.val), "n_test_images": len(sd.test), "logreg_c": c_best,
-                              "zs_gamma": gamma, "zs_beta": beta, "zs_mix_product": float(mix == "product"), **{f"zs_w_{f}": float(v) for f, v in zip(FEATURES, models.w)}})
+                              "zs_gamma": gamma, "zs_beta": beta, "zs_mix_product": float(mix == "product"),
+                              **{f"zs_w_{f}": float(v) for f, v in zip(FEATURES, models.w)}})
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
         if len(curve):
-            at = curve[(curve["gamma"] == gamma) & (curve["beta"] == beta) & (curve["mix"] == mix)][["val_seen", "val_unseen", "val_harmonic"]].mean()
+            at = curve[(curve["gamma"] == gamma) & (curve["beta"] == beta) & (curve["mix"] == mix)]
+            at = at[["val_seen", "val_unseen", "val_harmonic"]].mean()
             tracking.log_metrics({"val_pseudo_seen_mean": at["val_seen"], "val_pseudo_unseen_mean": at["val_unseen"],
                                   "val_pseudo_harmonic": at["val_harmonic"]})
             tracking.log_frame(curve, "zeroshot/calibration.csv")
@@ -115,8 +114,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
                 test_metrics["test_top1_unseen_no_class_word_micro"] = float((top5[slice_, 0] == labels[slice_]).mean())
         log_evaluation(sd, table, preds, test_metrics, labels, top5)
         _log_model(models.clf, vocab, c_best, classes)
-        mlflow.log_dict({"features": list(FEATURES), "weights": [float(v) for v in models.w], "gamma": gamma, "beta": beta, "mix": mix,
-                         "seen": [bool(s) for s in models.seen], "classes": classes}, STATE_ARTIFACT)
+        mlflow.log_dict({"features": list(FEATURES), "weights": [float(v) for v in models.w], "gamma": gamma,
+                         "beta": beta, "mix": mix, "seen": [bool(s) for s in models.seen], "classes": classes}, STATE_ARTIFACT)
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
         log(f"{cfg.stage} {cfg.technique}: test Top-1 seen S {test_metrics['test_top1_seen_mean']:.4f}  "
             f"unseen U {test_metrics['test_top1_unseen_mean']:.4f}  H {test_metrics['test_top1_harmonic']:.4f}  "
