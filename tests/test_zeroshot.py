@@ -197,6 +197,20 @@ def test_unseen_classes_are_predicted_and_logged(zs_run, zs_data, tmp_path):
     assert 0 < m["test_unseen_share_no_class_word"] < 1
 
 
+def test_the_logged_pyfunc_names_unseen_classes(zs_run):
+    """The run's model (metadata model + zero-shot head) serves the unseen classes too, and is registered."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    model = mlflow.pyfunc.load_model(f"runs:/{zs_run}/model")
+    frame = pd.DataFrame({"gender": ["Women", "Men"], "baseColour": ["Blue", "Blue"], "usage": ["Casual", "Casual"],
+                          "productDisplayName": ["Lakme Red Lipstick 03", "Titan Men Black Watch"]})
+    probs = model.predict(frame)
+    assert probs.idxmax(axis=1).tolist() == ["Lipstick", "Watches"]
+    assert probs.sum(axis=1).to_numpy() == pytest.approx([1.0, 1.0])
+    assert MlflowClient().get_model_version_by_alias("fashion-finetune-zeroshot", "best").run_id == zs_run
+
+
 def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     """Poisoned test split: labels shuffled among test rows, unseen test names replaced; fit and gamma unchanged."""
     from fashion_core.data import prepare_data

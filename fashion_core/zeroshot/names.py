@@ -72,6 +72,18 @@ class NameMatcher:
     def build(cls, classes: Sequence[str], train_names: Iterable[Any] = ()) -> "NameMatcher":
         """The class words of ``classes``; how common each is in ``train_names`` (training products only)
         says how little it tells: "Men" is in a third of the names, whatever their class."""
+        df_names: dict[str, int] = {}
+        n_names = 0
+        for name in train_names:
+            n_names += 1
+            for t in set(name_tokens(name)[0]):
+                df_names[t] = df_names.get(t, 0) + 1
+        token_idf = {t: float(np.log((1.0 + n_names) / (1.0 + d))) for t, d in df_names.items()}
+        return cls.from_state(classes, token_idf, float(np.log(1.0 + n_names)))
+
+    @classmethod
+    def from_state(cls, classes: Sequence[str], token_idf: dict, idf_unseen: float) -> "NameMatcher":
+        """The matcher of ``build`` from its saved word rarities (``state()``), without the training names."""
         per_class = [class_words(c) for c in classes]
         words = tuple(sorted(set().union(*per_class))) if per_class else ()
         index = {w: i for i, w in enumerate(words)}
@@ -81,16 +93,12 @@ class NameMatcher:
                 member[index[w], j] = 1.0
         df = member.sum(axis=1)
         idf = np.log1p(len(classes) / np.maximum(df, 1.0))
-        df_names: dict[str, int] = {}
-        n_names = 0
-        for name in train_names:
-            n_names += 1
-            for t in set(name_tokens(name)[0]):
-                df_names[t] = df_names.get(t, 0) + 1
-        token_idf = {t: float(np.log((1.0 + n_names) / (1.0 + d))) for t, d in df_names.items()}
-        unseen = float(np.log(1.0 + n_names))
-        name_idf = np.array([token_idf.get(w, unseen) for w in words])
-        return cls(tuple(classes), words, member, idf, name_idf, token_idf, unseen)
+        name_idf = np.array([token_idf.get(w, idf_unseen) for w in words])
+        return cls(tuple(classes), words, member, idf, name_idf, dict(token_idf), float(idf_unseen))
+
+    def state(self) -> dict:
+        """What ``from_state`` needs beside the classes (JSON-ready)."""
+        return {"token_idf": self.token_idf, "idf_unseen": self.idf_unseen}
 
     def features(self, names: Iterable[Any]) -> np.ndarray:
         """(N, C, len(FEATURES)) float32 evidence of each name for each class."""

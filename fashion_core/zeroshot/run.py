@@ -12,10 +12,11 @@ from ..config import LOGREG_C_GRID, ConfigError, ExperimentConfig, to_dict
 from ..fusion import TEXT_FIELD, MetaVocab
 from ..train import class_mean_accuracy, top5_of
 from .calibration import MIXES, calibrate, fit_models, model_scores
+from .head import HEAD_FILE, ZeroShotHead
 from .names import FEATURES, NameMatcher, candidate_classes
 
 ZERO_SHOT_TAG = "zero_shot"  # run tag: "true" on a run that predicts classes without training images
-STATE_ARTIFACT = "checkpoint/zeroshot.json"
+STATE_ARTIFACT = f"checkpoint/{HEAD_FILE}"
 
 
 # ---------------------------------------------------------------- the run
@@ -27,7 +28,7 @@ def _split_rows(p, sd, name: str) -> pd.DataFrame:
 
 
 def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, tags: dict | None = None,
-                 log=print) -> str:
+                 register: bool = True, log=print) -> str:
     """Fit (on seen classes' training rows), calibrate (on validation), evaluate (on test) and log one GZSL run.
 
     Args:
@@ -35,6 +36,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
         p: the prepared data; the MLflow experiment is already selected.
         parent_run_id: makes this a child run (grid).
         tags: extra run tags.
+        register: register the model (metadata model + zero-shot head, a pyfunc) as a version of
+            ``fashion-<stage>-zeroshot`` (@best follows the pseudo-unseen validation H).
 
     Returns:
         The run id.
@@ -43,6 +46,7 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
 
     from ..stage import build_stage_data, log_evaluation, run_name, score_test_split
     from ..metadata_baseline import BASELINE_TAG, _log_model, class_scores, features, fit_logreg
+    from ..serving import registered_name
 
     if cfg.fusion.mode != "metadata_only" or not cfg.fusion.zero_shot:
         raise ConfigError("run_zeroshot needs fusion.mode=metadata_only and fusion.zero_shot=true")
@@ -113,9 +117,11 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
             if slice_.any():
                 test_metrics["test_top1_unseen_no_class_word_micro"] = float((top5[slice_, 0] == labels[slice_]).mean())
         log_evaluation(sd, table, preds, test_metrics, labels, top5)
-        _log_model(models.clf, vocab, c_best, classes)
-        mlflow.log_dict({"features": list(FEATURES), "weights": [float(v) for v in models.w], "gamma": gamma,
-                         "beta": beta, "mix": mix, "seen": [bool(s) for s in models.seen], "classes": classes}, STATE_ARTIFACT)
+        # The metadata model's files and the zero-shot head (checkpoint/zeroshot.json), served together as a pyfunc.
+        head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix)
+        val_h = float(at["val_harmonic"]) if len(curve) else -1.0
+        _log_model(models.clf, vocab, c_best, classes, registered_name(cfg.stage, "zeroshot") if register else None,
+                   val_h if val_h == val_h else -1.0, log, extra={HEAD_FILE: head.to_dict(FEATURES)})
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
         log(f"{cfg.stage} {cfg.technique}: test Top-1 seen S {test_metrics['test_top1_seen_mean']:.4f}  "
             f"unseen U {test_metrics['test_top1_unseen_mean']:.4f}  H {test_metrics['test_top1_harmonic']:.4f}  "
