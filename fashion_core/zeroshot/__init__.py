@@ -25,11 +25,13 @@ training rows of seen classes only, and one constant chosen on validation:
 3. **Mixing**: p(c | x) = p_name(seen | x) * p_meta(c | x) for a seen class (the name model says whether the
    product is of a seen class, the metadata model which one) and p_name(c | x) for an unseen one. The
    metadata model is sharper on the seen classes; the name model alone can name the unseen ones.
-4. **Calibrated stacking** (Chao et al. 2016): ``log p - gamma`` for the seen classes, one constant ``gamma``
-   against the bias of models fitted on seen classes only. It is chosen on VALIDATION: in each of
-   ``N_FOLDS`` folds a third of the seen classes with validation images are held out as *pseudo-unseen*
-   (their training rows leave both fits), and gamma maximises the harmonic mean of the pseudo-seen and
-   pseudo-unseen class-mean validation Top-1, averaged over the folds. (How common a word is in training names,
+4. **Calibrated stacking** (Chao et al. 2016): ``log p - gamma(x)`` for the seen classes against the bias of
+   models fitted on seen classes only, ``gamma(x) = gamma + beta * doubt(x)`` with ``doubt(x) = -max_c log
+   p_meta(c | x)``: a product the metadata model is unsure of is more likely of a class it never saw (beta 0
+   is the single constant). (mix, beta, gamma) are chosen on VALIDATION: in each of ``N_FOLDS`` folds a third
+   of the seen classes with validation images are held out as *pseudo-unseen* (their training rows leave both
+   fits), and they maximise the harmonic mean of the pseudo-seen and pseudo-unseen class-mean validation Top-1,
+   averaged over the folds. (How common a word is in training names,
    which weighs the evidence, is counted once over all training names, the held-out classes' included: word
    counts, no labels.)
 
