@@ -228,7 +228,8 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         if cfg.fusion.zero_shot:  # the same model, plus the classes without training images (zeroshot.py)
             from .zeroshot import run_zeroshot
 
-            return run_zeroshot(cfg, p, parent_run_id=parent_run_id, tags=tags, log=log) if env.is_main else ""
+            return run_zeroshot(cfg, p, parent_run_id=parent_run_id, tags=tags, register=register,
+                                log=log) if env.is_main else ""
         return run_metadata_baseline(cfg, p, parent_run_id=parent_run_id, tags=tags, register=register,
                                      log=log) if env.is_main else ""
     src_run = None

@@ -136,9 +136,10 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
 
 
 def _log_model(clf, vocab: MetaVocab, c: float, classes: list[str], register: str | None = None,
-               val_score: float = -1.0, log=print) -> None:
+               val_score: float = -1.0, log=print, extra: dict[str, dict] | None = None) -> None:
     """The fitted model without pickles (vocabularies and settings as JSON, coefficients as ``.npz``), and the same
-    files as an MLflow pyfunc model (catalogue fields in), registered as ``register`` when given.
+    files as an MLflow pyfunc model (catalogue fields in), registered as ``register`` when given. ``extra``: more
+    JSON files of the checkpoint folder by file name (the zero-shot head).
 
     Not ``mlflow.sklearn.log_model``: it pickles (or skops-dumps) the estimator, and loading a pickle
     runs code from the artifact store; JSON and ``np.load(allow_pickle=False)`` cannot.
@@ -152,6 +153,8 @@ def _log_model(clf, vocab: MetaVocab, c: float, classes: list[str], register: st
     with tempfile.TemporaryDirectory() as d:
         Path(d, Path(STATE_ARTIFACT).name).write_text(json.dumps(state))
         np.savez_compressed(Path(d, Path(WEIGHTS_ARTIFACT).name), coef=clf.coef_, intercept=clf.intercept_)
+        for name, content in (extra or {}).items():
+            Path(d, name).write_text(json.dumps(content))
         mlflow.log_artifacts(d, str(Path(STATE_ARTIFACT).parent))
         log_product_model(d, register, val_score, log)
 

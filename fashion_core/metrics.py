@@ -13,8 +13,8 @@ DESIGN.md, "Evaluation artifacts"):
 
 Which classes count: :func:`summarize` excludes classes with ``n_test`` = 0 ("no test
 images") and classes with ``n_train`` = 0 ("not learnable") from the class-mean and the
-micro accuracy; the ``*_micro_all`` numbers count the test images of unlearnable classes
-as wrong.
+micro accuracy; the ``*_micro_all`` numbers count every test image, those of unlearnable classes
+as the table holds them (0 for a model that cannot output them; a zero-shot model's own hits).
 
     .venv/bin/python -m pytest tests/test_metrics.py -q
 """
@@ -101,8 +101,9 @@ def summarize(table: pd.DataFrame) -> dict[str, float | int]:
         ``top1_mean``/``top5_mean``: mean of the per-class accuracies over evaluated classes;
         ``top1_micro``/``top5_micro``: accuracy over all test images of learnable classes
         (the same images as the class-mean, each weighing the same);
-        ``top1_micro_all``/``top5_micro_all``: accuracy over every test image, the images
-        of unlearnable classes counted as wrong;
+        ``top1_micro_all``/``top5_micro_all``: accuracy over every test image; the images of
+        unlearnable classes count as their rows say (0 for a model that cannot output them, a
+        zero-shot model's hits for one that predicts them; an empty accuracy is 0);
         ``n_classes_evaluated``, ``n_classes_no_test``, ``n_classes_unlearnable``,
         ``n_test_images`` (all test images, unlearnable ones included).
         Accuracies are NaN when there is nothing to average.
@@ -118,8 +119,8 @@ def summarize(table: pd.DataFrame) -> dict[str, float | int]:
     out: dict[str, float | int] = {}
     for m in ("top1", "top5"):
         acc = table[m].to_numpy(dtype=np.float64)
-        # An unlearnable class is wrong on every image whatever the table holds for it.
-        acc_all = np.where(unlearnable, 0.0, acc)
+        # An unlearnable class counts as its row says (a zero-shot run predicts it); an empty row never hit.
+        acc_all = np.where(unlearnable, np.nan_to_num(acc, nan=0.0), acc)
         correct = acc_all * n_test  # rates times counts give back the (integer) hit counts
         out[f"{m}_mean"] = float(acc[evaluated].mean()) if evaluated.any() else float("nan")
         n_eval_images = n_test[evaluated].sum()

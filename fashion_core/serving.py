@@ -64,11 +64,11 @@ def predict_images(paths: list[str | Path], model_uri: str, k: int = 5) -> list[
 # ---------------------------------------------------------------- products: image and/or catalogue fields
 
 IMAGE_COLUMN = "image"
-REGISTERED_NAMES = {"image": "", "image+metadata": "-fused", "metadata": "-metadata"}
+REGISTERED_NAMES = {"image": "", "image+metadata": "-fused", "metadata": "-metadata", "zeroshot": "-zeroshot"}
 
 
 def registered_name(stage: str, inputs: str) -> str:
-    """The registered model of a stage's models of one input kind: fashion-<stage>[-fused|-metadata]."""
+    """The registered model of a stage's models of one kind: fashion-<stage>[-fused|-metadata|-zeroshot]."""
     return f"fashion-{stage}{REGISTERED_NAMES[inputs]}"
 
 
@@ -83,14 +83,17 @@ class ProductModel:
         needs_image: the model reads the photo.
         fields: the catalogue fields it reads (``[]`` for an image network).
         inputs: ``image`` | ``image+metadata`` | ``metadata``.
+        zeroshot: the metadata model's zero-shot head (``zeroshot.head.ZeroShotHead``), or None: it adds the
+            classes without training images, scored from the product name.
     """
 
     def __init__(self, classes: list[str], height: int = 0, width: int = 0, net: nn.Module | None = None,
-                 vocab=None, logreg=None):
+                 vocab=None, logreg=None, zeroshot=None):
         self.classes, self.height, self.width = list(classes), height, width
-        self.net, self.vocab, self.logreg = net, vocab, logreg
+        self.net, self.vocab, self.logreg, self.zeroshot = net, vocab, logreg, zeroshot
         self.needs_image = net is not None
-        text = [] if vocab is None or vocab.text is None else [_text_field()]
+        reads_text = (vocab is not None and vocab.text is not None) or zeroshot is not None
+        text = [_text_field()] if reads_text else []
         self.fields = ([] if vocab is None else vocab.fields) + text
         self.inputs = "metadata" if net is None else ("image+metadata" if self.fields else "image")
 
@@ -117,9 +120,12 @@ class ProductModel:
                 vocab = getattr(net, "vocab", None) if getattr(net, "uses_batch", False) else None
                 return cls(meta["classes"], meta["height"], meta["width"], net=net, vocab=vocab)
             from .metadata_model import baseline_from_folder
+            from .zeroshot.head import HEAD_FILE, ZeroShotHead
 
             clf, vocab, classes = baseline_from_folder(folder)
-            return cls(classes, vocab=vocab, logreg=clf)
+            head = folder / HEAD_FILE
+            zeroshot = ZeroShotHead.from_dict(json.loads(head.read_text())) if head.is_file() else None
+            return cls(classes, vocab=vocab, logreg=clf, zeroshot=zeroshot)
         except Exception as e:
             raise ConfigError(f"{label or folder} has no usable model checkpoint: {load_error(e)}") from None
 
@@ -131,6 +137,7 @@ class ProductModel:
         from .config import ConfigError
         from .metadata_model import STATE_ARTIFACT as BASELINE_STATE, WEIGHTS_ARTIFACT as BASELINE_WEIGHTS
         from .tracking import download_artifact
+        from .zeroshot.head import HEAD_FILE
 
         kinds = (("checkpoint/model.json", "checkpoint/model_state.pt"), (BASELINE_STATE, BASELINE_WEIGHTS))
         with tempfile.TemporaryDirectory() as d:
@@ -139,6 +146,10 @@ class ProductModel:
                     folder = [download_artifact(run_id, f, d) for f in files][0].parent
                 except Exception:
                     continue
+                try:  # a zero-shot run's head, beside the metadata model
+                    download_artifact(run_id, f"checkpoint/{HEAD_FILE}", d)
+                except Exception:
+                    pass
                 return cls.from_folder(folder, f"run {run_id}")
         raise ConfigError(f"run {run_id} has no logged model ({', '.join(kinds[0])} or {', '.join(kinds[1])})")
 
@@ -159,6 +170,8 @@ class ProductModel:
             from .metadata_model import class_scores, features
 
             scores = class_scores(self.logreg, features(self.vocab, rows), len(self.classes))
+            if self.zeroshot is not None:
+                scores = self.zeroshot.scores(scores, rows[_text_field()])
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
             return e / e.sum(axis=1, keepdims=True)
         images = np.stack([_decode(v, self.height, self.width) for v in rows[IMAGE_COLUMN]])

@@ -167,9 +167,11 @@ def test_summarize_matches_bruteforce(seed):
     hits5 = [int(lab in list(p[:5])) for lab, p in zip(labels, top5) if n_train[lab] > 0]
     assert s["top1_micro"] == pytest.approx(sum(hits1) / len(learnable))
     assert s["top5_micro"] == pytest.approx(sum(hits5) / len(learnable))
-    n_all = len(labels) + sum(extra.values())  # unlearnable images (both kinds) count as wrong
-    assert s["top1_micro_all"] == pytest.approx(sum(hits1) / n_all)
-    assert s["top5_micro_all"] == pytest.approx(sum(hits5) / n_all)
+    # micro_all: every test image; those of a class with no training row count as predicted (a zero-shot
+    # model outputs such a class), those outside the model's classes (extra) as wrong
+    n_all = len(labels) + sum(extra.values())
+    assert s["top1_micro_all"] == pytest.approx(sum(int(p[0] == lab) for lab, p in zip(labels, top5)) / n_all)
+    assert s["top5_micro_all"] == pytest.approx(sum(int(lab in list(p[:5])) for lab, p in zip(labels, top5)) / n_all)
     assert s["n_classes_evaluated"] == len(evaluated)
     assert s["n_classes_unlearnable"] == 1 + len(extra)
     assert s["n_classes_no_test"] == sum(1 for r in per_class if r[0] == 0)
@@ -199,6 +201,10 @@ def test_unlearnable_classes_are_excluded_from_mean_but_count_in_micro_all():
     assert s["top1_micro_all"] == pytest.approx(2 / 6)
     assert s["top5_micro_all"] == pytest.approx(3 / 6)
     assert s["n_classes_unlearnable"] == 1 and s["n_test_images"] == 6
+    # a zero-shot model predicts the class: micro_all counts its hits (2 of the 3 "rare" images), the mean does not
+    zs = table.assign(top1=table["top1"].where(table["class"] != "rare", 2 / 3))
+    assert summarize(zs)["top1_micro_all"] == pytest.approx((2 + 2) / 6)
+    assert summarize(zs)["top1_mean"] == pytest.approx(s["top1_mean"])
 
 
 def test_summarize_empty_is_nan():

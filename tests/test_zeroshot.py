@@ -13,6 +13,7 @@ from fashion_core import metrics as M
 from fashion_core.config import ConfigError, load_experiment
 from fashion_core.zeroshot import (FEATURES, NameMatcher, candidate_classes, fit_ranker, harmonic, name_tokens,
                                    pseudo_unseen_folds, ranker_log_proba, stacked_scores)
+from fashion_core.zeroshot.ranker import doubt
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 QUIET = dict(log=lambda m: None)
@@ -131,6 +132,11 @@ def test_stacked_scores_and_calibration_constant():
     with pytest.raises(ConfigError, match="choose one of"):
         stacked_scores(meta, name, seen, 0.0, "sum")
     assert harmonic(0.8, 0.4) == pytest.approx(2 * 0.8 * 0.4 / 1.2) and harmonic(0.0, 0.0) == 0.0
+    # beta: the seen classes are held back more where the metadata model doubts (a flat p_meta), not where it is sure
+    unsure = np.log(np.array([[0.5, 0.5, 1e-30]]))
+    assert doubt(meta, seen) == pytest.approx([-np.log(0.9)]) and doubt(unsure, seen) == pytest.approx([np.log(2)])
+    assert stacked_scores(meta, name, seen, -1.0, beta=4.0).argmax() == 0  # sure: -1 + 4 * 0.105 < 0
+    assert stacked_scores(unsure, name, seen, -1.0, beta=4.0).argmax() == 2  # unsure: -1 + 4 * 0.69 > 0
     folds = pseudo_unseen_folds(np.arange(9), seed=0)
     assert len(folds) == 3 and sorted(np.concatenate(folds).tolist()) == list(range(9))
 
@@ -185,7 +191,24 @@ def test_unseen_classes_are_predicted_and_logged(zs_run, zs_data, tmp_path):
     assert m["test_top1_mean_all"] == pytest.approx(acc.mean())
     assert m["test_top1_mean"] == pytest.approx(s)  # the usual metric keeps its meaning: seen classes
     assert m["test_n_classes_unseen"] == len(UNSEEN)
+    # every test image, the unseen classes' counted as predicted (not as wrong)
+    assert m["test_top1_micro_all"] == pytest.approx((preds["pred1"] == preds["label"]).mean())
+    assert "zs_beta" in m and m["zs_beta"] >= 0
     assert 0 < m["test_unseen_share_no_class_word"] < 1
+
+
+def test_the_logged_pyfunc_names_unseen_classes(zs_run):
+    """The run's model (metadata model + zero-shot head) serves the unseen classes too, and is registered."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    model = mlflow.pyfunc.load_model(f"runs:/{zs_run}/model")
+    frame = pd.DataFrame({"gender": ["Women", "Men"], "baseColour": ["Blue", "Blue"], "usage": ["Casual", "Casual"],
+                          "productDisplayName": ["Lakme Red Lipstick 03", "Titan Men Black Watch"]})
+    probs = model.predict(frame)
+    assert probs.idxmax(axis=1).tolist() == ["Lipstick", "Watches"]
+    assert probs.sum(axis=1).to_numpy() == pytest.approx([1.0, 1.0])
+    assert MlflowClient().get_model_version_by_alias("fashion-finetune-zeroshot", "best").run_id == zs_run
 
 
 def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
@@ -208,7 +231,7 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     tracking.set_experiment("poisoned")  # apart from the runs the compare test reads
     again = run_zeroshot(c, poisoned, **QUIET)
     a, b = _metrics(zs_run).metrics, _metrics(again).metrics
-    fitted = ["zs_gamma", "zs_mix_product", "logreg_c", "val_top1_mean", "val_pseudo_harmonic"]
+    fitted = ["zs_gamma", "zs_beta", "zs_mix_product", "logreg_c", "val_top1_mean", "val_pseudo_harmonic"]
     fitted += [f"zs_w_{f}" for f in FEATURES]
     assert {k: a[k] for k in fitted} == {k: b[k] for k in fitted}
     from fashion_core.tracking import download_artifact
