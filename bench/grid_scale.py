@@ -141,7 +141,7 @@ def ray_part(cells: int, technique: str, overrides: dict, log) -> list[dict]:
     prepare_data(data, tasks[0].cfg.data, log=log)  # the image cache is built before either timing starts
     # Ray prints its workers' lines on this process's stdout: they go to stderr, the table stays alone.
     with contextlib.redirect_stdout(sys.stderr), \
-            local_cluster(nodes=2, cpus_per_node=1, log_dir=scratch / "ray") as address:
+            local_cluster(nodes=2, cpus_per_node=1, log_dir=scratch / "ray", timeout=600) as address:
         t0 = time.perf_counter()
         res = run_grid(tasks, data, experiment="grid-scale-ray", register=False, profile="smoke", log=log,
                        ray=address, cpus_per_cell=1)
