@@ -134,7 +134,7 @@ def predict(images, model_uri, meta, top):
 @click.option("--cpus-per-cell", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="With --ray: the CPUs each cell asks for (and its torch threads).")
 @click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="With --ray: reruns of a cell whose worker or node died.")
+              help="With --ray or --jobs: reruns of a cell whose worker process or node died.")
 @user_errors
 def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, techniques,
          stages, seeds, source, profile, override, overrides, epochs, device, experiments_dir, reuse, register, jobs,

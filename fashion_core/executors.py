@@ -1,13 +1,15 @@
 """Where a grid's cells run: in the grid's process, in local worker processes, or as Ray tasks.
 
 Each is a ``concurrent.futures.Executor`` (Ray's object refs become futures with ``ref.future()``),
-so ``grid.run_grid`` drives all three the same way; nothing here schedules, queues or retries
-by itself:
+so ``grid.run_grid`` drives all three the same way; nothing here schedules or queues by
+itself:
 
 - ``InlineExecutor``: runs a cell when it is submitted (``--jobs 1``, the default);
 - ``local_pool``: a ``ProcessPoolExecutor`` (spawn) of ``--jobs`` workers; each worker owns a
   share of the CPU cores (``torch.set_num_threads``) and, on a GPU machine, a device or a fraction
-  of one (``--gpus-per-cell``) through ``CUDA_VISIBLE_DEVICES``;
+  of one (``--gpus-per-cell``) through ``CUDA_VISIBLE_DEVICES``; when a worker dies the pool is
+  rebuilt and its unfinished cells resubmitted (``RestartingPool``, ``--max-retries`` for the cell
+  whose worker died);
 - ``RayExecutor``: every cell a Ray task with its resource needs (``num_cpus``, ``num_gpus``) on a
   running cluster (``--ray auto|ADDRESS``); a task whose worker dies is retried by Ray
   (``max_retries``), and ``grid.run_cell`` closes the dead attempt's run first.
@@ -29,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from .worker_pool import RestartingPool
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -73,19 +77,20 @@ def _init_worker(slots, threads: int) -> None:
 
 
 def local_pool(jobs: int, gpus_per_cell: float = 0.0, n_gpus: int | None = None,
-               threads_per_cell: int | None = None) -> tuple[cf.Executor, dict]:
-    """A pool of worker processes for ``--jobs N``; returns it and what it gave each cell.
+               threads_per_cell: int | None = None, max_retries: int = 2) -> tuple[cf.Executor, dict]:
+    """A pool of worker processes for ``--jobs N`` that survives a dead worker; returns it and what it gave each cell.
 
     Args:
         jobs: cells at once (capped by the GPU slots when cells use GPUs).
         gpus_per_cell: 0 = CPU cells; 0.25 = four cells share a GPU; 1 = a GPU each; 2 = two each.
         n_gpus: GPUs to use (default: all that torch sees).
         threads_per_cell: CPU threads per cell (default: the cores divided by the jobs, at least 1).
+        max_retries: reruns of a cell whose worker process died (``RestartingPool``).
     """
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # CUDA and fork do not mix; a fresh interpreter per worker
-    slots = None
+    values: list[str] = []
     if gpus_per_cell > 0:
         if n_gpus is None:
             import torch
@@ -97,13 +102,21 @@ def local_pool(jobs: int, gpus_per_cell: float = 0.0, n_gpus: int | None = None,
 
             raise ConfigError(f"--gpus-per-cell {gpus_per_cell}: no GPU slot on this machine ({n_gpus} GPUs)")
         jobs = min(jobs, len(values))
-        slots = ctx.Queue()
-        for v in values[:jobs]:
-            slots.put(v)
     threads = threads_per_cell or max(1, (os.cpu_count() or 1) // jobs)
-    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(slots, threads))
-    return pool, {"jobs": jobs, "threads_per_cell": threads, "gpus_per_cell": gpus_per_cell}
+
+    def make() -> cf.ProcessPoolExecutor:
+        """A fresh pool, with a full queue of GPU slots (a rebuilt pool's workers claim them again)."""
+        slots = None
+        if values:
+            slots = ctx.Queue()
+            for v in values[:jobs]:
+                slots.put(v)
+        return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                      initargs=(slots, threads))
+
+    pool = RestartingPool(make, max_retries)
+    return pool, {"jobs": jobs, "threads_per_cell": threads, "gpus_per_cell": gpus_per_cell,
+                  "max_retries": max_retries}
 
 
 def stop_pool(pool: cf.Executor) -> None:
@@ -236,6 +249,7 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, log_dir: str | Path | 
     common = ["--num-cpus", str(cpus_per_node), "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--block",
               "--disable-usage-stats"]
     logs = Path(log_dir or tempfile.mkdtemp(prefix="fashion-ray-"))
+    logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
 
     def node(name: str, args: list[str]) -> None:

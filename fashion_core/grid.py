@@ -217,7 +217,7 @@ def _executor(jobs: int, gpus_per_cell: float, ray: str | None, cpus_per_cell: f
         return ex, {"executor": f"Ray cluster {ray} ({ex.info['nodes']} nodes)", **ex.info}
     if jobs == 1:
         return InlineExecutor(), {"executor": "sequential", "jobs": 1, "concurrency": 1}
-    pool, info = local_pool(jobs, gpus_per_cell, threads_per_cell=threads_per_cell)
+    pool, info = local_pool(jobs, gpus_per_cell, threads_per_cell=threads_per_cell, max_retries=max_retries)
     return pool, {"executor": f"{info['jobs']} local worker processes, {info['threads_per_cell']} threads each"
                   + (f", {gpus_per_cell} GPU each" if gpus_per_cell else ""), "concurrency": info["jobs"], **info}
 

@@ -100,3 +100,31 @@ def test_time_to_accuracy_tabulates_a_logged_run(isolated):
     assert summary[">= 0.9 within 30 min"] == "yes"
     _, late = run_rows(run.info.run_id, goal=0.90, budget_min=20.0)
     assert late[">= 0.9 within 20 min"] == "no"
+
+
+def test_grid_scale_keeps_n_cells_with_a_source_for_every_finetune_cell():
+    from bench.grid_scale import EXPERIMENTS, pick_cells
+    from fashion_core.grid import model_kind, needs_source, plan_grid
+
+    tasks = plan_grid(EXPERIMENTS, seeds=[0], profile="smoke")
+    assert pick_cells(tasks, None) == tasks and pick_cells(tasks, len(tasks) + 5) == tasks
+    for n in (1, 4, 9):
+        kept = pick_cells(tasks, n)
+        assert len(kept) == n and kept == [t for t in tasks if t in kept]  # plan order
+        kinds = {model_kind(t.cfg) for t in kept if t.cfg.stage == "pretrain"}
+        assert all(model_kind(t.cfg) in kinds for t in kept if needs_source(t.cfg))
+    assert [t.cfg.stage for t in pick_cells(tasks, 4)] == ["pretrain", "pretrain", "finetune", "finetune"]
+
+
+def test_grid_scale_arguments(tmp_path, capsys):
+    from bench.grid_scale import parse_args
+
+    args = parse_args(["--part", "jobs", "--data", str(tmp_path), "--cells", "3", "--set", "train.epochs=1",
+                       "--set", "data.top_k=4"])
+    assert args.cells == 3 and args.overrides == {"train.epochs": "1", "data.top_k": "4"}
+    assert parse_args(["--part", "ray", "--data", ""]).cells is None  # the ray part's default (50) applies
+    for bad, says in ((["--set", "epochs"], "key=value"), (["--cells", "0"], "--cells 0"), (["--jobs", "1"], "--jobs 1"),
+                      (["--part", "jobs", "--data", ""], "no dataset")):
+        with pytest.raises(SystemExit):
+            parse_args(["--data", str(tmp_path), *bad] if "--data" not in bad else bad)
+        assert says in capsys.readouterr().err

@@ -1,0 +1,127 @@
+"""A local pool that outlives its workers: a dead worker's call reruns, ``--max-retries`` bounds it, a grid completes.
+
+The pool tests run plain functions in spawned workers (this module is imported there: keep its top
+imports light); the grid test kills a
+``--jobs 2`` worker in the middle of a smoke cell on generated data.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import module_store
+
+from fashion_core.worker_pool import RestartingPool
+
+EXP = Path(__file__).resolve().parents[1] / "experiments"
+TINY = {"data.top_k": 4, "train.epochs": 1}
+
+
+def _die_once(flag: str, value: int) -> int:
+    """In a worker: the first call dies like an out-of-memory kill; a rerun returns ``value``."""
+    if not Path(flag).exists():
+        Path(flag).write_text("died")
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+def _always_die(delay: float) -> None:
+    time.sleep(delay)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _slow(value: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return value
+
+
+def _pool(workers: int, max_retries: int, messages: list) -> RestartingPool:
+    return RestartingPool(lambda: cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")),
+                          max_retries=max_retries, log=messages.append)
+
+
+def test_a_dead_worker_is_replaced_and_every_call_finishes(tmp_path):
+    messages: list = []
+    with _pool(2, 1, messages) as pool:
+        dying = pool.submit(_die_once, str(tmp_path / "flag"), 7)
+        others = [pool.submit(_slow, v, 1.0) for v in range(3)]  # one runs beside it, two wait in the queue
+        assert dying.result(timeout=120) == 7
+        assert [f.result(timeout=120) for f in others] == [0, 1, 2]
+        assert pool.restarts == 1 and len(messages) == 1 and "restarted" in messages[0]
+
+
+def test_only_the_call_whose_worker_died_counts_its_retries(tmp_path):
+    """A call that kills its worker every time fails after max_retries reruns; the calls beside it finish."""
+    with _pool(3, 1, []) as pool:
+        doomed = pool.submit(_always_die, 0.5)
+        beside = [pool.submit(_slow, v, 2.0) for v in range(2)]  # running both times the pool broke
+        with pytest.raises(cf.process.BrokenProcessPool, match="died 2 times"):
+            doomed.result(timeout=120)
+        assert [f.result(timeout=120) for f in beside] == [0, 1]
+        assert pool.restarts == 2
+
+
+def test_no_retry_with_max_retries_0_and_none_after_shutdown(tmp_path):
+    pool = _pool(1, 0, [])
+    with pytest.raises(cf.process.BrokenProcessPool, match="died 1 times"):
+        pool.submit(_always_die, 0.0).result(timeout=120)
+    assert pool.submit(_slow, 5, 0.0).result(timeout=120) == 5  # the rebuilt pool takes new calls
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.submit(_slow, 1, 0.0)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, dataset):
+    with module_store(tmp_path_factory, "worker-pool") as (root, mpatch):
+        mpatch.setattr("fashion_core.grid.code_version", lambda: "c0ffee+pool")
+        mpatch.setenv("FASHION_PROGRESS", "0")
+        yield root
+
+
+def _kill_first_running_cell(stop: threading.Event, killed: list) -> None:
+    """Wait for a pretrain cell's run to be RUNNING, then SIGKILL its worker process (tag worker_pid)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    while not stop.is_set():
+        for exp in client.search_experiments():
+            for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
+                pid = run.data.tags.get("worker_pid")
+                if pid and run.data.tags.get("stage") == "pretrain" and int(pid) != os.getpid():
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(run.info.run_id)
+                    return
+        time.sleep(0.2)
+
+
+def test_jobs_2_grid_survives_a_worker_killed_in_a_cell(store, dataset):
+    from mlflow.tracking import MlflowClient
+
+    from fashion_core.grid import plan_grid, run_grid
+
+    tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_first_running_cell, args=(stop, killed), daemon=True)
+    killer.start()
+    try:
+        res = run_grid(tasks, str(dataset), experiment="pool", register=False, log=lambda m: None, jobs=2,
+                       threads_per_cell=1, max_retries=1)
+    finally:
+        stop.set()
+    client = MlflowClient()
+    assert len(killed) == 1, "no cell was seen running, so none was killed"
+    assert client.get_run(killed[0]).info.status == "KILLED"
+    assert (res.runs["status"] == "FINISHED").all() and len(res.runs) == 4
+    children = client.search_runs([res.experiment_id], f"tags.grid_run_id = '{res.parent_run_id}'")
+    finished = [r.data.tags["config_hash"] for r in children if r.info.status == "FINISHED"]
+    assert sorted(finished) == sorted(res.runs["config_hash"])  # every cell FINISHED exactly once
+    assert killed[0] not in set(res.runs["run_id"])  # the killed attempt is not the cell's result
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
