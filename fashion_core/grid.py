@@ -73,7 +73,8 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
             library versions; never an unknown one).
         register: register pretrain models (``fashion-pretrain``, alias @best follows validation).
         profile, seeds: recorded on the parent run.
-        jobs: cells at once in local worker processes (1: one after another in this process).
+        jobs: cells at once in local worker processes (1: one after another in this process); a cell
+            whose worker process dies reruns in a rebuilt pool, ``max_retries`` times.
         threads_per_cell: a local worker's torch threads (default: the cores divided by ``jobs``).
         gpus_per_cell: with ``jobs`` or ``ray``, the GPUs of a cell (0.25: four cells share one).
         ray: ``auto`` or a cluster address: every cell a Ray task (``cpus_per_cell``, ``gpus_per_cell``,
