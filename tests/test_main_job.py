@@ -214,7 +214,7 @@ def test_mlflow_models_serve_answers_a_fused_model_request(made, dataset):
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 240
+        deadline = time.time() + 600  # uvicorn loads the model first: minutes on a loaded 2-core machine
         while True:
             try:
                 with urllib.request.urlopen(url + "/ping", timeout=5):

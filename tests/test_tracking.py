@@ -23,9 +23,13 @@ def test_every_run_logs_system_metrics(store, monkeypatch):
     monkeypatch.delenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING")  # the tests' default is off; a real run's is on
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     assert tracking.system_metrics_enabled() is True
+    client = MlflowClient()
     with tracking.start_run("pretrain", "baseline", "d" * 16, run_name="sys") as run:
-        time.sleep(1.0)
-    metrics = MlflowClient().get_run(run.info.run_id).data.metrics
+        deadline = time.monotonic() + 60  # the sampler's first sample; seconds on a loaded machine
+        while "system/cpu_utilization_percentage" not in client.get_run(run.info.run_id).data.metrics:
+            assert time.monotonic() < deadline, "no system metrics sample within 60 s"
+            time.sleep(0.2)
+    metrics = client.get_run(run.info.run_id).data.metrics
     assert metrics["system/cpu_utilization_percentage"] >= 0
     assert metrics["system/system_memory_usage_megabytes"] > 0
 
