@@ -113,14 +113,17 @@ def estimate_minutes(tasks: Sequence[Any], profile: str, gpu: bool) -> float:
     """Expected minutes of the whole job (prepare, every task, compare) from the measured figures in docs/."""
     from .models import transfer_policy
 
+    from .config import PROFILES, TrainConfig
+
     unit = PRETRAIN_MINUTES.get((profile, "cuda" if gpu else "cpu"), PRETRAIN_MINUTES[("default", "cpu")])
+    profile_epochs = PROFILES.get(profile, {}).get("train.epochs", TrainConfig().epochs)  # what ``unit`` trained
     total = PREPARE_MINUTES + COMPARE_MINUTES
     for t in tasks:
         cfg = t.cfg
         if cfg.fusion.mode == "metadata_only":
             total += METADATA_MINUTES
             continue
-        minutes = unit * (FUSED_FACTOR if cfg.fusion.mode != "none" else 1.0)
+        minutes = unit * (FUSED_FACTOR if cfg.fusion.mode != "none" else 1.0) * cfg.train.epochs / profile_epochs
         if cfg.stage == "finetune":
             if not transfer_policy(cfg.transfer.method).get("train", True):
                 total += NO_TRAINING_MINUTES

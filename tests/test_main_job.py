@@ -127,6 +127,18 @@ def test_the_expected_time_follows_the_measured_figures():
     assert estimate_minutes(tasks, "default", gpu=True) < 30
 
 
+def test_the_expected_time_scales_with_a_techniques_own_epochs():
+    from fashion_core.grid import plan_grid
+    from fashion_core.grid_plan import GridTask
+    from fashion_core.main_job import PRETRAIN_MINUTES, estimate_minutes
+
+    (task,) = plan_grid(EXPERIMENTS, ["pretrain/class_balanced"], profile="quick")  # the profile's 3 epochs
+    longer = GridTask(task.cfg.replace(**{"train.epochs": 6}), task.path)
+    base = estimate_minutes([], "quick", gpu=False)  # prepare + compare
+    assert estimate_minutes([task], "quick", gpu=False) - base == pytest.approx(PRETRAIN_MINUTES[("quick", "cpu")])
+    assert estimate_minutes([longer], "quick", gpu=False) - base == pytest.approx(2 * PRETRAIN_MINUTES[("quick", "cpu")])
+
+
 # ---------------------------------------------------------------- the best models usable
 
 
