@@ -120,11 +120,15 @@ def test_the_expected_time_follows_the_measured_figures():
 
     names = load_main_techniques(EXPERIMENTS)
     assert names[:1] == ["pretrain/class_balanced"] and "finetune/imprint_balanced" in names
-    tasks = plan_grid(EXPERIMENTS, names, profile="quick")
-    assert 10 < estimate_minutes(tasks, "quick_scratch", gpu=False) < 30
-    assert estimate_minutes(tasks, "quick", gpu=False) < estimate_minutes(tasks, "cpu", gpu=False) * 3
-    assert estimate_minutes(tasks, "default", gpu=False) > 5 * 60  # why auto never picks it on CPUs
-    assert estimate_minutes(tasks, "default", gpu=True) < 30
+
+    def minutes(profile: str, gpu: bool = False) -> float:  # the job as run_main plans it for the profile
+        return estimate_minutes(plan_grid(EXPERIMENTS, names, profile=profile), profile, gpu=gpu)
+
+    assert 10 < minutes("quick_scratch") < 30
+    assert 20 < minutes("quick") < 60  # a fresh clone's make run: 30.7 min (docs/first-run.md)
+    assert minutes("quick") < minutes("cpu") * 3
+    assert minutes("default") > 5 * 60  # why auto never picks it on CPUs
+    assert minutes("default", gpu=True) < 30
 
 
 def test_the_expected_time_scales_with_a_techniques_own_epochs():
