@@ -61,11 +61,14 @@ def test_only_the_call_whose_worker_died_counts_its_retries(tmp_path):
     """A call that kills its worker every time fails after max_retries reruns; the calls beside it finish."""
     with _pool(3, 1, []) as pool:
         doomed = pool.submit(_always_die, 0.5)
-        beside = [pool.submit(_slow, v, 2.0) for v in range(2)]  # running both times the pool broke
+        beside = [pool.submit(_slow, v, 2.0) for v in range(2)]  # running when the pool first broke
         with pytest.raises(cf.process.BrokenProcessPool, match="died 2 times"):
             doomed.result(timeout=120)
         assert [f.result(timeout=120) for f in beside] == [0, 1]
-        assert pool.restarts == 2
+        # The first break rebuilds the pool for the reruns; the second rebuilds it only if the calls beside
+        # were still running then (on a loaded machine they may have finished before the doomed call's rerun
+        # started): a pool is rebuilt for unfinished calls, not for one that is out of retries.
+        assert pool.restarts in (1, 2)
 
 
 def test_no_retry_with_max_retries_0_and_none_after_shutdown(tmp_path):
