@@ -4,7 +4,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +168,23 @@ def write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -
             else:
                 tf.addfile(info)
     return path
+
+
+def kill_first_running_cell(stop: threading.Event, killed: list) -> None:
+    """Wait for a grid's pretrain cell to be RUNNING, then SIGKILL its worker process (the run's tag worker_pid).
+
+    For the grid tests that kill a worker in the middle of a cell (a Ray worker or a --jobs pool worker);
+    ``killed`` gets the run id, ``stop`` ends the wait.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    while not stop.is_set():
+        for exp in client.search_experiments():
+            for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
+                pid = run.data.tags.get("worker_pid")
+                if pid and run.data.tags.get("stage") == "pretrain" and int(pid) != os.getpid():
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(run.info.run_id)
+                    return
+        time.sleep(0.2)

@@ -8,14 +8,11 @@ KILLED, the grid completes.
 """
 from __future__ import annotations
 
-import os
-import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import module_store
+from conftest import kill_first_running_cell, module_store
 
 from fashion_core.grid import plan_grid, run_grid
 from tests.test_grid import EXP, TINY, _cell_numbers
@@ -40,29 +37,13 @@ def store(tmp_path_factory, dataset):
         yield root
 
 
-def _kill_first_running_cell(stop: threading.Event, killed: list) -> None:
-    """Wait for a cell's run to be RUNNING, then SIGKILL its Ray worker process (tag worker_pid)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    while not stop.is_set():
-        for exp in client.search_experiments():
-            for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
-                pid = run.data.tags.get("worker_pid")
-                if pid and run.data.tags.get("stage") == "pretrain":
-                    os.kill(int(pid), signal.SIGKILL)
-                    killed.append(run.info.run_id)
-                    return
-        time.sleep(0.3)
-
-
 def test_ray_grid_on_two_nodes_survives_a_killed_worker(cluster, store, dataset):
     import torch
     from mlflow.tracking import MlflowClient
 
     tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
     stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_first_running_cell, args=(stop, killed), daemon=True)
+    killer = threading.Thread(target=kill_first_running_cell, args=(stop, killed), daemon=True)
     killer.start()
     try:
         res = run_grid(tasks, str(dataset), experiment="ray", register=False, log=lambda m: None, ray=cluster,

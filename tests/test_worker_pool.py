@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import module_store
+from conftest import kill_first_running_cell, module_store
 
 from fashion_core.worker_pool import RestartingPool
 
@@ -89,22 +89,6 @@ def store(tmp_path_factory, dataset):
         yield root
 
 
-def _kill_first_running_cell(stop: threading.Event, killed: list) -> None:
-    """Wait for a pretrain cell's run to be RUNNING, then SIGKILL its worker process (tag worker_pid)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    while not stop.is_set():
-        for exp in client.search_experiments():
-            for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
-                pid = run.data.tags.get("worker_pid")
-                if pid and run.data.tags.get("stage") == "pretrain" and int(pid) != os.getpid():
-                    os.kill(int(pid), signal.SIGKILL)
-                    killed.append(run.info.run_id)
-                    return
-        time.sleep(0.2)
-
-
 def test_jobs_2_grid_survives_a_worker_killed_in_a_cell(store, dataset):
     from mlflow.tracking import MlflowClient
 
@@ -112,7 +96,7 @@ def test_jobs_2_grid_survives_a_worker_killed_in_a_cell(store, dataset):
 
     tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
     stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_first_running_cell, args=(stop, killed), daemon=True)
+    killer = threading.Thread(target=kill_first_running_cell, args=(stop, killed), daemon=True)
     killer.start()
     try:
         res = run_grid(tasks, str(dataset), experiment="pool", register=False, log=lambda m: None, jobs=2,
