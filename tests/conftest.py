@@ -188,3 +188,29 @@ def kill_first_running_cell(stop: threading.Event, killed: list) -> None:
                     killed.append(run.info.run_id)
                     return
         time.sleep(0.2)
+
+
+def run_grid_killing_one_cell(tasks, dataset, **grid_options):
+    """``run_grid`` while ``kill_first_running_cell`` kills one pretrain cell's worker, and the checks every such
+    grid must pass: the killed attempt ends KILLED, every cell FINISHED exactly once, and the killed attempt is not a
+    cell's result. Returns the grid's result and its child runs."""
+    from mlflow.tracking import MlflowClient
+
+    from fashion_core.grid import run_grid
+
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=kill_first_running_cell, args=(stop, killed), daemon=True)
+    killer.start()
+    try:
+        res = run_grid(tasks, str(dataset), register=False, log=lambda m: None, **grid_options)
+    finally:
+        stop.set()
+    client = MlflowClient()
+    assert len(killed) == 1, "no cell was seen running, so none was killed"
+    assert client.get_run(killed[0]).info.status == "KILLED"
+    assert (res.runs["status"] == "FINISHED").all() and len(res.runs) == len(tasks)
+    children = client.search_runs([res.experiment_id], f"tags.grid_run_id = '{res.parent_run_id}'")
+    finished = [r.data.tags["config_hash"] for r in children if r.info.status == "FINISHED"]
+    assert sorted(finished) == sorted(res.runs["config_hash"])  # every cell FINISHED exactly once
+    assert killed[0] not in set(res.runs["run_id"])  # the killed attempt is not the cell's result
+    return res, children

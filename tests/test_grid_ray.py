@@ -8,11 +8,10 @@ KILLED, the grid completes.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
-from conftest import kill_first_running_cell, module_store
+from conftest import module_store, run_grid_killing_one_cell
 
 from fashion_core.grid import plan_grid, run_grid
 from tests.test_grid import EXP, TINY, _cell_numbers
@@ -42,25 +41,10 @@ def test_ray_grid_on_two_nodes_survives_a_killed_worker(cluster, store, dataset)
     from mlflow.tracking import MlflowClient
 
     tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
-    stop, killed = threading.Event(), []
-    killer = threading.Thread(target=kill_first_running_cell, args=(stop, killed), daemon=True)
-    killer.start()
-    try:
-        res = run_grid(tasks, str(dataset), experiment="ray", register=False, log=lambda m: None, ray=cluster,
-                       cpus_per_cell=1, max_retries=2)
-    finally:
-        stop.set()
-    client = MlflowClient()
-    assert len(killed) == 1, "no cell was seen running, so none was killed"
-    assert client.get_run(killed[0]).info.status == "KILLED"
-    assert (res.runs["status"] == "FINISHED").all() and len(res.runs) == 4
-    children = client.search_runs([res.experiment_id], f"tags.grid_run_id = '{res.parent_run_id}'")
-    finished = [r.data.tags["config_hash"] for r in children if r.info.status == "FINISHED"]
-    assert sorted(finished) == sorted(res.runs["config_hash"])  # every cell FINISHED exactly once
-    assert killed[0] not in set(res.runs["run_id"])  # the killed attempt is not the cell's result
+    res, _ = run_grid_killing_one_cell(tasks, dataset, experiment="ray", ray=cluster, cpus_per_cell=1, max_retries=2)
     nodes = {w.split()[1] for w in res.runs["worker"]}
     assert len(nodes) == 2, res.runs["worker"].tolist()  # cells ran on both nodes
-    plan = client.download_artifacts(res.parent_run_id, "grid/plan.json")
+    plan = MlflowClient().download_artifacts(res.parent_run_id, "grid/plan.json")
     assert '"cpus_per_cell": 1' in Path(plan).read_text() and res.runs["host"].all()
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # what each Ray cell has (cpus_per_cell=1)

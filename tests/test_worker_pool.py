@@ -10,12 +10,11 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import kill_first_running_cell, module_store
+from conftest import module_store, run_grid_killing_one_cell
 
 from fashion_core.worker_pool import RestartingPool
 
@@ -90,25 +89,8 @@ def store(tmp_path_factory, dataset):
 
 
 def test_jobs_2_grid_survives_a_worker_killed_in_a_cell(store, dataset):
-    from mlflow.tracking import MlflowClient
-
-    from fashion_core.grid import plan_grid, run_grid
+    from fashion_core.grid import plan_grid
 
     tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
-    stop, killed = threading.Event(), []
-    killer = threading.Thread(target=kill_first_running_cell, args=(stop, killed), daemon=True)
-    killer.start()
-    try:
-        res = run_grid(tasks, str(dataset), experiment="pool", register=False, log=lambda m: None, jobs=2,
-                       threads_per_cell=1, max_retries=1)
-    finally:
-        stop.set()
-    client = MlflowClient()
-    assert len(killed) == 1, "no cell was seen running, so none was killed"
-    assert client.get_run(killed[0]).info.status == "KILLED"
-    assert (res.runs["status"] == "FINISHED").all() and len(res.runs) == 4
-    children = client.search_runs([res.experiment_id], f"tags.grid_run_id = '{res.parent_run_id}'")
-    finished = [r.data.tags["config_hash"] for r in children if r.info.status == "FINISHED"]
-    assert sorted(finished) == sorted(res.runs["config_hash"])  # every cell FINISHED exactly once
-    assert killed[0] not in set(res.runs["run_id"])  # the killed attempt is not the cell's result
+    _, children = run_grid_killing_one_cell(tasks, dataset, experiment="pool", jobs=2, threads_per_cell=1, max_retries=1)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
