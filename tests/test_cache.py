@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion_core.data.cache import ImageCache, build_cache, decode_image
+from fashion_core.data.cache import build_cache, decode_image
 from fashion_core.data.catalog import build_catalog
 
 

@@ -1,5 +1,4 @@
 """Catalogue reading: commas in names, NA values, every exclusion reason, odd image modes."""
-from pathlib import Path
 
 import pytest
 
