@@ -28,7 +28,7 @@ AUTO = "auto"
 # or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
 PRETRAIN_MINUTES = {
     ("quick", "cpu"): 11.1,    # Lite0 from ImageNet, 3 epochs, channels-last: 665 s on 2 threads (make run, docs/first-run.md)
-    ("cpu", "cpu"): 36.0,      # 2 epochs at 2x input scale: 36.1 min on 2 threads before channels-last (run 692a376a)
+    ("cpu", "cpu"): 26.0,      # 3 epochs at 2x input scale, channels-last: 25.9 min on 2 threads (run a74662be)
     ("default", "cpu"): 300.0,  # estimate: hours
     ("quick_scratch", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
     ("cpu_scratch", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs
