@@ -34,19 +34,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BETAS = (0.0, 2.0, 4.0, 6.0, 8.0)
-TEXT_VARIANTS = ("none", "cosine:{}", "cosine:a_{}_product", "mapped:3:{}", "mapped:30:{}", "mapped:300:{}",
-                 "mapped:30:a_{}_product")
+TEXT_VARIANTS = ("none", "cosine:{}", "mapped:30:{}", "mapped:300:{}")
+HOLD_BACKS = ("constant", "words", "doubt")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="The dataset (folder or archive), as for `fashion prepare`.")
     ap.add_argument("--stage", default="finetune", choices=["pretrain", "finetune"])
-    ap.add_argument("--seeds", type=int, default=4, help="Fold seeds (3 folds each).")
+    ap.add_argument("--seeds", type=int, default=4, help="Fold seeds (3 folds each): 0 .. seeds-1; the first half "
+                    "chooses, the second half is the nested read.")
+    ap.add_argument("--only-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                    help="Run only these fold seeds (e.g. 2 3 after an interrupted run) and write --rows; "
+                    "--summarize joins the row files.")
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
+                    help="Print the table of these --rows files (no fitting).")
     ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                     help="Config overrides of the zeroshot technique, e.g. -o fusion.logreg_c=10.")
     ap.add_argument("--text", nargs="+", default=list(TEXT_VARIANTS), metavar="VARIANT",
                     help="Name evidence variants: none, cosine:<template>, mapped:<l2>:<template>.")
+    ap.add_argument("--hold-back", nargs="+", default=list(HOLD_BACKS), choices=HOLD_BACKS,
+                    help="Hold-backs of the seen classes to compare.")
+    ap.add_argument("--rows", default=None, help="Also write every (fold, grid point) row to this CSV after each "
+                    "fold seed (a partial table survives an interrupted run).")
     return ap.parse_args(argv)
 
 
@@ -82,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core.text_encoder import embed_texts, load_encoder
 
     args = parse_args(argv)
+    if args.summarize:
+        print(summary(pd.concat([pd.read_csv(f, keep_default_na=False, na_values=["", "nan", "NaN"]) for f in args.summarize]), args.seeds)
+              .to_string(index=False))
+        return 0
     text_variants = {v: parse_text(v) for v in args.text}
     over = dict(o.split("=", 1) for o in args.override)
     cfg = load_experiment(ROOT / "experiments" / args.stage / "zeroshot.yaml", overrides=over, profile="quick",
@@ -109,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 texts[v] = TextInputs(mode, l2, template, class_emb, enc.source, emb)
     c = cfg.fusion.logreg_c if cfg.fusion.logreg_c > 0 else 1.0
     out = []
-    for seed in range(args.seeds):
+    for seed in (args.only_seeds if args.only_seeds is not None else range(args.seeds)):
         for held in pseudo_unseen_folds(np.unique(y["val"]), seed):
             keep = ~np.isin(y["train"], held)
             clf, _ = fit_logreg(x["train"][np.flatnonzero(keep)], y["train"][keep], c, "balanced", cfg.train.seed)
@@ -129,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 name = ranker_log_proba(phi_val, fit_ranker(phi_train, y["train"][keep]))
                 for mix in ("gate", "product"):
                     base = stacked_scores(meta, name, seen, 0.0, mix)
-                    for kind, sig in signal.items():
+                    for kind, sig in ((k, signal[k]) for k in args.hold_back):
                         for b in (BETAS[:1] if kind == "constant" else BETAS[1:]):
                             for g in GAMMAS:
                                 s = base.copy()
@@ -138,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                                 out.append({"text": v, "variant": kind, "mix": mix, "beta": b, "gamma": g,
                                             "seed": seed, "S": s_mean, "U": u_mean, "H": harmonic(s_mean, u_mean)})
         print(f"fold seed {seed} done", flush=True)
+        if args.rows:
+            pd.DataFrame(out).to_csv(args.rows, index=False)
     print(summary(pd.DataFrame(out), args.seeds).to_string(index=False))
     return 0
 
@@ -155,7 +171,7 @@ def summary(df: pd.DataFrame, seeds: int) -> pd.DataFrame:
         table.append({"text": group[0], "variant": group[1], "mix": group[2], "beta": best[3], "gamma": best[4],
                       **g.loc[best].round(4).to_dict(), "H_choose": round(float(first.loc[group].max()), 4),
                       "beta_gamma_chosen": f"{chosen[0]:g}/{chosen[1]:g}",
-                      "H_nested": round(float(second.loc[group + chosen]), 4)})
+                      "H_nested": round(float(second.loc[group + chosen]), 4) if len(second) else float("nan")})
     return pd.DataFrame(table)
 
 

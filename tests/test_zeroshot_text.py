@@ -130,3 +130,20 @@ def test_no_test_label_enters_the_text_map_or_calibration(runs, text_data, tmp_p
     pd.testing.assert_frame_equal(_table(runs["mapped"], tmp_path / "c", "zeroshot/calibration.csv"),
                                   _table(again, tmp_path / "d", "zeroshot/calibration.csv"))
     assert a["test_top1_unseen_mean"] != b["test_top1_unseen_mean"]  # the poison did reach the test scores
+
+
+def test_the_calibration_bench_compares_text_variants(text_data, text_store, tmp_path, capsys):
+    """bench/zeroshot_calibration.py on the generated catalogue: one row per evidence x hold-back x mix, and the
+    same table again from its saved fold rows."""
+    from bench.zeroshot_calibration import main
+
+    rows = tmp_path / "rows.csv"
+    args = ["--data", str(text_data), "--seeds", "2", "--text", "none", "mapped:10:a_{}_product", "--hold-back",
+            "constant", "doubt", "--rows", str(rows), "-o", "fusion.logreg_c=1", "-o", "data.top_k=1"]
+    assert main(args) == 0
+    table = capsys.readouterr().out.split("fold seed 1 done\n")[-1]
+    assert main(["--data", "unused", "--seeds", "2", "--summarize", str(rows)]) == 0
+    assert capsys.readouterr().out == table
+    saved = pd.read_csv(rows, keep_default_na=False)
+    assert set(saved["text"]) == {"none", "mapped:10:a_{}_product"} and set(saved["seed"]) == {0, 1}
+    assert set(saved["variant"]) == {"constant", "doubt"} and saved["H"].between(0, 1).all()
