@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     if args.summarize:
-        print(summary(pd.concat([pd.read_csv(f, keep_default_na=False, na_values=["", "nan", "NaN"]) for f in args.summarize]), args.seeds)
-              .to_string(index=False))
+        df = pd.concat([pd.read_csv(f, keep_default_na=False, na_values=["", "nan", "NaN"]) for f in args.summarize])
+        print(summary(df, args.seeds).to_string(index=False))
+        print_as_the_run(df, args.seeds)
         return 0
     text_variants = {v: parse_text(v) for v in args.text}
     over = dict(o.split("=", 1) for o in args.override)
@@ -155,7 +156,34 @@ def main(argv: list[str] | None = None) -> int:
         if args.rows:
             pd.DataFrame(out).to_csv(args.rows, index=False)
     print(summary(pd.DataFrame(out), args.seeds).to_string(index=False))
+    print_as_the_run(pd.DataFrame(out), args.seeds)
     return 0
+
+
+def print_as_the_run(df: pd.DataFrame, seeds: int) -> None:
+    """The per-evidence table as a run would choose, when the rows hold the constant and doubt hold-backs."""
+    if {"constant", "doubt"} <= set(df["variant"]):
+        print("\nas the run chooses (hold-back gamma + beta * doubt with beta 0 = constant, both mixes):")
+        print(as_the_run(df, seeds).to_string(index=False))
+
+
+def as_the_run(df: pd.DataFrame, seeds: int) -> pd.DataFrame:
+    """One row per name evidence, its (mix, beta, gamma) chosen as ``zeroshot.calibrate`` does (the doubt hold-back,
+    beta 0 being the constant; both mixes) on the first half of the fold seeds: S / U / H there and, nested, on the
+    second half. The name evidence is chosen on ``H_choose``."""
+    df = df[df["variant"].isin(["constant", "doubt"])]
+    keys = ["mix", "beta", "gamma"]
+    table = []
+    for text, g in df.groupby("text"):
+        first = g[g["seed"] < seeds // 2].groupby(keys)[["S", "U", "H"]].mean()
+        second = g[g["seed"] >= seeds // 2].groupby(keys)[["S", "U", "H"]].mean()
+        chosen = first["H"].idxmax()
+        row = {"text": text, "mix": chosen[0], "beta": chosen[1], "gamma": chosen[2],
+               **{f"{k}_choose": round(float(first.loc[chosen, k]), 4) for k in ("S", "U", "H")}}
+        if len(second):
+            row.update({f"{k}_nested": round(float(second.loc[chosen, k]), 4) for k in ("S", "U", "H")})
+        table.append(row)
+    return pd.DataFrame(table).sort_values("H_choose", ascending=False)
 
 
 def summary(df: pd.DataFrame, seeds: int) -> pd.DataFrame:
