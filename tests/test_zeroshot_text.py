@@ -147,3 +147,17 @@ def test_the_calibration_bench_compares_text_variants(text_data, text_store, tmp
     saved = pd.read_csv(rows, keep_default_na=False)
     assert set(saved["text"]) == {"none", "mapped:10:a_{}_product"} and set(saved["seed"]) == {0, 1}
     assert set(saved["variant"]) == {"constant", "doubt"} and saved["H"].between(0, 1).all()
+
+
+def test_the_meta_text_features_bench_reads_validation_only(text_data, text_store, capsys):
+    """bench/meta_text_features.py on the generated catalogue: one validation row per embedding scale, the scale-0
+    arm being meta_only's own model; no test figure in its output."""
+    from bench.meta_text_features import main
+
+    assert main(["--data", str(text_data), "--scales", "0", "2", "-o", "fusion.logreg_c=1", "-o", "data.top_k=1"]) == 0
+    out = capsys.readouterr().out
+    assert "embedding_scale" in out and "val_top1_mean" in out and "test" not in out
+    rows = [json.loads(line.replace("'", '"').replace("True", "true").replace("False", "false"))
+            for line in out.splitlines() if line.startswith("{")]
+    assert [r["embedding_scale"] for r in rows] == [0.0, 2.0]
+    assert all(0 <= r["val_top1_mean"] <= 1 and r["val_top1_mean"] <= r["val_top5_mean"] for r in rows)
