@@ -21,7 +21,8 @@ import yaml
 # import every one of them from here.
 from .config_checks import (BACKBONES, DEVICES, FUSION_MODES, HEADS, LEAKY_FIELDS, LOGREG_C_GRID,  # noqa: F401
                             LOSS_NAMES, META_FIELDS, OPTIMIZERS, RANK_ON, STAGES, STEM_RULES, STEMS,
-                            TRANSFER_METHODS, VAL_BY, WEIGHT_SCHEMES, ConfigError, validate, validate_val_years)
+                            TRANSFER_METHODS, VAL_BY, WEIGHT_SCHEMES, ZS_TEXT_MODES, ConfigError, validate,
+                            validate_val_years)
 from .config_profiles import LITE0_IMAGENET, PROFILES  # noqa: F401
 
 
@@ -95,6 +96,12 @@ class FusionConfig:
     logreg_c: float = 0.0  # metadata_only: inverse L2 strength; 0 = pick from LOGREG_C_GRID on validation
     # metadata_only: also predict the stage's classes without training images, from their names (zeroshot.py)
     zero_shot: bool = False
+    # zero_shot: word meanings as one more evidence kind, the cosine of sentence embeddings (all-MiniLM-L6-v2) of
+    # the product name and the class name (zeroshot/semantic.py): none | cosine | mapped (through a map learned on
+    # the seen classes, pulled toward the identity with strength zs_text_l2)
+    zs_text: str = "none"
+    zs_text_l2: float = 10.0
+    zs_class_template: str = "{}"  # the text embedded for a class name ("{}" = the name)
 
     @property
     def leaky(self) -> bool:

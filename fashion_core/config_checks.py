@@ -106,6 +106,20 @@ def validate_val_years(years: tuple[int, ...]) -> None:
 
 LOGREG_C_GRID = (0.1, 1.0, 10.0, 100.0)
 STEM_RULES = ("plural", "harman")  # fusion.text_stem_rules
+# fusion.zs_text: word meanings of the names as zero-shot evidence (zeroshot/semantic.py): none, the raw cosine of
+# sentence embeddings, or that cosine through a map learned on the seen classes
+ZS_TEXT_MODES = ("none", "cosine", "mapped")
+
+
+def _validate_zs_text(f: Any) -> None:
+    """The zero-shot sentence-embedding keys (fusion.zs_*)."""
+    _choice(f.zs_text, ZS_TEXT_MODES, "fusion.zs_text")
+    if f.zs_text != "none" and not f.zero_shot:
+        raise ConfigError(f"fusion.zs_text={f.zs_text} is evidence of the zero-shot model: set fusion.zero_shot=true")
+    if f.zs_text_l2 <= 0:
+        raise ConfigError(f"fusion.zs_text_l2 must be > 0, got {f.zs_text_l2}")
+    if f.zs_class_template.count("{}") != 1:
+        raise ConfigError(f"fusion.zs_class_template must hold '{{}}' exactly once, got {f.zs_class_template!r}")
 
 
 def _validate_fusion(cfg: Any) -> None:
@@ -129,6 +143,7 @@ def _validate_fusion(cfg: Any) -> None:
     if f.zero_shot and f.mode != "metadata_only":
         raise ConfigError(f"fusion.zero_shot extends the metadata-only model: set fusion.mode=metadata_only "
                           f"(got {f.mode})")
+    _validate_zs_text(f)
     if f.mode != "metadata_only":
         return
     # A logistic regression is plain (optionally class-weighted) cross-entropy with one output.

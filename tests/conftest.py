@@ -17,6 +17,37 @@ HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,yea
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small.tar.gz"
 
 
+class ConceptEncoder:
+    """A stand-in for the packaged sentence encoder (``text_encoder.load_encoder``) in logic tests: each word is a
+    fixed random direction (synonyms share one: "Nightdress" means Baby Dolls, "Deo" Deodorant), a text the unit
+    mean of its words'."""
+
+    SYNONYMS = {"nightdress": "babydoll", "baby": "babydoll", "doll": "babydoll", "deo": "deodorant"}
+    source = {"package": "concept-stub", "version": "0", "file": "none", "sha256": "concept-stub-1"}
+
+    def __init__(self, dim: int = 256):
+        self.dim = dim
+
+    def _vector(self, word: str) -> np.ndarray:
+        import zlib
+
+        if word not in self.SYNONYMS and len(word) > 3 and word.endswith("s"):
+            word = word[:-1]
+        word = self.SYNONYMS.get(word, word)
+        return np.random.default_rng(zlib.crc32(word.encode())).standard_normal(self.dim)
+
+    def encode(self, texts) -> np.ndarray:
+        import re
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            words = re.findall("[a-z]+", str(t).lower())
+            if words:
+                v = np.mean([self._vector(w) for w in words], axis=0)
+                out[i] = v / np.linalg.norm(v)
+        return out
+
+
 def real_data_path() -> str | None:
     """FASHION_DATA, else ../shared/data's archive, else None."""
     env = os.environ.get("FASHION_DATA")
@@ -116,6 +147,10 @@ def _isolate(path: Path, mp: pytest.MonkeyPatch):
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     mp.setattr(tracking_utils, "_tracking_uri", None)
+    # ... and an experiment an earlier test's mlflow.set_experiment made active (an id of another store)
+    from mlflow.tracking import fluent
+
+    mp.setattr(fluent, "_active_experiment_id", None)
 
 
 @pytest.fixture()

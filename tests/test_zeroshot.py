@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import HEADER, module_store, write_image
+from conftest import HEADER, ConceptEncoder, module_store, write_image
 from fashion_core import metrics as M
 from fashion_core.config import ConfigError, load_experiment
 from fashion_core.zeroshot import (FEATURES, NameMatcher, candidate_classes, fit_ranker, harmonic, name_tokens,
@@ -35,14 +35,15 @@ UNSEEN = {
 }
 
 
-def make_zs_dataset(root: Path, n_seen: int = 24, n_unseen: int = 6) -> Path:
-    """A catalogue whose unseen classes exist only in odd (test) years; "Bags" is the top class (pretrain)."""
+def make_zs_dataset(root: Path, n_seen: int = 24, n_unseen: int = 6, unseen: dict | None = None) -> Path:
+    """A catalogue whose unseen classes (default ``UNSEEN``) exist only in odd (test) years; "Bags" is the top
+    class (pretrain)."""
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True, exist_ok=True)
     lines, pid = [HEADER], 1000
     plan = [("Bags", ["Baggit Women Black Bag", "Lavie Women Brown Bag"], 40, True)]
     plan += [(c, names, n_seen, True) for c, names in SEEN.items()]
-    plan += [(c, names, n_unseen, False) for c, names in UNSEEN.items()]
+    plan += [(c, names, n_unseen, False) for c, names in (UNSEEN if unseen is None else unseen).items()]
     for k, (label, names, n, seen) in enumerate(plan):
         for j in range(n):
             year = 2013 if not seen or j % 2 else 2012
@@ -66,7 +67,11 @@ def zs_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def zs_store(tmp_path_factory):
-    with module_store(tmp_path_factory, "zs-store") as (path, _):
+    """The module's store; a tiny stand-in wherever the technique loads the packaged sentence encoder."""
+    from fashion_core import text_encoder
+
+    with module_store(tmp_path_factory, "zs-store") as (path, mp):
+        mp.setattr(text_encoder, "load_encoder", ConceptEncoder)
         yield path
 
 

@@ -35,8 +35,15 @@ training rows of seen classes only, and one constant chosen on validation:
    which weighs the evidence, is counted once over all training names, the held-out classes' included: word
    counts, no labels.)
 
+5. **Word meanings** (``fusion.zs_text``, ``semantic.py``): the cosine between sentence embeddings of the product
+   name and of the class name (all-MiniLM-L6-v2, packaged offline: ``text_encoder``) as one more kind of
+   evidence with one shared weight, raw (``cosine``) or through a linear map fitted on the seen classes'
+   training products (``mapped``: a ridge from a product's embedding to its class name's, pulled toward the
+   identity with strength ``fusion.zs_text_l2``; refitted in each calibration fold without its held-out
+   classes). It knows what no name matcher can: "Lip Balm" is Lip Care, "Nightdress" Baby Dolls.
+
 Test products enter only to be scored once at the end. Honoured keys: those of the metadata-only baseline
-(``fusion.*``, ``loss.weights``, ``train.seed``) and ``fusion.zero_shot``.
+(``fusion.*``, ``loss.weights``, ``train.seed``), ``fusion.zero_shot`` and ``fusion.zs_*``.
 
     fashion finetune --technique zeroshot --profile quick --data ../shared/data/fashion-product-images-small.tar.gz
 """
@@ -46,4 +53,6 @@ from .calibration import (GAMMAS, HOLDOUT, N_FOLDS, SeenModels, calibrate, fit_m
                           pseudo_unseen_folds, split_means)
 from .names import FEATURES, NameMatcher, candidate_classes, name_tokens  # noqa: F401
 from .ranker import MIXES, NEG, RANKER_L2, fit_ranker, harmonic, ranker_log_proba, stacked_scores  # noqa: F401
+from .semantic import (TEXT_FEATURE, TEXT_MODES, TextEvidence, TextInputs, class_texts, fit_text_map,  # noqa: F401
+                       stage_name_embeddings, text_inputs, with_text)
 from .run import STATE_ARTIFACT, ZERO_SHOT_TAG, run_zeroshot  # noqa: F401

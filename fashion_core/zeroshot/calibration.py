@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..train import class_mean_accuracy
 from .ranker import MIXES, doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
+from .semantic import TextInputs, with_text
 
 N_FOLDS = 3  # pseudo-unseen folds for gamma
 HOLDOUT = 1 / 3  # share of the seen classes (with validation images) held out per fold
@@ -74,11 +75,12 @@ def pseudo_unseen_folds(seen_with_val: np.ndarray, seed: int, n_folds: int = N_F
 
 def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int, c: float,
               class_weight: str | None, seed: int, betas: Sequence[float] = BETAS,
-              log=print) -> tuple[float, float, str, pd.DataFrame]:
+              text: TextInputs | None = None, log=print) -> tuple[float, float, str, pd.DataFrame]:
     """The calibration: (gamma, beta, mix) of the best mean validation H over pseudo-unseen folds, and the curve.
 
-    In each fold the held-out classes' training rows leave both fits; every validation row is scored over
-    all candidates, and S / U are the class-mean Top-1 of the pseudo-seen / pseudo-unseen validation rows.
+    In each fold the held-out classes' training rows leave both fits (and the text map of ``text``, when it
+    learns one); every validation row is scored over all candidates, and S / U are the class-mean Top-1 of
+    the pseudo-seen / pseudo-unseen validation rows.
     """
     folds = pseudo_unseen_folds(np.unique(y_val), seed)
     rows = []
@@ -86,14 +88,19 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
         keep = ~np.isin(y_train, held)
         if len(np.unique(y_train[keep])) < 2:
             continue
-        models = fit_models(x_train[np.flatnonzero(keep)], phi_train[keep], y_train[keep], n_classes, c,
-                            class_weight, seed)
+        fold_phi_train, fold_phi_val = phi_train[keep], phi_val
+        if text is not None:  # the text map, too, learns from the fold's seen classes only
+            ev = text.evidence(keep, y_train[keep], class_weight == "balanced")
+            fold_phi_train = with_text(fold_phi_train, ev, text.emb["train"][keep])
+            fold_phi_val = with_text(phi_val, ev, text.emb["val"])
+        models = fit_models(x_train[np.flatnonzero(keep)], fold_phi_train, y_train[keep], n_classes, c, class_weight,
+                            seed)
         pseudo_seen = np.setdiff1d(np.unique(y_val), held)
         from ..metadata_baseline import class_scores
 
         nov = doubt(class_scores(models.clf, x_val, n_classes), models.seen)
         for mix in MIXES:
-            base = model_scores(models, x_val, phi_val, 0.0, mix)
+            base = model_scores(models, x_val, fold_phi_val, 0.0, mix)
             for b in betas:
                 for g in GAMMAS:
                     s = base.copy()

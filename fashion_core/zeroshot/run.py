@@ -14,6 +14,7 @@ from ..train import class_mean_accuracy, top5_of
 from .calibration import MIXES, calibrate, fit_models, model_scores
 from .head import HEAD_FILE, ZeroShotHead
 from .names import FEATURES, NameMatcher, candidate_classes
+from .semantic import TEXT_FEATURE, text_inputs, with_text
 
 ZERO_SHOT_TAG = "zero_shot"  # run tag: "true" on a run that predicts classes without training images
 STATE_ARTIFACT = f"checkpoint/{HEAD_FILE}"
@@ -64,6 +65,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     y_train, y_val = sd.train.labels.numpy(), sd.val.labels.numpy()
     n = len(classes)
     class_weight = "balanced" if cfg.loss.weights == "inverse" else None
+    # word meanings (fusion.zs_text): sentence embeddings of the names; the map, if any, is refitted in each fold
+    text = text_inputs(cfg.fusion, p, cfg.stage, classes, {s: r.index for s, r in rows.items()}, log=log)
     # The metadata model's C as the metadata-only baseline picks it: validation class-mean over seen classes.
     grid = [cfg.fusion.logreg_c] if cfg.fusion.logreg_c > 0 else list(LOGREG_C_GRID)
     if len(y_val) == 0:
@@ -77,8 +80,12 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
             best = (c, v1, clf)
     c_best = best[0]
     gamma, beta, mix, curve = calibrate(x["train"], phi["train"], y_train, x["val"], phi["val"], y_val, n, c_best,
-                                        class_weight, cfg.train.seed, log=log) \
+                                        class_weight, cfg.train.seed, text=text, log=log) \
         if len(y_val) else (0.0, 0.0, MIXES[0], pd.DataFrame())
+    evidence = text.evidence(None, y_train, class_weight == "balanced") if text is not None else None
+    if evidence is not None:
+        phi = {s: with_text(f, evidence, text.emb[s]) for s, f in phi.items()}
+    features_used = FEATURES + ((TEXT_FEATURE,) if evidence is not None else ())
     models = fit_models(x["train"], phi["train"], y_train, n, c_best, class_weight, cfg.train.seed, clf=best[2])
     val_scores = model_scores(models, x["val"], phi["val"], gamma, mix, beta)
     val1, val5 = class_mean_accuracy(y_val, top5_of(val_scores)) if len(y_val) else (np.nan, np.nan)
@@ -97,7 +104,12 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
         tracking.log_metrics({"n_classes": n, "n_classes_seen": int(models.seen.sum()), "n_train_images": len(sd.train),
                               "n_val_images": len(sd.val), "n_test_images": len(sd.test), "logreg_c": c_best,
                               "zs_gamma": gamma, "zs_beta": beta, "zs_mix_product": float(mix == "product"),
-                              **{f"zs_w_{f}": float(v) for f, v in zip(FEATURES, models.w)}})
+                              **{f"zs_w_{f}": float(v) for f, v in zip(features_used, models.w)}})
+        if evidence is not None:  # where the sentence encoder came from, like init_* for packaged image weights
+            mlflow.set_tags({f"text_encoder_{k}": v for k, v in evidence.source.items()})
+            log(f"text encoder: {evidence.source.get('package')} {evidence.source.get('version')} "
+                f"({evidence.source.get('file')}, sha256 {str(evidence.source.get('sha256'))[:12]}), "
+                f"zs_text {cfg.fusion.zs_text}")
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
         if len(curve):
             at = curve[(curve["gamma"] == gamma) & (curve["beta"] == beta) & (curve["mix"] == mix)]
@@ -118,10 +130,10 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
                 test_metrics["test_top1_unseen_no_class_word_micro"] = float((top5[slice_, 0] == labels[slice_]).mean())
         log_evaluation(sd, table, preds, test_metrics, labels, top5)
         # The metadata model's files and the zero-shot head (checkpoint/zeroshot.json), served together as a pyfunc.
-        head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix)
+        head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix, evidence)
         val_h = float(at["val_harmonic"]) if len(curve) else -1.0
         _log_model(models.clf, vocab, c_best, classes, registered_name(cfg.stage, "zeroshot") if register else None,
-                   val_h if val_h == val_h else -1.0, log, extra={HEAD_FILE: head.to_dict(FEATURES)})
+                   val_h if val_h == val_h else -1.0, log, extra={HEAD_FILE: head.to_dict(features_used)})
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
         log(f"{cfg.stage} {cfg.technique}: test Top-1 seen S {test_metrics['test_top1_seen_mean']:.4f}  "
             f"unseen U {test_metrics['test_top1_unseen_mean']:.4f}  H {test_metrics['test_top1_harmonic']:.4f}  "
