@@ -349,3 +349,31 @@ def test_jobs_2_gives_the_sequential_grid_numbers(grid, dataset):
     assert got == {k: expected[k] for k in got}  # every metric of every cell, and the same source choice
     again = run_grid(tasks, str(dataset), experiment="jobs-2", register=False, log=lambda m: None, jobs=2)
     assert again.runs["reused"].all() and list(again.runs["run_id"]) == list(par.runs["run_id"])
+
+
+def record_status(monkeypatch) -> list[dict]:
+    """Make ``run_grid``'s status record its counts after every change; returns the list it fills."""
+    from fashion_core.grid_status import GridStatus
+
+    seen: list[dict] = []
+
+    class Recording(GridStatus):
+        def update(self, name, state, seconds=None):
+            super().update(name, state, seconds)
+            seen.append(self.counts())
+
+    monkeypatch.setattr("fashion_core.grid.GridStatus", Recording)
+    return seen
+
+
+def test_jobs_2_status_shows_a_cell_running_only_once_a_worker_started_it(store, dataset, monkeypatch):
+    """Four cells submitted at once to two workers: two wait queued, never more than two show running."""
+    monkeypatch.setenv("FASHION_PROGRESS", "0")
+    seen = record_status(monkeypatch)
+    tasks = plan_grid(EXP, ["pretrain/baseline"], seeds=[0, 1, 2, 3], profile="smoke", overrides=TINY)
+    res = run_grid(tasks, str(dataset), experiment="jobs-2-status", register=False, log=lambda m: None, jobs=2,
+                   threads_per_cell=1, show_status=True, profile="smoke")
+    assert (res.runs["status"] == "FINISHED").all()
+    assert seen[3] == {"pending": 0, "queued": 4, "running": 0, "finished": 0, "reused": 0, "failed": 0}
+    assert 1 <= max(c["running"] for c in seen) <= 2, seen
+    assert seen[-1]["finished"] == 4 and seen[-1]["running"] == seen[-1]["queued"] == 0
