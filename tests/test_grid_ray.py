@@ -4,7 +4,8 @@ The cluster is started here (``executors.local_cluster``: ``ray start --head --b
 ``ray start --address ... --block``, each stopped by its own process id at the end). One smoke grid of 4 cells covers the issue's
 checks: every cell FINISHED exactly once, cells on both nodes, the numbers of the sequential grid,
 and a worker killed in the middle of a cell: Ray reruns the cell, the dead attempt's run ends
-KILLED, the grid completes.
+KILLED, the grid completes; the status never shows more cells running than the cluster's 2 slots,
+and each line a worker prints reaches this process once, prefixed by its cell.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from conftest import module_store, run_grid_killing_one_cell
 
 from fashion_core.grid import plan_grid, run_grid
-from tests.test_grid import EXP, TINY, _cell_numbers
+from tests.test_grid import EXP, TINY, _cell_numbers, record_status
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
@@ -36,12 +37,20 @@ def store(tmp_path_factory, dataset):
         yield root
 
 
-def test_ray_grid_on_two_nodes_survives_a_killed_worker(cluster, store, dataset):
+def test_ray_grid_on_two_nodes_survives_a_killed_worker(cluster, store, dataset, capfd, monkeypatch):
     import torch
     from mlflow.tracking import MlflowClient
 
+    seen = record_status(monkeypatch)
     tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
-    res, _ = run_grid_killing_one_cell(tasks, dataset, experiment="ray", ray=cluster, cpus_per_cell=1, max_retries=2)
+    res, _ = run_grid_killing_one_cell(tasks, dataset, experiment="ray", ray=cluster, cpus_per_cell=1, max_retries=2,
+                                       show_status=True, profile="smoke")
+    out = capfd.readouterr()
+    lines = (out.out + out.err).splitlines()
+    for r in res.runs[res.runs["stage"] == "pretrain"].itertuples():  # printed when the cell's run starts
+        said = [line for line in lines if f"pretrain run {r.run_id}" in line]
+        assert len(said) == 1 and f"[pretrain/baseline/seed{r.seed}]" in said[0], said
+    assert 1 <= max(c["running"] for c in seen) <= 2 and seen[-1]["finished"] == len(tasks), seen
     nodes = {w.split()[1] for w in res.runs["worker"]}
     assert len(nodes) == 2, res.runs["worker"].tolist()  # cells ran on both nodes
     plan = MlflowClient().download_artifacts(res.parent_run_id, "grid/plan.json")
