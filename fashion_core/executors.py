@@ -244,6 +244,10 @@ class RayExecutor(cf.Executor):
                     self._ray.cancel(ref, force=True)
                 except Exception:  # noqa: BLE001 - a finished task cannot be cancelled, nor needs to be
                     pass
+        try:  # in a Ray session that outlives this grid (not ours to shut down) the board would linger
+            self._ray.kill(self._board)
+        except Exception:  # noqa: BLE001 - a board already gone needs no ending
+            pass
         if self._own and self._ray.is_initialized():
             self._ray.shutdown()
 

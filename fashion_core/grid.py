@@ -81,7 +81,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         gpus_per_cell: with ``jobs`` or ``ray``, the GPUs of a cell (0.25: four cells share one).
         ray: ``auto`` or a cluster address: every cell a Ray task (``cpus_per_cell``, ``gpus_per_cell``,
             retried ``max_retries`` times when its worker dies).
-        show_status: a live status of the cells on stderr (``progress.GridStatus``).
+        show_status: a live status of the cells on stderr (``grid_status.GridStatus``).
 
     Every cell starts as soon as it can: cells without a source at once, a finetune cell when
     every pretrain cell of its model kind has ended (its source is then chosen as the sequential
@@ -117,7 +117,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
                                 **how}, PLAN_ARTIFACT)
     log(f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest}), "
         f"{how['executor']}")
-    status = _status(tasks, how, profile, gpus_per_cell) if show_status else None
+    status = _status(tasks, how, profile, gpus_per_cell, bool(fixed)) if show_status else None
     shown: dict = {}  # a submitted cell's future -> the state the status shows (queued / running)
     rows: list[dict | None] = [None] * len(tasks)
     sources: dict[str, str | None] = {}  # model kind -> pretrain run, chosen when every pretrain run of it ended
@@ -237,14 +237,16 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
                       experiment_id=experiment_id, sources=sources, rankings=ranked)
 
 
-def _status(tasks: Sequence[GridTask], how: dict, profile: str, gpus_per_cell: float) -> GridStatus:
-    """The live status of a grid's cells, with each cell's relative cost for the ETA."""
+def _status(tasks: Sequence[GridTask], how: dict, profile: str, gpus_per_cell: float,
+            source_given: bool = False) -> GridStatus:
+    """The live status of a grid's cells, with each cell's relative cost for the ETA (``--from``: no cell waits)."""
     import torch
 
     from .grid_eta import cell_costs
 
     gpu = gpus_per_cell > 0 or (how["executor"] == "sequential" and torch.cuda.is_available())
-    return GridStatus([t.name for t in tasks], how["concurrency"], costs=cell_costs(tasks, profile, gpu))
+    return GridStatus([t.name for t in tasks], how["concurrency"],
+                      costs=cell_costs(tasks, profile, gpu, source_given=source_given))
 
 
 def _executor(jobs: int, gpus_per_cell: float, ray: str | None, cpus_per_cell: float, max_retries: int,

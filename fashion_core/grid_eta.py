@@ -42,8 +42,12 @@ class CellCost:
     waits_for: str | None = None
 
 
-def cell_costs(tasks: Sequence, profile: str = "", gpu: bool = False) -> list[CellCost]:
-    """The ``CellCost`` of every ``GridTask`` of a plan."""
+def cell_costs(tasks: Sequence, profile: str = "", gpu: bool = False, source_given: bool = False) -> list[CellCost]:
+    """The ``CellCost`` of every ``GridTask`` of a plan.
+
+    ``source_given``: the grid has ``--from``, so its finetune cells start at once and wait for no
+    pretrain cell (as ``grid.run_grid`` releases them).
+    """
     from .grid_plan import model_kind, needs_source
     from .run_costs import cost_group, task_minutes
 
@@ -52,7 +56,7 @@ def cell_costs(tasks: Sequence, profile: str = "", gpu: bool = False) -> list[Ce
         kind = model_kind(t.cfg)
         out.append(CellCost(t.name, cost_group(t.cfg), task_minutes(t.cfg, profile, gpu),
                             provides=kind if t.cfg.stage == "pretrain" else "",
-                            waits_for=kind if needs_source(t.cfg) else None))
+                            waits_for=kind if needs_source(t.cfg) and not source_given else None))
     return out
 
 

@@ -79,7 +79,7 @@ class GridStatus:
             self.started[name] = began if began is not None else now
         elif state == "finished":
             took = seconds if seconds is not None else (now - began if began is not None else None)
-            if took is not None:
+            if took is not None and took > 0:  # 0 s: an earlier attempt had finished it, nothing was timed
                 self.measured[name] = took
         self.state[name] = state
         ended = state in ("finished", "reused", "failed")

@@ -85,3 +85,42 @@ def test_the_plan_knows_each_cells_kind_and_weight():
 
 def test_eta_text():
     assert [eta_text(s) for s in (30.0, 12 * 60.0, 150 * 60.0)] == ["ETA <1 min", "ETA 12 min", "ETA 2.5 h"]
+
+
+def test_before_a_training_cell_has_finished_every_group_borrows_the_finished_cells_rate():
+    """Only a metadata cell has finished (5 s for 0.5 units: 10 s per unit); the others are priced at that rate."""
+    cells = [CellCost("pre0", "pretrain", 10.0, provides="image"), CellCost("meta0", "metadata", 0.5),
+             CellCost("fine0", "finetune", 2.0, waits_for="image"), CellCost("ncm0", "no_training", 0.2,
+                                                                             waits_for="image")]
+    measured = {"meta0": 5.0}
+    assert expected_seconds(cells, measured) == pytest.approx({"pre0": 100.0, "meta0": 5.0, "fine0": 20.0,
+                                                               "ncm0": 2.0})
+    state = {"meta0": "finished", "pre0": "running", "fine0": "pending", "ncm0": "pending"}
+    # pre0 has 60 s left; fine0 (20 s) and ncm0 (2 s) start when it ends, one on each slot: 60 + 20
+    assert eta_seconds(cells, state, {"pre0": 40.0}, measured, concurrency=2) == pytest.approx(80.0)
+    # with --from nothing waits: fine0 0-20 s beside pre0, then ncm0 20-22 s; pre0 ends last at 60 s
+    free = [CellCost(c.name, c.group, c.weight, c.provides, None) for c in cells]
+    assert eta_seconds(free, state, {"pre0": 40.0}, measured, concurrency=2) == pytest.approx(60.0)
+
+
+def test_with_from_the_plans_finetune_cells_wait_for_nothing():
+    from pathlib import Path
+
+    from fashion_core.grid_plan import plan_grid
+
+    exp = Path(__file__).resolve().parents[1] / "experiments"
+    tasks = plan_grid(exp, ["pretrain/baseline", "finetune/ncm"], profile="smoke")
+    assert [c.waits_for for c in cell_costs(tasks, "smoke")] == [None, "image"]
+    assert [c.waits_for for c in cell_costs(tasks, "smoke", source_given=True)] == [None, None]
+
+
+def test_a_cell_that_took_no_time_is_not_a_measurement(monkeypatch):
+    """A cell whose earlier attempt had finished comes back with 0 s: it must not make its kind look free."""
+    from fashion_core.grid_status import GridStatus
+
+    monkeypatch.setenv("FASHION_PROGRESS", "0")
+    status = GridStatus(["a", "b", "c"], concurrency=1)
+    status.update("a", "finished", seconds=0.0)
+    assert status.measured == {} and status.eta_seconds() is None
+    status.update("b", "finished", seconds=30.0)
+    assert status.eta_seconds() == pytest.approx(30.0)
