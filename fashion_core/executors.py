@@ -167,6 +167,38 @@ class StartBoard:
         return set(self._started)
 
 
+# A grid cell's line as a worker prints it (grid_cells.run_cell): ``[stage/technique/seedK] ...``.
+CELL_LINE = r"^\[[^\]\s]+/seed\d+\] "
+
+
+def keep_cell_lines() -> bool:
+    """Stop the Ray driver from collapsing the grid's cell lines; True when its log deduplicators were told.
+
+    Ray's driver folds lines that differ only in words with digits, from two or more workers within
+    five seconds, into the latest one "[repeated Nx across cluster]" (``RAY_DEDUP_LOGS``): the lines of
+    cells that differ only in their seed, run id or figures, so a cell's lines would vanish. Cell lines
+    (``CELL_LINE``) are let through, as ``RAY_DEDUP_LOGS_ALLOW_REGEX`` does; other lines (a warning
+    every worker prints) are still folded. A user's own ``RAY_DEDUP_LOGS_ALLOW_REGEX`` is left alone.
+    Uses Ray's driver-side deduplicators (``ray._private.ray_logging``), read when ``ray`` is imported,
+    so the environment variable would come too late here.
+    """
+    import re
+
+    if os.environ.get("RAY_DEDUP_LOGS_ALLOW_REGEX"):
+        return False
+    try:
+        from ray._private import ray_logging
+    except ImportError:
+        return False
+    told = False
+    for name in ("stdout_deduplicator", "stderr_deduplicator"):
+        dedup = getattr(ray_logging, name, None)
+        if dedup is not None and hasattr(dedup, "allow_re"):
+            dedup.allow_re = re.compile(CELL_LINE)
+            told = True
+    return told
+
+
 class RayExecutor(cf.Executor):
     """Cells as Ray tasks on a running cluster; ``submit(fn, cell)`` returns the task's future.
 
@@ -192,6 +224,7 @@ class RayExecutor(cf.Executor):
         for k in ("FASHION_CACHE", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
             if os.environ.get(k):
                 env[k] = os.environ[k]
+        keep_cell_lines()
         self._own = not ray.is_initialized()
         if self._own:
             ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True,
