@@ -91,6 +91,42 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    out: set[int] = set()
+    todo = _children(pid)
+    while todo:
+        p = todo.pop()
+        if p not in out:
+            out.add(p)
+            todo += _children(p)
+    return out
+
+
+def busy_others(window: float = 2.0, share: float = 0.1) -> int:
+    """Processes outside this one's tree that used at least ``share`` of a core over ``window`` seconds (-1 without /proc).
+
+    The other work a timing shares the cores with (this process, its workers and a Ray cluster it
+    started are left out).
+    """
+    if not Path("/proc/self/stat").exists():
+        return -1
+    mine = {os.getpid()} | _descendants(os.getpid())
+    before = {int(p): cpu_seconds(int(p)) for p in os.listdir("/proc") if p.isdigit() and int(p) not in mine}
+    time.sleep(window)
+    mine |= _descendants(os.getpid())
+    return sum(1 for p, c in before.items() if p not in mine and cpu_seconds(p) - c >= share * window)
+
+
+def load_now() -> dict:
+    """The 1-minute load average (everything, this process's work included) and the other busy processes."""
+    try:
+        load1 = os.getloadavg()[0]
+    except OSError:
+        load1 = float("nan")
+    return {"load1": load1, "busy": busy_others()}
+
+
 def _pss_kb(pid: int) -> int:
     """Proportional set size of one process, KiB: shared pages are split between their users, so sums are honest."""
     try:

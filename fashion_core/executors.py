@@ -50,6 +50,10 @@ class InlineExecutor(cf.Executor):
             f.set_exception(e)
         return f
 
+    def started(self, futures) -> set:
+        """Every call has run by the time ``submit`` returns."""
+        return set(futures)
+
 
 def gpu_slots(n_gpus: int, gpus_per_cell: float) -> list[str]:
     """``CUDA_VISIBLE_DEVICES`` values, one per concurrent cell: a GPU shared by 1/f cells, or f GPUs per cell.
@@ -136,13 +140,63 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
-def _ray_cell(fn: Callable, cell: Any, threads: int) -> Any:
-    """A cell inside a Ray worker: its CPU share, no progress bars, then the cell."""
+def _ray_cell(fn: Callable, cell: Any, threads: int, board: Any = None, key: int = -1) -> Any:
+    """A cell inside a Ray worker: tell the board it started, its CPU share, no progress bars, then the cell."""
     import torch
 
+    if board is not None:
+        board.start.remote(key)  # not waited for: the board only feeds the grid's status line
     os.environ["FASHION_PROGRESS"] = "0"
     torch.set_num_threads(max(1, threads))
     return fn(cell)
+
+
+class StartBoard:
+    """A Ray actor (no CPU of its own) that the cells' tasks tell when they start; the grid polls it.
+
+    Ray's task-state API needs the dashboard, which a cluster may run without; this needs nothing.
+    """
+
+    def __init__(self):
+        self._started: set[int] = set()
+
+    def start(self, key: int) -> None:
+        self._started.add(key)
+
+    def started(self) -> set[int]:
+        return set(self._started)
+
+
+# A grid cell's line as a worker prints it (grid_cells.run_cell): ``[stage/technique/seedK] ...``.
+CELL_LINE = r"^\[[^\]\s]+/seed\d+\] "
+
+
+def keep_cell_lines() -> bool:
+    """Stop the Ray driver from collapsing the grid's cell lines; True when its log deduplicators were told.
+
+    Ray's driver folds lines that differ only in words with digits, from two or more workers within
+    five seconds, into the latest one "[repeated Nx across cluster]" (``RAY_DEDUP_LOGS``): the lines of
+    cells that differ only in their seed, run id or figures, so a cell's lines would vanish. Cell lines
+    (``CELL_LINE``) are let through, as ``RAY_DEDUP_LOGS_ALLOW_REGEX`` does; other lines (a warning
+    every worker prints) are still folded. A user's own ``RAY_DEDUP_LOGS_ALLOW_REGEX`` is left alone.
+    Uses Ray's driver-side deduplicators (``ray._private.ray_logging``), read when ``ray`` is imported,
+    so the environment variable would come too late here.
+    """
+    import re
+
+    if os.environ.get("RAY_DEDUP_LOGS_ALLOW_REGEX"):
+        return False
+    try:
+        from ray._private import ray_logging
+    except ImportError:
+        return False
+    told = False
+    for name in ("stdout_deduplicator", "stderr_deduplicator"):
+        dedup = getattr(ray_logging, name, None)
+        if dedup is not None and hasattr(dedup, "allow_re"):
+            dedup.allow_re = re.compile(CELL_LINE)
+            told = True
+    return told
 
 
 class RayExecutor(cf.Executor):
@@ -170,6 +224,7 @@ class RayExecutor(cf.Executor):
         for k in ("FASHION_CACHE", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
             if os.environ.get(k):
                 env[k] = os.environ[k]
+        keep_cell_lines()
         self._own = not ray.is_initialized()
         if self._own:
             ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True,
@@ -184,13 +239,35 @@ class RayExecutor(cf.Executor):
                                                    max_retries=max_retries, retry_exceptions=False)
         self._threads = max(1, int(cpus_per_cell))
         self._refs: list = []
+        self._keys: dict[cf.Future, int] = {}  # a cell's future -> its key on the start board
+        self._board = ray.remote(num_cpus=0)(StartBoard).remote()
+        self._seen: set[int] = set()  # keys the board said started, as of the last answer
+        self._asking = None  # the board's answer on its way
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
         if kwargs or len(args) != 1:
             raise TypeError("RayExecutor.submit(fn, cell)")
-        ref = self._task.remote(fn, args[0], self._threads)
+        key = len(self._refs)
+        ref = self._task.remote(fn, args[0], self._threads, self._board, key)
         self._refs.append(ref)
-        return ref.future()
+        future = ref.future()
+        self._keys[future] = key
+        return future
+
+    def started(self, futures) -> set:
+        """The futures among ``futures`` whose task has started on a worker, as the start board last said (never waits).
+
+        A task that Ray reruns after losing its worker stays started.
+        """
+        if self._asking is not None and self._ray.wait([self._asking], timeout=0)[0]:
+            try:
+                self._seen = self._ray.get(self._asking)
+            except Exception:  # noqa: BLE001 - the board is only for the status line
+                pass
+            self._asking = None
+        if self._asking is None:
+            self._asking = self._board.started.remote()
+        return {f for f in futures if f.done() or self._keys.get(f) in self._seen}
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Disconnect; with ``cancel_futures`` (an interrupted grid) the cells still queued or running are cancelled."""
@@ -200,6 +277,10 @@ class RayExecutor(cf.Executor):
                     self._ray.cancel(ref, force=True)
                 except Exception:  # noqa: BLE001 - a finished task cannot be cancelled, nor needs to be
                     pass
+        try:  # in a Ray session that outlives this grid (not ours to shut down) the board would linger
+            self._ray.kill(self._board)
+        except Exception:  # noqa: BLE001 - a board already gone needs no ending
+            pass
         if self._own and self._ray.is_initialized():
             self._ray.shutdown()
 
@@ -228,12 +309,16 @@ def worker_place() -> dict[str, str]:
 
 @contextlib.contextmanager
 def local_cluster(nodes: int = 2, cpus_per_node: int = 1, log_dir: str | Path | None = None,
-                  timeout: float = 180) -> Iterator[str]:
+                  timeout: float = 180, own_temp_dirs: bool = True) -> Iterator[str]:
     """A throwaway Ray cluster on 127.0.0.1 (a head and ``nodes - 1`` workers); yields its address.
 
     Each node is a ``ray start --block`` process of its own, stopped by its process id at the end
     (never ``ray stop``, which would stop every Ray node of the machine). For tests and benchmarks.
+    Each node has its own ``--temp-dir`` (removed at the end): nodes of one machine otherwise share
+    the session's log folder, and every node's log monitor sends every worker's lines to the driver,
+    which prints each line once per node (``own_temp_dirs=False`` shows it).
     """
+    import shutil
     import socket
     import subprocess
     import tempfile
@@ -250,11 +335,13 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, log_dir: str | Path | 
               "--disable-usage-stats"]
     logs = Path(log_dir or tempfile.mkdtemp(prefix="fashion-ray-"))
     logs.mkdir(parents=True, exist_ok=True)
+    temps = Path(tempfile.mkdtemp(prefix="fray-"))  # short: Ray's socket paths live under it (107 bytes at most)
     procs: list[subprocess.Popen] = []
 
     def node(name: str, args: list[str]) -> None:
+        own = ["--temp-dir", str(temps / name)] if own_temp_dirs else []
         with open(logs / f"{name}.log", "w") as out:
-            procs.append(subprocess.Popen([ray_cli, "start", *args, *common], env=env, stdout=out,
+            procs.append(subprocess.Popen([ray_cli, "start", *args, *common, *own], env=env, stdout=out,
                                           stderr=subprocess.STDOUT))
 
     def wait_for(n: int) -> None:
@@ -286,3 +373,4 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, log_dir: str | Path | 
                 p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(temps, ignore_errors=True)

@@ -31,11 +31,13 @@ from .grid_cells import (PLAN_ARTIFACT, RUN_COLUMNS, RUNS_ARTIFACT, SOURCE_ARTIF
                          cell_failed, finish_parent, mlflow_client, run_cell, runner_for, start_parent, task_row)
 from .grid_plan import (IMAGE, STAGE_ORDER, GridTask, config_hash, model_kind, needs_source,  # noqa: F401
                         parse_seeds, pick_best_pretrain, plan_grid, select_techniques)
-from .progress import GridStatus
+from .grid_status import GridStatus
 # Run lookups live in tracking, the code version in versions; callers and tests import them from here too
 # (and patch grid.code_version).
 from .tracking import best_val_score, find_reusable, grid_run_ids  # noqa: F401
 from .versions import code_version, library_versions, reusable_version
+
+STATUS_POLL_SECONDS = 0.5  # how often the status asks the workers which cells they have started
 
 
 @dataclass
@@ -79,7 +81,7 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         gpus_per_cell: with ``jobs`` or ``ray``, the GPUs of a cell (0.25: four cells share one).
         ray: ``auto`` or a cluster address: every cell a Ray task (``cpus_per_cell``, ``gpus_per_cell``,
             retried ``max_retries`` times when its worker dies).
-        show_status: a live status of the cells on stderr (``progress.GridStatus``).
+        show_status: a live status of the cells on stderr (``grid_status.GridStatus``).
 
     Every cell starts as soon as it can: cells without a source at once, a finetune cell when
     every pretrain cell of its model kind has ended (its source is then chosen as the sequential
@@ -115,7 +117,8 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
                                 **how}, PLAN_ARTIFACT)
     log(f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest}), "
         f"{how['executor']}")
-    status = GridStatus([t.name for t in tasks], how["concurrency"]) if show_status else None
+    status = _status(tasks, how, profile, gpus_per_cell, bool(fixed)) if show_status else None
+    shown: dict = {}  # a submitted cell's future -> the state the status shows (queued / running)
     rows: list[dict | None] = [None] * len(tasks)
     sources: dict[str, str | None] = {}  # model kind -> pretrain run, chosen when every pretrain run of it ended
     rankings: list[pd.DataFrame] = []
@@ -137,15 +140,39 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         cell = Cell(i, task, this_source, h, data, exp_name, experiment_id, parent, prepared.digest, code, register,
                     libs)
         log(f"[{i + 1}/{len(tasks)}] {task.name}")
-        if status is not None:
-            status.update(task.name, "running")
-        if inline:
+        if inline:  # it runs now, in this process
+            if status is not None:
+                status.update(task.name, "running")
             running[executor.submit(run_cell, cell, prepared, log)] = cell
             return
         try:
-            running[executor.submit(run_cell, cell)] = cell
+            future = executor.submit(run_cell, cell)
         except RuntimeError as e:  # a broken pool (a worker was killed) takes no more cells
             rows[i] = cell_failed(cell, f"{type(e).__name__}: {e}", 0.0)
+            if status is not None:
+                status.update(task.name, "failed")
+            return
+        running[future] = cell
+        if status is not None:  # running only once a worker has started it (show_starts)
+            shown[future] = "queued"
+            status.update(task.name, "queued")
+
+    def show_starts() -> None:
+        """Show the cells a worker has started as running (and a rerun that waits again as queued).
+
+        At most ``concurrency`` at a time: a worker may start its next cell a moment before the end
+        of the previous one reaches this process.
+        """
+        started = executor.started(list(running))
+        free = how["concurrency"] - sum(v == "running" for v in shown.values())
+        for f, cell in running.items():
+            now = shown.get(f)
+            if now == "queued" and f in started and free > 0:
+                shown[f], free = "running", free - 1
+                status.update(cell.task.name, "running")
+            elif now == "running" and f not in started:
+                shown[f] = "queued"
+                status.update(cell.task.name, "queued")
 
     def release() -> None:
         """Start the finetune cells whose source is known (every pretrain cell of their kind has ended)."""
@@ -170,9 +197,11 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
                     start(i, None)
             release()
             while running:
-                done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+                done, _ = cf.wait(list(running), timeout=STATUS_POLL_SECONDS if status is not None else None,
+                                  return_when=cf.FIRST_COMPLETED)
                 for f in done:
                     cell = running.pop(f)
+                    shown.pop(f, None)
                     try:
                         rows[cell.index] = f.result()
                     except Exception as e:  # the worker itself died (a cell's own errors come back as rows)
@@ -180,8 +209,10 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
                         log(f"  {cell.task.name} FAILED: {error}")
                         rows[cell.index] = cell_failed(cell, error, 0.0)
                     if status is not None:
-                        status.update(cell.task.name, rows[cell.index]["status"].lower())
+                        status.update(cell.task.name, rows[cell.index]["status"].lower(), rows[cell.index]["seconds"])
                 release()
+                if status is not None and not inline:
+                    show_starts()
         status_ = "FINISHED"
     except KeyboardInterrupt:
         status_ = "KILLED"
@@ -204,6 +235,18 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused")
     return GridResult(parent_run_id=parent, runs=runs, source_run_id=sources.get(IMAGE), seconds=seconds,
                       experiment_id=experiment_id, sources=sources, rankings=ranked)
+
+
+def _status(tasks: Sequence[GridTask], how: dict, profile: str, gpus_per_cell: float,
+            source_given: bool = False) -> GridStatus:
+    """The live status of a grid's cells, with each cell's relative cost for the ETA (``--from``: no cell waits)."""
+    import torch
+
+    from .grid_eta import cell_costs
+
+    gpu = gpus_per_cell > 0 or (how["executor"] == "sequential" and torch.cuda.is_available())
+    return GridStatus([t.name for t in tasks], how["concurrency"],
+                      costs=cell_costs(tasks, profile, gpu, source_given=source_given))
 
 
 def _executor(jobs: int, gpus_per_cell: float, ray: str | None, cpus_per_cell: float, max_retries: int,

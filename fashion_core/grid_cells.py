@@ -197,9 +197,9 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
     from .executors import worker_place
 
     task, place = cell.task, worker_place()
-    if log is None:  # a worker: every line says which cell it is about
+    if log is None:  # a worker: every line says which cell it is about (each line of a message)
         def log(message: str, _name=task.name) -> None:
-            print(f"[{_name}] {message}", flush=True)
+            print("\n".join(f"[{_name}] {line}" for line in str(message).split("\n")), flush=True)
     t1 = time.perf_counter()
     try:
         earlier = _close_dead_attempts(cell)

@@ -20,31 +20,12 @@ import yaml
 
 from . import tracking
 from .config import STAGES, ConfigError
+# The cost figures live in run_costs (the grid's ETA uses them too); main_job's names as before.
+from .run_costs import (COMPARE_MINUTES, FINETUNE_SHARE, FUSED_FACTOR, METADATA_MINUTES,  # noqa: F401
+                        NO_TRAINING_MINUTES, PREPARE_MINUTES, PRETRAIN_MINUTES, task_minutes)
 
 MAIN_FILE = "main.yaml"  # in the experiments folder
 AUTO = "auto"
-
-# Minutes of one image-network pretrain (the stage with 3.6x the finetune's training images), measured
-# or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
-PRETRAIN_MINUTES = {
-    ("quick", "cpu"): 11.1,    # Lite0 from ImageNet, 3 epochs, channels-last: 665 s on 2 threads (make run, docs/first-run.md)
-    ("cpu", "cpu"): 26.0,      # 3 epochs at 2x input scale, channels-last: 25.9 min on 2 threads (run a74662be)
-    ("default", "cpu"): 300.0,  # estimate: hours
-    ("quick_scratch", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
-    ("cpu_scratch", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs
-    ("default_scratch", "cpu"): 300.0,  # 25.7 img/s, 30 epochs
-    ("smoke", "cpu"): 0.05,
-    ("quick", "cuda"): 0.5,
-    ("cpu", "cuda"): 1.5,      # estimate
-    ("default", "cuda"): 4.0,  # estimate (docs/techniques.md: ~3-5 min for the from-scratch default)
-    ("smoke", "cuda"): 0.05,
-}
-FUSED_FACTOR = 1.02  # fused_text pretrain 679 s vs class_balanced 665 s, quick, the same make run (docs/first-run.md)
-FINETUNE_SHARE = 1 / 3.6  # the finetune stage's share of the pretrain stage's training images
-NO_TRAINING_MINUTES = 0.2  # imprint / ncm: embeddings only
-METADATA_MINUTES = 0.5  # the logistic regression (a few C values)
-PREPARE_MINUTES = 0.5  # extract + image cache, 2 idle cores (30 s in bench/e2e.py)
-COMPARE_MINUTES = 0.5
 
 
 @dataclass
@@ -111,26 +92,7 @@ def choose_profile(profile: str, device: str | None = None, gpu: bool | None = N
 
 def estimate_minutes(tasks: Sequence[Any], profile: str, gpu: bool) -> float:
     """Expected minutes of the whole job (prepare, every task, compare) from the measured figures in docs/."""
-    from .models import transfer_policy
-
-    from .config import PROFILES, TrainConfig
-
-    unit = PRETRAIN_MINUTES.get((profile, "cuda" if gpu else "cpu"), PRETRAIN_MINUTES[("default", "cpu")])
-    profile_epochs = PROFILES.get(profile, {}).get("train.epochs", TrainConfig().epochs)  # what ``unit`` trained
-    total = PREPARE_MINUTES + COMPARE_MINUTES
-    for t in tasks:
-        cfg = t.cfg
-        if cfg.fusion.mode == "metadata_only":
-            total += METADATA_MINUTES
-            continue
-        minutes = unit * (FUSED_FACTOR if cfg.fusion.mode != "none" else 1.0) * cfg.train.epochs / profile_epochs
-        if cfg.stage == "finetune":
-            if not transfer_policy(cfg.transfer.method).get("train", True):
-                total += NO_TRAINING_MINUTES
-                continue
-            minutes *= FINETUNE_SHARE
-        total += minutes
-    return total
+    return PREPARE_MINUTES + COMPARE_MINUTES + sum(task_minutes(t.cfg, profile, gpu) for t in tasks)
 
 
 def _duration(minutes: float) -> str:

@@ -64,6 +64,7 @@ class RestartingPool(cf.Executor):
         self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self._lock = threading.RLock()
         self._calls: dict[int, _Call] = {}
+        self._by_future: dict[cf.Future, _Call] = {}  # the caller's future -> its call
         self._dead: dict = {}  # broken pool -> (pids of its dead workers, tokens of the calls they ran)
         self._marks = Path(tempfile.mkdtemp(prefix="fashion-pool-"))
         self._closed = False
@@ -80,8 +81,19 @@ class RestartingPool(cf.Executor):
                 raise RuntimeError("cannot submit to a pool that was shut down")
             call = _Call(len(self._calls), fn, args, kwargs)
             self._calls[call.token] = call
+            self._by_future[call.outer] = call
             self._launch(call)
         return call.outer
+
+    def started(self, futures) -> set:
+        """The futures among ``futures`` whose call a worker is running now (or ran): its attempt's start mark exists.
+
+        A call that waits in the queue, or whose worker died and that waits for its rerun, has not started.
+        """
+        with self._lock:
+            calls = [(f, self._by_future.get(f)) for f in futures]
+            marks = [(f, self._mark(c)) for f, c in calls if c is not None]
+        return {f for f, mark in marks if f.done() or mark.exists()}
 
     def _mark(self, call: _Call) -> Path:
         return self._marks / f"{call.token}-{call.attempt}"

@@ -147,8 +147,8 @@ def _isolate(path: Path, mp: pytest.MonkeyPatch):
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     mp.setattr(tracking_utils, "_tracking_uri", None)
-    # ... and an experiment an earlier test's mlflow.set_experiment made active (an id of another store)
-    from mlflow.tracking import fluent
+    # Nor may an earlier test's mlflow.set_experiment (an experiment id of another store) pick this store's experiment.
+    import mlflow.tracking.fluent as fluent
 
     mp.setattr(fluent, "_active_experiment_id", None)
 

@@ -1,4 +1,6 @@
 """Pure functions of the bench/ scripts, on small hand-made tables."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -128,3 +130,94 @@ def test_grid_scale_arguments(tmp_path, capsys):
         with pytest.raises(SystemExit):
             parse_args(["--data", str(tmp_path), *bad] if "--data" not in bad else bad)
         assert says in capsys.readouterr().err
+
+
+def test_grid_scale_records_each_arms_load_and_warns_when_the_arms_differ(monkeypatch):
+    """Two arms timed back to back: the load before and after each is in the table, a WARNING when they differ."""
+    import pandas as pd
+
+    from bench import grid_scale
+
+    class Result:
+        runs = pd.DataFrame({"status": ["FINISHED"], "seconds": [1.0]})
+        parent_run_id = "0123456789"
+
+    readings = iter([{"load1": 1.0, "busy": 0}, {"load1": 1.2, "busy": 0},    # arm A: before, after
+                     {"load1": 1.3, "busy": 0}, {"load1": 2.1, "busy": 0},    # arm B: its own work loads more cores
+                     {"load1": 1.0, "busy": 0}, {"load1": 1.2, "busy": 0},
+                     {"load1": 3.0, "busy": 2}, {"load1": 3.4, "busy": 2}])   # arm B met two other jobs
+    monkeypatch.setattr(grid_scale, "load_now", lambda: next(readings))
+    fair = grid_scale.Arms(log=lambda m: None)
+    fair.run("A", Result)
+    fair.run("B", Result)
+    assert fair.warning() == ""
+    assert fair.load_columns("A") == {"1-min load before -> after": "1.0 -> 1.2",
+                                      "other busy processes before -> after": "0 -> 0"}
+    unfair = grid_scale.Arms(log=lambda m: None)
+    unfair.run("A", Result)
+    unfair.run("B", Result)
+    warning = unfair.warning()
+    assert warning.startswith("WARNING") and "mean other busy processes 0.0 (A) vs 2.0 (B)" in warning
+    assert unfair.load_columns("B") == {"1-min load before -> after": "3.0 -> 3.4",
+                                        "other busy processes before -> after": "2 -> 2"}
+
+
+def test_grid_scale_interleaves_halves_that_each_hold_their_finetune_cells_sources():
+    from bench.grid_scale import EXPERIMENTS, _has_source, halves, pick_cells
+    from fashion_core.grid import plan_grid
+
+    tasks = pick_cells(plan_grid(EXPERIMENTS, seeds=[0], profile="smoke"), 8)
+    assert halves(tasks, interleave=False) == [tasks]
+    first, second = halves(tasks, interleave=True)
+    assert sorted(t.name for t in first + second) == sorted(t.name for t in tasks)  # every cell, once
+    assert len(first) >= 4 and len(second) > 0
+    assert all(_has_source(t, part) for part in (first, second) for t in part)
+    # a finetune cell whose source is in the first half runs in the first half
+    pre, ncm = plan_grid(EXPERIMENTS, ["pretrain/baseline", "finetune/ncm"], seeds=[0], profile="smoke")
+    assert halves([pre, ncm], interleave=True) == [[pre, ncm]]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_busy_others_counts_busy_processes_outside_this_ones_tree_only(monkeypatch):
+    """A busy child of this process is its own work; a busy process outside its tree is other work."""
+    import os
+    import subprocess
+    import sys
+
+    from bench import common
+
+    spin = [sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"]
+    child = subprocess.Popen(spin)
+    # an orphan: its parent (a shell) exits at once, so it is no descendant of this process
+    out = subprocess.run(["sh", "-c", f"{' '.join(spin[:2])} '{spin[2]}' >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True).stdout
+    orphan = int(out.split()[0])
+    listdir = os.listdir
+    # only these two processes exist as far as busy_others can see (the machine's other work is not this test's)
+    monkeypatch.setattr(common.os, "listdir",
+                        lambda p: [str(child.pid), str(orphan)] if p == "/proc" else listdir(p))
+    try:
+        assert child.pid in common._descendants(os.getpid()) and orphan not in common._descendants(os.getpid())
+        # a low share: on shared cores a niced spinner may get only a tenth of one
+        assert common.busy_others(window=1.0, share=0.02) == 1
+    finally:
+        child.kill()
+        child.wait()
+        os.kill(orphan, 9)
+
+
+def test_grid_scale_jobs_part_on_generated_data_interleaved(dataset, isolated, monkeypatch):
+    """The --part jobs table end to end on smoke cells: both arms ran every cell, one thread each: the same metrics."""
+    from bench import grid_scale
+
+    monkeypatch.setenv("FASHION_PROGRESS", "0")
+    monkeypatch.setattr(grid_scale, "load_now", lambda: {"load1": 1.0, "busy": 0})  # no 2 s samples
+    techniques = ["pretrain/baseline", "pretrain/class_balanced", "finetune/ncm", "finetune/imprint"]
+    rows, warning = grid_scale.jobs_part(str(dataset), techniques, "smoke", 2, {"data.top_k": 4, "train.epochs": 1},
+                                         None, log=lambda m: None, threads=1, interleave=True)
+    assert warning == ""
+    seq, par = rows
+    assert seq["grid"] == "sequential, 1 threads" and par["grid"] == "--jobs 2, 1 thread per cell"
+    assert seq["cells"] == par["cells"] == seq["finished"] == par["finished"] == 4
+    assert len(seq["parent runs"].split(", ")) == 2  # two halves, each its own grid
+    assert par["same metrics"] == "yes" and par["wall-time ratio"].endswith("x faster")

@@ -349,3 +349,63 @@ def test_jobs_2_gives_the_sequential_grid_numbers(grid, dataset):
     assert got == {k: expected[k] for k in got}  # every metric of every cell, and the same source choice
     again = run_grid(tasks, str(dataset), experiment="jobs-2", register=False, log=lambda m: None, jobs=2)
     assert again.runs["reused"].all() and list(again.runs["run_id"]) == list(par.runs["run_id"])
+
+
+def record_status(monkeypatch) -> list[dict]:
+    """Make ``run_grid``'s status record its counts after every change; returns the list it fills."""
+    from fashion_core.grid_status import GridStatus
+
+    seen: list[dict] = []
+
+    class Recording(GridStatus):
+        def update(self, name, state, seconds=None):
+            super().update(name, state, seconds)
+            seen.append(self.counts())
+
+    monkeypatch.setattr("fashion_core.grid.GridStatus", Recording)
+    return seen
+
+
+def test_jobs_2_status_shows_a_cell_running_only_once_a_worker_started_it(store, dataset, monkeypatch):
+    """Four cells submitted at once to two workers: two wait queued, never more than two show running."""
+    monkeypatch.setenv("FASHION_PROGRESS", "0")
+    seen = record_status(monkeypatch)
+    tasks = plan_grid(EXP, ["pretrain/baseline"], seeds=[0, 1, 2, 3], profile="smoke", overrides=TINY)
+    res = run_grid(tasks, str(dataset), experiment="jobs-2-status", register=False, log=lambda m: None, jobs=2,
+                   threads_per_cell=1, show_status=True, profile="smoke")
+    assert (res.runs["status"] == "FINISHED").all()
+    assert seen[3] == {"pending": 0, "queued": 4, "running": 0, "finished": 0, "reused": 0, "failed": 0}
+    assert 1 <= max(c["running"] for c in seen) <= 2, seen
+    assert seen[-1]["finished"] == 4 and seen[-1]["running"] == seen[-1]["queued"] == 0
+
+
+def test_status_never_shows_more_cells_running_than_slots_even_when_the_executor_says_more_started(
+        store, dataset, monkeypatch):
+    """An executor that says every submitted cell has started (a worker that takes its next cell a moment
+    before the previous one's end reaches the grid): the status still shows at most ``concurrency`` running."""
+    import concurrent.futures as cf
+    import time
+
+    from fashion_core import grid
+    from fashion_core.grid_cells import task_row
+
+    class Eager(cf.ThreadPoolExecutor):
+        def started(self, futures):
+            return set(futures)  # more than the 2 slots: all 4 at once
+
+    def fake_cell(cell):
+        time.sleep(1.2)  # a few of the grid's status polls (0.5 s)
+        return {**task_row(cell.task, None, "FINISHED", False, 1.2, cell.cfg_hash, None),
+                "host": "here", "worker": "thread", "device": "cpu"}
+
+    monkeypatch.setenv("FASHION_PROGRESS", "0")
+    monkeypatch.setattr(grid, "run_cell", fake_cell)
+    monkeypatch.setattr(grid, "_executor", lambda *a, **k: (Eager(max_workers=4), {"executor": "fake", "jobs": 4,
+                                                                                    "concurrency": 2}))
+    seen = record_status(monkeypatch)
+    tasks = plan_grid(EXP, ["pretrain/baseline"], seeds=[0, 1, 2, 3], profile="smoke", overrides=TINY)
+    res = run_grid(tasks, str(dataset), experiment="status-cap", register=False, log=lambda m: None, jobs=4,
+                   show_status=True, profile="smoke")
+    assert (res.runs["status"] == "FINISHED").all()
+    assert max(c["running"] for c in seen) == 2, seen  # capped at the slots, and the cap was reached
+    assert all(c["running"] + c["finished"] <= 4 for c in seen) and seen[-1]["finished"] == 4

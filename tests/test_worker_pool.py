@@ -94,3 +94,15 @@ def test_jobs_2_grid_survives_a_worker_killed_in_a_cell(store, dataset):
     tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
     _, children = run_grid_killing_one_cell(tasks, dataset, experiment="pool", jobs=2, threads_per_cell=1, max_retries=1)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+
+
+def test_a_call_counts_as_started_only_once_a_worker_runs_it():
+    with _pool(1, 0, []) as pool:
+        first = pool.submit(_slow, 0, 5.0)
+        queued = [pool.submit(_slow, v, 0.0) for v in (1, 2)]
+        deadline = time.time() + 120
+        while not pool.started([first]) and time.time() < deadline:
+            time.sleep(0.05)
+        assert pool.started([first, *queued]) == {first}  # the one worker runs the first call; two wait
+        assert [f.result(timeout=120) for f in queued] == [1, 2]
+        assert pool.started([first, *queued]) == {first, *queued}

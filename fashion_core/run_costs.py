@@ -1,0 +1,62 @@
+"""What a run costs, relatively: minutes of one task from its kind, stage and epochs (figures measured in docs/).
+
+``main_job`` adds them up into the job's expected time before it starts; ``grid_eta`` scales them
+by the cells a grid has finished into its ETA. A pretrain cell costs far more than a finetune cell
+(3.6x the training images), and a cell that trains nothing (imprint, NCM) or only a logistic
+regression (the metadata-only baseline) costs a fixed few seconds.
+
+    python -c "from fashion_core.run_costs import PRETRAIN_MINUTES; print(PRETRAIN_MINUTES)"
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# Minutes of one image-network pretrain (the stage with 3.6x the finetune's training images), measured
+# or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
+PRETRAIN_MINUTES = {
+    ("quick", "cpu"): 11.1,    # Lite0 from ImageNet, 3 epochs, channels-last: 665 s on 2 threads (make run, docs/first-run.md)
+    ("cpu", "cpu"): 26.0,      # 3 epochs at 2x input scale, channels-last: 25.9 min on 2 threads (run a74662be)
+    ("default", "cpu"): 300.0,  # estimate: hours
+    ("quick_scratch", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
+    ("cpu_scratch", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs
+    ("default_scratch", "cpu"): 300.0,  # 25.7 img/s, 30 epochs
+    ("smoke", "cpu"): 0.05,
+    ("quick", "cuda"): 0.5,
+    ("cpu", "cuda"): 1.5,      # estimate
+    ("default", "cuda"): 4.0,  # estimate (docs/techniques.md: ~3-5 min for the from-scratch default)
+    ("smoke", "cuda"): 0.05,
+}
+FUSED_FACTOR = 1.02  # fused_text pretrain 679 s vs class_balanced 665 s, quick, the same make run (docs/first-run.md)
+FINETUNE_SHARE = 1 / 3.6  # the finetune stage's share of the pretrain stage's training images
+NO_TRAINING_MINUTES = 0.2  # imprint / ncm: embeddings only
+METADATA_MINUTES = 0.5  # the logistic regression (a few C values)
+PREPARE_MINUTES = 0.5  # extract + image cache, 2 idle cores (30 s in bench/e2e.py)
+COMPARE_MINUTES = 0.5
+
+GROUPS = ("pretrain", "finetune", "no_training", "metadata")  # cells whose costs scale alike
+
+
+def cost_group(cfg: Any) -> str:
+    """Which cells cost alike: ``pretrain`` / ``finetune`` (a network trains), ``no_training``, ``metadata``."""
+    from .models import transfer_policy
+
+    if cfg.fusion.mode == "metadata_only":
+        return "metadata"
+    if cfg.stage == "finetune":
+        return "finetune" if transfer_policy(cfg.transfer.method).get("train", True) else "no_training"
+    return "pretrain"
+
+
+def task_minutes(cfg: Any, profile: str, gpu: bool) -> float:
+    """Expected minutes of one task (a resolved ``ExperimentConfig``) under a profile, on a GPU or the CPUs."""
+    from .config import PROFILES, TrainConfig
+
+    group = cost_group(cfg)
+    if group == "metadata":
+        return METADATA_MINUTES
+    if group == "no_training":
+        return NO_TRAINING_MINUTES
+    unit = PRETRAIN_MINUTES.get((profile, "cuda" if gpu else "cpu"), PRETRAIN_MINUTES[("default", "cpu")])
+    profile_epochs = PROFILES.get(profile, {}).get("train.epochs", TrainConfig().epochs)  # what ``unit`` trained
+    minutes = unit * (FUSED_FACTOR if cfg.fusion.mode != "none" else 1.0) * cfg.train.epochs / profile_epochs
+    return minutes * (FINETUNE_SHARE if group == "finetune" else 1.0)
