@@ -8,7 +8,8 @@ class-mean Top-1 of the pseudo-seen (S) and pseudo-unseen (U) rows and H = 2SU /
 Name evidence (``--text``, the ``fusion.zs_*`` keys; #18's third pass): ``none`` (the name matcher alone),
 ``cosine:<template>`` (+ the cosine of all-MiniLM-L6-v2 sentence embeddings of the product name and the class
 text), ``mapped:<l2>:<template>`` (+ that cosine through a map learned on the fold's seen classes, pulled toward
-the identity with strength l2); a template is ``{}`` (the class name) or e.g. ``a_{}_product`` (``_`` for a space).
+the identity with strength l2); a template is ``{}`` (the class name) or e.g. ``a_{}_product`` (``_`` for a space);
+a trailing ``:wordnet`` embeds the template followed by WordNet's definition of the name (``fusion.zs_class_text``).
 Hold-back of the seen classes:
 
 - ``constant``: gamma (calibrated stacking; the first pass of #18);
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="Name evidence variants: none, cosine:<template>, mapped:<l2>:<template>.")
     ap.add_argument("--hold-back", nargs="+", default=list(HOLD_BACKS), choices=HOLD_BACKS,
                     help="Hold-backs of the seen classes to compare.")
+    ap.add_argument("--fold-by", default="class", choices=["class", "subCategory", "masterCategory"],
+                    help="What a pseudo-unseen fold holds out (fusion.zs_fold_by): a random third of the classes, or "
+                    "whole groups of classes (their subCategory / masterCategory) together.")
     ap.add_argument("--rows", default=None, help="Also write every (fold, grid point) row to this CSV after each "
                     "fold seed (a partial table survives an interrupted run).")
     return ap.parse_args(argv)
@@ -67,16 +71,20 @@ def name_words(names) -> list[set[str]]:
     return [set(t[:n]) for t, _, n in map(name_tokens, names)]
 
 
-def parse_text(variant: str) -> tuple[str, float, str]:
-    """(mode, l2, template) of a ``--text`` variant."""
+def parse_text(variant: str) -> tuple[str, float, str, str]:
+    """(mode, l2, template, class text) of a ``--text`` variant; a trailing ``:wordnet`` adds the definitions."""
     parts = variant.split(":")
-    if parts[0] == "none" and len(parts) == 1:
-        return "none", 0.0, "{}"
+    kind = "name"
+    if len(parts) > 1 and parts[-1] in ("name", "wordnet"):
+        kind = parts.pop()
+    if parts[0] == "none" and len(parts) == 1 and kind == "name":
+        return "none", 0.0, "{}", kind
     if parts[0] == "cosine" and len(parts) == 2:
-        return "cosine", 1.0, parts[1].replace("_", " ")
+        return "cosine", 1.0, parts[1].replace("_", " "), kind
     if parts[0] == "mapped" and len(parts) == 3:
-        return "mapped", float(parts[1]), parts[2].replace("_", " ")
-    raise SystemExit(f"bad --text variant {variant!r}: none, cosine:<template> or mapped:<l2>:<template>")
+        return "mapped", float(parts[1]), parts[2].replace("_", " "), kind
+    raise SystemExit(f"bad --text variant {variant!r}: none, cosine:<template>[:wordnet] or "
+                     "mapped:<l2>:<template>[:wordnet]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core.fusion import TEXT_FIELD, MetaVocab, stage_rows
     from fashion_core.metadata_model import class_scores, features
     from fashion_core.metadata_baseline import fit_logreg
-    from fashion_core.zeroshot import (GAMMAS, NameMatcher, candidate_classes, fit_ranker, harmonic, pseudo_unseen_folds,
-                                       ranker_log_proba, split_means, stacked_scores)
+    from fashion_core.zeroshot import (GAMMAS, NameMatcher, candidate_classes, class_groups, fit_ranker, harmonic,
+                                       pseudo_unseen_folds, ranker_log_proba, split_means, stacked_scores)
     from fashion_core.zeroshot.ranker import doubt
-    from fashion_core.zeroshot.semantic import TextInputs, class_texts, rows_of, stage_name_embeddings, with_text
-    from fashion_core.text_encoder import embed_texts, load_encoder
+    from fashion_core.zeroshot.semantic import (TextInputs, class_text_embeddings, rows_of, stage_name_embeddings,
+                                                with_text)
+    from fashion_core.text_encoder import load_encoder
 
     args = parse_args(argv)
     if args.summarize:
@@ -114,18 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     phi = {s: matcher.features(r[TEXT_FIELD]) for s, r in rows.items()}
     words = {s: name_words(r[TEXT_FIELD]) for s, r in rows.items()}
     texts = {}
-    if any(mode != "none" for mode, _, _ in text_variants.values()):
+    if any(mode != "none" for mode, _, _, _ in text_variants.values()):
         enc = load_encoder()
         ids, emb = stage_name_embeddings(p, args.stage, enc)
         emb = {s: rows_of(ids, emb, r.index) for s, r in rows.items()}
-        for v, (mode, l2, template) in text_variants.items():
+        for v, (mode, l2, template, kind) in text_variants.items():
             if mode != "none":
-                class_emb = embed_texts(class_texts(classes, template), enc).astype(np.float64)
+                class_emb, _, _ = class_text_embeddings(classes, template, kind, enc)
                 texts[v] = TextInputs(mode, l2, template, class_emb, enc.source, emb)
     c = cfg.fusion.logreg_c if cfg.fusion.logreg_c > 0 else 1.0
+    groups = class_groups(rows["train"], y["train"], args.fold_by)
     out = []
     for seed in (args.only_seeds if args.only_seeds is not None else range(args.seeds)):
-        for held in pseudo_unseen_folds(np.unique(y["val"]), seed):
+        for held in pseudo_unseen_folds(np.unique(y["val"]), seed, groups=groups):
             keep = ~np.isin(y["train"], held)
             clf, _ = fit_logreg(x["train"][np.flatnonzero(keep)], y["train"][keep], c, "balanced", cfg.train.seed)
             meta = class_scores(clf, x["val"], len(classes))

@@ -102,6 +102,12 @@ class FusionConfig:
     zs_text: str = "none"
     zs_text_l2: float = 10.0
     zs_class_template: str = "{}"  # the text embedded for a class name ("{}" = the name)
+    # the class text: name (the template alone) | wordnet (the template + WordNet's definition of the name's
+    # parts, zeroshot/lexicon.py; needs the WordNet database files, e.g. Debian's wordnet-base)
+    zs_class_text: str = "name"
+    # how the calibration's pseudo-unseen folds hold classes out: class (a random third of the classes) or a
+    # catalogue column (subCategory, masterCategory): whole groups of classes together (zeroshot/calibration.py)
+    zs_fold_by: str = "class"
 
     @property
     def leaky(self) -> bool:

@@ -109,6 +109,9 @@ STEM_RULES = ("plural", "harman")  # fusion.text_stem_rules
 # fusion.zs_text: word meanings of the names as zero-shot evidence (zeroshot/semantic.py): none, the raw cosine of
 # sentence embeddings, or that cosine through a map learned on the seen classes
 ZS_TEXT_MODES = ("none", "cosine", "mapped")
+# fusion.zs_class_text: the class name (in its template) or + its definition; unused when fusion.zs_text is none
+ZS_CLASS_TEXTS = ("name", "wordnet")
+ZS_FOLD_BY = ("class", "subCategory", "masterCategory")  # fusion.zs_fold_by: what a pseudo-unseen fold holds out
 
 
 def _validate_zs_text(f: Any) -> None:
@@ -120,6 +123,8 @@ def _validate_zs_text(f: Any) -> None:
         raise ConfigError(f"fusion.zs_text_l2 must be > 0, got {f.zs_text_l2}")
     if f.zs_class_template.count("{}") != 1:
         raise ConfigError(f"fusion.zs_class_template must hold '{{}}' exactly once, got {f.zs_class_template!r}")
+    _choice(f.zs_class_text, ZS_CLASS_TEXTS, "fusion.zs_class_text")
+    _choice(f.zs_fold_by, ZS_FOLD_BY, "fusion.zs_fold_by")
 
 
 def _validate_fusion(cfg: Any) -> None:

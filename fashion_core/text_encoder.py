@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -238,7 +239,7 @@ def embed_texts(texts: Iterable[object], encoder: TextEncoder | None = None, use
         f"sha256 {sha[:12]})")
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # one per process: two runs may write the same texts
         np.save(tmp, emb)
         tmp.replace(path)
     return emb[inverse]

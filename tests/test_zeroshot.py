@@ -48,7 +48,9 @@ def make_zs_dataset(root: Path, n_seen: int = 24, n_unseen: int = 6, unseen: dic
         for j in range(n):
             year = 2013 if not seen or j % 2 else 2012
             gender = "Women" if "Women" in names[j % len(names)] else "Men"
-            lines.append(f"{pid},{gender},Apparel,Topwear,{label},Blue,Summer,{year},Casual,{names[j % len(names)]}")
+            # four subCategories, so the calibration's folds can hold whole groups out (fusion.zs_fold_by)
+            sub = ("Topwear", "Bottomwear", "Accessories", "Innerwear")[k % 4]
+            lines.append(f"{pid},{gender},Apparel,{sub},{label},Blue,Summer,{year},Casual,{names[j % len(names)]}")
             write_image(root / "images" / f"{pid}.jpg", k, rng)
             pid += 1
     (root / "styles.csv").write_text("\n".join(lines) + "\n")

@@ -161,3 +161,15 @@ def test_the_meta_text_features_bench_reads_validation_only(text_data, text_stor
             for line in out.splitlines() if line.startswith("{")]
     assert [r["embedding_scale"] for r in rows] == [0.0, 2.0]
     assert all(0 <= r["val_top1_mean"] <= 1 and r["val_top1_mean"] <= r["val_top5_mean"] for r in rows)
+
+
+def test_the_run_logs_its_class_descriptions(runs, tmp_path):
+    """The technique file's class texts add WordNet's definitions (here the generated stand-in database): the run
+    logs every class text and where the definitions came from."""
+    from fashion_core.tracking import download_artifact
+
+    texts = json.loads(Path(download_artifact(runs["mapped"], "zeroshot/class_texts.json", tmp_path)).read_text())
+    assert texts["Baby Dolls"].startswith("a Baby Dolls product: Dolls, a small replica of a person")  # the toy
+    assert texts["Watches"] == "a Watches product"  # no entry: the name alone
+    tags = _metrics(runs["mapped"]).tags
+    assert tags["text_encoder_descriptions_sha256"] and "data.noun" in tags["text_encoder_descriptions_file"]

@@ -62,27 +62,55 @@ def split_means(labels: np.ndarray, pred1: np.ndarray, groups: Sequence[np.ndarr
 
 
 def pseudo_unseen_folds(seen_with_val: np.ndarray, seed: int, n_folds: int = N_FOLDS,
-                        share: float = HOLDOUT) -> list[np.ndarray]:
-    """Class indices held out as pseudo-unseen in each fold: disjoint seeded slices of a permutation."""
+                        share: float = HOLDOUT, groups: dict | None = None) -> list[np.ndarray]:
+    """Class indices held out as pseudo-unseen in each fold: disjoint seeded slices of a permutation.
+
+    ``groups`` (class index -> group, e.g. its subCategory; ``fusion.zs_fold_by``): whole groups are held out
+    together, so a pseudo-unseen class keeps no sibling among the pseudo-seen ones, as the finetune stage's
+    unseen classes (a department new to the catalogue, cosmetics) have none. The groups, largest first (equal
+    sizes in a seeded order), go one by one to the fold with the fewest classes so far; a class without a group
+    is a group of its own."""
     classes = np.sort(np.asarray(seen_with_val))
     k = int(round(share * len(classes)))
     if len(classes) < 2 or k < 1:
         return []
-    order = np.random.default_rng(seed).permutation(classes)
-    folds = np.array_split(order, max(1, min(n_folds, len(classes) // k)))
-    return [np.sort(f) for f in folds[:n_folds] if 0 < len(f) < len(classes)]
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(classes)
+        folds = np.array_split(order, max(1, min(n_folds, len(classes) // k)))
+        return [np.sort(f) for f in folds[:n_folds] if 0 < len(f) < len(classes)]
+    keys = [str(groups.get(int(c), f"class {int(c)}")) for c in classes]
+    names = sorted(set(keys))
+    if len(names) < 2:
+        return []
+    folds = [[] for _ in range(max(1, min(n_folds, len(classes) // k, len(names))))]
+    tie = dict(zip(names, rng.permutation(len(names))))
+    for g in sorted(names, key=lambda g: (-keys.count(g), tie[g])):  # largest first (balanced), seeded ties
+        min(folds, key=len).extend(c for c, key in zip(classes, keys) if key == g)
+    return [np.sort(np.asarray(f, dtype=classes.dtype)) for f in folds if 0 < len(f) < len(classes)]
+
+
+def class_groups(rows: pd.DataFrame, labels: np.ndarray, column: str) -> dict | None:
+    """class index -> its group: the most common value of ``column`` among the class's (training) rows; None
+    for ``fusion.zs_fold_by=class`` (or a column the rows lack: then classes are held out one by one)."""
+    if column == "class" or column not in rows.columns or len(rows) == 0:
+        return None
+    frame = pd.DataFrame({"y": np.asarray(labels), "g": rows[column].astype(str).to_numpy()})
+    return {int(y): g["g"].mode().iloc[0] for y, g in frame.groupby("y")}
 
 
 def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int, c: float,
               class_weight: str | None, seed: int, betas: Sequence[float] = BETAS,
-              text: TextInputs | None = None, log=print) -> tuple[float, float, str, pd.DataFrame]:
+              text: TextInputs | None = None, groups: dict | None = None,
+              log=print) -> tuple[float, float, str, pd.DataFrame]:
     """The calibration: (gamma, beta, mix) of the best mean validation H over pseudo-unseen folds, and the curve.
 
     In each fold the held-out classes' training rows leave both fits (and the text map of ``text``, when it
     learns one); every validation row is scored over all candidates, and S / U are the class-mean Top-1 of
-    the pseudo-seen / pseudo-unseen validation rows.
+    the pseudo-seen / pseudo-unseen validation rows. ``groups``: hold out whole groups of classes
+    (``pseudo_unseen_folds``).
     """
-    folds = pseudo_unseen_folds(np.unique(y_val), seed)
+    folds = pseudo_unseen_folds(np.unique(y_val), seed, groups=groups)
     rows = []
     for i, held in enumerate(folds):
         keep = ~np.isin(y_train, held)

@@ -11,7 +11,7 @@ from .. import tracking
 from ..config import LOGREG_C_GRID, ConfigError, ExperimentConfig, to_dict
 from ..fusion import TEXT_FIELD, MetaVocab
 from ..train import class_mean_accuracy, top5_of
-from .calibration import MIXES, calibrate, fit_models, model_scores
+from .calibration import MIXES, calibrate, class_groups, fit_models, model_scores
 from .head import HEAD_FILE, ZeroShotHead
 from .names import FEATURES, NameMatcher, candidate_classes
 from .semantic import TEXT_FEATURE, text_inputs, with_text
@@ -79,8 +79,9 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
         if best is None or v1 > best[1]:
             best = (c, v1, clf)
     c_best = best[0]
+    groups = class_groups(rows["train"], y_train, cfg.fusion.zs_fold_by)  # whole groups held out together, if set
     gamma, beta, mix, curve = calibrate(x["train"], phi["train"], y_train, x["val"], phi["val"], y_val, n, c_best,
-                                        class_weight, cfg.train.seed, text=text, log=log) \
+                                        class_weight, cfg.train.seed, text=text, groups=groups, log=log) \
         if len(y_val) else (0.0, 0.0, MIXES[0], pd.DataFrame())
     evidence = text.evidence(None, y_train, class_weight == "balanced") if text is not None else None
     if evidence is not None:
@@ -109,7 +110,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
             mlflow.set_tags({f"text_encoder_{k}": v for k, v in evidence.source.items()})
             log(f"text encoder: {evidence.source.get('package')} {evidence.source.get('version')} "
                 f"({evidence.source.get('file')}, sha256 {str(evidence.source.get('sha256'))[:12]}), "
-                f"zs_text {cfg.fusion.zs_text}")
+                f"zs_text {cfg.fusion.zs_text}, class texts: {cfg.fusion.zs_class_text}")
+            mlflow.log_dict(dict(zip(classes, text.texts)), "zeroshot/class_texts.json")
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
         if len(curve):
             at = curve[(curve["gamma"] == gamma) & (curve["beta"] == beta) & (curve["mix"] == mix)]

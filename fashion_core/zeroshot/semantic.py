@@ -137,11 +137,36 @@ class TextInputs:
     class_emb: np.ndarray  # (C, D) the class texts'
     source: dict  # the encoder's
     emb: dict  # split name -> (N, D) the products' name embeddings, in the split's row order
+    texts: tuple = ()  # the class texts embedded (logged with the run)
 
     def evidence(self, rows: np.ndarray | None, y: np.ndarray, balanced: bool = True) -> TextEvidence:
         """The evidence fitted on these training rows (indices or a mask into ``emb["train"]``; None = all)."""
         train = self.emb["train"] if rows is None else self.emb["train"][rows]
         return TextEvidence.fit(self.class_emb, self.template, self.source, self.mode, self.l2, train, y, balanced)
+
+
+def class_text_embeddings(classes: Sequence[str], template: str, kind: str, encoder, log=print
+                          ) -> tuple[np.ndarray, list[str], dict]:
+    """(C, D) embeddings of the class texts, the texts, and where any description came from (``{}`` for names).
+
+    ``kind`` is ``fusion.zs_class_text``: ``name`` (the template filled with the name) or ``wordnet`` (and WordNet's
+    definition of the name's parts, ``lexicon.describe_classes``; only the class names and WordNet enter)."""
+    from ..text_encoder import embed_texts
+
+    texts, source = class_texts(classes, template), {}
+    if kind == "wordnet":
+        from .lexicon import WordNet, describe_classes
+
+        wn = WordNet.load()
+        texts, found = describe_classes(classes, wn, lambda t: embed_texts(t, encoder, log=lambda m: None),
+                                        template=template)
+        missing = [c for c, parts in found.items() if not parts]
+        log(f"class descriptions from {wn.source['file']}: {len(classes) - len(missing)} of {len(classes)} classes "
+            f"defined" + (f" (none for {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})" if missing else ""))
+        source = dict(wn.source)
+    elif kind != "name":
+        raise ConfigError(f"unknown fusion.zs_class_text {kind!r}; choose one of: name, wordnet")
+    return embed_texts(texts, encoder, log=log).astype(np.float64), texts, source
 
 
 def text_inputs(fusion, prepared, stage: str, classes: Sequence[str], ids: dict, encoder=None,
@@ -154,6 +179,9 @@ def text_inputs(fusion, prepared, stage: str, classes: Sequence[str], ids: dict,
         return None
     enc = encoder if encoder is not None else text_encoder.load_encoder()
     index, emb = stage_name_embeddings(prepared, stage, enc, log=log)
-    class_emb = text_encoder.embed_texts(class_texts(classes, fusion.zs_class_template), enc, log=log)
-    return TextInputs(fusion.zs_text, float(fusion.zs_text_l2), fusion.zs_class_template, class_emb.astype(np.float64),
-                      dict(enc.source), {s: rows_of(index, emb, i) for s, i in ids.items()})
+    class_emb, texts, described = class_text_embeddings(classes, fusion.zs_class_template,
+                                                    getattr(fusion, "zs_class_text", "name"), enc, log=log)
+    source = dict(enc.source)
+    source.update({f"descriptions_{k}": v for k, v in described.items()})
+    return TextInputs(fusion.zs_text, float(fusion.zs_text_l2), fusion.zs_class_template, class_emb, source,
+                      {s: rows_of(index, emb, i) for s, i in ids.items()}, tuple(texts))
