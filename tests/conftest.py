@@ -48,7 +48,8 @@ class ConceptEncoder:
         return out
 
 
-# A few WordNet noun synsets: (lemmas, lexicographer file, gloss): 6 noun.artifact, 27 noun.substance, 18 noun.person, 15 noun.location
+# A few WordNet noun synsets: (lemmas, lexicographer file, gloss); 6 noun.artifact, 27 noun.substance,
+# 18 noun.person, 15 noun.location
 SYNSETS = [
     (["compact", "compact_car"], 6, "a small and economical car"),
     (["compact", "powder_compact"], 6, "a small cosmetics case with a mirror; to be carried in a woman's purse"),

@@ -9,8 +9,8 @@ of its parts: "Kajal and Eyeliner" has the parts Kajal and Eyeliner; a part with
 to its last word (its head noun: "Mens Grooming Kit" -> kit). Which sense? Only senses that can be a product
 (WordNet's noun.artifact and noun.substance: a bag, not an ill-tempered woman), and of those the one whose gloss
 is closest, in sentence-embedding space, to the taxonomy as a whole (the mean embedding of all candidate class
-names): "compact" is the cosmetics case, not the car; "toner" the skin lotion, not the printer's powder. Only the class names and WordNet enter; no product, so a
-held-out or unseen class's description never depends on data.
+names): "compact" is the cosmetics case, not the car; "toner" the skin lotion, not the printer's powder. Only
+the class names and WordNet enter, no product, so a held-out or unseen class's description never depends on data.
 
     python -c "from fashion_core.zeroshot.lexicon import WordNet; print(WordNet.load().senses('compact'))"
 """
@@ -155,7 +155,9 @@ def describe_classes(classes: Sequence[str], wn: WordNet, embed, domain: np.ndar
     Returns:
         (descriptions, report): ``report`` maps each class to the WordNet phrases used (empty: none found).
     """
-    domain = np.asarray(embed(list(classes)), np.float64).mean(axis=0) if domain is None else np.asarray(domain, np.float64)
+    if domain is None:
+        domain = np.asarray(embed(list(classes)), np.float64).mean(axis=0)
+    domain = np.asarray(domain, np.float64)
     domain = domain / max(float(np.linalg.norm(domain)), 1e-12)
     out, report = [], {}
     for c in classes:

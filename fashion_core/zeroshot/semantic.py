@@ -161,8 +161,9 @@ def class_text_embeddings(classes: Sequence[str], template: str, kind: str, enco
         texts, found = describe_classes(classes, wn, lambda t: embed_texts(t, encoder, log=lambda m: None),
                                         template=template)
         missing = [c for c, parts in found.items() if not parts]
+        none = f" (none for {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})" if missing else ""
         log(f"class descriptions from {wn.source['file']}: {len(classes) - len(missing)} of {len(classes)} classes "
-            f"defined" + (f" (none for {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})" if missing else ""))
+            f"defined{none}")
         source = dict(wn.source)
     elif kind != "name":
         raise ConfigError(f"unknown fusion.zs_class_text {kind!r}; choose one of: name, wordnet")
