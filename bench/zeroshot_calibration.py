@@ -9,7 +9,8 @@ Name evidence (``--text``, the ``fusion.zs_*`` keys; #18's third pass): ``none``
 ``cosine:<template>`` (+ the cosine of all-MiniLM-L6-v2 sentence embeddings of the product name and the class
 text), ``mapped:<l2>:<template>`` (+ that cosine through a map learned on the fold's seen classes, pulled toward
 the identity with strength l2); a template is ``{}`` (the class name) or e.g. ``a_{}_product`` (``_`` for a space);
-a trailing ``:wordnet`` embeds the template followed by WordNet's definition of the name (``fusion.zs_class_text``).
+a trailing ``:wordnet`` embeds the template followed by WordNet's definition of the name (``fusion.zs_class_text``),
+and ``+words`` after any variant adds the definition-word evidence (``fusion.zs_def_words``), e.g. ``none+words``.
 Hold-back of the seen classes:
 
 - ``constant``: gamma (calibrated stacking; the first pass of #18);
@@ -72,8 +73,9 @@ def name_words(names) -> list[set[str]]:
 
 
 def parse_text(variant: str) -> tuple[str, float, str, str]:
-    """(mode, l2, template, class text) of a ``--text`` variant; a trailing ``:wordnet`` adds the definitions."""
-    parts = variant.split(":")
+    """(mode, l2, template, class text) of a ``--text`` variant; a trailing ``:wordnet`` adds the definitions (and
+    ``+words``, handled by the caller, the definition-word evidence)."""
+    parts = variant.removesuffix("+words").split(":")
     kind = "name"
     if len(parts) > 1 and parts[-1] in ("name", "wordnet"):
         kind = parts.pop()
@@ -131,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             if mode != "none":
                 class_emb, _, _ = class_text_embeddings(classes, template, kind, enc)
                 texts[v] = TextInputs(mode, l2, template, class_emb, enc.source, emb)
+    defs = None
+    if any(v.endswith("+words") for v in text_variants):
+        from fashion_core.zeroshot.definitions import definition_words
+
+        defs = definition_words(classes)
+        phi_defs = {s: defs.features(r[TEXT_FIELD]) for s, r in rows.items()}
     c = cfg.fusion.logreg_c if cfg.fusion.logreg_c > 0 else 1.0
     groups = class_groups(rows["train"], y["train"], args.fold_by)
     out = []
@@ -147,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             pseudo_seen = np.setdiff1d(np.unique(y["val"]), held)
             for v in text_variants:
                 phi_train, phi_val = phi["train"][keep], phi["val"]
+                if v.endswith("+words"):
+                    phi_train = np.concatenate([phi_train, phi_defs["train"][keep]], axis=2)
+                    phi_val = np.concatenate([phi_val, phi_defs["val"]], axis=2)
                 if v in texts:  # the map, too, learns from the fold's seen classes only
                     ev = texts[v].evidence(keep, y["train"][keep])
                     phi_train = with_text(phi_train, ev, texts[v].emb["train"][keep])

@@ -108,6 +108,8 @@ class FusionConfig:
     # how the calibration's pseudo-unseen folds hold classes out: class (a random third of the classes) or a
     # catalogue column (subCategory, masterCategory): whole groups of classes together (zeroshot/calibration.py)
     zs_fold_by: str = "class"
+    # two more kinds of name evidence: which name words the class's WordNet definition holds (zeroshot/definitions.py)
+    zs_def_words: bool = False
 
     @property
     def leaky(self) -> bool:

@@ -173,3 +173,24 @@ def test_the_run_logs_its_class_descriptions(runs, tmp_path):
     assert texts["Watches"] == "a Watches product"  # no entry: the name alone
     tags = _metrics(runs["mapped"]).tags
     assert tags["text_encoder_descriptions_sha256"] and "data.noun" in tags["text_encoder_descriptions_file"]
+
+
+def test_definition_words_are_two_more_kinds_and_are_served(text_data, text_store, tmp_path):
+    """fusion.zs_def_words: two more weighted kinds of evidence, the definitions logged and carried in the head,
+    and the logged pyfunc scores a new name the way the run did."""
+    import mlflow
+
+    from fashion_core.experiment import run_stage
+    from fashion_core.tracking import download_artifact
+    from fashion_core.zeroshot.definitions import DEF_FEATURES
+
+    run = run_stage(cfg(**TEXT, **{"fusion.zs_def_words": True}), str(text_data), **QUIET)
+    data = _metrics(run)
+    assert all(f"zs_w_{f}" in data.metrics for f in DEF_FEATURES) and data.tags["definitions_sha256"]
+    head = json.loads(Path(download_artifact(run, "checkpoint/zeroshot.json", tmp_path)).read_text())
+    assert head["features"][-3:] == [*DEF_FEATURES, TEXT_FEATURE] and len(head["weights"]) == len(head["features"])
+    assert head["definitions"]["definitions"][head["classes"].index("Baby Dolls")].startswith("Dolls, a small replica")
+    model = mlflow.pyfunc.load_model(f"runs:/{run}/model")
+    frame = pd.DataFrame({"gender": ["Women"], "baseColour": ["Blue"], "usage": ["Casual"],
+                          "productDisplayName": ["Clovia Women Pink Nightdress"]})
+    assert model.predict(frame).idxmax(axis=1).tolist() == ["Baby Dolls"]

@@ -41,6 +41,12 @@ training rows of seen classes only, and one constant chosen on validation:
    training products (``mapped``: a ridge from a product's embedding to its class name's, pulled toward the
    identity with strength ``fusion.zs_text_l2``; refitted in each calibration fold without its held-out
    classes). It knows what no name matcher can: "Lip Balm" is Lip Care, "Nightdress" Baby Dolls.
+6. **Class definitions** (``fusion.zs_class_text=wordnet``, ``lexicon.py``): the class text adds WordNet 3.0's
+   definition of each part of the name ("a Deodorant product: Deodorant, a toiletry applied to the skin ..."),
+   so the class side of the cosine holds words a product name may use. With ``fusion.zs_fold_by=subCategory``
+   the calibration's folds hold whole subCategories out, so a pseudo-unseen class keeps no sibling among the
+   seen ones (the finetune stage's unseen classes are a new department). ``fusion.zs_def_words``
+   (``definitions.py``) adds two evidence kinds from the same definitions: which name words they hold.
 
 Test products enter only to be scored once at the end. Honoured keys: those of the metadata-only baseline
 (``fusion.*``, ``loss.weights``, ``train.seed``), ``fusion.zero_shot`` and ``fusion.zs_*``.

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .definitions import DefinitionWords, with_definitions
 from .names import NameMatcher
 from .ranker import ranker_log_proba, stacked_scores
 from .semantic import TextEvidence, with_text
@@ -28,11 +29,12 @@ class ZeroShotHead:
     beta: float
     mix: str
     text: TextEvidence | None = None  # the sentence-embedding evidence (fusion.zs_text), if the run used it
+    defs: DefinitionWords | None = None  # the definition-word evidence (fusion.zs_def_words), if the run used it
 
     def scores(self, meta_logp: np.ndarray, names: Iterable[Any]) -> np.ndarray:
         """(N, C) stacked scores over ``matcher.classes`` (argmax = the prediction)."""
         names = list(names)
-        phi = self.matcher.features(names)
+        phi = with_definitions(self.matcher.features(names), self.defs, names)
         if self.text is not None:
             phi = with_text(phi, self.text, self._encoder().encode(["" if n is None else str(n) for n in names]))
         name_logp = ranker_log_proba(phi, self.w)
@@ -54,11 +56,13 @@ class ZeroShotHead:
         return {"classes": list(self.matcher.classes), "features": list(features),
                 "weights": [float(v) for v in self.w], "seen": [bool(s) for s in self.seen], "gamma": self.gamma,
                 "beta": self.beta, "mix": self.mix, **self.matcher.state(),
-                "text": self.text.to_dict() if self.text is not None else None}
+                "text": self.text.to_dict() if self.text is not None else None,
+                "definitions": self.defs.to_dict() if self.defs is not None else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ZeroShotHead":
         matcher = NameMatcher.from_state(d["classes"], d["token_idf"], d["idf_unseen"])
         return cls(matcher, np.asarray(d["weights"], dtype=np.float64), np.asarray(d["seen"], dtype=bool),
                    float(d["gamma"]), float(d.get("beta", 0.0)), str(d["mix"]),
-                   TextEvidence.from_dict(d["text"]) if d.get("text") else None)
+                   TextEvidence.from_dict(d["text"]) if d.get("text") else None,
+                   DefinitionWords.from_dict(d["classes"], d["definitions"]) if d.get("definitions") else None)

@@ -141,25 +141,21 @@ def sense_text(sense: Sense, phrase: str) -> str:
     return sense.gloss + (f" (also {', '.join(others)})" if others else "")
 
 
-def describe_classes(classes: Sequence[str], wn: WordNet, embed, domain: np.ndarray | None = None,
-                     template: str = "{}") -> tuple[list[str], dict]:
-    """One description per class: ``template`` filled with the name, then ": " and the chosen sense of each part.
+def class_definitions(classes: Sequence[str], wn: WordNet, embed, domain: np.ndarray | None = None) -> list[str]:
+    """One definition per class: the chosen sense of each part of its name, as "Phrase, gloss (also …)" joined by
+    "; " ("" when WordNet defines no part).
 
     Args:
         classes: the candidate class names (the taxonomy).
         wn: the WordNet database.
         embed: texts -> (N, D) unit rows (the sentence encoder); picks a sense when a part has several.
         domain: (D,) the catalogue's direction; default the mean embedding of the class names.
-        template: the class-name text, as ``fusion.zs_class_template``.
-
-    Returns:
-        (descriptions, report): ``report`` maps each class to the WordNet phrases used (empty: none found).
     """
     if domain is None:
         domain = np.asarray(embed(list(classes)), np.float64).mean(axis=0)
     domain = np.asarray(domain, np.float64)
     domain = domain / max(float(np.linalg.norm(domain)), 1e-12)
-    out, report = [], {}
+    out = []
     for c in classes:
         found = []
         for part in class_parts(c):
@@ -169,8 +165,19 @@ def describe_classes(classes: Sequence[str], wn: WordNet, embed, domain: np.ndar
             texts = [sense_text(s, phrase) for s in senses]
             # the sense closest to the taxonomy as a whole ("compact": the cosmetics case, not the car)
             best = int(np.argmax(np.asarray(embed(texts), np.float64) @ domain)) if len(texts) > 1 else 0
-            found.append((phrase, texts[best]))
-        base = template.replace("{}", c)
-        out.append(base + (": " + "; ".join(f"{p}, {t}" for p, t in found) if found else ""))
-        report[c] = [p for p, _ in found]
-    return out, report
+            found.append(f"{phrase}, {texts[best]}")
+        out.append("; ".join(found))
+    return out
+
+
+def describe_classes(classes: Sequence[str], wn: WordNet, embed, domain: np.ndarray | None = None,
+                     template: str = "{}") -> tuple[list[str], dict]:
+    """One description per class: ``template`` filled with the name, then ": " and its definition
+    (``class_definitions``; the template alone when there is none).
+
+    Returns:
+        (descriptions, definitions): ``definitions`` maps each class to its definition ("" for none).
+    """
+    defs = class_definitions(classes, wn, embed, domain)
+    texts = [template.replace("{}", c) + (f": {d}" if d else "") for c, d in zip(classes, defs)]
+    return texts, dict(zip(classes, defs))

@@ -12,6 +12,7 @@ from ..config import LOGREG_C_GRID, ConfigError, ExperimentConfig, to_dict
 from ..fusion import TEXT_FIELD, MetaVocab
 from ..train import class_mean_accuracy, top5_of
 from .calibration import MIXES, calibrate, class_groups, fit_models, model_scores
+from .definitions import DEF_FEATURES, definition_words, with_definitions
 from .head import HEAD_FILE, ZeroShotHead
 from .names import FEATURES, NameMatcher, candidate_classes
 from .semantic import TEXT_FEATURE, text_inputs, with_text
@@ -62,6 +63,10 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     matcher = NameMatcher.build(classes, rows["train"][TEXT_FIELD] if TEXT_FIELD in rows["train"].columns else ())
     phi = {s: matcher.features(r[TEXT_FIELD]) if TEXT_FIELD in r.columns else
            np.zeros((len(r), len(classes), len(FEATURES)), dtype=np.float32) for s, r in rows.items()}
+    defs = definition_words(classes, log=log) if cfg.fusion.zs_def_words else None  # class names + WordNet only
+    if defs is not None:
+        phi = {s: with_definitions(f, defs, rows[s][TEXT_FIELD] if TEXT_FIELD in rows[s].columns else [""] * len(f))
+               for s, f in phi.items()}
     y_train, y_val = sd.train.labels.numpy(), sd.val.labels.numpy()
     n = len(classes)
     class_weight = "balanced" if cfg.loss.weights == "inverse" else None
@@ -86,7 +91,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     evidence = text.evidence(None, y_train, class_weight == "balanced") if text is not None else None
     if evidence is not None:
         phi = {s: with_text(f, evidence, text.emb[s]) for s, f in phi.items()}
-    features_used = FEATURES + ((TEXT_FEATURE,) if evidence is not None else ())
+    features_used = (FEATURES + (DEF_FEATURES if defs is not None else ())
+                     + ((TEXT_FEATURE,) if evidence is not None else ()))
     models = fit_models(x["train"], phi["train"], y_train, n, c_best, class_weight, cfg.train.seed, clf=best[2])
     val_scores = model_scores(models, x["val"], phi["val"], gamma, mix, beta)
     val1, val5 = class_mean_accuracy(y_val, top5_of(val_scores)) if len(y_val) else (np.nan, np.nan)
@@ -112,6 +118,9 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
                 f"({evidence.source.get('file')}, sha256 {str(evidence.source.get('sha256'))[:12]}), "
                 f"zs_text {cfg.fusion.zs_text}, class texts: {cfg.fusion.zs_class_text}")
             mlflow.log_dict(dict(zip(classes, text.texts)), "zeroshot/class_texts.json")
+        if defs is not None:  # where the definition words came from, and every definition
+            mlflow.set_tags({f"definitions_{k}": v for k, v in defs.source.items()})
+            mlflow.log_dict(dict(zip(classes, defs.definitions)), "zeroshot/definitions.json")
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
         if len(curve):
             at = curve[(curve["gamma"] == gamma) & (curve["beta"] == beta) & (curve["mix"] == mix)]
@@ -132,7 +141,7 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
                 test_metrics["test_top1_unseen_no_class_word_micro"] = float((top5[slice_, 0] == labels[slice_]).mean())
         log_evaluation(sd, table, preds, test_metrics, labels, top5)
         # The metadata model's files and the zero-shot head (checkpoint/zeroshot.json), served together as a pyfunc.
-        head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix, evidence)
+        head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix, evidence, defs)
         val_h = float(at["val_harmonic"]) if len(curve) else -1.0
         _log_model(models.clf, vocab, c_best, classes, registered_name(cfg.stage, "zeroshot") if register else None,
                    val_h if val_h == val_h else -1.0, log, extra={HEAD_FILE: head.to_dict(features_used)})

@@ -160,7 +160,7 @@ def class_text_embeddings(classes: Sequence[str], template: str, kind: str, enco
         wn = WordNet.load()
         texts, found = describe_classes(classes, wn, lambda t: embed_texts(t, encoder, log=lambda m: None),
                                         template=template)
-        missing = [c for c, parts in found.items() if not parts]
+        missing = [c for c, d in found.items() if not d]
         none = f" (none for {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})" if missing else ""
         log(f"class descriptions from {wn.source['file']}: {len(classes) - len(missing)} of {len(classes)} classes "
             f"defined{none}")
