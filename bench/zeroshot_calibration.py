@@ -10,7 +10,9 @@ Name evidence (``--text``, the ``fusion.zs_*`` keys; #18's third pass): ``none``
 text), ``mapped:<l2>:<template>`` (+ that cosine through a map learned on the fold's seen classes, pulled toward
 the identity with strength l2); a template is ``{}`` (the class name) or e.g. ``a_{}_product`` (``_`` for a space);
 a trailing ``:wordnet`` embeds the template followed by WordNet's definition of the name (``fusion.zs_class_text``),
-and ``+words`` after any variant adds the definition-word evidence (``fusion.zs_def_words``), e.g. ``none+words``.
+and ``+words`` after any variant adds the definition-word evidence (``fusion.zs_def_words``), e.g. ``none+words``;
+``+image`` (last) adds the photo's ConSE embedding as evidence (``fusion.zs_image``), e.g.
+``mapped:10:a_{}_product+image``.
 Hold-back of the seen classes:
 
 - ``constant``: gamma (calibrated stacking; the first pass of #18);
@@ -75,7 +77,7 @@ def name_words(names) -> list[set[str]]:
 def parse_text(variant: str) -> tuple[str, float, str, str]:
     """(mode, l2, template, class text) of a ``--text`` variant; a trailing ``:wordnet`` adds the definitions (and
     ``+words``, handled by the caller, the definition-word evidence)."""
-    parts = variant.removesuffix("+words").split(":")
+    parts = variant.removesuffix("+image").removesuffix("+words").split(":")
     kind = "name"
     if len(parts) > 1 and parts[-1] in ("name", "wordnet"):
         kind = parts.pop()
@@ -139,6 +141,20 @@ def main(argv: list[str] | None = None) -> int:
 
         defs = definition_words(classes)
         phi_defs = {s: defs.features(r[TEXT_FIELD]) for s, r in rows.items()}
+    images = {}
+    if any(v.endswith("+image") for v in text_variants):
+        from fashion_core.stage import build_stage_data
+        from fashion_core.zeroshot.imagenet import stage_conse
+
+        sd = build_stage_data(p, args.stage, classes=classes)
+        assert len(sd.train) == len(y["train"]) and len(sd.val) == len(y["val"])
+        z, src = stage_conse({"train": sd.train.images, "val": sd.val.images}, cfg.fusion.zs_class_template,
+                             enc if texts else load_encoder())
+        for v, (mode, l2, template, kind) in text_variants.items():
+            if v.endswith("+image"):
+                cm = texts[v].class_emb if v in texts else \
+                    class_text_embeddings(classes, template, kind, load_encoder())[0]
+                images[v] = TextInputs(mode if mode != "none" else "mapped", l2 or 10.0, template, cm, src, z)
     c = cfg.fusion.logreg_c if cfg.fusion.logreg_c > 0 else 1.0
     groups = class_groups(rows["train"], y["train"], args.fold_by)
     out = []
@@ -162,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                     ev = texts[v].evidence(keep, y["train"][keep])
                     phi_train = with_text(phi_train, ev, texts[v].emb["train"][keep])
                     phi_val = with_text(phi_val, ev, texts[v].emb["val"])
+                if v in images:  # the photo's ConSE point, through its own map fitted on the fold's seen classes
+                    ev = images[v].evidence(keep, y["train"][keep])
+                    phi_train = with_text(phi_train, ev, images[v].emb["train"][keep])
+                    phi_val = with_text(phi_val, ev, images[v].emb["val"])
                 name = ranker_log_proba(phi_val, fit_ranker(phi_train, y["train"][keep]))
                 for mix in ("gate", "product"):
                     base = stacked_scores(meta, name, seen, 0.0, mix)

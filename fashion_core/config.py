@@ -110,6 +110,9 @@ class FusionConfig:
     zs_fold_by: str = "class"
     # two more kinds of name evidence: which name words the class's WordNet definition holds (zeroshot/definitions.py)
     zs_def_words: bool = False
+    # the photo as evidence: none | conse (its ImageNet labels' sentence embeddings, weighted by the wheel's ImageNet
+    # classifier; compared with the class texts as zs_text is, through its own map; zeroshot/imagenet.py)
+    zs_image: str = "none"
 
     @property
     def leaky(self) -> bool:

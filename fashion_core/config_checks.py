@@ -125,6 +125,7 @@ def _validate_zs_text(f: Any) -> None:
         raise ConfigError(f"fusion.zs_class_template must hold '{{}}' exactly once, got {f.zs_class_template!r}")
     _choice(f.zs_class_text, ZS_CLASS_TEXTS, "fusion.zs_class_text")
     _choice(f.zs_fold_by, ZS_FOLD_BY, "fusion.zs_fold_by")
+    _choice(f.zs_image, ("none", "conse"), "fusion.zs_image")
 
 
 def _validate_fusion(cfg: Any) -> None:

@@ -91,11 +91,15 @@ class ProductModel:
                  vocab=None, logreg=None, zeroshot=None):
         self.classes, self.height, self.width = list(classes), height, width
         self.net, self.vocab, self.logreg, self.zeroshot = net, vocab, logreg, zeroshot
-        self.needs_image = net is not None
+        # a zero-shot head with photo evidence (fusion.zs_image) reads the photo at the run's size
+        zs_image = zeroshot is not None and getattr(zeroshot, "image", None) is not None
+        if zs_image:
+            self.height, self.width = zeroshot.image_size
+        self.needs_image = net is not None or zs_image
         reads_text = (vocab is not None and vocab.text is not None) or zeroshot is not None
         text = [_text_field()] if reads_text else []
         self.fields = ([] if vocab is None else vocab.fields) + text
-        self.inputs = "metadata" if net is None else ("image+metadata" if self.fields else "image")
+        self.inputs = "metadata" if not self.needs_image else ("image+metadata" if self.fields else "image")
 
     @classmethod
     def from_folder(cls, folder: str | Path, label: str | None = None) -> "ProductModel":
@@ -171,7 +175,9 @@ class ProductModel:
 
             scores = class_scores(self.logreg, features(self.vocab, rows), len(self.classes))
             if self.zeroshot is not None:
-                scores = self.zeroshot.scores(scores, rows[_text_field()])
+                photos = np.stack([_decode(v, self.height, self.width) for v in rows[IMAGE_COLUMN]]) \
+                    if self.needs_image else None
+                scores = self.zeroshot.scores(scores, rows[_text_field()], photos)
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
             return e / e.sum(axis=1, keepdims=True)
         images = np.stack([_decode(v, self.height, self.width) for v in rows[IMAGE_COLUMN]])

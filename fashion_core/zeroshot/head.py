@@ -30,13 +30,30 @@ class ZeroShotHead:
     mix: str
     text: TextEvidence | None = None  # the sentence-embedding evidence (fusion.zs_text), if the run used it
     defs: DefinitionWords | None = None  # the definition-word evidence (fusion.zs_def_words), if the run used it
+    image: TextEvidence | None = None  # the photo's ConSE evidence (fusion.zs_image), if the run used it
+    image_size: tuple = ()  # (height, width) of the photos the run read, when it read them
 
-    def scores(self, meta_logp: np.ndarray, names: Iterable[Any]) -> np.ndarray:
-        """(N, C) stacked scores over ``matcher.classes`` (argmax = the prediction)."""
+    def scores(self, meta_logp: np.ndarray, names: Iterable[Any], images: np.ndarray | None = None) -> np.ndarray:
+        """(N, C) stacked scores over ``matcher.classes`` (argmax = the prediction); ``images``: the photos (N, H, W,
+        3 uint8 at ``image_size``), needed when the head reads them."""
         names = list(names)
         phi = with_definitions(self.matcher.features(names), self.defs, names)
         if self.text is not None:
             phi = with_text(phi, self.text, self._encoder().encode(["" if n is None else str(n) for n in names]))
+        if self.image is not None:
+            from .imagenet import ImageNetClassifier, conse_embeddings, imagenet_probs, label_embeddings
+
+            if images is None:
+                raise ValueError("this zero-shot model reads the product photo too: give an image column")
+            model = ImageNetClassifier()
+            if model.source.get("sha256") != self.image.source.get("sha256"):
+                from ..config import ConfigError
+
+                raise ConfigError(f"this model's photo evidence was fitted with {self.image.source}; the installed "
+                                  f"ImageNet weights are {model.source}")
+            labels = label_embeddings(self.image.template, self._encoder() if self.text else None, log=lambda m: None)
+            z = conse_embeddings(imagenet_probs(images, model, use_cache=False, log=lambda m: None), labels)
+            phi = with_text(phi, self.image, z)
         name_logp = ranker_log_proba(phi, self.w)
         return stacked_scores(meta_logp, name_logp, self.seen, self.gamma, self.mix, self.beta)
 
@@ -57,7 +74,8 @@ class ZeroShotHead:
                 "weights": [float(v) for v in self.w], "seen": [bool(s) for s in self.seen], "gamma": self.gamma,
                 "beta": self.beta, "mix": self.mix, **self.matcher.state(),
                 "text": self.text.to_dict() if self.text is not None else None,
-                "definitions": self.defs.to_dict() if self.defs is not None else None}
+                "definitions": self.defs.to_dict() if self.defs is not None else None,
+                "image": self.image.to_dict() if self.image is not None else None, "image_size": list(self.image_size)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ZeroShotHead":
@@ -65,4 +83,5 @@ class ZeroShotHead:
         return cls(matcher, np.asarray(d["weights"], dtype=np.float64), np.asarray(d["seen"], dtype=bool),
                    float(d["gamma"]), float(d.get("beta", 0.0)), str(d["mix"]),
                    TextEvidence.from_dict(d["text"]) if d.get("text") else None,
-                   DefinitionWords.from_dict(d["classes"], d["definitions"]) if d.get("definitions") else None)
+                   DefinitionWords.from_dict(d["classes"], d["definitions"]) if d.get("definitions") else None,
+                   TextEvidence.from_dict(d["image"]) if d.get("image") else None, tuple(d.get("image_size") or ()))

@@ -14,6 +14,7 @@ from ..train import class_mean_accuracy, top5_of
 from .calibration import MIXES, calibrate, class_groups, fit_models, model_scores
 from .definitions import DEF_FEATURES, definition_words, with_definitions
 from .head import HEAD_FILE, ZeroShotHead
+from .imagenet import IMAGE_FEATURE, image_inputs
 from .names import FEATURES, NameMatcher, candidate_classes
 from .semantic import TEXT_FEATURE, text_inputs, with_text
 
@@ -72,6 +73,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     class_weight = "balanced" if cfg.loss.weights == "inverse" else None
     # word meanings (fusion.zs_text): sentence embeddings of the names; the map, if any, is refitted in each fold
     text = text_inputs(cfg.fusion, p, cfg.stage, classes, {s: r.index for s, r in rows.items()}, log=log)
+    # the photo (fusion.zs_image): ConSE points of the ImageNet classifier's labels, mapped like the names
+    image = image_inputs(cfg.fusion, sd, classes, text, log=log) if cfg.fusion.zs_image == "conse" else None
     # The metadata model's C as the metadata-only baseline picks it: validation class-mean over seen classes.
     grid = [cfg.fusion.logreg_c] if cfg.fusion.logreg_c > 0 else list(LOGREG_C_GRID)
     if len(y_val) == 0:
@@ -86,13 +89,17 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     c_best = best[0]
     groups = class_groups(rows["train"], y_train, cfg.fusion.zs_fold_by)  # whole groups held out together, if set
     gamma, beta, mix, curve = calibrate(x["train"], phi["train"], y_train, x["val"], phi["val"], y_val, n, c_best,
-                                        class_weight, cfg.train.seed, text=text, groups=groups, log=log) \
+                                        class_weight, cfg.train.seed, text=[text, image], groups=groups, log=log) \
         if len(y_val) else (0.0, 0.0, MIXES[0], pd.DataFrame())
     evidence = text.evidence(None, y_train, class_weight == "balanced") if text is not None else None
     if evidence is not None:
         phi = {s: with_text(f, evidence, text.emb[s]) for s, f in phi.items()}
+    photo = image.evidence(None, y_train, class_weight == "balanced") if image is not None else None
+    if photo is not None:
+        phi = {s: with_text(f, photo, image.emb[s]) for s, f in phi.items()}
     features_used = (FEATURES + (DEF_FEATURES if defs is not None else ())
-                     + ((TEXT_FEATURE,) if evidence is not None else ()))
+                     + ((TEXT_FEATURE,) if evidence is not None else ())
+                     + ((IMAGE_FEATURE,) if photo is not None else ()))
     models = fit_models(x["train"], phi["train"], y_train, n, c_best, class_weight, cfg.train.seed, clf=best[2])
     val_scores = model_scores(models, x["val"], phi["val"], gamma, mix, beta)
     val1, val5 = class_mean_accuracy(y_val, top5_of(val_scores)) if len(y_val) else (np.nan, np.nan)
@@ -118,6 +125,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
                 f"({evidence.source.get('file')}, sha256 {str(evidence.source.get('sha256'))[:12]}), "
                 f"zs_text {cfg.fusion.zs_text}, class texts: {cfg.fusion.zs_class_text}")
             mlflow.log_dict(dict(zip(classes, text.texts)), "zeroshot/class_texts.json")
+        if photo is not None:  # the ImageNet classifier read for the photo evidence
+            mlflow.set_tags({f"image_model_{k}": v for k, v in photo.source.items()})
         if defs is not None:  # where the definition words came from, and every definition
             mlflow.set_tags({f"definitions_{k}": v for k, v in defs.source.items()})
             mlflow.log_dict(dict(zip(classes, defs.definitions)), "zeroshot/definitions.json")
@@ -141,7 +150,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
                 test_metrics["test_top1_unseen_no_class_word_micro"] = float((top5[slice_, 0] == labels[slice_]).mean())
         log_evaluation(sd, table, preds, test_metrics, labels, top5)
         # The metadata model's files and the zero-shot head (checkpoint/zeroshot.json), served together as a pyfunc.
-        head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix, evidence, defs)
+        head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix, evidence, defs, photo,
+                            tuple(sd.train.images.shape[1:3]) if photo is not None else ())
         val_h = float(at["val_harmonic"]) if len(curve) else -1.0
         _log_model(models.clf, vocab, c_best, classes, registered_name(cfg.stage, "zeroshot") if register else None,
                    val_h if val_h == val_h else -1.0, log, extra={HEAD_FILE: head.to_dict(features_used)})
