@@ -11,8 +11,9 @@ text), ``mapped:<l2>:<template>`` (+ that cosine through a map learned on the fo
 the identity with strength l2); a template is ``{}`` (the class name) or e.g. ``a_{}_product`` (``_`` for a space);
 a trailing ``:wordnet`` embeds the template followed by WordNet's definition of the name (``fusion.zs_class_text``),
 and ``+words`` after any variant adds the definition-word evidence (``fusion.zs_def_words``), e.g. ``none+words``;
-``+image`` (last) adds the photo's ConSE embedding as evidence (``fusion.zs_image``), e.g.
-``mapped:10:a_{}_product+image``.
+``+image`` adds the photo's ConSE embedding as evidence (``fusion.zs_image``), e.g.
+``mapped:10:a_{}_product+image``; ``+more`` fits the text map on the other stage's training products too
+(``fusion.zs_text_more_classes``).
 Hold-back of the seen classes:
 
 - ``constant``: gamma (calibrated stacking; the first pass of #18);
@@ -28,6 +29,7 @@ second ("H_nested"); ``H_choose`` is the first half's best H, on which a variant
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -77,7 +79,10 @@ def name_words(names) -> list[set[str]]:
 def parse_text(variant: str) -> tuple[str, float, str, str]:
     """(mode, l2, template, class text) of a ``--text`` variant; a trailing ``:wordnet`` adds the definitions (and
     ``+words``, handled by the caller, the definition-word evidence)."""
-    parts = variant.removesuffix("+image").removesuffix("+words").split(":")
+    base = variant
+    for suffix in ("+image", "+more", "+words"):
+        base = base.replace(suffix, "")
+    parts = base.split(":")
     kind = "name"
     if len(parts) > 1 and parts[-1] in ("name", "wordnet"):
         kind = parts.pop()
@@ -136,11 +141,18 @@ def main(argv: list[str] | None = None) -> int:
                 class_emb, _, _ = class_text_embeddings(classes, template, kind, enc)
                 texts[v] = TextInputs(mode, l2, template, class_emb, enc.source, emb)
     defs = None
-    if any(v.endswith("+words") for v in text_variants):
+    if any("+words" in v for v in text_variants):
         from fashion_core.zeroshot.definitions import definition_words
 
         defs = definition_words(classes)
         phi_defs = {s: defs.features(r[TEXT_FIELD]) for s, r in rows.items()}
+    if any("+more" in v for v in texts):
+        from fashion_core.zeroshot.semantic import other_stage_products
+
+        for v, (mode, l2, template, kind) in text_variants.items():
+            if "+more" in v and v in texts:
+                fusion = dataclasses.replace(cfg.fusion, zs_class_template=template, zs_class_text=kind)
+                texts[v] = dataclasses.replace(texts[v], extra=other_stage_products(fusion, p, args.stage, enc))
     images = {}
     if any(v.endswith("+image") for v in text_variants):
         from fashion_core.stage import build_stage_data
@@ -171,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             pseudo_seen = np.setdiff1d(np.unique(y["val"]), held)
             for v in text_variants:
                 phi_train, phi_val = phi["train"][keep], phi["val"]
-                if v.endswith("+words"):
+                if "+words" in v:
                     phi_train = np.concatenate([phi_train, phi_defs["train"][keep]], axis=2)
                     phi_val = np.concatenate([phi_val, phi_defs["val"]], axis=2)
                 if v in texts:  # the map, too, learns from the fold's seen classes only

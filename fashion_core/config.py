@@ -110,6 +110,9 @@ class FusionConfig:
     zs_fold_by: str = "class"
     # two more kinds of name evidence: which name words the class's WordNet definition holds (zeroshot/definitions.py)
     zs_def_words: bool = False
+    # the text map (zs_text=mapped) also learns from the other stage's training products (classes that are never
+    # candidates here: in the finetune stage the 20 pretrain classes), beside the seen classes' (zeroshot/semantic.py)
+    zs_text_more_classes: bool = False
     # the photo as evidence: none | conse (its ImageNet labels' sentence embeddings, weighted by the wheel's ImageNet
     # classifier; compared with the class texts as zs_text is, through its own map; zeroshot/imagenet.py)
     zs_image: str = "none"

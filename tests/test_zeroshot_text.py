@@ -258,3 +258,30 @@ def _download(run, folder):
     from fashion_core.tracking import download_artifact
 
     return download_artifact(run, "checkpoint/zeroshot.json", folder)
+
+
+def test_the_text_map_can_learn_from_more_classes_than_the_candidates():
+    """TextInputs.extra (fusion.zs_text_more_classes): more products of non-candidate classes shape the map, and the
+    evidence still scores the candidates only."""
+    from fashion_core.zeroshot import TextInputs
+
+    rng = np.random.default_rng(0)
+    class_emb, more_class_emb = rng.standard_normal((3, 6)), rng.standard_normal((2, 6))
+    emb = {"train": rng.standard_normal((12, 6))}
+    y = np.repeat([0, 1, 2], 4)
+    plain = TextInputs("mapped", 1.0, "{}", class_emb, {}, emb)
+    more = dataclasses.replace(plain, extra=(rng.standard_normal((8, 6)), more_class_emb, np.repeat([0, 1], 4)))
+    a, b = plain.evidence(None, y), more.evidence(None, y)
+    assert b.class_emb.shape == (3, 6) and b.features(emb["train"]).shape == (12, 3, 1)
+    assert not np.allclose(a.proj, b.proj)  # the extra products moved the map
+    assert np.allclose(dataclasses.replace(plain, mode="cosine", extra=more.extra).evidence(None, y).class_emb,
+                       class_emb)  # no map to fit: nothing changes
+
+
+def test_a_run_can_fit_its_text_map_on_the_pretrain_classes_too(runs, text_data, text_store, tmp_path):
+    from fashion_core.experiment import run_stage
+
+    run = run_stage(cfg(**TEXT, **{"fusion.zs_text_more_classes": True}), str(text_data), **QUIET)
+    heads = [json.loads(Path(_download(r, tmp_path / r)).read_text()) for r in (runs["mapped"], run)]
+    assert heads[0]["classes"] == heads[1]["classes"]  # the candidates are unchanged ("Bags" is pretrain's)
+    assert "Bags" not in heads[1]["classes"] and heads[0]["text"]["proj"] != heads[1]["text"]["proj"]

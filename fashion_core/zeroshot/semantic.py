@@ -80,6 +80,10 @@ class TextEvidence:
             proj = fit_text_map(emb_train, class_emb[y_train], l2, y_train if balanced else None)
         return cls(np.asarray(class_emb, np.float64), proj, template, dict(source))
 
+    def restricted(self, n: int) -> "TextEvidence":
+        """The same evidence over the first ``n`` class texts only (the candidates, after a map fitted on more)."""
+        return TextEvidence(self.class_emb[:n], self.proj, self.template, self.source)
+
     def features(self, emb: np.ndarray) -> np.ndarray:
         """(N, C, 1) float32 cosine of each (mapped) product embedding with each class text's embedding."""
         z = np.asarray(emb, np.float64)
@@ -138,11 +142,21 @@ class TextInputs:
     source: dict  # the encoder's
     emb: dict  # split name -> (N, D) the products' name embeddings, in the split's row order
     texts: tuple = ()  # the class texts embedded (logged with the run)
+    # more training products for the map only, of classes that are not candidates (fusion.zs_text_more_classes):
+    # (their name embeddings (M, D), their class texts' embeddings (K, D), their class index 0..K-1 (M,))
+    extra: tuple | None = None
 
     def evidence(self, rows: np.ndarray | None, y: np.ndarray, balanced: bool = True) -> TextEvidence:
-        """The evidence fitted on these training rows (indices or a mask into ``emb["train"]``; None = all)."""
+        """The evidence fitted on these training rows (indices or a mask into ``emb["train"]``; None = all), and
+        on ``extra`` when given (always: those classes are never candidates, so never held out)."""
         train = self.emb["train"] if rows is None else self.emb["train"][rows]
-        return TextEvidence.fit(self.class_emb, self.template, self.source, self.mode, self.l2, train, y, balanced)
+        if self.extra is None or self.mode != "mapped":
+            return TextEvidence.fit(self.class_emb, self.template, self.source, self.mode, self.l2, train, y, balanced)
+        more_emb, more_class_emb, more_y = self.extra
+        return TextEvidence.fit(np.concatenate([self.class_emb, more_class_emb]), self.template, self.source,
+                                self.mode, self.l2, np.concatenate([train, more_emb]),
+                                np.concatenate([np.asarray(y), len(self.class_emb) + np.asarray(more_y)]),
+                                balanced).restricted(len(self.class_emb))
 
 
 def class_text_embeddings(classes: Sequence[str], template: str, kind: str, encoder, log=print
@@ -184,5 +198,23 @@ def text_inputs(fusion, prepared, stage: str, classes: Sequence[str], ids: dict,
                                                     getattr(fusion, "zs_class_text", "name"), enc, log=log)
     source = dict(enc.source)
     source.update({f"descriptions_{k}": v for k, v in described.items()})
+    extra = other_stage_products(fusion, prepared, stage, enc, log=log) if fusion.zs_text_more_classes else None
     return TextInputs(fusion.zs_text, float(fusion.zs_text_l2), fusion.zs_class_template, class_emb, source,
-                      {s: rows_of(index, emb, i) for s, i in ids.items()}, tuple(texts))
+                      {s: rows_of(index, emb, i) for s, i in ids.items()}, tuple(texts), extra)
+
+
+def other_stage_products(fusion, prepared, stage: str, encoder, log=print) -> tuple:
+    """The other stage's training products for the text map (``TextInputs.extra``): their name embeddings, their
+    classes' texts' embeddings (as the candidates' are written) and class indices. In the finetune stage: the 20
+    pretrain classes' products (Tshirts, Watches, Handbags, ...), never candidates, so never held out."""
+    other = "pretrain" if stage == "finetune" else "finetune"
+    sp = prepared.splits[(prepared.splits["subset"] == other) & (prepared.splits["split"] == "train")]
+    sp = sp.sort_values("id", kind="stable")
+    names = sorted(sp["label"].astype(str).unique())
+    if not names:
+        return None
+    index, emb = stage_name_embeddings(prepared, other, encoder, log=log)
+    class_emb, _, _ = class_text_embeddings(names, fusion.zs_class_template, fusion.zs_class_text, encoder, log=log)
+    y = sp["label"].map({c: i for i, c in enumerate(names)}).to_numpy()
+    log(f"text map: also fitted on {len(sp)} {other} training products of {len(names)} classes that are not candidates")
+    return rows_of(index, emb, sp["id"]), class_emb, y
