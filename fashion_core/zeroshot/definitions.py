@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .names import name_tokens
+from .names import name_tokens, word_membership
 
 DEF_FEATURES = ("def_share", "def_head")  # their names among the evidence kinds
 
@@ -46,14 +46,7 @@ class DefinitionWords:
 
     @classmethod
     def build(cls, classes: Sequence[str], definitions: Sequence[str], source: dict | None = None) -> "DefinitionWords":
-        per_class = [definition_tokens(d) for d in definitions]
-        words = tuple(sorted(set().union(*per_class))) if per_class else ()
-        index = {w: i for i, w in enumerate(words)}
-        member = np.zeros((len(words), len(classes)), dtype=np.float64)
-        for j, ws in enumerate(per_class):
-            for w in ws:
-                member[index[w], j] = 1.0
-        idf = np.log1p(len(classes) / np.maximum(member.sum(axis=1), 1.0))
+        words, member, idf = word_membership([definition_tokens(d) for d in definitions])
         return cls(tuple(classes), tuple(definitions), words, member, idf, dict(source or {}))
 
     def features(self, names: Iterable[Any]) -> np.ndarray:

@@ -40,6 +40,18 @@ def name_tokens(name: Any) -> tuple[list[str], list[str], int]:
     return stems + joined, head, len(words)
 
 
+def word_membership(per_class: Sequence[set[str]]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """(words, member, idf) of one word set per class: every distinct word sorted, the (K, C) 0/1 matrix of which
+    class holds which word, and each word's rarity among the classes, log(1 + C / number of classes holding it)."""
+    words = tuple(sorted(set().union(*per_class))) if per_class else ()
+    index = {w: i for i, w in enumerate(words)}
+    member = np.zeros((len(words), len(per_class)), dtype=np.float64)
+    for j, ws in enumerate(per_class):
+        for w in ws:
+            member[index[w], j] = 1.0
+    return words, member, np.log1p(len(per_class) / np.maximum(member.sum(axis=1), 1.0))
+
+
 def _trigrams(word: str) -> set[str]:
     padded = f"#{word}#"
     return {padded[i:i + 3] for i in range(len(padded) - 2)}
@@ -84,15 +96,7 @@ class NameMatcher:
     @classmethod
     def from_state(cls, classes: Sequence[str], token_idf: dict, idf_unseen: float) -> "NameMatcher":
         """The matcher of ``build`` from its saved word rarities (``state()``), without the training names."""
-        per_class = [class_words(c) for c in classes]
-        words = tuple(sorted(set().union(*per_class))) if per_class else ()
-        index = {w: i for i, w in enumerate(words)}
-        member = np.zeros((len(words), len(classes)), dtype=np.float64)
-        for j, ws in enumerate(per_class):
-            for w in ws:
-                member[index[w], j] = 1.0
-        df = member.sum(axis=1)
-        idf = np.log1p(len(classes) / np.maximum(df, 1.0))
+        words, member, idf = word_membership([class_words(c) for c in classes])
         name_idf = np.array([token_idf.get(w, idf_unseen) for w in words])
         return cls(tuple(classes), words, member, idf, name_idf, dict(token_idf), float(idf_unseen))
 
