@@ -112,6 +112,7 @@ ZS_TEXT_MODES = ("none", "cosine", "mapped")
 # fusion.zs_class_text: the class name (in its template) or + its definition; unused when fusion.zs_text is none
 ZS_CLASS_TEXTS = ("name", "wordnet")
 ZS_FOLD_BY = ("class", "subCategory", "masterCategory")  # fusion.zs_fold_by: what a pseudo-unseen fold holds out
+ZS_IMAGE_MODES = ("none", "conse")  # fusion.zs_image: the photo as evidence (zeroshot/imagenet.py)
 
 
 def _validate_zs_text(f: Any) -> None:
@@ -125,7 +126,7 @@ def _validate_zs_text(f: Any) -> None:
         raise ConfigError(f"fusion.zs_class_template must hold '{{}}' exactly once, got {f.zs_class_template!r}")
     _choice(f.zs_class_text, ZS_CLASS_TEXTS, "fusion.zs_class_text")
     _choice(f.zs_fold_by, ZS_FOLD_BY, "fusion.zs_fold_by")
-    _choice(f.zs_image, ("none", "conse"), "fusion.zs_image")
+    _choice(f.zs_image, ZS_IMAGE_MODES, "fusion.zs_image")
 
 
 def _validate_fusion(cfg: Any) -> None:

@@ -5,7 +5,7 @@ The run logs it beside the metadata model's files (``checkpoint/zeroshot.json``)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
@@ -32,6 +32,7 @@ class ZeroShotHead:
     defs: DefinitionWords | None = None  # the definition-word evidence (fusion.zs_def_words), if the run used it
     image: TextEvidence | None = None  # the photo's ConSE evidence (fusion.zs_image), if the run used it
     image_size: tuple = ()  # (height, width) of the photos the run read, when it read them
+    _photo_parts: dict = field(default_factory=dict, compare=False, repr=False)  # classifier + label embeddings
 
     def scores(self, meta_logp: np.ndarray, names: Iterable[Any], images: np.ndarray | None = None) -> np.ndarray:
         """(N, C) stacked scores over ``matcher.classes`` (argmax = the prediction); ``images``: the photos (N, H, W,
@@ -41,21 +42,31 @@ class ZeroShotHead:
         if self.text is not None:
             phi = with_text(phi, self.text, self._encoder().encode(["" if n is None else str(n) for n in names]))
         if self.image is not None:
-            from .imagenet import ImageNetClassifier, conse_embeddings, imagenet_probs, label_embeddings
+            from .imagenet import conse_embeddings, imagenet_probs
 
             if images is None:
                 raise ValueError("this zero-shot model reads the product photo too: give an image column")
-            model = ImageNetClassifier()
-            if model.source.get("sha256") != self.image.source.get("sha256"):
-                from ..config import ConfigError
-
-                raise ConfigError(f"this model's photo evidence was fitted with {self.image.source}; the installed "
-                                  f"ImageNet weights are {model.source}")
-            labels = label_embeddings(self.image.template, self._encoder() if self.text else None, log=lambda m: None)
+            model, labels = self._photo_model()
             z = conse_embeddings(imagenet_probs(images, model, use_cache=False, log=lambda m: None), labels)
             phi = with_text(phi, self.image, z)
         name_logp = ranker_log_proba(phi, self.w)
         return stacked_scores(meta_logp, name_logp, self.seen, self.gamma, self.mix, self.beta)
+
+    def _photo_model(self):
+        """The installed ImageNet classifier (checked to be the one the run used) and the ImageNet labels'
+        embeddings, loaded once per head: serving calls ``scores`` once per request."""
+        if not self._photo_parts:
+            from ..config import ConfigError
+            from .imagenet import ImageNetClassifier, label_embeddings
+
+            model = ImageNetClassifier()
+            if model.source.get("sha256") != self.image.source.get("sha256"):
+                raise ConfigError(f"this model's photo evidence was fitted with {self.image.source}; the installed "
+                                  f"ImageNet weights are {model.source}")
+            encoder = self._encoder() if self.text is not None else None
+            self._photo_parts.update(model=model, labels=label_embeddings(self.image.template, encoder,
+                                                                            log=lambda m: None))
+        return self._photo_parts["model"], self._photo_parts["labels"]
 
     def _encoder(self):
         """The installed sentence encoder, checked to be the one the run used (same weight file sha256)."""
