@@ -21,7 +21,10 @@ KAGGLE_PAGE := https://www.kaggle.com/datasets/paramaggarwal/fashion-product-ima
 
 .PHONY: run test test-all ui venv clean-venv
 
+# .venv takes about 7 GB (PyTorch's CUDA build and its libraries): say so at once rather than after minutes of pip.
+VENV_GB ?= 7
 $(BIN)/fashion: pyproject.toml
+	@$(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; sys.exit(0 if free >= $(VENV_GB) else 'the set-up needs about $(VENV_GB) GB free for $(VENV) (PyTorch and its CUDA libraries); %.1f GB free here: free some space (or make VENV_GB=0 to try anyway)' % free)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev,ray]'
