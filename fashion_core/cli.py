@@ -190,6 +190,25 @@ def run_job(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, h
 
 
 @main.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--grid-run", default="auto", show_default=True, metavar="auto|RUN_ID|none",
+              help="The grid run the ensemble joins (so that `compare` shows it): auto = the runs' common parent.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the cross-fitted validation halves and the test bootstrap.")
+@user_errors
+def ensemble(runs, data, grid_run, seed):
+    """Combine two finished runs of a stage, log p_a + w log p_b (w chosen on validation); log it as a run.
+
+    RUNS: two run ids (or runs:/, models:/ references; apart or as "A,B") of the same stage and split, e.g. an
+    image network and the metadata-only baseline.
+    """
+    from .ensemble import run_ensemble
+
+    run_ensemble(split_words(runs, ","), data, grid_run=grid_run, seed=seed, log=click.echo)
+
+
+@main.command()
 @click.option("--experiment", default=None,
               help="MLflow experiment (default: the one holding the newest grid run, else the newest stage run).")
 @click.option("--stage", type=click.Choice(["all", "pretrain", "finetune"]), default="all", show_default=True)

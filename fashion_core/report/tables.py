@@ -88,6 +88,8 @@ def class_mean_interval(per_class_classes: Sequence[str], evaluated: np.ndarray,
 
 def run_inputs(tags: Mapping[str, str]) -> str:
     """What a run's model sees, from its tags: image, metadata (the metadata-only baseline) or image+metadata."""
+    if tags.get("ensemble_inputs"):  # an ensemble (ensemble.py): what its members see together
+        return tags["ensemble_inputs"]
     if tags.get("baseline") == "metadata_only" or tags.get("fusion") == "metadata_only":
         return "metadata"
     return "image+metadata" if tags.get("fusion") in ("late", "film") else "image"

@@ -1,0 +1,148 @@
+"""Tests for fashion_core.ensemble: the weight chosen on validation only, a weight of 0 reproducing the anchor's
+own test figures, the run's tags and artifacts, the grid it joins (so compare shows it), and the refusals
+(generated data, CPU).
+
+    .venv/bin/python -m pytest tests/test_ensemble.py -q
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashion_core.config import ConfigError, load_experiment
+from fashion_core.ensemble import ENSEMBLE_TAG, WEIGHTS, choose_weight, crossfit, run_ensemble
+
+EXP = Path(__file__).resolve().parents[1] / "experiments"
+QUIET = dict(log=lambda m: None)
+TINY = {"data.top_k": 4, "train.epochs": 1}
+
+
+def cfg(stage, technique, **over):
+    return load_experiment(EXP / stage / f"{technique}.yaml", overrides={**TINY, **over}, profile="smoke",
+                           stage=stage)
+
+
+# ---------------------------------------------------------------- the weight
+
+def _two_models(n=400, c=4, seed=0):
+    """Model a knows classes 0-1 and is unsure on 2-3; model b knows 2-3 and says 3, less surely, for 0-1:
+    together (0 < w < 1.25) they are right everywhere."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    a, b = np.full((n, c), -5.0), np.full((n, c), -5.0)
+    a[y >= 2] = np.log(1 / c)  # unsure: a tie, which goes to class 0
+    a[np.flatnonzero(y < 2), y[y < 2]] = 0.0
+    b[np.arange(n), np.where(y >= 2, y, 3)] = -1.0
+    return a, b, y
+
+
+def test_the_weight_is_the_best_on_these_rows_and_zero_is_the_anchor_alone():
+    a, b, y = _two_models()
+    w, curve = choose_weight(a, b, y)
+    assert curve["weight"].tolist() == list(WEIGHTS)
+    assert curve.loc[curve["weight"] == 0, "val_top1_mean"].item() == pytest.approx(0.5)  # a alone: 2 of 4 classes
+    assert curve["val_top1_mean"].max() == pytest.approx(1.0) and w > 0
+    assert curve.loc[curve["weight"] == w, "val_top1_mean"].item() == curve["val_top1_mean"].max()
+    # ties go to the smaller weight: a useless b leaves the anchor alone
+    w0, _ = choose_weight(a, np.zeros_like(b), y)
+    assert w0 == 0.0
+
+
+def test_crossfit_chooses_on_one_half_and_scores_the_other():
+    a, b, y = _two_models()
+    assert crossfit(a, b, y, seed=0) == pytest.approx(1.0)
+    # with one weight only, nothing is chosen: the cross-fitted figure is that weight's own
+    only = crossfit(a, b, y, seed=0, weights=(0.0,))
+    assert only == pytest.approx(0.5, abs=0.02)
+
+
+# ---------------------------------------------------------------- runs
+
+@pytest.fixture(scope="module")
+def members(dataset, isolated_module):
+    from fashion_core.experiment import run_stage
+
+    image = run_stage(cfg("pretrain", "baseline"), str(dataset), register=False, **QUIET)
+    meta = run_stage(cfg("pretrain", "meta_only"), str(dataset), register=False, **QUIET)
+    return image, meta
+
+
+def _run(run_id):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_run(run_id)
+
+
+def test_an_ensemble_run_is_a_run_of_its_stage_with_the_chosen_weight(members, dataset):
+    from mlflow.tracking import MlflowClient
+
+    image, meta = members
+    run_id = run_ensemble([image, meta], str(dataset), **QUIET)
+    run = _run(run_id)
+    t, m = run.data.tags, run.data.metrics
+    assert t["stage"] == "pretrain" and t["technique"] == "baseline+meta_only"
+    assert t[ENSEMBLE_TAG] == f"{image},{meta}" and t["dataset_digest"] == _run(image).data.tags["dataset_digest"]
+    assert t["ensemble_inputs"] == "image+metadata"
+    assert m["ensemble_weight"] in WEIGHTS
+    assert 0 <= m["val_top1_mean_crossfit"] <= 1 and 0 <= m["test_top1_mean"] <= 1
+    # the chosen weight is the best on validation, and no worse there than the anchor alone
+    assert m["val_top1_mean"] >= m["val_top1_mean_member_a"] - 1e-9
+    files = {a.path for a in MlflowClient().list_artifacts(run_id, "eval")}
+    files |= {a.path for a in MlflowClient().list_artifacts(run_id, "ensemble")}
+    assert {"eval/per_class.csv", "eval/predictions.csv", "ensemble/weights.csv", "ensemble/weights.png"} <= files
+    assert run.data.params["ensemble.members"]  # the config names its members
+
+
+@pytest.mark.parametrize("anchor", [0, 1])
+def test_a_weight_of_zero_reproduces_the_anchors_own_test_figures(members, dataset, anchor):
+    """The members' scores are rebuilt from their logged models: w = 0 must give the anchor's logged test metrics."""
+    runs = list(members) if anchor == 0 else list(members)[::-1]
+    run_id = run_ensemble(runs, str(dataset), weights=(0.0,), **QUIET)
+    mine, own = _run(run_id).data.metrics, _run(runs[0]).data.metrics
+    for key in ("test_top1_mean", "test_top5_mean", "test_top1_micro"):
+        assert mine[key] == pytest.approx(own[key], abs=1e-9), key
+    assert mine["val_top1_mean"] == pytest.approx(own["val_top1_mean"], abs=1e-6)
+
+
+def test_it_joins_the_members_grid_so_compare_shows_it(dataset, isolated):
+    from fashion_core.grid import plan_grid, run_grid
+    from fashion_core.report.runs import find_runs
+
+    tasks = plan_grid(EXP, ["pretrain/baseline", "pretrain/meta_only"], seeds=[0], profile="smoke", overrides=TINY)
+    run_grid(tasks, str(dataset), profile="smoke", seeds=[0], register=False, log=lambda m: None)
+    runs = find_runs(stages=("pretrain",)).runs
+    by_tech = {r.data.tags["technique"]: r.info.run_id for r in runs}
+    run_id = run_ensemble([by_tech["baseline"], by_tech["meta_only"]], str(dataset), **QUIET)
+    assert _run(run_id).data.tags["mlflow.parentRunId"] == _run(by_tech["baseline"]).data.tags["mlflow.parentRunId"]
+    shown = {r.info.run_id for r in find_runs(stages=("pretrain",)).runs}
+    assert run_id in shown and set(by_tech.values()) <= shown
+
+
+def test_refusals(members, dataset):
+    from fashion_core.experiment import run_stage
+
+    image, meta = members
+    with pytest.raises(ConfigError, match="two runs"):
+        run_ensemble([image], str(dataset), **QUIET)
+    with pytest.raises(ConfigError, match="with itself"):
+        run_ensemble([image, image], str(dataset), **QUIET)
+    other_split = run_stage(cfg("pretrain", "meta_only", **{"data.split_seed": 1}), str(dataset), register=False,
+                            **QUIET)
+    with pytest.raises(ConfigError, match="dataset_digest|different splits"):
+        run_ensemble([image, other_split], str(dataset), **QUIET)
+    finetune = run_stage(cfg("finetune", "meta_only"), str(dataset), register=False, **QUIET)
+    with pytest.raises(ConfigError, match="differ in stage"):
+        run_ensemble([image, finetune], str(dataset), **QUIET)
+
+
+def test_the_command_takes_two_runs_apart_or_comma_joined_and_names_a_missing_one(isolated):
+    from click.testing import CliRunner
+
+    from fashion_core.cli import main
+
+    a, b = "a" * 32, "b" * 32
+    for args in ([a, b], [f"{a},{b}"]):
+        res = CliRunner().invoke(main, ["ensemble", *args])
+        assert res.exit_code != 0 and f"no run {a}" in res.output, res.output
+    res = CliRunner().invoke(main, ["ensemble", a])
+    assert res.exit_code != 0 and "two runs" in res.output, res.output
