@@ -140,20 +140,27 @@ def choose_weight(a: np.ndarray, b: np.ndarray, labels: np.ndarray,
     return float(best), curve
 
 
-def crossfit(a: np.ndarray, b: np.ndarray, labels: np.ndarray, seed: int, weights=WEIGHTS) -> float:
-    """Validation class-mean Top-1 with the weight chosen on the other half of the images (per class, seeded)."""
+def crossfit(a: np.ndarray, b: np.ndarray, labels: np.ndarray, seed: int, weights=WEIGHTS) -> dict[str, float]:
+    """Validation class-mean Top-1 with the weight chosen on the other half of the images (per class, seeded).
+
+    Returns the ensemble's figure and, on the very same halves, each member's alone (``a``: w = 0; ``b``: b
+    alone): a class with one validation image is in one half only, so the halves' class-means differ from the
+    whole validation's, and only figures on the same halves compare.
+    """
     rng = np.random.default_rng(seed)
     half = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         half[idx[: len(idx) // 2]] = True
-    out = []
+    out = {"ensemble": [], "a": [], "b": []}
     for fit, score in ((half, ~half), (~half, half)):
         if not fit.any() or not score.any():
             continue
         w, _ = choose_weight(a[fit], b[fit], labels[fit], weights)
-        out.append(_class_mean(labels[score], a[score] + w * b[score])[0])
-    return float(np.mean(out)) if out else float("nan")
+        out["ensemble"].append(_class_mean(labels[score], a[score] + w * b[score])[0])
+        out["a"].append(_class_mean(labels[score], a[score])[0])
+        out["b"].append(_class_mean(labels[score], b[score])[0])
+    return {k: float(np.mean(v)) if v else float("nan") for k, v in out.items()}
 
 
 def _weights_figure(curve: pd.DataFrame, chosen: float, names: tuple[str, str], path) -> None:
@@ -241,8 +248,9 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     member_val = [_class_mean(y_val, s["val"])[0] for s in scored]
     val1, val5 = _class_mean(y_val, scored[0]["val"] + w * scored[1]["val"])
     honest = crossfit(scored[0]["val"], scored[1]["val"], y_val, seed, weights)
-    log(f"ensemble {names[0]} + w {names[1]}: validation class-mean top-1 {val1:.4f} at w={w:g} (cross-fitted "
-        f"{honest:.4f}); alone {member_val[0]:.4f} / {member_val[1]:.4f}")
+    log(f"ensemble {names[0]} + w {names[1]}: validation class-mean top-1 {val1:.4f} at w={w:g}, alone "
+        f"{member_val[0]:.4f} / {member_val[1]:.4f}; cross-fitted halves {honest['ensemble']:.4f}, alone "
+        f"{honest['a']:.4f} / {honest['b']:.4f}")
     tracking.set_experiment(client.get_experiment(runs[0].info.experiment_id).name)  # the members' experiment
     parent = _common_parent(runs) if grid_run == "auto" else (None if grid_run in (None, "", "none") else grid_run)
     technique = f"{names[0]}+{names[1]}"
@@ -261,7 +269,9 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
         run_id = run.info.run_id
         tracking.log_metrics({"n_classes": len(sd.classes), "n_val_images": len(sd.val),
                               "n_test_images": len(sd.test), "ensemble_weight": w,
-                              "val_top1_mean_crossfit": honest,
+                              "val_top1_mean_crossfit": honest["ensemble"],
+                              "val_top1_mean_crossfit_member_a": honest["a"],
+                              "val_top1_mean_crossfit_member_b": honest["b"],
                               "val_top1_mean_member_a": member_val[0], "val_top1_mean_member_b": member_val[1]})
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
         tracking.log_frame(curve, "ensemble/weights.csv")

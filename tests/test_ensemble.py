@@ -50,10 +50,26 @@ def test_the_weight_is_the_best_on_these_rows_and_zero_is_the_anchor_alone():
 
 def test_crossfit_chooses_on_one_half_and_scores_the_other():
     a, b, y = _two_models()
-    assert crossfit(a, b, y, seed=0) == pytest.approx(1.0)
-    # with one weight only, nothing is chosen: the cross-fitted figure is that weight's own
+    got = crossfit(a, b, y, seed=0)
+    assert got["ensemble"] == pytest.approx(1.0)
+    assert got["a"] == pytest.approx(0.5) and got["b"] == pytest.approx(0.5)  # each alone knows 2 of the 4 classes
+    # with one weight only, nothing is chosen: the cross-fitted figure is that weight's own, the anchor's here
     only = crossfit(a, b, y, seed=0, weights=(0.0,))
-    assert only == pytest.approx(0.5, abs=0.02)
+    assert only["ensemble"] == pytest.approx(only["a"])
+
+
+def test_crossfit_holds_the_ensemble_against_the_members_on_the_same_halves():
+    """A class with one validation image sits in one half only: the halves' class-mean is not the whole's, so
+    the members alone are scored on the same halves."""
+    y = np.array([0, 0, 1, 1, 2])
+    a = np.log(np.full((5, 3), 0.1))
+    a[[0, 1], 0] = a[[2, 3], 1] = 0.0  # right on classes 0 and 1
+    a[4, 0] = 0.0  # wrong on the one image of class 2
+    whole = choose_weight(a, np.zeros_like(a), y, weights=(0.0,))[1]["val_top1_mean"].item()
+    got = crossfit(a, np.zeros_like(a), y, seed=0)
+    assert whole == pytest.approx(2 / 3)
+    assert got["a"] == pytest.approx((2 / 3 + 1) / 2)  # one half holds class 2, the other does not
+    assert got["ensemble"] == pytest.approx(got["a"])
 
 
 # ---------------------------------------------------------------- runs
@@ -85,6 +101,7 @@ def test_an_ensemble_run_is_a_run_of_its_stage_with_the_chosen_weight(members, d
     assert t["ensemble_inputs"] == "image+metadata"
     assert m["ensemble_weight"] in WEIGHTS
     assert 0 <= m["val_top1_mean_crossfit"] <= 1 and 0 <= m["test_top1_mean"] <= 1
+    assert 0 <= m["val_top1_mean_crossfit_member_a"] <= 1 and 0 <= m["val_top1_mean_crossfit_member_b"] <= 1
     # the chosen weight is the best on validation, and no worse there than the anchor alone
     assert m["val_top1_mean"] >= m["val_top1_mean_member_a"] - 1e-9
     files = {a.path for a in MlflowClient().list_artifacts(run_id, "eval")}
