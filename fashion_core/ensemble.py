@@ -204,6 +204,7 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
 
     from .data import prepare_data
     from .model_source import resolve_model_uri
+    from .prepare import log_dataset_input
     from .report.tables import run_inputs
     from .stage import build_stage_data, log_evaluation, score_test_split
 
@@ -267,6 +268,7 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     with tracking.start_run(stage, technique, p.digest, run_name=f"{stage}/{technique}/seed{seed}", config=config,
                             tags=tags, parent_run_id=parent) as run:
         run_id = run.info.run_id
+        log_dataset_input(p, stage)
         tracking.log_metrics({"n_classes": len(sd.classes), "n_val_images": len(sd.val),
                               "n_test_images": len(sd.test), "ensemble_weight": w,
                               "val_top1_mean_crossfit": honest["ensemble"],

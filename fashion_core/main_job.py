@@ -21,10 +21,11 @@ import yaml
 from . import tracking
 from .config import STAGES, ConfigError
 # The cost figures live in run_costs (the grid's ETA uses them too); main_job's names as before.
-from .run_costs import (COMPARE_MINUTES, FINETUNE_SHARE, FUSED_FACTOR, METADATA_MINUTES,  # noqa: F401
-                        NO_TRAINING_MINUTES, PREPARE_MINUTES, PRETRAIN_MINUTES, task_minutes)
+from .run_costs import (COMPARE_MINUTES, ENSEMBLE_MINUTES, FINETUNE_SHARE, FUSED_FACTOR,  # noqa: F401
+                        METADATA_MINUTES, NO_TRAINING_MINUTES, PREPARE_MINUTES, PRETRAIN_MINUTES, task_minutes)
 
 MAIN_FILE = "main.yaml"  # in the experiments folder
+ENSEMBLES_KEY = "ensembles"  # main.yaml: per stage, [anchor, second] technique pairs combined after the grid
 AUTO = "auto"
 
 
@@ -46,9 +47,7 @@ def load_main_techniques(experiments_dir: str | Path = "experiments") -> list[st
     if not path.is_file():
         raise ConfigError(f"no {path}: it lists the main job's techniques (pretrain: [...], finetune: [...]); "
                           "or pass --techniques")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, Mapping) or set(raw) - set(STAGES):
-        raise ConfigError(f"{path}: expected the keys {' and '.join(STAGES)}, each a list of technique names")
+    raw = _main_file(path)
     names = []
     for stage in STAGES:
         values = raw.get(stage) or []
@@ -58,6 +57,60 @@ def load_main_techniques(experiments_dir: str | Path = "experiments") -> list[st
     if not names:
         raise ConfigError(f"{path} lists no technique")
     return names
+
+
+def _main_file(path: Path) -> Mapping:
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, Mapping) or set(raw) - set(STAGES) - {ENSEMBLES_KEY}:
+        raise ConfigError(f"{path}: expected the keys {' and '.join(STAGES)}, each a list of technique names "
+                          f"(and {ENSEMBLES_KEY}: per stage, pairs [anchor, second])")
+    return raw
+
+
+def load_main_ensembles(experiments_dir: str | Path = "experiments") -> list[tuple[str, str, str]]:
+    """The (stage, anchor, second) technique pairs that ``<experiments_dir>/main.yaml`` combines after the grid."""
+    path = Path(experiments_dir) / MAIN_FILE
+    if not path.is_file():
+        return []
+    raw = _main_file(path).get(ENSEMBLES_KEY) or {}
+    if not isinstance(raw, Mapping) or set(raw) - set(STAGES):
+        raise ConfigError(f"{path}: {ENSEMBLES_KEY} maps {' and '.join(STAGES)} to lists of [anchor, second]")
+    pairs = []
+    for stage in STAGES:
+        for pair in raw.get(stage) or []:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) for v in pair)):
+                raise ConfigError(f"{path}: {ENSEMBLES_KEY}.{stage}: each entry is a pair [anchor, second], "
+                                  f"got {pair!r}")
+            pairs.append((stage, pair[0], pair[1]))
+    return pairs
+
+
+def run_main_ensembles(pairs: Sequence[tuple[str, str, str]], runs: Any, data: str | None, grid_run_id: str,
+                       log=print) -> list[str]:
+    """Combine the grid's finished runs of each pair (``fashion ensemble``), as children of the grid run.
+
+    A pair whose members are not both in the grid (``--techniques`` left one out) or did not finish is skipped
+    with a line; an ensemble that fails is reported and the job goes on to compare what it has.
+    """
+    from .ensemble import run_ensemble
+
+    done = []
+    finished = runs[runs["status"] == "FINISHED"] if len(runs) else runs
+    for stage, a, b in pairs:
+        ids = []
+        for tech in (a, b):
+            hit = finished[(finished["stage"] == stage) & (finished["technique"] == tech)]["run_id"] if len(finished) \
+                else []
+            ids.append(next(iter(hit), None))
+        if None in ids:
+            log(f"ensemble {stage}/{a}+{b}: skipped, the grid has no finished {stage} run of "
+                f"{' and '.join(t for t, i in zip((a, b), ids) if i is None)}")
+            continue
+        try:
+            done.append(run_ensemble(ids, data, grid_run=grid_run_id, log=log))
+        except Exception as e:  # the grid's runs stand; the report compares what there is
+            log(f"ensemble {stage}/{a}+{b} failed: {type(e).__name__}: {e}")
+    return done
 
 
 def has_gpu() -> bool:
@@ -133,17 +186,22 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
     chosen, why = choose_profile(profile, device)
     names = list(techniques) if techniques else load_main_techniques(experiments_dir)
     tasks = plan_grid(experiments_dir, names, STAGES, [0], chosen, overrides)  # every config checked before any run
+    planned = {(t.cfg.stage, t.cfg.technique) for t in tasks}
+    pairs = [x for x in load_main_ensembles(experiments_dir) if {(x[0], x[1]), (x[0], x[2])} <= planned]
     gpu = has_gpu() and device != "cpu"
-    minutes = estimate_minutes(tasks, chosen, gpu)
+    minutes = estimate_minutes(tasks, chosen, gpu) + ENSEMBLE_MINUTES * len(pairs)
     log(f"profile {chosen}" + (f" (auto): {why}" if profile == AUTO else ""))
     log(f"techniques: {', '.join(dict.fromkeys(f'{t.cfg.stage}/{t.cfg.technique}' for t in tasks))}")
-    log(f"expected time: about {_duration(minutes)} (prepare, {len(tasks)} runs, compare) on "
+    if pairs:
+        log(f"then ensembles (validation-weighted): {', '.join(f'{st}/{a}+{b}' for st, a, b in pairs)}")
+    log(f"expected time: about {_duration(minutes)} (prepare, {len(tasks) + len(pairs)} runs, compare) on "
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
         + "; estimated from the measured figures in docs/")
     _, prepare_run = run_prepare(data, tasks[0].cfg.data, experiment=experiment, log=log)
     client = MlflowClient()
     exp_name = client.get_experiment(client.get_run(prepare_run).info.experiment_id).name
     grid = run_grid(tasks, data, experiment=exp_name, reuse=reuse, profile=chosen, seeds=[0], log=log)
+    run_main_ensembles(pairs, grid.runs, data, grid.parent_run_id, log=log)
     report = run_compare(exp_name, STAGES, grid.parent_run_id, out=out, log=log)
     elapsed = (time.perf_counter() - t0) / 60
     path = (Path(out) / "report.html").resolve()

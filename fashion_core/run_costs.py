@@ -14,7 +14,9 @@ from typing import Any
 # Minutes of one image-network pretrain (the stage with 3.6x the finetune's training images), measured
 # or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
 PRETRAIN_MINUTES = {
-    ("quick", "cpu"): 11.1,    # Lite0 from ImageNet, 3 epochs, channels-last: 665 s on 2 threads (make run, docs/first-run.md)
+    # Lite0 from ImageNet, 3 epochs, channels-last, 2 threads: 432 s in a fresh clone's make run of 2026-12-02 (run
+    # c0049a7b, docs/first-run.md; that whole job 29.6 min); 665 s in the first one (a387d53f, a busier machine)
+    ("quick", "cpu"): 7.2,
     ("cpu", "cpu"): 26.0,      # 3 epochs at 2x input scale, channels-last: 25.9 min on 2 threads (run a74662be)
     ("default", "cpu"): 300.0,  # estimate: hours
     ("quick_scratch", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
@@ -32,6 +34,7 @@ NO_TRAINING_MINUTES = 0.2  # imprint / ncm: embeddings only
 METADATA_MINUTES = 0.5  # the logistic regression (a few C values)
 PREPARE_MINUTES = 0.5  # extract + image cache, 2 idle cores (30 s in bench/e2e.py)
 COMPARE_MINUTES = 0.5
+ENSEMBLE_MINUTES = 1.0  # fashion ensemble: both members score validation and test (the network's images once)
 
 GROUPS = ("pretrain", "finetune", "no_training", "metadata")  # cells whose costs scale alike
 
