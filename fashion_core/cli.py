@@ -194,8 +194,9 @@ def run_job(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, h
 @click.option("--data", default=None, help=DATA_HELP)
 @click.option("--grid-run", default="auto", show_default=True, metavar="auto|RUN_ID|none",
               help="The grid run the ensemble joins (so that `compare` shows it): auto = the runs' common parent.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the cross-fitted validation halves and the test bootstrap.")
+@click.option("--seed", type=int, default=None,
+              help="The run's seed (default: its network member's): the cross-fitted validation halves, the test "
+                   "bootstrap.")
 @user_errors
 def ensemble(runs, data, grid_run, seed):
     """Combine two finished runs of a stage, log p_a + w log p_b (w chosen on validation); log it as a run.

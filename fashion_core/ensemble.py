@@ -185,7 +185,7 @@ def _common_parent(runs: list) -> str | None:
     return parents.pop() if len(parents) == 1 else None
 
 
-def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None = "auto", seed: int = 0,
+def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None = "auto", seed: int | None = None,
                  weights=WEIGHTS, log=print) -> str:
     """Combine two finished runs of one stage (weight chosen on validation), score test once, log one run.
 
@@ -194,7 +194,9 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
         data: the dataset (folder or archive) the members were trained on.
         grid_run: the grid run to attach the ensemble to (``auto``: the members' common parent, if any;
             ``none``: a top-level run).
-        seed: the validation halves of ``crossfit`` and the bootstrap of the test interval.
+        seed: the run's seed (default: its network member's ``train.seed``, so that the ensembles of three
+            seeds of a network are three seeds in ``compare``): the validation halves of ``crossfit`` and the
+            bootstrap of the test interval.
 
     Returns:
         The run id.
@@ -227,6 +229,9 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
         raise ConfigError(f"the runs were trained on different splits (data.{', data.'.join(diff)} differ): "
                           "validation would hold images one of them trained on")
     stage = runs[0].data.tags["stage"]
+    if seed is None:  # the network's seed; the metadata-only model is deterministic
+        nets = [c for r, c in zip(runs, configs) if r.data.tags.get("baseline") != "metadata_only"] or configs
+        seed = int((nets[0].get("train") or {}).get("seed", 0))
     base = ExperimentConfig(stage=stage).replace(**{f"data.{k}": v for k, v in configs[0]["data"].items()})
     p = prepare_data(data, base.data, log=log)
     if p.digest != runs[0].data.tags.get("dataset_digest"):
