@@ -4,7 +4,8 @@ The profile follows the machine unless given (``auto``): the accurate ``default`
 GPU, ``quick`` on CPUs (the whole job in well under an hour on 2 cores). The choice, the reason and
 the expected time (from the measured figures in docs/) are printed before anything starts. The
 techniques run as one grid (``grid.run_grid``: finetune techniques start from the grid's best
-pretrain run of their kind by validation), then ``report.run_compare`` reports that grid.
+pretrain run of their kind by validation), then the file's ``ensembles`` combine pairs of its runs
+(``ensemble.run_ensemble``, as children of the grid run), and ``report.run_compare`` reports that grid.
 
     fashion run --data ../shared/data/fashion-product-images-small.tar.gz
 """
