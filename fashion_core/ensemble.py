@@ -263,7 +263,8 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     seen = sorted({x for r in runs for x in run_inputs(r.data.tags).split("+")}, key=("image", "metadata").index)
     tags = {ENSEMBLE_TAG: ",".join(r.info.run_id for r in runs), "seed": seed, "device": "cpu",
             "leaky": str(any(r.data.tags.get("leaky") == "true" for r in runs)).lower(),
-            "transfer": ",".join(filter(None, (r.data.tags.get("transfer", "") for r in runs))),
+            "transfer": ",".join(filter(None, (r.data.tags.get("transfer", "") for r in runs  # the networks' only
+                                               if r.data.tags.get("baseline") != "metadata_only"))),
             "ensemble_inputs": "+".join(seen),
             "fusion_inputs": ",".join(dict.fromkeys(
                 x for r in runs for x in (r.data.tags.get("fusion_inputs") or "image").split(",") if x))}
