@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -36,17 +35,6 @@ ENSEMBLE_TAG = "ensemble_of"  # run tag: the member run ids, comma-separated
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 FLOOR = -1e4  # log-probability floor: a class a member never saw (-1e30 in the metadata model) stays last
 SAME_KEYS = ("stage", "dataset_digest")
-
-
-@dataclass
-class Member:
-    """One finished run: its id, tags, logged config and its log-probabilities per split."""
-
-    run_id: str
-    technique: str
-    tags: dict
-    config: dict
-    scores: dict  # split -> (N, C) log-probabilities over the stage's classes
 
 
 def _run_config(run_id: str) -> dict:
@@ -84,8 +72,12 @@ def check_members(runs: list) -> None:
                               f"{b.data.tags.get(key)} ({b.info.run_id[:8]})")
 
 
-def _member_scores(run, p, stage: str) -> dict:
-    """Log-probabilities (val, test) of a finished network or metadata-only run over the stage's classes."""
+def _member_scores(run, p, stage: str, sd) -> dict:
+    """Log-probabilities (val, test) of a finished network or metadata-only run over the stage's classes.
+
+    ``sd``: the stage's data, gathered once by the caller; only a fused network gathers it again, with its
+    metadata inputs.
+    """
     import torch
 
     from .fusion import stage_rows
@@ -98,7 +90,6 @@ def _member_scores(run, p, stage: str) -> dict:
         from .metadata_model import class_scores, features
 
         clf, vocab, classes = load_metadata_baseline(run_id)
-        sd = build_stage_data(p, stage)
         out = {}
         for split in ("val", "test"):
             rows = stage_rows(p, sd.frame.loc[sd.frame["split"] == split, "id"])
@@ -110,8 +101,8 @@ def _member_scores(run, p, stage: str) -> dict:
 
     model, meta = load_run_model(run_id)
     vocab = model.vocab if isinstance(model, FusedNet) else None
-    extras = (lambda prep, rows, classes: vocab.encode(stage_rows(prep, rows["id"]))) if vocab is not None else None
-    sd = build_stage_data(p, stage, extras)
+    if vocab is not None:
+        sd = build_stage_data(p, stage, lambda prep, rows, classes: vocab.encode(stage_rows(prep, rows["id"])))
     device = pick_device("auto")
     model.to(device)
     out = {}
@@ -241,7 +232,7 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     scored = []
     for r in runs:
         log(f"scoring {r.data.tags.get('technique')} ({r.info.run_id[:8]}) on validation and test")
-        s = _member_scores(r, p, stage)
+        s = _member_scores(r, p, stage, sd)
         if s["classes"] != sd.classes:
             raise ConfigError(f"run {r.info.run_id} predicts other classes than the {stage} stage's "
                               f"{len(sd.classes)}; was it trained on another split?")
