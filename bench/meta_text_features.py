@@ -2,11 +2,11 @@
 
 ``meta_only``'s logistic regression (one-hot fields + hashed name words) against the same with the name's
 all-MiniLM-L6-v2 embedding (384 dense columns, times ``scale``) appended; class-mean validation Top-1 of the
-stage's classes (its seen classes: every class with training rows). C is fixed (``-o fusion.logreg_c=...``)
+stage's classes (its seen classes: every class with training rows). C is fixed (``-o metadata.logreg_c=...``)
 so each arm is one fit. No test row is read; nothing here changes a default.
 
     python bench/meta_text_features.py --data ../shared/data/fashion-product-images-small.tar.gz --stage finetune \
-        -o fusion.logreg_c=10 --scales 0 1 3
+        -o metadata.logreg_c=10 --scales 0 1 3
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 3.0],
                     help="Weights of the embedding columns; 0 = the metadata-only model as it is.")
     ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                    help="Config overrides of meta_only, e.g. -o fusion.logreg_c=10.")
+                    help="Config overrides of meta_only, e.g. -o metadata.logreg_c=10.")
     return ap.parse_args(argv)
 
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     over = dict(o.split("=", 1) for o in args.override)
     cfg = load_experiment(ROOT / "experiments" / args.stage / "meta_only.yaml", overrides=over, profile="quick",
                           stage=args.stage)
-    c = cfg.fusion.logreg_c if cfg.fusion.logreg_c > 0 else 1.0
+    c = cfg.metadata.logreg_c if cfg.metadata.logreg_c > 0 else 1.0
     p = prepare_data(args.data, cfg.data, log=lambda m: None)
     sd = build_stage_data(p, cfg.stage)
     rows = {s: _split_rows(p, sd, s) for s in ("train", "val")}

@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--folds", type=int, default=5, help="Folds of the cross-validation within the test years.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                    help="Config overrides of the meta_only technique, e.g. -o fusion.logreg_c=10.")
+                    help="Config overrides of the meta_only technique, e.g. -o metadata.logreg_c=10.")
     return ap.parse_args(argv)
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab = MetaVocab.fit(rows["train"], cfg.fusion)
     x = {s: features(vocab, rows[s]) for s in rows}
     best = None
-    for c in ([cfg.fusion.logreg_c] if cfg.fusion.logreg_c > 0 else LOGREG_C_GRID):
+    for c in ([cfg.metadata.logreg_c] if cfg.metadata.logreg_c > 0 else LOGREG_C_GRID):
         clf, _ = fit_logreg(x["train"], y["train"], c, class_weight, args.seed)
         v = np.nanmean(per_class_top1(y["val"], class_scores(clf, x["val"], n).argmax(1), n))
         print(f"C={c:g}: validation class mean {v:.4f}", flush=True)

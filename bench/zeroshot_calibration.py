@@ -5,15 +5,13 @@ classes with validation images out as pseudo-unseen (their training rows leave t
 name model and the text map), scores every validation row over all candidate classes and reads the
 class-mean Top-1 of the pseudo-seen (S) and pseudo-unseen (U) rows and H = 2SU / (S + U).
 
-Name evidence (``--text``, the ``fusion.zs_*`` keys; #18's third pass): ``none`` (the name matcher alone),
+Name evidence (``--text``, the ``zeroshot.*`` keys): ``none`` (the name matcher alone),
 ``cosine:<template>`` (+ the cosine of all-MiniLM-L6-v2 sentence embeddings of the product name and the class
 text), ``mapped:<l2>:<template>`` (+ that cosine through a map learned on the fold's seen classes, pulled toward
 the identity with strength l2); a template is ``{}`` (the class name) or e.g. ``a_{}_product`` (``_`` for a space);
-a trailing ``:wordnet`` embeds the template followed by WordNet's definition of the name (``fusion.zs_class_text``),
-and ``+words`` after any variant adds the definition-word evidence (``fusion.zs_def_words``), e.g. ``none+words``;
-``+image`` adds the photo's ConSE embedding as evidence (``fusion.zs_image``), e.g.
-``mapped:10:a_{}_product+image``; ``+more`` fits the text map on the other stage's training products too
-(``fusion.zs_text_more_classes``).
+a trailing ``:wordnet`` embeds the template followed by WordNet's definition of the name (``zeroshot.class_text``).
+(The definition-word, photo and other-stage variants this bench once compared were not adopted; they are in git
+history, see docs/selection-ledger.md.)
 Hold-back of the seen classes:
 
 - ``constant``: gamma (calibrated stacking; the first pass of #18);
@@ -24,12 +22,11 @@ Each (evidence, hold-back, mix) row shows its grid point (beta, gamma) of the be
 ("all"), and, free of that choice's optimism, the point chosen on the first half of the fold seeds read on the
 second ("H_nested"); ``H_choose`` is the first half's best H, on which a variant is chosen. No test row is read.
 
-    python bench/zeroshot_calibration.py --data ../shared/data/fashion-product-images-small.tar.gz -o fusion.logreg_c=10
+    python bench/zeroshot_calibration.py --data ../shared/data/fashion-product-images-small.tar.gz -o metadata.logreg_c=10
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -56,13 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
                     help="Print the table of these --rows files (no fitting).")
     ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                    help="Config overrides of the zeroshot technique, e.g. -o fusion.logreg_c=10.")
+                    help="Config overrides of the zeroshot technique, e.g. -o metadata.logreg_c=10.")
     ap.add_argument("--text", nargs="+", default=list(TEXT_VARIANTS), metavar="VARIANT",
                     help="Name evidence variants: none, cosine:<template>, mapped:<l2>:<template>.")
     ap.add_argument("--hold-back", nargs="+", default=list(HOLD_BACKS), choices=HOLD_BACKS,
                     help="Hold-backs of the seen classes to compare.")
     ap.add_argument("--fold-by", default="class", choices=["class", "subCategory", "masterCategory"],
-                    help="What a pseudo-unseen fold holds out (fusion.zs_fold_by): a random third of the classes, or "
+                    help="What a pseudo-unseen fold holds out (zeroshot.fold_by): a random third of the classes, or "
                     "whole groups of classes (their subCategory / masterCategory) together.")
     ap.add_argument("--rows", default=None, help="Also write every (fold, grid point) row to this CSV after each "
                     "fold seed (a partial table survives an interrupted run).")
@@ -77,12 +74,8 @@ def name_words(names) -> list[set[str]]:
 
 
 def parse_text(variant: str) -> tuple[str, float, str, str]:
-    """(mode, l2, template, class text) of a ``--text`` variant; a trailing ``:wordnet`` adds the definitions (and
-    ``+words``, handled by the caller, the definition-word evidence)."""
-    base = variant
-    for suffix in ("+image", "+more", "+words"):
-        base = base.replace(suffix, "")
-    parts = base.split(":")
+    """(mode, l2, template, class text) of a ``--text`` variant; a trailing ``:wordnet`` adds the definitions."""
+    parts = variant.split(":")
     kind = "name"
     if len(parts) > 1 and parts[-1] in ("name", "wordnet"):
         kind = parts.pop()
@@ -140,34 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             if mode != "none":
                 class_emb, _, _ = class_text_embeddings(classes, template, kind, enc)
                 texts[v] = TextInputs(mode, l2, template, class_emb, enc.source, emb)
-    defs = None
-    if any("+words" in v for v in text_variants):
-        from fashion_core.zeroshot.definitions import definition_words
-
-        defs = definition_words(classes)
-        phi_defs = {s: defs.features(r[TEXT_FIELD]) for s, r in rows.items()}
-    if any("+more" in v for v in texts):
-        from fashion_core.zeroshot.semantic import other_stage_products
-
-        for v, (mode, l2, template, kind) in text_variants.items():
-            if "+more" in v and v in texts:
-                fusion = dataclasses.replace(cfg.fusion, zs_class_template=template, zs_class_text=kind)
-                texts[v] = dataclasses.replace(texts[v], extra=other_stage_products(fusion, p, args.stage, enc))
-    images = {}
-    if any(v.endswith("+image") for v in text_variants):
-        from fashion_core.stage import build_stage_data
-        from fashion_core.zeroshot.imagenet import stage_conse
-
-        sd = build_stage_data(p, args.stage, classes=classes)
-        assert len(sd.train) == len(y["train"]) and len(sd.val) == len(y["val"])
-        z, src = stage_conse({"train": sd.train.images, "val": sd.val.images}, cfg.fusion.zs_class_template,
-                             enc if texts else load_encoder())
-        for v, (mode, l2, template, kind) in text_variants.items():
-            if v.endswith("+image"):
-                cm = texts[v].class_emb if v in texts else \
-                    class_text_embeddings(classes, template, kind, load_encoder())[0]
-                images[v] = TextInputs(mode if mode != "none" else "mapped", l2 or 10.0, template, cm, src, z)
-    c = cfg.fusion.logreg_c if cfg.fusion.logreg_c > 0 else 1.0
+    c = cfg.metadata.logreg_c if cfg.metadata.logreg_c > 0 else 1.0
     groups = class_groups(rows["train"], y["train"], args.fold_by)
     out = []
     for seed in (args.only_seeds if args.only_seeds is not None else range(args.seeds)):
@@ -183,17 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             pseudo_seen = np.setdiff1d(np.unique(y["val"]), held)
             for v in text_variants:
                 phi_train, phi_val = phi["train"][keep], phi["val"]
-                if "+words" in v:
-                    phi_train = np.concatenate([phi_train, phi_defs["train"][keep]], axis=2)
-                    phi_val = np.concatenate([phi_val, phi_defs["val"]], axis=2)
                 if v in texts:  # the map, too, learns from the fold's seen classes only
                     ev = texts[v].evidence(keep, y["train"][keep])
                     phi_train = with_text(phi_train, ev, texts[v].emb["train"][keep])
                     phi_val = with_text(phi_val, ev, texts[v].emb["val"])
-                if v in images:  # the photo's ConSE point, through its own map fitted on the fold's seen classes
-                    ev = images[v].evidence(keep, y["train"][keep])
-                    phi_train = with_text(phi_train, ev, images[v].emb["train"][keep])
-                    phi_val = with_text(phi_val, ev, images[v].emb["val"])
                 name = ranker_log_proba(phi_val, fit_ranker(phi_train, y["train"][keep]))
                 for mix in ("gate", "product"):
                     base = stacked_scores(meta, name, seen, 0.0, mix)

@@ -1,9 +1,10 @@
 """Experiment configuration: frozen dataclasses loaded from YAML, with dotted overrides.
 
 A technique is one YAML file under ``experiments/<stage>/``; it holds only the keys
-that differ from the defaults below. ``load_experiment`` resolves it (profile, then
-file, then ``-o key=value`` overrides) and validates every name and number, so a bad
-value is a clear :class:`ConfigError` before any run starts.
+that differ from the defaults below, or from the technique it names as ``parent``
+(``technique_raw``; docs/techniques.md). ``load_experiment`` resolves it (profile, then
+file over its parents, then ``-o key=value`` overrides) and validates every name and number,
+so a bad value is a clear :class:`ConfigError` before any run starts.
 
     python -c "from fashion_core.config import load_experiment; print(load_experiment('experiments/pretrain/baseline.yaml'))"
 """
@@ -20,7 +21,7 @@ import yaml
 # The names, ConfigError and the checks live in config_checks, the profiles in config_profiles; callers
 # import every one of them from here.
 from .config_checks import (BACKBONES, DEVICES, FUSION_MODES, HEADS, LEAKY_FIELDS, LOGREG_C_GRID,  # noqa: F401
-                            LOSS_NAMES, META_FIELDS, OPTIMIZERS, RANK_ON, STAGES, STEM_RULES, STEMS,
+                            LOSS_NAMES, META_FIELDS, OPTIMIZERS, RANK_ON, STAGES, STEMS,
                             TRANSFER_METHODS, VAL_BY, WEIGHT_SCHEMES, ZS_TEXT_MODES, ConfigError, validate,
                             validate_val_years)
 from .config_profiles import LITE0_IMAGENET, PROFILES  # noqa: F401
@@ -39,8 +40,8 @@ class DataConfig:
     # random: validation is a random share of each class's even-year images (the same years as training);
     # year: validation is every even-year image of ``val_years`` (the test's year shift, mirrored; see splits.py)
     val_by: str = "random"
-    # val_by=year: the held-out even years. 2016 holds 6,007 of the 23,791 even-year products (25 %); 2012
-    # holds 68 %, too much to train without, and 2010/2014/2018 hold 1-4 % each, too few to rank techniques
+    # val_by=year: the held-out even years. 2016 holds about a quarter of the even-year products; 2012 about two
+    # thirds, too much to train without, and the other even years too few to rank techniques (docs/data-and-split.md)
     val_years: tuple[int, ...] = (2016,)
 
 
@@ -69,7 +70,10 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """Product metadata as model input (see fusion.py); ``year`` never is one (it defines the split)."""
+    """Product metadata as model input: which fields, how they are encoded, how they join the network (fusion/).
+
+    The metadata-only model (``mode: metadata_only``) reads the same fields the same way. ``year`` is never an
+    input (it defines the split)."""
 
     mode: str = "none"  # none | late | film | metadata_only (see FUSION_MODES)
     fields: tuple[str, ...] = ("gender", "baseColour", "season", "usage")
@@ -78,48 +82,42 @@ class FusionConfig:
     aux_sub: float = 0.0  # loss weight of an auxiliary subCategory head
     text_buckets: int = 4096  # hashed bag-of-words size for productDisplayName
     text_ngrams: int = 1  # word n-grams hashed from productDisplayName: 1 = words, 2 = words + word pairs
-    # plural words hashed as their singular (Harman's S-stemmer): the odd years name 59 of 328 test wallets
-    # "Wallets", a word the even (training) years use once; "Wallet" 585 times
-    text_stem: bool = True
-    # which plurals text_stem folds: "plural" (Harman's rules, and -sses/-ches/-shes/-xes lose their -es:
-    # the odd years name 13 of 93 test dresses "Dresses", a word the even years never use; "Dress": 375 times)
-    # or "harman" (Harman's alone: dresses -> dresse, as runs logged before this key)
-    text_stem_rules: str = "plural"
     embed_dim: int = 64
     meta_dropout: float = 0.0  # training: chance that an item's whole metadata embedding is zeroed (image alone)
-    text_dropout: float = 0.0  # training: chance that each hashed word (n-gram) of a name is left out (word dropout)
-    # training: chance that a training name is seen without the words of its own class ("Tshirt", "Casual Shoes")
-    class_word_dropout: float = 0.0
     # lr of the metadata lookup tables = train.lr * this, no decay: a row learns only from the items holding
-    # its word, so it needs big steps (measured on finetune validation, 120 steps: x1 0.34, x30 0.60, x100 0.71)
+    # its word, so it needs big steps (chosen on finetune validation: docs/selection-ledger.md)
     meta_embed_lr_mult: float = 100.0
-    logreg_c: float = 0.0  # metadata_only: inverse L2 strength; 0 = pick from LOGREG_C_GRID on validation
-    # metadata_only: also predict the stage's classes without training images, from their names (zeroshot.py)
-    zero_shot: bool = False
-    # zero_shot: word meanings as one more evidence kind, the cosine of sentence embeddings (all-MiniLM-L6-v2) of
-    # the product name and the class name (zeroshot/semantic.py): none | cosine | mapped (through a map learned on
-    # the seen classes, pulled toward the identity with strength zs_text_l2)
-    zs_text: str = "none"
-    zs_text_l2: float = 10.0
-    zs_class_template: str = "{}"  # the text embedded for a class name ("{}" = the name)
-    # the class text: name (the template alone) | wordnet (the template + WordNet's definition of the name's
-    # parts, zeroshot/lexicon.py; needs the WordNet database files, e.g. Debian's wordnet-base)
-    zs_class_text: str = "name"
-    # how the calibration's pseudo-unseen folds hold classes out: class (a random third of the classes) or a
-    # catalogue column (subCategory, masterCategory): whole groups of classes together (zeroshot/calibration.py)
-    zs_fold_by: str = "class"
-    # two more kinds of name evidence: which name words the class's WordNet definition holds (zeroshot/definitions.py)
-    zs_def_words: bool = False
-    # the text map (zs_text=mapped) also learns from the other stage's training products (classes that are never
-    # candidates here: in the finetune stage the 20 pretrain classes), beside the seen classes' (zeroshot/semantic.py)
-    zs_text_more_classes: bool = False
-    # the photo as evidence: none | conse (its ImageNet labels' sentence embeddings, weighted by the wheel's ImageNet
-    # classifier; compared with the class texts as zs_text is, through its own map; zeroshot/imagenet.py)
-    zs_image: str = "none"
 
     @property
     def leaky(self) -> bool:
         return bool(self.leaky_fields)
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    """The metadata-only model (``fusion.mode: metadata_only``): a logistic regression on the fusion fields."""
+
+    logreg_c: float = 0.0  # inverse L2 strength; 0 = pick from LOGREG_C_GRID on validation
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """Generalised zero-shot on top of the metadata-only model: the classes without training images scored from
+    their names (zeroshot/; the evidence and the calibration are described in docs/results-fusion.md)."""
+
+    enabled: bool = False  # also predict the stage's classes without training images (needs fusion.mode=metadata_only)
+    # word meanings as one more evidence kind, the cosine of sentence embeddings (all-MiniLM-L6-v2) of the product
+    # name and the class text (zeroshot/semantic.py): none | cosine | mapped (through a map learned on the seen
+    # classes, pulled toward the identity with strength text_l2)
+    text: str = "none"
+    text_l2: float = 10.0
+    class_template: str = "{}"  # the text embedded for a class name ("{}" = the name)
+    # the class text: name (the template alone) | wordnet (the template + WordNet's definition of the name's
+    # parts, zeroshot/lexicon.py; needs the WordNet database files, e.g. Debian's wordnet-base)
+    class_text: str = "name"
+    # how the calibration's pseudo-unseen folds hold classes out: class (a random third of the classes) or a
+    # catalogue column (subCategory, masterCategory): whole groups of classes together (zeroshot/calibration.py)
+    fold_by: str = "class"
 
 
 @dataclass(frozen=True)
@@ -145,8 +143,8 @@ class TrainConfig:
     max_batches_per_epoch: int = 0  # 0 = all; >0 caps an epoch (smoke tests)
     # > 0: validate, select and keep an exponential moving average of the weights (and BatchNorm statistics),
     # updated every step with this decay (warmed up as min(decay, (1+t)/(10+t))); 0 = the raw weights.
-    # Without it validation top-1 of a from-scratch run swung between 0.30 and 0.86 from epoch to epoch in the
-    # high-lr phase (cpu profile, 15 epochs); with 0.998 it rose steadily (see README, Results).
+    # Without it the validation top-1 of a from-scratch run swung from epoch to epoch in the high-lr phase; with it
+    # it rose steadily (docs/selection-ledger.md, docs/results-image.md).
     ema_decay: float = 0.998
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -170,6 +168,8 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
 
@@ -284,13 +284,74 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 
 
+def _read_yaml(p: Path) -> dict[str, Any]:
+    """One technique file's own mapping."""
+    if not p.is_file():
+        raise ConfigError(f"experiment file {str(p)!r} not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    return dict(raw)
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: sections merge key by key, anything else (a list too) is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def parent_path(name: str, child: Path) -> Path:
+    """The file a ``parent:`` names: a technique of the child's folder (``fused_text``), or ``<stage>/<name>`` of
+    the experiments folder above it (``pretrain/fused_text``); an unknown one lists the choices."""
+    folder = child.parent if "/" not in name else child.parent.parent
+    cand = folder / f"{name}.yaml"
+    if cand.is_file():
+        return cand
+    here = sorted(x.stem for x in child.parent.glob("*.yaml") if x != child)
+    there = sorted(f"{x.parent.name}/{x.stem}" for x in child.parent.parent.glob("*/*.yaml") if x != child)
+    raise ConfigError(f"{child}: unknown parent {name!r}; choose one of: {', '.join(here + there)}")
+
+
+def technique_raw(path: str | Path) -> dict[str, Any]:
+    """A technique file's keys with its parents' under them (``parent: name``; each file states only what differs).
+
+    ``technique`` is the file's own stem unless it sets one; ``description`` is never inherited (it describes
+    one file). A cycle of parents is an error naming the files.
+    """
+    chain: list[Path] = []
+    p = Path(path)
+    while True:
+        if p.resolve() in [c.resolve() for c in chain]:
+            raise ConfigError(f"technique parents form a cycle: {' -> '.join(str(c) for c in chain + [p])}")
+        chain.append(p)
+        raw = _read_yaml(p)
+        parent = raw.get("parent")
+        if parent is None:
+            break
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"{p}: parent must name a technique file, e.g. parent: fused_text")
+        p = parent_path(parent, p)
+    merged: dict[str, Any] = {}
+    for p in reversed(chain):
+        own = _read_yaml(p)
+        own.pop("parent", None)
+        merged = _merge({k: v for k, v in merged.items() if k not in ("description", "technique")}, own)
+    merged.setdefault("technique", Path(path).stem)
+    return merged
+
+
 def load_experiment(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     profile: str = "default",
     stage: str | None = None,
 ) -> ExperimentConfig:
-    """Resolve an experiment: defaults <- profile <- YAML file <- overrides.
+    """Resolve an experiment: defaults <- profile <- YAML file (over its parents) <- overrides.
 
     Args:
         path: an ``experiments/**.yaml`` file, or None for the defaults.
@@ -304,17 +365,7 @@ def load_experiment(
     cfg = apply_overrides(cfg, PROFILES[profile])
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"experiment file {str(p)!r} not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{p}: the top level must be a mapping")
-        raw = dict(raw)
-        raw.setdefault("technique", p.stem)
-        cfg = apply_overrides(cfg, flatten(raw))
+        cfg = apply_overrides(cfg, flatten(technique_raw(p)))
         if stage is not None and cfg.stage != stage:
             raise ConfigError(f"{p} is a {cfg.stage} technique, not a {stage} one")
     if overrides:

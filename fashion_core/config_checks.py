@@ -105,28 +105,29 @@ def validate_val_years(years: tuple[int, ...]) -> None:
 
 
 LOGREG_C_GRID = (0.1, 1.0, 10.0, 100.0)
-STEM_RULES = ("plural", "harman")  # fusion.text_stem_rules
-# fusion.zs_text: word meanings of the names as zero-shot evidence (zeroshot/semantic.py): none, the raw cosine of
+# zeroshot.text: word meanings of the names as zero-shot evidence (zeroshot/semantic.py): none, the raw cosine of
 # sentence embeddings, or that cosine through a map learned on the seen classes
 ZS_TEXT_MODES = ("none", "cosine", "mapped")
-# fusion.zs_class_text: the class name (in its template) or + its definition; unused when fusion.zs_text is none
+# zeroshot.class_text: the class name (in its template) or + its definition; unused when zeroshot.text is none
 ZS_CLASS_TEXTS = ("name", "wordnet")
-ZS_FOLD_BY = ("class", "subCategory", "masterCategory")  # fusion.zs_fold_by: what a pseudo-unseen fold holds out
-ZS_IMAGE_MODES = ("none", "conse")  # fusion.zs_image: the photo as evidence (zeroshot/imagenet.py)
+ZS_FOLD_BY = ("class", "subCategory", "masterCategory")  # zeroshot.fold_by: what a pseudo-unseen fold holds out
 
 
-def _validate_zs_text(f: Any) -> None:
-    """The zero-shot sentence-embedding keys (fusion.zs_*)."""
-    _choice(f.zs_text, ZS_TEXT_MODES, "fusion.zs_text")
-    if f.zs_text != "none" and not f.zero_shot:
-        raise ConfigError(f"fusion.zs_text={f.zs_text} is evidence of the zero-shot model: set fusion.zero_shot=true")
-    if f.zs_text_l2 <= 0:
-        raise ConfigError(f"fusion.zs_text_l2 must be > 0, got {f.zs_text_l2}")
-    if f.zs_class_template.count("{}") != 1:
-        raise ConfigError(f"fusion.zs_class_template must hold '{{}}' exactly once, got {f.zs_class_template!r}")
-    _choice(f.zs_class_text, ZS_CLASS_TEXTS, "fusion.zs_class_text")
-    _choice(f.zs_fold_by, ZS_FOLD_BY, "fusion.zs_fold_by")
-    _choice(f.zs_image, ZS_IMAGE_MODES, "fusion.zs_image")
+def _validate_zeroshot(cfg: Any) -> None:
+    """The zero-shot section (zeroshot.*): it extends the metadata-only model."""
+    z = cfg.zeroshot
+    if z.enabled and cfg.fusion.mode != "metadata_only":
+        raise ConfigError(f"zeroshot.enabled extends the metadata-only model: set fusion.mode=metadata_only "
+                          f"(got {cfg.fusion.mode})")
+    _choice(z.text, ZS_TEXT_MODES, "zeroshot.text")
+    if z.text != "none" and not z.enabled:
+        raise ConfigError(f"zeroshot.text={z.text} is evidence of the zero-shot model: set zeroshot.enabled=true")
+    if z.text_l2 <= 0:
+        raise ConfigError(f"zeroshot.text_l2 must be > 0, got {z.text_l2}")
+    if z.class_template.count("{}") != 1:
+        raise ConfigError(f"zeroshot.class_template must hold '{{}}' exactly once, got {z.class_template!r}")
+    _choice(z.class_text, ZS_CLASS_TEXTS, "zeroshot.class_text")
+    _choice(z.fold_by, ZS_FOLD_BY, "zeroshot.fold_by")
 
 
 def _validate_fusion(cfg: Any) -> None:
@@ -136,21 +137,13 @@ def _validate_fusion(cfg: Any) -> None:
         raise ConfigError(f"fusion.text_ngrams must be 1, 2 or 3, got {f.text_ngrams}")
     if not 0 <= f.meta_dropout < 1:
         raise ConfigError(f"fusion.meta_dropout must be in [0, 1), got {f.meta_dropout}")
-    _choice(f.text_stem_rules, STEM_RULES, "fusion.text_stem_rules")
-    if not 0 <= f.text_dropout < 1:
-        raise ConfigError(f"fusion.text_dropout must be in [0, 1), got {f.text_dropout}")
-    if not 0 <= f.class_word_dropout < 1:
-        raise ConfigError(f"fusion.class_word_dropout must be in [0, 1), got {f.class_word_dropout}")
     if f.meta_embed_lr_mult <= 0:
         raise ConfigError(f"fusion.meta_embed_lr_mult must be > 0, got {f.meta_embed_lr_mult}")
-    if f.logreg_c < 0:
-        raise ConfigError(f"fusion.logreg_c must be >= 0 (0 = pick on validation), got {f.logreg_c}")
+    if cfg.metadata.logreg_c < 0:
+        raise ConfigError(f"metadata.logreg_c must be >= 0 (0 = pick on validation), got {cfg.metadata.logreg_c}")
     if f.mode != "none" and not (f.fields or f.leaky_fields):
         raise ConfigError(f"fusion.mode={f.mode} needs at least one of fusion.fields: {', '.join(META_FIELDS)}")
-    if f.zero_shot and f.mode != "metadata_only":
-        raise ConfigError(f"fusion.zero_shot extends the metadata-only model: set fusion.mode=metadata_only "
-                          f"(got {f.mode})")
-    _validate_zs_text(f)
+    _validate_zeroshot(cfg)
     if f.mode != "metadata_only":
         return
     # A logistic regression is plain (optionally class-weighted) cross-entropy with one output.

@@ -225,7 +225,7 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         if resume:
             raise ConfigError("the metadata-only baseline fits in seconds and has no checkpoint: run it again "
                               "instead of --resume")
-        if cfg.fusion.zero_shot:  # the same model, plus the classes without training images (zeroshot.py)
+        if cfg.zeroshot.enabled:  # the same model, plus the classes without training images (zeroshot.py)
             from .zeroshot import run_zeroshot
 
             return run_zeroshot(cfg, p, parent_run_id=parent_run_id, tags=tags, register=register,

@@ -4,7 +4,7 @@ A technique with ``fusion.mode: metadata_only`` runs here instead of training a 
 (``run_stage`` dispatches). It sees exactly what a fused network's metadata encoder sees: the
 same stage rows and classes, one-hot codes of ``fusion.fields`` (vocabularies fitted on the stage's
 TRAIN split, with the unknown and missing buckets of ``fusion.CategoryVocab``) and the same hashed
-word n-grams of ``productDisplayName``. The inverse regularisation ``C`` is ``fusion.logreg_c``, or
+word n-grams of ``productDisplayName``. The inverse regularisation ``C`` is ``metadata.logreg_c``, or
 the best of ``config.LOGREG_C_GRID`` on VALIDATION class-mean top-1; the model is fitted on the
 training rows only, as the networks are.
 
@@ -12,8 +12,8 @@ The run is a run of its stage (tags ``stage``, ``technique``, ``dataset_digest``
 ``baseline=metadata_only``) with the same ``test_*`` metrics and ``eval/`` artifacts as a network,
 so ``compare`` shows it beside them. It has no network: ``finetune --from`` refuses it. Honoured
 keys: ``data.*``, ``fusion.fields``, ``fusion.leaky_fields``, ``fusion.text_buckets``,
-``fusion.text_ngrams``, ``fusion.text_stem``, ``fusion.text_stem_rules``, ``fusion.logreg_c``, ``loss.weights`` (none, or
-inverse = scikit-learn's "balanced"), ``train.seed``; the model, train and transfer keys do not apply.
+``fusion.text_ngrams``, ``metadata.logreg_c``, ``loss.weights`` (none, or inverse = scikit-learn's
+"balanced"), ``train.seed``; the model, train and transfer keys do not apply.
 
     fashion pretrain --technique meta_only --data ../shared/data/fashion-product-images-small.tar.gz
 """
@@ -90,7 +90,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
         raise ConfigError(f"the {cfg.stage} stage has fewer than two classes with training images")
     n = len(sd.classes)
     class_weight = "balanced" if cfg.loss.weights == "inverse" else None
-    grid = [cfg.fusion.logreg_c] if cfg.fusion.logreg_c > 0 else list(LOGREG_C_GRID)
+    grid = [cfg.metadata.logreg_c] if cfg.metadata.logreg_c > 0 else list(LOGREG_C_GRID)
     if len(y_val) == 0 and len(grid) > 1:
         grid = [1.0]  # nothing to select on: scikit-learn's default
         log("no validation rows: logreg C = 1.0 (scikit-learn's default)")

@@ -91,11 +91,7 @@ class ProductModel:
                  vocab=None, logreg=None, zeroshot=None):
         self.classes, self.height, self.width = list(classes), height, width
         self.net, self.vocab, self.logreg, self.zeroshot = net, vocab, logreg, zeroshot
-        # a zero-shot head with photo evidence (fusion.zs_image) reads the photo at the run's size
-        zs_image = zeroshot is not None and getattr(zeroshot, "image", None) is not None
-        if zs_image:
-            self.height, self.width = zeroshot.image_size
-        self.needs_image = net is not None or zs_image
+        self.needs_image = net is not None
         reads_text = (vocab is not None and vocab.text is not None) or zeroshot is not None
         text = [_text_field()] if reads_text else []
         self.fields = ([] if vocab is None else vocab.fields) + text
@@ -175,9 +171,7 @@ class ProductModel:
 
             scores = class_scores(self.logreg, features(self.vocab, rows), len(self.classes))
             if self.zeroshot is not None:
-                photos = np.stack([_decode(v, self.height, self.width) for v in rows[IMAGE_COLUMN]]) \
-                    if self.needs_image else None
-                scores = self.zeroshot.scores(scores, rows[_text_field()], photos)
+                scores = self.zeroshot.scores(scores, rows[_text_field()])
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
             return e / e.sum(axis=1, keepdims=True)
         images = np.stack([_decode(v, self.height, self.width) for v in rows[IMAGE_COLUMN]])

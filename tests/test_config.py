@@ -79,3 +79,66 @@ def test_float_in_exponent_notation(tmp_path):
 def test_every_technique_file_loads_for_its_stage(path):
     cfg = load_experiment(path, stage=path.parent.name)
     assert cfg.technique == path.stem and cfg.description
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_technique_states_only_what_differs_from_its_parent(tmp_path):
+    root = tmp_path / "experiments"
+    _write(root / "pretrain", "base", "description: the parent\nstage: pretrain\n"
+           "fusion:\n  mode: late\n  fields: [gender, usage]\n  meta_dropout: 0.25\nloss:\n  name: logit_adjusted\n")
+    child = _write(root / "pretrain", "child", "parent: base\ndescription: the child\nfusion:\n  fields: [gender]\n")
+    cfg = load_experiment(child, stage="pretrain")
+    assert cfg.technique == "child" and cfg.description == "the child"
+    assert cfg.fusion.mode == "late" and cfg.fusion.fields == ("gender",)  # a list is replaced, a section merged
+    assert cfg.fusion.meta_dropout == 0.25 and cfg.loss.name == "logit_adjusted"
+    other = _write(root / "finetune", "child", "parent: pretrain/child\ndescription: in the other stage\n"
+                   "stage: finetune\n")
+    cfg = load_experiment(other, stage="finetune")  # a parent of the other stage, by <stage>/<name>
+    assert cfg.stage == "finetune" and cfg.fusion.fields == ("gender",) and cfg.loss.name == "logit_adjusted"
+    grand = _write(root / "pretrain", "grand", "parent: child\n")
+    assert load_experiment(grand).description == ""  # a description describes one file: never inherited
+
+
+def test_unknown_parents_and_cycles_are_errors(tmp_path):
+    root = tmp_path / "experiments"
+    _write(root / "pretrain", "focal", "stage: pretrain\n")
+    bad = _write(root / "pretrain", "bad", "parent: focl\n")
+    with pytest.raises(ConfigError, match="unknown parent 'focl'; choose one of: focal"):
+        load_experiment(bad)
+    a = _write(root / "pretrain", "a", "parent: b\n")
+    _write(root / "pretrain", "b", "parent: a\n")
+    with pytest.raises(ConfigError, match="cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_experiment(a)
+    with pytest.raises(ConfigError, match="parent must name a technique file"):
+        load_experiment(_write(root / "pretrain", "empty", "parent: [x]\n"))
+
+
+def test_the_project_techniques_compose():
+    """The fused, metadata-only and zero-shot families name their parents; finetune files reuse pretrain ones."""
+    from fashion_core.config import technique_raw
+
+    assert technique_raw(EXP / "pretrain" / "fused_text_film.yaml")["fusion"]["mode"] == "film"
+    ft = load_experiment(EXP / "finetune" / "fused_text.yaml", stage="finetune")
+    pt = load_experiment(EXP / "pretrain" / "fused_text.yaml", stage="pretrain")
+    assert ft.fusion == pt.fusion and ft.loss == pt.loss and ft.train.epochs == 10
+    zs = load_experiment(EXP / "finetune" / "zeroshot.yaml", stage="finetune")
+    assert zs.zeroshot.enabled and zs.zeroshot.class_text == "wordnet" and zs.transfer.method == "scratch"
+    assert zs.fusion == load_experiment(EXP / "finetune" / "meta_only.yaml", stage="finetune").fusion
+
+
+def test_the_sections_of_metadata_and_zero_shot():
+    cfg = load_experiment(overrides={"fusion.mode": "metadata_only", "metadata.logreg_c": 10,
+                                     "zeroshot.enabled": True, "zeroshot.text": "mapped"})
+    assert cfg.metadata.logreg_c == 10.0 and cfg.zeroshot.text == "mapped"
+    with pytest.raises(ConfigError, match="unknown config key 'fusion.zs_text'"):
+        load_experiment(overrides={"fusion.zs_text": "mapped"})
+    with pytest.raises(ConfigError, match="zeroshot.enabled extends the metadata-only model"):
+        load_experiment(overrides={"zeroshot.enabled": True})
+    with pytest.raises(ConfigError, match="metadata.logreg_c must be >= 0"):
+        load_experiment(overrides={"metadata.logreg_c": -1})

@@ -84,48 +84,22 @@ def test_s_stemmer_makes_plurals_singular_only():
     words = "wallets wallet accessories shoes flats dress glass canvas bus men kurtas tshirts toes".split()
     assert [s_stem(w) for w in words] == ["wallet", "wallet", "accessory", "shoe", "flat", "dress", "glass",
                                           "canva", "bus", "men", "kurta", "tshirt", "toe"]
-    stem, plain = TextHasher(97, 2, stem=True), TextHasher(97, 2)
-    assert np.array_equal(*stem.encode(["Men Black Wallets", "men black wallet"]))  # pairs too
-    assert not np.array_equal(*plain.encode(["Men Black Wallets", "men black wallet"]))
-    assert load_experiment(None).fusion.text_stem  # on for new runs
+    # -es comes off the plurals of words ending in s, ch, sh, x (Harman's rules alone leave "dresse")
+    words = "dresses watches brushes boxes sunglasses".split()
+    assert [s_stem(w) for w in words] == ["dress", "watch", "brush", "box", "sunglass"]
+    h = TextHasher(97, 2)
+    assert np.array_equal(*h.encode(["Men Black Wallets", "men black wallet"]))  # pairs too
+    assert np.array_equal(*h.encode(["Biba Women Blue Dresses", "biba women blue dress"]))
 
 
-def test_plural_rules_fold_es_plurals_harman_leaves():
-    from fashion_core.fusion import s_stem
-
-    words = "dresses watches brushes boxes sunglasses shoes wallets accessories dress bus toes".split()
-    assert [s_stem(w, "plural") for w in words] == ["dress", "watch", "brush", "box", "sunglass", "shoe", "wallet",
-                                                    "accessory", "dress", "bus", "toe"]
-    assert [s_stem(w) for w in words[:5]] == ["dresse", "watche", "brushe", "boxe", "sunglasse"]  # Harman's alone
-    plural, harman = TextHasher(97, 2, True, "plural"), TextHasher(97, 2, True)
-    assert np.array_equal(*plural.encode(["Biba Women Blue Dresses", "biba women blue dress"]))
-    assert not np.array_equal(*harman.encode(["Biba Women Blue Dresses", "biba women blue dress"]))
-    assert load_experiment(None).fusion.text_stem_rules == "plural"  # new runs
-    with pytest.raises(ConfigError, match="text_stem_rules"):
-        load_experiment(None, {"fusion.text_stem_rules": "porter"})
-    # a vocabulary logged before the key keeps Harman's rules
+def test_a_vocabulary_hashed_another_way_is_refused():
     f = FusionConfig(mode="late", fields=("gender", "productDisplayName"), text_buckets=64)
     d = MetaVocab.fit(rows(), f).to_dict()
-    assert d["text"]["rules"] == "plural" and MetaVocab.from_dict(d).text.rules == "plural"
-    del d["text"]["rules"]
-    assert MetaVocab.from_dict(d).text.rules == "harman"
-
-
-def test_a_source_logged_before_stemming_keeps_its_unstemmed_names(fused_pretrain, dataset):
-    from fashion_core.data import prepare_data
-    from fashion_core.experiment import load_run_model
-    from fashion_core.fusion import plan_stage
-
-    source = load_run_model(fused_pretrain)
-    assert source[1]["fused"]["vocab"]["text"]["stem"] is True
-    del source[1]["fusion"]["text_stem"], source[1]["fused"]["vocab"]["text"]["stem"]  # as an older model.json
-    del source[1]["fusion"]["text_stem_rules"], source[1]["fused"]["vocab"]["text"]["rules"]
-    p = prepare_data(str(dataset), cfg("finetune", "ncm").data, log=lambda m: None)
-    adopted, plan = plan_stage(cfg("finetune", "ncm"), p, source, log=lambda m: None)
-    assert adopted.fusion.text_stem is False and plan.vocab.text.stem is False
-    assert adopted.fusion.text_stem_rules == "harman" and plan.vocab.text.rules == "harman"
-    with pytest.raises(ConfigError, match="text_stem: True here, False there"):
-        plan_stage(cfg("finetune", "fused_text"), p, source, log=lambda m: None)
+    assert d["text"]["stem"] is True and d["text"]["rules"] == "plural"
+    for older in ({"stem": False}, {"rules": "harman"}, {"stem": None, "rules": None}):
+        text = {k: v for k, v in {**d["text"], **older}.items() if v is not None}
+        with pytest.raises(ConfigError, match="train it again"):
+            MetaVocab.from_dict({**d, "text": text})
 
 
 def test_meta_vocab_round_trips_and_rejects_absent_columns():
@@ -205,22 +179,6 @@ def test_meta_dropout_only_in_training():
         model.backbone.eval()  # compare with batch statistics out of the way
         blind = model.fuse(model.backbone(x), torch.zeros(4, model.meta.out_dim))
         assert torch.allclose(model.forward_features(x, batch), blind)
-
-
-def test_text_dropout_leaves_words_out_only_in_training():
-    model, vocab, x, batch = tiny_late(text_dropout=0.999)
-    assert (batch["meta_text"] != vocab.text.buckets).any()  # the names have words to drop
-    nameless = {**batch, "meta_text": torch.full_like(batch["meta_text"], vocab.text.buckets)}
-    with torch.no_grad():
-        model.eval()
-        with_words = model.forward_features(x, batch)
-        assert not torch.allclose(with_words, model.forward_features(x, nameless))  # eval: the words count
-        model.train()
-        model.backbone.eval()  # batch statistics out of the way
-        assert torch.allclose(model.forward_features(x, batch), model.forward_features(x, nameless))
-        assert torch.equal(batch["meta_text"], batch_for(vocab)["meta_text"])  # the caller's batch is untouched
-        model.text_dropout = 0.0
-        assert torch.allclose(model.forward_features(x, batch), with_words)
 
 
 def test_trainable_policies_and_param_groups():
@@ -361,56 +319,6 @@ def test_vocabularies_come_from_the_train_split_only(tmp_path, monkeypatch):
     assert extras["meta_text"].shape == (len(rows), 32)
 
 
-@pytest.mark.parametrize("name,label,left", [
-    ("Puma Men Red T-shirt", "Tshirts", "puma men red"), ("Nike Men Casual Shoes", "Casual Shoes", "nike men"),
-    ("ADIDAS Men Flip-Flops", "Flip Flops", "adidas men"), ("Biba Women Dresses", "Dresses", "biba women"),
-    ("Titan Men Watch", "Watches", "titan men"), ("Catwalk Women Black Flats", "Heels", "catwalk women black flats"),
-    ("Disney Kids Girl's Pink Kidswear", "Tops", "disney kids girl s pink kidswear"), (None, "Tops", "")])
-def test_drop_class_words(name, label, left):
-    from fashion_core.fusion import drop_class_words, holds_class_word
-
-    assert drop_class_words(name, label) == left
-    assert holds_class_word(label, name or "") is (left != (name or "").lower().replace("-", " ").replace("'", " "))
-
-
-def test_class_word_dropout_uses_training_labels_only(tmp_path, monkeypatch):
-    from conftest import make_dataset
-
-    from fashion_core.data import prepare_data
-    from fashion_core.fusion import drop_class_words, plan_stage
-
-    monkeypatch.setenv("FASHION_CACHE", str(tmp_path / "cache"))
-    root = make_dataset(tmp_path / "mini", n_classes=4, per_class=(12, 12, 10, 10), odd_rows=False)
-    p = prepare_data(str(root), cfg("pretrain", "fused_text").data, log=lambda m: None)
-    # The generated names hold their class ("Brand Men Blue C0 ..."): the class-less name leaves it out.
-    _, plan = plan_stage(cfg("pretrain", "fused_text", **{"fusion.class_word_dropout": 0.5}), p, None,
-                         log=lambda m: None)
-    rows = p.splits[p.splits["subset"] == "pretrain"].sort_values("id").reset_index(drop=True)
-    extras = plan.extras(p, rows, ["C0", "C1", "C2", "C3"])
-    names = p.catalog.set_index("id").loc[rows["id"], "productDisplayName"].astype(str).tolist()
-    train = torch.from_numpy((rows["split"] == "train").to_numpy().copy())
-    for i in range(len(rows)):
-        expect = drop_class_words(names[i], rows["label"][i]) if train[i] else names[i]
-        assert extras["meta_text_classless"][i].tolist() == plan.vocab.text.encode([expect])[0].tolist()
-    assert not torch.equal(extras["meta_text_classless"][train], extras["meta_text"][train])
-    assert torch.equal(extras["meta_text_classless"][~train], extras["meta_text"][~train])  # val/test: their names
-    _, plain = plan_stage(cfg("pretrain", "fused_text"), p, None, log=lambda m: None)
-    assert "meta_text_classless" not in plain.extras(p, rows, ["C0", "C1", "C2", "C3"])  # off by default
-
-
-def test_class_word_dropout_swaps_names_only_in_training():
-    model, vocab, x, batch = tiny_late(class_word_dropout=0.999)
-    classless = vocab.text.encode(["", "", "", ""])
-    batch = {**batch, "meta_text_classless": torch.from_numpy(classless)}
-    nameless = {**batch, "meta_text": torch.from_numpy(classless)}
-    with torch.no_grad():
-        model.eval()
-        assert not torch.allclose(model.forward_features(x, batch), model.forward_features(x, nameless))
-        model.train()
-        model.backbone.eval()
-        assert torch.allclose(model.forward_features(x, batch), model.forward_features(x, nameless))
-
-
 def test_finetune_carries_the_encoders_across(fused_pretrain, dataset):
     from fashion_core.experiment import load_run_model, run_stage
 
@@ -465,7 +373,7 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
     from fashion_core.metadata_baseline import class_scores, features, load_metadata_baseline
     from fashion_core.tracking import download_artifact
 
-    run_id = run_stage(cfg("pretrain", "meta_only", **{"fusion.logreg_c": 1.0}), str(dataset), **QUIET)
+    run_id = run_stage(cfg("pretrain", "meta_only", **{"metadata.logreg_c": 1.0}), str(dataset), **QUIET)
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["stage"] == "pretrain" and run.data.tags["technique"] == "meta_only"
@@ -499,7 +407,7 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
 def test_leaky_configs_are_tagged(fused_pretrain, dataset):
     from fashion_core.experiment import run_stage
 
-    run_id = run_stage(cfg("finetune", "meta_only", **{"fusion.leaky_fields": "subCategory", "fusion.logreg_c": 1.0}),
+    run_id = run_stage(cfg("finetune", "meta_only", **{"fusion.leaky_fields": "subCategory", "metadata.logreg_c": 1.0}),
                        str(dataset), **QUIET)
     tags = _tags(run_id)
     assert tags["leaky"] == "true" and "subCategory" in tags["fusion_inputs"].split(",")

@@ -48,7 +48,7 @@ def make_zs_dataset(root: Path, n_seen: int = 24, n_unseen: int = 6, unseen: dic
         for j in range(n):
             year = 2013 if not seen or j % 2 else 2012
             gender = "Women" if "Women" in names[j % len(names)] else "Men"
-            # four subCategories, so the calibration's folds can hold whole groups out (fusion.zs_fold_by)
+            # four subCategories, so the calibration's folds can hold whole groups out (zeroshot.fold_by)
             sub = ("Topwear", "Bottomwear", "Accessories", "Innerwear")[k % 4]
             lines.append(f"{pid},{gender},Apparel,{sub},{label},Blue,Summer,{year},Casual,{names[j % len(names)]}")
             write_image(root / "images" / f"{pid}.jpg", k, rng)
@@ -58,7 +58,7 @@ def make_zs_dataset(root: Path, n_seen: int = 24, n_unseen: int = 6, unseen: dic
 
 
 def cfg(stage="finetune", **over):
-    over = {"data.top_k": 1, "fusion.logreg_c": 1.0, **over}
+    over = {"data.top_k": 1, "metadata.logreg_c": 1.0, **over}
     return load_experiment(EXP / stage / "zeroshot.yaml", overrides=over, profile="smoke", stage=stage)
 
 
@@ -163,7 +163,7 @@ def test_gzsl_summary_against_a_hand_count():
 
 def test_zero_shot_needs_the_metadata_only_model():
     with pytest.raises(ConfigError, match="fusion.mode=metadata_only"):
-        load_experiment(EXP / "finetune" / "fused_text.yaml", overrides={"fusion.zero_shot": True}, stage="finetune")
+        load_experiment(EXP / "finetune" / "fused_text.yaml", overrides={"zeroshot.enabled": True}, stage="finetune")
 
 
 # ---------------------------------------------------------------- runs
@@ -256,7 +256,7 @@ def test_compare_shows_gzsl_columns_and_shrinks_not_evaluated(zs_run, zs_data, t
     from fashion_core.experiment import run_stage
     from fashion_core.report import display_summary, run_compare
 
-    over = {"data.top_k": 1, "fusion.logreg_c": 1.0}
+    over = {"data.top_k": 1, "metadata.logreg_c": 1.0}
     meta = run_stage(load_experiment(EXP / "finetune" / "meta_only.yaml", overrides=over, profile="smoke",
                                      stage="finetune"), str(zs_data), **QUIET)
     res = run_compare("catalogue", stages=["finetune"], grid="none", out=tmp_path / "report", log_run=False, **QUIET)

@@ -1,5 +1,5 @@
 """Class descriptions from WordNet (fashion_core/zeroshot/lexicon.py) on a tiny generated database, and the
-calibration's grouped pseudo-unseen folds (fusion.zs_fold_by)."""
+calibration's grouped pseudo-unseen folds (zeroshot.fold_by)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -79,26 +79,9 @@ def test_grouped_folds_hold_whole_groups_out():
 def test_config_checks_the_new_keys():
     from test_zeroshot import cfg
 
-    with pytest.raises(ConfigError, match="zs_class_text"):
-        cfg(**{"fusion.zs_text": "mapped", "fusion.zs_class_text": "thesaurus"})
-    assert cfg(**{"fusion.zs_text": "none"}).fusion.zs_class_text == "wordnet"  # the ablation runs; nothing to describe
-    with pytest.raises(ConfigError, match="zs_fold_by"):
-        cfg(**{"fusion.zs_fold_by": "brand"})
-    assert cfg(**{"fusion.zs_fold_by": "subCategory"}).fusion.zs_fold_by == "subCategory"
-
-
-def test_definition_words_against_a_hand_count():
-    from fashion_core.zeroshot.definitions import DEF_FEATURES, DefinitionWords
-
-    defs = DefinitionWords.build(["Nail Polish", "Shorts", "Hat"],
-                                 ["Nail Polish, a cosmetic lacquer applied to the nails",
-                                  "Shorts, trousers that end above the knee (also short pants, trunks)", ""])
-    assert "lacquer" in defs.words and "trunk" in defs.words and defs.member[:, 2].sum() == 0  # plurals folded
-    phi = defs.features(["Lakme Red Nail Lacquer", "Speedo Men Blue Trunks", "Puma Black Cap"])
-    assert phi.shape == (3, 3, len(DEF_FEATURES))
-    # "nail" and "lacquer" are both in Nail Polish's definition only (idf log 4 each): the whole known mass
-    assert phi[0, 0].tolist() == [1.0, 1.0] and phi[0, 1].tolist() == [0.0, 0.0]
-    assert phi[1, 1].tolist() == [1.0, 1.0] and phi[1, 0, 0] == 0.0  # "trunks", the head word, only in Shorts'
-    assert phi[2].sum() == 0  # no name word in any definition: no evidence, not a division by zero
-    again = DefinitionWords.from_dict(defs.classes, defs.to_dict())
-    np.testing.assert_array_equal(again.features(["Lakme Nail Lacquer"]), defs.features(["Lakme Nail Lacquer"]))
+    with pytest.raises(ConfigError, match="zeroshot.class_text"):
+        cfg(**{"zeroshot.text": "mapped", "zeroshot.class_text": "thesaurus"})
+    assert cfg(**{"zeroshot.text": "none"}).zeroshot.class_text == "wordnet"  # the ablation runs; nothing to describe
+    with pytest.raises(ConfigError, match="zeroshot.fold_by"):
+        cfg(**{"zeroshot.fold_by": "brand"})
+    assert cfg(**{"zeroshot.fold_by": "subCategory"}).zeroshot.fold_by == "subCategory"

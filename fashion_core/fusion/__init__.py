@@ -8,9 +8,8 @@ Inputs (``fusion.fields``; ``year`` is never one, it defines the split):
   seen in training), code 1 is "missing" (empty cell); the literal ``NA`` is a value of its own.
   The techniques in ``experiments/`` leave ``season`` out: it is the catalogue season a product was
   listed in and tracks time like ``year`` (Tshirts: mostly Fall in 2010, mostly Summer in 2012).
-- ``productDisplayName``: lower-cased words, plurals made singular (``fusion.text_stem``, Harman's
-  S-stemmer: the odd years write "Wallets" where the even years write "Wallet"; with
-  ``fusion.text_stem_rules=plural`` also "Dresses" -> dress, which Harman's rules leave as "dresse"), and pairs with
+- ``productDisplayName``: lower-cased words, plurals made singular (``encoders.s_stem``: the odd years
+  write "Wallets" and "Dresses" where the even years write "Wallet" and "Dress"), and pairs with
   ``fusion.text_ngrams=2``, hashed with CRC-32 into ``fusion.text_buckets`` buckets, averaged by an
   ``EmbeddingBag``. Hashing rather than a learned vocabulary, because the finetune stage's classes
   bring words the pretrain stage never saw (``cufflinks``, ``saree``): they get their own buckets with
@@ -30,12 +29,7 @@ from trained within a quick profile's few hundred steps.
 
 ``fusion.meta_dropout`` zeroes an item's whole metadata embedding with that chance in training, so
 the image path keeps classifying on its own (the name nearly gives the label away in training, and
-odd-year names such as "... Kidswear" do not). ``fusion.text_dropout`` (word dropout, Iyyer et al. 2015)
-leaves each hashed word of a name out with that chance in training, so the model also learns from
-names that lack their most telling word. ``fusion.class_word_dropout`` shows a training item's name without
-the words of its own class ("Puma Men Red T-shirt" -> "Puma Men Red") with that chance: the odd years
-name many products without them ("Disney Kids Girl's Pink Kidswear"), and there the image, the brand and
-the other words must decide. Only training rows get the class-less name; it is built from their labels.
+odd-year names such as "... Kidswear" do not).
 
 Auxiliary heads (``fusion.aux_master`` / ``fusion.aux_sub`` > 0) predict ``masterCategory`` /
 ``subCategory`` from the fused embedding as extra training targets; they are outputs only.
@@ -59,8 +53,8 @@ from __future__ import annotations
 
 from ..config import LEAKY_FIELDS  # noqa: F401  (in __all__)
 from .encoders import _TOKEN, _clean  # noqa: F401  (zeroshot.py imports them from here)
-from .encoders import (AUX_FIELDS, INPUT_KEYS, LEGACY_INPUTS, MAX_TOKENS, MISSING, TEXT_FIELD, UNKNOWN, CategoryVocab,
-                       MetaVocab, TextHasher, aux_vocab, class_words, drop_class_words, encode_aux, holds_class_word,
+from .encoders import (AUX_FIELDS, INPUT_KEYS, MAX_TOKENS, MISSING, TEXT_FIELD, UNKNOWN, CategoryVocab,
+                       MetaVocab, TextHasher, aux_vocab, class_words, encode_aux, holds_class_word,
                        s_stem)  # noqa: F401
 from .modules import (FUSERS, AuxLoss, FiLMFusion, FusedNet, LateFusion, MetadataEncoder, is_fused, param_groups,
                       wrap_criterion)  # noqa: F401

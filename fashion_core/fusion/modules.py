@@ -96,14 +96,11 @@ class FusedNet(FashionNet):
         meta_dropout: in training, the chance that an item's metadata embedding is zeroed, so the
             image path must classify on its own too (the name alone nearly gives the label away).
         embed_lr_mult: learning-rate multiplier of the metadata lookup tables (see ``param_groups``).
-        text_dropout: in training, the chance that each hashed word (n-gram) of a name is left out.
-        class_word_dropout: in training, the chance that an item's name is replaced by its class-less
-            version (``meta_text_classless`` in the batch, built by ``FusionPlan.extras``).
     """
 
     def __init__(self, net: FashionNet, vocab: MetaVocab | None, mode: str = "late", embed_dim: int = 64,
                  aux: Mapping[str, tuple[str, ...]] | None = None, meta_dropout: float = 0.0,
-                 embed_lr_mult: float = 1.0, text_dropout: float = 0.0, class_word_dropout: float = 0.0):
+                 embed_lr_mult: float = 1.0):
         nn.Module.__init__(self)
         self.name, self.backbone, self.drop, self.head = net.name, net.backbone, net.drop, net.head
         self.input_scale = net.input_scale
@@ -111,8 +108,6 @@ class FusedNet(FashionNet):
         self.init_report = getattr(net, "init_report", None)
         self.vocab, self.mode, self.meta_embed_dim = vocab, (mode if vocab is not None else "none"), embed_dim
         self.meta_dropout = meta_dropout
-        self.text_dropout = text_dropout
-        self.class_word_dropout = class_word_dropout
         self.embed_lr_mult = embed_lr_mult
         self.meta: MetadataEncoder | None = None
         self.fuse: nn.Module | None = None
@@ -160,14 +155,6 @@ class FusedNet(FashionNet):
             return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
         if batch is None or "meta_cat" not in batch:
             raise ValueError("this model fuses product metadata: call it with the batch (meta_cat, meta_text)")
-        if self.training and self.class_word_dropout > 0 and "meta_text_classless" in batch:
-            swap = torch.rand(batch["meta_text"].shape[0], 1, device=batch["meta_text"].device) < self.class_word_dropout
-            batch = {**batch, "meta_text": torch.where(swap, batch["meta_text_classless"], batch["meta_text"])}
-        if self.training and self.text_dropout > 0 and self.meta.text is not None:
-            text = batch["meta_text"]
-            pad = self.meta.text.padding_idx
-            drop = torch.rand(text.shape, device=text.device) < self.text_dropout
-            batch = {**batch, "meta_text": text.masked_fill(drop, pad)}
         meta = self.meta(batch)
         if self.training and self.meta_dropout > 0:
             keep = torch.rand(meta.shape[0], 1, device=meta.device) >= self.meta_dropout

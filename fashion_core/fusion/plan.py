@@ -6,12 +6,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig, FusionConfig, ModelConfig, to_dict
 from ..models import FashionNet, build_model
-from .encoders import INPUT_KEYS, LEGACY_INPUTS, TEXT_FIELD, MetaVocab, aux_vocab, drop_class_words, encode_aux
+from .encoders import INPUT_KEYS, TEXT_FIELD, MetaVocab, aux_vocab, encode_aux
 from .modules import FUSERS, FusedNet
 
 
@@ -41,12 +40,6 @@ class FusionPlan:
         """``run_stage``'s ``extras_fn``: encoder inputs and auxiliary targets aligned with ``rows``."""
         meta = stage_rows(prepared, rows["id"])
         out = self.vocab.encode(meta) if self.vocab is not None else {}
-        if self.fusion.class_word_dropout > 0 and self.vocab is not None and self.vocab.text is not None:
-            # class-less names for the TRAINING rows only (they come from the labels); the rest keep theirs
-            train = (rows["split"] == "train").to_numpy()
-            names = meta[TEXT_FIELD].fillna("").astype(str).to_numpy()
-            less = [drop_class_words(n, lab) if t else n for n, lab, t in zip(names, rows["label"].astype(str), train)]
-            out["meta_text_classless"] = torch.from_numpy(self.vocab.text.encode(less))
         out.update(encode_aux(meta, self.aux))
         return out
 
@@ -59,15 +52,13 @@ class FusionPlan:
     def new_model(self, model_cfg: ModelConfig, num_classes: int) -> FusedNet:
         """A fresh fused model (the image part initialised as ``model.init`` says)."""
         return FusedNet(build_model(model_cfg, num_classes), self.vocab, self.fusion.mode, self.fusion.embed_dim,
-                        self.aux, self.fusion.meta_dropout, self.fusion.meta_embed_lr_mult, self.fusion.text_dropout,
-                        self.fusion.class_word_dropout)
+                        self.aux, self.fusion.meta_dropout, self.fusion.meta_embed_lr_mult)
 
     def adapt(self, model: FashionNet) -> FusedNet:
         """A pretrained model for this stage: its encoders carried over, this stage's auxiliary heads new."""
         if isinstance(model, FusedNet):
             model.set_aux(self.aux)
             model.meta_dropout, model.embed_lr_mult = self.fusion.meta_dropout, self.fusion.meta_embed_lr_mult
-            model.text_dropout, model.class_word_dropout = self.fusion.text_dropout, self.fusion.class_word_dropout
             return model
         return FusedNet(model, None, "none", self.fusion.embed_dim, self.aux)
 
@@ -105,7 +96,7 @@ def plan_stage(cfg: ExperimentConfig, prepared, source: tuple[FashionNet, dict] 
         if src_fused is not None:
             src_cfg = meta["fusion"]
             wanted = {k: to_dict(getattr(cfg.fusion, k)) for k in INPUT_KEYS}
-            theirs = {k: src_cfg.get(k, LEGACY_INPUTS.get(k, to_dict(getattr(FusionConfig(), k)))) for k in INPUT_KEYS}
+            theirs = {k: src_cfg.get(k, to_dict(getattr(FusionConfig(), k))) for k in INPUT_KEYS}
             if cfg.fusion.mode != "none" and wanted != theirs:
                 diff = ", ".join(f"{k}: {wanted[k]} here, {theirs[k]} there"
                                  for k in INPUT_KEYS if wanted[k] != theirs[k])

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
-from ..config import ConfigError, ExperimentConfig, find_technique, flatten, load_experiment
+from ..config import ConfigError, ExperimentConfig, find_technique, flatten, load_experiment, technique_raw
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
     import optuna
@@ -287,7 +287,7 @@ def best_config_yaml(space: SearchSpace, params: Mapping[str, Any], note: str = 
                      header: str = "") -> str:
     """A technique file (the ``experiments/`` format: only keys that differ from the defaults) of the
     base technique with the fixed and the tuned values."""
-    raw = yaml.safe_load(space.base_path.read_text()) or {}
+    raw = technique_raw(space.base_path)  # its parents' keys too: the file written has no parent
     raw = flatten({k: v for k, v in raw.items() if k != "technique"})
     raw.update(dict(space.fixed))
     raw.update(dict(params))

@@ -35,24 +35,24 @@ training rows of seen classes only, and one constant chosen on validation:
    which weighs the evidence, is counted once over all training names, the held-out classes' included: word
    counts, no labels.)
 
-5. **Word meanings** (``fusion.zs_text``, ``semantic.py``): the cosine between sentence embeddings of the product
+5. **Word meanings** (``zeroshot.text``, ``semantic.py``): the cosine between sentence embeddings of the product
    name and of the class name (all-MiniLM-L6-v2, packaged offline: ``text_encoder``) as one more kind of
    evidence with one shared weight, raw (``cosine``) or through a linear map fitted on the seen classes'
    training products (``mapped``: a ridge from a product's embedding to its class name's, pulled toward the
-   identity with strength ``fusion.zs_text_l2``; refitted in each calibration fold without its held-out
+   identity with strength ``zeroshot.text_l2``; refitted in each calibration fold without its held-out
    classes). It knows what no name matcher can: "Lip Balm" is Lip Care, "Nightdress" Baby Dolls.
-6. **Class definitions** (``fusion.zs_class_text=wordnet``, ``lexicon.py``): the class text adds WordNet 3.0's
+6. **Class definitions** (``zeroshot.class_text=wordnet``, ``lexicon.py``): the class text adds WordNet 3.0's
    definition of each part of the name ("a Deodorant product: Deodorant, a toiletry applied to the skin ..."),
-   so the class side of the cosine holds words a product name may use. With ``fusion.zs_fold_by=subCategory``
+   so the class side of the cosine holds words a product name may use. With ``zeroshot.fold_by=subCategory``
    the calibration's folds hold whole subCategories out, so a pseudo-unseen class keeps no sibling among the
-   seen ones (the finetune stage's unseen classes are a new department). ``fusion.zs_def_words``
-   (``definitions.py``) adds two evidence kinds from the same definitions: which name words they hold.
-7. **The photo** (``fusion.zs_image=conse``, ``imagenet.py``): the Lite0 wheel's ImageNet classifier names the
-   photo in ImageNet's words, and the probability-weighted mean of those labels' sentence embeddings (ConSE) meets
-   the class texts as a name's embedding does, through its own map; the served model then reads the photo too.
+   seen ones (the finetune stage's unseen classes are a new department).
+
+Evidence measured on validation and not adopted (definition words as evidence kinds, the photo's ImageNet labels
+as ConSE points, the text map fitted on the other stage's classes) is in git history; docs/selection-ledger.md
+names the commit.
 
 Test products enter only to be scored once at the end. Honoured keys: those of the metadata-only baseline
-(``fusion.*``, ``loss.weights``, ``train.seed``), ``fusion.zero_shot`` and ``fusion.zs_*``.
+(``fusion.*``, ``metadata.*``, ``loss.weights``, ``train.seed``) and the ``zeroshot`` section.
 
     fashion finetune --technique zeroshot --profile quick --data ../shared/data/fashion-product-images-small.tar.gz
 """

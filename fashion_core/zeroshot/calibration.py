@@ -65,7 +65,7 @@ def pseudo_unseen_folds(seen_with_val: np.ndarray, seed: int, n_folds: int = N_F
                         share: float = HOLDOUT, groups: dict | None = None) -> list[np.ndarray]:
     """Class indices held out as pseudo-unseen in each fold: disjoint seeded slices of a permutation.
 
-    ``groups`` (class index -> group, e.g. its subCategory; ``fusion.zs_fold_by``): whole groups are held out
+    ``groups`` (class index -> group, e.g. its subCategory; ``zeroshot.fold_by``): whole groups are held out
     together, so a pseudo-unseen class keeps no sibling among the pseudo-seen ones, as the finetune stage's
     unseen classes (a department new to the catalogue, cosmetics) have none. The groups, largest first (equal
     sizes in a seeded order), go one by one to the fold with the fewest classes so far; a class without a group
@@ -92,7 +92,7 @@ def pseudo_unseen_folds(seen_with_val: np.ndarray, seed: int, n_folds: int = N_F
 
 def class_groups(rows: pd.DataFrame, labels: np.ndarray, column: str) -> dict | None:
     """class index -> its group: the most common value of ``column`` among the class's (training) rows; None
-    for ``fusion.zs_fold_by=class`` (or a column the rows lack: then classes are held out one by one)."""
+    for ``zeroshot.fold_by=class`` (or a column the rows lack: then classes are held out one by one)."""
     if column == "class" or column not in rows.columns or len(rows) == 0:
         return None
     frame = pd.DataFrame({"y": np.asarray(labels), "g": rows[column].astype(str).to_numpy()})
@@ -101,7 +101,7 @@ def class_groups(rows: pd.DataFrame, labels: np.ndarray, column: str) -> dict | 
 
 def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int, c: float,
               class_weight: str | None, seed: int, betas: Sequence[float] = BETAS,
-              text: TextInputs | Sequence[TextInputs] | None = None, groups: dict | None = None,
+              text: TextInputs | None = None, groups: dict | None = None,
               log=print) -> tuple[float, float, str, pd.DataFrame]:
     """The calibration: (gamma, beta, mix) of the best mean validation H over pseudo-unseen folds, and the curve.
 
@@ -110,7 +110,7 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
     the pseudo-seen / pseudo-unseen validation rows. ``groups``: hold out whole groups of classes
     (``pseudo_unseen_folds``).
     """
-    texts = [t for t in (text if isinstance(text, (list, tuple)) else [text]) if t is not None]
+    texts = [text] if text is not None else []
     folds = pseudo_unseen_folds(np.unique(y_val), seed, groups=groups)
     rows = []
     for i, held in enumerate(folds):
@@ -118,7 +118,7 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
         if len(np.unique(y_train[keep])) < 2:
             continue
         fold_phi_train, fold_phi_val = phi_train[keep], phi_val
-        for t in texts:  # the text (and photo) maps, too, learn from the fold's seen classes only
+        for t in texts:  # the text map, too, learns from the fold's seen classes only
             ev = t.evidence(keep, y_train[keep], class_weight == "balanced")
             fold_phi_train = with_text(fold_phi_train, ev, t.emb["train"][keep])
             fold_phi_val = with_text(fold_phi_val, ev, t.emb["val"])

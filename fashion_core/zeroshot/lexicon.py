@@ -33,7 +33,7 @@ SEARCH_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet", "/opt/homebrew/
                "/usr/local/opt/wordnet/dict")
 FILES = ("index.noun", "data.noun")
 PRODUCT_LEXFILES = (6, 27)  # noun.artifact, noun.substance: what a product can be (not a person, a place, an act)
-INSTALL_HINT = ("class descriptions (fusion.zs_class_text=wordnet) need the WordNet 3.0 database files "
+INSTALL_HINT = ("class descriptions (zeroshot.class_text=wordnet) need the WordNet 3.0 database files "
                 "(index.noun, data.noun): `sudo apt-get install wordnet-base` (Debian/Ubuntu: /usr/share/wordnet), "
                 "`brew install wordnet`, or set FASHION_WORDNET_DIR to a folder holding them")
 _SUFFIXES = (("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),

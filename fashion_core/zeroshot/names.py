@@ -30,13 +30,13 @@ def name_tokens(name: Any) -> tuple[list[str], list[str], int]:
     ("eye shadow" -> eyeshadow); the head is the last alphabetic word of 3+ letters and its join with the
     word before."""
     words = _TOKEN.findall(_clean([name])[0].lower())
-    stems = [s_stem(w, "plural") for w in words]
-    joined = [s_stem(a + b, "plural") for a, b in zip(words, words[1:])]
+    stems = [s_stem(w) for w in words]
+    joined = [s_stem(a + b) for a, b in zip(words, words[1:])]
     alpha = [i for i, w in enumerate(words) if w.isalpha() and len(w) >= 3]
     head = []
     if alpha:
         i = alpha[-1]
-        head = [stems[i]] + ([s_stem(words[i - 1] + words[i], "plural")] if i > 0 else [])
+        head = [stems[i]] + ([s_stem(words[i - 1] + words[i])] if i > 0 else [])
     return stems + joined, head, len(words)
 
 

@@ -12,9 +12,7 @@ from ..config import LOGREG_C_GRID, ConfigError, ExperimentConfig, to_dict
 from ..fusion import TEXT_FIELD, MetaVocab
 from ..train import class_mean_accuracy, top5_of
 from .calibration import MIXES, calibrate, class_groups, fit_models, model_scores
-from .definitions import DEF_FEATURES, definition_words, with_definitions
 from .head import HEAD_FILE, ZeroShotHead
-from .imagenet import IMAGE_FEATURE, image_inputs
 from .names import FEATURES, NameMatcher, candidate_classes
 from .semantic import TEXT_FEATURE, text_inputs, with_text
 
@@ -35,7 +33,7 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     """Fit (on seen classes' training rows), calibrate (on validation), evaluate (on test) and log one GZSL run.
 
     Args:
-        cfg: a metadata-only config with ``fusion.zero_shot`` (validated by ``config.validate``).
+        cfg: a metadata-only config with ``zeroshot.enabled`` (validated by ``config.validate``).
         p: the prepared data; the MLflow experiment is already selected.
         parent_run_id: makes this a child run (grid).
         tags: extra run tags.
@@ -51,8 +49,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     from ..metadata_baseline import BASELINE_TAG, _log_model, class_scores, features, fit_logreg
     from ..serving import registered_name
 
-    if cfg.fusion.mode != "metadata_only" or not cfg.fusion.zero_shot:
-        raise ConfigError("run_zeroshot needs fusion.mode=metadata_only and fusion.zero_shot=true")
+    if cfg.fusion.mode != "metadata_only" or not cfg.zeroshot.enabled:
+        raise ConfigError("run_zeroshot needs fusion.mode=metadata_only and zeroshot.enabled=true")
     t_start = time.perf_counter()
     classes = candidate_classes(p.splits, cfg.stage)
     sd = build_stage_data(p, cfg.stage, classes=classes)  # unseen classes are labels too, with no training row
@@ -64,21 +62,15 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     matcher = NameMatcher.build(classes, rows["train"][TEXT_FIELD] if TEXT_FIELD in rows["train"].columns else ())
     phi = {s: matcher.features(r[TEXT_FIELD]) if TEXT_FIELD in r.columns else
            np.zeros((len(r), len(classes), len(FEATURES)), dtype=np.float32) for s, r in rows.items()}
-    defs = definition_words(classes, log=log) if cfg.fusion.zs_def_words else None  # class names + WordNet only
-    if defs is not None:
-        phi = {s: with_definitions(f, defs, rows[s][TEXT_FIELD] if TEXT_FIELD in rows[s].columns else [""] * len(f))
-               for s, f in phi.items()}
     y_train, y_val = sd.train.labels.numpy(), sd.val.labels.numpy()
     n = len(classes)
     class_weight = "balanced" if cfg.loss.weights == "inverse" else None
-    # word meanings (fusion.zs_text): sentence embeddings of the names; the map, if any, is refitted in each fold
-    text = text_inputs(cfg.fusion, p, cfg.stage, classes, {s: r.index for s, r in rows.items()}, log=log)
-    # the photo (fusion.zs_image): ConSE points of the ImageNet classifier's labels, mapped like the names
-    image = image_inputs(cfg.fusion, sd, classes, text, log=log) if cfg.fusion.zs_image == "conse" else None
+    # word meanings (zeroshot.text): sentence embeddings of the names; the map, if any, is refitted in each fold
+    text = text_inputs(cfg.zeroshot, p, cfg.stage, classes, {s: r.index for s, r in rows.items()}, log=log)
     # The metadata model's C as the metadata-only baseline picks it: validation class-mean over seen classes.
-    grid = [cfg.fusion.logreg_c] if cfg.fusion.logreg_c > 0 else list(LOGREG_C_GRID)
+    grid = [cfg.metadata.logreg_c] if cfg.metadata.logreg_c > 0 else list(LOGREG_C_GRID)
     if len(y_val) == 0:
-        grid = grid[:1] if cfg.fusion.logreg_c > 0 else [1.0]
+        grid = grid[:1] if cfg.metadata.logreg_c > 0 else [1.0]
     best = None
     for c in grid:
         clf, _ = fit_logreg(x["train"], y_train, c, class_weight, cfg.train.seed)
@@ -87,19 +79,14 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
         if best is None or v1 > best[1]:
             best = (c, v1, clf)
     c_best = best[0]
-    groups = class_groups(rows["train"], y_train, cfg.fusion.zs_fold_by)  # whole groups held out together, if set
+    groups = class_groups(rows["train"], y_train, cfg.zeroshot.fold_by)  # whole groups held out together, if set
     gamma, beta, mix, curve = calibrate(x["train"], phi["train"], y_train, x["val"], phi["val"], y_val, n, c_best,
-                                        class_weight, cfg.train.seed, text=[text, image], groups=groups, log=log) \
+                                        class_weight, cfg.train.seed, text=text, groups=groups, log=log) \
         if len(y_val) else (0.0, 0.0, MIXES[0], pd.DataFrame())
     evidence = text.evidence(None, y_train, class_weight == "balanced") if text is not None else None
     if evidence is not None:
         phi = {s: with_text(f, evidence, text.emb[s]) for s, f in phi.items()}
-    photo = image.evidence(None, y_train, class_weight == "balanced") if image is not None else None
-    if photo is not None:
-        phi = {s: with_text(f, photo, image.emb[s]) for s, f in phi.items()}
-    features_used = (FEATURES + (DEF_FEATURES if defs is not None else ())
-                     + ((TEXT_FEATURE,) if evidence is not None else ())
-                     + ((IMAGE_FEATURE,) if photo is not None else ()))
+    features_used = FEATURES + ((TEXT_FEATURE,) if evidence is not None else ())
     models = fit_models(x["train"], phi["train"], y_train, n, c_best, class_weight, cfg.train.seed, clf=best[2])
     val_scores = model_scores(models, x["val"], phi["val"], gamma, mix, beta)
     val1, val5 = class_mean_accuracy(y_val, top5_of(val_scores)) if len(y_val) else (np.nan, np.nan)
@@ -123,13 +110,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
             mlflow.set_tags({f"text_encoder_{k}": v for k, v in evidence.source.items()})
             log(f"text encoder: {evidence.source.get('package')} {evidence.source.get('version')} "
                 f"({evidence.source.get('file')}, sha256 {str(evidence.source.get('sha256'))[:12]}), "
-                f"zs_text {cfg.fusion.zs_text}, class texts: {cfg.fusion.zs_class_text}")
+                f"zeroshot.text {cfg.zeroshot.text}, class texts: {cfg.zeroshot.class_text}")
             mlflow.log_dict(dict(zip(classes, text.texts)), "zeroshot/class_texts.json")
-        if photo is not None:  # the ImageNet classifier read for the photo evidence
-            mlflow.set_tags({f"image_model_{k}": v for k, v in photo.source.items()})
-        if defs is not None:  # where the definition words came from, and every definition
-            mlflow.set_tags({f"definitions_{k}": v for k, v in defs.source.items()})
-            mlflow.log_dict(dict(zip(classes, defs.definitions)), "zeroshot/definitions.json")
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
         if len(curve):
             at = curve[(curve["gamma"] == gamma) & (curve["beta"] == beta) & (curve["mix"] == mix)]
@@ -150,8 +132,7 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
                 test_metrics["test_top1_unseen_no_class_word_micro"] = float((top5[slice_, 0] == labels[slice_]).mean())
         log_evaluation(sd, table, preds, test_metrics, labels, top5)
         # The metadata model's files and the zero-shot head (checkpoint/zeroshot.json), served together as a pyfunc.
-        head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix, evidence, defs, photo,
-                            tuple(sd.train.images.shape[1:3]) if photo is not None else ())
+        head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix, evidence)
         val_h = float(at["val_harmonic"]) if len(curve) else -1.0
         _log_model(models.clf, vocab, c_best, classes, registered_name(cfg.stage, "zeroshot") if register else None,
                    val_h if val_h == val_h else -1.0, log, extra={HEAD_FILE: head.to_dict(features_used)})

@@ -26,7 +26,7 @@ TEXT_FEATURE = "text_cosine"  # its name among the evidence kinds
 def class_texts(classes: Sequence[str], template: str) -> list[str]:
     """The text embedded for each class name: ``template`` with ``{}`` replaced by the name."""
     if template.count("{}") != 1:
-        raise ConfigError(f"fusion.zs_class_template must hold '{{}}' exactly once, got {template!r}")
+        raise ConfigError(f"zeroshot.class_template must hold '{{}}' exactly once, got {template!r}")
     return [template.replace("{}", c) for c in classes]
 
 
@@ -45,7 +45,7 @@ def fit_text_map(emb: np.ndarray, target: np.ndarray, l2: float, balanced_labels
             None = every row weighs 1.
     """
     if l2 <= 0:
-        raise ConfigError(f"fusion.zs_text_l2 must be > 0, got {l2}")
+        raise ConfigError(f"zeroshot.text_l2 must be > 0, got {l2}")
     emb, target = np.asarray(emb, np.float64), np.asarray(target, np.float64)
     w = np.ones(len(emb))
     if balanced_labels is not None and len(emb):
@@ -72,17 +72,13 @@ class TextEvidence:
             balanced: bool = True) -> "TextEvidence":
         """``mode`` cosine: no fit; mapped: the map from the given training rows (labels index the classes)."""
         if mode not in TEXT_MODES[1:]:
-            raise ConfigError(f"unknown fusion.zs_text {mode!r}; choose one of: {', '.join(TEXT_MODES)}")
+            raise ConfigError(f"unknown zeroshot.text {mode!r}; choose one of: {', '.join(TEXT_MODES)}")
         proj = None
         if mode == "mapped":
             if emb_train is None or y_train is None or len(y_train) == 0:
-                raise ConfigError("fusion.zs_text=mapped needs training products of seen classes")
+                raise ConfigError("zeroshot.text=mapped needs training products of seen classes")
             proj = fit_text_map(emb_train, class_emb[y_train], l2, y_train if balanced else None)
         return cls(np.asarray(class_emb, np.float64), proj, template, dict(source))
-
-    def restricted(self, n: int) -> "TextEvidence":
-        """The same evidence over the first ``n`` class texts only (the candidates, after a map fitted on more)."""
-        return TextEvidence(self.class_emb[:n], self.proj, self.template, self.source)
 
     def features(self, emb: np.ndarray) -> np.ndarray:
         """(N, C, 1) float32 cosine of each (mapped) product embedding with each class text's embedding."""
@@ -142,28 +138,18 @@ class TextInputs:
     source: dict  # the encoder's
     emb: dict  # split name -> (N, D) the products' name embeddings, in the split's row order
     texts: tuple = ()  # the class texts embedded (logged with the run)
-    # more training products for the map only, of classes that are not candidates (fusion.zs_text_more_classes):
-    # (their name embeddings (M, D), their class texts' embeddings (K, D), their class index 0..K-1 (M,))
-    extra: tuple | None = None
 
     def evidence(self, rows: np.ndarray | None, y: np.ndarray, balanced: bool = True) -> TextEvidence:
-        """The evidence fitted on these training rows (indices or a mask into ``emb["train"]``; None = all), and
-        on ``extra`` when given (always: those classes are never candidates, so never held out)."""
+        """The evidence fitted on these training rows (indices or a mask into ``emb["train"]``; None = all)."""
         train = self.emb["train"] if rows is None else self.emb["train"][rows]
-        if self.extra is None or self.mode != "mapped":
-            return TextEvidence.fit(self.class_emb, self.template, self.source, self.mode, self.l2, train, y, balanced)
-        more_emb, more_class_emb, more_y = self.extra
-        return TextEvidence.fit(np.concatenate([self.class_emb, more_class_emb]), self.template, self.source,
-                                self.mode, self.l2, np.concatenate([train, more_emb]),
-                                np.concatenate([np.asarray(y), len(self.class_emb) + np.asarray(more_y)]),
-                                balanced).restricted(len(self.class_emb))
+        return TextEvidence.fit(self.class_emb, self.template, self.source, self.mode, self.l2, train, y, balanced)
 
 
 def class_text_embeddings(classes: Sequence[str], template: str, kind: str, encoder, log=print
                           ) -> tuple[np.ndarray, list[str], dict]:
     """(C, D) embeddings of the class texts, the texts, and where any description came from (``{}`` for names).
 
-    ``kind`` is ``fusion.zs_class_text``: ``name`` (the template filled with the name) or ``wordnet`` (and WordNet's
+    ``kind`` is ``zeroshot.class_text``: ``name`` (the template filled with the name) or ``wordnet`` (and WordNet's
     definition of the name's parts, ``lexicon.describe_classes``; only the class names and WordNet enter)."""
     from ..text_encoder import embed_texts
 
@@ -180,41 +166,23 @@ def class_text_embeddings(classes: Sequence[str], template: str, kind: str, enco
             f"defined{none}")
         source = dict(wn.source)
     elif kind != "name":
-        raise ConfigError(f"unknown fusion.zs_class_text {kind!r}; choose one of: name, wordnet")
+        raise ConfigError(f"unknown zeroshot.class_text {kind!r}; choose one of: name, wordnet")
     return embed_texts(texts, encoder, log=log).astype(np.float64), texts, source
 
 
-def text_inputs(fusion, prepared, stage: str, classes: Sequence[str], ids: dict, encoder=None,
+def text_inputs(zs, prepared, stage: str, classes: Sequence[str], ids: dict, encoder=None,
                 log=print) -> TextInputs | None:
     """The sentence embeddings of the run's products (``ids``: split -> product ids) and class texts, or None when
-    ``fusion.zs_text`` is none. ``encoder``: default the packaged all-MiniLM-L6-v2."""
+    ``zs.text`` is none (``zs``: the config's ``zeroshot`` section). ``encoder``: default the packaged
+    all-MiniLM-L6-v2."""
     from .. import text_encoder
 
-    if fusion.zs_text == "none":
+    if zs.text == "none":
         return None
     enc = encoder if encoder is not None else text_encoder.load_encoder()
     index, emb = stage_name_embeddings(prepared, stage, enc, log=log)
-    class_emb, texts, described = class_text_embeddings(classes, fusion.zs_class_template,
-                                                    getattr(fusion, "zs_class_text", "name"), enc, log=log)
+    class_emb, texts, described = class_text_embeddings(classes, zs.class_template, zs.class_text, enc, log=log)
     source = dict(enc.source)
     source.update({f"descriptions_{k}": v for k, v in described.items()})
-    extra = other_stage_products(fusion, prepared, stage, enc, log=log) if fusion.zs_text_more_classes else None
-    return TextInputs(fusion.zs_text, float(fusion.zs_text_l2), fusion.zs_class_template, class_emb, source,
-                      {s: rows_of(index, emb, i) for s, i in ids.items()}, tuple(texts), extra)
-
-
-def other_stage_products(fusion, prepared, stage: str, encoder, log=print) -> tuple:
-    """The other stage's training products for the text map (``TextInputs.extra``): their name embeddings, their
-    classes' texts' embeddings (as the candidates' are written) and class indices. In the finetune stage: the 20
-    pretrain classes' products (Tshirts, Watches, Handbags, ...), never candidates, so never held out."""
-    other = "pretrain" if stage == "finetune" else "finetune"
-    sp = prepared.splits[(prepared.splits["subset"] == other) & (prepared.splits["split"] == "train")]
-    sp = sp.sort_values("id", kind="stable")
-    names = sorted(sp["label"].astype(str).unique())
-    if not names:
-        return None
-    index, emb = stage_name_embeddings(prepared, other, encoder, log=log)
-    class_emb, _, _ = class_text_embeddings(names, fusion.zs_class_template, fusion.zs_class_text, encoder, log=log)
-    y = sp["label"].map({c: i for i, c in enumerate(names)}).to_numpy()
-    log(f"text map: also fitted on {len(sp)} {other} training products of {len(names)} classes that are not candidates")
-    return rows_of(index, emb, sp["id"]), class_emb, y
+    return TextInputs(zs.text, float(zs.text_l2), zs.class_template, class_emb, source,
+                      {s: rows_of(index, emb, i) for s, i in ids.items()}, tuple(texts))
