@@ -78,12 +78,13 @@ class FusionConfig:
     aux_sub: float = 0.0  # loss weight of an auxiliary subCategory head
     text_buckets: int = 4096  # hashed bag-of-words size for productDisplayName
     text_ngrams: int = 1  # word n-grams hashed from productDisplayName: 1 = words, 2 = words + word pairs
-    # plural words hashed as their singular (Harman's S-stemmer): the odd years name 59 of 328 test wallets
-    # "Wallets", a word the even (training) years use once; "Wallet" 585 times
+    # plural words hashed as their singular (Harman's S-stemmer): later years name products in the plural where
+    # the training years use the singular; chosen on the year-held-out validation (docs/selection-ledger.md,
+    # counts in docs/results-fusion.md)
     text_stem: bool = True
-    # which plurals text_stem folds: "plural" (Harman's rules, and -sses/-ches/-shes/-xes lose their -es:
-    # the odd years name 13 of 93 test dresses "Dresses", a word the even years never use; "Dress": 375 times)
-    # or "harman" (Harman's alone: dresses -> dresse, as runs logged before this key)
+    # which plurals text_stem folds: "plural" (Harman's rules, and -sses/-ches/-shes/-xes lose their -es, so
+    # "Dresses" meets "Dress") or "harman" (Harman's alone: dresses -> dresse, as runs logged before this key);
+    # chosen on the year-held-out validation (docs/selection-ledger.md)
     text_stem_rules: str = "plural"
     embed_dim: int = 64
     meta_dropout: float = 0.0  # training: chance that an item's whole metadata embedding is zeroed (image alone)
@@ -91,7 +92,7 @@ class FusionConfig:
     # training: chance that a training name is seen without the words of its own class ("Tshirt", "Casual Shoes")
     class_word_dropout: float = 0.0
     # lr of the metadata lookup tables = train.lr * this, no decay: a row learns only from the items holding
-    # its word, so it needs big steps (measured on finetune validation, 120 steps: x1 0.34, x30 0.60, x100 0.71)
+    # its word, so it needs big steps (chosen on finetune validation, docs/selection-ledger.md)
     meta_embed_lr_mult: float = 100.0
     logreg_c: float = 0.0  # metadata_only: inverse L2 strength; 0 = pick from LOGREG_C_GRID on validation
     # metadata_only: also predict the stage's classes without training images, from their names (zeroshot.py)
@@ -145,8 +146,8 @@ class TrainConfig:
     max_batches_per_epoch: int = 0  # 0 = all; >0 caps an epoch (smoke tests)
     # > 0: validate, select and keep an exponential moving average of the weights (and BatchNorm statistics),
     # updated every step with this decay (warmed up as min(decay, (1+t)/(10+t))); 0 = the raw weights.
-    # Without it validation top-1 of a from-scratch run swung between 0.30 and 0.86 from epoch to epoch in the
-    # high-lr phase (cpu profile, 15 epochs); with 0.998 it rose steadily (see README, Results).
+    # Without it validation top-1 of a from-scratch run swung widely from epoch to epoch in the high-lr phase;
+    # with the average it rose steadily (docs/selection-ledger.md, docs/results-image.md).
     ema_decay: float = 0.998
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

@@ -54,7 +54,7 @@ training rows of seen classes only, and one constant chosen on validation:
 Test products enter only to be scored once at the end. Honoured keys: those of the metadata-only baseline
 (``fusion.*``, ``loss.weights``, ``train.seed``), ``fusion.zero_shot`` and ``fusion.zs_*``.
 
-    fashion finetune --technique zeroshot --profile quick --data ../shared/data/fashion-product-images-small.tar.gz
+    fashion finetune --technique zeroshot --profile quick --data /path/to/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 
