@@ -1,6 +1,6 @@
 """The ``fashion`` command: thin wrappers that validate options and call the library.
 
-    fashion prepare --data ../shared/data/fashion-product-images-small.tar.gz
+    fashion prepare --data /path/to/fashion-product-images-small.tar.gz
     fashion --help
 """
 from __future__ import annotations

@@ -36,9 +36,8 @@ def _bf16_ok(device: torch.device) -> bool:
 def channels_last_on(device: torch.device) -> bool:
     """Whether convolutions run channels-last on ``device``: on CUDA and on CPUs, whose oneDNN kernels prefer it.
 
-    Measured on one CPU thread, a training step at 80x60 (bench/layout.py): EfficientNet-Lite0 1.6x, the
-    half-width ResNet-18 1.2x; a whole Lite0 quick pretrain on 2 threads went from 40 to 80 img/s
-    (docs/performance.md).
+    On CPUs it made a training step faster for both backbones measured (bench/layout.py) and a whole Lite0
+    quick pretrain faster too; the figures are in docs/performance.md.
     """
     return device.type in ("cuda", "cpu")
 

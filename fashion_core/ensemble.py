@@ -17,7 +17,7 @@ no image either member trained on. The run is a run of its stage (tags ``stage``
 child of the members' grid run when they share one, so ``compare`` shows it beside them. It logs no
 model of its own: its members are the models.
 
-    fashion ensemble <image run id> <meta_only run id> --data ../shared/data/fashion-product-images-small.tar.gz
+    fashion ensemble <image run id> <meta_only run id> --data /path/to/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A run: prepare the data (same split and digest as ``prepare``), build the model 
 the pretrained one and apply ``transfer.method``), train with validation selection, evaluate
 once on test, and log config, per-epoch metrics, ``eval/`` artifacts, checkpoints and the model.
 
-    fashion pretrain --technique baseline --profile quick --data ../shared/data/fashion-product-images-small.tar.gz
+    fashion pretrain --technique baseline --profile quick --data /path/to/fashion-product-images-small.tar.gz
     fashion finetune --technique finetune --from latest --profile quick
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ in ``grid/runs.csv``; ``experiment.run_stage`` runs each technique (and dispatch
 metadata-only baseline to its own runner). The plan is ``grid_plan``'s, the cells and their runs
 ``grid_cells``'; this module schedules them.
 
-    fashion grid --profile quick --seeds 0 --data ../shared/data/fashion-product-images-small.tar.gz
+    fashion grid --profile quick --seeds 0 --data /path/to/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 

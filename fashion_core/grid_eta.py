@@ -1,7 +1,7 @@
 """A grid's ETA: the cells left, each at its expected seconds, scheduled on the grid's slots as the grid runs them.
 
 A cell's expected seconds are its relative cost (``run_costs.task_minutes``: a pretrain cell costs
-3.6x a finetune cell of the same epochs, a cell that trains nothing or only the metadata model a
+several times a finetune cell of the same epochs, as it has several times the images; a cell that trains nothing or only the metadata model a
 fixed few seconds) times the seconds per unit of cost that the finished cells of its group took;
 a group with no finished cell yet borrows the other groups' rate (the training groups' first).
 Before any cell has finished nothing is known and the ETA is ``None`` ("ETA unknown"). The cells

@@ -7,7 +7,7 @@ techniques run as one grid (``grid.run_grid``: finetune techniques start from th
 pretrain run of their kind by validation), then the file's ``ensembles`` combine pairs of its runs
 (``ensemble.run_ensemble``, as children of the grid run), and ``report.run_compare`` reports that grid.
 
-    fashion run --data ../shared/data/fashion-product-images-small.tar.gz
+    fashion run --data /path/to/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ keys: ``data.*``, ``fusion.fields``, ``fusion.leaky_fields``, ``fusion.text_buck
 ``fusion.text_ngrams``, ``metadata.logreg_c``, ``loss.weights`` (none, or inverse = scikit-learn's
 "balanced"), ``train.seed``; the model, train and transfer keys do not apply.
 
-    fashion pretrain --technique meta_only --data ../shared/data/fashion-product-images-small.tar.gz
+    fashion pretrain --technique meta_only --data /path/to/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The label (articleType) is heavily imbalanced and many classes have 1-50 test images, so
 the headline number is the *class-mean* (every evaluated class weighs the same) and
 every per-class number comes with its test count. Two files are built here (see
-DESIGN.md, "Evaluation artifacts"):
+docs/ARCHITECTURE.md, "Contracts"):
 
 - ``per_class.csv``  ``class,n_train,n_val,n_test,top1,top5`` from :func:`per_class_table`;
   classes without test images keep empty accuracies, test-only classes of the finetune

@@ -1,6 +1,6 @@
 """The ``prepare`` stage: ingest, validate, split and cache the dataset, and log it as one MLflow run.
 
-    fashion prepare --data ../shared/data/fashion-product-images-small.tar.gz
+    fashion prepare --data /path/to/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def summary_text(p: Prepared) -> str:
 
 
 def prepare_metrics(p: Prepared) -> dict[str, float]:
-    """The DESIGN.md metrics of a prepare run."""
+    """The metrics of a prepare run (docs/ARCHITECTURE.md, "Contracts")."""
     n = p.splits["split"].value_counts()
     counts = p.summary.counts
     m = {

@@ -1,8 +1,8 @@
-"""What a run costs, relatively: minutes of one task from its kind, stage and epochs (figures measured in docs/).
+"""What a run costs, relatively: minutes of one task from its kind, stage and epochs (docs/performance.md).
 
 ``main_job`` adds them up into the job's expected time before it starts; ``grid_eta`` scales them
 by the cells a grid has finished into its ETA. A pretrain cell costs far more than a finetune cell
-(3.6x the training images), and a cell that trains nothing (imprint, NCM) or only a logistic
+(several times the training images), and a cell that trains nothing (imprint, NCM) or only a logistic
 regression (the metadata-only baseline) costs a fixed few seconds.
 
     python -c "from fashion_core.run_costs import PRETRAIN_MINUTES; print(PRETRAIN_MINUTES)"
@@ -11,30 +11,29 @@ from __future__ import annotations
 
 from typing import Any
 
-# Minutes of one image-network pretrain (the stage with 3.6x the finetune's training images), measured
-# or estimated in docs/techniques.md (the profile table) and docs/performance.md (bench/e2e.py).
+# Minutes of one image-network pretrain (the stage with the most training images) per profile and device:
+# each constant is measured on 2 CPU cores or estimated, and docs/performance.md ("What a run costs")
+# gives the run or bench script behind it.
 PRETRAIN_MINUTES = {
-    # Lite0 from ImageNet, 3 epochs, channels-last, 2 threads: 432 s in a fresh clone's make run of 2026-12-02 (run
-    # c0049a7b, docs/first-run.md; that whole job 29.6 min); 665 s in the first one (a387d53f, a busier machine)
-    ("quick", "cpu"): 7.2,
-    ("cpu", "cpu"): 26.0,      # 3 epochs at 2x input scale, channels-last: 25.9 min on 2 threads (run a74662be)
+    ("quick", "cpu"): 7.2,     # measured: the quick pretrain of a fresh clone's make run
+    ("cpu", "cpu"): 26.0,      # measured: 3 epochs at 2x input scale, channels-last, 2 threads
     ("default", "cpu"): 300.0,  # estimate: hours
-    ("quick_scratch", "cpu"): 4.5,     # 264 img/s, 4 epochs, 2 idle cores (273 s in bench/e2e.py)
-    ("cpu_scratch", "cpu"): 55.0,      # 120-129 img/s on 2 idle cores, 25 epochs
-    ("default_scratch", "cpu"): 300.0,  # 25.7 img/s, 30 epochs
+    ("quick_scratch", "cpu"): 4.5,     # measured: bench/e2e.py on 2 idle cores
+    ("cpu_scratch", "cpu"): 55.0,      # from the measured images/s on 2 idle cores, 25 epochs
+    ("default_scratch", "cpu"): 300.0,  # from the measured images/s (bench/throughput.py), 30 epochs
     ("smoke", "cpu"): 0.05,
     ("quick", "cuda"): 0.5,
     ("cpu", "cuda"): 1.5,      # estimate
-    ("default", "cuda"): 4.0,  # estimate (docs/techniques.md: ~3-5 min for the from-scratch default)
+    ("default", "cuda"): 4.0,  # estimate (docs/techniques.md, the from-scratch default on one GPU)
     ("smoke", "cuda"): 0.05,
 }
-FUSED_FACTOR = 1.02  # fused_text pretrain 679 s vs class_balanced 665 s, quick, the same make run (docs/first-run.md)
+FUSED_FACTOR = 1.02  # a fused_text pretrain against class_balanced in the same make run (docs/performance.md)
 FINETUNE_SHARE = 1 / 3.6  # the finetune stage's share of the pretrain stage's training images
 NO_TRAINING_MINUTES = 0.2  # imprint / ncm: embeddings only
 METADATA_MINUTES = 0.5  # the logistic regression (a few C values)
-PREPARE_MINUTES = 0.5  # extract + image cache, 2 idle cores (30 s in bench/e2e.py)
+PREPARE_MINUTES = 0.5  # extract + image cache on 2 idle cores (bench/e2e.py; docs/performance.md)
 COMPARE_MINUTES = 0.5
-ENSEMBLE_MINUTES = 1.5  # fashion ensemble: both members score validation and test; 46-60 s finetune, 94-131 s pretrain (1 thread)
+ENSEMBLE_MINUTES = 1.5  # fashion ensemble: both members score validation and test (docs/performance.md)
 
 GROUPS = ("pretrain", "finetune", "no_training", "metadata")  # cells whose costs scale alike
 

@@ -1,7 +1,7 @@
 """A stage's data and its test scoring, shared by every runner of a stage (network, metadata baseline, tuning).
 
 ``build_stage_data`` gathers a stage's images, labels and counts from the cache; ``score_test_split``
-turns any model's test scores into the DESIGN.md ``eval/`` tables and ``test_*`` metrics, and
+turns any model's test scores into the ``eval/`` tables and ``test_*`` metrics, and
 ``log_evaluation`` logs them. The runners (``experiment``, ``metadata_baseline``, ``tuning``) sit above.
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ def build_stage_data(p: Prepared, stage: str, extras_fn: ExtrasFn | None = None,
         rows = np.flatnonzero(sp["split"].to_numpy() == name)
         idx = torch.from_numpy(rows)
         # Each split straight from the cache: the stage's images are in memory once, not twice
-        # (6.5 GB for the pretrain stage at 299x224).
+        # (gigabytes for the pretrain stage at full resolution: docs/full-resolution.md).
         images = torch.from_numpy(p.cache.take(sp["id"].to_numpy()[rows]))
         return TensorData(images, labels[idx], {k: v[idx] for k, v in extras.items()})
 
@@ -111,9 +111,9 @@ def score_test_split(sd: StageData, scores: np.ndarray, seed: int):
 
 def log_evaluation(sd: StageData, table: pd.DataFrame, preds: pd.DataFrame, test_metrics: dict,
                    labels: np.ndarray, top5: np.ndarray) -> None:
-    """The test metrics and the ``eval/`` artifacts of DESIGN.md, for any model of a stage.
+    """The test metrics and the ``eval/`` artifacts (docs/ARCHITECTURE.md, "Contracts"), for any model of a stage.
 
-    The per-class table goes out twice: ``eval/per_class.csv`` (DESIGN.md's contract; ``compare`` reads
+    The per-class table goes out twice: ``eval/per_class.csv`` (the contract in docs/ARCHITECTURE.md; ``compare`` reads
     it, from older runs too) and ``eval/per_class.json`` (``mlflow.log_table``: shown in MLflow's UI).
     """
     tracking.log_metrics(test_metrics)

@@ -1,7 +1,7 @@
 """The one place that talks to MLflow: experiments, runs, tags, params, metrics and artifacts.
 
-Every run carries the DESIGN.md tags ``stage``, ``technique``, ``dataset_digest`` and the
-git commit; the fully resolved config is logged as params and as ``config.yaml``. A run
+Every run carries the tags of docs/ARCHITECTURE.md ("Contracts"): ``stage``, ``technique``,
+``dataset_digest`` and the git commit; the fully resolved config is logged as params and as ``config.yaml``. A run
 that raises ends FAILED; Ctrl-C or SIGTERM ends it KILLED — never left RUNNING.
 
 The store is MLflow's own default (``sqlite:///mlflow.db`` in the working directory)
@@ -272,7 +272,7 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
     ends it KILLED (``--resume`` continues it), and ``mlflow run``'s own run is adopted.
 
     Args:
-        stage, technique, dataset_digest: the DESIGN.md tags.
+        stage, technique, dataset_digest: the tags of docs/ARCHITECTURE.md ("Contracts").
         config: the resolved config (nested dict); logged as params and ``config.yaml``.
         run_id: resume this run instead of creating one.
     """

@@ -55,7 +55,8 @@ def decode_image(path: str, height: int, width: int, draft: bool = True) -> np.n
 
     with Image.open(path) as im:
         if draft and im.format == "JPEG":
-            # DCT-domain downscale to the smallest scale still >= the target: 8x faster on big photos.
+            # DCT-domain downscale to the smallest scale still >= the target: far faster on big photos
+            # (docs/full-resolution.md).
             im.draft("RGB", (width, height))
         im.load()
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
@@ -224,7 +225,8 @@ def build_cache(catalog: pd.DataFrame, height: int = 80, width: int = 60, worker
     mode = "r+" if resuming else "w+"
     row_bytes = height * width * 3
     # Pixels are written with pwrite, not through a memmap: written pages then stay in the page
-    # cache only, so the builder's resident memory does not grow with the dataset (8.9 GB at 299x224).
+    # cache only, so the builder's resident memory does not grow with the dataset (gigabytes at full
+    # resolution: docs/full-resolution.md).
     fd = os.open(folder / "images.u8", os.O_RDWR | os.O_CREAT | (0 if resuming else os.O_TRUNC), 0o644)
     os.ftruncate(fd, max(n, 1) * row_bytes)
     status = np.memmap(folder / "status.u8", dtype=np.uint8, mode=mode, shape=(max(n, 1),))

@@ -7,7 +7,7 @@ matrix per image that folds colour jitter and normalisation together. The random
 are made on the CPU generator (so a seed gives the same batch on every device) and reach
 the device as one small copy per batch. This replaces ``torch.utils.data.DataLoader`` and
 torchvision's per-image transforms on purpose: those run Python per item in worker processes,
-which bench/pipeline.py measures as 6-10x slower on this data (README, "Performance").
+which bench/pipeline.py measures as several times slower on this data (docs/performance.md).
 
     .venv/bin/python -c "import torch; from fashion_core.config import AugmentConfig; from fashion_core.data.loader import augment; print(augment(torch.zeros(4, 80, 60, 3, dtype=torch.uint8), AugmentConfig()).shape)"
 """
@@ -93,7 +93,7 @@ def batches(data: TensorData, batch_size: int, shuffle: bool, generator: torch.G
 
 def _gather(t: torch.Tensor, idx: torch.Tensor, pinned: bool = False) -> torch.Tensor:
     """Rows ``idx`` of ``t``; into a pinned buffer when asked (torch's pinned-memory cache recycles it safely)."""
-    # index_select, not t[idx]: the same rows, about ten times faster for uint8 images on CPU.
+    # index_select, not t[idx]: the same rows, much faster for uint8 images on CPU (docs/performance.md).
     if not pinned:
         return t.index_select(0, idx)
     out = torch.empty((idx.shape[0], *t.shape[1:]), dtype=t.dtype, pin_memory=True)

@@ -3,7 +3,7 @@
 ``resolve_dataset(spec)`` returns the folder that holds ``styles.csv`` and ``images/``.
 Archives are extracted once, safely, into ``<cache>/extracted/<sha256[:16]>/``.
 
-    python -m fashion_core.data.sources ../shared/data/fashion-product-images-small.tar.gz
+    python -m fashion_core.data.sources /path/to/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 

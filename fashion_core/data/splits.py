@@ -14,7 +14,7 @@
   learnable, as a one-example class does under ``random`` (on the real data: 4 finetune classes,
   6 products, with 2016 held out).
 
-The result is the table DESIGN.md names: ``id,label,year,split,subset``.
+The result is the table docs/ARCHITECTURE.md ("Contracts") names: ``id,label,year,split,subset``.
 
     python -m fashion_core.data.splits /path/to/dataset
 """

@@ -16,7 +16,7 @@ study and the objective), ``run`` (``run_tune``, ``final_run``). Every public na
 from ``fashion_core.tuning`` as before.
 
     fashion tune --space focal_weights --profile quick --n-trials 30 --final \
-        --data ../shared/data/fashion-product-images-small.tar.gz
+        --data /path/to/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ names the commit.
 Test products enter only to be scored once at the end. Honoured keys: those of the metadata-only baseline
 (``fusion.*``, ``metadata.*``, ``loss.weights``, ``train.seed``) and the ``zeroshot`` section.
 
-    fashion finetune --technique zeroshot --profile quick --data ../shared/data/fashion-product-images-small.tar.gz
+    fashion finetune --technique zeroshot --profile quick --data /path/to/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 
