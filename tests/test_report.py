@@ -160,8 +160,10 @@ def test_every_per_class_number_equals_the_predictions(fake_runs, compared, tmp_
         trace = plotly_data(html_text, f"heatmap-{stage}")[0]
         assert trace["x"] == techniques
         evaluated = wide[(wide["n_train"] > 0) & (wide["n_test"] > 0)]
-        assert trace["y"] == [f"{c} ({a}/{b})" for c, a, b in zip(evaluated["class"], evaluated["n_train"],
-                                                                   evaluated["n_test"])]
+        # A class with fewer than 5 test images is starred, and each of its cells says how many it has.
+        assert trace["y"] == [f"{c} ({a}/{b})" + (" *" if b < 5 else "")
+                              for c, a, b in zip(evaluated["class"], evaluated["n_train"], evaluated["n_test"])]
+        assert trace["text"] == [[f"n={b}" if b < 5 else "" for _ in techniques] for b in evaluated["n_test"]]
         z = array(trace["z"])
         want = np.array([[means.loc[(stage, c, t), "top1"] for t in techniques] for c in evaluated["class"]])
         assert np.allclose(z, want)
