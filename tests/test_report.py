@@ -437,32 +437,40 @@ def test_cli_pair_and_ui_url(fake_runs, tmp_path):
     assert "pretrain: baseline, focal" in bad.output
 
 
-def test_gallery_from_the_image_cache(store, tmp_path, monkeypatch):
-    """A prepare run of the digest names an image cache: the confusions embed JPEG thumbnails from it."""
-    from fashion_core.data.cache import ImageCache  # noqa: F401  (the format written below)
-
+@pytest.fixture(scope="module")
+def gallery(store, tmp_path_factory):
+    """A report whose runs' digest has a prepare run naming a (hand-made) image cache."""
+    root = tmp_path_factory.mktemp("gallery")
     n = sum(PRE_TEST_N)
-    folder = tmp_path / "images" / "k_8x6"
+    folder = root / "images" / "k_8x6"
     folder.mkdir(parents=True)
     imgs = np.zeros((n, 8, 6, 3), np.uint8)
     imgs[..., 0] = np.arange(n)[:, None, None] * 3  # a different red per product
-    imgs.tofile(folder / "images.u8")
+    imgs.tofile(folder / "images.u8")  # the ImageCache layout: N x H x W x 3 uint8, index, errors, meta
     pd.DataFrame({"id": np.arange(n), "row": np.arange(n)}).to_parquet(folder / "index.parquet")
     (folder / "errors.json").write_text("{}")
     (folder / "meta.json").write_text(json.dumps({"height": 8, "width": 6, "n": n, "complete": True}))
     log_fake_run("pretrain", "seen", 0, 0.5, experiment="gallery", digest="digest-g")
+    log_fake_run("pretrain", "other", 0, 0.6, experiment="gallery", digest="digest-g")
     tracking.set_experiment("gallery")
     with tracking.start_run("prepare", "prepare", "digest-g", tags={"cache_folder": str(folder)}):
         pass
-    res = run_compare(experiment="gallery", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    res = run_compare(experiment="gallery", grid="none", out=root / "o", log_run=False, log=lambda m: None)
+    return res, folder
+
+
+def test_gallery_from_the_image_cache(gallery):
+    """A prepare run of the digest names an image cache: the confusions embed JPEG thumbnails from it."""
+    import io
+
+    from PIL import Image
+
+    res, folder = gallery
     conf = res.tables.confusions["pretrain"]
     shown = [i for i in conf.loc[conf["rank"] <= 5, "examples"].explode()]
     assert shown and set(shown) == set(res.tables.thumbnails)
     uri = res.tables.thumbnails[shown[0]]
     assert uri.startswith("data:image/jpeg;base64,")
-    from PIL import Image
-    import io
-
     im = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
     assert im.size == (36, 48)  # 48 px high, the 6:8 aspect kept
     page = (res.out / "report.html").read_text()
@@ -483,7 +491,11 @@ window.addEventListener('unhandledrejection',function(e){window.__errors.push('r
 (function(){var ce=console.error;console.error=function(){window.__errors.push('console: '+
 Array.prototype.join.call(arguments,' '));ce.apply(console,arguments)}})();
 window.addEventListener('load',function(){setTimeout(function(){var p=document.createElement('pre');
-p.id='js-errors';p.textContent=JSON.stringify(window.__errors);document.body.appendChild(p)},500)});</script>"""
+p.id='js-errors';p.textContent=JSON.stringify(window.__errors);document.body.appendChild(p);
+var f=document.createElement('pre');f.id='page-facts';var im=document.images,ok=0;
+for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++}
+f.textContent=JSON.stringify({resources:performance.getEntriesByType('resource').map(function(r){return r.name}),
+images:im.length,images_ok:ok});document.body.appendChild(f)},500)});</script>"""
 
 
 def chromium() -> str | None:
@@ -505,6 +517,22 @@ def dump_dom(url: str, profile_dir: Path, budget_ms: int = 10000, timeout: int =
     return proc.stdout, proc.stderr
 
 
+def page_facts(dom: str) -> dict:
+    """What the page loaded after it ran: every resource it requested, its images and how many decoded."""
+    import html
+
+    m = re.search(r'<pre id="page-facts">(.*?)</pre>', dom, re.S)
+    assert m, "the page-facts probe did not run"
+    return json.loads(html.unescape(m.group(1)))
+
+
+def no_request_leaves(page: str) -> None:
+    """Nothing in the file asks for a network resource (links a reader may click are not requests)."""
+    assert not re.search(r'<script[^>]+src=', page), "the report must not load scripts from the network"
+    assert not re.search(r'<(img|link|iframe|source|video|audio)[^>]+(src|href)="(?!data:)', page)
+    assert not re.search(r'url\((?!data:)[^)]*\)|@import', page.split("<body>", 1)[0].split("<script")[0])
+
+
 def js_errors(dom: str, log: str) -> list[str]:
     """Errors collected in the page plus uncaught ones Chromium logged from the page's console."""
     m = re.search(r'<pre id="js-errors">(.*?)</pre>', dom, re.S)
@@ -519,11 +547,18 @@ def js_errors(dom: str, log: str) -> list[str]:
 @pytest.mark.skipif(chromium() is None, reason="needs Chromium (Debian package `chromium`)")
 def test_html_report_renders_offline_without_errors(compared, tmp_path):
     page = (compared.out / "report.html").read_text()
-    assert not re.search(r'<script[^>]+src=', page), "the report must not load scripts from the network"
+    no_request_leaves(page)
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("<head>", "<head>" + ERROR_COLLECTOR, 1))
     dom, log = dump_dom(probe.as_uri(), tmp_path / "chromium")
     assert js_errors(dom, log) == []
+    assert page_facts(dom)["resources"] == []  # the page requested nothing: no file, no network
+    # The new sections: the comparison in words and its table, the peers' protocols, confusions, per-class view.
+    assert "the best is focal" in dom and "the best is fusion" in dom and "indistinguishable" in dom
+    assert "peers: &gt;= 3 training" in dom or "peers: >= 3 training" in dom
+    assert dom.count('class="tbl conf"') == 4 and 'id="class-view-finetune-select"' in dom
+    assert re.search(r'<div data-class="[^"]+"( style="display: none;")?>', dom)
+    assert 'href="http://127.0.0.1:5000/#/experiments/' in dom
     for section in SECTIONS:
         assert f'<section id="{section}">' in dom, section
     for stage in ("pretrain", "finetune"):
@@ -532,3 +567,24 @@ def test_html_report_renders_offline_without_errors(compared, tmp_path):
             assert div, f"{fig}-{stage} was not drawn by plotly"
     assert dom.count('class="main-svg"') >= 12  # two SVG layers per drawn figure
     assert "Perfume" in dom and "test-only" in dom  # the not-evaluated list
+    # The few-shot curve's log axis is labelled 1, 2, 5, 10, 20, ... (not plotly's "8 9 1 2 3").
+    ticks = re.findall(r'<text[^>]*class="xtick"[^>]*>.*?>([^<]+)</text>', dom)
+    assert ticks or "xtick" in dom
+    layout = json.loads(re.search(r'"few-shot-pretrain",\s*\[.*?\],\s*(\{.*?"xaxis".*?\})\s*,\s*\{"displaylogo"',
+                                  page, re.S).group(1))
+    assert layout["xaxis"]["tickvals"][:4] == [1, 2, 5, 10] and layout["xaxis"]["ticktext"][:4] == ["1", "2", "5", "10"]
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Chromium (Debian package `chromium`)")
+def test_gallery_renders_offline(gallery, tmp_path):
+    """The thumbnails are inside the file: Chromium decodes every one and requests nothing."""
+    res, _ = gallery
+    page = (res.out / "report.html").read_text()
+    no_request_leaves(page)
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", "<head>" + ERROR_COLLECTOR, 1))
+    dom, log = dump_dom(probe.as_uri(), tmp_path / "chromium")
+    assert js_errors(dom, log) == []
+    facts = page_facts(dom)
+    assert facts["resources"] == [] and facts["images"] == page.count("<img ") >= len(res.tables.thumbnails) > 0
+    assert facts["images_ok"] == facts["images"]
