@@ -406,6 +406,9 @@ def test_confusions_class_view_links_and_pairs(fake_runs, compared, tmp_path):
     assert top["share"] == pytest.approx(top["count"] / n_class)
     ex = [str(i) for i in top["examples"]]
     assert ex and set(ex) <= set(wrong.loc[(wrong["label"] == top["true"]) & (wrong["pred1"] == top["pred"]), "id"])
+    # A test-only class (no training image) is a mistake no model without zero-shot can avoid: not listed.
+    assert "Perfume" not in set(res.tables.confusions["finetune"]["true"])
+    assert "Perfume" not in set(res.tables.class_view["finetune"]["class"])
     view = res.tables.class_view["pretrain"].set_index(["class", "technique"])
     v = view.loc[("Shirts", "focal")]
     assert v["n_test"] == 25 and v["top1_lo"] <= v["top1"] <= v["top1_hi"]
@@ -413,7 +416,7 @@ def test_confusions_class_view_links_and_pairs(fake_runs, compared, tmp_path):
     assert (v["top1_lo"], v["top1_hi"]) == pytest.approx((lo, hi))
     page = (res.out / "report.html").read_text()
     run_id = fake_runs[("pretrain", "focal", 0)]
-    assert f'href="http://127.0.0.1:5000/#/experiments/' in page and f"/runs/{run_id}\">{run_id}</a>" in page
+    assert 'href="http://127.0.0.1:5000/#/experiments/' in page and f"/runs/{run_id}\">{run_id}</a>" in page
     assert "No example images" in page  # the fake runs name no dataset folder or image cache
     assert 'id="class-view-pretrain-select"' in page
 
@@ -556,7 +559,9 @@ def test_html_report_renders_offline_without_errors(compared, tmp_path):
     # The new sections: the comparison in words and its table, the peers' protocols, confusions, per-class view.
     assert "the best is focal" in dom and "the best is fusion" in dom and "indistinguishable" in dom
     assert "peers: &gt;= 3 training" in dom or "peers: >= 3 training" in dom
-    assert dom.count('class="tbl conf"') == 4 and 'id="class-view-finetune-select"' in dom
+    confusions = dom.split('<section id="confusions">')[1].split("</section>")[0]
+    assert confusions.count("<h4>") == 4 and 'class="tbl conf"' in confusions  # a block per technique
+    assert 'id="class-view-finetune-select"' in dom
     assert re.search(r'<div data-class="[^"]+"( style="display: none;")?>', dom)
     assert 'href="http://127.0.0.1:5000/#/experiments/' in dom
     for section in SECTIONS:

@@ -156,6 +156,14 @@ def protocol_table(evals: Sequence, order: Sequence[str]) -> pd.DataFrame:
                                       "test_informed"])
 
 
+def scored_classes(e) -> set:
+    """The classes a run is scored on: those with training and test images, and for a zero-shot run every
+    class with test images (a test-only class is a mistake no other model can avoid, so it is left out)."""
+    t = e.per_class
+    keep = (t["n_test"] > 0) & ((t["n_train"] > 0) | bool(e.zero_shot))
+    return set(t.loc[keep, "class"].astype(str))
+
+
 def confusions(evals: Sequence, order: Sequence[str], n_top: int = N_CONFUSIONS,
                n_examples: int = N_EXAMPLES) -> pd.DataFrame:
     """Each row's most frequent top-1 mistakes: true -> predicted, mistakes per seed, share of the class.
@@ -169,7 +177,7 @@ def confusions(evals: Sequence, order: Sequence[str], n_top: int = N_CONFUSIONS,
         wrong = []
         for e in es:
             p = e.preds
-            w = p[p["label"].astype(str) != p["pred1"].astype(str)]
+            w = p[(p["label"].astype(str) != p["pred1"].astype(str)) & p["label"].astype(str).isin(scored_classes(e))]
             wrong.append(w.assign(seed=e.seed))
         if not wrong:
             continue
@@ -191,12 +199,14 @@ def class_view(wide: pd.DataFrame, order: Sequence[str], evals: Sequence) -> pd.
     """Long table for the per-class view: class x technique with Top-1, its Wilson interval, Top-5, the most
     frequent confusion of that class for that technique, n_train / n_test."""
     rows = wide[wide["n_test"] > 0]
+    scored: dict[str, set] = {}
     first = {}  # (technique, class) -> "pred (count)" of the most frequent mistake, over all the row's seeds
     for t in order:
         es = [e for e in evals if e.technique == t]
-        frames = [e.preds for e in es]
+        frames = [e.preds[e.preds["label"].astype(str).isin(scored_classes(e))] for e in es]
         if not frames:
             continue
+        scored[t] = set.union(*(scored_classes(e) for e in es))
         p = pd.concat(frames, ignore_index=True)
         w = p[p["label"].astype(str) != p["pred1"].astype(str)]
         top = w.groupby([w["label"].astype(str), w["pred1"].astype(str)]).size()
@@ -207,7 +217,7 @@ def class_view(wide: pd.DataFrame, order: Sequence[str], evals: Sequence) -> pd.
         n = int(r["n_test"])
         for t in order:
             acc = r.get(f"{t} top1")
-            if acc is None or acc != acc:
+            if acc is None or acc != acc or r["class"] not in scored.get(t, set()):
                 continue
             lo, hi = M.wilson_interval(acc * n, n)
             out.append({"class": r["class"], "n_train": int(r["n_train"]), "n_test": n, "technique": t,

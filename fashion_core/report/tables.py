@@ -184,7 +184,7 @@ def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None,
     all its runs (``stats.StageSample``): paired across seeds and across techniques. ``pairs`` adds
     paired comparisons of two rows each to those of every row against the stage's best.
     """
-    samples, row_reps = {}, {}
+    samples = {}
     for stage in dict.fromkeys(e.stage for e in evals):
         es = [e for e in evals if e.stage == stage]
         sample = samples[stage] = stage_sample(es, N_BOOT)
