@@ -220,15 +220,19 @@ def ensemble(runs, data, grid_run, seed):
               help="Local folder for report.html and the CSV/Markdown tables.")
 @click.option("--log-run/--no-log-run", default=True, show_default=True,
               help="Also log the report as the artifacts of a `stage=compare` run.")
+@click.option("--pair", multiple=True, metavar="A,B",
+              help="Also compare these two techniques of one stage, paired on the same test images (repeatable).")
+@click.option("--ui-url", default="http://127.0.0.1:5000", show_default=True,
+              help="MLflow UI address the report links run ids to ('' for plain ids).")
 @user_errors
-def compare(experiment, stage, grid_run, tag, out, log_run):
-    """Compare techniques per class: summary and per-class tables, an interactive HTML report."""
+def compare(experiment, stage, grid_run, tag, out, log_run, pair, ui_url):
+    """Compare techniques per class: summary, paired comparisons, confusions, an interactive HTML report."""
     from .config import parse_overrides
     from .report import STAGES, run_compare
 
     tags = {k: str(v) for k, v in parse_overrides(split_words(tag)).items()}
     run_compare(experiment or None, STAGES if stage == "all" else (stage,), grid_run or "latest", tags, out,
-                log_run=log_run, log=click.echo)
+                log_run=log_run, log=click.echo, pairs=pair, ui_url=ui_url)
 
 
 @main.command()

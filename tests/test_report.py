@@ -17,6 +17,7 @@ from fashion_core import metrics as M
 from fashion_core import tracking
 from fashion_core.report import (SECTIONS, CompareError, display_summary, find_runs, markdown_table, run_compare,
                                  shot_bin)
+from fashion_core.report.analysis import PEER_MIN_TEST, PEER_MIN_TRAIN
 
 # "NA" must stay a class name (not a missing value); "Sarees" has no test image; "Perfume" is test-only.
 PRETRAIN = ["NA", "Shirts", "Tshirts", "Watches", "Sarees"]
@@ -51,12 +52,16 @@ def fake_eval(classes, n_train, n_test, skill, seed, test_only=None):
 
 
 def log_fake_run(stage, technique, seed, skill, digest="digest-a", leaky=False, tags=None, corrupt=False,
-                 experiment="fake-data", config=None):
-    """A FINISHED run with ``eval/per_class.csv`` and ``eval/predictions.csv``, as run_stage logs them."""
+                 experiment="fake-data", config=None, draw=None):
+    """A FINISHED run with ``eval/per_class.csv`` and ``eval/predictions.csv``, as run_stage logs them.
+
+    ``draw`` seeds the fake predictions (default: ``seed``): equal draws give identical predictions.
+    """
+    draw = seed if draw is None else draw
     if stage == "pretrain":
-        table, preds = fake_eval(PRETRAIN, PRE_TRAIN_N, PRE_TEST_N, skill, seed)
+        table, preds = fake_eval(PRETRAIN, PRE_TRAIN_N, PRE_TEST_N, skill, draw)
     else:
-        table, preds = fake_eval(FINETUNE, FT_TRAIN_N, FT_TEST_N, skill, seed, TEST_ONLY)
+        table, preds = fake_eval(FINETUNE, FT_TRAIN_N, FT_TEST_N, skill, draw, TEST_ONLY)
     if corrupt:  # a per_class.csv that disagrees with its predictions: the report must trust the predictions
         table.loc[1, "top1"] = 0.123
     tracking.set_experiment(experiment)
@@ -160,8 +165,10 @@ def test_every_per_class_number_equals_the_predictions(fake_runs, compared, tmp_
         trace = plotly_data(html_text, f"heatmap-{stage}")[0]
         assert trace["x"] == techniques
         evaluated = wide[(wide["n_train"] > 0) & (wide["n_test"] > 0)]
-        assert trace["y"] == [f"{c} ({a}/{b})" for c, a, b in zip(evaluated["class"], evaluated["n_train"],
-                                                                   evaluated["n_test"])]
+        # A class with fewer than 5 test images is starred, and each of its cells says how many it has.
+        assert trace["y"] == [f"{c} ({a}/{b})" + (" *" if b < 5 else "")
+                              for c, a, b in zip(evaluated["class"], evaluated["n_train"], evaluated["n_test"])]
+        assert trace["text"] == [[f"n={b}" if b < 5 else "" for _ in techniques] for b in evaluated["n_test"]]
         z = array(trace["z"])
         want = np.array([[means.loc[(stage, c, t), "top1"] for t in techniques] for c in evaluated["class"]])
         assert np.allclose(z, want)
@@ -315,6 +322,166 @@ def test_markdown_and_bins():
         ["1-2", "1-2", "3-5", "3-5", "6-10", "11-20", "21-50", "51-100", "101-500", "501+", "501+"]
 
 
+def test_identical_seeds_give_one_seeds_interval_in_compare(store, tmp_path):
+    """Three seeds with the same predictions: one row whose interval is the one seed's (paired resampling)."""
+    for seed in (0, 1, 2):
+        log_fake_run("pretrain", "triple", seed, 0.6, experiment="identical", draw=7)
+    single = log_fake_run("pretrain", "single", 0, 0.6, experiment="identical", draw=7)
+    res = run_compare(experiment="identical", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    summ = res.tables.summary["pretrain"].set_index("technique")
+    assert summ.loc["triple", "n_seeds"] == 3
+    runs = res.tables.runs.set_index("run_id")
+    for m in ("top1", "top5"):
+        one = (runs.loc[single, f"{m}_lo"], runs.loc[single, f"{m}_hi"])
+        assert (summ.loc["triple", f"{m}_lo"], summ.loc["triple", f"{m}_hi"]) == pytest.approx(one, abs=1e-12)
+        assert (summ.loc["single", f"{m}_lo"], summ.loc["single", f"{m}_hi"]) == pytest.approx(one, abs=1e-12)
+    # The same predictions as another technique: a difference of exactly 0, an interval holding 0.
+    pairs = res.tables.paired["pretrain"]
+    assert len(pairs) == 1 and {pairs["a"].iloc[0], pairs["b"].iloc[0]} == {"single", "triple"}
+    pair = pairs.iloc[0]
+    assert pair["diff"] == 0 and pair["diff_lo"] <= 0 <= pair["diff_hi"] and pair["indistinguishable"]
+    assert pair["n_better"] == pair["n_worse"] == 0
+    assert "Indistinguishable from it" in res.tables.paired_text["pretrain"]
+
+
+def test_ensemble_seeds_are_one_row(store, tmp_path):
+    """Ensemble seeds log other member run ids each: still one configuration, one row of three seeds."""
+    for seed in (0, 1, 2):
+        members = [f"{seed:032x}", f"{seed + 50:032x}"]
+        log_fake_run("finetune", "finetune+meta_only", seed, 0.7, experiment="ensembles",
+                     config={"ensemble": {"members": members, "weights": [0.5, 1.0]}, "data": {"top_k": 20}})
+    res = run_compare(experiment="ensembles", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    summ = res.tables.summary["finetune"]
+    assert list(summ["technique"]) == ["finetune+meta_only"] and summ["seeds"].iloc[0] == "0,1,2"
+
+
+def test_reads_on_test_test_informed_and_peer_protocols(store, tmp_path):
+    def run(technique, seed, skill, **tags):
+        return log_fake_run("pretrain", technique, seed, skill, experiment="marks", tags=tags)
+
+    run("honest", 0, 0.6, configs_read_on_test=1)
+    run("honest", 1, 0.6, configs_read_on_test=3)
+    run("peeked", 0, 0.95, test_informed="true")
+    run("plain", 0, 0.3)
+    res = run_compare(experiment="marks", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    summ = res.tables.summary["pretrain"]
+    assert summ["technique"].iloc[0] == "peeked"  # ranked first, but never the reference
+    shown = display_summary(summ).set_index("technique")
+    assert shown.loc["honest", "configurations read on test"] == "3"  # the max over the row's runs
+    assert shown.loc["plain", "configurations read on test"] == "\u2014"
+    assert shown.loc["peeked", "test-informed"] == "test-informed" and shown.loc["honest", "test-informed"] == ""
+    pairs = res.tables.paired["pretrain"]
+    assert set(pairs["b"]) == {"honest"} and set(pairs["a"]) == {"peeked", "plain"}
+    words = res.tables.paired_text["pretrain"]
+    assert words.startswith("pretrain: the best is honest") and "peeked (test-informed)" in words
+    # Peers' protocol: classes with >= 3 training (train + validation) and >= 2 test images, by hand.
+    prot = res.tables.protocols["pretrain"].set_index("technique")
+    pcr = res.tables.per_class_runs
+    one = pcr[pcr["technique"] == "plain"].merge(
+        pd.DataFrame({"class": PRETRAIN, "n_val": 1}), on="class", suffixes=("", "_x"))
+    peer = one[(one["n_train"] + one["n_val"] >= PEER_MIN_TRAIN) & (one["n_test"] >= PEER_MIN_TEST)]
+    assert prot.loc["plain", "peers"] == pytest.approx(peer["top1"].mean())
+    assert prot.loc["plain", "peers_classes"] == len(peer) == 4
+    assert prot.loc["plain", "ours"] == pytest.approx(summ.set_index("technique").loc["plain", "top1_mean"])
+    assert bool(prot.loc["peeked", "test_informed"])
+    html_text = (res.out / "report.html").read_text()
+    assert "test-informed" in html_text and "Elias Vansteenkiste" in html_text
+
+
+def test_confusions_class_view_links_and_pairs(fake_runs, compared, tmp_path):
+    res = compared
+    conf = res.tables.confusions["pretrain"]
+    # Recount focal's mistakes by hand over its two seeds.
+    frames = [pd.read_csv(tracking.download_artifact(fake_runs[("pretrain", "focal", s)], "eval/predictions.csv",
+                                                     tmp_path / f"f{s}"), dtype=str, keep_default_na=False)
+              for s in (0, 1)]
+    both = pd.concat(frames)
+    wrong = both[both["label"] != both["pred1"]]
+    counts = wrong.groupby(["label", "pred1"]).size().sort_values(ascending=False, kind="stable")
+    mine = conf[conf["technique"] == "focal"]
+    assert len(mine) == min(10, len(counts))
+    top = mine.iloc[0]
+    assert top["count"] == counts.iloc[0] / 2 and top["count"] == counts.max() / 2
+    n_class = (frames[0]["label"] == top["true"]).sum()
+    assert top["share"] == pytest.approx(top["count"] / n_class)
+    ex = [str(i) for i in top["examples"]]
+    assert ex and set(ex) <= set(wrong.loc[(wrong["label"] == top["true"]) & (wrong["pred1"] == top["pred"]), "id"])
+    # A test-only class (no training image) is a mistake no model without zero-shot can avoid: not listed.
+    assert "Perfume" not in set(res.tables.confusions["finetune"]["true"])
+    assert "Perfume" not in set(res.tables.class_view["finetune"]["class"])
+    view = res.tables.class_view["pretrain"].set_index(["class", "technique"])
+    v = view.loc[("Shirts", "focal")]
+    assert v["n_test"] == 25 and v["top1_lo"] <= v["top1"] <= v["top1_hi"]
+    lo, hi = M.wilson_interval(v["top1"] * 25, 25)
+    assert (v["top1_lo"], v["top1_hi"]) == pytest.approx((lo, hi))
+    page = (res.out / "report.html").read_text()
+    run_id = fake_runs[("pretrain", "focal", 0)]
+    assert 'href="http://127.0.0.1:5000/#/experiments/' in page and f"/runs/{run_id}\">{run_id}</a>" in page
+    assert "No example images" in page  # the fake runs name no dataset folder or image cache
+    assert 'id="class-view-pretrain-select"' in page
+
+
+def test_cli_pair_and_ui_url(fake_runs, tmp_path):
+    from click.testing import CliRunner
+
+    from fashion_core.cli import main
+
+    r = CliRunner().invoke(main, ["compare", "--experiment", "fake-data", "--grid", "none", "--out", str(tmp_path / "o"),
+                                  "--no-log-run", "--pair", "ncm,fusion", "--ui-url", ""])
+    assert r.exit_code == 0, r.output
+    pairs = pd.read_csv(tmp_path / "o" / "paired_finetune.csv")
+    assert ((pairs["a"] == "ncm") & (pairs["b"] == "fusion") & (pairs["kind"] == "requested")).any() or \
+        ((pairs["a"] == "ncm") & (pairs["b"] == "fusion")).any()
+    assert "finetune: the best is fusion" in r.output
+    assert "<a href=" not in (tmp_path / "o" / "report.html").read_text().split('id="runs"')[1]
+    bad = CliRunner().invoke(main, ["compare", "--experiment", "fake-data", "--grid", "none", "--no-log-run",
+                                    "--out", str(tmp_path / "p"), "--pair", "ncm,focal"])
+    assert bad.exit_code == 2 and "--pair ncm,focal: not two techniques of one stage" in bad.output
+    assert "pretrain: baseline, focal" in bad.output
+
+
+@pytest.fixture(scope="module")
+def gallery(store, tmp_path_factory):
+    """A report whose runs' digest has a prepare run naming a (hand-made) image cache."""
+    root = tmp_path_factory.mktemp("gallery")
+    n = sum(PRE_TEST_N)
+    folder = root / "images" / "k_8x6"
+    folder.mkdir(parents=True)
+    imgs = np.zeros((n, 8, 6, 3), np.uint8)
+    imgs[..., 0] = np.arange(n)[:, None, None] * 3  # a different red per product
+    imgs.tofile(folder / "images.u8")  # the ImageCache layout: N x H x W x 3 uint8, index, errors, meta
+    pd.DataFrame({"id": np.arange(n), "row": np.arange(n)}).to_parquet(folder / "index.parquet")
+    (folder / "errors.json").write_text("{}")
+    (folder / "meta.json").write_text(json.dumps({"height": 8, "width": 6, "n": n, "complete": True}))
+    log_fake_run("pretrain", "seen", 0, 0.5, experiment="gallery", digest="digest-g")
+    log_fake_run("pretrain", "other", 0, 0.6, experiment="gallery", digest="digest-g")
+    tracking.set_experiment("gallery")
+    with tracking.start_run("prepare", "prepare", "digest-g", tags={"cache_folder": str(folder)}):
+        pass
+    res = run_compare(experiment="gallery", grid="none", out=root / "o", log_run=False, log=lambda m: None)
+    return res, folder
+
+
+def test_gallery_from_the_image_cache(gallery):
+    """A prepare run of the digest names an image cache: the confusions embed JPEG thumbnails from it."""
+    import io
+
+    from PIL import Image
+
+    res, folder = gallery
+    conf = res.tables.confusions["pretrain"]
+    shown = [i for i in conf.loc[conf["rank"] <= 5, "examples"].explode()]
+    assert shown and set(shown) == set(res.tables.thumbnails)
+    uri = res.tables.thumbnails[shown[0]]
+    assert uri.startswith("data:image/jpeg;base64,")
+    im = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert im.size == (36, 48)  # 48 px high, the 6:8 aspect kept
+    page = (res.out / "report.html").read_text()
+    assert page.count('<img src="data:image/jpeg;base64,') == sum(
+        len(e) for e in conf.loc[conf["rank"] <= 5, "examples"])
+    assert f"image cache {folder}" in page
+
+
 # ---------------------------------------------------------------- headless Chromium
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -327,7 +494,11 @@ window.addEventListener('unhandledrejection',function(e){window.__errors.push('r
 (function(){var ce=console.error;console.error=function(){window.__errors.push('console: '+
 Array.prototype.join.call(arguments,' '));ce.apply(console,arguments)}})();
 window.addEventListener('load',function(){setTimeout(function(){var p=document.createElement('pre');
-p.id='js-errors';p.textContent=JSON.stringify(window.__errors);document.body.appendChild(p)},500)});</script>"""
+p.id='js-errors';p.textContent=JSON.stringify(window.__errors);document.body.appendChild(p);
+var f=document.createElement('pre');f.id='page-facts';var im=document.images,ok=0;
+for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++}
+f.textContent=JSON.stringify({resources:performance.getEntriesByType('resource').map(function(r){return r.name}),
+images:im.length,images_ok:ok});document.body.appendChild(f)},500)});</script>"""
 
 
 def chromium() -> str | None:
@@ -349,6 +520,22 @@ def dump_dom(url: str, profile_dir: Path, budget_ms: int = 10000, timeout: int =
     return proc.stdout, proc.stderr
 
 
+def page_facts(dom: str) -> dict:
+    """What the page loaded after it ran: every resource it requested, its images and how many decoded."""
+    import html
+
+    m = re.search(r'<pre id="page-facts">(.*?)</pre>', dom, re.S)
+    assert m, "the page-facts probe did not run"
+    return json.loads(html.unescape(m.group(1)))
+
+
+def no_request_leaves(page: str) -> None:
+    """Nothing in the file asks for a network resource (links a reader may click are not requests)."""
+    assert not re.search(r'<script[^>]+src=', page), "the report must not load scripts from the network"
+    assert not re.search(r'<(img|link|iframe|source|video|audio)[^>]+(src|href)="(?!data:)', page)
+    assert not re.search(r'url\((?!data:)[^)]*\)|@import', page.split("<body>", 1)[0].split("<script")[0])
+
+
 def js_errors(dom: str, log: str) -> list[str]:
     """Errors collected in the page plus uncaught ones Chromium logged from the page's console."""
     m = re.search(r'<pre id="js-errors">(.*?)</pre>', dom, re.S)
@@ -363,11 +550,20 @@ def js_errors(dom: str, log: str) -> list[str]:
 @pytest.mark.skipif(chromium() is None, reason="needs Chromium (Debian package `chromium`)")
 def test_html_report_renders_offline_without_errors(compared, tmp_path):
     page = (compared.out / "report.html").read_text()
-    assert not re.search(r'<script[^>]+src=', page), "the report must not load scripts from the network"
+    no_request_leaves(page)
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("<head>", "<head>" + ERROR_COLLECTOR, 1))
     dom, log = dump_dom(probe.as_uri(), tmp_path / "chromium")
     assert js_errors(dom, log) == []
+    assert page_facts(dom)["resources"] == []  # the page requested nothing: no file, no network
+    # The new sections: the comparison in words and its table, the peers' protocols, confusions, per-class view.
+    assert "the best is focal" in dom and "the best is fusion" in dom and "indistinguishable" in dom
+    assert "peers: &gt;= 3 training" in dom or "peers: >= 3 training" in dom
+    confusions = dom.split('<section id="confusions">')[1].split("</section>")[0]
+    assert confusions.count("<h4>") == 4 and 'class="tbl conf"' in confusions  # a block per technique
+    assert 'id="class-view-finetune-select"' in dom
+    assert re.search(r'<div data-class="[^"]+"( style="display: none;")?>', dom)
+    assert 'href="http://127.0.0.1:5000/#/experiments/' in dom
     for section in SECTIONS:
         assert f'<section id="{section}">' in dom, section
     for stage in ("pretrain", "finetune"):
@@ -376,3 +572,24 @@ def test_html_report_renders_offline_without_errors(compared, tmp_path):
             assert div, f"{fig}-{stage} was not drawn by plotly"
     assert dom.count('class="main-svg"') >= 12  # two SVG layers per drawn figure
     assert "Perfume" in dom and "test-only" in dom  # the not-evaluated list
+    # The few-shot curve's log axis is labelled 1, 2, 5, 10, 20, ... (not plotly's "8 9 1 2 3").
+    ticks = re.findall(r'<text[^>]*class="xtick"[^>]*>.*?>([^<]+)</text>', dom)
+    assert ticks or "xtick" in dom
+    layout = json.loads(re.search(r'"few-shot-pretrain",\s*\[.*?\],\s*(\{.*?"xaxis".*?\})\s*,\s*\{"displaylogo"',
+                                  page, re.S).group(1))
+    assert layout["xaxis"]["tickvals"][:4] == [1, 2, 5, 10] and layout["xaxis"]["ticktext"][:4] == ["1", "2", "5", "10"]
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Chromium (Debian package `chromium`)")
+def test_gallery_renders_offline(gallery, tmp_path):
+    """The thumbnails are inside the file: Chromium decodes every one and requests nothing."""
+    res, _ = gallery
+    page = (res.out / "report.html").read_text()
+    no_request_leaves(page)
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", "<head>" + ERROR_COLLECTOR, 1))
+    dom, log = dump_dom(probe.as_uri(), tmp_path / "chromium")
+    assert js_errors(dom, log) == []
+    facts = page_facts(dom)
+    assert facts["resources"] == [] and facts["images"] == page.count("<img ") >= len(res.tables.thumbnails) > 0
+    assert facts["images_ok"] == facts["images"]

@@ -6,10 +6,15 @@ recomputes every per-class number from ``eval/predictions.csv`` (and counts any 
 with ``eval/per_class.csv``), and writes, per stage:
 
 - a summary table: technique x class-mean Top-1/Top-5 (mean over seeds ± std, and a 95 %
-  interval of that mean from a bootstrap over seeds and test images), the lowest and highest
+  interval of that mean from a bootstrap over seeds and the stage's shared test images), the lowest and highest
   seed, micro accuracy, classes evaluated, seeds, classes won, the model's inputs
-  (image / metadata / image+metadata) and the leaky flag; runs of one technique with different
+  (image / metadata / image+metadata), the leaky flag, configurations read on test and the
+  test-informed mark; runs of one technique with different
   configurations (e.g. an epochs override) are separate rows, ``technique [key=value]``;
+- paired comparisons: each technique against the stage's best (and ``--pair A,B``) on the same test
+  images, with probability of improvement and per-class exact McNemar tests (Holm), summed up in words;
+- the class-mean under the peers' protocols; each technique's most frequent confusions with example
+  thumbnails from the image cache; a per-class view with Wilson intervals;
 - a per-class table: class x technique Top-1/Top-5 with ``n_train`` and ``n_test``;
 - an interactive HTML report (plotly.js embedded, opens offline): per-class heatmap,
   class-mean bars with error bars, accuracy against training examples (the few-shot curve),
@@ -18,8 +23,11 @@ with ``eval/per_class.csv``), and writes, per stage:
 as CSV and Markdown too, into a local folder and as the artifacts of a ``stage=compare`` run.
 
 The package, one module per step, each importing only those before it: ``runs`` (which runs),
-``tables`` (one run's evaluation and the report's tables), ``figures``, ``render`` (HTML, Markdown,
-CSV), ``compare`` (``run_compare``). Every public name is importable from ``fashion_core.report``.
+``marks`` (test-informed rows), ``stats`` (paired bootstrap, McNemar, Holm), ``analysis`` (paired
+comparisons, protocols, confusions), ``tables`` (one run's evaluation and the report's tables),
+``figures``, ``images`` (thumbnails), ``render`` (HTML, Markdown, CSV), ``compare`` (``run_compare``).
+docs/report-statistics.md says how each figure is computed. Every public name is importable from
+``fashion_core.report``.
 
     fashion compare --out reports/compare
 """
@@ -30,6 +38,7 @@ from .runs import (NOT_CONFIG, PER_CLASS_ARTIFACT, PREDICTIONS_ARTIFACT, STAGES,
 from .tables import (GZSL_COLUMNS, N_BOOT, SHOT_EDGES, RunEval, Tables, build_tables,  # noqa: F401
                      class_mean_interval, class_mean_replicates, display_summary, evaluate_run, few_shot_table,
                      markdown_table, run_inputs, shot_bin)
+from .stats import StageSample, compare_pair, exact_sign_test, holm, seed_mean_interval  # noqa: F401
 from .figures import class_mean_figure, few_shot_figure, heatmap_figure  # noqa: F401
 from .render import SECTIONS, report_html, report_markdown, write_report  # noqa: F401
 from .compare import CompareResult, run_compare  # noqa: F401

@@ -9,8 +9,10 @@ from typing import Mapping, Sequence
 
 from .. import tracking
 from ..tracking import tracking_uri
-from .render import report_markdown, write_report
-from .runs import STAGES, Scope, find_runs
+from .analysis import N_GALLERY_PAIRS, split_pair, unknown_pairs
+from .images import find_image_cache, thumbnails
+from .render import UI_URL, report_markdown, write_report
+from .runs import STAGES, CompareError, Scope, find_runs
 from .tables import Tables, build_tables, display_summary, evaluate_run, markdown_table
 
 
@@ -29,18 +31,25 @@ class CompareResult:
 
 def run_compare(experiment: str | None = None, stages: Sequence[str] = STAGES, grid: str | None = "latest",
                 tags: Mapping[str, str] | None = None, out: str | Path = "reports/compare", log_run: bool = True,
-                log=print) -> CompareResult:
+                log=print, pairs: Sequence[str] = (), ui_url: str = UI_URL, images: bool = True) -> CompareResult:
     """Build the report of the selected runs, write it to ``out`` and log it as a ``stage=compare`` run.
 
     Args:
         experiment, stages, grid, tags: the run filters of :func:`find_runs`.
         out: local folder for report.html, the CSV and Markdown files.
         log_run: also log the files as artifacts (``report/``) of a ``stage=compare`` run.
+        pairs: extra paired comparisons, each ``"A,B"`` (two row names of one stage, as the summary shows them).
+        ui_url: the MLflow UI's address, for links from run ids ('' for none).
+        images: embed example images of mistakes from the runs' image cache when it is on this machine.
 
     Returns:
         A :class:`CompareResult`.
     """
     t0 = time.perf_counter()
+    try:
+        wanted = [split_pair(p) for p in pairs]
+    except ValueError as e:
+        raise CompareError(str(e)) from None
     tracking._quiet_mlflow()  # no progress bar per downloaded artifact
     scope = find_runs(experiment, stages, grid, tags)
     log(f"comparing {len(scope.runs)} runs of experiment {scope.experiment_name!r}"
@@ -52,13 +61,28 @@ def run_compare(experiment: str | None = None, stages: Sequence[str] = STAGES, g
     for e in bad:
         log(f"warning: run {e.run_id} ({e.run_name}): {e.n_mismatch} classes of eval/per_class.csv differ from "
             "eval/predictions.csv; the report uses the predictions")
-    tables = build_tables(evals, scope.left_out)
+    names = {}
+    for e in evals:
+        names.setdefault(e.stage, set()).add(e.technique)
+    missing = unknown_pairs(wanted, names)
+    if missing:
+        raise CompareError(f"--pair {missing[0]}: not two techniques of one stage; choose from: "
+                           + "; ".join(f"{s}: {', '.join(sorted(n))}" for s, n in names.items()))
+    tables = build_tables(evals, scope.left_out, pairs=wanted)
+    if images:
+        cache, tables.images_note = find_image_cache(scope.runs, scope.dataset_digest)
+        if cache is not None:
+            ids = [i for conf in tables.confusions.values()
+                   for i in conf.loc[conf["rank"] <= N_GALLERY_PAIRS, "examples"].explode().dropna()]
+            tables.thumbnails = thumbnails(cache, ids)
+    else:
+        tables.images_note = "No example images (not asked for)."
     scope_text = (f"Experiment {scope.experiment_name!r} ({tracking_uri()}), "
                   + (f"grid run {scope.grid_run_id}, " if scope.grid_run_id else "all runs, ")
                   + f"dataset digest {scope.dataset_digest}, {len(evals)} runs"
                   + (f", filtered by tags {dict(tags)}" if tags else "")
                   + f"; built {time.strftime('%Y-%m-%d %H:%M:%S')}.")
-    files = write_report(tables, out, scope_text)
+    files = write_report(tables, out, scope_text, ui_url=ui_url)
     run_id = None
     if log_run:
         tracking.set_experiment(scope.experiment_name)
@@ -75,4 +99,6 @@ def run_compare(experiment: str | None = None, stages: Sequence[str] = STAGES, g
     log(f"report: {Path(out) / 'report.html'}" + (f" (compare run {run_id})" if run_id else ""))
     for stage, summ in tables.summary.items():
         log(f"\n{stage}:\n" + markdown_table(display_summary(summ)))
+        if tables.paired_text.get(stage):
+            log(tables.paired_text[stage])
     return CompareResult(tables=tables, out=Path(out), files=files, run_id=run_id, scope=scope)

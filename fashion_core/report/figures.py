@@ -6,6 +6,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .analysis import FEW_TEST
 from .tables import few_shot_table
 
 
@@ -18,15 +19,20 @@ def heatmap_figure(wide: pd.DataFrame, techniques: Sequence[str], stage: str):
     rows = wide[(wide["n_train"] > 0) & (wide["n_test"] > 0)]
     z = rows[[f"{t} top1" for t in techniques]].to_numpy(dtype=float)
     z5 = rows[[f"{t} top5" for t in techniques]].to_numpy(dtype=float)
-    labels = [f"{c} ({a}/{b})" for c, a, b in zip(rows["class"], rows["n_train"], rows["n_test"])]
+    # A class scored on fewer than FEW_TEST images is starred and its cells say how many: 1/1 is not 100 %.
+    labels = [f"{c} ({a}/{b})" + (" *" if b < FEW_TEST else "")
+              for c, a, b in zip(rows["class"], rows["n_train"], rows["n_test"])]
     custom = np.dstack([z5, np.repeat(rows[["n_train"]].to_numpy(), len(techniques), axis=1),
                         np.repeat(rows[["n_test"]].to_numpy(), len(techniques), axis=1)])
+    text = [[f"n={b}" if b < FEW_TEST else "" for _ in techniques] for b in rows["n_test"]]
     fig = go.Figure(go.Heatmap(
         z=z, x=list(techniques), y=labels, customdata=custom, colorscale="Viridis", zmin=0, zmax=1,
+        text=text, texttemplate="%{text}", textfont=dict(color="red", size=11),
         colorbar=dict(title="Top-1"),
         hovertemplate="%{y}<br>%{x}<br>Top-1 %{z:.3f}<br>Top-5 %{customdata[0]:.3f}<br>"
                       "train %{customdata[1]} / test %{customdata[2]}<extra></extra>"))
-    fig.update_layout(title=f"{stage}: per-class Top-1 (class (n_train/n_test), most training images first)",
+    fig.update_layout(title=f"{stage}: per-class Top-1 (class (n_train/n_test), most training images first; "
+                            f"* and n=...: fewer than {FEW_TEST} test images)",
                       height=max(400, 16 * len(rows) + 200), width=max(600, 110 * len(techniques) + 400),
                       yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category", side="top"),
                       margin=dict(l=260))
@@ -80,8 +86,12 @@ def few_shot_figure(wide: pd.DataFrame, techniques: Sequence[str], stage: str):
                         legendgroup=t, showlegend=False, marker=dict(color=colour, size=5, opacity=0.35),
                         text=rows["class"], hovertemplate=f"{t}<br>%{{text}}: n_train %{{x}}, Top-1 %{{y:.3f}}"
                                                           "<extra></extra>")
+    # Explicit 1-2-5 ticks: plotly's own log ticks label the minor steps with their first digit ("8 9 1 2 ...").
+    top = max([1, *rows["n_train"].tolist()])
+    ticks = [m * 10 ** e for e in range(0, len(str(int(top))) + 1) for m in (1, 2, 5) if m * 10 ** e <= top * 2]
     fig.update_layout(title=f"{stage}: Top-1 against training images per class (lines: mean per bin "
                             f"{', '.join(dict.fromkeys(bins['bin']))}; dots: classes)",
-                      xaxis=dict(type="log", title="training images of the class (log)"),
+                      xaxis=dict(type="log", title="training images of the class (log)", tickmode="array",
+                                 tickvals=ticks, ticktext=[f"{t:,}" for t in ticks], minor=dict(showgrid=False)),
                       yaxis=dict(title="Top-1", range=[-0.02, 1.02]), height=520)
     return fig

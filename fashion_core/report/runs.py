@@ -1,6 +1,7 @@
 """Which runs a report covers: the experiment, the grid, the newest finished run per (stage, technique, seed)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -76,11 +77,14 @@ def _pick_experiment(client, experiment: str | None, grid: str | None):
 # Logged params that do not make another configuration of a technique: the seed (a row holds its seeds)
 # and the device (the tag ``device`` says where a run ran).
 NOT_CONFIG = ("train.seed", "train.device")
+# A param that names other runs (an ensemble's member run ids) differs with the seed those runs were trained
+# with, not with the configuration: three ensemble seeds are one configuration.
+RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 
 
 def run_config(run) -> dict[str, str]:
-    """A run's logged configuration (its params), less ``NOT_CONFIG``."""
-    return {k: v for k, v in run.data.params.items() if k not in NOT_CONFIG}
+    """A run's logged configuration (its params), less ``NOT_CONFIG`` and params that name run ids."""
+    return {k: v for k, v in run.data.params.items() if k not in NOT_CONFIG and not RUN_ID.search(str(v))}
 
 
 def same_config(a: Mapping[str, str], b: Mapping[str, str]) -> bool:

@@ -11,7 +11,11 @@ import pandas as pd
 
 from .. import metrics as M
 from .. import tracking
+from .marks import is_test_informed
 from .runs import PER_CLASS_ARTIFACT, PREDICTIONS_ARTIFACT, STAGES, _seed_of
+from .analysis import (class_view, confusions, paired_comparisons, paired_words, protocol_table, stage_rows,
+                       stage_sample)
+from .stats import seed_mean_interval
 
 
 N_BOOT = 1000
@@ -64,8 +68,12 @@ class RunEval:
     n_mismatch: int  # classes whose per_class.csv numbers differ from the predictions
     zero_shot: bool = False  # the run also predicts the classes without training images (tag zero_shot=true)
     config: str = ""  # what tells this run's config apart from other configs of its technique ('' if none)
-    # bootstrap replicates of the class-mean top-1 / top-5 over the run's test images (for the seed-mean interval)
+    # bootstrap replicates of the class-mean top-1 / top-5 on the stage's shared image resamples (build_tables)
     replicates: dict = field(default_factory=dict)
+    preds: pd.DataFrame | None = None  # eval/predictions.csv (paired statistics, confusions)
+    configs_read_on_test: int | None = None  # the run's tag: configurations of its technique read on test before
+    test_informed: bool = False  # tag test_informed=true, or the technique is listed in marks.TEST_INFORMED
+    experiment_id: str = ""
 
 
 def class_mean_replicates(per_class_classes: Sequence[str], evaluated: np.ndarray, preds: pd.DataFrame,
@@ -119,20 +127,23 @@ def evaluate_run(run, folder: str | Path, config: str = "") -> RunEval:
         b = table[col].to_numpy(dtype=float)[:len(stated)]
         same &= np.isclose(a, b, equal_nan=True)
     summ = M.summarize(table)
-    evaluated = (table["n_test"].to_numpy() > 0) & (table["n_train"].to_numpy() > 0)
-    reps = class_mean_replicates(table["class"].tolist(), evaluated, preds)
-    ci = {k: M.percentile_interval(v) for k, v in reps.items()}
-    summ.update({"top1_lo": ci["top1"][0], "top1_hi": ci["top1"][1], "top5_lo": ci["top5"][0],
-                 "top5_hi": ci["top5"][1]})
+    # The intervals come later, in build_tables: every run of a stage is resampled on the same test images.
+    summ.update({"top1_lo": np.nan, "top1_hi": np.nan, "top5_lo": np.nan, "top5_hi": np.nan})
     summ.update(M.gzsl_summary(table))  # seen / unseen / harmonic / all-class means (generalised zero-shot)
     t = run.data.tags
     technique = t.get("technique", "")
+    try:
+        read = int(t["configs_read_on_test"]) if t.get("configs_read_on_test", "") != "" else None
+    except ValueError:
+        read = None
     return RunEval(run_id=run_id, run_name=run.info.run_name, stage=t.get("stage", ""),
                    technique=f"{technique} [{config}]" if config else technique, seed=_seed_of(run),
                    leaky=t.get("leaky", "false") == "true", inputs=run_inputs(t),
                    transfer=t.get("transfer", ""), per_class=table, summary=summ,
                    n_mismatch=int((~same).sum()) + len(extra), zero_shot=t.get("zero_shot") == "true",
-                   config=config, replicates=reps)
+                   config=config, preds=preds, configs_read_on_test=read,
+                   test_informed=is_test_informed(t.get("stage", ""), technique, t),
+                   experiment_id=run.info.experiment_id)
 
 
 # ---------------------------------------------------------------- tables
@@ -147,6 +158,14 @@ class Tables:
     per_class: dict[str, pd.DataFrame]  # stage -> class rows x technique columns (seed means)
     not_evaluated: pd.DataFrame  # stage, class, n_train, n_test, reason
     left_out: pd.DataFrame
+    paired: dict = field(default_factory=dict)  # stage -> pairs (each row against the best, requested pairs)
+    paired_classes: dict = field(default_factory=dict)  # stage -> per class of every pair: McNemar, Holm
+    paired_text: dict = field(default_factory=dict)  # stage -> the comparison in words
+    protocols: dict = field(default_factory=dict)  # stage -> class-mean under the peers' protocols
+    confusions: dict = field(default_factory=dict)  # stage -> most frequent true -> predicted pairs per row
+    class_view: dict = field(default_factory=dict)  # stage -> class x technique with Wilson intervals
+    thumbnails: dict = field(default_factory=dict)  # product id -> JPEG data URI (filled by compare, may be empty)
+    images_note: str = ""  # where the thumbnails came from, or why there are none
 
 
 def _not_evaluated_reason(n_train: int, n_test: int) -> str:
@@ -157,8 +176,26 @@ def _not_evaluated_reason(n_train: int, n_test: int) -> str:
     return "no training images (even years): test-only, the model cannot predict it"
 
 
-def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None) -> Tables:
-    """Aggregate run evaluations into the report's tables (seed means; techniques ranked by top-1)."""
+def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None,
+                 pairs: Sequence[tuple[str, str]] = ()) -> Tables:
+    """Aggregate run evaluations into the report's tables (seed means; techniques ranked by top-1).
+
+    Every interval of a stage comes from one set of bootstrap resamples of its test images shared by
+    all its runs (``stats.StageSample``): paired across seeds and across techniques. ``pairs`` adds
+    paired comparisons of two rows each to those of every row against the stage's best.
+    """
+    samples = {}
+    for stage in dict.fromkeys(e.stage for e in evals):
+        es = [e for e in evals if e.stage == stage]
+        sample = samples[stage] = stage_sample(es, N_BOOT)
+        for e in es:
+            ev = np.array([c in set(e.per_class.loc[(e.per_class["n_train"] > 0) & (e.per_class["n_test"] > 0),
+                                                    "class"]) for c in sample.classes], dtype=bool)
+            h1, h5 = sample.hits(e.preds)
+            e.replicates = {k: sample.per_class_replicates(h)[:, ev].mean(axis=1) if ev.any() else np.zeros(0)
+                            for k, h in (("top1", h1), ("top5", h5))}
+            for k in ("top1", "top5"):
+                e.summary[f"{k}_lo"], e.summary[f"{k}_hi"] = M.percentile_interval(e.replicates[k])
     run_rows, long = [], []
     for e in evals:
         s = e.summary
@@ -169,12 +206,16 @@ def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None)
                          "top5_mean": s["top5_mean"], "top5_lo": s["top5_lo"], "top5_hi": s["top5_hi"],
                          "top1_micro": s["top1_micro"], "top5_micro": s["top5_micro"],
                          "n_classes_evaluated": s["n_classes_evaluated"], "n_mismatch": e.n_mismatch,
-                         **{k: s[k] for k in GZSL_COLUMNS}, "zero_shot": e.zero_shot})
+                         **{k: s[k] for k in GZSL_COLUMNS}, "zero_shot": e.zero_shot,
+                         "configs_read_on_test": e.configs_read_on_test if e.configs_read_on_test is not None
+                         else np.nan, "test_informed": e.test_informed, "experiment_id": e.experiment_id})
         pc = e.per_class.assign(stage=e.stage, technique=e.technique, seed=e.seed, run_id=e.run_id)
         long.append(pc[["stage", "technique", "seed", "run_id", "class", "n_train", "n_val", "n_test", "top1", "top5"]])
     runs = pd.DataFrame(run_rows).sort_values(["stage", "technique", "seed"], kind="stable").reset_index(drop=True)
     per_class_runs = pd.concat(long, ignore_index=True)
     summary, per_class, not_eval = {}, {}, []
+    extra: dict[str, dict] = {k: {} for k in ("paired", "paired_classes", "paired_text", "protocols", "confusions",
+                                              "class_view")}
     for stage in [s for s in STAGES if s in set(runs["stage"])]:
         pcr = per_class_runs[per_class_runs["stage"] == stage]
         # Per class and technique: the mean over seeds (the split, hence the classes, is shared).
@@ -198,15 +239,17 @@ def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None)
             inputs=("inputs", "first"),
             leaky=("leaky", "any"),
             **{k: (k, "mean") for k in GZSL_COLUMNS}, zero_shot=("zero_shot", "any"),
+            configs_read_on_test=("configs_read_on_test", "max"), test_informed=("test_informed", "any"),
         ).reset_index()
-        # The interval of the seed mean: seeds and, within each, test images resampled (not the mean of bounds).
+        # The interval of the seed mean: seeds resampled and, in the same replicate, the stage's test images
+        # resampled once for every seed (they share one test set), not the mean of per-seed bounds.
         reps = {}
-        for e in evals:
-            if e.stage == stage:
-                reps.setdefault(e.technique, []).append(e.replicates)
+        for e in sorted((e for e in evals if e.stage == stage), key=lambda e: e.seed):
+            reps.setdefault(e.technique, []).append(e.replicates)
         for metric in ("top1", "top5"):
-            ci = [M.bootstrap_seed_mean([r.get(metric, np.zeros(0)) for r in reps[t]], n_boot=N_BOOT)
-                  for t in summ["technique"]]
+            ci = [seed_mean_interval(np.stack([r[metric] for r in reps[t]], axis=1)) if all(len(r[metric])
+                                                                                            for r in reps[t])
+                  else (np.nan, np.nan) for t in summ["technique"]]
             pos = summ.columns.get_loc(f"{metric}_max") + 1
             summ.insert(pos, f"{metric}_lo", [c[0] for c in ci])
             summ.insert(pos + 1, f"{metric}_hi", [c[1] for c in ci])
@@ -226,6 +269,14 @@ def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None)
                              if c in best.index and best.loc[c].notna().any() else "" for c in wide.index]
         wide = wide.reset_index().sort_values(["n_train", "class"], ascending=[False, True], kind="stable")
         per_class[stage] = wide.reset_index(drop=True)
+        es = [e for e in evals if e.stage == stage]
+        rows, _ = stage_rows(es, samples[stage])
+        extra["paired"][stage], extra["paired_classes"][stage] = paired_comparisons(samples[stage], rows, summ,
+                                                                                    pairs, stage)
+        extra["paired_text"][stage] = paired_words(stage, extra["paired"][stage], summ)
+        extra["protocols"][stage] = protocol_table(es, order)
+        extra["confusions"][stage] = confusions(es, order)
+        extra["class_view"][stage] = class_view(per_class[stage], order, es)
         # A class without training images that a zero-shot run predicts is evaluated (its Top-1 is in the tables).
         zs_runs = runs.loc[(runs["stage"] == stage) & runs["zero_shot"], "run_id"]
         zs_classes = pcr.loc[pcr["run_id"].isin(zs_runs) & (pcr["n_test"] > 0), "class"]
@@ -235,7 +286,7 @@ def build_tables(evals: Sequence[RunEval], left_out: pd.DataFrame | None = None)
                              "reason": _not_evaluated_reason(int(row["n_train"]), int(row["n_test"]))})
     not_evaluated = pd.DataFrame(not_eval, columns=["stage", "class", "n_train", "n_test", "reason"])
     return Tables(runs=runs, per_class_runs=per_class_runs, summary=summary, per_class=per_class,
-                  not_evaluated=not_evaluated, left_out=left_out if left_out is not None else pd.DataFrame())
+                  not_evaluated=not_evaluated, left_out=left_out if left_out is not None else pd.DataFrame(), **extra)
 
 
 def display_summary(summ: pd.DataFrame) -> pd.DataFrame:
@@ -266,6 +317,11 @@ def display_summary(summ: pd.DataFrame) -> pd.DataFrame:
     out["classes won"] = summ["classes_won"]
     out["seeds"] = summ["seeds"]
     out["leaky"] = summ["leaky"].map(lambda v: "LEAKY" if v else "")
+    # How many configurations of the technique had been read on test when the row's runs were (the runs' tag).
+    read = summ["configs_read_on_test"] if "configs_read_on_test" in summ else pd.Series(np.nan, index=summ.index)
+    out["configurations read on test"] = read.map(lambda v: "\u2014" if v != v or v is None else str(int(v)))
+    flags = summ["test_informed"] if "test_informed" in summ else pd.Series(False, index=summ.index)
+    out["test-informed"] = flags.map(lambda v: "test-informed" if v else "")
     return out
 
 
