@@ -156,7 +156,7 @@ def _duration(minutes: float) -> str:
 def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | None = None,
              experiments_dir: str | Path = "experiments", overrides: Mapping[str, Any] | None = None,
              experiment: str | None = None, out: str | Path = "reports/compare", reuse: bool = True,
-             log=print) -> MainResult:
+             log=print, dry_run: bool = False) -> MainResult | None:
     """Prepare the data, run the main techniques as one grid, and compare them.
 
     Args:
@@ -167,9 +167,10 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
         experiment: MLflow experiment (default: one per dataset; under ``mlflow run``, its experiment).
         out: local folder of the report.
         reuse: reuse finished runs of the same config, data and code (see ``grid.run_grid``).
+        dry_run: print the plan (every config resolved and checked) and return None: no run, no store.
 
     Returns:
-        A :class:`MainResult`.
+        A :class:`MainResult` (None for a dry run).
     """
     from mlflow.tracking import MlflowClient
 
@@ -198,6 +199,15 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
     log(f"expected time: about {_duration(minutes)} (prepare, {len(tasks) + len(pairs)} runs, compare) on "
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
         + "; estimated from the measured figures in docs/")
+    if dry_run:
+        from .cli_checks import describe, store_line
+
+        for t in tasks:
+            log("  " + describe(t.cfg))
+        log(f"data: {data or os.environ.get('FASHION_DATA')} (exists)")
+        log(store_line())
+        log("dry run: every config is valid; nothing was run and no store was opened")
+        return None
     _, prepare_run = run_prepare(data, tasks[0].cfg.data, experiment=experiment, log=log)
     client = MlflowClient()
     exp_name = client.get_experiment(client.get_run(prepare_run).info.experiment_id).name
