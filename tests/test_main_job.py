@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def test_pyfunc_of_a_fused_model_takes_image_and_fields(made, dataset):
                            dataset / "styles.csv", k=4)[0]
     assert [c for c, _ in top] == list(probs.iloc[0].sort_values(ascending=False).index)
     assert np.allclose([p for _, p in top], probs.iloc[0].sort_values(ascending=False).to_numpy(), atol=1e-5)
-    with pytest.raises(Exception, match="productDisplayName"):
+    with pytest.raises(Exception, match=r"^missing fields: .*productDisplayName"):
         model.predict(frame[["image"]])
 
 
@@ -253,6 +254,29 @@ def test_mlflow_models_serve_answers_a_fused_model_request(made, dataset):
         req = urllib.request.Request(url + "/invocations", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
             answer = json.loads(r.read())["predictions"][0]
+        # The README's request, as written there (its photo and port swapped for this test's)
+        readme = [ln for ln in (ROOT / "README.md").read_text().splitlines()
+                  if ln.startswith(("python -c \"import base64", "curl -s -X POST"))]
+        assert len(readme) == 2, readme
+        photo = str(dataset / "images" / "1160.jpg")
+        for line in readme:
+            done = subprocess.run(["bash", "-c", line.replace("images/1163.jpg", photo).replace(":5001/", f":{port}/")],
+                                  cwd=path, env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+        assert set(json.loads(done.stdout)["predictions"][0]) == {"C4", "C5", "C6", "C7"}, done.stdout
+        # Bad requests: HTTP 400 with one line that names the row and the reason, no input echoed, no trace
+        bad = [row, row, [base64.b64encode(b"plain text, not a photo").decode()] + row[1:]]
+        for data, message in (({"columns": columns, "data": bad}, "row 3: not a readable JPEG/PNG image"),
+                              ({"columns": columns[:4], "data": [row[:4]]},
+                               "missing fields: productDisplayName (this image+metadata model reads image, ")):
+            req = urllib.request.Request(url + "/invocations", data=json.dumps({"dataframe_split": data}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=60)
+            text = err.value.read().decode()
+            body = json.loads(text)
+            assert err.value.code == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", text
+            assert body["message"].startswith(message) and "\n" not in text and "stack_trace" not in body, text
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
