@@ -59,7 +59,8 @@ def pretrain(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
     from .experiment import run_stage
 
     torchrun_if_asked()
-    run_stage(cfg, data, experiment=experiment, register=register, resume=resume, log=click.echo)
+    run_stage(cfg, data, experiment=experiment, register=register, resume=resume, tags={"profile": chosen},
+              log=click.echo)
 
 
 @main.command()
@@ -94,7 +95,8 @@ def finetune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
     from .experiment import run_stage
 
     torchrun_if_asked()
-    run_stage(cfg, data, source=source, experiment=experiment, resume=resume, log=click.echo)
+    run_stage(cfg, data, source=source, experiment=experiment, resume=resume, tags={"profile": chosen},
+              log=click.echo)
 
 
 def _one_run_minutes(cfg, profile: str, gpu: bool) -> float:
@@ -200,7 +202,6 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
     if source:
         checks.check_reference_form(source, "--from")
     profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
-
     extra = data_overrides(data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years))
     if epochs is not None:
         extra["train.epochs"] = epochs
@@ -214,9 +215,11 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
         how = f"Ray cluster {ray_address}" if ray_address else (f"{jobs} local processes" if jobs > 1 else "here")
         return checks.dry_run([t.cfg for t in tasks], data, profile, gpu, click.echo,
                               extra=[f"cells run: {how}"] + ([_source_line(source)] if source else []))
-    if source:
+    if source == "latest":  # looked up in the dataset's experiment once the data is read; the store must exist
+        checks.require_store("pretrained model for --from latest")
+    elif source:
         source = checks.check_source(source, experiment)
-    checks.log_expected(checks_minutes(tasks, profile, gpu), f"{len(tasks)} runs", gpu, click.echo)
+    checks.log_expected(checks_minutes(tasks, profile, gpu), f"{len(tasks)} run{'s' if len(tasks) != 1 else ''}", gpu, click.echo)
     from .grid import run_grid
 
     run_grid(tasks, data, source=source or None, experiment=experiment, reuse=reuse, register=register,
@@ -279,10 +282,8 @@ def ensemble(runs, data, grid_run, seed):
     RUNS: two run ids (or runs:/, models:/ references; apart or as "A,B") of the same stage and split, e.g. an
     image network and the metadata-only baseline.
     """
-    from .cli_checks import require_store
     from .ensemble import run_ensemble
 
-    require_store("runs to combine")
     run_ensemble(split_words(runs, ","), data, grid_run=grid_run, seed=seed, log=click.echo)
 
 

@@ -71,10 +71,11 @@ def require_store(what: str) -> None:
     db = sqlite_store()
     if db is None or db.is_file():
         return
-    from .versions import PROJECT_DIR
+    from . import tracking
 
-    ours = PROJECT_DIR / "mlflow.db"
-    where = (f"this checkout's runs are in {ours}: run from {PROJECT_DIR} or set MLFLOW_TRACKING_URI=sqlite:///{ours}"
+    ours = tracking.PROJECT_DIR / "mlflow.db"
+    where = (f"this checkout's runs are in {ours}: run from {tracking.PROJECT_DIR} or set "
+             f"MLFLOW_TRACKING_URI=sqlite:///{ours}"
              if ours.is_file() and ours.resolve() != db.resolve() else
              "run from the folder that holds your mlflow.db or set MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db "
              "(or http://host:5000)")

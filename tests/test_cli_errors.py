@@ -70,7 +70,6 @@ def test_a_run_that_does_not_exist_is_refused_before_the_data_is_read(isolated, 
 @pytest.mark.parametrize("args,what", [
     (["compare"], "runs to compare"),
     (["predict", "--meta", "styles.csv"], "model for --model models:/fashion-pretrain@best"),
-    (["ensemble", "a" * 32, "b" * 32], "runs to combine"),
 ])
 def test_read_only_commands_create_no_store(isolated, args, what):
     (isolated / "styles.csv").write_text("id,gender\n1,Men\n")

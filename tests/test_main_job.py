@@ -84,8 +84,12 @@ def test_make_run_does_the_whole_job(made):
     assert len(ensembles) == 2 and all(r.data.tags["mlflow.parentRunId"] == grid_id for r in ensembles)
     assert "meta_only+imprint_balanced" in (path / "report" / "summary_finetune.csv").read_text()
     assert len(by_stage["prepare"]) == len(by_stage["grid"]) == len(by_stage["compare"]) == 1
-    # The run `mlflow run . -e main` opened is the prepare run; the report was written and logged.
-    assert by_stage["prepare"][0].data.tags["mlflow.project.entryPoint"] == "main"
+    # The run `mlflow run . -e main` opened is the job's own, main/<profile>: prepare, grid and compare nest under it
+    (job,) = [r for r in runs if r.data.tags.get("stage") == "main"]
+    assert job.info.run_name == "main/smoke" and job.data.tags["mlflow.project.entryPoint"] == "main"
+    assert all(by_stage[s][0].data.tags["mlflow.parentRunId"] == job.info.run_id for s in ("prepare", "grid", "compare"))
+    assert job.data.tags["dataset_digest"] == by_stage["prepare"][0].data.tags["dataset_digest"]
+    assert {r.info.run_name for r in by_stage["pretrain"]} >= {"class_balanced · s0", "fused_text · s0"}
     assert (path / "report" / "report.html").is_file() and (path / "report" / "summary_finetune.csv").is_file()
     lines = out.splitlines()
     assert any(ln.startswith("profile smoke") for ln in lines)
@@ -327,7 +331,15 @@ def test_gpu_profile_on_a_machine_without_gpu(isolated, dataset, monkeypatch):
 
 
 def test_compare_and_from_latest_with_no_runs_say_where_they_looked(isolated, dataset):
+    from fashion_core import tracking
+
     db = isolated / "mlflow.db"
+    # no store here: one line, and none is created
+    one_line_error(*cli(["compare", "--no-log-run"]), rf"no MLflow store at {re.escape(str(db))}, so no runs to compare")
+    one_line_error(*cli(["finetune", "--data", str(dataset), "--from", "latest", "--profile", "smoke",
+                         "--experiments-dir", EXPERIMENTS]), "so no pretrained model for --from latest")
+    assert not db.exists()
+    tracking.ensure_store()  # a store without runs
     one_line_error(*cli(["compare", "--no-log-run"]),
                    rf"no pretrain or finetune run to compare; looked in the store sqlite:///\S*{re.escape(str(db))}.* "
                    "MLFLOW_TRACKING_URI=.*make run")
