@@ -189,7 +189,7 @@ class ProductModel:
         if missing:
             raise ProductInputError(f"missing fields: {', '.join(missing)} ({reads})")
         if self.needs_image:  # an empty photo cannot be scored; an empty catalogue field is just unknown
-            empty = [i + 1 for i, v in enumerate(frame[IMAGE_COLUMN]) if v is None or (isinstance(v, float) and v != v)]
+            empty = [i + 1 for i, v in enumerate(frame[IMAGE_COLUMN]) if v is None or (isinstance(v, float) and np.isnan(v))]
             if empty:
                 raise ProductInputError(f"row {empty[0]}: missing fields: {IMAGE_COLUMN} ({reads})")
 

@@ -14,10 +14,9 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from test_main_job import EXPERIMENTS, ROOT, one_line_error
 
 from fashion_core.cli import main
-
-from test_main_job import EXPERIMENTS, ROOT, one_line_error
 
 SPACES = str(ROOT / "search_spaces")
 

@@ -34,7 +34,7 @@ def shown_commands() -> list[tuple[str, str]]:
     """(where, command line) of every fashion / mlflow run command in the docs' shell code blocks."""
     out = []
     for doc in DOCS:
-        for block in re.findall(r"```(?:bash|sh|shell|console)?\n(.*?)```", doc.read_text(), re.S):
+        for block in re.findall(r"```(?:bash|sh|shell|console)?\n(.*?)```", doc.read_text(), re.DOTALL):
             variables: dict[str, str] = {}
             for line in block.replace("\\\n", " ").splitlines():
                 line = re.sub(r"\s#\s.*$", "", line).strip()

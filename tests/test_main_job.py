@@ -265,7 +265,7 @@ def test_mlflow_models_serve_answers_a_fused_model_request(made, dataset):
         photo = str(dataset / "images" / "1160.jpg")
         for line in readme:
             done = subprocess.run(["bash", "-c", line.replace("images/1163.jpg", photo).replace(":5001/", f":{port}/")],
-                                  cwd=path, env=env, capture_output=True, text=True, timeout=120)
+                                  cwd=path, env=env, capture_output=True, text=True, timeout=120, check=False)
             assert done.returncode == 0, done.stderr
         assert set(json.loads(done.stdout)["predictions"][0]) == {"C4", "C5", "C6", "C7"}, done.stdout
         # Bad requests: HTTP 400 with one line that names the row and the reason, no input echoed, no trace
