@@ -8,9 +8,9 @@ from __future__ import annotations
 import click
 
 # The shared options live in cli_options; callers and tests import them from here too.
-from .cli_options import (DATA_HELP, UserError, data_config, data_options, data_overrides, gpus_option,  # noqa: F401
-                          resolve_config, split_words, storage_url, technique_options, torchrun_if_asked,
-                          user_errors)
+from .cli_options import (DATA_HELP, PROFILE_HELP, UserError, data_config, data_options,  # noqa: F401
+                          data_overrides, dry_run_option, gpus_option, resolve_config, split_words, storage_url,
+                          technique_options, torchrun_if_asked, user_errors)
 from .config import PROFILES as _PROFILES  # the --profile choices of grid, run and tune
 from .config import DataConfig
 
@@ -40,17 +40,27 @@ def prepare(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, h
 @click.option("--register/--no-register", default=True, show_default=True,
               help="Register the model as a version of 'fashion-pretrain' (alias @best follows validation).")
 @gpus_option
+@dry_run_option
 @user_errors
 def pretrain(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, technique,
-             profile, override, overrides, seed, epochs, device, experiments_dir, resume, register):
+             profile, override, overrides, seed, epochs, device, experiments_dir, resume, register, dry_run):
     """Train on the top-k classes; evaluate per class on the test split; log a `stage=pretrain` run."""
-    from .experiment import run_stage
+    from . import cli_checks as checks
 
-    cfg = resolve_config("pretrain", technique, profile, override, seed, epochs, device, experiments_dir,
+    if resume:
+        checks.check_reference_form(resume, "--resume")
+    chosen, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
+    cfg = resolve_config("pretrain", technique, chosen, override, seed, epochs, device, experiments_dir,
                          data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years),
                          overrides)
+    if dry_run:
+        return checks.dry_run([cfg], data, chosen, gpu, click.echo)
+    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu, click.echo)
+    from .experiment import run_stage
+
     torchrun_if_asked()
-    run_stage(cfg, data, experiment=experiment, register=register, resume=resume, log=click.echo)
+    run_stage(cfg, data, experiment=experiment, register=register, resume=resume, tags={"profile": chosen},
+              log=click.echo)
 
 
 @main.command()
@@ -61,19 +71,59 @@ def pretrain(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
                    "or latest (the newest finished pretrain run).")
 @click.option("--resume", default=None, metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
 @gpus_option
+@dry_run_option
 @user_errors
 def finetune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, technique,
-             profile, override, overrides, seed, epochs, device, experiments_dir, source, resume):
+             profile, override, overrides, seed, epochs, device, experiments_dir, source, resume, dry_run):
     """Transfer the pretrained network to the other classes; log a `stage=finetune` run."""
-    from .experiment import run_stage
+    from . import cli_checks as checks
 
+    checks.check_reference_form(source, "--from")  # a typo is refused at once, before torch or MLflow load
+    if resume:
+        checks.check_reference_form(resume, "--resume")
     if technique == "baseline":
         technique = "finetune"
-    cfg = resolve_config("finetune", technique, profile, override, seed, epochs, device, experiments_dir,
+    chosen, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
+    cfg = resolve_config("finetune", technique, chosen, override, seed, epochs, device, experiments_dir,
                          data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years),
                          overrides)
+    if dry_run:
+        return checks.dry_run([cfg], data, chosen, gpu, click.echo, extra=[_source_line(source, cfg)])
+    if _needs_source(cfg):  # the reference is checked before any data is read
+        source = checks.check_source(source, experiment)
+    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu, click.echo)
+    from .experiment import run_stage
+
     torchrun_if_asked()
-    run_stage(cfg, data, source=source, experiment=experiment, resume=resume, log=click.echo)
+    run_stage(cfg, data, source=source, experiment=experiment, resume=resume, tags={"profile": chosen},
+              log=click.echo)
+
+
+def _one_run_minutes(cfg, profile: str, gpu: bool) -> float:
+    from .run_costs import PREPARE_MINUTES, task_minutes
+
+    return PREPARE_MINUTES + task_minutes(cfg, profile, gpu)
+
+
+def _needs_source(cfg) -> bool:
+    """A finetune config that starts from a pretrained run (not the metadata baseline, not from scratch)."""
+    from .models import transfer_policy
+
+    return cfg.fusion.mode != "metadata_only" and bool(transfer_policy(cfg.transfer.method)["pretrained"])
+
+
+def _source_line(source: str | None, cfg=None) -> str:
+    """The dry run's line on --from: resolved when the store exists (read only), else left to the run."""
+    from . import cli_checks as checks
+
+    if cfg is not None and not _needs_source(cfg):
+        return "--from: not used (this technique starts from no pretrained run)"
+    if not source:
+        return "--from: the grid's best pretrain run by validation"
+    db = checks.sqlite_store()
+    if db is not None and not db.is_file():
+        return f"--from {source}: resolved when it runs (no store yet)"
+    return f"--from {source}: pretrain run {checks.check_source(source)}"
 
 
 @main.command()
@@ -92,6 +142,10 @@ def predict(images, model_uri, meta, top):
 
     if not images and meta is None:
         raise UserError("give IMAGE files (and --meta FILE for a model that reads the product's metadata)")
+    from .cli_checks import check_reference_form, require_store
+
+    check_reference_form(model_uri, "--model")
+    require_store(f"model for --model {model_uri}")
     preds = predict_products(list(images), model_uri, meta, k=top)
     names = list(images) or [f"row {i + 1}" for i in range(len(preds))]
     for name, row in zip(names, preds):
@@ -111,8 +165,8 @@ def predict(images, model_uri, meta, top):
 @click.option("--from", "source", default=None,
               help="The finetune techniques' pretrained model (run id, runs:/, models:/ or latest); default: the "
                    "grid's best pretrain run by validation class-mean top-1.")
-@click.option("--profile", type=click.Choice(list(_PROFILES)), default="default",
-              show_default=True, help="quick: minutes per technique on 2 CPU cores; default: the accurate one.")
+@click.option("--profile", type=click.Choice(["auto", *_PROFILES]), default="auto", show_default=True,
+              help=PROFILE_HELP)
 @click.option("--override", "-o", multiple=True, metavar="KEY=VALUE",
               help="Override a config key in every technique, e.g. -o train.epochs=10 (repeatable).")
 @click.option("--overrides", default="", metavar="'K=V K=V'", help="Several overrides in one string.")
@@ -135,14 +189,19 @@ def predict(images, model_uri, meta, top):
               help="With --ray: the CPUs each cell asks for (and its torch threads).")
 @click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="With --ray or --jobs: reruns of a cell whose worker process or node died.")
+@dry_run_option
 @user_errors
 def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, techniques,
          stages, seeds, source, profile, override, overrides, epochs, device, experiments_dir, reuse, register, jobs,
-         gpus_per_cell, ray_address, cpus_per_cell, max_retries):
+         gpus_per_cell, ray_address, cpus_per_cell, max_retries, dry_run):
     """Run the technique grid: every chosen technique x seed as a child run of one `stage=grid` run."""
+    from . import cli_checks as checks
     from .config import parse_overrides
-    from .grid import parse_seeds, plan_grid, run_grid
+    from .grid import parse_seeds, plan_grid
 
+    if source:
+        checks.check_reference_form(source, "--from")
+    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
     extra = data_overrides(data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years))
     if epochs is not None:
         extra["train.epochs"] = epochs
@@ -152,9 +211,27 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
     seed_list = parse_seeds(seeds)
     tasks = plan_grid(experiments_dir, split_words([techniques], ","), split_words([stages], ","), seed_list,
                       profile, extra)
+    if dry_run:
+        how = f"Ray cluster {ray_address}" if ray_address else (f"{jobs} local processes" if jobs > 1 else "here")
+        return checks.dry_run([t.cfg for t in tasks], data, profile, gpu, click.echo,
+                              extra=[f"cells run: {how}"] + ([_source_line(source)] if source else []))
+    if source == "latest":  # looked up in the dataset's experiment once the data is read; the store must exist
+        checks.require_store("pretrained model for --from latest")
+    elif source:
+        source = checks.check_source(source, experiment)
+    checks.log_expected(checks_minutes(tasks, profile, gpu), f"{len(tasks)} run{'s' if len(tasks) != 1 else ''}", gpu, click.echo)
+    from .grid import run_grid
+
     run_grid(tasks, data, source=source or None, experiment=experiment, reuse=reuse, register=register,
              profile=profile, seeds=seed_list, log=click.echo, jobs=jobs, gpus_per_cell=gpus_per_cell,
              ray=ray_address or None, cpus_per_cell=cpus_per_cell, max_retries=max_retries, show_status=True)
+
+
+def checks_minutes(tasks, profile: str, gpu: bool) -> float:
+    """Expected minutes of a grid's tasks (prepare included)."""
+    from .run_costs import PREPARE_MINUTES, task_minutes
+
+    return PREPARE_MINUTES + sum(task_minutes(t.cfg, profile, gpu) for t in tasks)
 
 
 @main.command("run")
@@ -173,9 +250,10 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
               help="Local folder for the comparison report.")
 @click.option("--reuse/--rerun", default=True, show_default=True,
               help="Reuse a finished run with the same config, dataset digest and commit instead of rerunning it.")
+@dry_run_option
 @user_errors
 def run_job(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, profile,
-            techniques, override, overrides, device, experiments_dir, out, reuse):
+            techniques, override, overrides, device, experiments_dir, out, reuse, dry_run):
     """The main job: prepare -> pretrain -> finetune -> compare with the techniques of experiments/main.yaml."""
     from .config import parse_overrides, to_dict
     from .main_job import run_main
@@ -186,7 +264,7 @@ def run_job(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, h
         extra["train.device"] = device
     extra.update(parse_overrides(list(override) + overrides.split()))
     run_main(data, profile, split_words([techniques], ","), experiments_dir, extra, experiment, out, reuse,
-             log=click.echo)
+             log=click.echo, dry_run=dry_run)
 
 
 @main.command()
@@ -227,7 +305,10 @@ def ensemble(runs, data, grid_run, seed):
 @user_errors
 def compare(experiment, stage, grid_run, tag, out, log_run, pair, ui_url):
     """Compare techniques per class: summary, paired comparisons, confusions, an interactive HTML report."""
+    from .cli_checks import require_store
     from .config import parse_overrides
+
+    require_store("runs to compare")
     from .report import STAGES, run_compare
 
     tags = {k: str(v) for k, v in parse_overrides(split_words(tag)).items()}
@@ -243,8 +324,8 @@ def compare(experiment, stage, grid_run, tag, out, log_run, pair, ui_url):
               help="Folder of search-space YAML files.")
 @click.option("--experiments-dir", default="experiments", show_default=True, type=click.Path(file_okay=False),
               help="Folder of technique YAML files (the space's base technique).")
-@click.option("--profile", type=click.Choice(list(_PROFILES)), default="default", show_default=True,
-              help="Profile of every trial (and of --final); the same for every worker of a study.")
+@click.option("--profile", type=click.Choice(["auto", *_PROFILES]), default="auto", show_default=True,
+              help="Profile of every trial (and of --final); the same for every worker of a study. " + PROFILE_HELP)
 @click.option("--override", "-o", multiple=True, metavar="KEY=VALUE",
               help="Override a config key of every trial, e.g. -o train.epochs=3 (repeatable; not a searched key).")
 @click.option("--overrides", default="", metavar="'K=V K=V'", help="Several overrides in one string (MLproject).")
@@ -271,24 +352,43 @@ def compare(experiment, stage, grid_run, tag, out, log_run, pair, ui_url):
               help="Then train the best configuration as a normal run tagged selected=true, evaluated on test once.")
 @click.option("--from", "source", default="latest", show_default=True,
               help="Finetune spaces: the pretrained model (run id, runs:/, models:/ or latest).")
+@dry_run_option
 @user_errors
 def tune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, space, spaces_dir,
          experiments_dir, profile, override, overrides, device, study_name, storage, n_trials, timeout, seed, pruning,
-         prune_from, heartbeat, create_only, final, source):
+         prune_from, heartbeat, create_only, final, source, dry_run):
     """Tune a search space with Optuna: one nested MLflow run per trial, chosen on validation only."""
-    import logging
-
-    import optuna
-
+    from . import cli_checks as checks
     from .config import parse_overrides
-    from .tuning import load_space, run_tune
+    from .tuning import base_config, check_space_config, load_space
 
-    optuna.logging.set_verbosity(logging.WARNING)  # the progress lines below say the same, once
+    checks.check_reference_form(source, "--from")
     spc = load_space(space, spaces_dir, experiments_dir)
+    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
     extra = data_overrides(data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years))
     if device is not None:
         extra["train.device"] = device
     extra.update(parse_overrides(list(override) + overrides.split()))
+    base = base_config(spc, profile, extra)  # the space, profile and overrides checked before any study or run
+    check_space_config(spc, base)
+    trials = n_trials + (1 if final else 0)
+    if dry_run:
+        return checks.dry_run([base], data, profile, gpu, click.echo, runs=trials,
+                              extra=[f"study {study_name or spc.name!r} in {storage}: {n_trials} trial(s) of "
+                                     f"{', '.join(spc.param_names)}, objective {spc.objective}"
+                                     + (", then the final run" if final else "")]
+                              + ([_source_line(source, base)] if spc.stage == "finetune" else []))
+    if spc.stage == "finetune" and _needs_source(base) and source != "latest":
+        checks.check_source(source, experiment)  # `latest` is looked up in the dataset's experiment
+    checks.log_expected(checks_minutes([_Task(base)] * trials, profile, gpu),
+                        f"at most {trials} run{'s' if trials != 1 else ''}; pruned trials stop early", gpu, click.echo)
+    import logging
+
+    import optuna
+
+    from .tuning import run_tune
+
+    optuna.logging.set_verbosity(logging.WARNING)  # the progress lines below say the same, once
     res = run_tune(spc, data, profile=profile, overrides=extra, study_name=study_name, storage=storage,
                    n_trials=n_trials, timeout=timeout or None, seed=seed, pruning=pruning, prune_from=prune_from,
                    heartbeat=heartbeat, experiment=experiment, create_only=create_only, final=final, source=source,
@@ -299,6 +399,13 @@ def tune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
     if res.counts:
         click.echo("trials: " + ", ".join(f"{v} {k}" for k, v in res.counts.items() if v))
     click.echo(f"browse the study: {res.dashboard}")
+
+
+class _Task:
+    """A config where the cost functions expect a grid task."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
 
 
 if __name__ == "__main__":

@@ -51,6 +51,17 @@ def user_errors(fn):
     return wrapper
 
 
+PROFILE_HELP = ("auto: default on a CUDA GPU, quick on CPUs (printed with the reason and the expected time); "
+                "default (the accurate GPU one) on CPUs needs --device cpu.")
+
+
+def dry_run_option(fn):
+    """``--dry-run``: resolve and check the config and the data path, print the plan, run nothing."""
+    return click.option("--dry-run", is_flag=True,
+                        help="Resolve and check the config, the data path and the references, print the plan and "
+                             "exit (no run, no store).")(fn)
+
+
 def data_options(fn):
     """Options shared by every stage that reads the dataset."""
     opts = [
@@ -156,8 +167,8 @@ def technique_options(fn):
     opts = [
         click.option("--technique", "-t", default="baseline", show_default=True,
                      help="A file stem in experiments/<stage>/ or a path to a YAML file."),
-        click.option("--profile", type=click.Choice(list(PROFILES)), default="default", show_default=True,
-                     help="quick: a few minutes on 2 CPU cores; default: the accurate one."),
+        click.option("--profile", type=click.Choice(["auto", *PROFILES]), default="auto", show_default=True,
+                     help=PROFILE_HELP),
         click.option("--override", "-o", multiple=True, metavar="KEY=VALUE",
                      help="Override a config key, e.g. -o loss.gamma=1.5 -o train.epochs=10 (repeatable)."),
         click.option("--overrides", default="", metavar="'K=V K=V'",

@@ -69,6 +69,13 @@ def validate(cfg: Any) -> None:
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
         (cfg.model.dropout >= 0 and cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
         (cfg.model.width_mult > 0, "model.width_mult must be > 0"),
+        # only the ResNet trunks scale their widths; the pretrained ones only at the width their weights have
+        (cfg.model.backbone.startswith("resnet") or cfg.model.width_mult == 1.0,
+         (f"model.width_mult={cfg.model.width_mult} is only supported by the resnet backbones; "
+          f"{cfg.model.backbone} needs 1.0 (or choose a resnet, e.g. --profile quick_scratch)")),
+        (cfg.model.init != "imagenet" or cfg.model.width_mult == 1.0 or not cfg.model.backbone.startswith("resnet"),
+         (f"model.init=imagenet needs model.width_mult=1.0 (ImageNet weights exist only at full width), "
+          f"got {cfg.model.width_mult}")),
         (0.25 <= cfg.model.input_scale <= 8, f"model.input_scale must be in [0.25, 8], got {cfg.model.input_scale}"),
         (cfg.loss.gamma >= 0, f"loss.gamma must be >= 0, got {cfg.loss.gamma}"),
         (0 < cfg.loss.beta < 1, f"loss.beta must be in (0, 1), got {cfg.loss.beta}"),

@@ -262,7 +262,7 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     config = {"stage": stage, "technique": technique, "data": configs[0]["data"],
               "ensemble": {"members": [r.info.run_id for r in runs], "techniques": list(names),
                            "weights": [float(x) for x in weights], "rule": "log p_a + w log p_b, w by val top-1"}}
-    with tracking.start_run(stage, technique, p.digest, run_name=f"{stage}/{technique}/seed{seed}", config=config,
+    with tracking.start_run(stage, technique, p.digest, run_name=f"{technique} · s{seed}", config=config,
                             tags=tags, parent_run_id=parent) as run:
         run_id = run.info.run_id
         log_dataset_input(p, stage)

@@ -227,8 +227,15 @@ class RayExecutor(cf.Executor):
         keep_cell_lines()
         self._own = not ray.is_initialized()
         if self._own:
-            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True,
-                     logging_level="warning", configure_logging=True)
+            try:
+                ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True,
+                         logging_level="warning", configure_logging=True)
+            except ConnectionError:  # no cluster at that address (a laptop, a first try): say how to get one
+                from .config import ConfigError
+
+                raise ConfigError(f"--ray {address}: no running Ray cluster found; start one with `ray start --head` "
+                                  "(then --ray auto), give --ray HOST:PORT of a running one, or leave out --ray "
+                                  "(--jobs N runs cells in local processes)") from None
         self._ray = ray
         total = ray.cluster_resources()
         fits = [total.get("CPU", 0) / cpus_per_cell] + ([total.get("GPU", 0) / gpus_per_cell] if gpus_per_cell else [])

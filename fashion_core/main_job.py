@@ -40,6 +40,7 @@ class MainResult:
     compare_run_id: str | None
     report: Path
     minutes: float
+    main_run_id: str = ""  # the job's own run, main/<profile>, parent of the prepare, grid and compare runs
 
 
 def load_main_techniques(experiments_dir: str | Path = "experiments") -> list[str]:
@@ -144,6 +145,31 @@ def choose_profile(profile: str, device: str | None = None, gpu: bool | None = N
     return profile, "as asked"
 
 
+def start_main_run(experiment_id: str, profile: str, techniques: Sequence[str]) -> str:
+    """The main job's own run, ``main/<profile>``: the parent of its prepare, grid and compare runs.
+
+    Under ``mlflow run . -e main`` it is the run MLflow opened (taken out of the environment, so that the
+    prepare and grid runs do not adopt it). It is never the active run: the grid starts its children
+    itself, and MLflow allows one active run per process.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    commit, dirty = tracking.git_commit()
+    tags = {"stage": "main", "technique": "main", "profile": profile, "git_commit": commit,
+            "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower(),
+            "mlflow.note.content": f"The main job, profile `{profile}`: prepare, then one grid of "
+                                   f"{', '.join(techniques)}, then compare (the child runs)."}
+    name = f"main/{profile}"
+    launched = os.environ.pop("MLFLOW_RUN_ID", None)
+    if launched:
+        client.set_tag(launched, "mlflow.runName", name)
+        for k, v in tags.items():
+            client.set_tag(launched, k, v)
+        return launched
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
 def estimate_minutes(tasks: Sequence[Any], profile: str, gpu: bool) -> float:
     """Expected minutes of the whole job (prepare, every task, compare) from the measured figures in docs/."""
     return PREPARE_MINUTES + COMPARE_MINUTES + sum(task_minutes(t.cfg, profile, gpu) for t in tasks)
@@ -156,7 +182,7 @@ def _duration(minutes: float) -> str:
 def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | None = None,
              experiments_dir: str | Path = "experiments", overrides: Mapping[str, Any] | None = None,
              experiment: str | None = None, out: str | Path = "reports/compare", reuse: bool = True,
-             log=print) -> MainResult:
+             log=print, dry_run: bool = False) -> MainResult | None:
     """Prepare the data, run the main techniques as one grid, and compare them.
 
     Args:
@@ -167,9 +193,10 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
         experiment: MLflow experiment (default: one per dataset; under ``mlflow run``, its experiment).
         out: local folder of the report.
         reuse: reuse finished runs of the same config, data and code (see ``grid.run_grid``).
+        dry_run: print the plan (every config resolved and checked) and return None: no run, no store.
 
     Returns:
-        A :class:`MainResult`.
+        A :class:`MainResult` (None for a dry run).
     """
     from mlflow.tracking import MlflowClient
 
@@ -198,14 +225,42 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
     log(f"expected time: about {_duration(minutes)} (prepare, {len(tasks) + len(pairs)} runs, compare) on "
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
         + "; estimated from the measured figures in docs/")
-    _, prepare_run = run_prepare(data, tasks[0].cfg.data, experiment=experiment, log=log)
+    if dry_run:
+        from .cli_checks import describe, store_line
+
+        for t in tasks:
+            log("  " + describe(t.cfg))
+        log(f"data: {data or os.environ.get('FASHION_DATA')} (exists)")
+        log(store_line())
+        log("dry run: every config is valid; nothing was run and no store was opened")
+        return None
+    from .data.sources import resolve_dataset
+
     client = MlflowClient()
-    exp_name = client.get_experiment(client.get_run(prepare_run).info.experiment_id).name
-    grid = run_grid(tasks, data, experiment=exp_name, reuse=reuse, profile=chosen, seeds=[0], log=log)
-    run_main_ensembles(pairs, grid.runs, data, grid.parent_run_id, log=log)
-    report = run_compare(exp_name, STAGES, grid.parent_run_id, out=out, log=log)
+    # under `mlflow run` the experiment is the launched run's (set_experiment reads it before it is adopted)
+    exp_id = tracking.set_experiment(experiment or tracking.experiment_name_for(resolve_dataset(data, progress=log)))
+    exp_name = client.get_experiment(exp_id).name
+    main_run = start_main_run(exp_id, chosen, [f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks])
+    log(f"main job run {main_run} (main/{chosen}): prepare, grid and compare nest under it")
+    try:
+        p, prepare_run = run_prepare(data, tasks[0].cfg.data, experiment=exp_name, log=log)
+        client.set_tag(main_run, "dataset_digest", p.digest)
+        client.set_tag(prepare_run, "mlflow.parentRunId", main_run)
+        grid = run_grid(tasks, data, experiment=exp_name, reuse=reuse, profile=chosen, seeds=[0], log=log)
+        client.set_tag(grid.parent_run_id, "mlflow.parentRunId", main_run)
+        run_main_ensembles(pairs, grid.runs, data, grid.parent_run_id, log=log)
+        report = run_compare(exp_name, STAGES, grid.parent_run_id, out=out, log=log)
+        if report.run_id:
+            client.set_tag(report.run_id, "mlflow.parentRunId", main_run)
+    except KeyboardInterrupt:
+        client.set_terminated(main_run, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(main_run, "FAILED")
+        raise
+    client.set_terminated(main_run, "FINISHED")
     elapsed = (time.perf_counter() - t0) / 60
     path = (Path(out) / "report.html").resolve()
     log(f"\nmain job done in {elapsed:.1f} min (profile {chosen}): the report is {path}")
     log(f"browse the runs: `make ui`, then {tracking.runs_page(grid.experiment_id)}")
-    return MainResult(chosen, prepare_run, grid.parent_run_id, report.run_id, path, elapsed)
+    return MainResult(chosen, prepare_run, grid.parent_run_id, report.run_id, path, elapsed, main_run)

@@ -11,9 +11,32 @@ fields the model reads; output: one probability column per class.
 from __future__ import annotations
 
 import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 CHECKPOINT = "checkpoint"  # the artifact key of the run's checkpoint folder
+
+
+class RequestError(MlflowException):
+    """A bad request as one line: HTTP 400 with ``{"error_code": "INVALID_PARAMETER_VALUE", "message": ...}``.
+
+    MLflow's scoring server answers any other exception with a generic message and the stack trace, and
+    rewrites an MlflowException's message to ``Failed to predict data '<the whole input frame>'. Error: ...``
+    (image bytes included); this message keeps its first value, so the answer says only which row and why.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):
+            self._message = value
 
 
 class ProductPyfunc(PythonModel):
@@ -27,8 +50,13 @@ class ProductPyfunc(PythonModel):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
+        from fashion_core.serving import ProductInputError
+
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return self.model.predict_frame(frame)
+        try:
+            return self.model.predict_frame(frame)
+        except ProductInputError as e:
+            raise RequestError(str(e)) from None
 
 
 mlflow.models.set_model(ProductPyfunc())

@@ -19,6 +19,26 @@ from torch import nn
 from .data.loader import to_float
 
 
+class ProductInputError(ValueError):
+    """An input the model cannot read, as one line that names the row and the reason (no frame, no traceback)."""
+
+
+UNREADABLE = "not a readable JPEG/PNG image"
+
+
+def decode_rows(values, height: int, width: int, names: list[str] | None = None) -> np.ndarray:
+    """N x H x W x 3 uint8 from image bytes, base64 text or paths; an unreadable one names its row (or file)."""
+    out = []
+    for i, v in enumerate(values):
+        try:
+            out.append(_decode(v, height, width))
+        except ProductInputError as e:
+            raise ProductInputError(f"{names[i] if names else f'row {i + 1}'}: {e}") from None
+        except (OSError, ValueError, SyntaxError):  # PIL's UnidentifiedImageError is an OSError; bad base64 a ValueError
+            raise ProductInputError(f"{names[i] if names else f'row {i + 1}'}: {UNREADABLE}") from None
+    return np.stack(out)
+
+
 class ServingModel(nn.Module):
     """uint8 N x H x W x 3 images -> softmax probabilities (N, C); ``classes`` in index order."""
 
@@ -39,7 +59,6 @@ def predict_images(paths: list[str | Path], model_uri: str, k: int = 5) -> list[
 
     The model is rebuilt from its state dict (``torch.load(weights_only=True)``), never unpickled.
     """
-    from .data.cache import decode_image
     from .model_source import load_run_model, resolve_model_uri
 
     run_id = resolve_model_uri(model_uri)
@@ -50,7 +69,12 @@ def predict_images(paths: list[str | Path], model_uri: str, k: int = 5) -> list[
         raise ConfigError(f"{model_uri} fuses product metadata: predict it with predict_products(..., meta=...) "
                           "(fashion predict --meta)")
     h, w = meta["height"], meta["width"]
-    images = np.stack([decode_image(str(p), h, w) for p in paths])
+    try:
+        images = decode_rows([str(p) for p in paths], h, w, names=[str(p) for p in paths])
+    except ProductInputError as e:
+        from .config import ConfigError
+
+        raise ConfigError(str(e)) from None
     serving = ServingModel(model.eval(), meta["classes"])
     with torch.no_grad():
         probs = serving(torch.from_numpy(images)).numpy()
@@ -153,19 +177,27 @@ class ProductModel:
                 return cls.from_folder(folder, f"run {run_id}")
         raise ConfigError(f"run {run_id} has no logged model ({', '.join(kinds[0])} or {', '.join(kinds[1])})")
 
-    def check_columns(self, columns) -> None:
-        """A one-line ValueError when the input lacks what this model reads."""
-        missing = ([IMAGE_COLUMN] if self.needs_image and IMAGE_COLUMN not in columns else []) + \
-            [f for f in self.fields if f not in columns]
+    def check_columns(self, frame: pd.DataFrame) -> None:
+        """A one-line ProductInputError when the input lacks a column this model reads, or a row lacks its value."""
+        wanted = ([IMAGE_COLUMN] if self.needs_image else []) + list(self.fields)
+        reads = f"this {self.inputs} model reads {', '.join(wanted)}"
+        missing = [c for c in wanted if c not in frame.columns]
         if missing:
-            what = {"image": "the product photo", "image+metadata": "the photo and the product's metadata",
-                    "metadata": "the product's metadata"}[self.inputs]
-            raise ValueError(f"this {self.inputs} model reads {what}; the input lacks: {', '.join(missing)}")
+            raise ProductInputError(f"missing fields: {', '.join(missing)} ({reads})")
+        if self.needs_image:  # an empty photo cannot be scored; an empty catalogue field is just unknown
+            empty = [i + 1 for i, v in enumerate(frame[IMAGE_COLUMN]) if v is None or (isinstance(v, float) and np.isnan(v))]
+            if empty:
+                raise ProductInputError(f"row {empty[0]}: missing fields: {IMAGE_COLUMN} ({reads})")
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        """(N, C) probabilities for a frame with an ``image`` column (bytes, or base64 text) and the fields."""
-        self.check_columns(frame.columns)
+        """(N, C) probabilities for a frame with an ``image`` column (bytes, or base64 text) and the fields.
+
+        Raises:
+            ProductInputError: one line naming the first bad row and why (``row 3: not a readable JPEG/PNG
+                image``, ``missing fields: productDisplayName (...)``).
+        """
         rows = frame.reset_index(drop=True)
+        self.check_columns(rows)
         if self.net is None:
             from .metadata_model import class_scores, features
 
@@ -174,7 +206,7 @@ class ProductModel:
                 scores = self.zeroshot.scores(scores, rows[_text_field()])
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
             return e / e.sum(axis=1, keepdims=True)
-        images = np.stack([_decode(v, self.height, self.width) for v in rows[IMAGE_COLUMN]])
+        images = decode_rows(rows[IMAGE_COLUMN], self.height, self.width)
         batch = self.vocab.encode(rows) if self.fields else None
         x = to_float(torch.from_numpy(images))
         with torch.no_grad():
@@ -204,8 +236,8 @@ def _decode(value, height: int, width: int) -> np.ndarray:
         p = Path(value)
         value = p.read_bytes() if len(value) < 4096 and p.is_file() else base64.b64decode(value)
     if not isinstance(value, (bytes, bytearray)):
-        raise ValueError(f"the {IMAGE_COLUMN} column holds the image file's bytes (base64 in JSON), "
-                         f"not {type(value).__name__}")
+        raise ProductInputError(f"the {IMAGE_COLUMN} column holds the image file's bytes (base64 in JSON), "
+                                f"not {type(value).__name__}")
     return decode_image(io.BytesIO(bytes(value)), height, width)
 
 
@@ -275,8 +307,12 @@ def predict_products(images: list[str | Path], model_uri: str, meta: str | Path 
     frame = product_frame(list(images), read_meta(meta) if meta is not None else None)
     try:
         probs = model.predict_proba(frame)
-    except ValueError as e:
-        raise ConfigError(f"{model_uri}: {e}") from None
+    except ProductInputError as e:  # "row 3: ..." names the file when the rows are files
+        msg = str(e)
+        if images and msg.startswith("row "):
+            n, rest = msg[len("row "):].split(":", 1)
+            msg = f"{images[int(n) - 1]}:{rest}"
+        raise ConfigError(msg) from None
     out = []
     for row in probs:
         idx = np.argsort(-row)[:k]
@@ -341,8 +377,10 @@ def log_product_model(folder: str | Path, register: str | None, val_score: float
 
     _quiet_mlflow()
     model = ProductModel.from_folder(folder)
-    cols = ([ColSpec("binary", IMAGE_COLUMN)] if model.needs_image else []) + \
-        [ColSpec("string", f) for f in model.fields]
+    # Optional in the signature: MLflow's own check of a missing column answers with the whole request frame;
+    # ProductModel.check_columns answers "missing fields: ..." in one line instead.
+    cols = ([ColSpec("binary", IMAGE_COLUMN, required=False)] if model.needs_image else []) + \
+        [ColSpec("string", f, required=False) for f in model.fields]
     signature = ModelSignature(Schema(cols), Schema([ColSpec("double", c) for c in model.classes]))
     here = Path(__file__).resolve().parent
     info = mlflow.pyfunc.log_model(name="model", python_model=str(here / "pyfunc_model.py"),

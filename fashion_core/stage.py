@@ -83,7 +83,8 @@ def build_stage_data(p: Prepared, stage: str, extras_fn: ExtrasFn | None = None,
 
 
 def run_name(cfg: ExperimentConfig) -> str:
-    return f"{cfg.stage}/{cfg.technique}/seed{cfg.train.seed}"
+    """The technique first and short (the UI cuts long names); the stage is the run's ``stage`` tag."""
+    return f"{cfg.technique} · s{cfg.train.seed}"
 
 
 def evaluate_test(model: FashionNet, sd: StageData, device: torch.device, seed: int):

@@ -100,7 +100,7 @@ def test_an_ensemble_run_is_a_run_of_its_stage_with_the_chosen_weight(members, d
     assert t[ENSEMBLE_TAG] == f"{image},{meta}" and t["dataset_digest"] == _run(image).data.tags["dataset_digest"]
     assert t["ensemble_inputs"] == "image+metadata"
     assert t["transfer"] == _run(image).data.tags["transfer"]  # the metadata model's tag says nothing of a transfer
-    assert t["seed"] == _run(image).data.tags["seed"] and run.info.run_name == f"pretrain/baseline+meta_only/seed{t['seed']}"
+    assert t["seed"] == _run(image).data.tags["seed"] and run.info.run_name == f"baseline+meta_only · s{t['seed']}"
     assert m["ensemble_weight"] in WEIGHTS
     assert 0 <= m["val_top1_mean_crossfit"] <= 1 and 0 <= m["test_top1_mean"] <= 1
     assert 0 <= m["val_top1_mean_crossfit_member_a"] <= 1 and 0 <= m["val_top1_mean_crossfit_member_b"] <= 1

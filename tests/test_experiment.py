@@ -37,7 +37,7 @@ def test_pretrain_run_has_tags_metrics_and_artifacts(pretrained):
     assert run.info.status == "FINISHED"
     assert tags["stage"] == "pretrain" and tags["technique"] == "baseline"
     assert len(tags["dataset_digest"]) == 16 and tags["mlflow.source.git.commit"]
-    assert run.info.run_name == "pretrain/baseline/seed0"
+    assert run.info.run_name == "baseline · s0" and run.data.tags["stage"] == "pretrain"
     for m in ("test_top1_mean", "test_top5_mean", "test_top1_micro", "test_top5_micro", "val_top1_mean",
               "train_loss", "test_top1_mean_lo", "test_top1_mean_hi"):
         assert m in metrics, m

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -83,8 +84,12 @@ def test_make_run_does_the_whole_job(made):
     assert len(ensembles) == 2 and all(r.data.tags["mlflow.parentRunId"] == grid_id for r in ensembles)
     assert "meta_only+imprint_balanced" in (path / "report" / "summary_finetune.csv").read_text()
     assert len(by_stage["prepare"]) == len(by_stage["grid"]) == len(by_stage["compare"]) == 1
-    # The run `mlflow run . -e main` opened is the prepare run; the report was written and logged.
-    assert by_stage["prepare"][0].data.tags["mlflow.project.entryPoint"] == "main"
+    # The run `mlflow run . -e main` opened is the job's own, main/<profile>: prepare, grid and compare nest under it
+    (job,) = [r for r in runs if r.data.tags.get("stage") == "main"]
+    assert job.info.run_name == "main/smoke" and job.data.tags["mlflow.project.entryPoint"] == "main"
+    assert all(by_stage[s][0].data.tags["mlflow.parentRunId"] == job.info.run_id for s in ("prepare", "grid", "compare"))
+    assert job.data.tags["dataset_digest"] == by_stage["prepare"][0].data.tags["dataset_digest"]
+    assert {r.info.run_name for r in by_stage["pretrain"]} >= {"class_balanced · s0", "fused_text · s0"}
     assert (path / "report" / "report.html").is_file() and (path / "report" / "summary_finetune.csv").is_file()
     lines = out.splitlines()
     assert any(ln.startswith("profile smoke") for ln in lines)
@@ -192,7 +197,7 @@ def test_pyfunc_of_a_fused_model_takes_image_and_fields(made, dataset):
                            dataset / "styles.csv", k=4)[0]
     assert [c for c, _ in top] == list(probs.iloc[0].sort_values(ascending=False).index)
     assert np.allclose([p for _, p in top], probs.iloc[0].sort_values(ascending=False).to_numpy(), atol=1e-5)
-    with pytest.raises(Exception, match="productDisplayName"):
+    with pytest.raises(Exception, match=r"^missing fields: .*productDisplayName"):
         model.predict(frame[["image"]])
 
 
@@ -253,6 +258,29 @@ def test_mlflow_models_serve_answers_a_fused_model_request(made, dataset):
         req = urllib.request.Request(url + "/invocations", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
             answer = json.loads(r.read())["predictions"][0]
+        # The README's request, as written there (its photo and port swapped for this test's)
+        readme = [ln for ln in (ROOT / "README.md").read_text().splitlines()
+                  if ln.startswith(("python -c \"import base64", "curl -s -X POST"))]
+        assert len(readme) == 2, readme
+        photo = str(dataset / "images" / "1160.jpg")
+        for line in readme:
+            done = subprocess.run(["bash", "-c", line.replace("images/1163.jpg", photo).replace(":5001/", f":{port}/")],
+                                  cwd=path, env=env, capture_output=True, text=True, timeout=120, check=False)
+            assert done.returncode == 0, done.stderr
+        assert set(json.loads(done.stdout)["predictions"][0]) == {"C4", "C5", "C6", "C7"}, done.stdout
+        # Bad requests: HTTP 400 with one line that names the row and the reason, no input echoed, no trace
+        bad = [row, row, [base64.b64encode(b"plain text, not a photo").decode()] + row[1:]]
+        for data, message in (({"columns": columns, "data": bad}, "row 3: not a readable JPEG/PNG image"),
+                              ({"columns": columns[:4], "data": [row[:4]]},
+                               "missing fields: productDisplayName (this image+metadata model reads image, ")):
+            req = urllib.request.Request(url + "/invocations", data=json.dumps({"dataframe_split": data}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=60)
+            text = err.value.read().decode()
+            body = json.loads(text)
+            assert err.value.code == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", text
+            assert body["message"].startswith(message) and "\n" not in text and "stack_trace" not in body, text
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -303,7 +331,15 @@ def test_gpu_profile_on_a_machine_without_gpu(isolated, dataset, monkeypatch):
 
 
 def test_compare_and_from_latest_with_no_runs_say_where_they_looked(isolated, dataset):
+    from fashion_core import tracking
+
     db = isolated / "mlflow.db"
+    # no store here: one line, and none is created
+    one_line_error(*cli(["compare", "--no-log-run"]), rf"no MLflow store at {re.escape(str(db))}, so no runs to compare")
+    one_line_error(*cli(["finetune", "--data", str(dataset), "--from", "latest", "--profile", "smoke",
+                         "--experiments-dir", EXPERIMENTS]), "so no pretrained model for --from latest")
+    assert not db.exists()
+    tracking.ensure_store()  # a store without runs
     one_line_error(*cli(["compare", "--no-log-run"]),
                    rf"no pretrain or finetune run to compare; looked in the store sqlite:///\S*{re.escape(str(db))}.* "
                    "MLFLOW_TRACKING_URI=.*make run")

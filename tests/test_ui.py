@@ -118,8 +118,8 @@ def test_server_lists_the_grid_runs_and_compare_reads_them(server, grid_over_htt
     found = get_json(url + "/api/2.0/mlflow/runs/search",
                      {"experiment_ids": [res.experiment_id], "max_results": 100})["runs"]
     names = {r["info"]["run_name"]: r for r in found}
-    assert {"grid/smoke/seeds0", "pretrain/baseline/seed0"} <= set(names)
-    child = names["pretrain/baseline/seed0"]
+    assert {"grid/smoke/seeds0", "baseline · s0"} <= set(names)
+    child = names["baseline · s0"]
     tags = {t["key"]: t["value"] for t in child["data"]["tags"]}
     assert tags["mlflow.parentRunId"] == res.parent_run_id and child["info"]["status"] == "FINISHED"
     assert child["info"]["artifact_uri"].startswith("mlflow-artifacts:")
@@ -153,7 +153,7 @@ def test_experiment_is_model_development_and_training_runs_carry_their_dataset(s
     exp = get_json(f"{url}/api/2.0/mlflow/experiments/get?experiment_id={res.experiment_id}")["experiment"]
     assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == "custom_model_development"
     found = get_json(url + "/api/2.0/mlflow/runs/search", {"experiment_ids": [res.experiment_id]})["runs"]
-    child = next(r for r in found if r["info"]["run_name"] == "pretrain/baseline/seed0")
+    child = next(r for r in found if r["info"]["run_name"] == "baseline · s0")
     inputs = child["inputs"]["dataset_inputs"]
     tags = {t["key"]: t["value"] for t in child["data"]["tags"]}
     assert [(d["dataset"]["name"], d["dataset"]["digest"]) for d in inputs] == [("fashion-mini", tags["dataset_digest"])]

@@ -26,4 +26,4 @@ from .storage import DEFAULT_STORAGE, StudyStorage, check_storage_url, mask_url,
 from .workers import MAX_RETRY, reap_dead_workers, retried_trial_number, retry_dead_trial  # noqa: F401
 from .study import (PRUNER_STARTUP_TRIALS, WORKER_LOCAL_KEYS, Objective, make_pruner, open_study, study_settings,
                     without_test)  # noqa: F401
-from .run import TuneResult, final_run, log_study_summary, run_tune  # noqa: F401
+from .run import TuneResult, check_space_config, final_run, log_study_summary, run_tune  # noqa: F401

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from .. import tracking
-from ..config import ConfigError, flatten, load_experiment, to_dict
+from ..config import ConfigError, ExperimentConfig, flatten, load_experiment, to_dict
 from .spaces import SearchSpace, base_config, best_config_yaml, trial_config
 from .storage import DEFAULT_STORAGE, StudyStorage, check_storage_url, open_storage
 from .study import Objective, make_pruner, open_study, study_settings, without_test
@@ -112,6 +112,22 @@ def _header(study_name: str, storage: StudyStorage, profile: str, overrides: Map
             f"Save as experiments/<stage>/<name>.yaml and run it with the same --profile and -o options.")
 
 
+def check_space_config(space: SearchSpace, base: ExperimentConfig) -> None:
+    """Each searched value on the profiled base config: a value the profile refuses is an error before any study.
+
+    Ranges are checked at both ends and every choice once, each alone on the base (a trial combines them; the
+    checks of a config are per key, so the ends cover what a trial can draw).
+    """
+    for param in space.params:
+        values = param.choices if param.kind == "categorical" else (param.low, param.high)
+        for value in values:
+            try:
+                trial_config(base, {param.name: value})
+            except ConfigError as e:
+                raise ConfigError(f"{space.path}: {param.name}={value!r} with this profile and these overrides: "
+                                  f"{e}") from None
+
+
 def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
              overrides: Mapping[str, Any] | None = None, study_name: str | None = None,
              storage: str = DEFAULT_STORAGE, n_trials: int = 20, timeout: float | None = None,
@@ -150,9 +166,10 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
     check_storage_url(storage)  # a typo is an error before any data is read or any run starts
     overrides = dict(overrides or {})
     study_name = study_name or space.name
-    base = base_config(space, profile, overrides)
+    base = base_config(space, profile, overrides)  # space, profile and overrides: checked before any data or study
     if base.fusion.mode == "metadata_only":
         raise ConfigError(f"{space.base_path}: the metadata-only baseline trains no network; nothing to tune here")
+    check_space_config(space, base)
     p = prepared or prepare_data(data, base.data, log=log)
     experiment = experiment or tracking.experiment_name_for(p.root)
     tracking.set_experiment(experiment)
@@ -167,7 +184,8 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
             base = base.replace(**{f"model.{k}": v for k, v in src_model[1]["model"].items() if k != "init"})
     settings = study_settings(space, base, p.digest, src_run)
     st = open_storage(storage, heartbeat, on_dead_trial=lambda s, t: retry_dead_trial(s, t, log))
-    study = open_study(st, study_name, settings, seed=seed, pruner=pruner or make_pruner(pruning, prune_from))
+    study = open_study(st, study_name, settings, seed=seed, pruner=pruner or make_pruner(pruning, prune_from),
+                       metric_name=space.objective)
     result = TuneResult(study_name=study_name, storage=st.display, dashboard=st.dashboard)
     n_before = len(study.get_trials(deepcopy=False))
     log(f"study {study_name!r} in {st.display}: {n_before} trial(s) so far; MLflow experiment {experiment!r}")

@@ -59,8 +59,11 @@ def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 
 def open_study(storage: StudyStorage, study_name: str, settings: Mapping[str, Any], *, seed: int | None = 0,
-               pruner=None):
+               pruner=None, metric_name: str | None = None):
     """Create the study or load it (``load_if_exists``), and check the workers agree on its settings.
+
+    ``metric_name`` (the space's objective, e.g. ``val_top1_mean``) names the value for optuna-dashboard,
+    which otherwise labels its axes "Objective 0".
 
     The sampler's seed is ``seed`` plus the number of trials already in the study, so a resumed
     invocation does not replay the random start-up points of the first one.
@@ -77,6 +80,12 @@ def open_study(storage: StudyStorage, study_name: str, settings: Mapping[str, An
         raise ConfigError(f"study {study_name!r} in {storage.display} was created with other settings "
                           f"({'; '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}); pass the same space, profile and "
                           "overrides, or choose another --study-name")
+    if metric_name and study.metric_names != [metric_name]:
+        import warnings
+
+        with warnings.catch_warnings():  # set_metric_names is marked experimental
+            warnings.simplefilter("ignore")
+            study.set_metric_names([metric_name])
     if seed is not None:
         seed = seed + len(study.get_trials(deepcopy=False))
     study.sampler = optuna.samplers.TPESampler(seed=seed)
