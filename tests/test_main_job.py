@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import module_store
 from fashion_core.cli import main
+from tests.helpers.store import module_store
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
@@ -68,6 +68,7 @@ def all_runs():
 # ---------------------------------------------------------------- make run
 
 
+@pytest.mark.integration  # reads the `make run` subprocess's store (mlflow run)
 def test_make_run_does_the_whole_job(made):
     path, out = made
     runs = all_runs()
@@ -94,6 +95,7 @@ def test_make_run_does_the_whole_job(made):
     assert "| rank | technique |" in out and "?workflowType=machine_learning" in out
 
 
+@pytest.mark.integration  # reads the `make run` subprocess's store (mlflow run)
 def test_every_training_run_logs_its_dataset_and_the_experiment_is_model_development(made):
     from mlflow.tracking import MlflowClient
 
@@ -159,6 +161,7 @@ def registered(name: str) -> str:
     return MlflowClient().get_model_version_by_alias(name, "best").run_id
 
 
+@pytest.mark.integration  # reads the `make run` subprocess's store (mlflow run)
 def test_every_kind_of_model_is_registered_with_best_by_validation(made):
     runs = {(r.data.tags.get("stage"), r.data.tags.get("technique")): r.info.run_id for r in all_runs()}
     for stage in ("pretrain", "finetune"):
@@ -175,6 +178,7 @@ def product(dataset: Path, pid: int) -> dict:
     return {"image": (dataset / "images" / f"{pid}.jpg").read_bytes(), **row}
 
 
+@pytest.mark.integration  # reads the `make run` subprocess's store (mlflow run)
 def test_pyfunc_of_a_fused_model_takes_image_and_fields(made, dataset):
     import mlflow
 
@@ -201,6 +205,7 @@ def cli(args: list[str]):
     return res.exit_code, res.output
 
 
+@pytest.mark.integration  # reads the `make run` subprocess's store (mlflow run)
 def test_predict_takes_metadata_and_refuses_a_fused_model_without_it(made, dataset, tmp_path):
     image = str(dataset / "images" / "1140.jpg")  # class C4, a finetune class
     code, out = cli(["predict", image, "--model", "models:/fashion-finetune-fused@best",
@@ -225,6 +230,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration  # `make run`, then an `mlflow models serve` process
 def test_mlflow_models_serve_answers_a_fused_model_request(made, dataset):
     import mlflow
 
@@ -242,9 +248,9 @@ def test_mlflow_models_serve_answers_a_fused_model_request(made, dataset):
             try:
                 with urllib.request.urlopen(url + "/ping", timeout=5):
                     break
-            except OSError:
+            except OSError as err:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError((path / "serve.log").read_text()[-2000:])
+                    raise RuntimeError((path / "serve.log").read_text()[-2000:]) from err
                 time.sleep(1)
         item = product(dataset, 1160)
         columns = ["image", "gender", "baseColour", "usage", "productDisplayName"]
