@@ -198,6 +198,7 @@ def year_dataset(root: Path) -> Path:
     return data
 
 
+@pytest.mark.integration  # prepare, pretrain and the registry end to end
 def test_validation_by_year_through_prepare_pretrain_and_the_registry(tmp_path, isolated):
     """--val-by year: prepare logs the held-out year as val, pretrain validates and registers @best on it."""
     from click.testing import CliRunner

@@ -50,6 +50,7 @@ def grid(store, dataset):
     return tasks, run_grid(tasks, str(dataset), profile="smoke", seeds=[0, 1], register=False, log=lambda m: None)
 
 
+@pytest.mark.integration  # a whole grid end to end (the module's `grid` fixture)
 def test_grid_parent_children_and_the_failing_technique(grid):
     from mlflow.tracking import MlflowClient
 
@@ -82,6 +83,7 @@ def test_grid_parent_children_and_the_failing_technique(grid):
     assert set(listed["run_id"]) == set(res.runs["run_id"])
 
 
+@pytest.mark.integration  # a whole grid end to end (the module's `grid` fixture)
 def test_finetune_starts_from_the_best_pretrain_run_by_validation(grid):
     from mlflow.tracking import MlflowClient
 
@@ -101,6 +103,7 @@ def test_finetune_starts_from_the_best_pretrain_run_by_validation(grid):
     assert set(res.rankings["run_id"]) == set(pre["run_id"]) and res.sources == {"image": best}
 
 
+@pytest.mark.integration  # a whole grid end to end (the module's `grid` fixture)
 def test_rerun_reuses_finished_runs_and_compare_reads_the_grid(grid, dataset, store):
     from fashion_core.report import run_compare
 

@@ -25,7 +25,8 @@ def conda_env() -> dict:
 
 
 def canonical(spec: str) -> str:
-    """One spelling per requirement: the normalised name and the sorted specifiers (``Torch<=2,>=1`` = ``torch>=1,<=2``)."""
+    """One spelling per requirement: the normalised name and the sorted specifiers
+    (``Torch<=2,>=1`` is ``torch>=1,<=2``)."""
     req = Requirement(spec)
     name = re.sub(r"[-_.]+", "-", req.name).lower()
     extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""

@@ -257,6 +257,7 @@ def test_pruned_trial_stops_and_is_tagged(dataset, store, tmp_path):
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_top1_mean")] == [1]
 
 
+@pytest.mark.integration  # a study end to end, resumed, and its final run
 def test_resumed_study_continues_and_final_run_reproduces_the_best_trial(dataset, store, tmp_path):
     import optuna
     from mlflow.tracking import MlflowClient

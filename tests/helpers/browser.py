@@ -9,6 +9,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
                   "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0"]
 
+
 def chromium() -> str | None:
     """The Chromium binary (Debian package `chromium`), or None."""
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):

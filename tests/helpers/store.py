@@ -29,7 +29,8 @@ def isolate(path: Path, mp: pytest.MonkeyPatch) -> None:
 
 @contextlib.contextmanager
 def module_store(tmp_path_factory, name: str = "store"):
-    """Like ``isolated``, for a whole test module (a new sqlite store costs seconds of migrations); yields (path, mp)."""
+    """Like the ``isolated`` fixture, for a whole test module (a new sqlite store costs seconds of migrations);
+    yields (path, mp)."""
     import mlflow
 
     path = tmp_path_factory.mktemp(name)

@@ -121,5 +121,6 @@ def make_zs_dataset(root: Path, n_seen: int = 24, n_unseen: int = 6, unseen: dic
 
 
 def cfg(stage="finetune", **over):
+    """The zero-shot technique file of ``stage`` on the smoke profile, with ``over`` on top."""
     over = {"data.top_k": 1, "fusion.logreg_c": 1.0, **over}
     return load_experiment(EXP / stage / "zeroshot.yaml", overrides=over, profile="smoke", stage=stage)
