@@ -2,6 +2,7 @@
 
 Plain helpers live in ``tests/helpers/`` (imported as ``tests.helpers.<module>``); no test module imports another.
 """
+
 from __future__ import annotations
 
 import os
@@ -79,8 +80,12 @@ def _allowed_in_checkout() -> set[str]:
 def _git_status() -> set[str] | None:
     """The new paths (untracked or ignored) that ``git status`` lists in the checkout; None outside a git checkout."""
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--ignored", "--untracked-files=all"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
@@ -104,8 +109,11 @@ def writes_nothing_at_the_checkouts_top(request):
     yield
     new = set(os.listdir(ROOT)) - before - _allowed_in_checkout()
     if new:
-        pytest.fail(f"{request.node.nodeid} wrote {sorted(new)} into the checkout {ROOT}: use the `isolated` "
-                    f"fixture or tmp_path", pytrace=False)
+        pytest.fail(
+            f"{request.node.nodeid} wrote {sorted(new)} into the checkout {ROOT}: use the `isolated` "
+            f"fixture or tmp_path",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

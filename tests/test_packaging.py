@@ -3,6 +3,7 @@ dependencies, its Python satisfies ``requires-python``, and the dev extra brings
 
     python -m pytest -q tests/test_packaging.py
 """
+
 from __future__ import annotations
 
 import re
@@ -46,10 +47,12 @@ def test_conda_yaml_lists_exactly_the_pyproject_dependencies():
     got = [canonical(s) for s in conda_pip()]
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     assert not missing and not extra, (
-        f"conda.yaml's pip list differs from pyproject.toml's dependencies: missing {missing}, extra {extra}")
+        f"conda.yaml's pip list differs from pyproject.toml's dependencies: missing {missing}, extra {extra}"
+    )
     assert len(got) == len(set(got)), "conda.yaml names a requirement twice"
-    assert "-e ." in next(d["pip"] for d in conda_env()["dependencies"] if isinstance(d, dict)), \
+    assert "-e ." in next(d["pip"] for d in conda_env()["dependencies"] if isinstance(d, dict)), (
         "conda.yaml must install the project itself (-e .)"
+    )
 
 
 def test_conda_python_satisfies_requires_python():

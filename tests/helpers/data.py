@@ -1,4 +1,5 @@
 """Generated catalogues for the tests: styles.csv plus synthetic product photos, and hand-made archives."""
+
 from __future__ import annotations
 
 import io
@@ -28,13 +29,14 @@ def write_image(path: Path, cls: int, rng: np.random.Generator, size=(60, 80), m
     arr = np.full((h, w, 3), 255, dtype=np.uint8)
     top = 5 + (cls * 9) % max(1, h - 20)
     colour = np.array([(cls * 67) % 256, (cls * 131) % 256, (cls * 29) % 256], dtype=np.uint8)
-    arr[top:top + 12, 4:w - 4] = colour
+    arr[top : top + 12, 4 : w - 4] = colour
     arr = np.clip(arr.astype(int) + rng.integers(-8, 9, arr.shape), 0, 255).astype(np.uint8)
     Image.fromarray(arr).convert(mode).save(path, format="PNG" if mode in ("RGBA", "P", "LA") else "JPEG")
 
 
-def make_dataset(root: Path, n_classes: int = 8, per_class=(40, 40, 30, 30, 10, 8, 6, 4), seed: int = 0,
-                 odd_rows: bool = True) -> Path:
+def make_dataset(
+    root: Path, n_classes: int = 8, per_class=(40, 40, 30, 30, 10, 8, 6, 4), seed: int = 0, odd_rows: bool = True
+) -> Path:
     """Write a generated dataset folder; returns it.
 
     Classes C0..C{n-1}; class i has per_class[i] products, alternating even (2012) and odd (2013) years.

@@ -1,4 +1,5 @@
 """Grid helpers: the tiny grid's settings, its per-cell numbers, a recorded status, and a worker killed mid-cell."""
+
 from __future__ import annotations
 
 import os
@@ -68,7 +69,8 @@ def cell_numbers(res) -> dict:
         metrics = client.get_run(r["run_id"]).data.metrics
         out[(r["stage"], r["technique"], r["seed"])] = (
             {k: v for k, v in metrics.items() if "second" not in k and not k.startswith("system/")},
-            by_id.get(r["source_run_id"]))
+            by_id.get(r["source_run_id"]),
+        )
     return out
 
 

@@ -1,4 +1,5 @@
 """Read a logged run back: its data, an artifact table, and per-class scores recomputed from its predictions."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -9,12 +10,18 @@ from fashion_core import tracking
 
 def recompute(run_id, folder) -> pd.DataFrame:
     """Per-class top-1/top-5 from a run's predictions.csv, computed here with plain pandas."""
-    preds = pd.read_csv(tracking.download_artifact(run_id, "eval/predictions.csv", folder), dtype=str,
-                        keep_default_na=False)
+    preds = pd.read_csv(
+        tracking.download_artifact(run_id, "eval/predictions.csv", folder), dtype=str, keep_default_na=False
+    )
     hit1 = preds["label"] == preds["pred1"]
     hit5 = pd.concat([preds["label"] == preds[f"pred{k}"] for k in range(1, 6)], axis=1).any(axis=1)
-    return pd.DataFrame({"top1": hit1.groupby(preds["label"]).mean(), "top5": hit5.groupby(preds["label"]).mean(),
-                         "n_test": hit1.groupby(preds["label"]).size()})
+    return pd.DataFrame(
+        {
+            "top1": hit1.groupby(preds["label"]).mean(),
+            "top5": hit5.groupby(preds["label"]).mean(),
+            "n_test": hit1.groupby(preds["label"]).size(),
+        }
+    )
 
 
 def run_data(run_id):

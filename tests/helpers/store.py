@@ -1,4 +1,5 @@
 """A test's own MLflow store, cache folder and working directory."""
+
 from __future__ import annotations
 
 import contextlib

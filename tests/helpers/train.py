@@ -1,4 +1,5 @@
 """A toy classification task that N processes must reproduce exactly: noisy tinted images and a linear net."""
+
 from __future__ import annotations
 
 import torch

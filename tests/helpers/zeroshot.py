@@ -1,4 +1,5 @@
 """Stand-ins for the zero-shot tests: a concept sentence encoder, WordNet files, and a catalogue with unseen classes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,13 +68,14 @@ def make_wordnet(folder: Path) -> Path:
     for lemmas, lexfile, gloss in SYNSETS:
         offsets.append(len(data))
         words = " ".join(f"{w} 0" for w in lemmas)
-        line = f"{len(data):08d} {lexfile:02d} n {len(lemmas):02x} {words} 000 | {gloss}; \"an example\"  \n"
+        line = f'{len(data):08d} {lexfile:02d} n {len(lemmas):02x} {words} 000 | {gloss}; "an example"  \n'
         data += line.encode()
         for w in lemmas:
             index.setdefault(w, []).append(offsets[-1])
     (folder / "data.noun").write_bytes(data)
-    lines = [header] + [f"{w} n {len(o)} 0 {len(o)} 0 {' '.join(f'{x:08d}' for x in o)}  \n"
-                        for w, o in sorted(index.items())]
+    lines = [header] + [
+        f"{w} n {len(o)} 0 {len(o)} 0 {' '.join(f'{x:08d}' for x in o)}  \n" for w, o in sorted(index.items())
+    ]
     (folder / "index.noun").write_text("".join(lines))
     (folder / "noun.exc").write_text("dollies dolly\n")
     return folder
