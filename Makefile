@@ -1,7 +1,9 @@
 # Two commands do all the set-up on a fresh machine with Python 3.10+:
 #   make run    creates .venv when missing, then the main job through the MLproject's `main` entry point:
 #               prepare -> pretrain -> finetune -> compare with the techniques of experiments/main.yaml
-#   make test   creates .venv when missing (with the dev and ray extras), then runs the test suite
+#   make test   creates .venv when missing (with the dev and ray extras), then runs the test suite (what CI runs)
+# Daily loop: make test-fast (unit tests, no integration/realdata/slow), make lint, make format; make test-all adds
+#             the slow tests. pre-commit: .venv/bin/pre-commit install (runs the same ruff and mypy on commit).
 # Options: make run DATA=/path/to/dataset PROFILE=quick   (DATA defaults to $FASHION_DATA; PROFILE=auto picks
 #          default on a CUDA GPU, quick on CPUs; DEVICE=cpu|cuda; TECHNIQUES=a,b instead of experiments/main.yaml;
 #          OVERRIDE='data.top_k=10 train.epochs=2' for every technique)
@@ -19,7 +21,7 @@ EXPERIMENT ?= fashion-product-images-small
 MLFLOW_RUN := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local --experiment-name $(EXPERIMENT)
 KAGGLE_PAGE := https://www.kaggle.com/datasets/paramaggarwal/fashion-product-images-small
 
-.PHONY: run test test-all ui venv clean-venv
+.PHONY: run test test-fast test-all lint format ui venv clean-venv
 
 # .venv takes about 7 GB (PyTorch's CUDA build and its libraries): say so at once rather than after minutes of pip.
 VENV_GB ?= 7
@@ -48,8 +50,22 @@ run: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+# Unit tests only: what starts no server, cluster or subprocess and needs no real data.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not integration and not realdata and not slow"
+
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""
+
+# Settings in pyproject.toml ([tool.ruff], [tool.mypy]); the same commands as .pre-commit-config.yaml.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 ui: venv
 	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -c "from fashion_core.tracking import print_ui_links; print_ui_links()" 2>/dev/null || true

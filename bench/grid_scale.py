@@ -220,12 +220,10 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
     """
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_dataset
-
     from fashion_core.data import prepare_data
     from fashion_core.executors import local_cluster
     from fashion_core.grid import plan_grid, run_grid
+    from tests.helpers.data import make_dataset
 
     scratch = Path(tempfile.mkdtemp(prefix="grid-scale-ray-"))
     data = str(make_dataset(scratch / "data"))

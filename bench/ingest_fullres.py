@@ -1,7 +1,7 @@
 """Ingest speed on full-resolution photos: JPEG draft-mode decoding against full decoding.
 
 Generates N (default 200) 1800x2400 product-like JPEGs at quality 90 (~570 KB each, like the
-public full-resolution dataset; see tests/fullres_data.py), then measures images/s of
+public full-resolution dataset; see tests/helpers/fullres.py), then measures images/s of
 decode + resize to each target size:
 
 - single process: ``decode_image(draft=True)`` (the cache's path: DCT-domain downscaling to the
@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT / "tests"))
-
-from fullres_data import FULL_SIZE, make_fullres_dataset, synthetic_photo  # noqa: E402
+sys.path.insert(0, str(PROJECT))
 
 from fashion_core.data.cache import decode_image  # noqa: E402
+from tests.helpers.fullres import FULL_SIZE, make_fullres_dataset, synthetic_photo  # noqa: E402
 
 # Runs one cache build in a fresh process and prints its timing and peak memory as JSON.
 BUILD_SCRIPT = """

@@ -206,6 +206,7 @@ def test_busy_others_counts_busy_processes_outside_this_ones_tree_only(monkeypat
         os.kill(orphan, 9)
 
 
+@pytest.mark.integration  # --jobs 2 pools of worker processes
 def test_grid_scale_jobs_part_on_generated_data_interleaved(dataset, isolated, monkeypatch):
     """The --part jobs table end to end on smoke cells: both arms ran every cell, one thread each: the same metrics."""
     from bench import grid_scale

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from test_main_job import EXPERIMENTS, ROOT, one_line_error
+from tests.helpers.cli import EXPERIMENTS, ROOT, one_line_error
 
 from fashion_core.cli import main
 

@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 
 from fashion_core.config import AugmentConfig, TrainConfig
-from fashion_core.data.loader import TensorData, batches
+from fashion_core.data.loader import batches
 from fashion_core.distributed import DistEnv, init_from_env, shard_batches, shard_indices, torchrun_command, unwrap
+from tests.helpers.train import TinyNet, toy_data
 
 PROJECT = Path(__file__).resolve().parents[1]
 NO_AUG = AugmentConfig(crop_scale_min=1.0, hflip=False, jitter=0.0)
@@ -30,26 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def toy_data(n: int, seed: int) -> TensorData:
-    """Noisy images whose class tints one channel: learnable, but over several epochs (no instant zero loss)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 3, (n,), generator=g)
-    images = torch.randint(0, 200, (n, 8, 6, 3), generator=g, dtype=torch.int64)
-    images[torch.arange(n), :, :, labels] += 20
-    return TensorData(images.to(torch.uint8), labels, {})
-
-
-class TinyNet(nn.Module):
-    """No BatchNorm, so N processes must reproduce one process exactly."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(8 * 6 * 3, 3)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
 
 
 def run_fit(env: DistEnv | None, epochs: int = 4) -> list[dict]:
@@ -144,6 +125,7 @@ def test_torchrun_command_drops_gpus():
     assert cmd[5:] == ["-m", "fashion_core.cli", "pretrain", "--profile", "quick"]
 
 
+@pytest.mark.integration  # two spawned gloo ranks
 def test_ddp_fit_on_two_gloo_processes_matches_one_process(tmp_path):
     one = run_fit(None)
     torch.multiprocessing.spawn(_fit_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
@@ -162,13 +144,13 @@ def test_ddp_fit_on_two_gloo_processes_matches_one_process(tmp_path):
         assert [h[key] for h in ranks[1]["history"]] == [h[key] for h in two]
 
 
+@pytest.mark.integration  # two spawned gloo ranks
 @pytest.mark.slow
 def test_run_stage_on_two_ranks_logs_one_run(tmp_path):
     """A pretrain stage on 2 gloo ranks: one MLflow run (rank 0's) tagged with the world size; rank 1 logs nothing."""
     import mlflow
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import make_dataset
+    from tests.helpers.data import make_dataset
 
     data = make_dataset(tmp_path / "mini", per_class=(30, 30, 24, 24), n_classes=4, odd_rows=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -196,11 +178,11 @@ def _train_losses(uri: str) -> tuple[list[float], dict]:
     return [m.value for m in hist], runs[0].data.tags
 
 
+@pytest.mark.integration  # `fashion pretrain --gpus 2` through torchrun
 @pytest.mark.slow
 def test_cli_gpus_two_cpu_processes_same_trend_as_one(tmp_path):
     """`fashion pretrain --gpus 2` on the CPU: torchrun, 2 gloo ranks, one run, the same loss trend as 1 process."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import make_dataset
+    from tests.helpers.data import make_dataset
 
     data = make_dataset(tmp_path / "mini", n_classes=4, per_class=(90, 90, 90, 90), odd_rows=False)
     losses = {}

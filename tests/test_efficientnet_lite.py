@@ -140,6 +140,7 @@ def test_input_scale_upsamples_inside_the_model():
 
 # --------------------------------------------------------------- through the stages, on generated data
 
+@pytest.mark.integration  # two stages end to end through MLflow
 def test_lite_pretrain_then_finetune_carries_the_trunk(dataset, isolated):
     from pathlib import Path
 

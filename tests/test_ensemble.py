@@ -123,6 +123,7 @@ def test_a_weight_of_zero_reproduces_the_anchors_own_test_figures(members, datas
     assert mine["val_top1_mean"] == pytest.approx(own["val_top1_mean"], abs=1e-6)
 
 
+@pytest.mark.integration  # a grid, an ensemble and compare end to end
 def test_it_joins_the_members_grid_so_compare_shows_it(dataset, isolated):
     from fashion_core.grid import plan_grid, run_grid
     from fashion_core.report.runs import find_runs

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fashion_core.config import load_experiment
-from fashion_core.experiment import (SourceError, load_run_model, resolve_source, run_stage)
+from fashion_core.experiment import SourceError, load_run_model, resolve_source, run_stage
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -188,7 +188,7 @@ def test_error_budget_bench_slices_a_runs_test_errors(pretrained, dataset, capsy
 
 def year_dataset(root: Path) -> Path:
     """The generated dataset with every fourth product id of 2012 moved to 2016 (a second training year)."""
-    from conftest import make_dataset
+    from tests.helpers.data import make_dataset
 
     data = make_dataset(root, odd_rows=False)
     lines = (data / "styles.csv").read_text().splitlines()
@@ -198,6 +198,7 @@ def year_dataset(root: Path) -> Path:
     return data
 
 
+@pytest.mark.integration  # prepare, pretrain and the registry end to end
 def test_validation_by_year_through_prepare_pretrain_and_the_registry(tmp_path, isolated):
     """--val-by year: prepare logs the held-out year as val, pretrain validates and registers @best on it."""
     from click.testing import CliRunner

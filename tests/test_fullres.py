@@ -18,11 +18,8 @@ from fashion_core.config import DataConfig
 from fashion_core.data import prepare_data
 from fashion_core.data.cache import build_cache, decode_image, size_for_short_side
 from fashion_core.data.catalog import build_catalog
-from fashion_core.data.richmeta import (RICH_FIELDS, detect_layout, html_to_text, parse_style_json,
-                                        read_rich_metadata)
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fullres_data import FULL_SIZE, make_fullres_dataset, style_json  # noqa: E402
+from fashion_core.data.richmeta import RICH_FIELDS, detect_layout, html_to_text, parse_style_json, read_rich_metadata
+from tests.helpers.fullres import FULL_SIZE, make_fullres_dataset, style_json
 
 PROJECT = Path(__file__).resolve().parents[1]
 N_FULL = 36
@@ -171,6 +168,7 @@ def test_draft_decode_matches_full_decode(fullres):
         assert np.abs(a - b).mean() < 4, "DCT-domain downscaling must give nearly the same pixels"
 
 
+@pytest.mark.integration  # a cache build in a child process
 def test_full_size_build_keeps_memory_bounded(fullres, tmp_path):
     """2 workers on 1800x2400 photos: neither the builder nor a worker holds more than a few full-size images."""
     out = subprocess.run([sys.executable, "-c", BUILD, str(fullres), str(tmp_path / "c"), "2", "1"],
@@ -183,6 +181,7 @@ def test_full_size_build_keeps_memory_bounded(fullres, tmp_path):
     assert rss["children"] < 250 and rss["children"] < all_images_mb / 2, rss
 
 
+@pytest.mark.integration  # a cache build in a child process, killed
 def test_killed_build_resumes_to_the_clean_result(fullres, tmp_path):
     """SIGKILL a build mid-way (after the undecodable first image), resume, compare with a clean build."""
     root = tmp_path / "killed"

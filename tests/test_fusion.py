@@ -13,8 +13,19 @@ import torch
 import torch.nn.functional as F
 
 from fashion_core.config import BACKBONES, ConfigError, FusionConfig, ModelConfig, load_experiment
-from fashion_core.fusion import (MISSING, UNKNOWN, AuxLoss, CategoryVocab, FusedNet, MetaVocab, TextHasher,
-                                 model_from_meta, model_meta, param_groups, wrap_criterion)
+from fashion_core.fusion import (
+    MISSING,
+    UNKNOWN,
+    AuxLoss,
+    CategoryVocab,
+    FusedNet,
+    MetaVocab,
+    TextHasher,
+    model_from_meta,
+    model_meta,
+    param_groups,
+    wrap_criterion,
+)
 from fashion_core.models import build_model
 from fashion_core.train import LabelLoss
 
@@ -296,10 +307,9 @@ def test_fused_pretrain_logs_encoders_and_tags(fused_pretrain):
 
 
 def test_vocabularies_come_from_the_train_split_only(tmp_path, monkeypatch):
-    from conftest import make_dataset
-
     from fashion_core.data import prepare_data
     from fashion_core.fusion import plan_stage
+    from tests.helpers.data import make_dataset
 
     monkeypatch.setenv("FASHION_CACHE", str(tmp_path / "cache"))
     root = make_dataset(tmp_path / "mini", n_classes=4, per_class=(12, 12, 10, 10), odd_rows=False)

@@ -6,14 +6,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import module_store
 
 from fashion_core.config import ConfigError
-from fashion_core.grid import (code_version, config_hash, grid_run_ids, model_kind, parse_seeds, plan_grid, run_grid,
-                               select_techniques)
-
-EXP = Path(__file__).resolve().parents[1] / "experiments"
-TINY = {"data.top_k": 4, "train.epochs": 1}
+from fashion_core.grid import (
+    code_version,
+    config_hash,
+    grid_run_ids,
+    model_kind,
+    parse_seeds,
+    plan_grid,
+    run_grid,
+    select_techniques,
+)
+from tests.helpers.grid import EXP, TINY, cell_numbers, record_status
+from tests.helpers.store import module_store
 
 
 def experiments_dir(root: Path) -> Path:
@@ -44,6 +50,7 @@ def grid(store, dataset):
     return tasks, run_grid(tasks, str(dataset), profile="smoke", seeds=[0, 1], register=False, log=lambda m: None)
 
 
+@pytest.mark.integration  # a whole grid end to end (the module's `grid` fixture)
 def test_grid_parent_children_and_the_failing_technique(grid):
     from mlflow.tracking import MlflowClient
 
@@ -78,6 +85,7 @@ def test_grid_parent_children_and_the_failing_technique(grid):
     assert set(listed["run_id"]) == set(res.runs["run_id"])
 
 
+@pytest.mark.integration  # a whole grid end to end (the module's `grid` fixture)
 def test_finetune_starts_from_the_best_pretrain_run_by_validation(grid):
     from mlflow.tracking import MlflowClient
 
@@ -97,6 +105,7 @@ def test_finetune_starts_from_the_best_pretrain_run_by_validation(grid):
     assert set(res.rankings["run_id"]) == set(pre["run_id"]) and res.sources == {"image": best}
 
 
+@pytest.mark.integration  # a whole grid end to end (the module's `grid` fixture)
 def test_rerun_reuses_finished_runs_and_compare_reads_the_grid(grid, dataset, store):
     from fashion_core.report import run_compare
 
@@ -320,21 +329,7 @@ def test_cli_grid_validates_before_any_run(isolated):
     assert not (isolated / "mlflow.db").exists()  # rejected before MLflow was touched
 
 
-def _cell_numbers(res) -> dict:
-    """Per cell (stage, technique, seed): its logged metrics except timings, and its source's technique/seed."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    by_id = {r["run_id"]: (r["technique"], r["seed"]) for _, r in res.runs.iterrows()}
-    out = {}
-    for _, r in res.runs.iterrows():
-        metrics = client.get_run(r["run_id"]).data.metrics
-        out[(r["stage"], r["technique"], r["seed"])] = (
-            {k: v for k, v in metrics.items() if "second" not in k and not k.startswith("system/")},
-            by_id.get(r["source_run_id"]))
-    return out
-
-
+@pytest.mark.integration  # a --jobs 2 pool of worker processes
 def test_jobs_2_gives_the_sequential_grid_numbers(grid, dataset):
     """Two local worker processes (as many threads each as the sequential grid had): the same metrics per cell."""
     import torch
@@ -346,28 +341,14 @@ def test_jobs_2_gives_the_sequential_grid_numbers(grid, dataset):
     assert (par.runs["status"] == "FINISHED").all() and not par.runs["reused"].any()
     assert [t.name for t in tasks] == [f"{r.stage}/{r.technique}/seed{r.seed}" for r in par.runs.itertuples()]
     assert par.runs["worker"].nunique() == 2 and all(w.startswith("pid ") for w in par.runs["worker"])
-    expected = _cell_numbers(seq)
-    got = _cell_numbers(par)
+    expected = cell_numbers(seq)
+    got = cell_numbers(par)
     assert got == {k: expected[k] for k in got}  # every metric of every cell, and the same source choice
     again = run_grid(tasks, str(dataset), experiment="jobs-2", register=False, log=lambda m: None, jobs=2)
     assert again.runs["reused"].all() and list(again.runs["run_id"]) == list(par.runs["run_id"])
 
 
-def record_status(monkeypatch) -> list[dict]:
-    """Make ``run_grid``'s status record its counts after every change; returns the list it fills."""
-    from fashion_core.grid_status import GridStatus
-
-    seen: list[dict] = []
-
-    class Recording(GridStatus):
-        def update(self, name, state, seconds=None):
-            super().update(name, state, seconds)
-            seen.append(self.counts())
-
-    monkeypatch.setattr("fashion_core.grid.GridStatus", Recording)
-    return seen
-
-
+@pytest.mark.integration  # a --jobs 2 pool of worker processes
 def test_jobs_2_status_shows_a_cell_running_only_once_a_worker_started_it(store, dataset, monkeypatch):
     """Four cells submitted at once to two workers: two wait queued, never more than two show running."""
     monkeypatch.setenv("FASHION_PROGRESS", "0")

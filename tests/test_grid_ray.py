@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import module_store, run_grid_killing_one_cell
 
 from fashion_core.grid import plan_grid, run_grid
-from tests.test_grid import EXP, TINY, _cell_numbers, record_status
+from tests.helpers.grid import EXP, TINY, cell_numbers, record_status, run_grid_killing_one_cell
+from tests.helpers.store import module_store
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
@@ -37,6 +37,7 @@ def store(tmp_path_factory, dataset):
         yield root
 
 
+@pytest.mark.integration  # a two-node Ray cluster on 127.0.0.1
 def test_ray_grid_on_two_nodes_survives_a_killed_worker(cluster, store, dataset, capfd, monkeypatch):
     import torch
     from mlflow.tracking import MlflowClient
@@ -62,7 +63,7 @@ def test_ray_grid_on_two_nodes_survives_a_killed_worker(cluster, store, dataset,
         seq = run_grid(tasks, str(dataset), experiment="ray-seq", register=False, log=lambda m: None)
     finally:
         torch.set_num_threads(before)
-    assert _cell_numbers(res) == _cell_numbers(seq)
+    assert cell_numbers(res) == cell_numbers(seq)
 
 
 def test_the_driver_keeps_every_cells_lines_that_ray_would_fold_as_repeated(monkeypatch):

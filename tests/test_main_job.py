@@ -24,12 +24,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import module_store
 from fashion_core.cli import main
+from tests.helpers.store import module_store
+from tests.helpers.cli import EXPERIMENTS, ROOT, one_line_error
 
-ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
-EXPERIMENTS = str(ROOT / "experiments")
 STAGES = ("prepare", "pretrain", "finetune", "compare")
 
 
@@ -69,6 +68,7 @@ def all_runs():
 # ---------------------------------------------------------------- make run
 
 
+@pytest.mark.integration  # reads the `make run` subprocess's store (mlflow run)
 def test_make_run_does_the_whole_job(made):
     path, out = made
     runs = all_runs()
@@ -99,6 +99,7 @@ def test_make_run_does_the_whole_job(made):
     assert "| rank | technique |" in out and "?workflowType=machine_learning" in out
 
 
+@pytest.mark.integration  # reads the `make run` subprocess's store (mlflow run)
 def test_every_training_run_logs_its_dataset_and_the_experiment_is_model_development(made):
     from mlflow.tracking import MlflowClient
 
@@ -164,6 +165,7 @@ def registered(name: str) -> str:
     return MlflowClient().get_model_version_by_alias(name, "best").run_id
 
 
+@pytest.mark.integration  # reads the `make run` subprocess's store (mlflow run)
 def test_every_kind_of_model_is_registered_with_best_by_validation(made):
     runs = {(r.data.tags.get("stage"), r.data.tags.get("technique")): r.info.run_id for r in all_runs()}
     for stage in ("pretrain", "finetune"):
@@ -180,6 +182,7 @@ def product(dataset: Path, pid: int) -> dict:
     return {"image": (dataset / "images" / f"{pid}.jpg").read_bytes(), **row}
 
 
+@pytest.mark.integration  # reads the `make run` subprocess's store (mlflow run)
 def test_pyfunc_of_a_fused_model_takes_image_and_fields(made, dataset):
     import mlflow
 
@@ -206,6 +209,7 @@ def cli(args: list[str]):
     return res.exit_code, res.output
 
 
+@pytest.mark.integration  # reads the `make run` subprocess's store (mlflow run)
 def test_predict_takes_metadata_and_refuses_a_fused_model_without_it(made, dataset, tmp_path):
     image = str(dataset / "images" / "1140.jpg")  # class C4, a finetune class
     code, out = cli(["predict", image, "--model", "models:/fashion-finetune-fused@best",
@@ -230,6 +234,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration  # `make run`, then an `mlflow models serve` process
 def test_mlflow_models_serve_answers_a_fused_model_request(made, dataset):
     import mlflow
 
@@ -247,9 +252,9 @@ def test_mlflow_models_serve_answers_a_fused_model_request(made, dataset):
             try:
                 with urllib.request.urlopen(url + "/ping", timeout=5):
                     break
-            except OSError:
+            except OSError as err:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError((path / "serve.log").read_text()[-2000:])
+                    raise RuntimeError((path / "serve.log").read_text()[-2000:]) from err
                 time.sleep(1)
         item = product(dataset, 1160)
         columns = ["image", "gender", "baseColour", "usage", "productDisplayName"]
@@ -294,11 +299,6 @@ def test_mlflow_models_serve_answers_a_fused_model_request(made, dataset):
 # ---------------------------------------------------------------- the newcomer's errors
 
 
-def one_line_error(code: int, out: str, match: str) -> None:
-    """Exit 2 and one ``Error:`` line, the last one, that matches (the library's log lines may precede it)."""
-    errors = [ln for ln in out.splitlines() if ln.startswith("Error")]
-    assert code == 2 and len(errors) == 1 and out.strip().splitlines()[-1] == errors[0], out
-    assert "Traceback" not in out and re.search(match, errors[0]), out
 
 
 def test_make_run_without_data_or_with_a_missing_path_says_so_before_the_set_up(tmp_path):

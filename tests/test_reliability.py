@@ -2,14 +2,17 @@
 
 Every fault is driven through the ``fashion`` command (in-process with click's runner, or as a
 subprocess for signals and concurrency) and what actually happened - exit code, the message,
-the MLflow run states - is written to ``reports/reliability.md`` for the README's "Reliability" table.
+the MLflow run states - is written as a Markdown table for the README's "Reliability" table: to the file that
+FASHION_RELIABILITY_REPORT names, else into pytest's temporary folder (tests write nothing into the checkout).
 
-    .venv/bin/python -m pytest -q tests/test_reliability.py && cat reports/reliability.md
+    FASHION_RELIABILITY_REPORT=reports/reliability.md .venv/bin/python -m pytest -q tests/test_reliability.py
+    cat reports/reliability.md
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -21,11 +24,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_tar
 from fashion_core.cli import main
+from tests.helpers.data import write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT = ROOT / "reports" / "reliability.md"
 FASHION = [sys.executable, "-m", "fashion_core.cli"]
 EXPERIMENTS = str(ROOT / "experiments")
 SMOKE = ["--profile", "smoke", "--top-k", "4", "--device", "cpu", "--experiments-dir", EXPERIMENTS]
@@ -36,12 +38,14 @@ ROWS: list[tuple[str, str, str]] = []  # (area, fault, what happened), filled by
 
 
 @pytest.fixture(scope="module", autouse=True)
-def reliability_report():
-    """After the module: the observed outcomes as a Markdown table in reports/reliability.md."""
+def reliability_report(tmp_path_factory):
+    """After the module: the observed outcomes as a Markdown table (FASHION_RELIABILITY_REPORT, else a temporary
+    file)."""
     yield
     if not ROWS:
         return
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    report = Path(os.environ.get("FASHION_RELIABILITY_REPORT") or tmp_path_factory.getbasetemp() / "reliability.md")
+    report.parent.mkdir(parents=True, exist_ok=True)
     lines = ["| Area | Fault tried | What happened |", "|---|---|---|"]
     tmp = re.compile(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s'`]+")  # this run's temporary folders say nothing
     lines += [f"| {a} | {f} | {tmp.sub('<tmp>', w).replace('|', '/')} |" for a, f, w in ROWS]
@@ -49,7 +53,7 @@ def reliability_report():
     lines.append("")
     lines.append(f"Observed by `pytest tests/test_reliability.py` ({len(ROWS)} faults)"
                  + (f"; not run this time: {', '.join(missing)} (add `-m ''` for the slow ones)." if missing else "."))
-    REPORT.write_text("\n".join(lines) + "\n")
+    report.write_text("\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------- helpers
@@ -289,6 +293,7 @@ def _interrupt(args: list[str], sig: int, after_epoch: int, cwd: Path) -> tuple[
     return run_id, proc.returncode, "".join(out) + rest
 
 
+@pytest.mark.integration  # `fashion` processes sent signals
 @pytest.mark.slow  # three short trainings and two interrupted subprocesses: about a minute on 2 idle cores
 def test_interrupted_runs_end_killed_and_resume_to_the_same_result(tmp_path, dataset, isolated):
     """SIGTERM / SIGINT mid-training: KILLED with checkpoint/last.pt; --resume reaches the uninterrupted metrics."""
@@ -353,6 +358,7 @@ print("done", idx)
 """
 
 
+@pytest.mark.integration  # four writer processes
 def test_four_writers_on_one_sqlite_store_lose_nothing(tmp_path, monkeypatch):
     """4 processes, empty sqlite MLflow store and Optuna storage: schema creation race, no lost run or trial."""
     import optuna
@@ -415,7 +421,7 @@ def test_pickled_code_in_a_checkpoint_is_refused_by_every_loader(tmp_path, datas
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pt"
     torch.save({"model": {"conv.weight": torch.zeros(1)}, "extra": Payload(marker)}, evil)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):  # torch.load(weights_only=True) refuses the payload's class
         load_checkpoint(evil)
     with pytest.raises(ConfigError, match="cannot read a state dict"):
         read_state_dict(str(evil), "resnet18")

@@ -4,19 +4,25 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import module_store
 
 from fashion_core import metrics as M
 from fashion_core import tracking
-from fashion_core.report import (SECTIONS, CompareError, display_summary, find_runs, markdown_table, run_compare,
-                                 shot_bin)
+from fashion_core.report import (
+    SECTIONS,
+    CompareError,
+    display_summary,
+    find_runs,
+    markdown_table,
+    run_compare,
+    shot_bin,
+)
+from tests.helpers.browser import chromium, dump_dom
+from tests.helpers.runs import recompute
+from tests.helpers.store import module_store
 from fashion_core.report.analysis import PEER_MIN_TEST, PEER_MIN_TRAIN
 
 # "NA" must stay a class name (not a missing value); "Sarees" has no test image; "Perfume" is test-only.
@@ -97,16 +103,6 @@ def fake_runs(store):
 def compared(fake_runs, store):
     """The report of the fake runs, built once."""
     return run_compare(experiment="fake-data", grid="none", out=store / "out", log=lambda m: None)
-
-
-def recompute(run_id, folder) -> pd.DataFrame:
-    """Per-class top-1/top-5 from a run's predictions.csv, computed here with plain pandas."""
-    preds = pd.read_csv(tracking.download_artifact(run_id, "eval/predictions.csv", folder), dtype=str,
-                        keep_default_na=False)
-    hit1 = preds["label"] == preds["pred1"]
-    hit5 = pd.concat([preds["label"] == preds[f"pred{k}"] for k in range(1, 6)], axis=1).any(axis=1)
-    return pd.DataFrame({"top1": hit1.groupby(preds["label"]).mean(), "top5": hit5.groupby(preds["label"]).mean(),
-                         "n_test": hit1.groupby(preds["label"]).size()})
 
 
 def plotly_data(html_text: str, div_id: str) -> list[dict]:
@@ -484,9 +480,7 @@ def test_gallery_from_the_image_cache(gallery):
 
 # ---------------------------------------------------------------- headless Chromium
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-                  "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0"]
+
 # Injected first into <head>: every uncaught error, rejected promise and console.error lands in #js-errors.
 ERROR_COLLECTOR = """<script>window.__errors=[];
 window.addEventListener('error',function(e){window.__errors.push('error: '+(e.message||e.type))},true);
@@ -499,25 +493,6 @@ var f=document.createElement('pre');f.id='page-facts';var im=document.images,ok=
 for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++}
 f.textContent=JSON.stringify({resources:performance.getEntriesByType('resource').map(function(r){return r.name}),
 images:im.length,images_ok:ok});document.body.appendChild(f)},500)});</script>"""
-
-
-def chromium() -> str | None:
-    """The Chromium binary (Debian package `chromium`), or None."""
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def dump_dom(url: str, profile_dir: Path, budget_ms: int = 10000, timeout: int = 120) -> tuple[str, str]:
-    """(DOM after the page ran, Chromium's log) of a page rendered by headless Chromium."""
-    exe = chromium()
-    proc = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "--window-size=1400,1000",
-                           f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout, proc.stderr
 
 
 def page_facts(dom: str) -> dict:
@@ -547,6 +522,7 @@ def js_errors(dom: str, log: str) -> list[str]:
     return found
 
 
+@pytest.mark.integration  # headless Chromium
 @pytest.mark.skipif(chromium() is None, reason="needs Chromium (Debian package `chromium`)")
 def test_html_report_renders_offline_without_errors(compared, tmp_path):
     page = (compared.out / "report.html").read_text()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_tar
 from fashion_core.data.sources import DataSourceError, resolve_dataset
+from tests.helpers.data import write_tar
 
 
 def _tar(path: Path, entries: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> Path:

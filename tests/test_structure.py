@@ -1,22 +1,30 @@
-"""The package's shape: no import circle between fashion_core's modules, no module too long to read.
+"""The package's shape: no import circle between fashion_core's modules, functions simple enough to read, and no
+evidence (run ids, dates) in the code or the technique files.
 
 Every import counts, at module level and inside functions (a function-level import is how a circle
 hides): each file is parsed with ``ast`` and relative imports are resolved against its package.
 An import inside ``if __name__ == "__main__":`` counts too.
+
+Readability is judged per function, not per file: ruff's McCabe check (C901, ``max-complexity`` in
+pyproject.toml) runs in ``make lint``, which CI runs before the tests; a test here keeps that setting in place.
 
     python -m pytest -q tests/test_structure.py
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
+import pytest
+import tomllib
+
 PACKAGE = "fashion_core"
-ROOT = Path(__file__).resolve().parent.parent / PACKAGE
-MAX_LINES = 450
-# Modules over the limit that are not split yet, each with its reason; it leaves this table when it is.
-NOT_YET_SPLIT = {
-}
+REPO = Path(__file__).resolve().parent.parent
+ROOT = REPO / PACKAGE
+# Where a comment says why in words: evidence (run ids, dates, measured figures) lives in docs/.
+NO_EVIDENCE_IN = ("fashion_core", "experiments", "search_spaces")
+MAX_COMPLEXITY = 15
 
 
 def module_files() -> dict[str, Path]:
@@ -112,7 +120,63 @@ def test_no_import_circle():
     assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph))}"
 
 
-def test_no_module_too_long():
-    lengths = {name: len(path.read_text().splitlines()) for name, path in module_files().items()}
-    too_long = {k: v for k, v in lengths.items() if v > MAX_LINES and k not in NOT_YET_SPLIT}
-    assert not too_long, f"modules over {MAX_LINES} lines (split them by concern): {too_long}"
+def test_lint_keeps_the_complexity_check():
+    """C901 replaces the old line cap per module (which pushed files apart by size, not by concern)."""
+    ruff = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]
+    assert "C901" in ruff["select"] or "C90" in ruff["select"], ruff["select"]
+    assert ruff["mccabe"]["max-complexity"] <= MAX_COMPLEXITY
+
+
+# ---------------------------------------------------------------- no run ids or dates
+
+
+MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
+SHORT_MONTHS = "Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
+# An MLflow run id: 32 hex digits, or the 8-digit short form (digits and letters mixed, not part of a file name or
+# a version) within a line of the word run/runs/grid.
+RUN_ID_32 = re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
+SHORT_ID = re.compile(r"(?<![0-9A-Za-z_.\-/])(?=[0-9a-f]{0,7}[0-9])(?=[0-9a-f]{0,7}[a-f])[0-9a-f]{8}"
+                      r"(?![0-9A-Za-z_]|[-./][0-9A-Za-z])")
+RUN_WORD = re.compile(r"\b(?:runs?|grid)\b", re.I)
+DATES = re.compile(r"\b20\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])\b"
+                   rf"|\b(?:{MONTHS}|{SHORT_MONTHS})\.? (?:[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?\b(?:,? 20\d\d)?"
+                   rf"|\b(?:[1-9]|[12]\d|3[01]) (?:{MONTHS}|{SHORT_MONTHS})\b(?: 20\d\d)?")
+
+
+def evidence(text: str) -> list[tuple[int, str]]:
+    """(line number, what) for each run id or date in ``text``."""
+    lines = text.splitlines()
+    found = []
+    for n, line in enumerate(lines, 1):
+        found += [(n, f"run id {m.group(0)}") for m in RUN_ID_32.finditer(line)]
+        near = line + " " + (lines[n - 2] if n > 1 else "")
+        if RUN_WORD.search(near):
+            found += [(n, f"run id {m.group(0)}") for m in SHORT_ID.finditer(line)]
+        found += [(n, f"date {m.group(0)!r}") for m in DATES.finditer(line)]
+    return found
+
+
+def test_the_evidence_finder_on_known_lines():
+    assert evidence("# 0.895 (run 6b4b5f46) against 0.871") == [(1, "run id 6b4b5f46")]
+    assert evidence("# runs a74662be, 692a376a;") == [(1, "run id a74662be"), (1, "run id 692a376a")]
+    assert evidence("# the default grid (7519686f) picked") == [(1, "run id 7519686f")]
+    assert evidence("# (runs\n# 7cf253e5 + 4ad55fb2)") == [(2, "run id 7cf253e5"), (2, "run id 4ad55fb2")]
+    assert evidence("parent = '0123456789abcdef0123456789abcdef'") == [(1, "run id 0123456789abcdef0123456789abcdef")]
+    assert evidence("# a make run of 2026-12-02") == [(1, "date '2026-12-02'")]
+    assert [w for _, w in evidence("# measured on Dec 2, 2026 and 14 November")] == [
+        "date 'Dec 2, 2026'", "date '14 November'"]
+    # not ids: a weights file's hash, a digits-only or letters-only word, hex without the word run, a long hash
+    assert evidence('run = "models/efficientnet-lite0-57934424.pth"') == []
+    assert evidence("run 20261202 deadbeef") == []
+    assert evidence("seed 6b4b5f46 of the split") == []
+    assert evidence("run sha256 " + "ab12" * 16) == []
+    assert evidence("# may 3 workers run; 2026 epochs") == []
+
+
+@pytest.mark.xfail(strict=False, reason="run ids and dates are being moved out of the code into docs/ (issue 27)")
+def test_no_run_ids_or_dates_in_code_and_technique_files():
+    found = [f"{f.relative_to(REPO)}:{n}: {what}"
+             for d in NO_EVIDENCE_IN for f in sorted((REPO / d).rglob("*"))
+             if f.is_file() and f.suffix in (".py", ".yaml", ".yml", ".md", ".txt", ".json")
+             for n, what in evidence(f.read_text(errors="replace"))]
+    assert not found, "run ids or dates (evidence belongs in docs/; say why in words):\n" + "\n".join(found)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import module_store
 
 from fashion_core import tracking
+from tests.helpers.store import module_store
 
 
 @pytest.fixture(scope="module")

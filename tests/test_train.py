@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from fashion_core.config import AugmentConfig, ConfigError, TrainConfig, load_experiment
 from fashion_core.train import LabelLoss, WeightEMA, evaluate, fit, load_checkpoint
-from tests.test_distributed import toy_data
+from tests.helpers.train import TinyNet, toy_data
 
 NO_AUG = AugmentConfig(crop_scale_min=1.0, hflip=False, jitter=0.0)
 
@@ -149,9 +149,8 @@ def _count_host_reads(monkeypatch) -> list[str]:
 
 @pytest.mark.parametrize("n_items", [48, 160])
 def test_one_epoch_reads_the_device_once_whatever_the_number_of_steps(monkeypatch, n_items):
-    from fashion_core.train import build_optimizer, train_one_epoch
     from fashion_core.data.loader import batches
-    from tests.test_distributed import TinyNet
+    from fashion_core.train import build_optimizer, train_one_epoch
 
     torch.manual_seed(0)
     model = TinyNet()

@@ -11,11 +11,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import module_store
 
 from fashion_core.config import ConfigError, flatten, load_experiment, to_dict
-from fashion_core.tuning import (base_config, best_config_yaml, check_storage_url, load_space, make_pruner, mask_url,
-                                 run_tune, trial_config, without_test)
+from fashion_core.tuning import (
+    base_config,
+    best_config_yaml,
+    check_storage_url,
+    load_space,
+    make_pruner,
+    mask_url,
+    run_tune,
+    trial_config,
+    without_test,
+)
+from tests.helpers.store import module_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES, EXP = ROOT / "search_spaces", ROOT / "experiments"
@@ -248,6 +257,7 @@ def test_pruned_trial_stops_and_is_tagged(dataset, store, tmp_path):
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_top1_mean")] == [1]
 
 
+@pytest.mark.integration  # a study end to end, resumed, and its final run
 def test_resumed_study_continues_and_final_run_reproduces_the_best_trial(dataset, store, tmp_path):
     import optuna
     from mlflow.tracking import MlflowClient
@@ -349,13 +359,11 @@ def _cli(dataset, storage: str, study: str, *extra: str) -> list[str]:
 def _run_parallel_workers(dataset, storage: str, study_name: str, workers: int = 2, trials_each: int = 2):
     """Create the study once, then run `fashion tune` worker processes at the same time; check every trial."""
     import optuna
+    from click.testing import CliRunner
     from optuna.trial import TrialState
 
-    from fashion_core.tuning import open_storage
-
-    from click.testing import CliRunner
-
     from fashion_core.cli import main
+    from fashion_core.tuning import open_storage
 
     # the storage, the study and the MLflow experiment, once, before any worker starts
     created = CliRunner().invoke(main, _cli(dataset, storage, study_name, "--create-only")[3:])
@@ -383,10 +391,12 @@ def _run_parallel_workers(dataset, storage: str, study_name: str, workers: int =
     return study
 
 
+@pytest.mark.integration  # `fashion tune` worker processes
 def test_parallel_workers_on_a_journal_file(dataset, store, tmp_path):
     _run_parallel_workers(dataset, f"journal:{tmp_path / 'optuna.journal'}", "parallel")
 
 
+@pytest.mark.integration  # PostgreSQL and `fashion tune` worker processes
 def test_parallel_workers_on_postgresql(dataset, store):
     import optuna
 
@@ -400,6 +410,7 @@ def test_parallel_workers_on_postgresql(dataset, store):
     optuna.delete_study(study_name=study.study_name, storage=open_storage(url).storage)
 
 
+@pytest.mark.integration  # `fashion tune` processes, one killed
 @pytest.mark.slow
 def test_killed_worker_process_trial_is_retried_by_the_next_worker(dataset, store, tmp_path):
     """SIGKILL a real worker mid-trial; the next worker fails that trial and runs its parameters again."""

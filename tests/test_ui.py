@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_report import chromium, dump_dom, recompute
+from tests.helpers.browser import chromium, dump_dom
+from tests.helpers.runs import recompute
 
 # Starts a tracking server (10-40 s on 2 busy cores) and trains once (smoke profile): about a minute, in the
 # default run because the issue asks that the README's UI command be tested in CI.
+
+pytestmark = pytest.mark.integration  # an `mlflow ui` server process, and headless Chromium
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
@@ -88,7 +91,6 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def grid_over_http(server, dataset, tmp_path_factory):
     """A one-technique grid and its compare report, both through the tracking server."""
-    import mlflow
 
     from fashion_core.grid import plan_grid, run_grid
     from fashion_core.report import run_compare

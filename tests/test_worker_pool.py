@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import module_store, run_grid_killing_one_cell
 
 from fashion_core.worker_pool import RestartingPool
+from tests.helpers.grid import run_grid_killing_one_cell
+from tests.helpers.store import module_store
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 TINY = {"data.top_k": 4, "train.epochs": 1}
@@ -88,6 +89,7 @@ def store(tmp_path_factory, dataset):
         yield root
 
 
+@pytest.mark.integration  # a --jobs 2 pool of worker processes, one killed
 def test_jobs_2_grid_survives_a_worker_killed_in_a_cell(store, dataset):
     from fashion_core.grid import plan_grid
 

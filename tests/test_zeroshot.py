@@ -8,58 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import HEADER, ConceptEncoder, module_store, write_image
 from fashion_core import metrics as M
 from fashion_core.config import ConfigError, load_experiment
-from fashion_core.zeroshot import (FEATURES, NameMatcher, candidate_classes, fit_ranker, harmonic, name_tokens,
-                                   pseudo_unseen_folds, ranker_log_proba, stacked_scores)
+from fashion_core.zeroshot import (
+    FEATURES,
+    NameMatcher,
+    candidate_classes,
+    fit_ranker,
+    harmonic,
+    name_tokens,
+    pseudo_unseen_folds,
+    ranker_log_proba,
+    stacked_scores,
+)
 from fashion_core.zeroshot.ranker import doubt
-
-EXP = Path(__file__).resolve().parents[1] / "experiments"
-QUIET = dict(log=lambda m: None)
-# class -> (product names; "seen" classes have products in even (training) and odd (test) years, the others odd only)
-SEEN = {
-    "Watches": ["Titan Men Black Watch", "Fastrack Women Steel Watch", "Casio Men Digital Watch"],
-    "Tshirts": ["Nike Men Blue T-shirt", "Puma Women Red Tshirt", "Adidas Men Grey T-shirt"],
-    "Night suits": ["Sweet Dreams Women Night Suit", "SDL Women Pink Night Suit", "Sweet Dreams Men Night Suit"],
-    "Wallets": ["Hidesign Men Brown Wallet", "Baggit Women Red Wallet", "Lino Perros Men Wallet"],
-    "Ties": ["Tossido Men Red Tie", "Park Avenue Men Blue Tie", "Louis Philippe Men Silk Tie"],
-    "Casual Shoes": ["Puma Men Casual Shoes", "Vans Women Casual Shoe", "Converse Men Black Casual Shoes"],
-    "Sweatshirts": ["Puma Men Grey Sweat", "Roadster Women Blue Sweat", "Nike Men Black Sweat"],  # a short form
-}
-UNSEEN = {
-    "Lipstick": ["Lakme Red Lipstick 03", "Colorbar Matte Lipstick 12"],  # shares its word with the name
-    "Deodorant": ["Wildstone Men Code Deo", "Axe Men Dark Temptation Deo"],  # no shared word: "Deo"
-    "Eyeshadow": ["Colorbar Copper Eye Shadow 002", "Lakme Black Eye Shadow 010"],  # no shared word: "Eye Shadow"
-    "Suits": ["Raymond Men Grey Suit", "Blackberrys Men Navy Suit"],  # shares "suit" with the seen Night suits
-}
-
-
-def make_zs_dataset(root: Path, n_seen: int = 24, n_unseen: int = 6, unseen: dict | None = None) -> Path:
-    """A catalogue whose unseen classes (default ``UNSEEN``) exist only in odd (test) years; "Bags" is the top
-    class (pretrain)."""
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    lines, pid = [HEADER], 1000
-    plan = [("Bags", ["Baggit Women Black Bag", "Lavie Women Brown Bag"], 40, True)]
-    plan += [(c, names, n_seen, True) for c, names in SEEN.items()]
-    plan += [(c, names, n_unseen, False) for c, names in (UNSEEN if unseen is None else unseen).items()]
-    for k, (label, names, n, seen) in enumerate(plan):
-        for j in range(n):
-            year = 2013 if not seen or j % 2 else 2012
-            gender = "Women" if "Women" in names[j % len(names)] else "Men"
-            # four subCategories, so the calibration's folds can hold whole groups out (zeroshot.fold_by)
-            sub = ("Topwear", "Bottomwear", "Accessories", "Innerwear")[k % 4]
-            lines.append(f"{pid},{gender},Apparel,{sub},{label},Blue,Summer,{year},Casual,{names[j % len(names)]}")
-            write_image(root / "images" / f"{pid}.jpg", k, rng)
-            pid += 1
-    (root / "styles.csv").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def cfg(stage="finetune", **over):
-    over = {"data.top_k": 1, "metadata.logreg_c": 1.0, **over}
-    return load_experiment(EXP / stage / "zeroshot.yaml", overrides=over, profile="smoke", stage=stage)
+from tests.helpers.runs import run_data, run_table
+from tests.helpers.store import module_store
+from tests.helpers.zeroshot import EXP, QUIET, UNSEEN, ConceptEncoder, cfg, make_zs_dataset
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +40,6 @@ def zs_store(tmp_path_factory):
     with module_store(tmp_path_factory, "zs-store") as (path, mp):
         mp.setattr(text_encoder, "load_encoder", ConceptEncoder)
         yield path
-
-
-def _metrics(run_id):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient().get_run(run_id).data
-
-
-def _table(run_id, folder, name="eval/per_class.csv"):
-    from fashion_core.tracking import download_artifact
-
-    path = download_artifact(run_id, name, folder)
-    return M.read_per_class(path) if name.endswith("per_class.csv") else pd.read_csv(path, keep_default_na=False)
 
 
 # ---------------------------------------------------------------- pieces
@@ -176,10 +128,10 @@ def zs_run(zs_data, zs_store):
 
 
 def test_unseen_classes_are_predicted_and_logged(zs_run, zs_data, tmp_path):
-    data = _metrics(zs_run)
+    data = run_data(zs_run)
     assert data.tags["zero_shot"] == "true" and data.tags["stage"] == "finetune" and data.tags["leaky"] == "false"
     assert "masterCategory" not in data.tags["fusion_inputs"] and "subCategory" not in data.tags["fusion_inputs"]
-    table = _table(zs_run, tmp_path)
+    table = run_table(zs_run, tmp_path)
     unseen = table[table["n_train"] == 0].set_index("class")
     assert set(UNSEEN) <= set(unseen.index)
     assert (unseen.loc[list(UNSEEN), "n_test"] > 0).all()
@@ -187,7 +139,7 @@ def test_unseen_classes_are_predicted_and_logged(zs_run, zs_data, tmp_path):
     # Suits' products ("Raymond Men Grey Suit") are left to the seen Night suits here, which shares its word
     assert unseen.loc[["Deodorant", "Eyeshadow", "Lipstick"], "top1"].min() == 1.0, unseen
     # S, U, H and the all-class mean, by hand from predictions.csv
-    preds = _table(zs_run, tmp_path, "eval/predictions.csv")
+    preds = run_table(zs_run, tmp_path, "eval/predictions.csv")
     seen_classes = set(table.loc[table["n_train"] > 0, "class"])
     acc = (preds["pred1"] == preds["label"]).groupby(preds["label"]).mean()
     s = acc[[c for c in acc.index if c in seen_classes]].mean()
@@ -237,7 +189,7 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
 
     tracking.set_experiment("poisoned")  # apart from the runs the compare test reads
     again = run_zeroshot(c, poisoned, **QUIET)
-    a, b = _metrics(zs_run).metrics, _metrics(again).metrics
+    a, b = run_data(zs_run).metrics, run_data(again).metrics
     fitted = ["zs_gamma", "zs_beta", "zs_mix_product", "logreg_c", "val_top1_mean", "val_pseudo_harmonic"]
     fitted += [f"zs_w_{f}" for f in FEATURES]
     assert {k: a[k] for k in fitted} == {k: b[k] for k in fitted}
@@ -246,8 +198,8 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     w1 = np.load(download_artifact(zs_run, "checkpoint/metadata_baseline.npz", tmp_path / "a"))
     w2 = np.load(download_artifact(again, "checkpoint/metadata_baseline.npz", tmp_path / "b"))
     assert np.array_equal(w1["coef"], w2["coef"]) and np.array_equal(w1["intercept"], w2["intercept"])
-    cal1 = _table(zs_run, tmp_path / "a", "zeroshot/calibration.csv")
-    cal2 = _table(again, tmp_path / "b", "zeroshot/calibration.csv")
+    cal1 = run_table(zs_run, tmp_path / "a", "zeroshot/calibration.csv")
+    cal2 = run_table(again, tmp_path / "b", "zeroshot/calibration.csv")
     pd.testing.assert_frame_equal(cal1, cal2)
     assert a["test_top1_unseen_mean"] != b["test_top1_unseen_mean"]  # the poison did reach the test scores
 
@@ -261,7 +213,7 @@ def test_compare_shows_gzsl_columns_and_shrinks_not_evaluated(zs_run, zs_data, t
                                      stage="finetune"), str(zs_data), **QUIET)
     res = run_compare("catalogue", stages=["finetune"], grid="none", out=tmp_path / "report", log_run=False, **QUIET)
     summ = res.tables.summary["finetune"].set_index("technique")
-    m = _metrics(zs_run).metrics
+    m = run_data(zs_run).metrics
     assert summ.loc["zeroshot", "top1_unseen_mean"] == pytest.approx(m["test_top1_unseen_mean"])
     assert summ.loc["zeroshot", "top1_harmonic"] == pytest.approx(m["test_top1_harmonic"])
     assert summ.loc["zeroshot", "top1_mean"] == pytest.approx(m["test_top1_mean"])
@@ -276,6 +228,6 @@ def test_pretrain_stage_with_a_class_without_training_images(zs_data, zs_store, 
     from fashion_core.experiment import run_stage
 
     run_id = run_stage(cfg("pretrain", **{"data.rank_on": "all", "data.top_k": 11}), str(zs_data), **QUIET)
-    table = _table(run_id, tmp_path).set_index("class")
+    table = run_table(run_id, tmp_path).set_index("class")
     assert table.loc["Lipstick", "n_train"] == 0 and table.loc["Lipstick", "top1"] == 1.0
-    assert _metrics(run_id).metrics["test_top1_unseen_mean"] > 0
+    assert run_data(run_id).metrics["test_top1_unseen_mean"] > 0

@@ -2,17 +2,14 @@
 calibration's grouped pseudo-unseen folds (zeroshot.fold_by)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SYNSETS, ConceptEncoder, make_wordnet
 from fashion_core.config import ConfigError
 from fashion_core.zeroshot import class_groups, pseudo_unseen_folds
-from fashion_core.zeroshot.lexicon import (WordNet, class_parts, describe_classes, part_senses, sense_text,
-                                           wordnet_dir)
+from fashion_core.zeroshot.lexicon import WordNet, class_parts, describe_classes, part_senses, sense_text, wordnet_dir
+from tests.helpers.zeroshot import SYNSETS, ConceptEncoder, cfg, make_wordnet
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +74,6 @@ def test_grouped_folds_hold_whole_groups_out():
 
 
 def test_config_checks_the_new_keys():
-    from test_zeroshot import cfg
-
     with pytest.raises(ConfigError, match="zeroshot.class_text"):
         cfg(**{"zeroshot.text": "mapped", "zeroshot.class_text": "thesaurus"})
     assert cfg(**{"zeroshot.text": "none"}).zeroshot.class_text == "wordnet"  # the ablation runs; nothing to describe

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ConceptEncoder, module_store
 from fashion_core import text_encoder
 from fashion_core.config import ConfigError
 from fashion_core.zeroshot import TEXT_FEATURE, TextEvidence, class_texts, fit_text_map, with_text
-from test_zeroshot import QUIET, UNSEEN, _metrics, _table, cfg, make_zs_dataset
+from tests.helpers.runs import run_data, run_table
+from tests.helpers.store import module_store
+from tests.helpers.zeroshot import QUIET, UNSEEN, ConceptEncoder, cfg, make_zs_dataset
 
 # A class whose products never say its name: only word meanings link "Nightdress" to Baby Dolls.
 MEANING_ONLY = {"Baby Dolls": ["Clovia Women Pink Nightdress", "Secret Wish Women Nightdress"]}
@@ -84,15 +85,15 @@ def test_config_checks_the_text_keys():
 
 def test_word_meanings_name_a_class_no_product_name_mentions(runs, tmp_path):
     """Baby Dolls' products say "Nightdress": no name evidence reaches it, the stand-in's word meanings do."""
-    without = _table(runs["none"], tmp_path / "a").set_index("class")
-    with_meanings = _table(runs["mapped"], tmp_path / "b").set_index("class")
+    without = run_table(runs["none"], tmp_path / "a").set_index("class")
+    with_meanings = run_table(runs["mapped"], tmp_path / "b").set_index("class")
     assert without.loc["Baby Dolls", "n_train"] == 0 and with_meanings.loc["Baby Dolls", "n_train"] == 0
     assert without.loc["Baby Dolls", "top1"] == 0.0 and with_meanings.loc["Baby Dolls", "top1"] == 1.0
-    data = _metrics(runs["mapped"])
+    data = run_data(runs["mapped"])
     assert data.metrics[f"zs_w_{TEXT_FEATURE}"] > 0  # a seen-class-fitted weight that trusts the meanings
     # the encoder's source is on the run, like init_* for packaged image weights
     assert {k: data.tags[f"text_encoder_{k}"] for k in STUB.source} == STUB.source
-    assert f"zs_w_{TEXT_FEATURE}" not in _metrics(runs["none"]).metrics
+    assert f"zs_w_{TEXT_FEATURE}" not in run_data(runs["none"]).metrics
 
 
 def test_the_logged_pyfunc_embeds_names_too(runs):
@@ -121,14 +122,14 @@ def test_no_test_label_enters_the_text_map_or_calibration(runs, text_data, tmp_p
     catalog.loc[catalog["id"].isin(unseen_ids), "productDisplayName"] = "Clovia Night Suit Tie Watch Wallet"
     tracking.set_experiment("poisoned-text")
     again = run_zeroshot(c, dataclasses.replace(p, splits=splits, catalog=catalog), **QUIET)
-    a, b = _metrics(runs["mapped"]).metrics, _metrics(again).metrics
+    a, b = run_data(runs["mapped"]).metrics, run_data(again).metrics
     fitted = [k for k in a if k.startswith("zs_") or k in ("logreg_c", "val_top1_mean", "val_pseudo_harmonic")]
     assert f"zs_w_{TEXT_FEATURE}" in fitted and {k: a[k] for k in fitted} == {k: b[k] for k in fitted}
     heads = [json.loads(Path(download_artifact(r, "checkpoint/zeroshot.json", tmp_path / r)).read_text())
              for r in (runs["mapped"], again)]
     assert heads[0]["text"]["proj"] is not None and heads[0]["text"] == heads[1]["text"]
-    pd.testing.assert_frame_equal(_table(runs["mapped"], tmp_path / "c", "zeroshot/calibration.csv"),
-                                  _table(again, tmp_path / "d", "zeroshot/calibration.csv"))
+    pd.testing.assert_frame_equal(run_table(runs["mapped"], tmp_path / "c", "zeroshot/calibration.csv"),
+                                  run_table(again, tmp_path / "d", "zeroshot/calibration.csv"))
     assert a["test_top1_unseen_mean"] != b["test_top1_unseen_mean"]  # the poison did reach the test scores
 
 
@@ -171,7 +172,7 @@ def test_the_run_logs_its_class_descriptions(runs, tmp_path):
     texts = json.loads(Path(download_artifact(runs["mapped"], "zeroshot/class_texts.json", tmp_path)).read_text())
     assert texts["Baby Dolls"].startswith("a Baby Dolls product: Dolls, a small replica of a person")  # the toy
     assert texts["Watches"] == "a Watches product"  # no entry: the name alone
-    tags = _metrics(runs["mapped"]).tags
+    tags = run_data(runs["mapped"]).tags
     assert tags["text_encoder_descriptions_sha256"] and "data.noun" in tags["text_encoder_descriptions_file"]
 
 

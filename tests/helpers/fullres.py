@@ -6,7 +6,7 @@ document per product). ``make_fullres_dataset`` writes that layout with syntheti
 JPEG size is realistic (smooth backdrop + shaded product + sharp shapes + luminance noise at
 quality 90 gives ~570 KB), so decode timings mean something.
 
-    .venv/bin/python tests/fullres_data.py /tmp/fullres-demo 20
+    .venv/bin/python -m tests.helpers.fullres /tmp/fullres-demo 20
 """
 from __future__ import annotations
 
