@@ -60,10 +60,13 @@ def pretrain(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
               help="The pretrained model: a run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias>, "
                    "or latest (the newest finished pretrain run).")
 @click.option("--resume", default=None, metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
+@click.option("--allow-split-mismatch", is_flag=True,
+              help="Accept a --from run trained on another split (digest, --val-by, --val-years); the run is tagged "
+                   "split_mismatch_allowed=true with the source's split.")
 @gpus_option
 @user_errors
 def finetune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, technique,
-             profile, override, overrides, seed, epochs, device, experiments_dir, source, resume):
+             profile, override, overrides, seed, epochs, device, experiments_dir, source, resume, allow_split_mismatch):
     """Transfer the pretrained network to the other classes; log a `stage=finetune` run."""
     from .experiment import run_stage
 
@@ -73,7 +76,25 @@ def finetune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
                          data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years),
                          overrides)
     torchrun_if_asked()
-    run_stage(cfg, data, source=source, experiment=experiment, resume=resume, log=click.echo)
+    run_stage(cfg, data, source=source, experiment=experiment, resume=resume, log=click.echo,
+              allow_split_mismatch=allow_split_mismatch)
+
+
+@main.command()
+@click.argument("run")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="Where a network predicts.")
+@user_errors
+def evaluate(run, data, device):
+    """Score a finished run's test split once (a selection run deferred it); log it to that run.
+
+    RUN: a run id, runs:/<id> or models:/ reference. The test_* metrics and eval/ tables are the ones the run would
+    have logged at its end; a run that has read its test split already is refused.
+    """
+    from .evaluate_run import evaluate_run
+
+    evaluate_run(run, data, device=device, log=click.echo)
 
 
 @main.command()
@@ -267,10 +288,12 @@ def compare(experiment, stage, grid_run, tag, out, log_run):
               help="Then train the best configuration as a normal run tagged selected=true, evaluated on test once.")
 @click.option("--from", "source", default="latest", show_default=True,
               help="Finetune spaces: the pretrained model (run id, runs:/, models:/ or latest).")
+@click.option("--allow-split-mismatch", is_flag=True,
+              help="Accept a --from run trained on another split; the study's runs are tagged split_mismatch_allowed.")
 @user_errors
 def tune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, space, spaces_dir,
          experiments_dir, profile, override, overrides, device, study_name, storage, n_trials, timeout, seed, pruning,
-         prune_from, heartbeat, create_only, final, source):
+         prune_from, heartbeat, create_only, final, source, allow_split_mismatch):
     """Tune a search space with Optuna: one nested MLflow run per trial, chosen on validation only."""
     import logging
 
@@ -288,7 +311,7 @@ def tune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
     res = run_tune(spc, data, profile=profile, overrides=extra, study_name=study_name, storage=storage,
                    n_trials=n_trials, timeout=timeout or None, seed=seed, pruning=pruning, prune_from=prune_from,
                    heartbeat=heartbeat, experiment=experiment, create_only=create_only, final=final, source=source,
-                   log=click.echo)
+                   allow_split_mismatch=allow_split_mismatch, log=click.echo)
     if res.best_trial is not None:
         click.echo(f"best of study {res.study_name!r}: trial {res.best_trial}, {spc.objective} {res.best_value:.4f}, "
                    f"{res.best_params}")
