@@ -156,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     images = {}
     if any(v.endswith("+image") for v in text_variants):
         from fashion_core.stage import build_stage_data
+        from fashion_core.test_reads import without_test
         from fashion_core.zeroshot.imagenet import stage_conse
 
-        sd = build_stage_data(p, args.stage, classes=classes)
+        sd = build_stage_data(without_test(p), args.stage, classes=classes)  # a choice: no test image in memory
         assert len(sd.train) == len(y["train"]) and len(sd.val) == len(y["val"])
         z, src = stage_conse({"train": sd.train.images, "val": sd.val.images}, cfg.fusion.zs_class_template,
                              enc if texts else load_encoder())

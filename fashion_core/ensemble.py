@@ -203,9 +203,8 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     from .model_source import resolve_model_uri
     from .prepare import log_dataset_input
     from .report.tables import run_inputs
-    from .evaluate_run import deferred_line, log_test, test_summary
     from .stage import build_stage_data
-    from .test_reads import scores_test, selection_tags
+    from .test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
     t_start = time.perf_counter()
     if len(members) != 2:
@@ -233,7 +232,7 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     p = prepared or prepare_data(data, base.data, log=log)
     selection = not scores_test(base, [r.data.tags for r in runs])
     if selection:  # the weight of a selection run is chosen, and the run ends, without a test row in memory
-        from .tuning.study import without_test
+        from .test_reads import without_test
 
         p_rows = without_test(p)
     else:

@@ -1,8 +1,8 @@
-"""Test scoring as its own step: what a run logs when it reads test, and ``fashion evaluate RUN`` for a run that
-deferred it (a selection run, ``test_reads.scores_test``).
+"""``fashion evaluate RUN``: test scoring as its own step, for a run that deferred it (a selection run,
+``test_reads.scores_test``).
 
-``log_test`` is the one place a run's test split becomes ``test_*`` metrics, ``eval/`` tables and the
-``configs_read_on_test`` count; every runner calls it at its end, and ``evaluate_run`` calls it later for a
+``test_reads.log_test`` is the one place a run's test split becomes ``test_*`` metrics, ``eval/`` tables and
+the ``configs_read_on_test`` count; every runner calls it at its end, and ``evaluate_run`` calls it later for a
 finished run, from the run's logged model (a network's state dict, the metadata model, the zero-shot head, an
 ensemble's members and weight). The metrics and tables go to that same run, so ``compare`` reads them as any
 other; the tags ``test_scored_by=evaluate`` and ``test_evaluated_commit`` say when and by which code. A run
@@ -13,46 +13,13 @@ is evaluated once: a second ``fashion evaluate`` of it is refused.
 from __future__ import annotations
 
 import tempfile
-from typing import Callable
-
 import numpy as np
 
 from . import tracking
 from .config import ConfigError, ExperimentConfig
-from .test_reads import READS_TAG, SCORED_BY_TAG, already_read, mark_test_read
+from .test_reads import SCORED_BY_TAG, already_read, log_test, test_summary
 
 EVALUATED_COMMIT_TAG = "test_evaluated_commit"
-
-
-def log_test(run_id: str, sd, scores: np.ndarray, seed: int, extra: Callable | None = None, by: str = "run") -> dict:
-    """Score ``scores`` (N_test, C over ``sd.classes``) on the test split and log it to the active run ``run_id``:
-    the ``test_*`` metrics, the ``eval/`` tables and the test-read tags. ``extra(table, labels, top5)`` adds metrics
-    (the zero-shot S / U / H). Returns the metrics."""
-    from .stage import log_evaluation, score_test_split
-
-    table, preds, metrics, (labels, top5) = score_test_split(sd, scores, seed)
-    if extra is not None:
-        metrics.update(extra(table, labels, top5))
-    log_evaluation(sd, table, preds, metrics, labels, top5)
-    metrics[READS_TAG] = mark_test_read(run_id, by)
-    return metrics
-
-
-def test_summary(stage: str, technique: str, m: dict, test_only=()) -> str:
-    """The line a run prints after reading test."""
-    return (f"{stage} {technique}: test class-mean top-1 {m['test_top1_mean']:.4f} "
-            f"[{m['test_top1_mean_lo']:.4f}, {m['test_top1_mean_hi']:.4f}]  "
-            f"top-5 {m['test_top5_mean']:.4f}  micro top-1 {m['test_top1_micro']:.4f}  "
-            f"({m['test_n_classes_evaluated']} classes evaluated"
-            + (f"; {len(test_only)} test-only classes cannot be learned: {', '.join(test_only)}" if test_only else "")
-            + f"; configurations read on test: {m.get(READS_TAG, '?')})")
-
-
-def deferred_line(stage: str, technique: str, run_id: str, val: float | None = None) -> str:
-    """The line a selection run prints instead of a test figure."""
-    shown = f"validation class-mean top-1 {val:.4f}; " if val is not None and val == val else ""
-    return (f"{stage} {technique}: selection run, {shown}test not scored (score it once, later: "
-            f"fashion evaluate {run_id})")
 
 
 # ---------------------------------------------------------------- fashion evaluate

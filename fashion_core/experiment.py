@@ -25,7 +25,6 @@ from .data import Prepared, prepare_data
 from .data.loader import TensorData
 from .data.sources import cache_root
 from .losses import build_loss
-from .evaluate_run import deferred_line, log_test, test_summary
 from .model_source import (MODEL_JSON, STATE_ARTIFACT, SourceError, load_run_model,  # noqa: F401
                            model_from_checkpoint, resolve_model_uri, resolve_source, tracking_uri)
 from .split_check import check_source_split
@@ -34,9 +33,8 @@ from .prepare import log_dataset_input
 from .serving import ServingModel, log_product_model, registered_name, set_best_alias
 from .stage import (ExtrasFn, StageData, build_stage_data, evaluate_test, log_evaluation, run_name,  # noqa: F401
                     score_test_split)
-from .test_reads import scores_test, selection_tags
+from .test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary, without_test
 from .train import evaluate, fit, load_checkpoint, load_error, pick_device, predict_scores
-from .tuning.study import without_test
 
 REGISTERED_PRETRAIN = "fashion-pretrain"
 LAST_ARTIFACT = "checkpoint/last.pt"

@@ -35,9 +35,8 @@ from .metadata_model import (STATE_ARTIFACT, WEIGHTS_ARTIFACT, baseline_from_fol
                              features)
 from .metrics import class_mean_accuracy, topk_predictions
 from .serving import registered_name
-from .evaluate_run import deferred_line, log_test, test_summary
 from .stage import build_stage_data, log_evaluation, run_name, score_test_split  # noqa: F401
-from .test_reads import scores_test, selection_tags
+from .test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
 BASELINE_TAG = "metadata_only"  # value of the ``baseline`` tag
 
@@ -82,7 +81,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     t_start = time.perf_counter()
     selection = not scores_test(cfg)
     if selection:  # a selection run never gathers a test row: `fashion evaluate` scores it later, once
-        from .tuning.study import without_test
+        from .test_reads import without_test
 
         p_rows = without_test(p)
     else:

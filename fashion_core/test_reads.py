@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+import numpy as np
 
 SELECTION_TAG = "selection_run"
 TEST_SCORED_TAG = "test_scored"
@@ -33,6 +35,13 @@ TEST_METRIC = "test_top1_mean"
 # Params that say how or where a run ran, not what it learned: two runs differing only here are one configuration.
 OPERATIONAL_KEYS = frozenset({"train.seed", "train.device", "train.compile", "description"})
 ENSEMBLE_MEMBERS = "ensemble.members"  # an ensemble's member run ids: replaced by the members' own keys
+
+
+def without_test(p):
+    """The prepared data without the test split's rows: nothing downstream can gather a test image or label."""
+    import dataclasses
+
+    return dataclasses.replace(p, splits=p.splits[p.splits["split"] != "test"].reset_index(drop=True))
 
 
 def is_selection_config(cfg) -> bool:
@@ -128,3 +137,36 @@ def mark_test_read(run_id: str, by: str = "run", client=None) -> int:
 def already_read(run) -> bool:
     """True when a run has scored test (at its end or by ``fashion evaluate``)."""
     return _read_on_test(run)
+
+
+# ---------------------------------------------------------------- the read itself
+
+def log_test(run_id: str, sd, scores: np.ndarray, seed: int, extra: Callable | None = None, by: str = "run") -> dict:
+    """Score ``scores`` (N_test, C over ``sd.classes``) on the test split and log it to the active run ``run_id``:
+    the ``test_*`` metrics, the ``eval/`` tables and the test-read tags. ``extra(table, labels, top5)`` adds metrics
+    (the zero-shot S / U / H). Returns the metrics."""
+    from .stage import log_evaluation, score_test_split
+
+    table, preds, metrics, (labels, top5) = score_test_split(sd, scores, seed)
+    if extra is not None:
+        metrics.update(extra(table, labels, top5))
+    log_evaluation(sd, table, preds, metrics, labels, top5)
+    metrics[READS_TAG] = mark_test_read(run_id, by)
+    return metrics
+
+
+def test_summary(stage: str, technique: str, m: dict, test_only=()) -> str:
+    """The line a run prints after reading test."""
+    return (f"{stage} {technique}: test class-mean top-1 {m['test_top1_mean']:.4f} "
+            f"[{m['test_top1_mean_lo']:.4f}, {m['test_top1_mean_hi']:.4f}]  "
+            f"top-5 {m['test_top5_mean']:.4f}  micro top-1 {m['test_top1_micro']:.4f}  "
+            f"({m['test_n_classes_evaluated']} classes evaluated"
+            + (f"; {len(test_only)} test-only classes cannot be learned: {', '.join(test_only)}" if test_only else "")
+            + f"; configurations read on test: {m.get(READS_TAG, '?')})")
+
+
+def deferred_line(stage: str, technique: str, run_id: str, val: float | None = None) -> str:
+    """The line a selection run prints instead of a test figure."""
+    shown = f"validation class-mean top-1 {val:.4f}; " if val is not None and val == val else ""
+    return (f"{stage} {technique}: selection run, {shown}test not scored (score it once, later: "
+            f"fashion evaluate {run_id})")

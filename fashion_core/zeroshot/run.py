@@ -65,9 +65,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     """
     import mlflow
 
-    from ..evaluate_run import deferred_line, log_test
     from ..stage import build_stage_data, run_name
-    from ..test_reads import scores_test, selection_tags
+    from ..test_reads import deferred_line, log_test, scores_test, selection_tags
     from ..metadata_baseline import BASELINE_TAG, _log_model, class_scores, features, fit_logreg
     from ..serving import registered_name
 
