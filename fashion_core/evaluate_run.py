@@ -13,6 +13,7 @@ is evaluated once: a second ``fashion evaluate`` of it is refused.
 from __future__ import annotations
 
 import tempfile
+
 import numpy as np
 
 from . import tracking
