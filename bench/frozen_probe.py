@@ -29,10 +29,11 @@ def probe_rows(data: str, backbones: list[str], scales: list[float], stems: list
     from fashion_core.experiment import build_stage_data, embed
     from fashion_core.metrics import class_mean_accuracy
     from fashion_core.models import build_model
+    from fashion_core.test_reads import without_test
 
     cfg = ExperimentConfig().replace(**(val_overrides or {}))
     p = prepare_data(data, cfg.data, log=log)
-    sd = build_stage_data(p, "pretrain")
+    sd = build_stage_data(without_test(p), "pretrain")  # a choice: no test image in memory
     g = torch.Generator().manual_seed(seed)
     take = torch.randperm(len(sd.train), generator=g)[:n_train]
     train = sd.train.subset(take)

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core.metadata_baseline import _split_rows, fit_logreg
     from fashion_core.metadata_model import class_scores, features
     from fashion_core.stage import build_stage_data
+    from fashion_core.test_reads import without_test
     from fashion_core.train import class_mean_accuracy, top5_of
     from fashion_core.zeroshot.semantic import rows_of, stage_name_embeddings
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                           stage=args.stage)
     c = cfg.metadata.logreg_c if cfg.metadata.logreg_c > 0 else 1.0
     p = prepare_data(args.data, cfg.data, log=lambda m: None)
-    sd = build_stage_data(p, cfg.stage)
+    sd = build_stage_data(without_test(p), cfg.stage)  # a choice: no test row in memory
     rows = {s: _split_rows(p, sd, s) for s in ("train", "val")}
     vocab = MetaVocab.fit(rows["train"], cfg.fusion)
     x = {s: features(vocab, r) for s, r in rows.items()}

@@ -1,9 +1,10 @@
-"""Would a horizontal-flip average at test time help? Validation and test class-mean of logged image models.
+"""Would a horizontal-flip average at test time help? Validation class-mean of logged image models.
 
-For each model (a run id, ``runs:/`` or ``models:/`` URI) it scores the run's own validation and test split
-three ways — the images as they are, mirrored, and the average of the two logits — and prints class-mean
-Top-1 / Top-5 as a Markdown table. Nothing is logged and nothing is selected on the test split: the
-validation columns are the ones that decide whether a flip average is worth adopting.
+For each model (a run id, ``runs:/`` or ``models:/`` URI) it scores the run's own validation split three
+ways — the images as they are, mirrored, and the average of the two logits — and prints class-mean
+Top-1 / Top-5 as a Markdown table. It decides whether a flip average is worth adopting, so it reads no
+test row (the test split is dropped before an image is gathered); the adopted setting is read on test
+once, by a normal run or ``fashion evaluate``.
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db python bench/tta.py \\
         --data ../shared/data/fashion-product-images-small.tar.gz RUN_ID [RUN_ID ...]
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core.data import prepare_data
     from fashion_core.experiment import build_stage_data, load_run_model, resolve_model_uri
     from fashion_core.scoring import class_mean_accuracy, topk_predictions
+    from fashion_core.test_reads import without_test
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,20 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         key = tuple(sorted(vars(dcfg).items()))
         if key not in prepared:
             prepared[key] = prepare_data(args.data, dcfg, log=lambda *a: None)
-        sd = build_stage_data(prepared[key], stage, classes=meta["classes"])
+        sd = build_stage_data(without_test(prepared[key]), stage, classes=meta["classes"])
         row = {"run": run_id[:8], "stage": stage, "technique": technique}
-        for split, data in (("val", sd.val), ("test", sd.test)):
+        for split, data in (("val", sd.val),):
             labels = data.labels.numpy()
             for view, scores in view_scores(model, data, device).items():
                 t1, t5 = class_mean_accuracy(labels, topk_predictions(scores))
                 row[f"{split} {view}"] = f"{t1:.4f} / {t5:.4f}"
         print(f"{run_id[:8]} {stage}/{technique}: " + ", ".join(f"{k} {v}" for k, v in row.items()
-                                                                  if k.startswith(("val", "test"))), flush=True)
+                                                                  if k.startswith("val")), flush=True)
         rows.append(row)
     if not rows:
         return 1
     cols = list(rows[0])
-    print("\nClass-mean Top-1 / Top-5 (validation decides; test shown for reference)\n")
+    print("\nValidation class-mean Top-1 / Top-5 (the test split is not read)\n")
     print("| " + " | ".join(cols) + " |")
     print("|" + " --- |" * len(cols))
     for r in rows:

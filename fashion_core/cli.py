@@ -70,11 +70,15 @@ def pretrain(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
               help="The pretrained model: a run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias>, "
                    "or latest (the newest finished pretrain run).")
 @click.option("--resume", default=None, metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
+@click.option("--allow-split-mismatch", is_flag=True,
+              help="Accept a --from run trained on another split (digest, --val-by, --val-years); the run is tagged "
+                   "split_mismatch_allowed=true with the source's split.")
 @gpus_option
 @dry_run_option
 @user_errors
 def finetune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, technique,
-             profile, override, overrides, seed, epochs, device, experiments_dir, source, resume, dry_run):
+             profile, override, overrides, seed, epochs, device, experiments_dir, source, resume, dry_run,
+             allow_split_mismatch):
     """Transfer the pretrained network to the other classes; log a `stage=finetune` run."""
     from . import cli_checks as checks
 
@@ -96,7 +100,7 @@ def finetune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, 
 
     torchrun_if_asked()
     run_stage(cfg, data, source=source, experiment=experiment, resume=resume, tags={"profile": chosen},
-              log=click.echo)
+              log=click.echo, allow_split_mismatch=allow_split_mismatch)
 
 
 def _one_run_minutes(cfg, profile: str, gpu: bool) -> float:
@@ -124,6 +128,23 @@ def _source_line(source: str | None, cfg=None) -> str:
     if db is not None and not db.is_file():
         return f"--from {source}: resolved when it runs (no store yet)"
     return f"--from {source}: pretrain run {checks.check_source(source)}"
+
+
+@main.command()
+@click.argument("run")
+@click.option("--data", default=None, help=DATA_HELP)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="Where a network predicts.")
+@user_errors
+def evaluate(run, data, device):
+    """Score a finished run's test split once (a selection run deferred it); log it to that run.
+
+    RUN: a run id, runs:/<id> or models:/ reference. The test_* metrics and eval/ tables are the ones the run would
+    have logged at its end; a run that has read its test split already is refused.
+    """
+    from .evaluate_run import evaluate_run
+
+    evaluate_run(run, data, device=device, log=click.echo)
 
 
 @main.command()
@@ -352,11 +373,13 @@ def compare(experiment, stage, grid_run, tag, out, log_run, pair, ui_url):
               help="Then train the best configuration as a normal run tagged selected=true, evaluated on test once.")
 @click.option("--from", "source", default="latest", show_default=True,
               help="Finetune spaces: the pretrained model (run id, runs:/, models:/ or latest).")
+@click.option("--allow-split-mismatch", is_flag=True,
+              help="Accept a --from run trained on another split; the study's runs are tagged split_mismatch_allowed.")
 @dry_run_option
 @user_errors
 def tune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, space, spaces_dir,
          experiments_dir, profile, override, overrides, device, study_name, storage, n_trials, timeout, seed, pruning,
-         prune_from, heartbeat, create_only, final, source, dry_run):
+         prune_from, heartbeat, create_only, final, source, dry_run, allow_split_mismatch):
     """Tune a search space with Optuna: one nested MLflow run per trial, chosen on validation only."""
     from . import cli_checks as checks
     from .config import parse_overrides
@@ -392,7 +415,7 @@ def tune(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
     res = run_tune(spc, data, profile=profile, overrides=extra, study_name=study_name, storage=storage,
                    n_trials=n_trials, timeout=timeout or None, seed=seed, pruning=pruning, prune_from=prune_from,
                    heartbeat=heartbeat, experiment=experiment, create_only=create_only, final=final, source=source,
-                   log=click.echo)
+                   allow_split_mismatch=allow_split_mismatch, log=click.echo)
     if res.best_trial is not None:
         click.echo(f"best of study {res.study_name!r}: trial {res.best_trial}, {spc.objective} {res.best_value:.4f}, "
                    f"{res.best_params}")

@@ -72,7 +72,7 @@ def check_members(runs: list) -> None:
                               f"{b.data.tags.get(key)} ({b.info.run_id[:8]})")
 
 
-def _member_scores(run, p, stage: str, sd) -> dict:
+def _member_scores(run, p, stage: str, sd, splits=("val", "test")) -> dict:
     """Log-probabilities (val, test) of a finished network or metadata-only run over the stage's classes.
 
     ``sd``: the stage's data, gathered once by the caller; only a fused network gathers it again, with its
@@ -91,7 +91,7 @@ def _member_scores(run, p, stage: str, sd) -> dict:
 
         clf, vocab, classes = load_metadata_baseline(run_id)
         out = {}
-        for split in ("val", "test"):
+        for split in splits:
             rows = stage_rows(p, sd.frame.loc[sd.frame["split"] == split, "id"])
             out[split] = class_scores(clf, features(vocab, rows), len(classes))
         return {"classes": list(classes), **out}
@@ -106,7 +106,7 @@ def _member_scores(run, p, stage: str, sd) -> dict:
     device = pick_device("auto")
     model.to(device)
     out = {}
-    for split in ("val", "test"):
+    for split in splits:
         logits = torch.from_numpy(predict_scores(model, getattr(sd, split), device))
         out[split] = torch.log_softmax(logits.double(), dim=1).numpy() if len(logits) else np.zeros((0, 0))
     return {"classes": list(meta["classes"]), **out}
@@ -177,7 +177,7 @@ def _common_parent(runs: list) -> str | None:
 
 
 def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None = "auto", seed: int | None = None,
-                 weights=WEIGHTS, log=print) -> str:
+                 weights=WEIGHTS, prepared=None, log=print) -> str:
     """Combine two finished runs of one stage (weight chosen on validation), score test once, log one run.
 
     Args:
@@ -188,6 +188,10 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
         seed: the run's seed (default: its network member's ``train.seed``, so that the ensembles of three
             seeds of a network are three seeds in ``compare``): the validation halves of ``crossfit`` and the
             bootstrap of the test interval.
+        prepared: the prepared data, instead of preparing ``data`` (tests).
+
+    An ensemble of selection runs (``test_reads.scores_test``) is one too: it chooses its weight and scores
+    no test; ``fashion evaluate`` does, later, once.
 
     Returns:
         The run id.
@@ -199,7 +203,8 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     from .model_source import resolve_model_uri
     from .prepare import log_dataset_input
     from .report.tables import run_inputs
-    from .stage import build_stage_data, log_evaluation, score_test_split
+    from .stage import build_stage_data
+    from .test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
     t_start = time.perf_counter()
     if len(members) != 2:
@@ -224,15 +229,23 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
         nets = [c for r, c in zip(runs, configs) if r.data.tags.get("baseline") != "metadata_only"] or configs
         seed = int((nets[0].get("train") or {}).get("seed", 0))
     base = ExperimentConfig(stage=stage).replace(**{f"data.{k}": v for k, v in configs[0]["data"].items()})
-    p = prepare_data(data, base.data, log=log)
+    p = prepared or prepare_data(data, base.data, log=log)
+    selection = not scores_test(base, [r.data.tags for r in runs])
+    if selection:  # the weight of a selection run is chosen, and the run ends, without a test row in memory
+        from .test_reads import without_test
+
+        p_rows = without_test(p)
+    else:
+        p_rows = p
     if p.digest != runs[0].data.tags.get("dataset_digest"):
         raise ConfigError(f"--data gives dataset digest {p.digest}, the runs were trained on "
                           f"{runs[0].data.tags.get('dataset_digest')}: give the dataset they were trained on")
-    sd = build_stage_data(p, stage)
+    sd = build_stage_data(p_rows, stage)
     scored = []
     for r in runs:
-        log(f"scoring {r.data.tags.get('technique')} ({r.info.run_id[:8]}) on validation and test")
-        s = _member_scores(r, p, stage, sd)
+        log(f"scoring {r.data.tags.get('technique')} ({r.info.run_id[:8]}) on validation"
+            + ("" if selection else " and test"))
+        s = _member_scores(r, p_rows, stage, sd, ("val",) if selection else ("val", "test"))
         if s["classes"] != sd.classes:
             raise ConfigError(f"run {r.info.run_id} predicts other classes than the {stage} stage's "
                               f"{len(sd.classes)}; was it trained on another split?")
@@ -258,7 +271,8 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
                                                if r.data.tags.get("baseline") != "metadata_only"))),
             "ensemble_inputs": "+".join(seen),
             "fusion_inputs": ",".join(dict.fromkeys(
-                x for r in runs for x in (r.data.tags.get("fusion_inputs") or "image").split(",") if x))}
+                x for r in runs for x in (r.data.tags.get("fusion_inputs") or "image").split(",") if x)),
+            **selection_tags(selection)}
     config = {"stage": stage, "technique": technique, "data": configs[0]["data"],
               "ensemble": {"members": [r.info.run_id for r in runs], "techniques": list(names),
                            "weights": [float(x) for x in weights], "rule": "log p_a + w log p_b, w by val top-1"}}
@@ -267,7 +281,7 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
         run_id = run.info.run_id
         log_dataset_input(p, stage)
         tracking.log_metrics({"n_classes": len(sd.classes), "n_val_images": len(sd.val),
-                              "n_test_images": len(sd.test), "ensemble_weight": w,
+                              **({} if selection else {"n_test_images": len(sd.test)}), "ensemble_weight": w,
                               "val_top1_mean_crossfit": honest["ensemble"],
                               "val_top1_mean_crossfit_member_a": honest["a"],
                               "val_top1_mean_crossfit_member_b": honest["b"],
@@ -279,11 +293,9 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
             _weights_figure(curve, w, names, path)
             tracking.log_file(path, "ensemble")
         mlflow.log_dict({"classes": sd.classes, "test_only": sd.test_only}, "classes.json")
-        table, preds, test_metrics, (labels, top5) = score_test_split(sd, scored[0]["test"] + w * scored[1]["test"],
-                                                                      seed)
-        log_evaluation(sd, table, preds, test_metrics, labels, top5)
+        if not selection:
+            test_metrics = log_test(run_id, sd, scored[0]["test"] + w * scored[1]["test"], seed)
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
-        log(f"{stage} run {run_id} ({technique}, w={w:g}): test class-mean top-1 {test_metrics['test_top1_mean']:.4f} "
-            f"[{test_metrics['test_top1_mean_lo']:.4f}, {test_metrics['test_top1_mean_hi']:.4f}]  "
-            f"top-5 {test_metrics['test_top5_mean']:.4f}  ({test_metrics['test_n_classes_evaluated']} classes)")
+        log(f"{stage} run {run_id} ({technique}, w={w:g}): " + (test_summary(stage, technique, test_metrics)
+            if not selection else deferred_line(stage, technique, run_id, val1)))
     return run_id

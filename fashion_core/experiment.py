@@ -27,12 +27,14 @@ from .data.sources import cache_root
 from .losses import build_loss
 from .model_source import (MODEL_JSON, STATE_ARTIFACT, SourceError, load_run_model,  # noqa: F401
                            model_from_checkpoint, resolve_model_uri, resolve_source, tracking_uri)
+from .split_check import check_source_split
 from .models import FashionNet, NCMHead, build_model, imprint_weights, transfer_policy
 from .prepare import log_dataset_input
 from .serving import ServingModel, log_product_model, registered_name, set_best_alias
 from .stage import (ExtrasFn, StageData, build_stage_data, evaluate_test, log_evaluation, run_name,  # noqa: F401
                     score_test_split)
-from .train import evaluate, fit, load_checkpoint, load_error, pick_device
+from .test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary, without_test
+from .train import evaluate, fit, load_checkpoint, load_error, pick_device, predict_scores
 
 REGISTERED_PRETRAIN = "fashion-pretrain"
 LAST_ARTIFACT = "checkpoint/last.pt"
@@ -195,7 +197,7 @@ def _follow_fit(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, 
 def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = None, experiment: str | None = None,
               parent_run_id: str | None = None, tags: dict | None = None, register: bool = True,
               resume: str | None = None, extras_fn: ExtrasFn | None = None, log=print,
-              prepared: Prepared | None = None) -> str:
+              prepared: Prepared | None = None, allow_split_mismatch: bool = False) -> str:
     """Run one technique of a stage as an MLflow run; return its run id.
 
     Under ``torchrun`` (see ``distributed``) every rank trains, rank 0 alone logs the run and
@@ -208,6 +210,10 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         parent_run_id: makes this a child run (grid, tune).
         resume: a run id whose ``checkpoint/last.pt`` to continue (same config).
         prepared: reuse already-prepared data (grid).
+        allow_split_mismatch: accept a ``--from`` source of another split (tagged on the run).
+
+    A selection run (``test_reads.scores_test`` false: the year-held-out validation) scores no test:
+    ``fashion evaluate RUN`` does, later, once.
     """
     import mlflow
 
@@ -234,6 +240,7 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
                                      log=log) if env.is_main else ""
     src_run = None
     src_model = None
+    split_tags: dict = {}
     if cfg.stage == "finetune":
         policy = transfer_policy(cfg.transfer.method)
         if policy["pretrained"]:
@@ -241,6 +248,8 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
                 raise SourceError(f"finetune with transfer.method={cfg.transfer.method} needs --from "
                                   "(a pretrain run id, runs:/ or models:/ URI, or latest)")
             src_run = env.broadcast_object(resolve_source(source, experiment) if env.is_main else None)
+            if env.is_main:  # a source of another split: its trunk saw this run's validation (or test) images
+                split_tags = check_source_split(src_run, p.digest, cfg.data, allow_split_mismatch)
             src_model = load_run_model(src_run)
             cfg = cfg.replace(**{f"model.{k}": v for k, v in src_model[1]["model"].items() if k != "init"})
     cfg, plan = fusion.plan_stage(cfg, p, src_model, log)  # metadata encoders and auxiliary heads, if any
@@ -248,7 +257,9 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         extras_fn = plan.chain(extras_fn)
     device = env.device_for(pick_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
-    sd = build_stage_data(p, cfg.stage, extras_fn)
+    selection = not scores_test(cfg)
+    # A selection run never gathers a test image or label: `fashion evaluate` scores its test split later, once.
+    sd = build_stage_data(without_test(p) if selection else p, cfg.stage, extras_fn)
     if len(sd.train) == 0:
         raise ConfigError(f"the {cfg.stage} stage has no training images with these split settings")
     resume_state = None
@@ -267,7 +278,9 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         all_tags.update({"world_size": env.world_size, "ddp_backend": env.backend})
     if src_run:
         all_tags["source_run_id"] = src_run
+        all_tags.update(split_tags)
     all_tags.update(fusion.run_tags(cfg, plan))
+    all_tags.update(selection_tags(selection))
     ckpt_dir = cache_root() / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     with tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg),
@@ -279,12 +292,14 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         if resume_state is not None:
             _log_missing_epochs(run_id, resume_state["history"])
         log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "
-            f"{len(sd.train)} train / {len(sd.val)} val / {len(sd.test)} test images, device {device}")
+            f"{len(sd.train)} train / {len(sd.val)} val / "
+            + ("test deferred (selection run)" if selection else f"{len(sd.test)} test images") + f", device {device}")
         model, policy, lr_mult = setup_model(cfg, sd, src_model, device, log, plan=plan)
         _log_init(getattr(model, "init_report", None) if cfg.stage == "pretrain" or not src_run else None, log)
         criterion = fusion.wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
         tracking.log_metrics({"n_classes": len(sd.classes), "n_train_images": len(sd.train),
-                              "n_val_images": len(sd.val), "n_test_images_learnable": len(sd.test),
+                              "n_val_images": len(sd.val),
+                              **({} if selection else {"n_test_images_learnable": len(sd.test)}),
                               "n_params": sum(p_.numel() for p_ in model.parameters()),
                               "n_trainable_params": sum(p_.numel() for p_ in model.parameters() if p_.requires_grad)})
         mlflow.log_dict({"classes": sd.classes, "test_only": sd.test_only,
@@ -314,8 +329,8 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
                 log(f"interrupted: last checkpoint logged to run {run_id} as {LAST_ARTIFACT}; "
                     f"continue with --resume {run_id}")
             raise
-        table, preds, test_metrics, (labels, top5) = evaluate_test(model, sd, device, cfg.train.seed)
-        log_evaluation(sd, table, preds, test_metrics, labels, top5)
+        if not selection:
+            test_metrics = log_test(run_id, sd, predict_scores(model, sd.test, device), cfg.train.seed)
         _log_state(model, cfg, sd.classes, {"source_run_id": src_run})
         if ckpt_path.is_file():
             _log_last(ckpt_path)
@@ -324,10 +339,6 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         _log_mlflow_model(model, cfg, sd.classes, registered_name(cfg.stage, inputs) if register else None,
                           val_score if val_score == val_score else -1.0, log)
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
-        log(f"{cfg.stage} {cfg.technique}: test class-mean top-1 {test_metrics['test_top1_mean']:.4f} "
-            f"[{test_metrics['test_top1_mean_lo']:.4f}, {test_metrics['test_top1_mean_hi']:.4f}]  "
-            f"top-5 {test_metrics['test_top5_mean']:.4f}  micro top-1 {test_metrics['test_top1_micro']:.4f}  "
-            f"({test_metrics['test_n_classes_evaluated']} classes evaluated"
-            + (f"; {len(sd.test_only)} test-only classes cannot be learned: {', '.join(sd.test_only)}" if sd.test_only else "")
-            + ")")
+        log(test_summary(cfg.stage, cfg.technique, test_metrics, sd.test_only) if not selection
+            else deferred_line(cfg.stage, cfg.technique, run_id, val_score))
         return run_id

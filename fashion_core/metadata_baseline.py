@@ -35,7 +35,8 @@ from .metadata_model import (STATE_ARTIFACT, WEIGHTS_ARTIFACT, baseline_from_fol
                              features)
 from .metrics import class_mean_accuracy, topk_predictions
 from .serving import registered_name
-from .stage import build_stage_data, log_evaluation, run_name, score_test_split
+from .stage import build_stage_data, log_evaluation, run_name, score_test_split  # noqa: F401
+from .test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
 BASELINE_TAG = "metadata_only"  # value of the ``baseline`` tag
 
@@ -78,14 +79,20 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     if cfg.fusion.mode != "metadata_only":
         raise ConfigError(f"run_metadata_baseline needs fusion.mode=metadata_only, got {cfg.fusion.mode}")
     t_start = time.perf_counter()
-    sd = build_stage_data(p, cfg.stage)  # the networks' rows, classes and labels, so the tables line up
+    selection = not scores_test(cfg)
+    if selection:  # a selection run never gathers a test row: `fashion evaluate` scores it later, once
+        from .test_reads import without_test
+
+        p_rows = without_test(p)
+    else:
+        p_rows = p
+    sd = build_stage_data(p_rows, cfg.stage)  # the networks' rows, classes and labels, so the tables line up
     if len(sd.train) == 0:
         raise ConfigError(f"the {cfg.stage} stage has no training images with these split settings")
     train_rows = _split_rows(p, sd, "train")
     vocab = MetaVocab.fit(train_rows, cfg.fusion)
     x_train, y_train = features(vocab, train_rows), sd.train.labels.numpy()
     x_val, y_val = features(vocab, _split_rows(p, sd, "val")), sd.val.labels.numpy()
-    x_test = features(vocab, _split_rows(p, sd, "test"))
     if len(np.unique(y_train)) < 2:
         raise ConfigError(f"the {cfg.stage} stage has fewer than two classes with training images")
     n = len(sd.classes)
@@ -106,7 +113,8 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     inputs = vocab.fields + ([TEXT_FIELD] if vocab.text else [])
     all_tags = {"leaky": str(cfg.fusion.leaky).lower(), "seed": cfg.train.seed, "device": "cpu",
                 "transfer": cfg.transfer.method if cfg.stage == "finetune" else "", "baseline": BASELINE_TAG,
-                "fusion": cfg.fusion.mode, "fusion_inputs": ",".join(inputs), **(tags or {})}
+                "fusion": cfg.fusion.mode, "fusion_inputs": ",".join(inputs), **selection_tags(selection),
+                **(tags or {})}
     if cfg.fusion.leaky:
         log(f"LEAKY: {', '.join(cfg.fusion.leaky_fields)} are model inputs; the run is tagged leaky=true")
     with tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg),
@@ -117,21 +125,21 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
             f"{n} classes, {len(sd.train)} train / {len(sd.val)} val / {len(sd.test)} test rows, "
             f"{x_train.shape[1]} features, C={c_best:g}")
         tracking.log_metrics({"n_classes": n, "n_train_images": len(sd.train), "n_val_images": len(sd.val),
-                              "n_test_images_learnable": len(sd.test), "n_features": x_train.shape[1],
+                              **({} if selection else {"n_test_images_learnable": len(sd.test)}),
+                              "n_features": x_train.shape[1],
                               "n_params": int(clf.coef_.size + clf.intercept_.size), "logreg_c": c_best,
                               "logreg_converged": float(converged)})
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
         mlflow.log_dict({"classes": sd.classes, "test_only": sd.test_only}, "classes.json")
         tracking.log_frame(pd.DataFrame(search), "baseline/c_search.csv")
-        table, preds, test_metrics, (labels, top5) = score_test_split(sd, class_scores(clf, x_test, n), cfg.train.seed)
-        log_evaluation(sd, table, preds, test_metrics, labels, top5)
+        if not selection:
+            x_test = features(vocab, _split_rows(p, sd, "test"))
+            test_metrics = log_test(run_id, sd, class_scores(clf, x_test, n), cfg.train.seed)
         _log_model(clf, vocab, c_best, sd.classes, registered_name(cfg.stage, "metadata") if register else None,
                    val1 if val1 == val1 else -1.0, log)
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
-        log(f"{cfg.stage} {cfg.technique}: test class-mean top-1 {test_metrics['test_top1_mean']:.4f} "
-            f"[{test_metrics['test_top1_mean_lo']:.4f}, {test_metrics['test_top1_mean_hi']:.4f}]  "
-            f"top-5 {test_metrics['test_top5_mean']:.4f}  micro top-1 {test_metrics['test_top1_micro']:.4f}  "
-            f"({test_metrics['test_n_classes_evaluated']} classes evaluated)" + ("  LEAKY" if cfg.fusion.leaky else ""))
+        log((test_summary(cfg.stage, cfg.technique, test_metrics) if not selection
+             else deferred_line(cfg.stage, cfg.technique, run_id, val1)) + ("  LEAKY" if cfg.fusion.leaky else ""))
     return run_id
 
 

@@ -101,15 +101,53 @@ def test_an_ensemble_run_is_a_run_of_its_stage_with_the_chosen_weight(members, d
     assert t["ensemble_inputs"] == "image+metadata"
     assert t["transfer"] == _run(image).data.tags["transfer"]  # the metadata model's tag says nothing of a transfer
     assert t["seed"] == _run(image).data.tags["seed"] and run.info.run_name == f"baseline+meta_only · s{t['seed']}"
-    assert m["ensemble_weight"] in WEIGHTS
     assert 0 <= m["val_top1_mean_crossfit"] <= 1 and 0 <= m["test_top1_mean"] <= 1
     assert 0 <= m["val_top1_mean_crossfit_member_a"] <= 1 and 0 <= m["val_top1_mean_crossfit_member_b"] <= 1
-    # the chosen weight is the best on validation, and no worse there than the anchor alone
-    assert m["val_top1_mean"] >= m["val_top1_mean_member_a"] - 1e-9
+    # the chosen weight is the smallest of those best on validation (the logged curve), and the logged validation
+    # figure is the curve's at that weight; the curve's w = 0 is the anchor's own validation figure
+    import pandas as pd
+
+    from fashion_core.tracking import download_artifact
+
+    curve = pd.read_csv(download_artifact(run_id, "ensemble/weights.csv"))
+    assert curve["weight"].tolist() == list(WEIGHTS)
+    best = curve.loc[curve["val_top1_mean"] == curve["val_top1_mean"].max(), "weight"].min()
+    assert m["ensemble_weight"] == best
+    assert m["val_top1_mean"] == pytest.approx(curve.loc[curve["weight"] == best, "val_top1_mean"].item(), abs=1e-12)
+    assert curve.loc[curve["weight"] == 0, "val_top1_mean"].item() == pytest.approx(m["val_top1_mean_member_a"],
+                                                                                     abs=1e-12)
     files = {a.path for a in MlflowClient().list_artifacts(run_id, "eval")}
     files |= {a.path for a in MlflowClient().list_artifacts(run_id, "ensemble")}
     assert {"eval/per_class.csv", "eval/predictions.csv", "ensemble/weights.csv", "ensemble/weights.png"} <= files
     assert run.data.params["ensemble.members"]  # the config names its members
+
+
+def test_no_test_label_enters_the_weight_choice(members, dataset, isolated_module):
+    """Poisoned test split: its labels shuffled; the chosen weight, the validation curve and the cross-fitted
+    figure are unchanged, while the test figure moves (the poison did reach the test scoring)."""
+    import dataclasses
+
+    import pandas as pd
+
+    from fashion_core.data import prepare_data
+    from fashion_core.tracking import download_artifact
+
+    image, meta = members
+    clean = run_ensemble([image, meta], str(dataset), **QUIET)
+    p = prepare_data(str(dataset), cfg("pretrain", "baseline").data, log=lambda m: None)
+    splits = p.splits.copy()
+    test = (splits["split"] == "test") & (splits["subset"] == "pretrain")
+    # a derangement of the test labels among the stage's classes: every test label is wrong now
+    classes = sorted(splits.loc[test, "label"].unique())
+    splits.loc[test, "label"] = splits.loc[test, "label"].map(dict(zip(classes, classes[1:] + classes[:1])))
+    poisoned = run_ensemble([image, meta], str(dataset), prepared=dataclasses.replace(p, splits=splits), **QUIET)
+    a, b = _run(clean).data.metrics, _run(poisoned).data.metrics
+    chosen = ["ensemble_weight", "val_top1_mean", "val_top5_mean", "val_top1_mean_crossfit",
+              "val_top1_mean_member_a", "val_top1_mean_member_b"]
+    assert {k: a[k] for k in chosen} == {k: b[k] for k in chosen}
+    pd.testing.assert_frame_equal(pd.read_csv(download_artifact(clean, "ensemble/weights.csv")),
+                                  pd.read_csv(download_artifact(poisoned, "ensemble/weights.csv")))
+    assert a["test_top1_mean"] != b["test_top1_mean"]
 
 
 @pytest.mark.parametrize("anchor", [0, 1])

@@ -225,6 +225,24 @@ def git_repo(root: Path) -> Path:
     return root
 
 
+def test_reuse_needs_the_same_dataset_digest_not_just_the_folder_name(store, dataset, tmp_path):
+    """Another dataset in a folder of the same name (the same experiment): one product moved from 2012 to 2013.
+    The grid must rerun, not reuse the runs of the first dataset."""
+    tasks = [t for t in plan_grid(experiments_dir(tmp_path), seeds=[0], profile="smoke", overrides=TINY)
+             if t.cfg.technique == "meta_only"]
+    quiet = dict(profile="smoke", seeds=[0], register=False, log=lambda m: None)
+    first = run_grid(tasks, str(dataset), **quiet)
+    assert run_grid(tasks, str(dataset), **quiet).runs["reused"].all()  # the same data: reused
+    other = tmp_path / "elsewhere" / dataset.name
+    shutil.copytree(dataset, other)
+    lines = (other / "styles.csv").read_text().splitlines()
+    at = next(i for i, ln in enumerate(lines) if ",2012," in ln and ln.split(",")[0].isdigit())
+    lines[at] = lines[at].replace(",2012,", ",2013,")
+    (other / "styles.csv").write_text("\n".join(lines) + "\n")
+    again = run_grid(tasks, str(other), **quiet)
+    assert not again.runs["reused"].any() and again.runs["run_id"][0] != first.runs["run_id"][0]
+
+
 def test_a_real_code_change_changes_the_version_and_stops_reuse(tmp_path, isolated, monkeypatch):
     """Edited, new and committed source files, and other library versions, each give a version no run matches."""
     import subprocess

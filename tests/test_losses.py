@@ -74,6 +74,21 @@ def test_focal_gamma0_without_alpha_equals_ce(batch, eps):
                           F.cross_entropy(logits, target, label_smoothing=eps), atol=1e-6)
 
 
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_with_label_smoothing_follows_gamma(batch, gamma):
+    """With smoothing the loss is sum_c q_c alpha_c (1 - p_c)^gamma (-log p_c) / sum alpha_y, gamma included."""
+    logits, target = batch
+    w = class_weights(COUNTS, "inverse")
+    eps = 0.1
+    logp = F.log_softmax(logits.float(), dim=1)
+    q = torch.full_like(logp, eps / logp.shape[1])
+    q[torch.arange(len(target)), target] += 1 - eps
+    expected = (q * w[None, :] * (1 - logp.exp()).pow(gamma) * -logp).sum() / w[target].sum()
+    got = FocalLoss(gamma=gamma, alpha=w, label_smoothing=eps)(logits, target)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, FocalLoss(gamma=0.0, alpha=w, label_smoothing=eps)(logits, target), atol=1e-4)
+
+
 def test_focal_downweights_easy_examples():
     easy = torch.tensor([[4.0, 0.0, 0.0]])  # p_y ~ 0.96
     hard = torch.tensor([[0.0, 0.5, 0.0]])  # p_y ~ 0.27

@@ -100,6 +100,20 @@ def test_digest_covers_images_size_and_every_metadata_column_a_model_reads(catal
     assert dataset_digest(catalog.assign(note="x"), DataConfig()) == base
 
 
+def test_digest_changes_when_one_product_changes_year_or_label(catalog):
+    """A product moved from 2012 to 2013 changes the split (train -> test): reuse and the ensemble's same-digest
+    check must see another dataset; so must a relabelled product."""
+    base = dataset_digest(catalog, DataConfig())
+    first = catalog.index[catalog["valid"] & (catalog["year"] == 2012)][0]
+    moved = catalog.copy()
+    moved.loc[first, "year"] = 2013
+    assert dataset_digest(moved, DataConfig()) != base
+    relabelled = catalog.copy()
+    other = next(c for c in catalog["articleType"].unique() if c != catalog.loc[first, "articleType"])
+    relabelled.loc[first, "articleType"] = other
+    assert dataset_digest(relabelled, DataConfig()) != base
+
+
 def year_catalog() -> pd.DataFrame:
     """Classes over several even years and an odd one: A everywhere, B never in 2016, C only in 2016."""
     years = ([2010, 2012, 2012, 2014, 2016, 2016, 2016, 2013, 2013]  # A

@@ -204,6 +204,29 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     assert a["test_top1_unseen_mean"] != b["test_top1_unseen_mean"]  # the poison did reach the test scores
 
 
+def test_a_deferred_zero_shot_run_evaluated_later_logs_what_it_logs_at_its_end(zs_run, zs_data, tmp_path,
+                                                                              monkeypatch):
+    """The same run as a selection run (the predicate forced): no test figure; ``fashion evaluate`` then logs the
+    run's S / U / H and tables from its logged metadata model and zero-shot head, equal to the run's own."""
+    from fashion_core import tracking
+    from fashion_core.evaluate_run import evaluate_run
+    from fashion_core.experiment import run_stage
+
+    tracking.set_experiment("deferred")  # apart from the runs the compare test reads
+    with monkeypatch.context() as mp:
+        mp.setattr("fashion_core.test_reads.scores_test", lambda cfg, members=None: False)
+        deferred = run_stage(cfg(), str(zs_data), experiment="deferred", **QUIET)
+    assert not any(k.startswith("test_") for k in run_data(deferred).metrics)
+    assert run_data(deferred).tags["selection_run"] == "true"
+    evaluate_run(deferred, str(zs_data), **QUIET)
+    a, b = run_data(zs_run).metrics, run_data(deferred).metrics
+    tests = sorted(k for k in a if k.startswith("test_"))
+    assert "test_top1_unseen_mean" in tests and [b.get(k) for k in tests] == pytest.approx([a[k] for k in tests],
+                                                                                          abs=1e-9)
+    for name in ("eval/per_class.csv", "eval/predictions.csv"):
+        pd.testing.assert_frame_equal(run_table(zs_run, tmp_path / "a", name), run_table(deferred, tmp_path / "b", name))
+
+
 def test_compare_shows_gzsl_columns_and_shrinks_not_evaluated(zs_run, zs_data, tmp_path):
     from fashion_core.experiment import run_stage
     from fashion_core.report import display_summary, run_compare

@@ -14,6 +14,7 @@ from .. import tracking
 from ..config import ConfigError, ExperimentConfig, flatten, load_experiment, to_dict
 from .spaces import SearchSpace, base_config, best_config_yaml, trial_config
 from .storage import DEFAULT_STORAGE, StudyStorage, check_storage_url, open_storage
+from ..split_check import check_source_split
 from .study import Objective, make_pruner, open_study, study_settings, without_test
 from .workers import _worker_id, reap_dead_workers, retry_dead_trial
 
@@ -134,7 +135,8 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
              seed: int | None = 0, pruning: bool = True, prune_from: int = 1, heartbeat: int = 60,
              experiment: str | None = None, create_only: bool = False, final: bool = False,
              source: str | None = "latest", prepared: "Prepared | None" = None, pruner=None,
-             catch: tuple[type[BaseException], ...] = (RuntimeError,), log=print) -> TuneResult:
+             catch: tuple[type[BaseException], ...] = (RuntimeError,), allow_split_mismatch: bool = False,
+             log=print) -> TuneResult:
     """One ``fashion tune`` invocation: a worker of a study, and optionally its final run.
 
     Args:
@@ -154,6 +156,7 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
         prepared: reuse prepared data.
         pruner: an Optuna pruner instead of ``make_pruner(pruning, prune_from)``.
         catch: trial exceptions that fail the trial without stopping the worker (e.g. out of memory).
+        allow_split_mismatch: accept a ``source`` trained on another split (``split_check``; tagged).
     Returns:
         TuneResult.
     """
@@ -174,11 +177,13 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
     experiment = experiment or tracking.experiment_name_for(p.root)
     tracking.set_experiment(experiment)
     src_run, src_model = None, None
+    split_tags: dict = {}
     if space.stage == "finetune":
         from ..models import transfer_policy
 
         if transfer_policy(base.transfer.method)["pretrained"]:
             src_run = resolve_source(source or "latest", experiment)
+            split_tags = check_source_split(src_run, p.digest, base.data, allow_split_mismatch)
             src_model = load_run_model(src_run)
             # The architecture comes from the pretrained run, as in run_stage.
             base = base.replace(**{f"model.{k}": v for k, v in src_model[1]["model"].items() if k != "init"})
@@ -200,6 +205,7 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
                 "profile": profile, "worker": _worker_id()}
         if src_run:
             tags["source_run_id"] = src_run
+            tags.update(split_tags)
         with tracking.start_run("tune", space.name, p.digest, run_name=f"tune/{study_name}", config=to_dict(base),
                                 tags=tags, description=space.description or None) as parent:
             import mlflow
@@ -231,7 +237,8 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
     if final:
         result.final_run_id = final_run(study, space, data, profile=profile, overrides=overrides, prepared=p,
                                         experiment=experiment, source=src_run, tune_run_id=result.parent_run_id,
-                                        header=_header(study_name, st, profile, overrides), log=log)
+                                        header=_header(study_name, st, profile, overrides),
+                                        allow_split_mismatch=allow_split_mismatch, log=log)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -239,7 +246,7 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
 def final_run(study, space: SearchSpace, data: str | None, *, profile: str = "default",
               overrides: Mapping[str, Any] | None = None, prepared: "Prepared | None" = None,
               experiment: str | None = None, source: str | None = None, tune_run_id: str | None = None,
-              header: str = "", log=print) -> str:
+              header: str = "", allow_split_mismatch: bool = False, log=print) -> str:
     """Train the study's best configuration as a normal pretrain/finetune run tagged ``selected=true``.
 
     The config is the best-configuration YAML loaded like any technique file (same profile and
@@ -273,7 +280,8 @@ def final_run(study, space: SearchSpace, data: str | None, *, profile: str = "de
             "search_space": space.name, "tuned_val_objective": f"{best.value:.6f}"}
     if tune_run_id:
         tags["tune_run_id"] = tune_run_id
-    run_id = run_stage(cfg, data, source=source, experiment=experiment, tags=tags, prepared=prepared, log=log)
+    run_id = run_stage(cfg, data, source=source, experiment=experiment, tags=tags, prepared=prepared, log=log,
+                       allow_split_mismatch=allow_split_mismatch)
     if run_id:
         study.set_user_attr("final_run_id", run_id)
         if tune_run_id:

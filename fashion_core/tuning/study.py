@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .. import tracking
 from ..config import ConfigError, ExperimentConfig, flatten, to_dict
+from ..test_reads import without_test  # noqa: F401 (tuning.without_test, as before)
 from .spaces import SearchSpace, trial_config
 from .storage import StudyStorage
 from .workers import _worker_id, reap_dead_workers, retried_trial_number, retry_dead_trial
@@ -92,9 +93,6 @@ def open_study(storage: StudyStorage, study_name: str, settings: Mapping[str, An
     return study
 
 
-def without_test(p: "Prepared") -> "Prepared":
-    """The prepared data without the test split's rows: nothing downstream can gather a test image or label."""
-    return dataclasses.replace(p, splits=p.splits[p.splits["split"] != "test"].reset_index(drop=True))
 
 
 # ---------------------------------------------------------------- the objective

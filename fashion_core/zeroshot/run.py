@@ -22,6 +22,24 @@ STATE_ARTIFACT = f"checkpoint/{HEAD_FILE}"
 
 # ---------------------------------------------------------------- the run
 
+def gzsl_extra(matcher: NameMatcher, seen: np.ndarray, test_rows: pd.DataFrame, label_names):
+    """The zero-shot run's test metrics beyond the stage's (``log_test``'s ``extra``): S / U / H, and the unseen
+    test products whose name shares no word with their class."""
+    def extra(table, labels, top5) -> dict:
+        out = {f"test_{k}": v for k, v in M.gzsl_summary(table).items()}
+        no_word = matcher.no_shared_word(test_rows[TEXT_FIELD], label_names) \
+            if TEXT_FIELD in test_rows.columns else np.ones(len(labels), dtype=bool)
+        is_unseen = ~seen[labels] if len(labels) else np.zeros(0, dtype=bool)
+        if is_unseen.any():
+            slice_ = is_unseen & no_word
+            out["test_unseen_share_no_class_word"] = float(slice_.sum() / is_unseen.sum())
+            if slice_.any():
+                out["test_top1_unseen_no_class_word_micro"] = float((top5[slice_, 0] == labels[slice_]).mean())
+        return out
+
+    return extra
+
+
 def _split_rows(p, sd, name: str) -> pd.DataFrame:
     from ..fusion import stage_rows
 
@@ -45,7 +63,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     """
     import mlflow
 
-    from ..stage import build_stage_data, log_evaluation, run_name, score_test_split
+    from ..stage import build_stage_data, run_name
+    from ..test_reads import deferred_line, log_test, scores_test, selection_tags
     from ..metadata_baseline import BASELINE_TAG, _log_model, class_scores, features, fit_logreg
     from ..serving import registered_name
 
@@ -90,12 +109,13 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     models = fit_models(x["train"], phi["train"], y_train, n, c_best, class_weight, cfg.train.seed, clf=best[2])
     val_scores = model_scores(models, x["val"], phi["val"], gamma, mix, beta)
     val1, val5 = class_mean_accuracy(y_val, top5_of(val_scores)) if len(y_val) else (np.nan, np.nan)
-    test_scores = model_scores(models, x["test"], phi["test"], gamma, mix, beta)
+    selection = not scores_test(cfg)  # a selection run scores no test row: `fashion evaluate` does, later, once
     unseen = [classes[i] for i in np.flatnonzero(~models.seen)]
     inputs = vocab.fields + ([TEXT_FIELD] if vocab.text else []) + ["class names"]
     all_tags = {"leaky": str(cfg.fusion.leaky).lower(), "seed": cfg.train.seed, "device": "cpu",
                 "transfer": cfg.transfer.method if cfg.stage == "finetune" else "", "baseline": BASELINE_TAG,
-                "fusion": cfg.fusion.mode, "fusion_inputs": ",".join(inputs), ZERO_SHOT_TAG: "true", **(tags or {})}
+                "fusion": cfg.fusion.mode, "fusion_inputs": ",".join(inputs), ZERO_SHOT_TAG: "true",
+                **selection_tags(selection), **(tags or {})}
     with tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg),
                             tags=all_tags, description=cfg.description or None, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
@@ -103,7 +123,8 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
             f"({int(models.seen.sum())} seen, {len(unseen)} without training images); C={c_best:g}, mix {mix}, "
             f"gamma={gamma:g}, beta={beta:g}")
         tracking.log_metrics({"n_classes": n, "n_classes_seen": int(models.seen.sum()), "n_train_images": len(sd.train),
-                              "n_val_images": len(sd.val), "n_test_images": len(sd.test), "logreg_c": c_best,
+                              "n_val_images": len(sd.val), **({} if selection else {"n_test_images": len(sd.test)}),
+                              "logreg_c": c_best,
                               "zs_gamma": gamma, "zs_beta": beta, "zs_mix_product": float(mix == "product"),
                               **{f"zs_w_{f}": float(v) for f, v in zip(features_used, models.w)}})
         if evidence is not None:  # where the sentence encoder came from, like init_* for packaged image weights
@@ -120,23 +141,19 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
                                   "val_pseudo_harmonic": at["val_harmonic"]})
             tracking.log_frame(curve, "zeroshot/calibration.csv")
         mlflow.log_dict({"classes": classes, "unseen": unseen, "test_only": {}}, "classes.json")
-        table, preds, test_metrics, (labels, top5) = score_test_split(sd, test_scores, cfg.train.seed)
-        test_metrics.update({f"test_{k}": v for k, v in M.gzsl_summary(table).items()})
-        no_word = matcher.no_shared_word(rows["test"][TEXT_FIELD], sd.test_label_names) \
-            if TEXT_FIELD in rows["test"].columns else np.ones(len(labels), dtype=bool)
-        is_unseen = ~models.seen[labels] if len(labels) else np.zeros(0, dtype=bool)
-        if is_unseen.any():
-            slice_ = is_unseen & no_word
-            test_metrics["test_unseen_share_no_class_word"] = float(slice_.sum() / is_unseen.sum())
-            if slice_.any():
-                test_metrics["test_top1_unseen_no_class_word_micro"] = float((top5[slice_, 0] == labels[slice_]).mean())
-        log_evaluation(sd, table, preds, test_metrics, labels, top5)
+        if not selection:
+            test_scores = model_scores(models, x["test"], phi["test"], gamma, mix, beta)
+            test_metrics = log_test(run_id, sd, test_scores, cfg.train.seed,
+                                    gzsl_extra(matcher, models.seen, rows["test"], sd.test_label_names))
         # The metadata model's files and the zero-shot head (checkpoint/zeroshot.json), served together as a pyfunc.
         head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix, evidence)
         val_h = float(at["val_harmonic"]) if len(curve) else -1.0
         _log_model(models.clf, vocab, c_best, classes, registered_name(cfg.stage, "zeroshot") if register else None,
                    val_h if val_h == val_h else -1.0, log, extra={HEAD_FILE: head.to_dict(features_used)})
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
+        if selection:
+            log(deferred_line(cfg.stage, cfg.technique, run_id, val1))
+            return run_id
         log(f"{cfg.stage} {cfg.technique}: test Top-1 seen S {test_metrics['test_top1_seen_mean']:.4f}  "
             f"unseen U {test_metrics['test_top1_unseen_mean']:.4f}  H {test_metrics['test_top1_harmonic']:.4f}  "
             f"all {test_metrics['test_n_classes_all']} classes {test_metrics['test_top1_mean_all']:.4f}  "
