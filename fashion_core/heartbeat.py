@@ -150,6 +150,8 @@ class _Beater:
                     return
             client = MlflowClient()
             for run_id in ids:
+                if run_id not in self.runs:  # ended meanwhile
+                    continue
                 try:
                     client.set_tag(run_id, TAG, f"{time.time():.1f}")
                 except Exception:  # noqa: BLE001 - a busy store or a run deleted meanwhile: the next beat tries again
