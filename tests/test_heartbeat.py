@@ -347,3 +347,36 @@ def test_two_identical_grids_started_at_once_run_each_cell_once(tmp_path, datase
     assert all(g.data.metrics["n_finished"] == 4 for g in grids)
     # each grid's table lists the same four runs; together they ran each once
     assert sum(g.data.metrics["n_reused"] for g in grids) == 4
+
+
+def test_a_grid_that_ended_unfinished_is_continued_or_under_mlflow_run_linked(isolated, dataset, monkeypatch):
+    """In-process, with the metadata-only baseline (seconds): a grid run that ended KILLED is continued by the same
+    grid; under ``mlflow run`` (its launched run is the parent) the old one is linked and its finished cell reused."""
+    from fashion_core.grid import plan_grid, run_grid
+
+    monkeypatch.setattr("fashion_core.grid.code_version", lambda: "c0ffee+beat")
+    tasks = plan_grid(EXP, ["pretrain/meta_only"], seeds=[0, 1], profile="smoke", overrides={"data.top_k": 4})
+    first = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False,
+                     log=lambda m: None)
+    client = _client()
+    client.set_terminated(first.parent_run_id, "KILLED")  # as if it had been stopped after its cells
+    again = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False,
+                     log=lambda m: None)
+    assert again.parent_run_id == first.parent_run_id and not again.runs["reused"].any()
+    assert list(again.runs["run_id"]) == list(first.runs["run_id"])  # its own cells, not run again
+    parent = client.get_run(first.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["grid_restarts"] == "1"
+    assert parent.data.tags["mlflow.note.content"].count("Finished ") == 1  # the note is rebuilt, not appended to
+    client.set_terminated(first.parent_run_id, "KILLED")
+    launched = client.create_run(first.experiment_id, tags={"mlflow.source.type": "PROJECT"}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    linked = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False,
+                      log=lambda m: None)
+    assert linked.parent_run_id == launched and linked.runs["reused"].all()
+    assert list(linked.runs["run_id"]) == list(first.runs["run_id"])
+    assert client.get_run(launched).data.tags["continues_grid_run_id"] == first.parent_run_id
+    assert client.get_run(first.parent_run_id).data.tags["continued_by"] == launched
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    fresh = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False,
+                     log=lambda m: None)  # the KILLED one was continued already: a new grid run, every cell reused
+    assert fresh.parent_run_id not in (first.parent_run_id, launched) and fresh.runs["reused"].all()
