@@ -178,7 +178,7 @@ def test_claims_made_at_the_same_moment_never_both_win(isolated, monkeypatch):
         live = client.search_runs([exp], f"tags.cell_key = '{key}'")
         assert [r.info.run_id for r in live] == winners  # the loser's claim is gone
         if not winners:  # a tie: both lost; the next try wins
-            again, _ = claim_cell(exp, key, lambda: client.create_run(exp, tags=_claim_tags(key)).info.run_id)
+            again, _ = claim_cell(exp, key, lambda k=key: client.create_run(exp, tags=_claim_tags(k)).info.run_id)
             assert again is not None
         for r in client.search_runs([exp], f"tags.cell_key = '{key}'"):
             client.set_terminated(r.info.run_id, "FINISHED")
