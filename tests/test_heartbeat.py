@@ -254,6 +254,7 @@ def _check_one_of_each(after: list, n_cells: int = 4, restarts: str | None = "1"
     for r in cells:
         if r.info.status == "KILLED":
             assert r.data.tags.get("killed_reason"), r.info.run_name
+    assert {r.data.tags.get("heartbeat_s") for r in after} == {"1"}  # every run beat, workers at the grid's period
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
