@@ -221,7 +221,8 @@ class RayExecutor(cf.Executor):
         env = {"PYTHONPATH": os.pathsep.join([str(PROJECT_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
                "MLFLOW_TRACKING_URI": absolute_tracking_uri(mlflow.get_tracking_uri()),
                "FASHION_PROGRESS": "0"}
-        for k in ("FASHION_CACHE", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        for k in ("FASHION_CACHE", "FASHION_HEARTBEAT_S", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING",
+                  "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
             if os.environ.get(k):
                 env[k] = os.environ[k]
         keep_cell_lines()

@@ -12,23 +12,31 @@ in ``grid/runs.csv``; ``experiment.run_stage`` runs each technique (and dispatch
 metadata-only baseline to its own runner). The plan is ``grid_plan``'s, the cells and their runs
 ``grid_cells``'; this module schedules them.
 
+A crash leaves nothing RUNNING for long: every run beats (``heartbeat``), and a grid first ends the
+experiment's runs whose process died. Rerunning a grid that did not finish continues its grid run; a cell
+that another live grid runs already (same cell key) is waited for and reused (``grid_claims``).
+
     fashion grid --profile quick --seeds 0 --data /path/to/fashion-product-images-small.tar.gz
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from . import tracking
+from . import heartbeat, tracking
 from .config import ConfigError
 # The plan and the cells live in grid_plan and grid_cells; callers import them from here (as before the split).
-from .grid_cells import (PLAN_ARTIFACT, RUN_COLUMNS, RUNS_ARTIFACT, SOURCE_ARTIFACT, Cell, Runner,  # noqa: F401
-                         cell_failed, finish_parent, mlflow_client, run_cell, runner_for, start_parent, task_row)
+from .grid_cells import (PLAN_ARTIFACT, RUN_COLUMNS, RUNS_ARTIFACT, SOURCE_ARTIFACT, WAITING, Cell,  # noqa: F401
+                         Runner, cell_failed, finish_parent, mlflow_client, run_cell, runner_for, start_parent,
+                         task_row)
+from .grid_claims import cell_key, finished_in, grid_key, holder_state, unfinished_grid
 from .grid_plan import (IMAGE, STAGE_ORDER, GridTask, config_hash, model_kind, needs_source,  # noqa: F401
                         parse_seeds, pick_best_pretrain, plan_grid, select_techniques)
 from .grid_status import GridStatus
@@ -102,6 +110,10 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
     fixed = resolve_source(source, exp_name) if source else None  # a bad --from fails before any run
     seeds = list(seeds) if seeds is not None else sorted({t.cfg.train.seed for t in tasks})
     code = code_version()
+    heartbeat.sweep(experiment_id, log)  # runs left RUNNING by a crash (this grid's, or anyone's) end KILLED
+    session = uuid.uuid4().hex[:12]
+    key = grid_key([config_hash(t.cfg) for t in tasks], prepared.digest, code, profile, seeds, source, reuse)
+    ended = unfinished_grid(experiment_id, key)
     if reuse and not reusable_version(code):
         log("code version unknown (not a git checkout): no finished run is reused, every technique runs")
     executor, how = _executor(jobs, gpus_per_cell, ray, cpus_per_cell, max_retries, threads_per_cell)
@@ -111,7 +123,11 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
               "techniques": ",".join(dict.fromkeys(f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks)),
               "reuse": reuse, **{k: v for k, v in how.items() if k != "executor"}}
     libs = ", ".join(f"{k} {v}" for k, v in library_versions().items())
-    parent = start_parent(experiment_id, prepared.digest, code, tasks, profile, seeds, params)
+    parent = start_parent(experiment_id, prepared.digest, code, tasks, profile, seeds, params, key=key,
+                          reopen=ended.info.run_id if ended is not None else None, log=log)
+    heartbeat.start(parent)
+    # A continued grid's own finished cells are its result; a linked (mlflow run) grid's are reused.
+    own_grids = [parent] + ([ended.info.run_id] if ended is not None and ended.info.run_id != parent else [])
     mlflow_client().log_dict(parent, {"cells": [{"index": i, "name": t.name, "kind": model_kind(t.cfg),
                                            "needs_source": needs_source(t.cfg)} for i, t in enumerate(tasks)],
                                 **how}, PLAN_ARTIFACT)
@@ -123,12 +139,22 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
     sources: dict[str, str | None] = {}  # model kind -> pretrain run, chosen when every pretrain run of it ended
     rankings: list[pd.DataFrame] = []
     running: dict = {}  # future -> Cell
+    deferred: dict[int, tuple[Cell, str]] = {}  # cells another live grid runs: index -> (cell, that grid's run)
     waiting = [i for i, t in enumerate(tasks) if needs_source(t.cfg)]
     inline = how["executor"] == "sequential"
+    poll = min(5.0, max(0.2, heartbeat.interval() / 4))  # how often a deferred cell's run is looked at
 
     def start(i: int, this_source: str | None) -> None:
         task = tasks[i]
         h = config_hash(task.cfg, this_source)
+        own = finished_in(experiment_id, h, own_grids)
+        if own is not None:
+            log(f"[{i + 1}/{len(tasks)}] {task.name}\n  finished before the restart: run {own.info.run_id}")
+            rows[i] = task_row(task, own.info.run_id, "FINISHED", own.data.tags.get("grid_run_id") != parent, 0.0, h,
+                               this_source)
+            if status is not None:
+                status.update(task.name, "finished", 0.0)
+            return
         old = find_reusable(h, prepared.digest, code, experiment_id) if reuse else None
         if old is not None:
             log(f"[{i + 1}/{len(tasks)}] {task.name}\n  reusing finished run {old.info.run_id} "
@@ -138,8 +164,12 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
                 status.update(task.name, "reused")
             return
         cell = Cell(i, task, this_source, h, data, exp_name, experiment_id, parent, prepared.digest, code, register,
-                    libs)
+                    libs, session, cell_key(h, prepared.digest, code, session))
         log(f"[{i + 1}/{len(tasks)}] {task.name}")
+        submit(cell)
+
+    def submit(cell: Cell) -> None:
+        i, task = cell.index, cell.task
         if inline:  # it runs now, in this process
             if status is not None:
                 status.update(task.name, "running")
@@ -156,6 +186,33 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         if status is not None:  # running only once a worker has started it (show_starts)
             shown[future] = "queued"
             status.update(task.name, "queued")
+
+    def settle(cell: Cell, row: dict) -> None:
+        """A cell's row came back: its result, or word that another live grid runs it (then it waits)."""
+        if row["status"] == WAITING:
+            deferred[cell.index] = (cell, row["run_id"])
+            if status is not None:
+                status.update(cell.task.name, "queued")
+            return
+        rows[cell.index] = row
+        if status is not None:
+            status.update(cell.task.name, "reused" if row["reused"] else row["status"].lower(), row["seconds"])
+
+    def look_at_deferred() -> None:
+        """Reuse the runs other grids finished for the deferred cells; claim again those whose run ended otherwise."""
+        for i, (cell, holder) in list(deferred.items()):
+            state = holder_state(holder, log)
+            if state == "running":
+                continue
+            del deferred[i]
+            if state == "finished":
+                theirs = mlflow_client().get_run(holder).data.tags.get("grid_run_id") != parent
+                log(f"  {cell.task.name}: reusing run {holder}, which another grid finished")
+                settle(cell, task_row(cell.task, holder, "FINISHED", theirs, 0.0, cell.cfg_hash, cell.source))
+            else:
+                log(f"  {cell.task.name}: run {holder} ended unfinished; claiming the cell again")
+                time.sleep(random.uniform(0, poll))  # two grids that lost a tie do not tie again
+                submit(cell)
 
     def show_starts() -> None:
         """Show the cells a worker has started as running (and a rerun that waits again as queued).
@@ -196,20 +253,29 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
                 if not needs_source(task.cfg):
                     start(i, None)
             release()
-            while running:
-                done, _ = cf.wait(list(running), timeout=STATUS_POLL_SECONDS if status is not None else None,
-                                  return_when=cf.FIRST_COMPLETED)
+            looked = time.monotonic()
+            while running or deferred:
+                if running:
+                    wait = STATUS_POLL_SECONDS if status is not None else None
+                    if deferred:
+                        wait = min(wait or poll, poll)
+                    done, _ = cf.wait(list(running), timeout=wait, return_when=cf.FIRST_COMPLETED)
+                else:
+                    time.sleep(poll)
+                    done = set()
                 for f in done:
                     cell = running.pop(f)
                     shown.pop(f, None)
                     try:
-                        rows[cell.index] = f.result()
+                        row = f.result()
                     except Exception as e:  # the worker itself died (a cell's own errors come back as rows)
                         error = f"{type(e).__name__}: {e}"
                         log(f"  {cell.task.name} FAILED: {error}")
-                        rows[cell.index] = cell_failed(cell, error, 0.0)
-                    if status is not None:
-                        status.update(cell.task.name, rows[cell.index]["status"].lower(), rows[cell.index]["seconds"])
+                        row = cell_failed(cell, error, 0.0)
+                    settle(cell, row)
+                if deferred and time.monotonic() - looked >= poll:
+                    looked = time.monotonic()
+                    look_at_deferred()
                 release()
                 if status is not None and not inline:
                     show_starts()
@@ -230,7 +296,10 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
             status.close()
         seconds = time.perf_counter() - t0
         ranked = pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame()
-        runs = finish_parent(parent, [r for r in rows if r is not None], sources, ranked, seconds, status_)
+        try:
+            runs = finish_parent(parent, [r for r in rows if r is not None], sources, ranked, seconds, status_)
+        finally:
+            heartbeat.stop(parent)
     log(f"grid {parent} done in {seconds:.0f} s: {int((runs['status'] == 'FINISHED').sum())} finished, "
         f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused")
     return GridResult(parent_run_id=parent, runs=runs, source_run_id=sources.get(IMAGE), seconds=seconds,

@@ -6,6 +6,7 @@ grid's process, a local worker or a Ray worker alike and returns its row of ``RU
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -15,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from . import tracking
+from . import heartbeat, tracking
 from .config import ConfigError, ExperimentConfig, to_dict
 from .grid_plan import IMAGE, STAGE_ORDER, GridTask, model_kind, needs_source
 from .tracking import best_val_score
@@ -23,6 +24,7 @@ from .tracking import best_val_score
 RUNS_ARTIFACT = tracking.GRID_RUNS_ARTIFACT
 SOURCE_ARTIFACT = "grid/source.json"
 PLAN_ARTIFACT = "grid/plan.json"
+WAITING = "WAITING"  # a row's status while another live grid runs the cell (never in a finished grid's table)
 RUN_COLUMNS = ("stage", "technique", "seed", "kind", "run_id", "status", "reused", "seconds", "config_hash",
                "source_run_id", "test_top1_mean", "val_top1_best", "error", "host", "worker", "device")
 
@@ -48,8 +50,15 @@ def mlflow_client():
 
 
 def start_parent(experiment_id: str, digest: str, code: str, tasks: Sequence[GridTask], profile: str,
-                 seeds: Sequence[int], params: Mapping[str, Any]) -> str:
-    """Create the parent run (not made active: the children are started by ``run_stage`` meanwhile)."""
+                 seeds: Sequence[int], params: Mapping[str, Any], key: str = "", reopen: str | None = None,
+                 log=print) -> str:
+    """Create the parent run (not made active: the children are started by ``run_stage`` meanwhile).
+
+    ``key`` is the grid's ``grid_claims.grid_key``; ``reopen``: an ended grid run of that key, continued
+    instead of a new one (or, under ``mlflow run``, linked from the launched run).
+    """
+    from .grid_claims import CONTINUED_BY_TAG, CONTINUES_TAG, GRID_KEY_TAG, reopen as reopen_run
+
     commit, dirty = tracking.git_commit()
     techniques = sorted({f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks},
                         key=lambda s: (STAGE_ORDER.index(s.split("/")[0]), s))
@@ -59,6 +68,9 @@ def start_parent(experiment_id: str, digest: str, code: str, tasks: Sequence[Gri
             "seeds": seed_text, "code_version": code,
             "mlflow.note.content": (f"Technique grid, profile `{profile}`, seeds {seed_text}: "
                                     f"{len(tasks)} runs of {', '.join(techniques)}.")}
+    if key:
+        tags[GRID_KEY_TAG] = key
+    tags.update(heartbeat.run_tags())
     client = mlflow_client()
     name = f"grid/{profile}/seeds{seed_text}"
     # Under `mlflow run . -e grid` the run MLflow made for this process becomes the parent; it is taken
@@ -66,9 +78,18 @@ def start_parent(experiment_id: str, digest: str, code: str, tasks: Sequence[Gri
     launched = os.environ.pop("MLFLOW_RUN_ID", None)
     if launched:
         run_id = launched
+        if reopen:  # the launched run is this command's run: the old one is linked, not continued
+            tags[CONTINUES_TAG] = reopen
+            client.set_tag(reopen, CONTINUED_BY_TAG, run_id)
+            log(f"grid run {reopen} of the same grid ended unfinished; this grid run continues it")
         client.set_tag(run_id, "mlflow.runName", name)
         for k, v in tags.items():
             client.set_tag(run_id, k, v)
+    elif reopen:
+        run_id = reopen
+        why = client.get_run(run_id).data.tags.get(heartbeat.REASON_TAG, client.get_run(run_id).info.status)
+        restarts = reopen_run(run_id, tags)
+        log(f"continuing grid run {run_id} of the same grid (it had ended: {why}); restart {restarts}")
     else:
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     logged = client.get_run(run_id).data.params  # `mlflow run` logged its entry point's parameters already
@@ -159,6 +180,8 @@ class Cell:
     code: str
     register: bool = True
     libs: str = ""
+    session: str = ""  # this grid invocation (``grid_claims.SESSION_TAG``): its own dead attempts are closed at once
+    cell_key: str = ""  # ``grid_claims.cell_key``: the cell's identity across grids
 
 
 _PREPARED: dict[tuple, Any] = {}  # per worker process: the data is prepared (the cache opened) once
@@ -176,9 +199,12 @@ def _prepared_for(cell: Cell, log):
 def _close_dead_attempts(cell: Cell) -> dict | None:
     """Before a cell runs: an earlier attempt's FINISHED run is the result; a RUNNING one (its worker died) is KILLED.
 
-    A cell runs twice only when Ray retries it after losing its worker; this keeps every cell at
-    one FINISHED run.
+    A grid invocation runs a cell again only when Ray or the pool retries it after losing its worker; this
+    keeps every cell at one FINISHED run. A RUNNING attempt of another invocation of the same grid (one
+    that crashed, whose worker may still be finishing it) is left to ``grid_claims.claim_cell``.
     """
+    from .grid_claims import SESSION_TAG
+
     client = mlflow_client()
     found = client.search_runs([cell.experiment_id], filter_string=(f"tags.config_hash = '{cell.cfg_hash}' and "
                                                                     f"tags.grid_run_id = '{cell.parent}'"))
@@ -186,10 +212,36 @@ def _close_dead_attempts(cell: Cell) -> dict | None:
         if run.info.status == "FINISHED":
             return run
     for run in found:
-        if run.info.status == "RUNNING":
+        if run.info.status == "RUNNING" and run.data.tags.get(SESSION_TAG, "") == cell.session:
             client.set_tag(run.info.run_id, "error", "its worker died; the cell was retried")
+            client.set_tag(run.info.run_id, heartbeat.REASON_TAG, "its worker died; the cell was retried")
             client.set_terminated(run.info.run_id, "KILLED")
     return None
+
+
+@contextlib.contextmanager
+def _claim_held(run_id: str):
+    """Beat the claimed run; an interrupt before its stage run started (reading the data) ends it KILLED."""
+    try:
+        with heartbeat.beating(run_id):
+            yield
+    except KeyboardInterrupt:
+        client = mlflow_client()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+        raise
+
+
+def _claim_run(cell: Cell) -> str:
+    """The cell's run, created before the data is read: the claim other grids see (``grid_claims.claim_cell``)."""
+    from .grid_claims import CELL_KEY_TAG, SESSION_TAG
+
+    task = cell.task
+    tags = {"stage": task.cfg.stage, "technique": task.cfg.technique, "dataset_digest": cell.digest,
+            "config_hash": cell.cfg_hash, "grid_run_id": cell.parent, "mlflow.parentRunId": cell.parent,
+            "code_version": cell.code, "seed": str(task.cfg.train.seed), CELL_KEY_TAG: cell.cell_key,
+            SESSION_TAG: cell.session, **heartbeat.run_tags()}
+    return mlflow_client().create_run(cell.experiment_id, run_name=task.name, tags=tags).info.run_id
 
 
 def run_cell(cell: Cell, prepared=None, log=None) -> dict:
@@ -209,13 +261,25 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
         if needs_source(task.cfg) and not cell.source:
             raise ConfigError(f"no finished pretrain run of this model kind ({model_kind(task.cfg)}) "
                               "to start from; pass --from")
-        prepared = prepared or _prepared_for(cell, log)
-        run_id = runner_for(task.cfg)(task.cfg, cell.data, source=cell.source, experiment=cell.exp_name,
-                                      parent_run_id=cell.parent, register=cell.register, prepared=prepared,
-                                      log=log, tags={"config_hash": cell.cfg_hash, "grid_run_id": cell.parent,
-                                                     "code_version": cell.code, "library_versions": cell.libs,
-                                                     "host": place["host"],
-                                                     "worker_pid": os.getpid()})
+        claim, holder = None, None
+        if cell.cell_key:
+            from .grid_claims import claim_cell
+
+            claim, holder = claim_cell(cell.experiment_id, cell.cell_key, lambda: _claim_run(cell), log)
+        if holder is not None:  # another live grid runs this cell: the grid waits for it (grid.run_grid)
+            log(f"  another grid is running this cell: run {holder}")
+            return {**task_row(task, holder, WAITING, False, 0.0, cell.cfg_hash, cell.source), **place}
+        with contextlib.ExitStack() as stack:
+            if claim is not None:
+                stack.enter_context(_claim_held(claim))
+                stack.enter_context(tracking.claimed_run(claim, cell.parent))
+            prepared = prepared or _prepared_for(cell, log)
+            run_id = runner_for(task.cfg)(task.cfg, cell.data, source=cell.source, experiment=cell.exp_name,
+                                          parent_run_id=cell.parent, register=cell.register, prepared=prepared,
+                                          log=log, tags={"config_hash": cell.cfg_hash, "grid_run_id": cell.parent,
+                                                         "code_version": cell.code, "library_versions": cell.libs,
+                                                         "host": place["host"],
+                                                         "worker_pid": os.getpid()})
         row = task_row(task, run_id, "FINISHED", False, time.perf_counter() - t1, cell.cfg_hash, cell.source)
     except Exception as e:  # one technique failing must not stop the grid
         error = f"{type(e).__name__}: {e}"

@@ -10,6 +10,7 @@ unless ``MLFLOW_TRACKING_URI`` says otherwise (e.g. an ``http://`` tracking serv
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -260,6 +261,32 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+_CLAIMED: contextvars.ContextVar = contextvars.ContextVar("fashion_claimed_run", default=None)
+
+
+@contextlib.contextmanager
+def claimed_run(run_id: str, parent_run_id: str) -> Iterator[None]:
+    """Inside the block, the next ``start_run`` of a child of ``parent_run_id`` continues ``run_id`` instead of
+    creating a run: a grid cell's claim (``grid_claims``) becomes the cell's run."""
+    token = _CLAIMED.set((run_id, parent_run_id))
+    try:
+        yield
+    finally:
+        _CLAIMED.reset(token)
+
+
+def _sweep_quietly(experiment_id: str) -> None:
+    """End the experiment's runs whose process died (``heartbeat.sweep``); a failed sweep never stops a run."""
+    import sys
+
+    from . import heartbeat
+
+    try:
+        heartbeat.sweep(experiment_id, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except Exception as e:  # noqa: BLE001 - a busy store: the next run that starts sweeps again
+        print(f"could not look for dead runs: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str | None = None,
               config: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
@@ -269,7 +296,9 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
 
     Our own wrapper around ``mlflow.start_run`` because MLflow's context manager ends a run FAILED on
     any exception, Ctrl-C included, and leaves it RUNNING on SIGTERM; here an interrupt or SIGTERM
-    ends it KILLED (``--resume`` continues it), and ``mlflow run``'s own run is adopted.
+    ends it KILLED (``--resume`` continues it), and ``mlflow run``'s own run is adopted. While it is open
+    the run has a heartbeat (``heartbeat``); a run at the top level (no parent) first ends the runs of its
+    experiment whose process died (``heartbeat.sweep``).
 
     Args:
         stage, technique, dataset_digest: the tags of docs/ARCHITECTURE.md ("Contracts").
@@ -277,6 +306,8 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
         run_id: resume this run instead of creating one.
     """
     import mlflow
+
+    from . import heartbeat
 
     _quiet_mlflow()
     ensure_store()
@@ -287,17 +318,25 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
         all_tags.update({k: str(v) for k, v in tags.items()})
     if description:
         all_tags["mlflow.note.content"] = description
+    all_tags.update(heartbeat.run_tags())
     if parent_run_id:  # start_run(parent_run_id=) tags a new run; a resumed or adopted run needs the tag set
         all_tags["mlflow.parentRunId"] = parent_run_id
     adopt = None
-    if run_id is None and not nested and not parent_run_id:
+    claimed = _CLAIMED.get()
+    if run_id is None and claimed is not None and parent_run_id == claimed[1]:
+        adopt = claimed[0]  # a grid cell's claim: created before the data was read, continued here once
+        _CLAIMED.set(None)
+    elif run_id is None and not nested and not parent_run_id:
         adopt = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run` made for us
     existing = run_id or adopt
     kwargs: dict[str, Any] = {"run_id": existing} if existing else {"run_name": run_name, "tags": all_tags,
                                                                       "parent_run_id": parent_run_id}
     with _sigterm_as_interrupt():
         run = mlflow.start_run(nested=nested, log_system_metrics=system_metrics_enabled(), **kwargs)
+        heartbeat.start(run.info.run_id)
         try:
+            if not nested and not parent_run_id:
+                _sweep_quietly(run.info.experiment_id)
             if existing:
                 mlflow.set_tags(all_tags)
             if adopt and run_name:
@@ -313,6 +352,8 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
             raise
         else:
             mlflow.end_run("FINISHED")
+        finally:
+            heartbeat.stop(run.info.run_id)
 
 
 def log_config(config: Mapping[str, Any]) -> None:
