@@ -68,7 +68,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 
 ui: venv
-	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -c "from fashion_core.tracking import print_ui_links; print_ui_links()" 2>/dev/null || true
+	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -c "from fashion_core.tracking.runs import print_ui_links; print_ui_links()" 2>/dev/null || true
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db
 
 clean-venv:

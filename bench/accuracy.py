@@ -16,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fashion_core.config import find_technique, load_experiment, parse_overrides  # noqa: E402
-from fashion_core.data import prepare_data  # noqa: E402
-from fashion_core.experiment import run_stage  # noqa: E402
+from fashion_core.config.schema import find_technique, load_experiment, parse_overrides
+from fashion_core.data.prepared import prepare_data
+from fashion_core.runners.network import run_stage
 
 
 def main() -> None:

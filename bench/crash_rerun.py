@@ -25,7 +25,7 @@ LOGS = Path.cwd()
 
 
 def cmd(exp):
-    return [PY, "-m", "fashion_core.cli", "grid", "--data", DATA, "--profile", "smoke", "--techniques",
+    return [PY, "-m", "fashion_core.cli.commands", "grid", "--data", DATA, "--profile", "smoke", "--techniques",
             "pretrain/baseline,pretrain/focal,finetune/ncm", "--seeds", "0", "--no-register", "--experiment", exp]
 
 

@@ -61,7 +61,7 @@ def run(data: str, profile: str = "quick", cache: str | None = None, threads: in
     rows = []
     try:
         for name, args in stages(data, profile, top_k):
-            cmd = [sys.executable, "-m", "fashion_core.cli", *args]
+            cmd = [sys.executable, "-m", "fashion_core.cli.commands", *args]
             log(f"== fashion {' '.join(args)}")
             res = run_measured(cmd, env=env, cwd=work, echo=True)
             (work / f"{name}.log").write_text(res["output"])

@@ -64,7 +64,7 @@ def slice_costs(pred: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
 
 def slice_keys(pred: pd.DataFrame, meta: pd.DataFrame) -> dict[str, pd.Series]:
     """The slicings of ``SLICINGS`` for each prediction row, from its catalogue row (``meta``, aligned with ``pred``)."""
-    from fashion_core.fusion import holds_class_word
+    from fashion_core.fusion.encoders import holds_class_word
 
     names = meta["productDisplayName"].fillna("").astype(str)
     brand = names.str.split().str[0].fillna("(no name)")
@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mlflow.tracking import MlflowClient
 
-    from fashion_core import metrics as M
-    from fashion_core import tracking
-    from fashion_core.data import prepare_data
-    from fashion_core.experiment import resolve_model_uri
-    from fashion_core.fusion import stage_rows
+    from fashion_core.evaluation import metrics as M
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.tracking.references import resolve_model_uri
+    from fashion_core.fusion.plan import stage_rows
 
     from bench.tta import run_data_config
 

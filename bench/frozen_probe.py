@@ -24,12 +24,13 @@ def probe_rows(data: str, backbones: list[str], scales: list[float], stems: list
     """One row per setting: validation class-mean top-1 of a logistic regression on frozen embeddings."""
     from sklearn.linear_model import LogisticRegression
 
-    from fashion_core.config import ExperimentConfig, ModelConfig
-    from fashion_core.data import prepare_data
-    from fashion_core.experiment import build_stage_data, embed
-    from fashion_core.metrics import class_mean_accuracy
-    from fashion_core.models import build_model
-    from fashion_core.test_reads import without_test
+    from fashion_core.config.schema import ExperimentConfig, ModelConfig
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.runners.network import embed
+    from fashion_core.evaluation.scoring import class_mean_accuracy
+    from fashion_core.models.network import build_model
+    from fashion_core.evaluation.test_reads import without_test
 
     cfg = ExperimentConfig().replace(**(val_overrides or {}))
     p = prepare_data(data, cfg.data, log=log)
@@ -74,7 +75,7 @@ def main() -> None:
     ap.add_argument("--random", action="store_true", help="also the same trunks at random initialisation")
     ap.add_argument("-o", "--override", action="append", default=[], help="data.* settings, e.g. data.val_by=year")
     a = ap.parse_args()
-    from fashion_core.config import parse_overrides
+    from fashion_core.config.schema import parse_overrides
 
     rows = probe_rows(a.data, a.backbones.split(","), [float(s) for s in a.scales.split(",")], a.stems.split(","),
                       a.n_train, a.seed, a.random, parse_overrides(a.override))

@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.config import find_technique, load_experiment, parse_overrides
-    from fashion_core.data import prepare_data
-    from fashion_core.experiment import run_stage
+    from fashion_core.config.schema import find_technique, load_experiment, parse_overrides
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.runners.network import run_stage
 
     import torch
 

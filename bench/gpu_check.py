@@ -57,7 +57,7 @@ def _block(names: tuple[str, ...]) -> None:
 
 
 def _yaml_stand_in() -> str | None:
-    """A placeholder ``yaml`` module when PyYAML is missing: fashion_core.config imports it at module level,
+    """A placeholder ``yaml`` module when PyYAML is missing: fashion_core.config.schema imports it at module level,
     though only experiment files and -o overrides need it, and this script reads neither."""
     try:
         import yaml  # noqa: F401
@@ -71,7 +71,7 @@ def _yaml_stand_in() -> str | None:
         mod.safe_load = mod.safe_dump = mod.dump = mod.load = missing
         mod.YAMLError = type("YAMLError", (Exception,), {})
         sys.modules["yaml"] = mod
-        return "PyYAML is missing: a placeholder module lets fashion_core.config import (nothing here reads YAML)"
+        return "PyYAML is missing: a placeholder module lets fashion_core.config.schema import (nothing here reads YAML)"
 
 
 class Report:
@@ -101,13 +101,13 @@ def preflight(dev_name: str, notes: list[str]) -> tuple[list[dict], bool]:
             rows.append({"module": name, "version": "missing", "needed": "yes" if name in NEEDED else "no"})
             ok = ok and name not in NEEDED
     # The training core: what this script (and a training process) imports.
-    import fashion_core.data.loader  # noqa: F401
-    import fashion_core.losses  # noqa: F401
-    import fashion_core.models  # noqa: F401
-    import fashion_core.train  # noqa: F401
+    import fashion_core.data.loader
+    import fashion_core.losses
+    import fashion_core.models.network
+    import fashion_core.engine.train
 
     loaded = sorted(m for m in TRACKING if sys.modules.get(m) is not None)
-    rows.append({"module": "tracking modules loaded by fashion_core.train/models/losses/data.loader",
+    rows.append({"module": "tracking modules loaded by fashion_core.engine.train/models/losses/data.loader",
                  "version": ", ".join(loaded) or "none", "needed": "must be none"})
     ok = ok and not loaded
     import torch
@@ -123,7 +123,7 @@ def check_augment_matches_cpu(dev) -> str:
     """augment and to_float on the device equal the CPU result for the same seed."""
     import torch
 
-    from fashion_core.config import AugmentConfig
+    from fashion_core.config.schema import AugmentConfig
     from fashion_core.data.loader import augment, to_float
 
     x = torch.randint(0, 256, (64, 80, 60, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -156,9 +156,9 @@ def check_fit(dev, compile: bool) -> str:
     import torch
 
     from bench.throughput import synthetic_data
-    from fashion_core.config import ModelConfig, TrainConfig
-    from fashion_core.models import build_model, param_groups
-    from fashion_core.train import LabelLoss, evaluate, fit
+    from fashion_core.config.schema import ModelConfig, TrainConfig
+    from fashion_core.models.network import build_model, param_groups
+    from fashion_core.engine.train import LabelLoss, evaluate, fit
 
     model = build_model(ModelConfig(backbone="resnet18", width_mult=0.25), 5)
     train, val = synthetic_data(64, 80, 60, 5).to(dev), synthetic_data(32, 80, 60, 5, seed=1).to(dev)
@@ -192,9 +192,10 @@ def _default_pretrain(n: int, epochs: int, max_batches: int, seed: int = 0) -> d
     import torch
 
     from bench.throughput import synthetic_data
-    from fashion_core.config import ExperimentConfig
-    from fashion_core.models import build_model, param_groups
-    from fashion_core.train import LabelLoss, fit, pick_device
+    from fashion_core.config.schema import ExperimentConfig
+    from fashion_core.models.network import build_model, param_groups
+    from fashion_core.engine.train import LabelLoss, fit
+    from fashion_core.engine.devices import pick_device
 
     dev = pick_device("auto")
     cfg = ExperimentConfig()  # the default profile: no overrides
@@ -230,7 +231,7 @@ def user_table(dev, data: str | None, smoke: bool, left) -> list[dict]:
                  "seconds": one["seconds"], "detail": f"{one['images per epoch']} images per epoch, last of {epochs}"})
     n_gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
     if n_gpus and left() > 60:
-        from fashion_core.executors import local_pool
+        from fashion_core.grid.executors import local_pool
 
         pool, info = local_pool(n_gpus, gpus_per_cell=1.0)
         t0 = time.perf_counter()
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add("### Checks\n\n" + table(results))
 
     from bench import pipeline, throughput
-    from fashion_core.config import BACKBONES
+    from fashion_core.config.checks import BACKBONES
 
     def left() -> float:
         return args.budget - (time.perf_counter() - t_start)

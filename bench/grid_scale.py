@@ -66,7 +66,7 @@ def pick_cells(tasks: list, n: int | None) -> list:
     A finetune cell that starts from a pretrained model is kept only when a kept pretrain cell has
     its model kind (the grid would otherwise fail it).
     """
-    from fashion_core.grid import model_kind, needs_source
+    from fashion_core.grid.plan import model_kind, needs_source
 
     if n is None or n >= len(tasks):
         return list(tasks)
@@ -155,7 +155,7 @@ def halves(tasks: list, interleave: bool) -> list[list]:
 
 
 def _has_source(task, tasks: list) -> bool:
-    from fashion_core.grid import model_kind, needs_source
+    from fashion_core.grid.plan import model_kind, needs_source
 
     return not needs_source(task.cfg) or any(t.cfg.stage == "pretrain" and model_kind(t.cfg) == model_kind(task.cfg)
                                              for t in tasks)
@@ -169,8 +169,9 @@ def jobs_part(data: str, techniques: list[str] | None, profile: str, jobs: int, 
     """
     import torch
 
-    from fashion_core.data import prepare_data
-    from fashion_core.grid import plan_grid, run_grid
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.grid.plan import plan_grid
+    from fashion_core.grid.scheduler import run_grid
 
     tasks = pick_cells(plan_grid(EXPERIMENTS, techniques, seeds=[0], profile=profile, overrides=overrides), cells)
     log(f"{len(tasks)} cells: {', '.join(t.name for t in tasks)}")
@@ -220,9 +221,10 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
     """
     import torch
 
-    from fashion_core.data import prepare_data
-    from fashion_core.executors import local_cluster
-    from fashion_core.grid import plan_grid, run_grid
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.grid.executors import local_cluster
+    from fashion_core.grid.plan import plan_grid
+    from fashion_core.grid.scheduler import run_grid
     from tests.helpers.data import make_dataset
 
     scratch = Path(tempfile.mkdtemp(prefix="grid-scale-ray-"))
@@ -254,7 +256,8 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from fashion_core.config import ConfigError, parse_overrides
+    from fashion_core.config.checks import ConfigError
+    from fashion_core.config.schema import parse_overrides
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=["jobs", "ray", "both"], default="both")

@@ -33,7 +33,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from fashion_core.data.cache import decode_image  # noqa: E402
+from fashion_core.data.cache import decode_image
 from tests.helpers.fullres import FULL_SIZE, make_fullres_dataset, synthetic_photo  # noqa: E402
 
 # Runs one cache build in a fresh process and prints its timing and peak memory as JSON.

@@ -45,8 +45,8 @@ def name_conflicts(rows, names):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from fashion_core.config import DataConfig
-    from fashion_core.data import prepare_data
+    from fashion_core.config.schema import DataConfig
+    from fashion_core.data.prepared import prepare_data
 
     p = prepare_data(args.data, DataConfig(), log=lambda *a: None)
     rows = p.splits[p.splits["subset"] == args.stage]

@@ -1,7 +1,7 @@
 """Memory layout of the convolutions on this machine: a training step in NCHW against channels-last.
 
 PyTorch's CPU convolutions (oneDNN) prefer channels-last; `fit`, `predict_scores` and `embed` use it
-on CPUs and CUDA (``fashion_core.devices.channels_last_on``). This measures why: images/s of one
+on CPUs and CUDA (``fashion_core.engine.devices.channels_last_on``). This measures why: images/s of one
 training step (forward, loss, backward, AdamW) of each backbone at 80x60, the two layouts alternating
 for ``--rounds`` rounds (reverse order every other round), best step of each round, median over rounds.
 
@@ -45,8 +45,8 @@ def step_rate(model, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
 
 
 def measure(name: str, fields: dict, batch: int, rounds: int, steps: int, height: int, width: int) -> dict:
-    from fashion_core.config import ModelConfig
-    from fashion_core.models import build_model
+    from fashion_core.config.schema import ModelConfig
+    from fashion_core.models.network import build_model
 
     torch.manual_seed(0)
     x = torch.randn(batch, 3, height, width)

@@ -36,14 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from scipy import sparse
 
-    from fashion_core.config import load_experiment
-    from fashion_core.data import prepare_data
-    from fashion_core.fusion import MetaVocab
-    from fashion_core.metadata_baseline import _split_rows, fit_logreg
-    from fashion_core.metadata_model import class_scores, features
-    from fashion_core.stage import build_stage_data
-    from fashion_core.test_reads import without_test
-    from fashion_core.train import class_mean_accuracy, top5_of
+    from fashion_core.config.schema import load_experiment
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.fusion.encoders import MetaVocab
+    from fashion_core.runners.metadata_only import _split_rows, fit_logreg
+    from fashion_core.fusion.metadata_only import class_scores, features
+    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.evaluation.test_reads import without_test
+    from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions as top5_of
     from fashion_core.zeroshot.semantic import rows_of, stage_name_embeddings
 
     args = parse_args(argv)

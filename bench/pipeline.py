@@ -145,7 +145,7 @@ def run(data: str | None, n: int = 4096, batch_size: int = 128, workers: int | N
         Rows with pipeline, where, images/s, ms/batch, CPU ms/image and the ratios to the
         per-item pipeline with ``workers`` workers, in images/s and in CPU time per image.
     """
-    from fashion_core.config import AugmentConfig
+    from fashion_core.config.schema import AugmentConfig
     from fashion_core.data.loader import TensorData, augment, batches, to_float
 
     cores = os.cpu_count() or 1

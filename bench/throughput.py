@@ -2,7 +2,7 @@
 
 For each backbone (default resolution 80x60, the model defaults of ``ModelConfig``) two rates:
 
-- loop: ``fashion_core.train.fit`` itself (one epoch of ``--steps`` batches): gather by index from
+- loop: ``fashion_core.engine.train.fit`` itself (one epoch of ``--steps`` batches): gather by index from
   the uint8 tensor, ``augment`` on the device, forward, loss, backward, AdamW step, LR schedule
   and the per-step loss/accuracy bookkeeping. The data are resident on the device.
 - compute: forward + backward + AdamW step of the same model on batches already augmented
@@ -50,8 +50,8 @@ def _sync(dev: torch.device) -> None:
 
 def compute_rate(model, xs: list, ys: list, dev: torch.device, compile: bool, lr: float = 1e-3) -> float:
     """Images/s of forward + backward + AdamW step on ready batches (same autocast as fit)."""
-    from fashion_core.models import param_groups
-    from fashion_core.train import LabelLoss, train_step
+    from fashion_core.models.network import param_groups
+    from fashion_core.engine.train import LabelLoss, train_step
 
     fwd = torch.compile(model) if compile else model
     criterion = LabelLoss(torch.nn.CrossEntropyLoss())
@@ -96,10 +96,11 @@ def measure(backbone: str, device: str = "cpu", batch_size: int = 128, steps: in
     """
     from dataclasses import replace
 
-    from fashion_core.config import ModelConfig, TrainConfig
+    from fashion_core.config.schema import ModelConfig, TrainConfig
     from fashion_core.data.loader import TensorData, augment, batches
-    from fashion_core.models import build_model, param_groups
-    from fashion_core.train import LabelLoss, channels_last_on, fit
+    from fashion_core.models.network import build_model, param_groups
+    from fashion_core.engine.train import LabelLoss, fit
+    from fashion_core.engine.devices import channels_last_on
 
     dev = torch.device(device)
     mcfg = ModelConfig(backbone=backbone)
@@ -180,7 +181,7 @@ def run(backbones: list[str], devices: list[str], threads: int | None = None, co
 
 
 def main(argv: list[str] | None = None) -> None:
-    from fashion_core.config import BACKBONES
+    from fashion_core.config.checks import BACKBONES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbones", default=",".join(BACKBONES), help=f"comma-separated, from {', '.join(BACKBONES)}")

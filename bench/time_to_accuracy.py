@@ -59,9 +59,9 @@ def train(args: argparse.Namespace) -> list[str]:
     """One pretrain run per profile; returns their run ids."""
     import torch
 
-    from fashion_core.config import find_technique, load_experiment
-    from fashion_core.data import prepare_data
-    from fashion_core.experiment import run_stage
+    from fashion_core.config.schema import find_technique, load_experiment
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.runners.network import run_stage
 
     torch.set_num_threads(args.threads)
     data = args.data or default_data()

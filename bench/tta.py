@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def view_scores(model, data, device) -> dict:
     """Logits (N, C) of each view: the images as they are, mirrored left-right, and the mean of both."""
     from fashion_core.data.loader import TensorData
-    from fashion_core.train import predict_scores
+    from fashion_core.engine.train import predict_scores
 
     plain = predict_scores(model, data, device)
     mirrored = predict_scores(model, TensorData(data.images.flip(2), data.labels, data.extras), device)  # NHWC
@@ -43,7 +43,7 @@ def run_data_config(run_id: str):
     """The DataConfig the run was trained with (its logged ``data.*`` params), so its split is rebuilt exactly."""
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.config import DataConfig, ExperimentConfig
+    from fashion_core.config.schema import DataConfig, ExperimentConfig
 
     params = MlflowClient().get_run(run_id).data.params
     keys = {f"data.{k}" for k in vars(DataConfig())}
@@ -56,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.data import prepare_data
-    from fashion_core.experiment import build_stage_data, load_run_model, resolve_model_uri
-    from fashion_core.scoring import class_mean_accuracy, topk_predictions
-    from fashion_core.test_reads import without_test
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.tracking.references import load_run_model, resolve_model_uri
+    from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
+    from fashion_core.evaluation.test_reads import without_test
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def name_words(names) -> list[set[str]]:
     """The singular words of each name (no joined pairs)."""
-    from fashion_core.zeroshot import name_tokens
+    from fashion_core.zeroshot.names import name_tokens
 
     return [set(t[:n]) for t, _, n in map(name_tokens, names)]
 
@@ -90,17 +90,18 @@ def parse_text(variant: str) -> tuple[str, float, str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fashion_core.config import load_experiment
-    from fashion_core.data import prepare_data
-    from fashion_core.fusion import TEXT_FIELD, MetaVocab, stage_rows
-    from fashion_core.metadata_model import class_scores, features
-    from fashion_core.metadata_baseline import fit_logreg
-    from fashion_core.zeroshot import (GAMMAS, NameMatcher, candidate_classes, class_groups, fit_ranker, harmonic,
-                                       pseudo_unseen_folds, ranker_log_proba, split_means, stacked_scores)
+    from fashion_core.config.schema import load_experiment
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.fusion.encoders import TEXT_FIELD, MetaVocab
+    from fashion_core.fusion.plan import stage_rows
+    from fashion_core.fusion.metadata_only import class_scores, features
+    from fashion_core.runners.metadata_only import fit_logreg
+    from fashion_core.zeroshot.calibration import GAMMAS, class_groups, pseudo_unseen_folds, split_means
+    from fashion_core.zeroshot.names import NameMatcher, candidate_classes
+    from fashion_core.zeroshot.ranker import fit_ranker, harmonic, ranker_log_proba, stacked_scores
     from fashion_core.zeroshot.ranker import doubt
-    from fashion_core.zeroshot.semantic import (TextInputs, class_text_embeddings, rows_of, stage_name_embeddings,
-                                                with_text)
-    from fashion_core.text_encoder import load_encoder
+    from fashion_core.zeroshot.semantic import TextInputs, class_text_embeddings, rows_of, stage_name_embeddings, with_text
+    from fashion_core.zeroshot.text_encoder import load_encoder
 
     args = parse_args(argv)
     if args.summarize:

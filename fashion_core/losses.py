@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fashion_core.config import LOSS_NAMES, WEIGHT_SCHEMES, ConfigError, LossConfig
+from fashion_core.config.checks import LOSS_NAMES, WEIGHT_SCHEMES, ConfigError
+from fashion_core.config.schema import LossConfig
 
 # log of the prior used for a class with no training examples: very unlikely, but finite
 # (exp(-27.6) ~ 1e-12), so the adjusted logits never hold -inf and nothing turns NaN.

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from bench.error_budget import class_mean, slice_costs, slice_keys
-from fashion_core.fusion import holds_class_word
+from fashion_core.fusion.encoders import holds_class_word
 
 
 def test_slice_costs_are_class_mean_points_regained():
@@ -43,7 +43,7 @@ def test_holds_class_word(label, name, holds):
 
 
 def test_year_shift_cross_validation_learns_within_the_rows():
-    from fashion_core.config import FusionConfig
+    from fashion_core.config.schema import FusionConfig
     from bench.year_shift import cross_val_predict, per_class_top1
 
     # Classes 0 and 1 are told apart by a name word only; class 2 has too few rows for 3 folds.
@@ -106,7 +106,7 @@ def test_time_to_accuracy_tabulates_a_logged_run(isolated):
 
 def test_grid_scale_keeps_n_cells_with_a_source_for_every_finetune_cell():
     from bench.grid_scale import EXPERIMENTS, pick_cells
-    from fashion_core.grid import model_kind, needs_source, plan_grid
+    from fashion_core.grid.plan import model_kind, needs_source, plan_grid
 
     tasks = plan_grid(EXPERIMENTS, seeds=[0], profile="smoke")
     assert pick_cells(tasks, None) == tasks and pick_cells(tasks, len(tasks) + 5) == tasks
@@ -164,7 +164,7 @@ def test_grid_scale_records_each_arms_load_and_warns_when_the_arms_differ(monkey
 
 def test_grid_scale_interleaves_halves_that_each_hold_their_finetune_cells_sources():
     from bench.grid_scale import EXPERIMENTS, _has_source, halves, pick_cells
-    from fashion_core.grid import plan_grid
+    from fashion_core.grid.plan import plan_grid
 
     tasks = pick_cells(plan_grid(EXPERIMENTS, seeds=[0], profile="smoke"), 8)
     assert halves(tasks, interleave=False) == [tasks]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from fashion_core.config import DataConfig
-from fashion_core.data import prepare_data
+from fashion_core.config.schema import DataConfig
+from fashion_core.data.prepared import prepare_data
 from fashion_core.data.catalog import CatalogError, build_catalog, read_styles, reason_counts
 
 

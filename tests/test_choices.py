@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fashion_core.config import load_experiment
+from fashion_core.config.schema import load_experiment
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 QUIET = dict(log=lambda m: None)
@@ -43,8 +43,8 @@ def _history(run_id, key):
 def test_no_test_label_enters_the_epoch_or_the_regularisation_a_run_keeps(technique, chosen, dataset, isolated):
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.data import prepare_data
-    from fashion_core.experiment import run_stage
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.runners.network import run_stage
 
     c = cfg(technique)
     p = prepare_data(str(dataset), c.data, log=lambda m: None)
@@ -57,7 +57,7 @@ def test_no_test_label_enters_the_epoch_or_the_regularisation_a_run_keeps(techni
 
 
 def test_the_grid_source_is_the_best_on_validation_whatever_test_says():
-    from fashion_core.grid_plan import IMAGE, pick_best_pretrain
+    from fashion_core.grid.plan import IMAGE, pick_best_pretrain
 
     runs = pd.DataFrame({"stage": ["pretrain"] * 3, "status": ["FINISHED"] * 3, "kind": [IMAGE] * 3,
                          "technique": ["a", "b", "c"], "seed": [0, 0, 0], "run_id": ["r1", "r2", "r3"],

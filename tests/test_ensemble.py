@@ -1,4 +1,4 @@
-"""Tests for fashion_core.ensemble: the weight chosen on validation only, a weight of 0 reproducing the anchor's
+"""Tests for fashion_core.runners.ensemble: the weight chosen on validation only, a weight of 0 reproducing the anchor's
 own test figures, the run's tags and artifacts, the grid it joins (so compare shows it), and the refusals
 (generated data, CPU).
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fashion_core.config import ConfigError, load_experiment
-from fashion_core.ensemble import ENSEMBLE_TAG, WEIGHTS, choose_weight, crossfit, run_ensemble
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import load_experiment
+from fashion_core.runners.ensemble import ENSEMBLE_TAG, WEIGHTS, choose_weight, crossfit, run_ensemble
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 QUIET = dict(log=lambda m: None)
@@ -76,7 +77,7 @@ def test_crossfit_holds_the_ensemble_against_the_members_on_the_same_halves():
 
 @pytest.fixture(scope="module")
 def members(dataset, isolated_module):
-    from fashion_core.experiment import run_stage
+    from fashion_core.runners.network import run_stage
 
     image = run_stage(cfg("pretrain", "baseline"), str(dataset), register=False, **QUIET)
     meta = run_stage(cfg("pretrain", "meta_only"), str(dataset), register=False, **QUIET)
@@ -107,7 +108,7 @@ def test_an_ensemble_run_is_a_run_of_its_stage_with_the_chosen_weight(members, d
     # figure is the curve's at that weight; the curve's w = 0 is the anchor's own validation figure
     import pandas as pd
 
-    from fashion_core.tracking import download_artifact
+    from fashion_core.tracking.runs import download_artifact
 
     curve = pd.read_csv(download_artifact(run_id, "ensemble/weights.csv"))
     assert curve["weight"].tolist() == list(WEIGHTS)
@@ -129,8 +130,8 @@ def test_no_test_label_enters_the_weight_choice(members, dataset, isolated_modul
 
     import pandas as pd
 
-    from fashion_core.data import prepare_data
-    from fashion_core.tracking import download_artifact
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.tracking.runs import download_artifact
 
     image, meta = members
     clean = run_ensemble([image, meta], str(dataset), **QUIET)
@@ -163,7 +164,8 @@ def test_a_weight_of_zero_reproduces_the_anchors_own_test_figures(members, datas
 
 @pytest.mark.integration  # a grid, an ensemble and compare end to end
 def test_it_joins_the_members_grid_so_compare_shows_it(dataset, isolated):
-    from fashion_core.grid import plan_grid, run_grid
+    from fashion_core.grid.plan import plan_grid
+    from fashion_core.grid.scheduler import run_grid
     from fashion_core.report.runs import find_runs
 
     tasks = plan_grid(EXP, ["pretrain/baseline", "pretrain/meta_only"], seeds=[0], profile="smoke", overrides=TINY)
@@ -177,7 +179,7 @@ def test_it_joins_the_members_grid_so_compare_shows_it(dataset, isolated):
 
 
 def test_refusals(members, dataset):
-    from fashion_core.experiment import run_stage
+    from fashion_core.runners.network import run_stage
 
     image, meta = members
     with pytest.raises(ConfigError, match="two runs"):
@@ -196,7 +198,7 @@ def test_refusals(members, dataset):
 def test_the_command_takes_two_runs_apart_or_comma_joined_and_names_a_missing_one(isolated):
     from click.testing import CliRunner
 
-    from fashion_core.cli import main
+    from fashion_core.cli.commands import main
 
     a, b = "a" * 32, "b" * 32
     for args in ([a, b], [f"{a},{b}"]):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fashion_core.executors import InlineExecutor, absolute_tracking_uri, gpu_slots
+from fashion_core.grid.executors import InlineExecutor, absolute_tracking_uri, gpu_slots
 
 
 def test_gpu_slots_share_or_group_the_gpus():

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fashion_core.config import load_experiment
-from fashion_core.experiment import SourceError, load_run_model, resolve_source, run_stage
+from fashion_core.config.schema import load_experiment
+from fashion_core.tracking.references import SourceError, load_run_model, resolve_source
+from fashion_core.runners.network import run_stage
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -56,8 +57,8 @@ def test_pretrain_run_has_tags_metrics_and_artifacts(pretrained):
 
 
 def test_per_class_table_matches_predictions(pretrained, tmp_path):
-    from fashion_core import metrics as M
-    from fashion_core.tracking import download_artifact
+    from fashion_core.evaluation import metrics as M
+    from fashion_core.tracking.runs import download_artifact
 
     table = M.read_per_class(download_artifact(pretrained, "eval/per_class.csv", tmp_path))
     preds = M.read_predictions(download_artifact(pretrained, "eval/predictions.csv", tmp_path))
@@ -97,7 +98,7 @@ def test_linear_probe_really_starts_from_the_pretrained_weights(pretrained, data
     backbone = [k for k in src if k.startswith("backbone.")]
     assert backbone and all(torch.equal(src[k], dst[k]) for k in backbone)  # frozen: identical, BN stats too
     fresh = cfg("finetune", "scratch")
-    from fashion_core.models import build_model
+    from fashion_core.models.network import build_model
 
     other = build_model(fresh.model.__class__(**{**fresh.model.__dict__}), 4).state_dict()
     assert any(not torch.equal(src[k], other[k]) for k in backbone if k in other and "weight" in k)
@@ -138,7 +139,7 @@ def test_same_seed_same_result(dataset, isolated):
 
 
 def test_predict_top5_from_a_registered_model(pretrained, dataset):
-    from fashion_core.serving import predict_images
+    from fashion_core.serving.predict import predict_images
 
     out = predict_images([dataset / "images" / "1000.jpg"], "models:/fashion-pretrain@best")
     assert len(out) == 1 and len(out[0]) == 4  # 4 pretrain classes
@@ -168,8 +169,8 @@ def test_flip_average_bench_scores_the_runs_own_validation_only(pretrained, data
 
 def test_error_budget_bench_slices_a_runs_test_errors(pretrained, dataset, capsys):
     from bench import error_budget
-    from fashion_core import tracking
-    from fashion_core.metrics import read_per_class, read_predictions
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.evaluation.metrics import read_per_class, read_predictions
 
     assert error_budget.main([pretrained, "--data", str(dataset), "--top", "50"]) == 0
     out = capsys.readouterr().out
@@ -205,8 +206,8 @@ def test_validation_by_year_through_prepare_pretrain_and_the_registry(tmp_path, 
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
 
-    from fashion_core import cli
-    from fashion_core.tracking import download_artifact
+    from fashion_core.cli import commands as cli
+    from fashion_core.tracking.runs import download_artifact
 
     data = str(year_dataset(tmp_path / "years"))
     res = CliRunner().invoke(cli.main, ["prepare", "--data", data, "--top-k", "4", "--val-by", "year", "--val-years",
@@ -240,7 +241,7 @@ def test_validation_by_year_through_prepare_pretrain_and_the_registry(tmp_path, 
 def test_val_years_option_refuses_a_test_year_and_needs_val_by_year(isolated):
     from click.testing import CliRunner
 
-    from fashion_core import cli
+    from fashion_core.cli import commands as cli
 
     res = CliRunner().invoke(cli.main, ["prepare", "--val-by", "year", "--val-years", "2015"])
     assert res.exit_code == 2 and "2015 is a test year" in res.output

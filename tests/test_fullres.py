@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion_core.config import DataConfig
-from fashion_core.data import prepare_data
+from fashion_core.config.schema import DataConfig
+from fashion_core.data.prepared import prepare_data
 from fashion_core.data.cache import build_cache, decode_image, size_for_short_side
 from fashion_core.data.catalog import build_catalog
 from fashion_core.data.richmeta import RICH_FIELDS, detect_layout, html_to_text, parse_style_json, read_rich_metadata
@@ -131,12 +131,13 @@ def test_short_side_sizes():
 def test_cli_short_side_sets_height_and_width():
     from click.testing import CliRunner
 
-    from fashion_core import cli
+    from fashion_core.cli import commands as cli
+    from fashion_core.cli.options import data_options
 
     seen = {}
 
     @cli.main.command("probe-size")
-    @cli.data_options
+    @data_options
     def probe(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment):
         seen["hw"] = (height, width)
 
@@ -222,8 +223,8 @@ def test_killed_build_resumes_to_the_clean_result(fullres, tmp_path):
 
 def test_rich_fields_are_fusion_inputs(fullres, cache_env):
     """brandName / ageGroup / colour1 / fashionType are valid fusion fields and encode like the CSV's categoricals."""
-    from fashion_core.config import load_experiment
-    from fashion_core.fusion import MISSING, MetaVocab
+    from fashion_core.config.schema import load_experiment
+    from fashion_core.fusion.encoders import MISSING, MetaVocab
 
     cfg = load_experiment(None, stage="pretrain").replace(**{
         "fusion.mode": "late", "fusion.fields": "gender,brandName,ageGroup,colour1,fashionType"})
@@ -240,9 +241,10 @@ def test_rich_fields_feed_the_fusion_encoders(isolated):
     """A fused pretrain run on the full layout: brandName / ageGroup from the JSON become encoder vocabularies."""
     import json as _json
 
-    from fashion_core import tracking
-    from fashion_core.config import load_experiment
-    from fashion_core.experiment import MODEL_JSON, run_stage
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.config.schema import load_experiment
+    from fashion_core.tracking.references import MODEL_JSON
+    from fashion_core.runners.network import run_stage
 
     data = make_fullres_dataset(isolated / "fashion-dataset", n=24, size=(120, 160))
     cfg = load_experiment(None, profile="smoke", stage="pretrain").replace(**{

@@ -1,4 +1,4 @@
-"""Tests for fashion_core.fusion and fashion_core.metadata_baseline: encoders, fusion shapes on every backbone,
+"""Tests for fashion_core.fusion and fashion_core.runners.metadata_only: encoders, fusion shapes on every backbone,
 the auxiliary loss, leaky tagging, the metadata-only baseline run, and a fused pretrain -> finetune carrying
 the encoders across (generated data, CPU).
 
@@ -12,22 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_core.config import BACKBONES, ConfigError, FusionConfig, ModelConfig, load_experiment
-from fashion_core.fusion import (
-    MISSING,
-    UNKNOWN,
-    AuxLoss,
-    CategoryVocab,
-    FusedNet,
-    MetaVocab,
-    TextHasher,
-    model_from_meta,
-    model_meta,
-    param_groups,
-    wrap_criterion,
-)
-from fashion_core.models import build_model
-from fashion_core.train import LabelLoss
+from fashion_core.config.checks import BACKBONES, ConfigError
+from fashion_core.config.schema import FusionConfig, ModelConfig, load_experiment
+from fashion_core.fusion.encoders import MISSING, UNKNOWN, CategoryVocab, MetaVocab, TextHasher
+from fashion_core.fusion.modules import AuxLoss, FusedNet, param_groups, wrap_criterion
+from fashion_core.fusion.meta import model_from_meta, model_meta
+from fashion_core.models.network import build_model
+from fashion_core.engine.train import LabelLoss
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 QUIET = dict(log=lambda m: None)
@@ -90,7 +81,7 @@ def test_text_hasher_is_stable_case_blind_and_pads():
 
 
 def test_s_stemmer_makes_plurals_singular_only():
-    from fashion_core.fusion import s_stem
+    from fashion_core.fusion.encoders import s_stem
 
     words = "wallets wallet accessories shoes flats dress glass canvas bus men kurtas tshirts toes".split()
     assert [s_stem(w) for w in words] == ["wallet", "wallet", "accessory", "shoe", "flat", "dress", "glass",
@@ -286,13 +277,13 @@ def _artifacts(run_id, path=""):
 
 @pytest.fixture(scope="module")
 def fused_pretrain(dataset, isolated_module):
-    from fashion_core.experiment import run_stage
+    from fashion_core.runners.network import run_stage
 
     return run_stage(cfg("pretrain", "fused_text_aux"), str(dataset), **QUIET)
 
 
 def test_fused_pretrain_logs_encoders_and_tags(fused_pretrain):
-    from fashion_core.experiment import load_run_model
+    from fashion_core.tracking.references import load_run_model
 
     tags = _tags(fused_pretrain)
     assert tags["leaky"] == "false" and tags["fusion"] == "late"
@@ -307,8 +298,8 @@ def test_fused_pretrain_logs_encoders_and_tags(fused_pretrain):
 
 
 def test_vocabularies_come_from_the_train_split_only(tmp_path, monkeypatch):
-    from fashion_core.data import prepare_data
-    from fashion_core.fusion import plan_stage
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.fusion.plan import plan_stage
     from tests.helpers.data import make_dataset
 
     monkeypatch.setenv("FASHION_CACHE", str(tmp_path / "cache"))
@@ -330,7 +321,8 @@ def test_vocabularies_come_from_the_train_split_only(tmp_path, monkeypatch):
 
 
 def test_finetune_carries_the_encoders_across(fused_pretrain, dataset):
-    from fashion_core.experiment import load_run_model, run_stage
+    from fashion_core.tracking.references import load_run_model
+    from fashion_core.runners.network import run_stage
 
     source, src_meta = load_run_model(fused_pretrain)
     run_id = run_stage(cfg("finetune", "fused_text_aux", **{"transfer.method": "linear_probe"}), str(dataset),
@@ -348,7 +340,8 @@ def test_finetune_carries_the_encoders_across(fused_pretrain, dataset):
 @pytest.mark.parametrize("technique", ["ncm", "imprint"])
 def test_image_techniques_adopt_the_fused_source(fused_pretrain, dataset, technique):
     """ncm / imprint embed the training set through the fused embedding (which needs the batch)."""
-    from fashion_core.experiment import load_run_model, run_stage
+    from fashion_core.tracking.references import load_run_model
+    from fashion_core.runners.network import run_stage
 
     run_id = run_stage(cfg("finetune", technique), str(dataset), source=fused_pretrain, **QUIET)
     tags = _tags(run_id)
@@ -361,7 +354,7 @@ def test_image_techniques_adopt_the_fused_source(fused_pretrain, dataset, techni
 def test_fused_technique_needs_a_matching_source(fused_pretrain, dataset):
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.experiment import run_stage
+    from fashion_core.runners.network import run_stage
 
     before = len(MlflowClient().search_runs([_experiment_id(fused_pretrain)]))
     with pytest.raises(ConfigError, match="fields"):
@@ -378,10 +371,12 @@ def _experiment_id(run_id):
 def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from fashion_core import metrics as M
-    from fashion_core.experiment import SourceError, resolve_source, run_stage
-    from fashion_core.metadata_baseline import class_scores, features, load_metadata_baseline
-    from fashion_core.tracking import download_artifact
+    from fashion_core.evaluation import metrics as M
+    from fashion_core.tracking.references import SourceError, resolve_source
+    from fashion_core.runners.network import run_stage
+    from fashion_core.fusion.metadata_only import class_scores, features
+    from fashion_core.runners.metadata_only import load_metadata_baseline
+    from fashion_core.tracking.runs import download_artifact
 
     run_id = run_stage(cfg("pretrain", "meta_only", **{"metadata.logreg_c": 1.0}), str(dataset), **QUIET)
     run = MlflowClient().get_run(run_id)
@@ -401,8 +396,8 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
     assert run.data.metrics["test_top1_mean"] == 1.0
     # the logged model predicts what the run reported
     clf, vocab, classes = load_metadata_baseline(run_id)
-    from fashion_core.data import prepare_data
-    from fashion_core.fusion import stage_rows
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.fusion.plan import stage_rows
 
     p = prepare_data(str(dataset), cfg("pretrain", "meta_only").data, log=lambda m: None)
     test = preds.head(5)
@@ -415,16 +410,16 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
 
 
 def test_leaky_configs_are_tagged(fused_pretrain, dataset):
-    from fashion_core.experiment import run_stage
+    from fashion_core.runners.network import run_stage
 
     run_id = run_stage(cfg("finetune", "meta_only", **{"fusion.leaky_fields": "subCategory", "metadata.logreg_c": 1.0}),
                        str(dataset), **QUIET)
     tags = _tags(run_id)
     assert tags["leaky"] == "true" and "subCategory" in tags["fusion_inputs"].split(",")
     # a leaky pretrain run's leak goes wherever its encoders go: an image technique adopting them is leaky too
-    from fashion_core.data import prepare_data
-    from fashion_core.experiment import load_run_model
-    from fashion_core.fusion import plan_stage
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.tracking.references import load_run_model
+    from fashion_core.fusion.plan import plan_stage
 
     source = load_run_model(fused_pretrain)
     source[1]["fusion"]["leaky_fields"] = ["subCategory"]  # as a leaky pretrain run's model.json says

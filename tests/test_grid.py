@@ -7,17 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fashion_core.config import ConfigError
-from fashion_core.grid import (
-    code_version,
-    config_hash,
-    grid_run_ids,
-    model_kind,
-    parse_seeds,
-    plan_grid,
-    run_grid,
-    select_techniques,
-)
+from fashion_core.config.checks import ConfigError
+from fashion_core.tracking.versions import code_version
+from fashion_core.grid.plan import config_hash, model_kind, parse_seeds, plan_grid, select_techniques
+from fashion_core.tracking.runs import grid_run_ids
+from fashion_core.grid.scheduler import run_grid
 from tests.helpers.grid import EXP, TINY, cell_numbers, record_status
 from tests.helpers.store import module_store
 
@@ -40,7 +34,7 @@ def store(tmp_path_factory, dataset):
     """One MLflow store and cache for the module; the grid below runs once."""
     with module_store(tmp_path_factory, "grid") as (root, mp):
         # Others may edit this working copy while the tests run; reuse must not depend on that here.
-        mp.setattr("fashion_core.grid.code_version", lambda: "c0ffee+test")
+        mp.setattr("fashion_core.grid.scheduler.code_version", lambda: "c0ffee+test")
         yield root
 
 
@@ -89,7 +83,7 @@ def test_grid_parent_children_and_the_failing_technique(grid):
 def test_finetune_starts_from_the_best_pretrain_run_by_validation(grid):
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.grid import best_val_score
+    from fashion_core.tracking.runs import best_val_score
 
     _, res = grid
     pre = res.runs[(res.runs["stage"] == "pretrain") & (res.runs["status"] == "FINISHED")]
@@ -107,7 +101,7 @@ def test_finetune_starts_from_the_best_pretrain_run_by_validation(grid):
 
 @pytest.mark.integration  # a whole grid end to end (the module's `grid` fixture)
 def test_rerun_reuses_finished_runs_and_compare_reads_the_grid(grid, dataset, store):
-    from fashion_core.report import run_compare
+    from fashion_core.report.compare import run_compare
 
     tasks, first = grid
     again = run_grid(tasks, str(dataset), profile="smoke", seeds=[0, 1], register=False, log=lambda m: None)
@@ -164,8 +158,8 @@ def test_a_technique_failing_before_its_run_is_recorded(store, dataset):
 
 
 def test_bad_from_fails_before_any_run(store, dataset):
-    from fashion_core.experiment import SourceError
-    from fashion_core.tracking import find_runs
+    from fashion_core.tracking.references import SourceError
+    from fashion_core.tracking.runs import find_runs
 
     before = len(find_runs("tags.stage = 'grid'"))
     tasks = plan_grid(EXP, ["finetune/ncm"], seeds=[0], profile="smoke", overrides=TINY)
@@ -204,7 +198,7 @@ def test_plan_order_names_and_errors(tmp_path):
 
 
 def test_code_version_is_the_commit_plus_local_changes_plus_libraries():
-    from fashion_core.tracking import git_commit
+    from fashion_core.tracking.versions import git_commit
 
     commit, dirty = git_commit()
     version = code_version()
@@ -249,12 +243,14 @@ def test_a_real_code_change_changes_the_version_and_stops_reuse(tmp_path, isolat
 
     import mlflow
 
-    from fashion_core import tracking, versions
-    from fashion_core.grid import find_reusable
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.tracking import versions
+    from fashion_core.tracking.versions import git_commit
+    from fashion_core.tracking.runs import find_reusable
 
     repo = git_repo(tmp_path / "repo")
     clean = code_version(repo)
-    assert tracking.git_commit(repo)[1] is False and "+" not in clean.partition("~")[0]
+    assert git_commit(repo)[1] is False and "+" not in clean.partition("~")[0]
     exp = tracking.set_experiment("reuse")
     run = mlflow.MlflowClient().create_run(exp, tags={"config_hash": "h", "dataset_digest": "d",
                                                       "code_version": clean})
@@ -263,19 +259,19 @@ def test_a_real_code_change_changes_the_version_and_stops_reuse(tmp_path, isolat
 
     (repo / "model.py").write_text("WIDTH = 128\n")  # an uncommitted edit
     edited = code_version(repo)
-    assert edited != clean and tracking.git_commit(repo)[1] is True
+    assert edited != clean and git_commit(repo)[1] is True
     (repo / "model.py").write_text("WIDTH = 64\n")
     assert code_version(repo) == clean  # undone: the same code again
 
     (repo / "layers.py").write_text("DEPTH = 3\n")  # a new, untracked source file
-    assert tracking.git_commit(repo)[1] is True  # dirty counts it (it did not with --untracked-files=no)
+    assert git_commit(repo)[1] is True  # dirty counts it (it did not with --untracked-files=no)
     untracked = code_version(repo)
     subprocess.run(["git", "add", "layers.py"], cwd=repo, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "two"], cwd=repo,
                    check=True)
     committed = code_version(repo)
     (repo / "notes.txt").write_text("not source")  # an untracked non-source file changes nothing
-    assert code_version(repo) == committed and tracking.git_commit(repo)[1] is False
+    assert code_version(repo) == committed and git_commit(repo)[1] is False
 
     monkeypatch.setattr(versions, "library_versions", lambda: {"torch": "0.0.1", "torchvision": "0.0.1",
                                                               "scikit-learn": "0.0.1", "numpy": "0.0.1"})
@@ -289,8 +285,9 @@ def test_a_real_code_change_changes_the_version_and_stops_reuse(tmp_path, isolat
 def test_an_unknown_code_version_is_never_reused(tmp_path, isolated):
     import mlflow
 
-    from fashion_core import tracking
-    from fashion_core.grid import find_reusable
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.tracking.versions import git_commit
+    from fashion_core.tracking.runs import find_reusable
 
     outside = tmp_path / "not-a-checkout"
     outside.mkdir()
@@ -304,7 +301,8 @@ def test_an_unknown_code_version_is_never_reused(tmp_path, isolated):
 
 def test_source_choice_follows_validation_when_test_disagrees():
     """The better-validation run is the source although another run scores better on test."""
-    from fashion_core.grid import RUN_COLUMNS, pick_best_pretrain
+    from fashion_core.grid.cells import RUN_COLUMNS
+    from fashion_core.grid.plan import pick_best_pretrain
 
     rows = [
         {"stage": "pretrain", "technique": "baseline", "seed": 0, "kind": "image", "run_id": "a" * 32,
@@ -336,7 +334,7 @@ def test_model_kinds_pair_finetune_techniques_with_compatible_sources():
 def test_cli_grid_validates_before_any_run(isolated):
     from click.testing import CliRunner
 
-    from fashion_core.cli import main
+    from fashion_core.cli.commands import main
 
     for args, message in ((["--techniques", "nope"], "unknown technique 'nope'"),
                           (["--seeds", "x"], "--seeds"),
@@ -387,8 +385,8 @@ def test_status_never_shows_more_cells_running_than_slots_even_when_the_executor
     import concurrent.futures as cf
     import time
 
-    from fashion_core import grid
-    from fashion_core.grid_cells import task_row
+    from fashion_core.grid import scheduler as grid
+    from fashion_core.grid.cells import task_row
 
     class Eager(cf.ThreadPoolExecutor):
         def started(self, futures):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from fashion_core.grid_eta import CellCost, cell_costs, eta_seconds, eta_text, expected_seconds
-from fashion_core.run_costs import FINETUNE_SHARE, METADATA_MINUTES, PRETRAIN_MINUTES
+from fashion_core.grid.eta import CellCost, cell_costs, eta_seconds, eta_text, expected_seconds
+from fashion_core.grid.costs import FINETUNE_SHARE, METADATA_MINUTES, PRETRAIN_MINUTES
 
 PRE = PRETRAIN_MINUTES[("quick", "cpu")]
 
@@ -69,7 +69,7 @@ def test_a_finetune_cell_waits_for_every_pretrain_cell_of_its_kind_only():
 def test_the_plan_knows_each_cells_kind_and_weight():
     from pathlib import Path
 
-    from fashion_core.grid_plan import plan_grid
+    from fashion_core.grid.plan import plan_grid
 
     exp = Path(__file__).resolve().parents[1] / "experiments"
     tasks = plan_grid(exp, ["pretrain/baseline", "pretrain/meta_only", "finetune/ncm", "finetune/finetune"],
@@ -106,7 +106,7 @@ def test_before_a_training_cell_has_finished_every_group_borrows_the_finished_ce
 def test_with_from_the_plans_finetune_cells_wait_for_nothing():
     from pathlib import Path
 
-    from fashion_core.grid_plan import plan_grid
+    from fashion_core.grid.plan import plan_grid
 
     exp = Path(__file__).resolve().parents[1] / "experiments"
     tasks = plan_grid(exp, ["pretrain/baseline", "finetune/ncm"], profile="smoke")
@@ -116,7 +116,7 @@ def test_with_from_the_plans_finetune_cells_wait_for_nothing():
 
 def test_a_cell_that_took_no_time_is_not_a_measurement(monkeypatch):
     """A cell whose earlier attempt had finished comes back with 0 s: it must not make its kind look free."""
-    from fashion_core.grid_status import GridStatus
+    from fashion_core.grid.status import GridStatus
 
     monkeypatch.setenv("FASHION_PROGRESS", "0")
     status = GridStatus(["a", "b", "c"], concurrency=1)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fashion_core.grid import plan_grid, run_grid
+from fashion_core.grid.plan import plan_grid
+from fashion_core.grid.scheduler import run_grid
 from tests.helpers.grid import EXP, TINY, cell_numbers, record_status, run_grid_killing_one_cell
 from tests.helpers.store import module_store
 
@@ -23,7 +24,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A head and a worker node on 127.0.0.1, one CPU each; yields the address."""
-    from fashion_core.executors import local_cluster
+    from fashion_core.grid.executors import local_cluster
 
     with local_cluster(nodes=2, cpus_per_node=1, log_dir=tmp_path_factory.mktemp("ray")) as address:
         yield address
@@ -32,7 +33,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, dataset):
     with module_store(tmp_path_factory, "grid-ray") as (root, mp):
-        mp.setattr("fashion_core.grid.code_version", lambda: "c0ffee+ray")
+        mp.setattr("fashion_core.grid.scheduler.code_version", lambda: "c0ffee+ray")
         mp.setenv("FASHION_PROGRESS", "0")
         yield root
 
@@ -71,7 +72,7 @@ def test_the_driver_keeps_every_cells_lines_that_ray_would_fold_as_repeated(monk
     "[repeated Nx across cluster]": three cells' start lines would show as one. The grid lets cell lines through."""
     from ray._private import ray_constants, ray_logging
 
-    from fashion_core.executors import keep_cell_lines
+    from fashion_core.grid.executors import keep_cell_lines
 
     def batch(pid: int, line: str) -> dict:
         return {"ip": "127.0.0.1", "pid": pid, "job": "01", "is_err": False, "lines": [line]}

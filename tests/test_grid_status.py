@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import io
 
-from fashion_core.grid_status import GridStatus
+from fashion_core.grid.status import GridStatus
 
 
 def test_grid_status_counts_cells_and_estimates_the_time_left(monkeypatch):
     monkeypatch.delenv("FASHION_PROGRESS", raising=False)
     clock = [0.0]
-    monkeypatch.setattr("fashion_core.grid_status.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("fashion_core.grid.status.time.perf_counter", lambda: clock[0])
     out = io.StringIO()
     status = GridStatus(["a", "b", "c", "d", "e"], concurrency=2, stream=out)
     for name in "abcd":

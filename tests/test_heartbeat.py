@@ -31,7 +31,8 @@ def _client():
 
 
 def test_a_run_beats_while_open_and_stops_when_it_ends(isolated, monkeypatch):
-    from fashion_core import heartbeat, tracking
+    from fashion_core.tracking import heartbeat
+    from fashion_core.tracking import runs as tracking
 
     monkeypatch.setenv("FASHION_HEARTBEAT_S", "0.2")
     tracking.set_experiment("beats")
@@ -55,7 +56,8 @@ def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypa
     """Dead: its process is gone (same machine), a stale heartbeat, no heartbeat and older than the window.
     Alive: a fresh heartbeat from another machine, no heartbeat but young, a slow writer's heartbeat within its own
     period, and the runs this process beats."""
-    from fashion_core import heartbeat, tracking
+    from fashion_core.tracking import heartbeat
+    from fashion_core.tracking import runs as tracking
 
     monkeypatch.setenv("FASHION_HEARTBEAT_S", "1")
     exp = tracking.set_experiment("sweep")
@@ -103,8 +105,8 @@ def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypa
 
 
 def test_a_bad_heartbeat_interval_is_one_line(monkeypatch):
-    from fashion_core import heartbeat
-    from fashion_core.config import ConfigError
+    from fashion_core.tracking import heartbeat
+    from fashion_core.config.checks import ConfigError
 
     monkeypatch.setenv("FASHION_HEARTBEAT_S", "0")
     with pytest.raises(ConfigError, match="FASHION_HEARTBEAT_S='0': expected a positive number"):
@@ -112,14 +114,15 @@ def test_a_bad_heartbeat_interval_is_one_line(monkeypatch):
 
 
 def _claim_tags(key: str) -> dict:
-    from fashion_core import heartbeat
+    from fashion_core.tracking import heartbeat
 
     return {"cell_key": key, **heartbeat.run_tags()}
 
 
 def test_a_cell_claimed_by_a_live_run_is_waited_for_and_a_dead_claim_is_taken_over(isolated, monkeypatch):
-    from fashion_core import heartbeat, tracking
-    from fashion_core.grid_claims import claim_cell, holder_state
+    from fashion_core.tracking import heartbeat
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.grid.claims import claim_cell, holder_state
 
     monkeypatch.setenv("FASHION_HEARTBEAT_S", "1")
     exp = tracking.set_experiment("claims")
@@ -152,8 +155,8 @@ def test_a_cell_claimed_by_a_live_run_is_waited_for_and_a_dead_claim_is_taken_ov
 def test_claims_made_at_the_same_moment_never_both_win(isolated, monkeypatch):
     """Two grids claim the same cells at once (threads released by a barrier): at most one wins each cell,
     a loser's claim is deleted, and a cell nobody won is claimed again by a later try."""
-    from fashion_core import tracking
-    from fashion_core.grid_claims import claim_cell
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.grid.claims import claim_cell
 
     monkeypatch.setenv("FASHION_HEARTBEAT_S", "1")
     exp = tracking.set_experiment("races")
@@ -195,7 +198,7 @@ def _env(root: Path, heartbeat_s: str = "1") -> dict:
 
 
 def _grid_cmd(dataset: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fashion_core.cli", "grid", "--data", str(dataset), "--profile", "smoke",
+    return [sys.executable, "-m", "fashion_core.cli.commands", "grid", "--data", str(dataset), "--profile", "smoke",
             "--top-k", "4", "--device", "cpu", "--epochs", "2", "--experiments-dir", EXP, "--techniques",
             "pretrain/baseline,finetune/ncm", "--seeds", "0,1", "--no-register", "--experiment", "crash", *extra]
 
@@ -312,7 +315,7 @@ def test_kill_9_of_a_jobs_worker_then_of_the_grid_then_the_same_command(tmp_path
 @pytest.mark.slow  # a two-node Ray cluster on 127.0.0.1 and two grids: a few minutes
 def test_kill_9_of_a_ray_worker_then_of_the_grid_then_the_same_command(tmp_path, dataset):
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
-    from fashion_core.executors import local_cluster
+    from fashion_core.grid.executors import local_cluster
 
     with local_cluster(nodes=2, cpus_per_node=1, log_dir=tmp_path / "ray") as address:
         extra = ("--ray", address, "--cpus-per-cell", "1", "--max-retries", "2")
@@ -353,9 +356,10 @@ def test_two_identical_grids_started_at_once_run_each_cell_once(tmp_path, datase
 def test_a_grid_that_ended_unfinished_is_continued_or_under_mlflow_run_linked(isolated, dataset, monkeypatch):
     """In-process, with the metadata-only baseline (seconds): a grid run that ended KILLED is continued by the same
     grid; under ``mlflow run`` (its launched run is the parent) the old one is linked and its finished cell reused."""
-    from fashion_core.grid import plan_grid, run_grid
+    from fashion_core.grid.plan import plan_grid
+    from fashion_core.grid.scheduler import run_grid
 
-    monkeypatch.setattr("fashion_core.grid.code_version", lambda: "c0ffee+beat")
+    monkeypatch.setattr("fashion_core.grid.scheduler.code_version", lambda: "c0ffee+beat")
     tasks = plan_grid(EXP, ["pretrain/meta_only"], seeds=[0, 1], profile="smoke", overrides={"data.top_k": 4})
     first = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False,
                      log=lambda m: None)

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from fashion_core.config import AugmentConfig
-from fashion_core.data.loader import (GRAY, MEAN, STD, TensorData, _crop_flip, augment, batches, num_batches,
-                                      to_float)
+from fashion_core.config.schema import AugmentConfig
+from fashion_core.data.loader import GRAY, MEAN, STD, TensorData, _crop_flip, augment, batches, num_batches, to_float
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

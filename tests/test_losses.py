@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_core.config import LOSS_NAMES, WEIGHT_SCHEMES, ConfigError, LossConfig
+from fashion_core.config.checks import LOSS_NAMES, WEIGHT_SCHEMES, ConfigError
+from fashion_core.config.schema import LossConfig
 from fashion_core.losses import CrossEntropyLoss, FocalLoss, LogitAdjustedLoss, build_loss, class_weights
 
 COUNTS = [1, 4, 100, 0]

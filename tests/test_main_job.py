@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from fashion_core.cli import main
+from fashion_core.cli.commands import main
 from tests.helpers.store import module_store
 from tests.helpers.cli import EXPERIMENTS, ROOT, one_line_error
 
@@ -114,8 +114,8 @@ def test_every_training_run_logs_its_dataset_and_the_experiment_is_model_develop
 
 
 def test_profile_follows_the_machine():
-    from fashion_core.config import ConfigError
-    from fashion_core.main_job import choose_profile
+    from fashion_core.config.checks import ConfigError
+    from fashion_core.grid.main_job import choose_profile
 
     assert choose_profile("auto", gpu=True)[0] == "default"
     profile, why = choose_profile("auto", gpu=False, cores=2)
@@ -128,8 +128,8 @@ def test_profile_follows_the_machine():
 
 
 def test_the_expected_time_follows_the_measured_figures():
-    from fashion_core.grid import plan_grid
-    from fashion_core.main_job import estimate_minutes, load_main_techniques
+    from fashion_core.grid.plan import plan_grid
+    from fashion_core.grid.main_job import estimate_minutes, load_main_techniques
 
     names = load_main_techniques(EXPERIMENTS)
     assert names[:1] == ["pretrain/class_balanced"] and "finetune/imprint_balanced" in names
@@ -145,9 +145,10 @@ def test_the_expected_time_follows_the_measured_figures():
 
 
 def test_the_expected_time_scales_with_a_techniques_own_epochs():
-    from fashion_core.grid import plan_grid
-    from fashion_core.grid_plan import GridTask
-    from fashion_core.main_job import PRETRAIN_MINUTES, estimate_minutes
+    from fashion_core.grid.plan import plan_grid
+    from fashion_core.grid.plan import GridTask
+    from fashion_core.grid.costs import PRETRAIN_MINUTES
+    from fashion_core.grid.main_job import estimate_minutes
 
     (task,) = plan_grid(EXPERIMENTS, ["pretrain/class_balanced"], profile="quick")  # the profile's 3 epochs
     longer = GridTask(task.cfg.replace(**{"train.epochs": 6}), task.path)
@@ -186,7 +187,7 @@ def product(dataset: Path, pid: int) -> dict:
 def test_pyfunc_of_a_fused_model_takes_image_and_fields(made, dataset):
     import mlflow
 
-    from fashion_core.serving import predict_products
+    from fashion_core.serving.predict import predict_products
 
     model = mlflow.pyfunc.load_model("models:/fashion-finetune-fused@best")
     names = [c.name for c in model.metadata.get_input_schema().inputs]
@@ -322,7 +323,7 @@ def test_run_without_usable_data(isolated, monkeypatch, fault, args, match):
 
 
 def test_gpu_profile_on_a_machine_without_gpu(isolated, dataset, monkeypatch):
-    monkeypatch.setattr("fashion_core.main_job.has_gpu", lambda: False)
+    monkeypatch.setattr("fashion_core.grid.main_job.has_gpu", lambda: False)
     one_line_error(*cli(["run", "--data", str(dataset), "--profile", "default", "--experiments-dir", EXPERIMENTS]),
                    "profile default is the GPU profile .* PROFILE=auto or quick")
     one_line_error(*cli(["run", "--data", str(dataset), "--device", "cuda", "--experiments-dir", EXPERIMENTS]),
@@ -331,7 +332,7 @@ def test_gpu_profile_on_a_machine_without_gpu(isolated, dataset, monkeypatch):
 
 
 def test_compare_and_from_latest_with_no_runs_say_where_they_looked(isolated, dataset):
-    from fashion_core import tracking
+    from fashion_core.tracking import runs as tracking
 
     db = isolated / "mlflow.db"
     # no store here: one line, and none is created
@@ -350,7 +351,7 @@ def test_compare_and_from_latest_with_no_runs_say_where_they_looked(isolated, da
 
 def test_runs_in_the_checkout_while_working_elsewhere(isolated, tmp_path_factory, monkeypatch):
     """A newcomer ran `make run` in the checkout, then `fashion compare` in another folder."""
-    from fashion_core import tracking
+    from fashion_core.tracking import runs as tracking
 
     checkout = tmp_path_factory.mktemp("checkout")
     (checkout / "mlflow.db").write_bytes(b"")
@@ -363,8 +364,8 @@ def test_runs_in_the_checkout_while_working_elsewhere(isolated, tmp_path_factory
 def test_main_yaml_ensembles_are_pairs_and_a_pair_without_its_runs_is_skipped(tmp_path):
     import pandas as pd
 
-    from fashion_core.config import ConfigError
-    from fashion_core.main_job import load_main_ensembles, load_main_techniques, run_main_ensembles
+    from fashion_core.config.checks import ConfigError
+    from fashion_core.grid.main_job import load_main_ensembles, load_main_techniques, run_main_ensembles
 
     assert load_main_ensembles(EXPERIMENTS) == [("pretrain", "meta_only", "class_balanced"),
                                                 ("finetune", "meta_only", "imprint_balanced")]

@@ -1,4 +1,4 @@
-"""Tests for fashion_core.metrics: every number against a brute-force Python loop on random data."""
+"""Tests for fashion_core.evaluation.metrics: every number against a brute-force Python loop on random data."""
 from __future__ import annotations
 
 import math
@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_core import metrics
-from fashion_core.metrics import (bootstrap_class_mean, confusion_matrix_figure, per_class_from_predictions,
-                                  per_class_table, predictions_frame, read_per_class, read_predictions,
-                                  summarize, topk_predictions, wilson_interval, with_wilson)
+from fashion_core.evaluation import metrics
+from fashion_core.evaluation.metrics import bootstrap_class_mean, confusion_matrix_figure, per_class_from_predictions, per_class_table, predictions_frame, read_per_class, read_predictions, summarize, wilson_interval, with_wilson
+from fashion_core.evaluation.scoring import topk_predictions
 
 SEEDS = [0, 1, 2, 3, 4]
 

@@ -8,11 +8,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from fashion_core.config import BACKBONES, STEMS, TRANSFER_METHODS, ConfigError, ModelConfig
-from fashion_core.models import (
-    CosineHead, FashionNet, LinearHead, NCMHead, build_model, class_means, imprint_weights, param_groups,
-    transfer_policy,
-)
+from fashion_core.config.checks import BACKBONES, STEMS, TRANSFER_METHODS, ConfigError
+from fashion_core.config.schema import ModelConfig
+from fashion_core.models.heads import CosineHead, LinearHead, NCMHead, class_means, imprint_weights
+from fashion_core.models.network import FashionNet, build_model, param_groups, transfer_policy
 
 NUM_CLASSES = 5
 

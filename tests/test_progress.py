@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from fashion_core.progress import EpochProgress
+from fashion_core.engine.progress import EpochProgress
 
 
 def test_epoch_progress_prints_a_few_lines_without_a_terminal(monkeypatch):

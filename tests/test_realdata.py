@@ -1,7 +1,7 @@
 """The real catalogue: the counts DESIGN.md and the data README list (skipped when the data is absent)."""
 import pytest
 
-from fashion_core.config import DataConfig
+from fashion_core.config.schema import DataConfig
 
 pytestmark = pytest.mark.realdata
 
@@ -13,7 +13,7 @@ TOP20 = ["Tshirts", "Watches", "Casual Shoes", "Kurtas", "Shirts", "Tops", "Sung
 def test_prepare_on_the_real_data(real_data, isolated):
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.prepare import run_prepare
+    from fashion_core.runners.prepare import run_prepare
 
     p, run_id = run_prepare(real_data, DataConfig(), log=lambda m: None)
     m = MlflowClient().get_run(run_id).data.metrics

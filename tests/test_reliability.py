@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fashion_core.cli import main
+from fashion_core.cli.commands import main
 from tests.helpers.data import write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
-FASHION = [sys.executable, "-m", "fashion_core.cli"]
+FASHION = [sys.executable, "-m", "fashion_core.cli.commands"]
 EXPERIMENTS = str(ROOT / "experiments")
 SMOKE = ["--profile", "smoke", "--top-k", "4", "--device", "cpu", "--experiments-dir", EXPERIMENTS]
 
@@ -229,7 +229,7 @@ def test_bad_config_is_refused_before_any_run(dataset, isolated_module, fault, e
 @pytest.fixture(scope="module")
 def odd_runs(dataset, isolated_module):
     """A FAILED pretrain run and a FINISHED prepare run to point ``--from`` at."""
-    from fashion_core import tracking
+    from fashion_core.tracking import runs as tracking
 
     tracking.set_experiment("fashion-mini")
     with pytest.raises(RuntimeError):
@@ -412,11 +412,11 @@ def test_pickled_code_in_a_checkpoint_is_refused_by_every_loader(tmp_path, datas
     import mlflow
     import torch
 
-    from fashion_core import tracking
-    from fashion_core.config import ConfigError
-    from fashion_core.experiment import SourceError, load_run_model
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.config.checks import ConfigError
+    from fashion_core.tracking.references import SourceError, load_run_model
     from fashion_core.models.backbones import read_state_dict
-    from fashion_core.train import load_checkpoint
+    from fashion_core.engine.train import load_checkpoint
 
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pt"

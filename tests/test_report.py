@@ -9,17 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_core import metrics as M
-from fashion_core import tracking
-from fashion_core.report import (
-    SECTIONS,
-    CompareError,
-    display_summary,
-    find_runs,
-    markdown_table,
-    run_compare,
-    shot_bin,
-)
+from fashion_core.evaluation import metrics as M
+from fashion_core.tracking import runs as tracking
+from fashion_core.report.render import SECTIONS
+from fashion_core.report.runs import CompareError, find_runs
+from fashion_core.report.tables import display_summary, markdown_table, shot_bin
+from fashion_core.report.compare import run_compare
 from tests.helpers.browser import chromium, dump_dom
 from tests.helpers.runs import recompute
 from tests.helpers.store import module_store
@@ -299,7 +294,7 @@ def test_grid_none_keeps_each_configuration_of_a_technique(store, tmp_path):
 def test_cli_compare(fake_runs, tmp_path):
     from click.testing import CliRunner
 
-    from fashion_core.cli import main
+    from fashion_core.cli.commands import main
 
     r = CliRunner().invoke(main, ["compare", "--experiment", "fake-data", "--grid", "none", "--stage", "pretrain", "--out", str(tmp_path / "o"),
                                   "--tag", "leaky=false", "--no-log-run"])
@@ -420,7 +415,7 @@ def test_confusions_class_view_links_and_pairs(fake_runs, compared, tmp_path):
 def test_cli_pair_and_ui_url(fake_runs, tmp_path):
     from click.testing import CliRunner
 
-    from fashion_core.cli import main
+    from fashion_core.cli.commands import main
 
     r = CliRunner().invoke(main, ["compare", "--experiment", "fake-data", "--grid", "none", "--out", str(tmp_path / "o"),
                                   "--no-log-run", "--pair", "ncm,fusion", "--ui-url", ""])

@@ -9,8 +9,7 @@ import pytest
 
 from fashion_core.report.analysis import split_pair
 from fashion_core.report.runs import config_groups, run_config
-from fashion_core.report.stats import (Row, StageSample, compare_pair, exact_sign_test, holm,
-                                       probability_of_improvement, seed_mean_interval)
+from fashion_core.report.stats import Row, StageSample, compare_pair, exact_sign_test, holm, probability_of_improvement, seed_mean_interval
 
 
 def preds(ids, labels, pred1):

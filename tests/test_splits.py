@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_core.config import ConfigError, DataConfig, load_experiment
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import DataConfig, load_experiment
 from fashion_core.data.catalog import build_catalog
-from fashion_core.data.splits import (SplitError, carve_validation, dataset_digest, make_splits, rank_classes,
-                                      stage_classes, summarize_splits, top_classes)
+from fashion_core.data.splits import SplitError, carve_validation, dataset_digest, make_splits, rank_classes, stage_classes, summarize_splits, top_classes
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -157,7 +157,7 @@ def test_validation_by_year_changes_the_digest_and_needs_a_present_year():
 @pytest.mark.parametrize("value, expected", [("2016", (2016,)), ("2014,2016", (2014, 2016)),
                                              ("[2012, 2018]", (2012, 2018))])
 def test_val_years_override_reads_integers(value, expected):
-    from fashion_core.config import apply_overrides
+    from fashion_core.config.schema import apply_overrides
 
     cfg = load_experiment(EXP / "pretrain" / "baseline.yaml", profile="smoke")
     assert apply_overrides(cfg, {"data.val_by": "year", "data.val_years": value}).data.val_years == expected
@@ -168,7 +168,7 @@ def test_val_years_override_reads_integers(value, expected):
                                                  ("data.val_years", "[]", "at least one even year"),
                                                  ("data.val_by", "month", "choose one of: random, year")])
 def test_bad_validation_settings_are_config_errors(key, value, message):
-    from fashion_core.config import apply_overrides
+    from fashion_core.config.schema import apply_overrides
 
     cfg = load_experiment(EXP / "pretrain" / "baseline.yaml", profile="smoke")
     with pytest.raises(ConfigError, match=message):

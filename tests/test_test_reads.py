@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fashion_core.config import ConfigError, load_experiment
-from fashion_core.test_reads import (CONFIG_KEY_TAG, READS_TAG, SELECTION_TAG, TEST_SCORED_TAG, config_key,
-                                     configs_read_on_test, mark_test_read, scores_test)
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import load_experiment
+from fashion_core.evaluation.test_reads import CONFIG_KEY_TAG, READS_TAG, SELECTION_TAG, TEST_SCORED_TAG, config_key, configs_read_on_test, mark_test_read, scores_test
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 QUIET = dict(log=lambda m: None)
@@ -45,7 +45,7 @@ def _scored_run(client, exp, params, digest="d1", technique="focal", stage="pret
 def test_the_count_is_distinct_configurations_without_seed_of_one_technique_stage_and_digest(isolated):
     from mlflow.tracking import MlflowClient
 
-    from fashion_core import tracking
+    from fashion_core.tracking import runs as tracking
 
     client = MlflowClient()
     exp = tracking.set_experiment("reads")
@@ -109,7 +109,7 @@ def _eval_files(run_id):
 
 
 def _table(run_id, path, dst):
-    from fashion_core.tracking import download_artifact
+    from fashion_core.tracking.runs import download_artifact
 
     return pd.read_csv(download_artifact(run_id, path, dst), keep_default_na=False)
 
@@ -119,9 +119,10 @@ def test_a_deferred_run_evaluated_later_logs_what_it_would_have_logged_at_its_en
                                                                                   monkeypatch, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from fashion_core import experiment, metadata_baseline
-    from fashion_core.evaluate_run import evaluate_run
-    from fashion_core.experiment import run_stage
+    from fashion_core.runners import network as experiment
+    from fashion_core.runners import metadata_only as metadata_baseline
+    from fashion_core.runners.evaluate import evaluate_run
+    from fashion_core.runners.network import run_stage
 
     c = cfg("pretrain", technique)
     deferred = run_stage(c, str(years), register=False, **QUIET)
@@ -156,9 +157,9 @@ def test_a_deferred_run_evaluated_later_logs_what_it_would_have_logged_at_its_en
 def test_an_ensemble_of_selection_runs_is_one_and_is_evaluated_once(years, isolated, monkeypatch, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.ensemble import run_ensemble
-    from fashion_core.evaluate_run import evaluate_run
-    from fashion_core.experiment import run_stage
+    from fashion_core.runners.ensemble import run_ensemble
+    from fashion_core.runners.evaluate import evaluate_run
+    from fashion_core.runners.network import run_stage
 
     image = run_stage(cfg("pretrain", "baseline"), str(years), register=False, **QUIET)
     meta = run_stage(cfg("pretrain", "meta_only"), str(years), register=False, **QUIET)
@@ -167,7 +168,7 @@ def test_an_ensemble_of_selection_runs_is_one_and_is_evaluated_once(years, isola
     assert run.data.tags[SELECTION_TAG] == "true" and _test_metrics(deferred) == {} and _eval_files(deferred) == set()
     # the same ensemble, scoring test at its end (run_ensemble asks the predicate where it lives)
     with monkeypatch.context() as mp:
-        mp.setattr("fashion_core.test_reads.scores_test", lambda cfg, members=None: True)
+        mp.setattr("fashion_core.evaluation.test_reads.scores_test", lambda cfg, members=None: True)
         at_end = run_ensemble([image, meta], str(years), **QUIET)
     assert MlflowClient().get_run(at_end).data.metrics["ensemble_weight"] == run.data.metrics["ensemble_weight"]
     evaluate_run(deferred, str(years), **QUIET)
@@ -182,9 +183,9 @@ def test_from_refuses_a_source_of_another_split_unless_allowed(years, isolated):
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
 
-    from fashion_core import cli
-    from fashion_core.experiment import run_stage
-    from fashion_core.model_source import SourceError
+    from fashion_core.cli import commands as cli
+    from fashion_core.runners.network import run_stage
+    from fashion_core.tracking.references import SourceError
 
     src = run_stage(cfg("pretrain", "baseline"), str(years), register=False, **QUIET)
     standard = cfg("finetune", "finetune", **{"data.val_by": "random"})

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from fashion_core import tracking
+from fashion_core.tracking import runs as tracking
 from tests.helpers.store import module_store
 
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fashion_core.config import AugmentConfig, ConfigError, TrainConfig, load_experiment
-from fashion_core.train import LabelLoss, WeightEMA, evaluate, fit, load_checkpoint
+from fashion_core.config.schema import AugmentConfig, TrainConfig, load_experiment
+from fashion_core.config.checks import ConfigError
+from fashion_core.engine.train import LabelLoss, WeightEMA, evaluate, fit, load_checkpoint
 from tests.helpers.train import TinyNet, toy_data
 
 NO_AUG = AugmentConfig(crop_scale_min=1.0, hflip=False, jitter=0.0)
@@ -150,7 +151,7 @@ def _count_host_reads(monkeypatch) -> list[str]:
 @pytest.mark.parametrize("n_items", [48, 160])
 def test_one_epoch_reads_the_device_once_whatever_the_number_of_steps(monkeypatch, n_items):
     from fashion_core.data.loader import batches
-    from fashion_core.train import build_optimizer, train_one_epoch
+    from fashion_core.engine.train import build_optimizer, train_one_epoch
 
     torch.manual_seed(0)
     model = TinyNet()
@@ -184,7 +185,7 @@ def test_fit_moves_the_splits_with_their_to_device(monkeypatch):
 
 
 def test_place_data_moves_a_split_to_the_device():
-    from fashion_core.train import place_data
+    from fashion_core.engine.devices import place_data
 
     data = toy_data(10, 0)
     placed = place_data(data, torch.device("cpu"))
@@ -203,7 +204,7 @@ class ConvNet(nn.Module):
 
 def test_cpu_scoring_runs_channels_last_with_the_same_scores():
     from fashion_core.data.loader import to_float
-    from fashion_core.train import predict_scores
+    from fashion_core.engine.train import predict_scores
 
     torch.manual_seed(0)
     model, data = ConvNet(), toy_data(20, 3)
@@ -215,7 +216,7 @@ def test_cpu_scoring_runs_channels_last_with_the_same_scores():
 
 
 def test_cpu_training_runs_channels_last(monkeypatch):
-    import fashion_core.train as train_mod
+    import fashion_core.engine.train as train_mod
 
     layouts = []
     original = train_mod.augment

@@ -12,18 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from fashion_core.config import ConfigError, flatten, load_experiment, to_dict
-from fashion_core.tuning import (
-    base_config,
-    best_config_yaml,
-    check_storage_url,
-    load_space,
-    make_pruner,
-    mask_url,
-    run_tune,
-    trial_config,
-    without_test,
-)
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import flatten, load_experiment, to_dict
+from fashion_core.tuning.spaces import base_config, best_config_yaml, load_space, trial_config
+from fashion_core.tuning.storage import check_storage_url, mask_url
+from fashion_core.tuning.study import make_pruner
+from fashion_core.tuning.run import run_tune
+from fashion_core.evaluation.test_reads import without_test
 from tests.helpers.store import module_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +169,7 @@ def test_storage_urls():
 def test_cli_rejects_a_bad_space_or_storage_before_anything_runs(isolated, tmp_path):
     from click.testing import CliRunner
 
-    from fashion_core.cli import main
+    from fashion_core.cli.commands import main
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: pretrain/baseline\nparams:\n  loss.gamma: {type: float, low: 5, high: 1}\n")
@@ -221,8 +216,8 @@ class GuardCache:
 def test_objective_never_touches_the_test_split(dataset, store, tmp_path):
     import dataclasses
 
-    from fashion_core.data import prepare_data
-    from fashion_core.tuning import Objective
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.tuning.study import Objective
 
     sp = focal()
     p = prepare_data(str(dataset), base_config(sp, "smoke", FAST).data, log=quiet)
@@ -352,7 +347,7 @@ def test_trial_of_a_dead_worker_is_failed_and_retried_on_a_journal(dataset, stor
 # ---------------------------------------------------------------- parallel workers
 
 def _cli(dataset, storage: str, study: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fashion_core.cli", "tune", "--data", str(dataset), "--spaces-dir", str(SPACES),
+    return [sys.executable, "-m", "fashion_core.cli.commands", "tune", "--data", str(dataset), "--spaces-dir", str(SPACES),
             "--experiments-dir", str(EXP), *CLI_FAST, "--storage", storage, "--study-name", study, *extra]
 
 
@@ -362,8 +357,8 @@ def _run_parallel_workers(dataset, storage: str, study_name: str, workers: int =
     from click.testing import CliRunner
     from optuna.trial import TrialState
 
-    from fashion_core.cli import main
-    from fashion_core.tuning import open_storage
+    from fashion_core.cli.commands import main
+    from fashion_core.tuning.storage import open_storage
 
     # the storage, the study and the MLflow experiment, once, before any worker starts
     created = CliRunner().invoke(main, _cli(dataset, storage, study_name, "--create-only")[3:])
@@ -403,7 +398,7 @@ def test_parallel_workers_on_postgresql(dataset, store):
     url = os.environ.get("FASHION_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("no PostgreSQL: source .ci/start-postgres.sh (sets FASHION_TEST_POSTGRES_URL)")
-    from fashion_core.tuning import open_storage
+    from fashion_core.tuning.storage import open_storage
 
     name = f"parallel-{uuid.uuid4().hex[:8]}"
     study = _run_parallel_workers(dataset, url, name)

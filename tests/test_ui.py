@@ -92,8 +92,9 @@ def server(tmp_path_factory):
 def grid_over_http(server, dataset, tmp_path_factory):
     """A one-technique grid and its compare report, both through the tracking server."""
 
-    from fashion_core.grid import plan_grid, run_grid
-    from fashion_core.report import run_compare
+    from fashion_core.grid.plan import plan_grid
+    from fashion_core.grid.scheduler import run_grid
+    from fashion_core.report.compare import run_compare
 
     url, _ = server
     work = tmp_path_factory.mktemp("client")
@@ -163,7 +164,7 @@ def test_experiment_is_model_development_and_training_runs_carry_their_dataset(s
 
 @pytest.mark.skipif(chromium() is None, reason="needs Chromium (Debian package `chromium`)")
 def test_chromium_opens_the_printed_link_on_the_training_runs(server, grid_over_http, tmp_path):
-    from fashion_core.tracking import runs_page
+    from fashion_core.tracking.runs import runs_page
 
     url, _ = server
     res = grid_over_http[0]

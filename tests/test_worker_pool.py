@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fashion_core.worker_pool import RestartingPool
+from fashion_core.grid.worker_pool import RestartingPool
 from tests.helpers.grid import run_grid_killing_one_cell
 from tests.helpers.store import module_store
 
@@ -84,14 +84,14 @@ def test_no_retry_with_max_retries_0_and_none_after_shutdown(tmp_path):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, dataset):
     with module_store(tmp_path_factory, "worker-pool") as (root, mpatch):
-        mpatch.setattr("fashion_core.grid.code_version", lambda: "c0ffee+pool")
+        mpatch.setattr("fashion_core.grid.scheduler.code_version", lambda: "c0ffee+pool")
         mpatch.setenv("FASHION_PROGRESS", "0")
         yield root
 
 
 @pytest.mark.integration  # a --jobs 2 pool of worker processes, one killed
 def test_jobs_2_grid_survives_a_worker_killed_in_a_cell(store, dataset):
-    from fashion_core.grid import plan_grid
+    from fashion_core.grid.plan import plan_grid
 
     tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
     _, children = run_grid_killing_one_cell(tasks, dataset, experiment="pool", jobs=2, threads_per_cell=1, max_retries=1)

@@ -8,19 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_core import metrics as M
-from fashion_core.config import ConfigError, load_experiment
-from fashion_core.zeroshot import (
-    FEATURES,
-    NameMatcher,
-    candidate_classes,
-    fit_ranker,
-    harmonic,
-    name_tokens,
-    pseudo_unseen_folds,
-    ranker_log_proba,
-    stacked_scores,
-)
+from fashion_core.evaluation import metrics as M
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import load_experiment
+from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes, name_tokens
+from fashion_core.zeroshot.ranker import fit_ranker, harmonic, ranker_log_proba, stacked_scores
+from fashion_core.zeroshot.calibration import pseudo_unseen_folds
 from fashion_core.zeroshot.ranker import doubt
 from tests.helpers.runs import run_data, run_table
 from tests.helpers.store import module_store
@@ -35,7 +28,7 @@ def zs_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def zs_store(tmp_path_factory):
     """The module's store; a tiny stand-in wherever the technique loads the packaged sentence encoder."""
-    from fashion_core import text_encoder
+    from fashion_core.zeroshot import text_encoder
 
     with module_store(tmp_path_factory, "zs-store") as (path, mp):
         mp.setattr(text_encoder, "load_encoder", ConceptEncoder)
@@ -122,7 +115,7 @@ def test_zero_shot_needs_the_metadata_only_model():
 
 @pytest.fixture(scope="module")
 def zs_run(zs_data, zs_store):
-    from fashion_core.experiment import run_stage
+    from fashion_core.runners.network import run_stage
 
     return run_stage(cfg(), str(zs_data), **QUIET)
 
@@ -172,8 +165,8 @@ def test_the_logged_pyfunc_names_unseen_classes(zs_run):
 
 def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     """Poisoned test split: labels shuffled among test rows, unseen test names replaced; fit and gamma unchanged."""
-    from fashion_core.data import prepare_data
-    from fashion_core.zeroshot import run_zeroshot
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.runners.zeroshot import run_zeroshot
 
     c = cfg()
     p = prepare_data(str(zs_data), c.data, log=lambda m: None)
@@ -185,7 +178,7 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     catalog.loc[catalog["id"].isin(unseen_ids), "productDisplayName"] = "Lakme Night Suit Tie Watch Wallet"
     poisoned = dataclasses.replace(p, splits=splits, catalog=catalog)
     assert candidate_classes(poisoned.splits, "finetune") == candidate_classes(p.splits, "finetune")
-    from fashion_core import tracking
+    from fashion_core.tracking import runs as tracking
 
     tracking.set_experiment("poisoned")  # apart from the runs the compare test reads
     again = run_zeroshot(c, poisoned, **QUIET)
@@ -193,7 +186,7 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     fitted = ["zs_gamma", "zs_beta", "zs_mix_product", "logreg_c", "val_top1_mean", "val_pseudo_harmonic"]
     fitted += [f"zs_w_{f}" for f in FEATURES]
     assert {k: a[k] for k in fitted} == {k: b[k] for k in fitted}
-    from fashion_core.tracking import download_artifact
+    from fashion_core.tracking.runs import download_artifact
 
     w1 = np.load(download_artifact(zs_run, "checkpoint/metadata_baseline.npz", tmp_path / "a"))
     w2 = np.load(download_artifact(again, "checkpoint/metadata_baseline.npz", tmp_path / "b"))
@@ -208,13 +201,13 @@ def test_a_deferred_zero_shot_run_evaluated_later_logs_what_it_logs_at_its_end(z
                                                                               monkeypatch):
     """The same run as a selection run (the predicate forced): no test figure; ``fashion evaluate`` then logs the
     run's S / U / H and tables from its logged metadata model and zero-shot head, equal to the run's own."""
-    from fashion_core import tracking
-    from fashion_core.evaluate_run import evaluate_run
-    from fashion_core.experiment import run_stage
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.runners.evaluate import evaluate_run
+    from fashion_core.runners.network import run_stage
 
     tracking.set_experiment("deferred")  # apart from the runs the compare test reads
     with monkeypatch.context() as mp:
-        mp.setattr("fashion_core.test_reads.scores_test", lambda cfg, members=None: False)
+        mp.setattr("fashion_core.evaluation.test_reads.scores_test", lambda cfg, members=None: False)
         deferred = run_stage(cfg(), str(zs_data), experiment="deferred", **QUIET)
     assert not any(k.startswith("test_") for k in run_data(deferred).metrics)
     assert run_data(deferred).tags["selection_run"] == "true"
@@ -228,8 +221,9 @@ def test_a_deferred_zero_shot_run_evaluated_later_logs_what_it_logs_at_its_end(z
 
 
 def test_compare_shows_gzsl_columns_and_shrinks_not_evaluated(zs_run, zs_data, tmp_path):
-    from fashion_core.experiment import run_stage
-    from fashion_core.report import display_summary, run_compare
+    from fashion_core.runners.network import run_stage
+    from fashion_core.report.tables import display_summary
+    from fashion_core.report.compare import run_compare
 
     over = {"data.top_k": 1, "metadata.logreg_c": 1.0}
     meta = run_stage(load_experiment(EXP / "finetune" / "meta_only.yaml", overrides=over, profile="smoke",
@@ -248,7 +242,7 @@ def test_compare_shows_gzsl_columns_and_shrinks_not_evaluated(zs_run, zs_data, t
 
 def test_pretrain_stage_with_a_class_without_training_images(zs_data, zs_store, tmp_path):
     """--rank-on all puts classes with no training image into the pretrain stage: they are predicted too."""
-    from fashion_core.experiment import run_stage
+    from fashion_core.runners.network import run_stage
 
     run_id = run_stage(cfg("pretrain", **{"data.rank_on": "all", "data.top_k": 11}), str(zs_data), **QUIET)
     table = run_table(run_id, tmp_path).set_index("class")

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_core.config import ConfigError
-from fashion_core.zeroshot import class_groups, pseudo_unseen_folds
+from fashion_core.config.checks import ConfigError
+from fashion_core.zeroshot.calibration import class_groups, pseudo_unseen_folds
 from fashion_core.zeroshot.lexicon import WordNet, class_parts, describe_classes, part_senses, sense_text, wordnet_dir
 from tests.helpers.zeroshot import SYNSETS, ConceptEncoder, cfg, make_wordnet
 

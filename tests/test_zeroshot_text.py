@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_core import text_encoder
-from fashion_core.config import ConfigError
-from fashion_core.zeroshot import TEXT_FEATURE, TextEvidence, class_texts, fit_text_map, with_text
+from fashion_core.zeroshot import text_encoder
+from fashion_core.config.checks import ConfigError
+from fashion_core.zeroshot.semantic import TEXT_FEATURE, TextEvidence, class_texts, fit_text_map, with_text
 from tests.helpers.runs import run_data, run_table
 from tests.helpers.store import module_store
 from tests.helpers.zeroshot import QUIET, UNSEEN, ConceptEncoder, cfg, make_zs_dataset
@@ -37,7 +37,7 @@ def text_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(text_data, text_store):
-    from fashion_core.experiment import run_stage
+    from fashion_core.runners.network import run_stage
 
     return {mode: run_stage(cfg(**{**TEXT, "zeroshot.text": mode}), str(text_data), **QUIET)
             for mode in ("none", "mapped")}
@@ -107,10 +107,10 @@ def test_the_logged_pyfunc_embeds_names_too(runs):
 
 def test_no_test_label_enters_the_text_map_or_calibration(runs, text_data, tmp_path):
     """Poisoned test split (labels shuffled, unseen test names rewritten): weights, map and calibration unchanged."""
-    from fashion_core import tracking
-    from fashion_core.data import prepare_data
-    from fashion_core.tracking import download_artifact
-    from fashion_core.zeroshot import run_zeroshot
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.tracking.runs import download_artifact
+    from fashion_core.runners.zeroshot import run_zeroshot
 
     c = cfg(**TEXT)
     p = prepare_data(str(text_data), c.data, log=lambda m: None)
@@ -167,7 +167,7 @@ def test_the_meta_text_features_bench_reads_validation_only(text_data, text_stor
 def test_the_run_logs_its_class_descriptions(runs, tmp_path):
     """The technique file's class texts add WordNet's definitions (here the generated stand-in database): the run
     logs every class text and where the definitions came from."""
-    from fashion_core.tracking import download_artifact
+    from fashion_core.tracking.runs import download_artifact
 
     texts = json.loads(Path(download_artifact(runs["mapped"], "zeroshot/class_texts.json", tmp_path)).read_text())
     assert texts["Baby Dolls"].startswith("a Baby Dolls product: Dolls, a small replica of a person")  # the toy

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .sources import cache_root
+from fashion_core.data.sources import cache_root
 
 FORMAT_VERSION = 1
 PENDING, DECODED, FAILED = 0, 1, 2
@@ -323,7 +323,7 @@ def remove_cache(folder: str | Path) -> None:
 
 
 if __name__ == "__main__":
-    from .catalog import build_catalog
+    from fashion_core.data.catalog import build_catalog
 
     cache = build_cache(build_catalog(sys.argv[1]))
     print(cache.folder, cache.images.shape, f"{cache.nbytes_on_disk / 1e6:.0f} MB", len(cache.failures), "failures")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .richmeta import RICH_FIELDS, add_rich_metadata, detect_layout
+from fashion_core.data.richmeta import RICH_FIELDS, add_rich_metadata, detect_layout
 
 COLUMNS = ("id", "gender", "masterCategory", "subCategory", "articleType", "baseColour",
            "season", "year", "usage", "productDisplayName")

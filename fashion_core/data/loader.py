@@ -9,7 +9,7 @@ the device as one small copy per batch. This replaces ``torch.utils.data.DataLoa
 torchvision's per-image transforms on purpose: those run Python per item in worker processes,
 which bench/pipeline.py measures as several times slower on this data (docs/performance.md).
 
-    .venv/bin/python -c "import torch; from fashion_core.config import AugmentConfig; from fashion_core.data.loader import augment; print(augment(torch.zeros(4, 80, 60, 3, dtype=torch.uint8), AugmentConfig()).shape)"
+    .venv/bin/python -c "import torch; from fashion_core.config.schema import AugmentConfig; from fashion_core.data.loader import augment; print(augment(torch.zeros(4, 80, 60, 3, dtype=torch.uint8), AugmentConfig()).shape)"
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..config import AugmentConfig
+from fashion_core.config.schema import AugmentConfig
 
 # The catalogue's own statistics are close to these; ImageNet's keep imagenet init honest.
 MEAN = (0.485, 0.456, 0.406)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .sources import cache_root
+from fashion_core.data.sources import cache_root
 
 RICH_CATEGORICAL = ("brandName", "ageGroup", "colour1", "fashionType")
 RICH_NUMERIC = ("price", "discountedPrice")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..config import DataConfig
-from .catalog import LABEL
+from fashion_core.config.schema import DataConfig
+from fashion_core.data.catalog import LABEL
 
 SPLITS = ("train", "val", "test", "excluded")
 SUBSETS = ("pretrain", "finetune")
@@ -141,8 +141,8 @@ def split_settings(cfg: DataConfig) -> dict:
 
 def digest_columns(catalog: pd.DataFrame) -> list[str]:
     """The catalogue columns a model may read as input or auxiliary target, in a fixed order (those present)."""
-    from ..config import LEAKY_FIELDS, META_FIELDS
-    from .richmeta import RICH_FIELDS
+    from fashion_core.config.checks import LEAKY_FIELDS, META_FIELDS
+    from fashion_core.data.richmeta import RICH_FIELDS
 
     names = dict.fromkeys([*META_FIELDS, *LEAKY_FIELDS, *RICH_FIELDS])
     return [c for c in names if c in catalog.columns]
@@ -158,7 +158,7 @@ def dataset_digest(catalog: pd.DataFrame, cfg: DataConfig) -> str:
     and the split settings (:func:`split_settings`). Pure: the same table and settings give the
     same digest, whatever the row order.
     """
-    from .cache import catalog_cache_key
+    from fashion_core.data.cache import catalog_cache_key
 
     valid = catalog[catalog["valid"]].sort_values("id", kind="stable")
     h = hashlib.sha256()
@@ -212,7 +212,7 @@ def stage_classes(splits: pd.DataFrame, subset: str) -> list[str]:
 if __name__ == "__main__":
     import sys
 
-    from .catalog import build_catalog
+    from fashion_core.data.catalog import build_catalog
 
     cat = build_catalog(sys.argv[1])
     cfg = DataConfig()

@@ -49,18 +49,3 @@ Every public name is importable from ``fashion_core.fusion`` as before.
 
     .venv/bin/python -c "from fashion_core.fusion import TextHasher; print(TextHasher(4096).encode(['Puma Men Black Shoes'])[0][:8])"
 """
-from __future__ import annotations
-
-from ..config import LEAKY_FIELDS  # noqa: F401  (in __all__)
-from .encoders import _TOKEN, _clean  # noqa: F401  (zeroshot.py imports them from here)
-from .encoders import (AUX_FIELDS, INPUT_KEYS, MAX_TOKENS, MISSING, TEXT_FIELD, UNKNOWN, CategoryVocab,
-                       MetaVocab, TextHasher, aux_vocab, class_words, encode_aux, holds_class_word,
-                       s_stem)  # noqa: F401
-from .modules import (FUSERS, AuxLoss, FiLMFusion, FusedNet, LateFusion, MetadataEncoder, is_fused, param_groups,
-                      wrap_criterion)  # noqa: F401
-from .plan import FusionPlan, needs_plan, plan_stage, run_tags, stage_rows  # noqa: F401
-from .meta import model_from_meta, model_meta  # noqa: F401
-
-__all__ = ["CategoryVocab", "TextHasher", "MetaVocab", "MetadataEncoder", "LateFusion", "FiLMFusion", "FusedNet",
-           "AuxLoss", "FusionPlan", "plan_stage", "wrap_criterion", "param_groups", "model_meta", "model_from_meta",
-           "is_fused", "needs_plan", "LEAKY_FIELDS", "UNKNOWN", "MISSING"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..config import ConfigError, FusionConfig
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import FusionConfig
 
 
 TEXT_FIELD = "productDisplayName"

@@ -5,10 +5,10 @@ from typing import Mapping
 
 from torch import nn
 
-from ..config import ModelConfig
-from ..models import FashionNet, build_model
-from .encoders import MetaVocab
-from .modules import FusedNet
+from fashion_core.config.schema import ModelConfig
+from fashion_core.models.network import FashionNet, build_model
+from fashion_core.fusion.encoders import MetaVocab
+from fashion_core.fusion.modules import FusedNet
 
 
 # ---------------------------------------------------------------- model.json round trip

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError, ExperimentConfig
-from ..models import FashionNet
-from ..models import param_groups as plain_param_groups
-from ..train import LabelLoss, logits_of
-from .encoders import MetaVocab
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import ExperimentConfig
+from fashion_core.models.network import FashionNet
+from fashion_core.models.network import param_groups as plain_param_groups
+from fashion_core.engine.train import LabelLoss, logits_of
+from fashion_core.fusion.encoders import MetaVocab
 
 
 # ---------------------------------------------------------------- modules

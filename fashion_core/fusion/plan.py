@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
-from ..config import ConfigError, ExperimentConfig, FusionConfig, ModelConfig, to_dict
-from ..models import FashionNet, build_model
-from .encoders import INPUT_KEYS, TEXT_FIELD, MetaVocab, aux_vocab, encode_aux
-from .modules import FUSERS, FusedNet
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import ExperimentConfig, FusionConfig, ModelConfig, to_dict
+from fashion_core.models.network import FashionNet, build_model
+from fashion_core.fusion.encoders import INPUT_KEYS, TEXT_FIELD, MetaVocab, aux_vocab, encode_aux
+from fashion_core.fusion.modules import FUSERS, FusedNet
 
 
 # ---------------------------------------------------------------- a stage's plan

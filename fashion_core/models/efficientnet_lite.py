@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from fashion_core.config import ConfigError
+from fashion_core.config.checks import ConfigError
 
 # name -> (width coefficient, depth coefficient, ImageNet training resolution)
 LITE_PARAMS: dict[str, tuple[float, float, int]] = {

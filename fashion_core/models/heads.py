@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fashion_core.config import HEADS, ConfigError
+from fashion_core.config.checks import HEADS, ConfigError
 
 
 class LinearHead(nn.Linear):

@@ -31,14 +31,3 @@ docs/report-statistics.md says how each figure is computed. Every public name is
 
     fashion compare --out reports/compare
 """
-from __future__ import annotations
-
-from .runs import (NOT_CONFIG, PER_CLASS_ARTIFACT, PREDICTIONS_ARTIFACT, STAGES, CompareError, Scope,  # noqa: F401
-                   config_groups, config_label, find_runs, run_config, same_config, tracking_uri)
-from .tables import (GZSL_COLUMNS, N_BOOT, SHOT_EDGES, RunEval, Tables, build_tables,  # noqa: F401
-                     class_mean_interval, class_mean_replicates, display_summary, evaluate_run, few_shot_table,
-                     markdown_table, run_inputs, shot_bin)
-from .stats import StageSample, compare_pair, exact_sign_test, holm, seed_mean_interval  # noqa: F401
-from .figures import class_mean_figure, few_shot_figure, heatmap_figure  # noqa: F401
-from .render import SECTIONS, report_html, report_markdown, write_report  # noqa: F401
-from .compare import CompareResult, run_compare  # noqa: F401

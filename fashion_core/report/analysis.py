@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .. import metrics as M
-from .stats import ALPHA, Row, StageSample, compare_pair
+from fashion_core.evaluation import metrics as M
+from fashion_core.report.stats import ALPHA, Row, StageSample, compare_pair
 
 # The peers' protocol (Elias Vansteenkiste's repository): classes with at least this many training images
 # (even years: our train and validation together) and test images (odd years).

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .. import tracking
-from ..tracking import tracking_uri
-from .analysis import N_GALLERY_PAIRS, split_pair, unknown_pairs
-from .images import find_image_cache, thumbnails
-from .render import UI_URL, report_markdown, write_report
-from .runs import STAGES, CompareError, Scope, find_runs
-from .tables import Tables, build_tables, display_summary, evaluate_run, markdown_table
+from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.runs import tracking_uri
+from fashion_core.report.analysis import N_GALLERY_PAIRS, split_pair, unknown_pairs
+from fashion_core.report.images import find_image_cache, thumbnails
+from fashion_core.report.render import UI_URL, report_markdown, write_report
+from fashion_core.report.runs import STAGES, CompareError, Scope, find_runs
+from fashion_core.report.tables import Tables, build_tables, display_summary, evaluate_run, markdown_table
 
 
 # ---------------------------------------------------------------- the command

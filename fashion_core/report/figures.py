@@ -6,8 +6,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .analysis import FEW_TEST
-from .tables import few_shot_table
+from fashion_core.report.analysis import FEW_TEST
+from fashion_core.report.tables import few_shot_table
 
 
 # ---------------------------------------------------------------- figures

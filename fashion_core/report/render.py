@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import FEW_TEST, N_GALLERY_PAIRS, PEER_MIN_TEST, PEER_MIN_TRAIN
-from .figures import class_mean_figure, few_shot_figure, heatmap_figure
-from .tables import Tables, display_summary, few_shot_table, markdown_table
+from fashion_core.report.analysis import FEW_TEST, N_GALLERY_PAIRS, PEER_MIN_TEST, PEER_MIN_TRAIN
+from fashion_core.report.figures import class_mean_figure, few_shot_figure, heatmap_figure
+from fashion_core.report.tables import Tables, display_summary, few_shot_table, markdown_table
 
 
 SECTIONS = ("summary", "paired", "protocols", "class-mean", "heatmap", "few-shot", "confusions", "class-view",

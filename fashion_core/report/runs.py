@@ -7,9 +7,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .. import tracking
-from ..config import ConfigError
-from ..tracking import tracking_uri
+from fashion_core.tracking import runs as tracking
+from fashion_core.config.checks import ConfigError
+from fashion_core.tracking.runs import tracking_uri
 
 
 STAGES = ("pretrain", "finetune")

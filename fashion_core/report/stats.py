@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .. import metrics as M
+from fashion_core.evaluation import metrics as M
 
 ALPHA = 0.05
 

@@ -9,13 +9,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import metrics as M
-from .. import tracking
-from .marks import is_test_informed
-from .runs import PER_CLASS_ARTIFACT, PREDICTIONS_ARTIFACT, STAGES, _seed_of
-from .analysis import (class_view, confusions, paired_comparisons, paired_words, protocol_table, stage_rows,
-                       stage_sample)
-from .stats import seed_mean_interval
+from fashion_core.evaluation import metrics as M
+from fashion_core.tracking import runs as tracking
+from fashion_core.report.marks import is_test_informed
+from fashion_core.report.runs import PER_CLASS_ARTIFACT, PREDICTIONS_ARTIFACT, STAGES, _seed_of
+from fashion_core.report.analysis import class_view, confusions, paired_comparisons, paired_words, protocol_table, stage_rows, stage_sample
+from fashion_core.report.stats import seed_mean_interval
 
 
 N_BOOT = 1000

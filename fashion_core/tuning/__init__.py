@@ -15,15 +15,5 @@ configs they yield), ``storage`` (Optuna storages), ``workers`` (dead workers), 
 study and the objective), ``run`` (``run_tune``, ``final_run``). Every public name is importable
 from ``fashion_core.tuning`` as before.
 
-    fashion tune --space focal_weights --profile quick --n-trials 30 --final \
-        --data /path/to/fashion-product-images-small.tar.gz
+    fashion tune --space focal_weights --profile quick --n-trials 30 --final         --data /path/to/fashion-product-images-small.tar.gz
 """
-from __future__ import annotations
-
-from .spaces import (OBJECTIVES, PARAM_FIELDS, PARAM_KINDS, SPACE_KEYS, Param, SearchSpace, base_config,
-                     best_config_yaml, find_space, load_space, trial_config)  # noqa: F401
-from .storage import DEFAULT_STORAGE, StudyStorage, check_storage_url, mask_url, open_storage  # noqa: F401
-from .workers import MAX_RETRY, reap_dead_workers, retried_trial_number, retry_dead_trial  # noqa: F401
-from .study import (PRUNER_STARTUP_TRIALS, WORKER_LOCAL_KEYS, Objective, make_pruner, open_study, study_settings,
-                    without_test)  # noqa: F401
-from .run import TuneResult, check_space_config, final_run, log_study_summary, run_tune  # noqa: F401

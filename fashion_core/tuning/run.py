@@ -10,16 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from .. import tracking
-from ..config import ConfigError, ExperimentConfig, flatten, load_experiment, to_dict
-from .spaces import SearchSpace, base_config, best_config_yaml, trial_config
-from .storage import DEFAULT_STORAGE, StudyStorage, check_storage_url, open_storage
-from ..split_check import check_source_split
-from .study import Objective, make_pruner, open_study, study_settings, without_test
-from .workers import _worker_id, reap_dead_workers, retry_dead_trial
+from fashion_core.tracking import runs as tracking
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import ExperimentConfig, flatten, load_experiment, to_dict
+from fashion_core.tuning.spaces import SearchSpace, base_config, best_config_yaml, trial_config
+from fashion_core.tuning.storage import DEFAULT_STORAGE, StudyStorage, check_storage_url, open_storage
+from fashion_core.tracking.split_check import check_source_split
+from fashion_core.tuning.study import Objective, make_pruner, open_study, study_settings
+from fashion_core.evaluation.test_reads import without_test
+from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retry_dead_trial
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
-    from ..data import Prepared
+    from fashion_core.data.prepared import Prepared
 
 
 # ---------------------------------------------------------------- the parent run's summary
@@ -162,8 +164,8 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
     """
     import optuna
 
-    from ..data import prepare_data
-    from ..model_source import load_run_model, resolve_source
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.tracking.references import load_run_model, resolve_source
 
     t0 = time.perf_counter()
     check_storage_url(storage)  # a typo is an error before any data is read or any run starts
@@ -179,7 +181,7 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
     src_run, src_model = None, None
     split_tags: dict = {}
     if space.stage == "finetune":
-        from ..models import transfer_policy
+        from fashion_core.models.network import transfer_policy
 
         if transfer_policy(base.transfer.method)["pretrained"]:
             src_run = resolve_source(source or "latest", experiment)
@@ -256,7 +258,7 @@ def final_run(study, space: SearchSpace, data: str | None, *, profile: str = "de
     """
     from optuna.trial import TrialState
 
-    from ..experiment import run_stage
+    from fashion_core.runners.network import run_stage
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise ConfigError(f"study {study.study_name!r} has no complete trial yet; run some trials before --final")

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
-from ..config import ConfigError, ExperimentConfig, find_technique, flatten, load_experiment, technique_raw
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import ExperimentConfig, find_technique, flatten, load_experiment, technique_raw
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
     import optuna

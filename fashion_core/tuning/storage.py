@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError
+from fashion_core.config.checks import ConfigError
 
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"

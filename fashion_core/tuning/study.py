@@ -8,17 +8,17 @@ import json
 import math
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .. import tracking
-from ..config import ConfigError, ExperimentConfig, flatten, to_dict
-from ..test_reads import without_test  # noqa: F401 (tuning.without_test, as before)
-from .spaces import SearchSpace, trial_config
-from .storage import StudyStorage
-from .workers import _worker_id, reap_dead_workers, retried_trial_number, retry_dead_trial
+from fashion_core.tracking import runs as tracking
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import ExperimentConfig, flatten, to_dict
+from fashion_core.tuning.spaces import SearchSpace, trial_config
+from fashion_core.tuning.storage import StudyStorage
+from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retried_trial_number, retry_dead_trial
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
     import optuna
 
-    from ..data import Prepared
+    from fashion_core.data.prepared import Prepared
 
 
 PRUNER_STARTUP_TRIALS = 5  # median pruning starts once this many trials have completed
@@ -128,13 +128,13 @@ class Objective:
         Raises:
             ConfigError: no training or no validation images.
         """
-        from .. import fusion
-        from ..stage import build_stage_data
+        from fashion_core.fusion.plan import plan_stage
+        from fashion_core.evaluation.stage import build_stage_data
 
         key = json.dumps(to_dict(cfg.fusion), sort_keys=True)
         if self._stage_cache is None or self._stage_cache[0] != key:
             self._stage_cache = None  # free the old tensors before gathering new ones
-            planned, plan = fusion.plan_stage(cfg, self.prepared, self.source, self.log)
+            planned, plan = plan_stage(cfg, self.prepared, self.source, self.log)
             sd = build_stage_data(self.prepared, cfg.stage, plan.extras if plan is not None else None)
             if len(sd.val) == 0:
                 raise ConfigError("tuning needs a validation split: data.val_fraction must be > 0, or data.val_by=year "
@@ -186,16 +186,17 @@ class Objective:
         import optuna
         import torch
 
-        from .. import fusion
-        from ..experiment import setup_model
-        from ..losses import build_loss
-        from ..train import evaluate, fit, pick_device
+        from fashion_core.fusion.modules import param_groups, wrap_criterion
+        from fashion_core.runners.network import setup_model
+        from fashion_core.losses import build_loss
+        from fashion_core.engine.train import evaluate, fit
+        from fashion_core.engine.devices import pick_device
 
         device = pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)  # the same initial weights as run_stage gives this config (--final)
         source = copy.deepcopy(self.source) if self.source is not None else None
         model, policy, lr_mult = setup_model(cfg, sd, source, device, self.log, plan=plan)
-        criterion = fusion.wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
+        criterion = wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
         tracking.log_metrics({"n_classes": len(sd.classes), "n_train_images": len(sd.train),
                               "n_val_images": len(sd.val)})
         model.to(device)
@@ -215,7 +216,7 @@ class Objective:
                 raise optuna.TrialPruned(f"{key} {metrics[key]:.4f} at epoch {epoch} is below the median "
                                          "of earlier trials")
 
-        groups = fusion.param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
+        groups = param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
         prefix = f"trial {trial.number}: "
         result = fit(model, sd.train, sd.val, criterion, groups, cfg.train, device, on_epoch=on_epoch,
                      log=lambda m: self.log(prefix + m))

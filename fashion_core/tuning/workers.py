@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from .storage import StudyStorage
+from fashion_core.tuning.storage import StudyStorage
 
 
 MAX_RETRY = 2  # a trial whose worker died is queued again at most this many times

@@ -56,12 +56,3 @@ Test products enter only to be scored once at the end. Honoured keys: those of t
 
     fashion finetune --technique zeroshot --profile quick --data /path/to/fashion-product-images-small.tar.gz
 """
-from __future__ import annotations
-
-from .calibration import (GAMMAS, HOLDOUT, N_FOLDS, SeenModels, calibrate, class_groups, fit_models,  # noqa: F401
-                          model_scores, pseudo_unseen_folds, split_means)
-from .names import FEATURES, NameMatcher, candidate_classes, name_tokens  # noqa: F401
-from .ranker import MIXES, NEG, RANKER_L2, fit_ranker, harmonic, ranker_log_proba, stacked_scores  # noqa: F401
-from .semantic import (TEXT_FEATURE, TEXT_MODES, TextEvidence, TextInputs, class_texts, fit_text_map,  # noqa: F401
-                       stage_name_embeddings, text_inputs, with_text)
-from .run import STATE_ARTIFACT, ZERO_SHOT_TAG, run_zeroshot  # noqa: F401

@@ -7,9 +7,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..train import class_mean_accuracy
-from .ranker import MIXES, doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
-from .semantic import TextInputs, with_text
+from fashion_core.evaluation.scoring import class_mean_accuracy
+from fashion_core.zeroshot.ranker import MIXES, doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
+from fashion_core.zeroshot.semantic import TextInputs, with_text
 
 N_FOLDS = 3  # pseudo-unseen folds for gamma
 HOLDOUT = 1 / 3  # share of the seen classes (with validation images) held out per fold
@@ -34,7 +34,7 @@ def fit_models(x_train, phi_train: np.ndarray, y_train: np.ndarray, n_classes: i
                class_weight: str | None, seed: int, clf=None) -> SeenModels:
     """Fit both models on the given training rows (labels index the C candidates); ``clf``: the metadata model
     already fitted on exactly these rows with this ``c`` (saves its refit)."""
-    from ..metadata_baseline import fit_logreg
+    from fashion_core.runners.metadata_only import fit_logreg
 
     if clf is None:
         clf, _ = fit_logreg(x_train, y_train, c, class_weight, seed)
@@ -46,7 +46,7 @@ def fit_models(x_train, phi_train: np.ndarray, y_train: np.ndarray, n_classes: i
 
 def model_scores(models: SeenModels, x, phi: np.ndarray, gamma: float, mix: str, beta: float = 0.0) -> np.ndarray:
     """Stacked GZSL scores (N, C) of some rows."""
-    from ..metadata_baseline import class_scores
+    from fashion_core.fusion.metadata_only import class_scores
 
     meta = class_scores(models.clf, x, len(models.seen))
     return stacked_scores(meta, ranker_log_proba(phi, models.w), models.seen, gamma, mix, beta)
@@ -125,7 +125,7 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
         models = fit_models(x_train[np.flatnonzero(keep)], fold_phi_train, y_train[keep], n_classes, c, class_weight,
                             seed)
         pseudo_seen = np.setdiff1d(np.unique(y_val), held)
-        from ..metadata_baseline import class_scores
+        from fashion_core.fusion.metadata_only import class_scores
 
         nov = doubt(class_scores(models.clf, x_val, n_classes), models.seen)
         for mix in MIXES:

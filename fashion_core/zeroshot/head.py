@@ -10,10 +10,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..config import ConfigError
-from .names import NameMatcher
-from .ranker import ranker_log_proba, stacked_scores
-from .semantic import TextEvidence, with_text
+from fashion_core.config.checks import ConfigError
+from fashion_core.zeroshot.names import NameMatcher
+from fashion_core.zeroshot.ranker import ranker_log_proba, stacked_scores
+from fashion_core.zeroshot.semantic import TextEvidence, with_text
 
 HEAD_FILE = "zeroshot.json"  # its name in the checkpoint folder
 
@@ -41,7 +41,7 @@ class ZeroShotHead:
 
     def _encoder(self):
         """The installed sentence encoder, checked to be the one the run used (same weight file sha256)."""
-        from .. import text_encoder
+        from fashion_core.zeroshot import text_encoder
 
         enc = text_encoder.load_encoder()
         if enc.source.get("sha256") != self.text.source.get("sha256"):

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import ConfigError
+from fashion_core.config.checks import ConfigError
 
 ENV_DIR = "FASHION_WORDNET_DIR"
 SEARCH_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet", "/opt/homebrew/opt/wordnet/dict",

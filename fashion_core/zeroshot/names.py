@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..fusion import _TOKEN, _clean, class_words, s_stem
+from fashion_core.fusion.encoders import _TOKEN, _clean, class_words, s_stem
 
 FEATURES = ("share_exact", "share_class_idf", "all_exact", "n_exact", "head_word", "name_cover", "share_abbrev",
             "char_sim")

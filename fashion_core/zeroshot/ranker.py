@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import ConfigError
+from fashion_core.config.checks import ConfigError
 
 RANKER_L2 = 1e-3  # ridge on the ranker's few weights (mean log-loss scale)
 MIXES = ("gate", "product")  # how the seen classes' two scores combine (chosen on validation with gamma)

@@ -38,7 +38,7 @@ def run_grid_killing_one_cell(tasks, dataset, **grid_options):
     cell's result. Returns the grid's result and its child runs."""
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.grid import run_grid
+    from fashion_core.grid.scheduler import run_grid
 
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=kill_first_running_cell, args=(stop, killed), daemon=True)
@@ -76,7 +76,7 @@ def cell_numbers(res) -> dict:
 
 def record_status(monkeypatch) -> list[dict]:
     """Make ``run_grid``'s status record its counts after every change; returns the list it fills."""
-    from fashion_core.grid_status import GridStatus
+    from fashion_core.grid.status import GridStatus
 
     seen: list[dict] = []
 
@@ -85,5 +85,5 @@ def record_status(monkeypatch) -> list[dict]:
             super().update(name, state, seconds)
             seen.append(self.counts())
 
-    monkeypatch.setattr("fashion_core.grid.GridStatus", Recording)
+    monkeypatch.setattr("fashion_core.grid.scheduler.GridStatus", Recording)
     return seen

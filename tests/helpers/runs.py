@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fashion_core import metrics as M
-from fashion_core import tracking
+from fashion_core.evaluation import metrics as M
+from fashion_core.tracking import runs as tracking
 
 
 def recompute(run_id, folder) -> pd.DataFrame:

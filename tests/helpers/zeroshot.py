@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_core.config import load_experiment
+from fashion_core.config.schema import load_experiment
 from tests.helpers.data import HEADER, write_image
 
 EXP = Path(__file__).resolve().parents[2] / "experiments"

@@ -1,0 +1,142 @@
+"""What a command checks before it reads data or opens the store, and the plan a ``--dry-run`` prints.
+
+Every training command picks its profile by machine as the main job does (``auto``: ``default`` on a
+CUDA GPU, ``quick`` on CPUs) and prints the choice and the expected time; a model reference
+(``--from``, ``--model``) is checked before any data is loaded; a read-only command refuses to look
+for runs in a sqlite store that does not exist rather than creating an empty one.
+
+    fashion pretrain --technique focal --dry-run --data ../shared/data/fashion-product-images-small.tar.gz
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import parse_overrides
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+REFERENCE_FORMS = "a run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias> or latest"
+
+
+def explicit_device(device: str | None, override: Sequence[str] = (), overrides: str = "") -> str | None:
+    """``train.device`` as the user gave it (``--device`` or ``-o train.device=...``), else None."""
+    given = parse_overrides(list(override) + overrides.split()).get("train.device")
+    return device or (str(given) if given is not None else None)
+
+
+def pick_profile(profile: str, device: str | None, log: Callable[[str], None] = print) -> tuple[str, bool]:
+    """(profile, gpu): ``auto`` follows the machine, ``default`` without a GPU is refused (see main_job).
+
+    ``--device cuda`` on a machine without one is refused here too, before any data is read.
+    """
+    from fashion_core.grid.main_job import AUTO, choose_profile, has_gpu
+
+    gpu = has_gpu()
+    if device == "cuda" and not gpu:
+        raise ConfigError("--device cuda but there is no CUDA GPU here; use auto or cpu")
+    chosen, why = choose_profile(profile, device, gpu=gpu)
+    log(f"profile {chosen}" + (f" (auto): {why}" if profile == AUTO else ""))
+    return chosen, gpu and device != "cpu"
+
+
+def log_expected(minutes: float, what: str, gpu: bool, log: Callable[[str], None] = print) -> None:
+    """The expected-time line of a command (the main job's wording)."""
+    from fashion_core.grid.main_job import _duration
+
+    log(f"expected time: about {_duration(minutes)} ({what}) on "
+        + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
+        + "; estimated from the measured figures in docs/")
+
+
+def check_reference_form(spec: str, option: str) -> None:
+    """A model reference that cannot be one is a one-line error before anything is imported or opened."""
+    if spec == "latest" or RUN_ID.match(spec) or re.match(r"^runs:/[0-9a-f]{32}(/|$)", spec) or \
+            re.match(r"^models:/[^/@]+([/@][^/@]+)?$", spec):
+        return
+    raise ConfigError(f"{option} {spec!r}: expected {REFERENCE_FORMS}")
+
+
+def sqlite_store() -> Path | None:
+    """The file of the tracking store when it is a local sqlite one (None for a server or other store)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"  # MLflow's own default
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?")[0]).expanduser()
+
+
+def require_store(what: str) -> None:
+    """A read-only command never creates a store: a sqlite file that does not exist is a one-line error."""
+    db = sqlite_store()
+    if db is None or db.is_file():
+        return
+    from fashion_core.tracking.versions import PROJECT_DIR
+
+    ours = PROJECT_DIR / "mlflow.db"
+    where = (f"this checkout's runs are in {ours}: run from {PROJECT_DIR} or set "
+             f"MLFLOW_TRACKING_URI=sqlite:///{ours}"
+             if ours.is_file() and ours.resolve() != db.resolve() else
+             "run from the folder that holds your mlflow.db or set MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db "
+             "(or http://host:5000)")
+    raise ConfigError(f"no MLflow store at {db.resolve()}, so no {what}; {where}")
+
+
+def check_source(spec: str, experiment: str | None = None) -> str:
+    """``--from``: the pretrain run behind it (exists, FINISHED, a network), checked before any data is read."""
+    check_reference_form(spec, "--from")
+    require_store(f"pretrained model for --from {spec}")
+    from fashion_core.tracking.references import resolve_source
+
+    return resolve_source(spec, experiment)
+
+
+def check_model(spec: str) -> str:
+    """``--model``: the run behind it, checked before any image is read."""
+    check_reference_form(spec, "--model")
+    require_store(f"model for --model {spec}")
+    from fashion_core.tracking.references import resolve_model_uri
+
+    return resolve_model_uri(spec)
+
+
+def store_line() -> str:
+    """Where runs would go, for a dry run (which opens nothing)."""
+    db = sqlite_store()
+    if db is None:
+        return f"store: {os.environ.get('MLFLOW_TRACKING_URI')}"
+    return f"store: sqlite:///{db.resolve()} ({'exists' if db.is_file() else 'would be created'})"
+
+
+def describe(cfg: Any) -> str:
+    """One plan line of a resolved config: what trains, on what input, for how long."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    if cfg.fusion.mode == "metadata_only":
+        net = "metadata-only logistic regression" + (" + zero-shot head" if cfg.fusion.zero_shot else "")
+    else:
+        net = (f"{m.backbone} ({m.init}, width {m.width_mult}) at {d.height}x{d.width} x{m.input_scale:g}, "
+               f"{t.epochs} epochs, batch {t.batch_size}, loss {cfg.loss.name}"
+               + (f", fusion {cfg.fusion.mode}" if cfg.fusion.mode != "none" else ""))
+    transfer = f", transfer {cfg.transfer.method}" if cfg.stage == "finetune" else ""
+    return f"{cfg.stage}/{cfg.technique} seed {t.seed}: {net}{transfer}, device {t.device}"
+
+
+def dry_run(cfgs: Sequence[Any], data: str | None, profile: str, gpu: bool, log: Callable[[str], None] = print,
+            extra: Sequence[str] = (), runs: int | None = None) -> None:
+    """Print the resolved plan of a training command (the data path checked, nothing opened or run)."""
+    from fashion_core.data.sources import check_data_spec
+    from fashion_core.grid.costs import PREPARE_MINUTES, task_minutes
+
+    spec = check_data_spec(data)
+    for cfg in cfgs:
+        log("  " + describe(cfg))
+    for line in extra:
+        log(line)
+    n = len(cfgs) if runs is None else runs
+    minutes = PREPARE_MINUTES + sum(task_minutes(c, profile, gpu) for c in cfgs) * (n / max(1, len(cfgs)))
+    log_expected(minutes, f"{n} run{'s' if n != 1 else ''}", gpu, log)
+    log(f"data: {spec} (exists)" if not spec.startswith("kaggle:") else f"data: {spec} (downloaded at run time)")
+    log(store_line())
+    log("dry run: the config is valid; nothing was run and no store was opened")

@@ -1,0 +1,1 @@
+"""Configuration: ``schema`` (frozen dataclasses, overrides, technique files), ``checks`` (valid names), ``profiles``."""

@@ -1,0 +1,1 @@
+"""Training machinery: ``train`` (fit / evaluate), ``devices``, ``distributed`` (DDP), ``progress``."""

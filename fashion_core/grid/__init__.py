@@ -1,0 +1,1 @@
+"""The technique grid: ``plan``, ``cells``, ``scheduler``, ``executors``, ``worker_pool``, ``status``, ``eta``, ``costs``, ``main_job``."""
