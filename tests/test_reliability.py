@@ -337,7 +337,7 @@ WORKER = r"""
 import sys, time
 from pathlib import Path
 import mlflow, optuna
-from fashion_core import tracking
+from fashion_core.tracking import runs as tracking
 
 ready, idx, n, storage = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 (ready / str(idx)).touch()

@@ -292,7 +292,7 @@ def build_cache(catalog: pd.DataFrame, height: int = 80, width: int = 60, worker
         _write_json_atomic(errors_path, errors)
         if bar is not None:
             bar.close()
-    del status
+    status = None  # release the memory map (the chunk callback is done with it)
     seconds = time.perf_counter() - t0
     (folder / "errors.json").write_text(json.dumps({str(k): v for k, v in errors.items()}))
     errors_path.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ than that. ``sweep`` ends an experiment's dead runs KILLED with a ``killed_reaso
 and every stage run that starts at the top level call it (``tracking.start_run``, ``grid.run_grid``).
 The store is the only thing shared: no server, no lock file.
 
-    FASHION_HEARTBEAT_S=5 PYTHONPATH=. python -c "from fashion_core import heartbeat; print(heartbeat.run_tags())"
+    FASHION_HEARTBEAT_S=5 PYTHONPATH=. python -c "from fashion_core.tracking import heartbeat; print(heartbeat.run_tags())"
 """
 from __future__ import annotations
 
