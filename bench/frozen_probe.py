@@ -26,11 +26,11 @@ def probe_rows(data: str, backbones: list[str], scales: list[float], stems: list
 
     from fashion_core.config.schema import ExperimentConfig, ModelConfig
     from fashion_core.data.prepared import prepare_data
-    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.data.stage import build_stage_data
     from fashion_core.runners.network import embed
     from fashion_core.evaluation.scoring import class_mean_accuracy
     from fashion_core.models.network import build_model
-    from fashion_core.evaluation.test_reads import without_test
+    from fashion_core.data.prepared import without_test
 
     cfg = ExperimentConfig().replace(**(val_overrides or {}))
     p = prepare_data(data, cfg.data, log=log)

@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core.config.schema import load_experiment
     from fashion_core.data.prepared import prepare_data
     from fashion_core.fusion.encoders import MetaVocab
-    from fashion_core.runners.metadata_only import _split_rows, fit_logreg
+    from fashion_core.runners.metadata_only import _split_rows
+    from fashion_core.fusion.metadata_only import fit_logreg
     from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.evaluation.stage import build_stage_data
-    from fashion_core.evaluation.test_reads import without_test
+    from fashion_core.data.stage import build_stage_data
+    from fashion_core.data.prepared import without_test
     from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions as top5_of
     from fashion_core.zeroshot.semantic import rows_of, stage_name_embeddings
 

@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     from fashion_core.data.prepared import prepare_data
-    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.data.stage import build_stage_data
     from fashion_core.tracking.references import load_run_model, resolve_model_uri
     from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
-    from fashion_core.evaluation.test_reads import without_test
+    from fashion_core.data.prepared import without_test
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -57,7 +57,7 @@ def cross_val_predict(rows: pd.DataFrame, y: np.ndarray, fusion_cfg, c: float, c
 
     from fashion_core.fusion.encoders import MetaVocab
     from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.runners.metadata_only import fit_logreg
+    from fashion_core.fusion.metadata_only import fit_logreg
 
     counts = pd.Series(y).value_counts()
     keep = np.isin(y, counts[counts >= folds].index.to_numpy())
@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core.config.checks import LOGREG_C_GRID
     from fashion_core.config.schema import find_technique, load_experiment, parse_overrides
     from fashion_core.data.prepared import prepare_data
-    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.data.stage import build_stage_data
     from fashion_core.fusion.encoders import MetaVocab
     from fashion_core.fusion.plan import stage_rows
     from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.runners.metadata_only import fit_logreg
+    from fashion_core.fusion.metadata_only import fit_logreg
 
     cfg = load_experiment(find_technique("meta_only", args.stage, ROOT / "experiments"),
                           parse_overrides(args.override), stage=args.stage)

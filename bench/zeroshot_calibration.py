@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core.fusion.encoders import TEXT_FIELD, MetaVocab
     from fashion_core.fusion.plan import stage_rows
     from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.runners.metadata_only import fit_logreg
+    from fashion_core.fusion.metadata_only import fit_logreg
     from fashion_core.zeroshot.calibration import GAMMAS, class_groups, pseudo_unseen_folds, split_means
     from fashion_core.zeroshot.names import NameMatcher, candidate_classes
     from fashion_core.zeroshot.ranker import fit_ranker, harmonic, ranker_log_proba, stacked_scores

@@ -12,7 +12,7 @@ import pytest
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import load_experiment
-from fashion_core.evaluation.test_reads import CONFIG_KEY_TAG, READS_TAG, SELECTION_TAG, TEST_SCORED_TAG, config_key, configs_read_on_test, mark_test_read, scores_test
+from fashion_core.tracking.test_reads import CONFIG_KEY_TAG, READS_TAG, SELECTION_TAG, TEST_SCORED_TAG, config_key, configs_read_on_test, mark_test_read, scores_test
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 QUIET = dict(log=lambda m: None)
@@ -168,7 +168,7 @@ def test_an_ensemble_of_selection_runs_is_one_and_is_evaluated_once(years, isola
     assert run.data.tags[SELECTION_TAG] == "true" and _test_metrics(deferred) == {} and _eval_files(deferred) == set()
     # the same ensemble, scoring test at its end (run_ensemble asks the predicate where it lives)
     with monkeypatch.context() as mp:
-        mp.setattr("fashion_core.evaluation.test_reads.scores_test", lambda cfg, members=None: True)
+        mp.setattr("fashion_core.tracking.test_reads.scores_test", lambda cfg, members=None: True)
         at_end = run_ensemble([image, meta], str(years), **QUIET)
     assert MlflowClient().get_run(at_end).data.metrics["ensemble_weight"] == run.data.metrics["ensemble_weight"]
     evaluate_run(deferred, str(years), **QUIET)

@@ -18,7 +18,7 @@ from fashion_core.tuning.spaces import base_config, best_config_yaml, load_space
 from fashion_core.tuning.storage import check_storage_url, mask_url
 from fashion_core.tuning.study import make_pruner
 from fashion_core.tuning.run import run_tune
-from fashion_core.evaluation.test_reads import without_test
+from fashion_core.data.prepared import without_test
 from tests.helpers.store import module_store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,14 +9,14 @@ for runs in a sqlite store that does not exist rather than creating an empty one
 """
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import parse_overrides
+from fashion_core.config.schema import describe
+from fashion_core.tracking.store import require_store, store_line
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 REFERENCE_FORMS = "a run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias> or latest"
@@ -60,28 +60,8 @@ def check_reference_form(spec: str, option: str) -> None:
     raise ConfigError(f"{option} {spec!r}: expected {REFERENCE_FORMS}")
 
 
-def sqlite_store() -> Path | None:
-    """The file of the tracking store when it is a local sqlite one (None for a server or other store)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"  # MLflow's own default
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):].split("?")[0]).expanduser()
 
 
-def require_store(what: str) -> None:
-    """A read-only command never creates a store: a sqlite file that does not exist is a one-line error."""
-    db = sqlite_store()
-    if db is None or db.is_file():
-        return
-    from fashion_core.tracking.versions import PROJECT_DIR
-
-    ours = PROJECT_DIR / "mlflow.db"
-    where = (f"this checkout's runs are in {ours}: run from {PROJECT_DIR} or set "
-             f"MLFLOW_TRACKING_URI=sqlite:///{ours}"
-             if ours.is_file() and ours.resolve() != db.resolve() else
-             "run from the folder that holds your mlflow.db or set MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db "
-             "(or http://host:5000)")
-    raise ConfigError(f"no MLflow store at {db.resolve()}, so no {what}; {where}")
 
 
 def check_source(spec: str, experiment: str | None = None) -> str:
@@ -102,25 +82,8 @@ def check_model(spec: str) -> str:
     return resolve_model_uri(spec)
 
 
-def store_line() -> str:
-    """Where runs would go, for a dry run (which opens nothing)."""
-    db = sqlite_store()
-    if db is None:
-        return f"store: {os.environ.get('MLFLOW_TRACKING_URI')}"
-    return f"store: sqlite:///{db.resolve()} ({'exists' if db.is_file() else 'would be created'})"
 
 
-def describe(cfg: Any) -> str:
-    """One plan line of a resolved config: what trains, on what input, for how long."""
-    m, t, d = cfg.model, cfg.train, cfg.data
-    if cfg.fusion.mode == "metadata_only":
-        net = "metadata-only logistic regression" + (" + zero-shot head" if cfg.fusion.zero_shot else "")
-    else:
-        net = (f"{m.backbone} ({m.init}, width {m.width_mult}) at {d.height}x{d.width} x{m.input_scale:g}, "
-               f"{t.epochs} epochs, batch {t.batch_size}, loss {cfg.loss.name}"
-               + (f", fusion {cfg.fusion.mode}" if cfg.fusion.mode != "none" else ""))
-    transfer = f", transfer {cfg.transfer.method}" if cfg.stage == "finetune" else ""
-    return f"{cfg.stage}/{cfg.technique} seed {t.seed}: {net}{transfer}, device {t.device}"
 
 
 def dry_run(cfgs: Sequence[Any], data: str | None, profile: str, gpu: bool, log: Callable[[str], None] = print,

@@ -161,7 +161,8 @@ def predict(images, model_uri, meta, top):
 
     if not images and meta is None:
         raise UserError("give IMAGE files (and --meta FILE for a model that reads the product's metadata)")
-    from fashion_core.cli.checks import check_reference_form, require_store
+    from fashion_core.cli.checks import check_reference_form
+    from fashion_core.tracking.store import require_store
 
     check_reference_form(model_uri, "--model")
     require_store(f"model for --model {model_uri}")
@@ -324,7 +325,7 @@ def ensemble(runs, data, grid_run, seed):
 @user_errors
 def compare(experiment, stage, grid_run, tag, out, log_run, pair, ui_url):
     """Compare techniques per class: summary, paired comparisons, confusions, an interactive HTML report."""
-    from fashion_core.cli.checks import require_store
+    from fashion_core.tracking.store import require_store
     from fashion_core.config.schema import parse_overrides
 
     require_store("runs to compare")

@@ -400,3 +400,16 @@ def find_technique(name_or_path: str, stage: str, root: str | Path = "experiment
 
 def list_techniques(stage: str, root: str | Path = "experiments") -> list[Path]:
     return sorted((Path(root) / stage).glob("*.yaml"))
+
+
+def describe(cfg: Any) -> str:
+    """One plan line of a resolved config: what trains, on what input, for how long."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    if cfg.fusion.mode == "metadata_only":
+        net = "metadata-only logistic regression" + (" + zero-shot head" if cfg.zeroshot.enabled else "")
+    else:
+        net = (f"{m.backbone} ({m.init}, width {m.width_mult}) at {d.height}x{d.width} x{m.input_scale:g}, "
+               f"{t.epochs} epochs, batch {t.batch_size}, loss {cfg.loss.name}"
+               + (f", fusion {cfg.fusion.mode}" if cfg.fusion.mode != "none" else ""))
+    transfer = f", transfer {cfg.transfer.method}" if cfg.stage == "finetune" else ""
+    return f"{cfg.stage}/{cfg.technique} seed {t.seed}: {net}{transfer}, device {t.device}"

@@ -62,3 +62,10 @@ def prepare_data(data: str | None, cfg: DataConfig, workers: int | None = None, 
 
 __all__ = ["Prepared", "prepare_data", "build_catalog", "build_cache", "make_splits", "resolve_dataset",
            "reason_counts", "ImageCache"]
+
+
+def without_test(p):
+    """The prepared data without the test split's rows: nothing downstream can gather a test image or label."""
+    import dataclasses
+
+    return dataclasses.replace(p, splits=p.splits[p.splits["split"] != "test"].reset_index(drop=True))

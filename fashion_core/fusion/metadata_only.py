@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_core.fusion.encoders import MetaVocab
+import warnings
 
 STATE_ARTIFACT = "checkpoint/metadata_baseline.json"
 WEIGHTS_ARTIFACT = "checkpoint/metadata_baseline.npz"
@@ -69,3 +70,15 @@ def baseline_from_folder(folder: str | Path):
     clf.classes_, clf.coef_, clf.intercept_ = np.asarray(state["model_classes"]), coef, intercept
     clf.n_features_in_ = coef.shape[1]
     return clf, MetaVocab.from_dict(state["vocab"]), state["classes"]
+
+
+def fit_logreg(x, y: np.ndarray, c: float, class_weight: str | None, seed: int):
+    """A multinomial logistic regression (lbfgs); returns (model, converged)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=c, max_iter=1000, class_weight=class_weight, random_state=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(x, y)
+    return clf, not any(issubclass(w.category, ConvergenceWarning) for w in caught)

@@ -227,7 +227,8 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
         + "; estimated from the measured figures in docs/")
     if dry_run:
-        from fashion_core.cli.checks import describe, store_line
+        from fashion_core.tracking.store import store_line
+        from fashion_core.config.schema import describe
 
         for t in tasks:
             log("  " + describe(t.cfg))

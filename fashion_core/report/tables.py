@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,7 @@ from fashion_core.report.marks import is_test_informed
 from fashion_core.report.runs import PER_CLASS_ARTIFACT, PREDICTIONS_ARTIFACT, STAGES, _seed_of
 from fashion_core.report.analysis import class_view, confusions, paired_comparisons, paired_words, protocol_table, stage_rows, stage_sample
 from fashion_core.report.stats import seed_mean_interval
+from fashion_core.tracking.runs import run_inputs
 
 
 N_BOOT = 1000
@@ -93,13 +94,6 @@ def class_mean_interval(per_class_classes: Sequence[str], evaluated: np.ndarray,
     return {k: M.percentile_interval(v) for k, v in reps.items()}
 
 
-def run_inputs(tags: Mapping[str, str]) -> str:
-    """What a run's model sees, from its tags: image, metadata (the metadata-only baseline) or image+metadata."""
-    if tags.get("ensemble_inputs"):  # an ensemble (ensemble.py): what its members see together
-        return tags["ensemble_inputs"]
-    if tags.get("baseline") == "metadata_only" or tags.get("fusion") == "metadata_only":
-        return "metadata"
-    return "image+metadata" if tags.get("fusion") in ("late", "film") else "image"
 
 
 def evaluate_run(run, folder: str | Path, config: str = "") -> RunEval:

@@ -83,7 +83,7 @@ def _member_scores(run, p, stage: str, sd, splits=("val", "test")) -> dict:
 
     from fashion_core.fusion.plan import stage_rows
     from fashion_core.fusion.modules import FusedNet
-    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.data.stage import build_stage_data
 
     run_id = run.info.run_id
     if run.data.tags.get("baseline") == "metadata_only":
@@ -203,9 +203,9 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     from fashion_core.data.prepared import prepare_data
     from fashion_core.tracking.references import resolve_model_uri
     from fashion_core.runners.prepare import log_dataset_input
-    from fashion_core.report.tables import run_inputs
-    from fashion_core.evaluation.stage import build_stage_data
-    from fashion_core.evaluation.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
+    from fashion_core.tracking.runs import run_inputs
+    from fashion_core.data.stage import build_stage_data
+    from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
     t_start = time.perf_counter()
     if len(members) != 2:
@@ -233,7 +233,7 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     p = prepared or prepare_data(data, base.data, log=log)
     selection = not scores_test(base, [r.data.tags for r in runs])
     if selection:  # the weight of a selection run is chosen, and the run ends, without a test row in memory
-        from fashion_core.evaluation.test_reads import without_test
+        from fashion_core.data.prepared import without_test
 
         p_rows = without_test(p)
     else:

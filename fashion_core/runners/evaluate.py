@@ -19,7 +19,7 @@ import numpy as np
 from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig
-from fashion_core.evaluation.test_reads import SCORED_BY_TAG, already_read, log_test, test_summary
+from fashion_core.tracking.test_reads import SCORED_BY_TAG, already_read, log_test, test_summary
 
 EVALUATED_COMMIT_TAG = "test_evaluated_commit"
 
@@ -34,7 +34,7 @@ def _scores_network(run, p, stage: str, device: str):
     from fashion_core.fusion.plan import stage_rows
     from fashion_core.fusion.modules import FusedNet
     from fashion_core.tracking.references import load_run_model
-    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.data.stage import build_stage_data
     from fashion_core.engine.train import predict_scores
 
     model, meta = load_run_model(run.info.run_id)
@@ -52,7 +52,7 @@ def _scores_metadata(run, p, stage: str):
     from fashion_core.fusion.plan import stage_rows
     from fashion_core.runners.metadata_only import load_metadata_baseline
     from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.data.stage import build_stage_data
 
     clf, vocab, classes = load_metadata_baseline(run.info.run_id)
     sd = build_stage_data(p, stage)
@@ -69,7 +69,7 @@ def _scores_zeroshot(run, p, stage: str):
     from fashion_core.fusion.plan import stage_rows
     from fashion_core.runners.metadata_only import load_metadata_baseline
     from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.data.stage import build_stage_data
     from fashion_core.zeroshot.head import ZeroShotHead
     from fashion_core.zeroshot.names import candidate_classes
     from fashion_core.runners.zeroshot import STATE_ARTIFACT, gzsl_extra
@@ -92,7 +92,7 @@ def _scores_ensemble(run, p, stage: str):
     from mlflow.tracking import MlflowClient
 
     from fashion_core.runners.ensemble import ENSEMBLE_TAG, FLOOR, _member_scores
-    from fashion_core.evaluation.stage import build_stage_data
+    from fashion_core.data.stage import build_stage_data
 
     client = MlflowClient()
     members = [client.get_run(i) for i in run.data.tags[ENSEMBLE_TAG].split(",")]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,22 +35,14 @@ from fashion_core.fusion.plan import stage_rows
 from fashion_core.fusion.metadata_only import STATE_ARTIFACT, WEIGHTS_ARTIFACT, baseline_from_folder, class_scores, features
 from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
 from fashion_core.serving.predict import registered_name
-from fashion_core.evaluation.stage import build_stage_data, run_name
-from fashion_core.evaluation.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
+from fashion_core.tracking.runs import run_name
+from fashion_core.data.stage import build_stage_data
+from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
+from fashion_core.fusion.metadata_only import fit_logreg
 
 BASELINE_TAG = "metadata_only"  # value of the ``baseline`` tag
 
 
-def fit_logreg(x, y: np.ndarray, c: float, class_weight: str | None, seed: int):
-    """A multinomial logistic regression (lbfgs); returns (model, converged)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(C=c, max_iter=1000, class_weight=class_weight, random_state=seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        clf.fit(x, y)
-    return clf, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
 def _split_rows(p, sd, name: str) -> pd.DataFrame:
@@ -82,7 +73,7 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     t_start = time.perf_counter()
     selection = not scores_test(cfg)
     if selection:  # a selection run never gathers a test row: `fashion evaluate` scores it later, once
-        from fashion_core.evaluation.test_reads import without_test
+        from fashion_core.data.prepared import without_test
 
         p_rows = without_test(p)
     else:

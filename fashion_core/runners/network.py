@@ -34,8 +34,10 @@ from fashion_core.models.network import FashionNet, build_model, transfer_policy
 from fashion_core.models.heads import NCMHead, imprint_weights
 from fashion_core.runners.prepare import log_dataset_input
 from fashion_core.serving.predict import ServingModel, log_product_model, registered_name, set_best_alias
-from fashion_core.evaluation.stage import ExtrasFn, StageData, build_stage_data, run_name
-from fashion_core.evaluation.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary, without_test
+from fashion_core.tracking.runs import run_name
+from fashion_core.data.stage import ExtrasFn, StageData, build_stage_data
+from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
+from fashion_core.data.prepared import without_test
 from fashion_core.engine.train import evaluate, fit, load_checkpoint, load_error, predict_scores
 from fashion_core.engine.devices import pick_device
 

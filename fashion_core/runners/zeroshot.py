@@ -65,9 +65,11 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
     """
     import mlflow
 
-    from fashion_core.evaluation.stage import build_stage_data, run_name
-    from fashion_core.evaluation.test_reads import deferred_line, log_test, scores_test, selection_tags
-    from fashion_core.runners.metadata_only import BASELINE_TAG, _log_model, fit_logreg
+    from fashion_core.tracking.runs import run_name
+    from fashion_core.data.stage import build_stage_data
+    from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags
+    from fashion_core.runners.metadata_only import BASELINE_TAG, _log_model
+    from fashion_core.fusion.metadata_only import fit_logreg
     from fashion_core.fusion.metadata_only import class_scores, features
     from fashion_core.serving.predict import registered_name
 

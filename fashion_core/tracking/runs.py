@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from fashion_core.config.schema import flatten
+from fashion_core.config.schema import ExperimentConfig, flatten
 # The code version lives in versions.py; callers import it from here too (store_hint reads PROJECT_DIR here).
 from fashion_core.tracking.versions import PROJECT_DIR, git_commit, reusable_version
 
@@ -448,3 +448,17 @@ def grid_run_ids(parent_run_id: str) -> list[str]:
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)
     ids += [r.info.run_id for r in children]
     return list(dict.fromkeys(ids))
+
+
+def run_name(cfg: ExperimentConfig) -> str:
+    """The technique first and short (the UI cuts long names); the stage is the run's ``stage`` tag."""
+    return f"{cfg.technique} · s{cfg.train.seed}"
+
+
+def run_inputs(tags: Mapping[str, str]) -> str:
+    """What a run's model sees, from its tags: image, metadata (the metadata-only baseline) or image+metadata."""
+    if tags.get("ensemble_inputs"):  # an ensemble (ensemble.py): what its members see together
+        return tags["ensemble_inputs"]
+    if tags.get("baseline") == "metadata_only" or tags.get("fusion") == "metadata_only":
+        return "metadata"
+    return "image+metadata" if tags.get("fusion") in ("late", "film") else "image"

@@ -17,7 +17,7 @@ from fashion_core.tuning.spaces import SearchSpace, base_config, best_config_yam
 from fashion_core.tuning.storage import DEFAULT_STORAGE, StudyStorage, check_storage_url, open_storage
 from fashion_core.tracking.split_check import check_source_split
 from fashion_core.tuning.study import Objective, make_pruner, open_study, study_settings
-from fashion_core.evaluation.test_reads import without_test
+from fashion_core.data.prepared import without_test
 from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retry_dead_trial
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time

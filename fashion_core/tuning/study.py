@@ -129,7 +129,7 @@ class Objective:
             ConfigError: no training or no validation images.
         """
         from fashion_core.fusion.plan import plan_stage
-        from fashion_core.evaluation.stage import build_stage_data
+        from fashion_core.data.stage import build_stage_data
 
         key = json.dumps(to_dict(cfg.fusion), sort_keys=True)
         if self._stage_cache is None or self._stage_cache[0] != key:

@@ -34,7 +34,7 @@ def fit_models(x_train, phi_train: np.ndarray, y_train: np.ndarray, n_classes: i
                class_weight: str | None, seed: int, clf=None) -> SeenModels:
     """Fit both models on the given training rows (labels index the C candidates); ``clf``: the metadata model
     already fitted on exactly these rows with this ``c`` (saves its refit)."""
-    from fashion_core.runners.metadata_only import fit_logreg
+    from fashion_core.fusion.metadata_only import fit_logreg
 
     if clf is None:
         clf, _ = fit_logreg(x_train, y_train, c, class_weight, seed)

@@ -23,6 +23,10 @@ import json
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pandas as pd
+from fashion_core.data.stage import StageData
+from fashion_core.evaluation import metrics as M
+from fashion_core.tracking import runs as tracking
 
 SELECTION_TAG = "selection_run"
 TEST_SCORED_TAG = "test_scored"
@@ -37,11 +41,6 @@ OPERATIONAL_KEYS = frozenset({"train.seed", "train.device", "train.compile", "de
 ENSEMBLE_MEMBERS = "ensemble.members"  # an ensemble's member run ids: replaced by the members' own keys
 
 
-def without_test(p):
-    """The prepared data without the test split's rows: nothing downstream can gather a test image or label."""
-    import dataclasses
-
-    return dataclasses.replace(p, splits=p.splits[p.splits["split"] != "test"].reset_index(drop=True))
 
 
 def is_selection_config(cfg) -> bool:
@@ -145,7 +144,6 @@ def log_test(run_id: str, sd, scores: np.ndarray, seed: int, extra: Callable | N
     """Score ``scores`` (N_test, C over ``sd.classes``) on the test split and log it to the active run ``run_id``:
     the ``test_*`` metrics, the ``eval/`` tables and the test-read tags. ``extra(table, labels, top5)`` adds metrics
     (the zero-shot S / U / H). Returns the metrics."""
-    from fashion_core.evaluation.stage import log_evaluation, score_test_split
 
     table, preds, metrics, (labels, top5) = score_test_split(sd, scores, seed)
     if extra is not None:
@@ -170,3 +168,19 @@ def deferred_line(stage: str, technique: str, run_id: str, val: float | None = N
     shown = f"validation class-mean top-1 {val:.4f}; " if val is not None and val == val else ""
     return (f"{stage} {technique}: selection run, {shown}test not scored (score it once, later: "
             f"fashion evaluate {run_id})")
+
+
+def log_evaluation(sd: StageData, table: pd.DataFrame, preds: pd.DataFrame, test_metrics: dict,
+                   labels: np.ndarray, top5: np.ndarray) -> None:
+    """The test metrics and the ``eval/`` artifacts (docs/ARCHITECTURE.md, "Contracts"), for any model of a stage.
+
+    The per-class table goes out twice: ``eval/per_class.csv`` (the contract in docs/ARCHITECTURE.md; ``compare`` reads
+    it, from older runs too) and ``eval/per_class.json`` (``mlflow.log_table``: shown in MLflow's UI).
+    """
+    tracking.log_metrics(test_metrics)
+    tracking.log_frame(table, "eval/per_class.csv")
+    tracking.log_table(table, "eval/per_class.json")
+    tracking.log_frame(preds, "eval/predictions.csv")
+    tracking.log_frame(M.with_wilson(table), "eval/per_class_intervals.csv")
+    if len(labels):
+        tracking.log_figure_html(M.confusion_matrix_figure(labels, top5[:, 0], sd.classes), "eval/confusion.html")
