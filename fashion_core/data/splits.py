@@ -29,6 +29,10 @@ import pandas as pd
 
 from fashion_core.config.schema import DataConfig
 from fashion_core.data.catalog import LABEL
+from fashion_core.config.checks import LEAKY_FIELDS
+from fashion_core.config.checks import META_FIELDS
+from fashion_core.data.cache import catalog_cache_key
+from fashion_core.data.richmeta import RICH_FIELDS
 
 SPLITS = ("train", "val", "test", "excluded")
 SUBSETS = ("pretrain", "finetune")
@@ -141,9 +145,6 @@ def split_settings(cfg: DataConfig) -> dict:
 
 def digest_columns(catalog: pd.DataFrame) -> list[str]:
     """The catalogue columns a model may read as input or auxiliary target, in a fixed order (those present)."""
-    from fashion_core.config.checks import LEAKY_FIELDS, META_FIELDS
-    from fashion_core.data.richmeta import RICH_FIELDS
-
     names = dict.fromkeys([*META_FIELDS, *LEAKY_FIELDS, *RICH_FIELDS])
     return [c for c in names if c in catalog.columns]
 
@@ -158,8 +159,6 @@ def dataset_digest(catalog: pd.DataFrame, cfg: DataConfig) -> str:
     and the split settings (:func:`split_settings`). Pure: the same table and settings give the
     same digest, whatever the row order.
     """
-    from fashion_core.data.cache import catalog_cache_key
-
     valid = catalog[catalog["valid"]].sort_values("id", kind="stable")
     h = hashlib.sha256()
     h.update(valid["id"].to_numpy().astype(np.int64).tobytes())

@@ -29,6 +29,7 @@ from typing import Callable, Iterator, NoReturn, TypeVar
 
 import torch
 import torch.nn as nn
+from fashion_core.data.loader import batches
 
 T = TypeVar("T")
 
@@ -176,8 +177,6 @@ def shard_batches(data, batch_size: int, env: DistEnv, generator: torch.Generato
         batch_size: the GLOBAL batch size.
         generator: seeded identically on every rank, so every rank draws the same permutation.
     """
-    from fashion_core.data.loader import batches
-
     return batches(data, batch_size, shuffle=True, generator=generator, drop_last=drop_last, device=device,
                    max_batches=max_batches, shard=lambda idx: shard_indices(idx, env.rank, env.world_size))
 

@@ -29,6 +29,7 @@ from fashion_core.engine.devices import autocast_for, channels_last_on, grad_sca
 from fashion_core.engine.distributed import DistEnv, unwrap
 from fashion_core.engine.distributed import shard_batches as dist_shard_batches
 from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions as top5_of
+from fashion_core.engine.progress import EpochProgress
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -314,8 +315,6 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
     Returns:
         FitResult with the best state (on CPU) and the per-epoch history.
     """
-    from fashion_core.engine.progress import EpochProgress
-
     gen = seed_everything(cfg.seed)
     model.to(device)
     to_preferred_layout(model, device)

@@ -23,6 +23,16 @@ from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, to_dict
 from fashion_core.grid.plan import IMAGE, STAGE_ORDER, GridTask, model_kind, needs_source
 from fashion_core.tracking.runs import best_val_score
+from fashion_core.data.prepared import prepare_data
+from fashion_core.grid.claims import CELL_KEY_TAG
+from fashion_core.grid.claims import CONTINUED_BY_TAG
+from fashion_core.grid.claims import CONTINUES_TAG
+from fashion_core.grid.claims import GRID_KEY_TAG
+from fashion_core.grid.claims import SESSION_TAG
+from fashion_core.grid.claims import reopen as reopen_run
+from fashion_core.grid.executors import worker_place
+from fashion_core.report.tables import markdown_table
+from fashion_core.runners.network import run_stage
 
 RUNS_ARTIFACT = tracking.GRID_RUNS_ARTIFACT
 SOURCE_ARTIFACT = "grid/source.json"
@@ -39,8 +49,6 @@ Runner = Callable[..., str]
 
 def runner_for(cfg: ExperimentConfig) -> Runner:
     """The function that runs a config as one MLflow run (same keywords as ``experiment.run_stage``)."""
-    from fashion_core.runners.network import run_stage
-
     return run_stage
 
 
@@ -60,8 +68,6 @@ def start_parent(experiment_id: str, digest: str, code: str, tasks: Sequence[Gri
     ``key`` is the grid's ``grid_claims.grid_key``; ``reopen``: an ended grid run of that key, continued
     instead of a new one (or, under ``mlflow run``, linked from the launched run).
     """
-    from fashion_core.grid.claims import CONTINUED_BY_TAG, CONTINUES_TAG, GRID_KEY_TAG, reopen as reopen_run
-
     commit, dirty = git_commit()
     techniques = sorted({f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks},
                         key=lambda s: (STAGE_ORDER.index(s.split("/")[0]), s))
@@ -141,8 +147,6 @@ def task_row(task: GridTask, run_id: str | None, status: str, reused: bool, seco
 def finish_parent(parent: str, rows: list[dict], sources: Mapping[str, str | None], rankings: pd.DataFrame,
                   seconds: float, status: str) -> pd.DataFrame:
     """Log the runs table, the source choices and the counts to the parent run, then end it."""
-    from fashion_core.report.tables import markdown_table
-
     client = mlflow_client()
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     client.log_text(parent, runs.to_csv(index=False), RUNS_ARTIFACT)
@@ -191,8 +195,6 @@ _PREPARED: dict[tuple, Any] = {}  # per worker process: the data is prepared (th
 
 
 def _prepared_for(cell: Cell, log):
-    from fashion_core.data.prepared import prepare_data
-
     key = (cell.data, json.dumps(to_dict(cell.task.cfg.data), sort_keys=True))
     if key not in _PREPARED:
         _PREPARED[key] = prepare_data(cell.data, cell.task.cfg.data, log=log)
@@ -206,8 +208,6 @@ def _close_dead_attempts(cell: Cell) -> dict | None:
     keeps every cell at one FINISHED run. A RUNNING attempt of another invocation of the same grid (one
     that crashed, whose worker may still be finishing it) is left to ``grid_claims.claim_cell``.
     """
-    from fashion_core.grid.claims import SESSION_TAG
-
     client = mlflow_client()
     found = client.search_runs([cell.experiment_id], filter_string=(f"tags.config_hash = '{cell.cfg_hash}' and "
                                                                     f"tags.grid_run_id = '{cell.parent}'"))
@@ -237,8 +237,6 @@ def _claim_held(run_id: str):
 
 def _claim_run(cell: Cell) -> str:
     """The cell's run, created before the data is read: the claim other grids see (``grid_claims.claim_cell``)."""
-    from fashion_core.grid.claims import CELL_KEY_TAG, SESSION_TAG
-
     task = cell.task
     tags = {"stage": task.cfg.stage, "technique": task.cfg.technique, "dataset_digest": cell.digest,
             "config_hash": cell.cfg_hash, "grid_run_id": cell.parent, "mlflow.parentRunId": cell.parent,
@@ -249,8 +247,6 @@ def _claim_run(cell: Cell) -> str:
 
 def run_cell(cell: Cell, prepared=None, log=None) -> dict:
     """Run one cell as a child run of the grid (or record its failure); returns its row of ``RUN_COLUMNS``."""
-    from fashion_core.grid.executors import worker_place
-
     task, place = cell.task, worker_place()
     if log is None:  # a worker: every line says which cell it is about (each line of a message)
         def log(message: str, _name=task.name) -> None:

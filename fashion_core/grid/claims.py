@@ -21,6 +21,7 @@ import json
 from typing import Any, Callable, Sequence
 
 from fashion_core.tracking import heartbeat
+from fashion_core.tracking.versions import reusable_version
 
 GRID_KEY_TAG, CELL_KEY_TAG, SESSION_TAG = "grid_key", "cell_key", "grid_session"
 RESTARTS_TAG, CONTINUES_TAG, CONTINUED_BY_TAG = "grid_restarts", "continues_grid_run_id", "continued_by"
@@ -39,8 +40,6 @@ def grid_key(task_hashes: Sequence[str], digest: str, code: str, profile: str, s
 
 def cell_key(cfg_hash: str, digest: str, code: str, session: str) -> str:
     """16 hex digits naming a cell's work; grids share a cell only when its code version is known."""
-    from fashion_core.tracking.versions import reusable_version
-
     return _digest({"config_hash": cfg_hash, "digest": digest, "code": code,
                     "session": "" if reusable_version(code) else session})
 

@@ -10,6 +10,9 @@ regression (the metadata-only baseline) costs a fixed few seconds.
 from __future__ import annotations
 
 from typing import Any
+from fashion_core.config.profiles import PROFILES
+from fashion_core.config.schema import TrainConfig
+from fashion_core.models.network import transfer_policy
 
 # Minutes of one image-network pretrain (the stage with the most training images) per profile and device:
 # each constant is measured on 2 CPU cores or estimated, and docs/performance.md ("What a run costs")
@@ -40,8 +43,6 @@ GROUPS = ("pretrain", "finetune", "no_training", "metadata")  # cells whose cost
 
 def cost_group(cfg: Any) -> str:
     """Which cells cost alike: ``pretrain`` / ``finetune`` (a network trains), ``no_training``, ``metadata``."""
-    from fashion_core.models.network import transfer_policy
-
     if cfg.fusion.mode == "metadata_only":
         return "metadata"
     if cfg.stage == "finetune":
@@ -51,9 +52,6 @@ def cost_group(cfg: Any) -> str:
 
 def task_minutes(cfg: Any, profile: str, gpu: bool) -> float:
     """Expected minutes of one task (a resolved ``ExperimentConfig``) under a profile, on a GPU or the CPUs."""
-    from fashion_core.config.profiles import PROFILES
-    from fashion_core.config.schema import TrainConfig
-
     group = cost_group(cfg)
     if group == "metadata":
         return METADATA_MINUTES

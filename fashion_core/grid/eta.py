@@ -17,6 +17,10 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 from typing import Mapping, Sequence
+from fashion_core.grid.costs import cost_group
+from fashion_core.grid.costs import task_minutes
+from fashion_core.grid.plan import model_kind
+from fashion_core.grid.plan import needs_source
 
 DONE = ("finished", "reused", "failed")
 TRAINING = ("pretrain", "finetune")  # the groups whose cost is proportional (images x epochs)
@@ -48,9 +52,6 @@ def cell_costs(tasks: Sequence, profile: str = "", gpu: bool = False, source_giv
     ``source_given``: the grid has ``--from``, so its finetune cells start at once and wait for no
     pretrain cell (as ``grid.run_grid`` releases them).
     """
-    from fashion_core.grid.plan import model_kind, needs_source
-    from fashion_core.grid.costs import cost_group, task_minutes
-
     out = []
     for t in tasks:
         kind = model_kind(t.cfg)

@@ -24,6 +24,13 @@ from fashion_core.tracking.versions import git_commit
 from fashion_core.config.checks import STAGES, ConfigError
 # The cost figures live in run_costs (the grid's ETA uses them too); main_job's names as before.
 from fashion_core.grid.costs import COMPARE_MINUTES, ENSEMBLE_MINUTES, PREPARE_MINUTES, PRETRAIN_MINUTES, task_minutes
+from fashion_core.data.sources import check_data_spec
+from fashion_core.data.sources import resolve_dataset
+from fashion_core.grid.plan import plan_grid
+from fashion_core.grid.scheduler import run_grid
+from fashion_core.report.compare import run_compare
+from fashion_core.runners.ensemble import run_ensemble
+from fashion_core.runners.prepare import run_prepare
 
 MAIN_FILE = "main.yaml"  # in the experiments folder
 ENSEMBLES_KEY = "ensembles"  # main.yaml: per stage, [anchor, second] technique pairs combined after the grid
@@ -94,8 +101,6 @@ def run_main_ensembles(pairs: Sequence[tuple[str, str, str]], runs: Any, data: s
     A pair whose members are not both in the grid (``--techniques`` left one out) or did not finish is skipped
     with a line; an ensemble that fails is reported and the job goes on to compare what it has.
     """
-    from fashion_core.runners.ensemble import run_ensemble
-
     done = []
     finished = runs[runs["status"] == "FINISHED"] if len(runs) else runs
     for stage, a, b in pairs:
@@ -200,12 +205,6 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
     """
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.data.sources import check_data_spec
-    from fashion_core.grid.plan import plan_grid
-    from fashion_core.grid.scheduler import run_grid
-    from fashion_core.runners.prepare import run_prepare
-    from fashion_core.report.compare import run_compare
-
     t0 = time.perf_counter()
     check_data_spec(data)  # no data / a path that does not exist: one line, before anything else
     overrides = dict(overrides or {})
@@ -236,8 +235,6 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
         log(store_line())
         log("dry run: every config is valid; nothing was run and no store was opened")
         return None
-    from fashion_core.data.sources import resolve_dataset
-
     client = MlflowClient()
     # under `mlflow run` the experiment is the launched run's (set_experiment reads it before it is adopted)
     exp_id = tracking.set_experiment(experiment or tracking.experiment_name_for(resolve_dataset(data, progress=log)))

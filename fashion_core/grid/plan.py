@@ -18,6 +18,8 @@ import pandas as pd
 
 from fashion_core.config.checks import STAGES, ConfigError
 from fashion_core.config.schema import ExperimentConfig, find_technique, list_techniques, load_experiment, to_dict
+from fashion_core.fusion.encoders import INPUT_KEYS
+from fashion_core.models.network import transfer_policy
 
 STAGE_ORDER = STAGES  # pretrain first: the finetune techniques need its model
 IMAGE = "image"  # the kind of a plain image network
@@ -138,8 +140,6 @@ def plan_grid(experiments_dir: str | Path = "experiments", techniques: Sequence[
 
 def needs_source(cfg: ExperimentConfig) -> bool:
     """Whether a config trains from a pretrained model (finetune with a transfer method that uses one)."""
-    from fashion_core.models.network import transfer_policy
-
     return cfg.stage == "finetune" and bool(transfer_policy(cfg.transfer.method)["pretrained"])
 
 
@@ -156,8 +156,6 @@ def model_kind(cfg: ExperimentConfig) -> str:
     image network, a fused one from a network with the same metadata encoders; the metadata-only
     baseline is no network at all.
     """
-    from fashion_core.fusion.encoders import INPUT_KEYS
-
     f = cfg.fusion
     if f.mode == "metadata_only":
         return ""

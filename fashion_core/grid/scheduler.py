@@ -42,6 +42,12 @@ from fashion_core.grid.status import GridStatus
 # (and patch grid.code_version).
 from fashion_core.tracking.runs import find_reusable
 from fashion_core.tracking.versions import code_version, library_versions, reusable_version
+from fashion_core.data.prepared import prepare_data
+from fashion_core.grid.eta import cell_costs
+from fashion_core.grid.executors import InlineExecutor
+from fashion_core.grid.executors import RayExecutor
+from fashion_core.grid.executors import local_pool
+from fashion_core.tracking.references import resolve_source
 
 STATUS_POLL_SECONDS = 0.5  # how often the status asks the workers which cells they have started
 
@@ -96,9 +102,6 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
     Returns:
         A :class:`GridResult`; failed techniques are rows with status FAILED, never an exception.
     """
-    from fashion_core.data.prepared import prepare_data
-    from fashion_core.tracking.references import resolve_source
-
     if not tasks:
         raise ConfigError("the grid has no technique to run")
     t0 = time.perf_counter()
@@ -309,8 +312,6 @@ def _status(tasks: Sequence[GridTask], how: dict, profile: str, gpus_per_cell: f
     """The live status of a grid's cells, with each cell's relative cost for the ETA (``--from``: no cell waits)."""
     import torch
 
-    from fashion_core.grid.eta import cell_costs
-
     gpu = gpus_per_cell > 0 or (how["executor"] == "sequential" and torch.cuda.is_available())
     return GridStatus([t.name for t in tasks], how["concurrency"],
                       costs=cell_costs(tasks, profile, gpu, source_given=source_given))
@@ -319,8 +320,6 @@ def _status(tasks: Sequence[GridTask], how: dict, profile: str, gpus_per_cell: f
 def _executor(jobs: int, gpus_per_cell: float, ray: str | None, cpus_per_cell: float, max_retries: int,
               threads_per_cell: int | None = None):
     """The executor of the cells and what it gives each (logged on the parent run as the plan)."""
-    from fashion_core.grid.executors import InlineExecutor, RayExecutor, local_pool
-
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be >= 1")
     if ray:
@@ -336,8 +335,6 @@ def _executor(jobs: int, gpus_per_cell: float, ray: str | None, cpus_per_cell: f
 def _pick_source(rows: list[dict], tasks: Sequence[GridTask], kind: str, exp_name: str,
                  log) -> tuple[str | None, pd.DataFrame]:
     """The source of a model kind without ``--from``: the grid's best pretrain run of it, else ``latest``."""
-    from fashion_core.tracking.references import resolve_source
-
     src, ranking = pick_best_pretrain(pd.DataFrame(rows, columns=list(RUN_COLUMNS)), kind)
     if src:
         best = ranking.iloc[0]

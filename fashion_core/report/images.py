@@ -16,6 +16,9 @@ import numpy as np
 
 from fashion_core.tracking import runs as tracking
 from fashion_core.data.cache import ImageCache
+from fashion_core.data.cache import catalog_cache_key
+from fashion_core.data.catalog import build_catalog
+from fashion_core.data.sources import cache_root
 
 THUMB_HEIGHT = 48  # pixels: enough to recognise a product, light enough for dozens in one file
 JPEG_QUALITY = 80
@@ -47,10 +50,6 @@ def find_image_cache(runs: Sequence, digest: str) -> tuple[ImageCache | None, st
             cache = _open(folder) if folder else None
             if cache is not None:
                 return cache, f"Images from the image cache {folder}."
-    from fashion_core.data.cache import catalog_cache_key
-    from fashion_core.data.catalog import build_catalog
-    from fashion_core.data.sources import cache_root
-
     for run in runs:
         root = _dataset_root(run)
         if root is None:

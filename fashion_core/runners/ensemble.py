@@ -31,6 +31,21 @@ from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig
 from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
+from fashion_core.data.prepared import prepare_data
+from fashion_core.data.stage import build_stage_data
+from fashion_core.engine.devices import pick_device
+from fashion_core.engine.train import predict_scores
+from fashion_core.fusion.modules import FusedNet
+from fashion_core.fusion.plan import stage_rows
+from fashion_core.runners.prepare import log_dataset_input
+from fashion_core.tracking.references import load_run_model
+from fashion_core.tracking.references import resolve_model_uri
+from fashion_core.tracking.runs import run_inputs
+from fashion_core.tracking.test_reads import deferred_line
+from fashion_core.tracking.test_reads import log_test
+from fashion_core.tracking.test_reads import scores_test
+from fashion_core.tracking.test_reads import selection_tags
+from fashion_core.tracking.test_reads import test_summary
 
 ENSEMBLE_TAG = "ensemble_of"  # run tag: the member run ids, comma-separated
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
@@ -81,10 +96,6 @@ def _member_scores(run, p, stage: str, sd, splits=("val", "test")) -> dict:
     """
     import torch
 
-    from fashion_core.fusion.plan import stage_rows
-    from fashion_core.fusion.modules import FusedNet
-    from fashion_core.data.stage import build_stage_data
-
     run_id = run.info.run_id
     if run.data.tags.get("baseline") == "metadata_only":
         from fashion_core.runners.metadata_only import load_metadata_baseline
@@ -96,10 +107,6 @@ def _member_scores(run, p, stage: str, sd, splits=("val", "test")) -> dict:
             rows = stage_rows(p, sd.frame.loc[sd.frame["split"] == split, "id"])
             out[split] = class_scores(clf, features(vocab, rows), len(classes))
         return {"classes": list(classes), **out}
-    from fashion_core.engine.devices import pick_device
-    from fashion_core.tracking.references import load_run_model
-    from fashion_core.engine.train import predict_scores
-
     model, meta = load_run_model(run_id)
     vocab = model.vocab if isinstance(model, FusedNet) else None
     if vocab is not None:
@@ -199,13 +206,6 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     """
     import mlflow
     from mlflow.tracking import MlflowClient
-
-    from fashion_core.data.prepared import prepare_data
-    from fashion_core.tracking.references import resolve_model_uri
-    from fashion_core.runners.prepare import log_dataset_input
-    from fashion_core.tracking.runs import run_inputs
-    from fashion_core.data.stage import build_stage_data
-    from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
     t_start = time.perf_counter()
     if len(members) != 2:

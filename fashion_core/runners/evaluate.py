@@ -20,6 +20,28 @@ from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig
 from fashion_core.tracking.test_reads import SCORED_BY_TAG, already_read, log_test, test_summary
+from fashion_core.data.prepared import prepare_data
+from fashion_core.data.stage import build_stage_data
+from fashion_core.engine.devices import pick_device
+from fashion_core.engine.train import predict_scores
+from fashion_core.fusion.encoders import TEXT_FIELD
+from fashion_core.fusion.metadata_only import class_scores
+from fashion_core.fusion.metadata_only import features
+from fashion_core.fusion.modules import FusedNet
+from fashion_core.fusion.plan import stage_rows
+from fashion_core.runners.ensemble import ENSEMBLE_TAG
+from fashion_core.runners.ensemble import FLOOR
+from fashion_core.runners.ensemble import _member_scores
+from fashion_core.runners.ensemble import _run_config
+from fashion_core.runners.metadata_only import load_metadata_baseline
+from fashion_core.runners.zeroshot import STATE_ARTIFACT
+from fashion_core.runners.zeroshot import ZERO_SHOT_TAG
+from fashion_core.runners.zeroshot import gzsl_extra
+from fashion_core.tracking.references import load_run_model
+from fashion_core.tracking.references import resolve_model_uri
+from fashion_core.tracking.versions import git_commit
+from fashion_core.zeroshot.head import ZeroShotHead
+from fashion_core.zeroshot.names import candidate_classes
 
 EVALUATED_COMMIT_TAG = "test_evaluated_commit"
 
@@ -29,13 +51,6 @@ EVALUATED_COMMIT_TAG = "test_evaluated_commit"
 def _scores_network(run, p, stage: str, device: str):
     """(stage data, test scores) of a network run, from its logged state dict."""
     import torch
-
-    from fashion_core.engine.devices import pick_device
-    from fashion_core.fusion.plan import stage_rows
-    from fashion_core.fusion.modules import FusedNet
-    from fashion_core.tracking.references import load_run_model
-    from fashion_core.data.stage import build_stage_data
-    from fashion_core.engine.train import predict_scores
 
     model, meta = load_run_model(run.info.run_id)
     vocab = model.vocab if isinstance(model, FusedNet) else None
@@ -49,11 +64,6 @@ def _scores_network(run, p, stage: str, device: str):
 
 
 def _scores_metadata(run, p, stage: str):
-    from fashion_core.fusion.plan import stage_rows
-    from fashion_core.runners.metadata_only import load_metadata_baseline
-    from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.data.stage import build_stage_data
-
     clf, vocab, classes = load_metadata_baseline(run.info.run_id)
     sd = build_stage_data(p, stage)
     _same_classes(run, sd.classes, list(classes))
@@ -64,15 +74,6 @@ def _scores_metadata(run, p, stage: str):
 def _scores_zeroshot(run, p, stage: str):
     """(stage data, test scores, extra-metrics function) of a zero-shot run, from its metadata model and head."""
     import json
-
-    from fashion_core.fusion.encoders import TEXT_FIELD
-    from fashion_core.fusion.plan import stage_rows
-    from fashion_core.runners.metadata_only import load_metadata_baseline
-    from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.data.stage import build_stage_data
-    from fashion_core.zeroshot.head import ZeroShotHead
-    from fashion_core.zeroshot.names import candidate_classes
-    from fashion_core.runners.zeroshot import STATE_ARTIFACT, gzsl_extra
 
     clf, vocab, classes = load_metadata_baseline(run.info.run_id)
     with tempfile.TemporaryDirectory() as d:
@@ -90,9 +91,6 @@ def _scores_zeroshot(run, p, stage: str):
 
 def _scores_ensemble(run, p, stage: str):
     from mlflow.tracking import MlflowClient
-
-    from fashion_core.runners.ensemble import ENSEMBLE_TAG, FLOOR, _member_scores
-    from fashion_core.data.stage import build_stage_data
 
     client = MlflowClient()
     members = [client.get_run(i) for i in run.data.tags[ENSEMBLE_TAG].split(",")]
@@ -125,12 +123,6 @@ def evaluate_run(spec: str, data: str | None, *, device: str = "auto", log=print
     """
     import mlflow
     from mlflow.tracking import MlflowClient
-
-    from fashion_core.data.prepared import prepare_data
-    from fashion_core.runners.ensemble import ENSEMBLE_TAG, _run_config
-    from fashion_core.tracking.references import resolve_model_uri
-    from fashion_core.tracking.versions import git_commit
-    from fashion_core.runners.zeroshot import ZERO_SHOT_TAG
 
     tracking.ensure_store()
     run_id = resolve_model_uri(spec)

@@ -39,6 +39,8 @@ from fashion_core.tracking.runs import run_name
 from fashion_core.data.stage import build_stage_data
 from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 from fashion_core.fusion.metadata_only import fit_logreg
+from fashion_core.runners.prepare import log_dataset_input
+from fashion_core.serving.predict import log_product_model
 
 BASELINE_TAG = "metadata_only"  # value of the ``baseline`` tag
 
@@ -65,8 +67,6 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
         The run id.
     """
     import mlflow
-
-    from fashion_core.runners.prepare import log_dataset_input
 
     if cfg.fusion.mode != "metadata_only":
         raise ConfigError(f"run_metadata_baseline needs fusion.mode=metadata_only, got {cfg.fusion.mode}")
@@ -145,8 +145,6 @@ def _log_model(clf, vocab: MetaVocab, c: float, classes: list[str], register: st
     runs code from the artifact store; JSON and ``np.load(allow_pickle=False)`` cannot.
     """
     import mlflow
-
-    from fashion_core.serving.predict import log_product_model
 
     state = {"kind": "logistic_regression", "C": c, "classes": classes, "vocab": vocab.to_dict(),
              "model_classes": [int(k) for k in clf.classes_]}

@@ -40,6 +40,9 @@ from fashion_core.tracking.test_reads import deferred_line, log_test, scores_tes
 from fashion_core.data.prepared import without_test
 from fashion_core.engine.train import evaluate, fit, load_checkpoint, load_error, predict_scores
 from fashion_core.engine.devices import pick_device
+from fashion_core.data.loader import batches
+from fashion_core.data.loader import to_float
+from fashion_core.engine.devices import to_preferred_layout
 
 REGISTERED_PRETRAIN = "fashion-pretrain"
 LAST_ARTIFACT = "checkpoint/last.pt"
@@ -50,9 +53,6 @@ LAST_ARTIFACT = "checkpoint/last.pt"
 @torch.no_grad()
 def embed(model: FashionNet, data: TensorData, device: torch.device, batch_size: int = 512) -> torch.Tensor:
     """Embeddings of every item, unaugmented."""
-    from fashion_core.data.loader import batches, to_float
-    from fashion_core.engine.devices import to_preferred_layout
-
     model.eval()
     cl = to_preferred_layout(model, device)
     # A fused model's embedding needs the batch's metadata too.

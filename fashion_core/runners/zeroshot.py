@@ -17,6 +17,19 @@ from fashion_core.zeroshot.calibration import calibrate, class_groups, fit_model
 from fashion_core.zeroshot.head import HEAD_FILE, ZeroShotHead
 from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes
 from fashion_core.zeroshot.semantic import TEXT_FEATURE, text_inputs, with_text
+from fashion_core.data.stage import build_stage_data
+from fashion_core.fusion.metadata_only import class_scores
+from fashion_core.fusion.metadata_only import features
+from fashion_core.fusion.metadata_only import fit_logreg
+from fashion_core.fusion.plan import stage_rows
+from fashion_core.runners.metadata_only import BASELINE_TAG
+from fashion_core.runners.metadata_only import _log_model
+from fashion_core.serving.predict import registered_name
+from fashion_core.tracking.runs import run_name
+from fashion_core.tracking.test_reads import deferred_line
+from fashion_core.tracking.test_reads import log_test
+from fashion_core.tracking.test_reads import scores_test
+from fashion_core.tracking.test_reads import selection_tags
 
 ZERO_SHOT_TAG = "zero_shot"  # run tag: "true" on a run that predicts classes without training images
 STATE_ARTIFACT = f"checkpoint/{HEAD_FILE}"
@@ -43,8 +56,6 @@ def gzsl_extra(matcher: NameMatcher, seen: np.ndarray, test_rows: pd.DataFrame, 
 
 
 def _split_rows(p, sd, name: str) -> pd.DataFrame:
-    from fashion_core.fusion.plan import stage_rows
-
     return stage_rows(p, sd.frame.loc[sd.frame["split"] == name, "id"])
 
 
@@ -64,14 +75,6 @@ def run_zeroshot(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, 
         The run id.
     """
     import mlflow
-
-    from fashion_core.tracking.runs import run_name
-    from fashion_core.data.stage import build_stage_data
-    from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags
-    from fashion_core.runners.metadata_only import BASELINE_TAG, _log_model
-    from fashion_core.fusion.metadata_only import fit_logreg
-    from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.serving.predict import registered_name
 
     if cfg.fusion.mode != "metadata_only" or not cfg.zeroshot.enabled:
         raise ConfigError("run_zeroshot needs fusion.mode=metadata_only and zeroshot.enabled=true")

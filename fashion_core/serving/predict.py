@@ -17,6 +17,17 @@ import torch
 from torch import nn
 
 from fashion_core.data.loader import to_float
+from fashion_core.config.checks import ConfigError
+from fashion_core.data.cache import decode_image
+from fashion_core.engine.train import load_error
+from fashion_core.fusion.encoders import TEXT_FIELD
+from fashion_core.fusion.metadata_only import STATE_ARTIFACT as BASELINE_STATE
+from fashion_core.fusion.metadata_only import WEIGHTS_ARTIFACT as BASELINE_WEIGHTS
+from fashion_core.tracking.references import load_run_model
+from fashion_core.tracking.references import resolve_model_uri
+from fashion_core.tracking.runs import _quiet_mlflow
+from fashion_core.tracking.runs import download_artifact
+from fashion_core.zeroshot.head import HEAD_FILE
 
 
 class ProductInputError(ValueError):
@@ -59,8 +70,6 @@ def predict_images(paths: list[str | Path], model_uri: str, k: int = 5) -> list[
 
     The model is rebuilt from its state dict (``torch.load(weights_only=True)``), never unpickled.
     """
-    from fashion_core.tracking.references import load_run_model, resolve_model_uri
-
     run_id = resolve_model_uri(model_uri)
     model, meta = load_run_model(run_id)
     if getattr(model, "uses_batch", False):
@@ -130,9 +139,6 @@ class ProductModel:
         """
         import json
 
-        from fashion_core.config.checks import ConfigError
-        from fashion_core.engine.train import load_error
-
         folder = Path(folder)
         try:
             if (folder / "model.json").is_file():
@@ -157,11 +163,6 @@ class ProductModel:
     def from_run(cls, run_id: str) -> "ProductModel":
         """From a run's logged checkpoint (only the files the model needs, not the training state)."""
         import tempfile
-
-        from fashion_core.config.checks import ConfigError
-        from fashion_core.fusion.metadata_only import STATE_ARTIFACT as BASELINE_STATE, WEIGHTS_ARTIFACT as BASELINE_WEIGHTS
-        from fashion_core.tracking.runs import download_artifact
-        from fashion_core.zeroshot.head import HEAD_FILE
 
         kinds = (("checkpoint/model.json", "checkpoint/model_state.pt"), (BASELINE_STATE, BASELINE_WEIGHTS))
         with tempfile.TemporaryDirectory() as d:
@@ -220,8 +221,6 @@ class ProductModel:
 
 
 def _text_field() -> str:
-    from fashion_core.fusion.encoders import TEXT_FIELD
-
     return TEXT_FIELD
 
 
@@ -229,8 +228,6 @@ def _decode(value, height: int, width: int) -> np.ndarray:
     """One image given as bytes, base64 text or a file path -> H x W x 3 uint8."""
     import base64
     import io
-
-    from fashion_core.data.cache import decode_image
 
     if isinstance(value, str):
         p = Path(value)
@@ -244,8 +241,6 @@ def _decode(value, height: int, width: int) -> np.ndarray:
 def read_meta(path: str | Path) -> pd.DataFrame:
     """Catalogue fields of products from a CSV (styles.csv or a few columns of it) or a JSON object / list."""
     import json
-
-    from fashion_core.config.checks import ConfigError
 
     path = Path(path)
     try:
@@ -262,8 +257,6 @@ def read_meta(path: str | Path) -> pd.DataFrame:
 def product_frame(images: list[str | Path], meta: pd.DataFrame | None) -> pd.DataFrame:
     """The predictor's input: one row per image (matched to ``meta`` by id = file stem when it has ``id``,
     else in order), or one row per ``meta`` row when there are no images."""
-    from fashion_core.config.checks import ConfigError
-
     if meta is None:
         return pd.DataFrame({IMAGE_COLUMN: [str(p) for p in images]})
     if not images:
@@ -293,10 +286,6 @@ def predict_products(images: list[str | Path], model_uri: str, meta: str | Path 
         meta: a CSV (styles.csv rows, matched by id) or JSON of the products' fields; a model that reads
             metadata refuses to run without it.
     """
-    from fashion_core.config.checks import ConfigError
-    from fashion_core.tracking.references import resolve_model_uri
-    from fashion_core.tracking.runs import _quiet_mlflow
-
     _quiet_mlflow()  # no progress bar per downloaded file
     model = ProductModel.from_run(resolve_model_uri(model_uri))
     if model.fields and meta is None:
@@ -372,8 +361,6 @@ def log_product_model(folder: str | Path, register: str | None, val_score: float
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
-
-    from fashion_core.tracking.runs import _quiet_mlflow
 
     _quiet_mlflow()
     model = ProductModel.from_folder(folder)

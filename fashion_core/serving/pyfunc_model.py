@@ -14,6 +14,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+from fashion_core.serving.predict import ProductInputError
+from fashion_core.serving.predict import ProductModel
 
 CHECKPOINT = "checkpoint"  # the artifact key of the run's checkpoint folder
 
@@ -43,14 +45,10 @@ class ProductPyfunc(PythonModel):
     """``serving.ProductModel`` behind the pyfunc interface."""
 
     def load_context(self, context) -> None:
-        from fashion_core.serving.predict import ProductModel
-
         self.model = ProductModel.from_folder(context.artifacts[CHECKPOINT])
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
-
-        from fashion_core.serving.predict import ProductInputError
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         try:

@@ -25,6 +25,7 @@ import yaml
 from fashion_core.config.schema import ExperimentConfig, flatten
 # The code version lives in versions.py; callers import it from here too (store_hint reads PROJECT_DIR here).
 from fashion_core.tracking.versions import PROJECT_DIR, git_commit, reusable_version
+from fashion_core.tracking import heartbeat
 
 DEFAULT_EXPERIMENT = "fashion-product-images-small"
 GRID_RUNS_ARTIFACT = "grid/runs.csv"  # a grid parent run's table of its runs (grid.py writes it)
@@ -278,8 +279,6 @@ def _sweep_quietly(experiment_id: str) -> None:
     """End the experiment's runs whose process died (``heartbeat.sweep``); a failed sweep never stops a run."""
     import sys
 
-    from fashion_core.tracking import heartbeat
-
     try:
         heartbeat.sweep(experiment_id, log=lambda m: print(m, file=sys.stderr, flush=True))
     except Exception as e:  # noqa: BLE001 - a busy store: the next run that starts sweeps again
@@ -305,8 +304,6 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
         run_id: resume this run instead of creating one.
     """
     import mlflow
-
-    from fashion_core.tracking import heartbeat
 
     _quiet_mlflow()
     ensure_store()

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from fashion_core.config.checks import ConfigError
+from fashion_core.tracking.versions import PROJECT_DIR
 
 
 def sqlite_store() -> Path | None:
@@ -21,8 +22,6 @@ def require_store(what: str) -> None:
     db = sqlite_store()
     if db is None or db.is_file():
         return
-    from fashion_core.tracking.versions import PROJECT_DIR
-
     ours = PROJECT_DIR / "mlflow.db"
     where = (f"this checkout's runs are in {ours}: run from {PROJECT_DIR} or set "
              f"MLFLOW_TRACKING_URI=sqlite:///{ours}"

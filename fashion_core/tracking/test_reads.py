@@ -27,6 +27,7 @@ import pandas as pd
 from fashion_core.data.stage import StageData
 from fashion_core.evaluation import metrics as M
 from fashion_core.tracking import runs as tracking
+from fashion_core.evaluation.test_split import score_test_split
 
 SELECTION_TAG = "selection_run"
 TEST_SCORED_TAG = "test_scored"

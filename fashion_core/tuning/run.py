@@ -19,6 +19,10 @@ from fashion_core.tracking.split_check import check_source_split
 from fashion_core.tuning.study import Objective, make_pruner, open_study, study_settings
 from fashion_core.data.prepared import without_test
 from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retry_dead_trial
+from fashion_core.data.prepared import prepare_data
+from fashion_core.runners.network import run_stage
+from fashion_core.tracking.references import load_run_model
+from fashion_core.tracking.references import resolve_source
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
     from fashion_core.data.prepared import Prepared
@@ -164,9 +168,6 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
     """
     import optuna
 
-    from fashion_core.data.prepared import prepare_data
-    from fashion_core.tracking.references import load_run_model, resolve_source
-
     t0 = time.perf_counter()
     check_storage_url(storage)  # a typo is an error before any data is read or any run starts
     overrides = dict(overrides or {})
@@ -257,8 +258,6 @@ def final_run(study, space: SearchSpace, data: str | None, *, profile: str = "de
         The run id.
     """
     from optuna.trial import TrialState
-
-    from fashion_core.runners.network import run_stage
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise ConfigError(f"study {study.study_name!r} has no complete trial yet; run some trials before --final")

@@ -14,6 +14,15 @@ from fashion_core.config.schema import ExperimentConfig, flatten, to_dict
 from fashion_core.tuning.spaces import SearchSpace, trial_config
 from fashion_core.tuning.storage import StudyStorage
 from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retried_trial_number, retry_dead_trial
+from fashion_core.data.stage import build_stage_data
+from fashion_core.engine.devices import pick_device
+from fashion_core.engine.train import evaluate
+from fashion_core.engine.train import fit
+from fashion_core.fusion.modules import param_groups
+from fashion_core.fusion.modules import wrap_criterion
+from fashion_core.fusion.plan import plan_stage
+from fashion_core.losses import build_loss
+from fashion_core.runners.network import setup_model
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
     import optuna
@@ -128,9 +137,6 @@ class Objective:
         Raises:
             ConfigError: no training or no validation images.
         """
-        from fashion_core.fusion.plan import plan_stage
-        from fashion_core.data.stage import build_stage_data
-
         key = json.dumps(to_dict(cfg.fusion), sort_keys=True)
         if self._stage_cache is None or self._stage_cache[0] != key:
             self._stage_cache = None  # free the old tensors before gathering new ones
@@ -185,12 +191,6 @@ class Objective:
         """Train one config; report the objective per epoch; prune when the pruner says so."""
         import optuna
         import torch
-
-        from fashion_core.fusion.modules import param_groups, wrap_criterion
-        from fashion_core.runners.network import setup_model
-        from fashion_core.losses import build_loss
-        from fashion_core.engine.train import evaluate, fit
-        from fashion_core.engine.devices import pick_device
 
         device = pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)  # the same initial weights as run_stage gives this config (--final)

@@ -10,6 +10,8 @@ import pandas as pd
 from fashion_core.evaluation.scoring import class_mean_accuracy
 from fashion_core.zeroshot.ranker import MIXES, doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
 from fashion_core.zeroshot.semantic import TextInputs, with_text
+from fashion_core.fusion.metadata_only import class_scores
+from fashion_core.fusion.metadata_only import fit_logreg
 
 N_FOLDS = 3  # pseudo-unseen folds for gamma
 HOLDOUT = 1 / 3  # share of the seen classes (with validation images) held out per fold
@@ -34,8 +36,6 @@ def fit_models(x_train, phi_train: np.ndarray, y_train: np.ndarray, n_classes: i
                class_weight: str | None, seed: int, clf=None) -> SeenModels:
     """Fit both models on the given training rows (labels index the C candidates); ``clf``: the metadata model
     already fitted on exactly these rows with this ``c`` (saves its refit)."""
-    from fashion_core.fusion.metadata_only import fit_logreg
-
     if clf is None:
         clf, _ = fit_logreg(x_train, y_train, c, class_weight, seed)
     w = fit_ranker(phi_train, y_train, balanced=class_weight == "balanced")
@@ -46,8 +46,6 @@ def fit_models(x_train, phi_train: np.ndarray, y_train: np.ndarray, n_classes: i
 
 def model_scores(models: SeenModels, x, phi: np.ndarray, gamma: float, mix: str, beta: float = 0.0) -> np.ndarray:
     """Stacked GZSL scores (N, C) of some rows."""
-    from fashion_core.fusion.metadata_only import class_scores
-
     meta = class_scores(models.clf, x, len(models.seen))
     return stacked_scores(meta, ranker_log_proba(phi, models.w), models.seen, gamma, mix, beta)
 

@@ -14,6 +14,7 @@ from fashion_core.config.checks import ConfigError
 from fashion_core.zeroshot.names import NameMatcher
 from fashion_core.zeroshot.ranker import ranker_log_proba, stacked_scores
 from fashion_core.zeroshot.semantic import TextEvidence, with_text
+from fashion_core.zeroshot import text_encoder
 
 HEAD_FILE = "zeroshot.json"  # its name in the checkpoint folder
 
@@ -41,8 +42,6 @@ class ZeroShotHead:
 
     def _encoder(self):
         """The installed sentence encoder, checked to be the one the run used (same weight file sha256)."""
-        from fashion_core.zeroshot import text_encoder
-
         enc = text_encoder.load_encoder()
         if enc.source.get("sha256") != self.text.source.get("sha256"):
             raise ConfigError(f"this model was fitted with the text encoder {self.text.source}; the installed one is "

