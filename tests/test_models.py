@@ -2,6 +2,8 @@
 
     .venv/bin/python -m pytest tests/test_models.py -q
 """
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,7 @@ from torch import nn
 from fashion_core.config.checks import BACKBONES, STEMS, TRANSFER_METHODS, ConfigError
 from fashion_core.config.schema import ModelConfig
 from fashion_core.models.heads import CosineHead, LinearHead, NCMHead, class_means, imprint_weights
-from fashion_core.models.network import FashionNet, build_model, param_groups, transfer_policy
+from fashion_core.models.network import TRAINABLE_POLICIES, FashionNet, build_model, param_groups, transfer_policy
 
 NUM_CLASSES = 5
 
@@ -249,13 +251,14 @@ def test_init_imagenet_offline_is_a_clear_error(monkeypatch):
 def test_transfer_policy_table():
     for method in TRANSFER_METHODS:
         p = transfer_policy(method)
-        assert set(p) == {"head", "trainable", "imprint", "train", "pretrained", "lr_mult"}
-    assert transfer_policy("linear_probe")["trainable"] == "head"
-    assert transfer_policy("scratch")["pretrained"] is False
-    assert transfer_policy("imprint")["imprint"] and not transfer_policy("imprint")["train"]
-    assert transfer_policy("ncm")["head"] == "ncm"
-    transfer_policy("finetune")["train"] = False  # a copy: the table is unchanged
-    assert transfer_policy("finetune")["train"] is True
+        assert p.trainable in TRAINABLE_POLICIES and (p.train or not p.lr_mult)
+    assert transfer_policy("linear_probe").trainable == "head"
+    assert transfer_policy("scratch").pretrained is False
+    assert transfer_policy("imprint").imprint and not transfer_policy("imprint").train
+    assert transfer_policy("ncm").head == "ncm"
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the table cannot be changed through a policy
+        transfer_policy("finetune").train = False  # type: ignore[misc]
+    assert transfer_policy("finetune").train is True
     with pytest.raises(ConfigError, match="imprint_finetune"):
         transfer_policy("zero_shot")
 

@@ -111,7 +111,7 @@ def _needs_source(cfg) -> bool:
     """A finetune config that starts from a pretrained run (not the metadata baseline, not from scratch)."""
     from fashion_core.models.network import transfer_policy
 
-    return cfg.fusion.mode != "metadata_only" and bool(transfer_policy(cfg.transfer.method)["pretrained"])
+    return cfg.fusion.mode != "metadata_only" and bool(transfer_policy(cfg.transfer.method).pretrained)
 
 
 def _source_line(source: str | None, cfg=None) -> str:

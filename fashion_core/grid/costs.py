@@ -46,7 +46,7 @@ def cost_group(cfg: Any) -> str:
     if cfg.fusion.mode == "metadata_only":
         return "metadata"
     if cfg.stage == "finetune":
-        return "finetune" if transfer_policy(cfg.transfer.method).get("train", True) else "no_training"
+        return "finetune" if transfer_policy(cfg.transfer.method).train else "no_training"
     return "pretrain"
 
 

@@ -140,7 +140,7 @@ def plan_grid(experiments_dir: str | Path = "experiments", techniques: Sequence[
 
 def needs_source(cfg: ExperimentConfig) -> bool:
     """Whether a config trains from a pretrained model (finetune with a transfer method that uses one)."""
-    return cfg.stage == "finetune" and bool(transfer_policy(cfg.transfer.method)["pretrained"])
+    return cfg.stage == "finetune" and bool(transfer_policy(cfg.transfer.method).pretrained)
 
 
 def config_hash(cfg: ExperimentConfig, source_run_id: str | None = None) -> str:

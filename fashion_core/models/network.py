@@ -10,6 +10,8 @@ files live in backbones.py, heads in heads.py.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import logging
 from collections.abc import Iterator, Mapping
 
@@ -230,30 +232,38 @@ def load_pretrained(model: FashionNet, state: Mapping[str, Tensor], source: str 
 #   train: whether any gradient step is taken (False = the head is computed, not learned)
 #   pretrained: whether the backbone comes from the pretrain run (False = fresh init)
 #   lr_mult: whether transfer.backbone_lr_mult applies (a fresh backbone trains at full lr)
-_TRANSFER_COLUMNS = ("head", "trainable", "imprint", "train", "pretrained", "lr_mult")
-_TRANSFER_TABLE: dict[str, tuple] = {
-    "finetune":         (None,     "all",        False, True,  True,  True),
-    "linear_probe":     ("linear", "head",       False, True,  True,  False),
-    "partial":          (None,     "last_block", False, True,  True,  True),
-    "imprint":          ("cosine", "head",       True,  False, True,  False),
-    "imprint_finetune": ("cosine", "all",        True,  True,  True,  True),
-    "ncm":              ("ncm",    "head",       False, False, True,  False),
-    "scratch":          (None,     "all",        False, True,  False, False),
+@dataclass(frozen=True)
+class TransferPolicy:
+    """How a transfer method uses the pretrained network (one row of the table below)."""
+
+    head: str | None  # the head kind the method imposes (None: the config's model.head)
+    trainable: str  # which parameters train: all | head | last_block
+    imprint: bool  # the new head starts from the normalised class-mean embeddings (Qi et al. 2018)
+    train: bool  # gradient steps at all (imprint / ncm: the fitted head is the result)
+    pretrained: bool  # starts from a source run (--from)
+    lr_mult: bool  # the trunk learns at transfer.backbone_lr_mult of the head's rate
+
+
+_TRANSFER_TABLE: dict[str, TransferPolicy] = {
+    "finetune": TransferPolicy(None, "all", False, True, True, True),
+    "linear_probe": TransferPolicy("linear", "head", False, True, True, False),
+    "partial": TransferPolicy(None, "last_block", False, True, True, True),
+    "imprint": TransferPolicy("cosine", "head", True, False, True, False),
+    "imprint_finetune": TransferPolicy("cosine", "all", True, True, True, True),
+    "ncm": TransferPolicy("ncm", "head", False, False, True, False),
+    "scratch": TransferPolicy(None, "all", False, True, False, False),
 }
 
 
-def transfer_policy(method: str) -> dict:
+def transfer_policy(method: str) -> TransferPolicy:
     """How a transfer method uses the pretrained network.
 
     Args:
-        method: one of ``config.TRANSFER_METHODS``.
-
-    Returns:
-        A new dict with keys head, trainable, imprint, train, pretrained, lr_mult (see the table above).
+        method: one of ``config.checks.TRANSFER_METHODS``.
     """
     if method not in _TRANSFER_TABLE:
         raise ConfigError(f"unknown transfer method {method!r}; choose one of: {', '.join(TRANSFER_METHODS)}")
-    return dict(zip(_TRANSFER_COLUMNS, _TRANSFER_TABLE[method]))
+    return _TRANSFER_TABLE[method]
 
 
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0) -> list[dict]:

@@ -30,7 +30,7 @@ from fashion_core.data.sources import cache_root
 from fashion_core.losses import build_loss
 from fashion_core.tracking.references import SourceError, load_run_model, resolve_source
 from fashion_core.tracking.split_check import check_source_split
-from fashion_core.models.network import FashionNet, build_model, transfer_policy
+from fashion_core.models.network import FashionNet, TransferPolicy, build_model, transfer_policy
 from fashion_core.models.heads import NCMHead, imprint_weights
 from fashion_core.runners.prepare import log_dataset_input
 from fashion_core.serving.predict import ServingModel, log_product_model, registered_name, set_best_alias
@@ -63,7 +63,7 @@ def embed(model: FashionNet, data: TensorData, device: torch.device, batch_size:
 
 
 def setup_model(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, dict] | None,
-                device: torch.device, log=print, plan: FusionPlan | None = None) -> tuple[FashionNet, dict, float]:
+                device: torch.device, log=print, plan: FusionPlan | None = None) -> tuple[FashionNet, TransferPolicy, float]:
     """The model a stage trains, its transfer policy, and the backbone lr multiplier.
 
     With a fusion ``plan`` the model is a ``fusion.FusedNet``: the heads (and imprinting / NCM) see the
@@ -74,27 +74,27 @@ def setup_model(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, 
         mult = cfg.transfer.init_lr_mult if cfg.model.init != "scratch" else 1.0
         return _new_model(cfg, n, plan), {"train": True, "trainable": "all"}, mult
     policy = transfer_policy(cfg.transfer.method)
-    if not policy["pretrained"] or source is None:
-        if source is None and policy["pretrained"]:
+    if not policy.pretrained or source is None:
+        if source is None and policy.pretrained:
             raise SourceError(f"transfer.method={cfg.transfer.method} needs --from (a pretrain run)")
         return _new_model(cfg, n, plan), policy, 1.0
     model, meta = source
     if plan is not None:
         model = plan.adapt(model)
     # The backbone (architecture and weights) comes from the source run; only the head is new.
-    head = policy["head"] or cfg.model.head
+    head = policy.head or cfg.model.head
     if head == "ncm":
         model.to(device)
         feats = embed(model, sd.train, device)
         model.set_head(NCMHead.from_features(feats, sd.train.labels, n))
-    elif policy["imprint"]:
+    elif policy.imprint:
         model.to(device)
         feats = embed(model, sd.train, device)
         imprint_weights(model, feats, sd.train.labels, n)
     else:
         model.reset_head(n, head)
-    model.set_trainable(policy["trainable"])
-    mult = cfg.transfer.backbone_lr_mult if policy["lr_mult"] else 1.0
+    model.set_trainable(policy.trainable)
+    mult = cfg.transfer.backbone_lr_mult if policy.lr_mult else 1.0
     return model, policy, mult
 
 
@@ -191,7 +191,7 @@ def _follow_fit(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, 
     """A rank > 0 of a torchrun job: the same model, loss and ``fit`` as rank 0 in ``run_stage`` (keep them in
     step), without tracking, checkpoints or test evaluation."""
     model, policy, lr_mult = setup_model(cfg, sd, source, device, _quiet, plan=plan)
-    if not policy.get("train", True):
+    if not policy.train:
         return
     criterion = wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
     model.to(device)
@@ -248,7 +248,7 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
     split_tags: dict = {}
     if cfg.stage == "finetune":
         policy = transfer_policy(cfg.transfer.method)
-        if policy["pretrained"]:
+        if policy.pretrained:
             if not source:
                 raise SourceError(f"finetune with transfer.method={cfg.transfer.method} needs --from "
                                   "(a pretrain run id, runs:/ or models:/ URI, or latest)")
@@ -312,7 +312,7 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
                          if getattr(criterion.loss, "class_weight", None) is not None else None}, "classes.json")
         model.to(device)
         try:
-            if policy.get("train", True):
+            if policy.train:
                 groups = param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
                 result = fit(model, sd.train, sd.val, criterion, groups, cfg.train, device,
                              on_epoch=lambda e, m: tracking.log_metrics(m, step=e),

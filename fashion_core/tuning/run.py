@@ -184,7 +184,7 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
     if space.stage == "finetune":
         from fashion_core.models.network import transfer_policy
 
-        if transfer_policy(base.transfer.method)["pretrained"]:
+        if transfer_policy(base.transfer.method).pretrained:
             src_run = resolve_source(source or "latest", experiment)
             split_tags = check_source_split(src_run, p.digest, base.data, allow_split_mismatch)
             src_model = load_run_model(src_run)

@@ -201,7 +201,7 @@ class Objective:
                               "n_val_images": len(sd.val)})
         model.to(device)
         key = self.space.objective
-        if not policy.get("train", True):  # imprint / ncm: nothing to train, the head is the result
+        if not policy.train:  # imprint / ncm: nothing to train, the head is the result
             v = {f"val_{k}": x for k, x in evaluate(model, sd.val, device, criterion).items()}
             tracking.log_metrics(v, step=0)
             trial.report(v[key], 0)
