@@ -38,7 +38,7 @@ def no_data_read(monkeypatch):
         raise AssertionError("the data was read before the error")
 
     monkeypatch.setattr("fashion_core.runners.network.prepare_data", refuse)
-    monkeypatch.setattr("fashion_core.data.prepare_data", refuse)
+    monkeypatch.setattr("fashion_core.data.prepared.prepare_data", refuse)
 
 
 # ---------------------------------------------------------------- references, before any data

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import technique_raw
 from fashion_core.tracking.versions import code_version
 from fashion_core.grid.plan import config_hash, model_kind, parse_seeds, plan_grid, select_techniques
 from fashion_core.tracking.runs import grid_run_ids
@@ -22,7 +24,9 @@ def experiments_dir(root: Path) -> Path:
     (d / "pretrain").mkdir(parents=True)
     (d / "finetune").mkdir(parents=True)
     shutil.copy(EXP / "pretrain" / "baseline.yaml", d / "pretrain")
-    shutil.copy(EXP / "pretrain" / "meta_only.yaml", d / "pretrain")
+    # meta_only names a parent technique: written out whole, so the folder holds only these four
+    raw = {k: v for k, v in technique_raw(EXP / "pretrain" / "meta_only.yaml").items() if k != "technique"}
+    (d / "pretrain" / "meta_only.yaml").write_text(yaml.safe_dump(raw))
     shutil.copy(EXP / "finetune" / "ncm.yaml", d / "finetune")
     (d / "pretrain" / "broken.yaml").write_text("description: weights that do not exist - fails once running\n"
                                                 "model:\n  init: /nonexistent/weights.pt\n")

@@ -84,8 +84,7 @@ def _scores_zeroshot(run, p, stage: str):
     _same_classes(run, cands, list(classes))
     rows = stage_rows(p, sd.frame.loc[sd.frame["split"] == "test", "id"])
     names = rows[TEXT_FIELD] if TEXT_FIELD in rows.columns else [""] * len(rows)
-    images = sd.test.images.numpy() if head.image is not None else None
-    scores = head.scores(class_scores(clf, features(vocab, rows), len(classes)), names, images)
+    scores = head.scores(class_scores(clf, features(vocab, rows), len(classes)), names)
     return sd, scores, gzsl_extra(head.matcher, head.seen, rows, sd.test_label_names)
 
 

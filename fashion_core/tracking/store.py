@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from fashion_core.config.checks import ConfigError
-from fashion_core.tracking.versions import PROJECT_DIR
+from fashion_core.tracking import runs
 
 
 def sqlite_store() -> Path | None:
@@ -22,8 +22,9 @@ def require_store(what: str) -> None:
     db = sqlite_store()
     if db is None or db.is_file():
         return
-    ours = PROJECT_DIR / "mlflow.db"
-    where = (f"this checkout's runs are in {ours}: run from {PROJECT_DIR} or set "
+    project = runs.PROJECT_DIR  # read at call time: the checkout this code runs from
+    ours = project / "mlflow.db"
+    where = (f"this checkout's runs are in {ours}: run from {project} or set "
              f"MLFLOW_TRACKING_URI=sqlite:///{ours}"
              if ours.is_file() and ours.resolve() != db.resolve() else
              "run from the folder that holds your mlflow.db or set MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db "
