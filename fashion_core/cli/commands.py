@@ -117,12 +117,13 @@ def _needs_source(cfg) -> bool:
 def _source_line(source: str | None, cfg=None) -> str:
     """The dry run's line on --from: resolved when the store exists (read only), else left to the run."""
     from fashion_core.cli import checks
+    from fashion_core.tracking.store import sqlite_store
 
     if cfg is not None and not _needs_source(cfg):
         return "--from: not used (this technique starts from no pretrained run)"
     if not source:
         return "--from: the grid's best pretrain run by validation"
-    db = checks.sqlite_store()
+    db = sqlite_store()
     if db is not None and not db.is_file():
         return f"--from {source}: resolved when it runs (no store yet)"
     return f"--from {source}: pretrain run {checks.check_source(source)}"
@@ -236,7 +237,9 @@ def grid(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, heig
         return checks.dry_run([t.cfg for t in tasks], data, profile, gpu, click.echo,
                               extra=[f"cells run: {how}"] + ([_source_line(source)] if source else []))
     if source == "latest":  # looked up in the dataset's experiment once the data is read; the store must exist
-        checks.require_store("pretrained model for --from latest")
+        from fashion_core.tracking.store import require_store
+
+        require_store("pretrained model for --from latest")
     elif source:
         source = checks.check_source(source, experiment)
     checks.log_expected(checks_minutes(tasks, profile, gpu), f"{len(tasks)} run{'s' if len(tasks) != 1 else ''}", gpu, click.echo)

@@ -255,6 +255,10 @@ _TRANSFER_TABLE: dict[str, TransferPolicy] = {
 }
 
 
+# The pretrain stage: a new network (from ImageNet or scratch), every layer trained.
+PRETRAIN_POLICY = TransferPolicy(None, "all", False, True, False, False)
+
+
 def transfer_policy(method: str) -> TransferPolicy:
     """How a transfer method uses the pretrained network.
 

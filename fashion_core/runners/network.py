@@ -30,7 +30,7 @@ from fashion_core.data.sources import cache_root
 from fashion_core.losses import build_loss
 from fashion_core.tracking.references import SourceError, load_run_model, resolve_source
 from fashion_core.tracking.split_check import check_source_split
-from fashion_core.models.network import FashionNet, TransferPolicy, build_model, transfer_policy
+from fashion_core.models.network import PRETRAIN_POLICY, FashionNet, TransferPolicy, build_model, transfer_policy
 from fashion_core.models.heads import NCMHead, imprint_weights
 from fashion_core.runners.prepare import log_dataset_input
 from fashion_core.serving.predict import ServingModel, log_product_model, registered_name, set_best_alias
@@ -72,7 +72,7 @@ def setup_model(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, 
     n = len(sd.classes)
     if cfg.stage == "pretrain":
         mult = cfg.transfer.init_lr_mult if cfg.model.init != "scratch" else 1.0
-        return _new_model(cfg, n, plan), {"train": True, "trainable": "all"}, mult
+        return _new_model(cfg, n, plan), PRETRAIN_POLICY, mult
     policy = transfer_policy(cfg.transfer.method)
     if not policy.pretrained or source is None:
         if source is None and policy.pretrained:
