@@ -166,9 +166,9 @@ def test_an_ensemble_of_selection_runs_is_one_and_is_evaluated_once(years, isola
     deferred = run_ensemble([image, meta], str(years), **QUIET)
     run = MlflowClient().get_run(deferred)
     assert run.data.tags[SELECTION_TAG] == "true" and _test_metrics(deferred) == {} and _eval_files(deferred) == set()
-    # the same ensemble, scoring test at its end (run_ensemble asks the predicate where it lives)
+    # the same ensemble, scoring test at its end (the predicate as the ensemble runner holds it)
     with monkeypatch.context() as mp:
-        mp.setattr("fashion_core.tracking.test_reads.scores_test", lambda cfg, members=None: True)
+        mp.setattr("fashion_core.runners.ensemble.scores_test", lambda cfg, members=None: True)
         at_end = run_ensemble([image, meta], str(years), **QUIET)
     assert MlflowClient().get_run(at_end).data.metrics["ensemble_weight"] == run.data.metrics["ensemble_weight"]
     evaluate_run(deferred, str(years), **QUIET)

@@ -207,7 +207,7 @@ def test_a_deferred_zero_shot_run_evaluated_later_logs_what_it_logs_at_its_end(z
 
     tracking.set_experiment("deferred")  # apart from the runs the compare test reads
     with monkeypatch.context() as mp:
-        mp.setattr("fashion_core.tracking.test_reads.scores_test", lambda cfg, members=None: False)
+        mp.setattr("fashion_core.runners.zeroshot.scores_test", lambda cfg, members=None: False)
         deferred = run_stage(cfg(), str(zs_data), experiment="deferred", **QUIET)
     assert not any(k.startswith("test_") for k in run_data(deferred).metrics)
     assert run_data(deferred).tags["selection_run"] == "true"
