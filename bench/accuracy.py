@@ -6,6 +6,7 @@ printed at the end lists the run ids. Validation picks the source model, never t
     python bench/accuracy.py --data ../shared/data/fashion-product-images-small.tar.gz --profile quick \
         --pretrain baseline --finetune finetune,linear_probe,imprint,ncm,scratch
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,40 +49,71 @@ def main() -> None:
         # best_val_top1_mean: the selected epoch's; runs that do not train (imprint, ncm) log val_top1_mean only
         # a selection run (-o data.val_by=year) logs no test figure: its test columns read nan
         nan = float("nan")
-        rows.append((stage, technique, seed, m.get("best_val_top1_mean", m.get("val_top1_mean", nan)),
-                     m.get("test_top1_mean", nan), m.get("test_top1_mean_lo", nan), m.get("test_top1_mean_hi", nan),
-                     m.get("test_top5_mean", nan), m.get("test_top1_micro", nan),
-                     int(m.get("test_n_classes_evaluated", 0)), seconds, run_id))
+        rows.append(
+            (
+                stage,
+                technique,
+                seed,
+                m.get("best_val_top1_mean", m.get("val_top1_mean", nan)),
+                m.get("test_top1_mean", nan),
+                m.get("test_top1_mean_lo", nan),
+                m.get("test_top1_mean_hi", nan),
+                m.get("test_top5_mean", nan),
+                m.get("test_top1_micro", nan),
+                int(m.get("test_n_classes_evaluated", 0)),
+                seconds,
+                run_id,
+            )
+        )
 
     best_src, best_val = args.source, -1.0
     if not args.source:
         for technique in args.pretrain.split(","):
             for seed in seeds:
-                cfg = load_experiment(find_technique(technique, "pretrain", ROOT / "experiments"), profile=args.profile,
-                                      stage="pretrain", overrides={**over, "train.seed": seed})
+                cfg = load_experiment(
+                    find_technique(technique, "pretrain", ROOT / "experiments"),
+                    profile=args.profile,
+                    stage="pretrain",
+                    overrides={**over, "train.seed": seed},
+                )
                 t0 = time.perf_counter()
-                run_id = run_stage(cfg, args.data, experiment=args.experiment, prepared=prepared,
-                                   tags={"bench": "accuracy"})
+                run_id = run_stage(
+                    cfg, args.data, experiment=args.experiment, prepared=prepared, tags={"bench": "accuracy"}
+                )
                 record("pretrain", technique, seed, run_id, time.perf_counter() - t0)
                 val = MlflowClient().get_run(run_id).data.metrics.get("best_val_top1_mean", -1.0)
                 if val > best_val:
                     best_src, best_val = run_id, val
     for technique in [t for t in args.finetune.split(",") if t]:
         for seed in seeds:
-            cfg = load_experiment(find_technique(technique, "finetune", ROOT / "experiments"), profile=args.profile,
-                                  stage="finetune", overrides={**over, "train.seed": seed})
+            cfg = load_experiment(
+                find_technique(technique, "finetune", ROOT / "experiments"),
+                profile=args.profile,
+                stage="finetune",
+                overrides={**over, "train.seed": seed},
+            )
             t0 = time.perf_counter()
-            run_id = run_stage(cfg, args.data, source=best_src, experiment=args.experiment, prepared=prepared,
-                               tags={"bench": "accuracy"})
+            run_id = run_stage(
+                cfg,
+                args.data,
+                source=best_src,
+                experiment=args.experiment,
+                prepared=prepared,
+                tags={"bench": "accuracy"},
+            )
             record("finetune", technique, seed, run_id, time.perf_counter() - t0)
 
     print(f"\nprofile {args.profile}, overrides {over or '-'}, tracking {mlflow.get_tracking_uri()}")
-    print("| stage | technique | seed | val top-1 (mean) | test top-1 (mean) [95% CI] | test top-5 (mean) "
-          "| test top-1 (micro) | classes | minutes | run |")
+    print(
+        "| stage | technique | seed | val top-1 (mean) | test top-1 (mean) [95% CI] | test top-5 (mean) "
+        "| test top-1 (micro) | classes | minutes | run |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for st, t, s, v, t1, lo, hi, t5, mi, n, sec, rid in rows:
-        print(f"| {st} | {t} | {s} | {v:.3f} | {t1:.3f} [{lo:.3f}, {hi:.3f}] | {t5:.3f} | {mi:.3f} | {n} "
-              f"| {sec / 60:.1f} | `{rid[:8]}` |")
+        print(
+            f"| {st} | {t} | {s} | {v:.3f} | {t1:.3f} [{lo:.3f}, {hi:.3f}] | {t5:.3f} | {mi:.3f} | {n} "
+            f"| {sec / 60:.1f} | `{rid[:8]}` |"
+        )
     if len(seeds) > 1:
         print(seed_summary(rows))
 
@@ -93,14 +125,22 @@ def seed_summary(rows: list[tuple]) -> str:
     groups: dict[tuple[str, str], list[tuple]] = {}
     for r in rows:
         groups.setdefault((r[0], r[1]), []).append(r)
-    out = ["", "| stage | technique | seeds | val top-1 mean ± s.d. | test top-1 mean ± s.d. | test top-5 mean ± s.d. "
-           "| minutes per run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "",
+        "| stage | technique | seeds | val top-1 mean ± s.d. | test top-1 mean ± s.d. | test top-5 mean ± s.d. "
+        "| minutes per run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for (st, t), rs in groups.items():
+
         def ms(i: int) -> str:
             x = np.array([r[i] for r in rs], dtype=float)
             return f"{x.mean():.3f} ± {x.std(ddof=1) if len(x) > 1 else 0.0:.3f}"
-        out.append(f"| {st} | {t} | {','.join(str(r[2]) for r in rs)} | {ms(3)} | {ms(4)} | {ms(7)} "
-                   f"| {np.mean([r[10] for r in rs]) / 60:.1f} |")
+
+        out.append(
+            f"| {st} | {t} | {','.join(str(r[2]) for r in rs)} | {ms(3)} | {ms(4)} | {ms(7)} "
+            f"| {np.mean([r[10] for r in rs]) / 60:.1f} |"
+        )
     return "\n".join(out)
 
 

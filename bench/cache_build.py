@@ -8,6 +8,7 @@ process (the builder or one decoding worker) and the peak PSS summed over the pr
 
     FASHION_CACHE=/tmp/fcache PYTHONPATH=. .venv/bin/python bench/cache_build.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,18 @@ def child(root: str, cache_root: str, height: int, width: int, workers: int) -> 
     t3 = time.perf_counter()
     arr = cache.take(cache.ids)
     t4 = time.perf_counter()
-    return {"n": int(len(cache.ids)), "failures": len(cache.failures), "MB on disk": cache.nbytes_on_disk / 2**20,
-            "catalog s": t1 - t0, "build s": t2 - t1, "build CPU s": build_cpu, "reuse s": t3 - t2, "take s": t4 - t3,
-            "take MB": arr.nbytes / 2**20, "builder peak RSS MB": peak_rss_mb()}
+    return {
+        "n": int(len(cache.ids)),
+        "failures": len(cache.failures),
+        "MB on disk": cache.nbytes_on_disk / 2**20,
+        "catalog s": t1 - t0,
+        "build s": t2 - t1,
+        "build CPU s": build_cpu,
+        "reuse s": t3 - t2,
+        "take s": t4 - t3,
+        "take MB": arr.nbytes / 2**20,
+        "builder peak RSS MB": peak_rss_mb(),
+    }
 
 
 def run(data: str, workers: list[int], height: int = 80, width: int = 60, log=print) -> list[dict]:
@@ -63,8 +73,12 @@ def run(data: str, workers: list[int], height: int = 80, width: int = 60, log=pr
     rows = []
     for w in workers:
         with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child",
-                   json.dumps({"root": str(root), "cache_root": tmp, "height": height, "width": width, "workers": w})]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                json.dumps({"root": str(root), "cache_root": tmp, "height": height, "width": width, "workers": w}),
+            ]
             res = run_measured(cmd, env=bench_env())
             if res["rc"] != 0:
                 raise RuntimeError(f"cache build failed:\n{res['output'][-3000:]}")
@@ -73,20 +87,33 @@ def run(data: str, workers: list[int], height: int = 80, width: int = 60, log=pr
         common = {"workers": w, "images": c["n"]}
         rows += [
             {"step": "read catalogue (styles.csv + image sizes)", **common, "seconds": c["catalog s"]},
-            {"step": f"decode + write cache ({height}x{width} uint8, {c['MB on disk']:.0f} MB)", **common,
-             "seconds": c["build s"], "CPU s (user+sys)": c["build CPU s"], "images/s": c["n"] / c["build s"]},
+            {
+                "step": f"decode + write cache ({height}x{width} uint8, {c['MB on disk']:.0f} MB)",
+                **common,
+                "seconds": c["build s"],
+                "CPU s (user+sys)": c["build CPU s"],
+                "images/s": c["n"] / c["build s"],
+            },
             {"step": "open an existing cache (every later stage)", **common, "seconds": c["reuse s"]},
             {"step": f"gather all rows into memory ({c['take MB']:.0f} MB)", **common, "seconds": c["take s"]},
-            {"step": "whole child process", **common, "seconds": res["seconds"], "CPU s (user+sys)": res["cpu_seconds"],
-             "peak RSS MB (largest process)": res["peak_rss_mb"], "peak PSS MB (process tree)": res["peak_tree_pss_mb"],
-             "undecodable": c["failures"]},
+            {
+                "step": "whole child process",
+                **common,
+                "seconds": res["seconds"],
+                "CPU s (user+sys)": res["cpu_seconds"],
+                "peak RSS MB (largest process)": res["peak_rss_mb"],
+                "peak PSS MB (process tree)": res["peak_tree_pss_mb"],
+                "undecodable": c["failures"],
+            },
         ]
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=default_data(), help="dataset folder or archive (default: $FASHION_DATA or ../shared/data)")
+    ap.add_argument(
+        "--data", default=default_data(), help="dataset folder or archive (default: $FASHION_DATA or ../shared/data)"
+    )
     ap.add_argument("--workers", default=str(os.cpu_count() or 1), help="comma-separated decoding process counts")
     ap.add_argument("--height", type=int, default=80)
     ap.add_argument("--width", type=int, default=60)
@@ -97,8 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.data:
         sys.exit("no dataset: pass --data (a folder or archive) or set FASHION_DATA")
-    rows = run(args.data, [int(w) for w in args.workers.split(",")], args.height, args.width,
-               log=lambda m: print(m, file=sys.stderr))
+    rows = run(
+        args.data,
+        [int(w) for w in args.workers.split(",")],
+        args.height,
+        args.width,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     print(f"\nImage cache build, {machine_line()}\n")
     print(table(rows))
 

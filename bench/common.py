@@ -5,6 +5,7 @@ project's tracking dependencies.
 
     PYTHONPATH=. python -c "from bench.common import machine_line; print(machine_line())"
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,11 @@ def machine_line() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.node()}: {os.cpu_count()} CPU cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), {gpu}, python {platform.python_version()}, "
-            f"load average {load_average()}")
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {gpu}, python {platform.python_version()}, "
+        f"load average {load_average()}"
+    )
 
 
 def table(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -149,8 +152,14 @@ def tree_pss_mb(pid: int) -> float:
     return total / 1024
 
 
-def run_measured(cmd: list[str], env: dict | None = None, cwd: str | Path | None = None, interval: float = 0.25,
-                 echo: bool = False, timeout: float | None = None) -> dict:
+def run_measured(
+    cmd: list[str],
+    env: dict | None = None,
+    cwd: str | Path | None = None,
+    interval: float = 0.25,
+    echo: bool = False,
+    timeout: float | None = None,
+) -> dict:
     """Run a command; measure its wall time and peak memory.
 
     Args:
@@ -196,9 +205,14 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | Path | None
         timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
     threads[0].join(timeout=5)
-    return {"rc": proc.returncode, "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024,
-            "peak_tree_pss_mb": peak[0], "output": "".join(lines)}
+    return {
+        "rc": proc.returncode,
+        "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_tree_pss_mb": peak[0],
+        "output": "".join(lines),
+    }
 
 
 def child_json(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> dict:

@@ -5,6 +5,7 @@ Runs in the current folder's store unless MLFLOW_TRACKING_URI says otherwise; lo
 
     MLFLOW_TRACKING_URI=sqlite:////tmp/crash/mlflow.db python bench/crash_rerun.py DATA [kill] [twice]
 """
+
 import os
 import signal
 import subprocess
@@ -16,26 +17,56 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = sys.argv[1] if len(sys.argv) > 1 else str(ROOT.parent / "shared" / "data" / "fashion-product-images-small.tar.gz")
+DATA = (
+    sys.argv[1] if len(sys.argv) > 1 else str(ROOT.parent / "shared" / "data" / "fashion-product-images-small.tar.gz")
+)
 URI = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
-ENV = {**os.environ, "MLFLOW_TRACKING_URI": URI, "PYTHONPATH": str(ROOT), "FASHION_PROGRESS": "0",
-       "PYTHONUNBUFFERED": "1"}
+ENV = {
+    **os.environ,
+    "MLFLOW_TRACKING_URI": URI,
+    "PYTHONPATH": str(ROOT),
+    "FASHION_PROGRESS": "0",
+    "PYTHONUNBUFFERED": "1",
+}
 PY = sys.executable
 LOGS = Path.cwd()
 
 
 def cmd(exp):
-    return [PY, "-m", "fashion_core.cli.commands", "grid", "--data", DATA, "--profile", "smoke", "--techniques",
-            "pretrain/baseline,pretrain/focal,finetune/ncm", "--seeds", "0", "--no-register", "--experiment", exp]
+    return [
+        PY,
+        "-m",
+        "fashion_core.cli.commands",
+        "grid",
+        "--data",
+        DATA,
+        "--profile",
+        "smoke",
+        "--techniques",
+        "pretrain/baseline,pretrain/focal,finetune/ncm",
+        "--seeds",
+        "0",
+        "--no-register",
+        "--experiment",
+        exp,
+    ]
 
 
 def states(exp, title):
     mlflow.set_tracking_uri(URI)
     df = mlflow.search_runs(experiment_names=[exp], order_by=["attributes.start_time ASC"])
-    cols = [c for c in ["run_id", "tags.mlflow.runName", "status", "tags.killed_reason", "tags.grid_restarts"]
-            if c in df.columns]
-    df = df[cols].rename(columns={"tags.mlflow.runName": "name", "tags.killed_reason": "killed_reason",
-                                  "tags.grid_restarts": "grid_restarts"})
+    cols = [
+        c
+        for c in ["run_id", "tags.mlflow.runName", "status", "tags.killed_reason", "tags.grid_restarts"]
+        if c in df.columns
+    ]
+    df = df[cols].rename(
+        columns={
+            "tags.mlflow.runName": "name",
+            "tags.killed_reason": "killed_reason",
+            "tags.grid_restarts": "grid_restarts",
+        }
+    )
     df["run_id"] = df["run_id"].str[:8]
     print(f"\n== {title}: mlflow.search_runs(experiment_names=[{exp!r}])")
     print(df.fillna("").to_string(index=False), flush=True)
@@ -45,8 +76,9 @@ def kill_and_rerun(exp="crash-real"):
     print("$ " + " ".join(cmd(exp)), flush=True)
     t0 = time.time()
     with open(f"{LOGS}/crash-{exp}-1.log", "w") as log:
-        proc = subprocess.Popen(cmd(exp), env=ENV, cwd=LOGS, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd(exp), env=ENV, cwd=LOGS, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     client = MlflowClient(URI)
     while True:
         assert proc.poll() is None, "the grid ended before it was killed"
@@ -56,8 +88,11 @@ def kill_and_rerun(exp="crash-real"):
         except Exception:  # noqa: BLE001 - the store or the experiment is still being created
             runs = []
         fin = [r for r in runs if r.data.tags.get("stage") == "pretrain" and r.info.status == "FINISHED"]
-        run = [r for r in runs if r.data.tags.get("stage") == "pretrain" and r.info.status == "RUNNING"
-               and "worker_pid" in r.data.tags]
+        run = [
+            r
+            for r in runs
+            if r.data.tags.get("stage") == "pretrain" and r.info.status == "RUNNING" and "worker_pid" in r.data.tags
+        ]
         if fin and run:
             break
         time.sleep(1)
@@ -78,8 +113,10 @@ def kill_and_rerun(exp="crash-real"):
 def two_at_once(exp="crash-real-twice"):
     print("\n$ two identical grids started at once: " + " ".join(cmd(exp)), flush=True)
     t0 = time.time()
-    procs = [subprocess.Popen(cmd(exp), env=ENV, cwd=LOGS, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd(exp), env=ENV, cwd=LOGS, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate()[0] for p in procs]
     print(f"both ended (rc {[p.returncode for p in procs]}) in {time.time() - t0:.0f} s")
     for k, o in enumerate(outs):

@@ -10,6 +10,7 @@ test split's errors, never a selection: nothing here feeds back into training or
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db python bench/error_budget.py \\
         --data ../shared/data/fashion-product-images-small.tar.gz RUN_ID [RUN_ID ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,9 @@ SLICINGS = ("brand", "gender", "year", "name holds its class word")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("runs", nargs="+", help="Run ids (or runs:/ / models:/ URIs) of pretrain or finetune runs.")
     ap.add_argument("--data", required=True, help="The dataset the runs were evaluated on (folder or archive).")
     ap.add_argument("--top", type=int, default=6, help="Slices shown per slicing (the costliest).")
@@ -57,8 +60,16 @@ def slice_costs(pred: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
         inside = key == value
         fixed = class_mean(pred["label"], right | inside)
         errors = int((~right & inside).sum())
-        rows.append({"slice": value, "test": int(inside.sum()), "errors": errors,
-                     "error rate": errors / int(inside.sum()), "class mean if right": fixed, "cost": fixed - base})
+        rows.append(
+            {
+                "slice": value,
+                "test": int(inside.sum()),
+                "errors": errors,
+                "error rate": errors / int(inside.sum()),
+                "class mean if right": fixed,
+                "cost": fixed - base,
+            }
+        )
     return pd.DataFrame(rows).set_index("slice").sort_values(["cost", "test"], ascending=False)
 
 
@@ -69,8 +80,12 @@ def slice_keys(pred: pd.DataFrame, meta: pd.DataFrame) -> dict[str, pd.Series]:
     names = meta["productDisplayName"].fillna("").astype(str)
     brand = names.str.split().str[0].fillna("(no name)")
     holds = [holds_class_word(label, name) for label, name in zip(pred["label"], names)]
-    out = {"brand": brand, "gender": meta["gender"], "year": meta["year"].astype("Int64").astype(str),
-           "name holds its class word": pd.Series(np.where(holds, "yes", "no"))}
+    out = {
+        "brand": brand,
+        "gender": meta["gender"],
+        "year": meta["year"].astype("Int64").astype(str),
+        "name holds its class word": pd.Series(np.where(holds, "yes", "no")),
+    }
     return {k: pd.Series(np.asarray(v), index=pred.index) for k, v in out.items()}
 
 
@@ -84,13 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.evaluation import metrics as M
-    from fashion_core.tracking import runs as tracking
-    from fashion_core.data.prepared import prepare_data
-    from fashion_core.tracking.references import resolve_model_uri
-    from fashion_core.fusion.plan import stage_rows
-
     from bench.tta import run_data_config
+    from fashion_core.data.prepared import prepare_data
+    from fashion_core.evaluation import metrics as M
+    from fashion_core.fusion.plan import stage_rows
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.tracking.references import resolve_model_uri
 
     prepared = {}
     for spec in args.runs:
@@ -105,17 +119,21 @@ def main(argv: list[str] | None = None) -> int:
             prepared[key] = prepare_data(args.data, dcfg, log=lambda *a: None)
         pred = evaluated_predictions(pred, per_class)
         right = pred["label"] == pred["pred1"]
-        print(f"\n## {run_id[:8]} {tags.get('stage', '?')}/{tags.get('technique', '?')}: Top-1 class mean "
-              f"{class_mean(pred['label'], right):.4f}, {int((~right).sum())} errors in {len(pred)} test products "
-              f"of {pred['label'].nunique()} classes")
+        print(
+            f"\n## {run_id[:8]} {tags.get('stage', '?')}/{tags.get('technique', '?')}: Top-1 class mean "
+            f"{class_mean(pred['label'], right):.4f}, {int((~right).sum())} errors in {len(pred)} test products "
+            f"of {pred['label'].nunique()} classes"
+        )
         for name, key_series in slice_keys(pred, stage_rows(prepared[key], pred["id"])).items():
             table = slice_costs(pred, key_series).head(args.top)
             print(f"\n{name} (the {len(table)} costliest)\n")
             print(f"| {name} | test | errors | error rate | class mean if right | cost (points) |")
             print("| --- | ---: | ---: | ---: | ---: | ---: |")
             for value, r in table.iterrows():
-                print(f"| {value} | {int(r['test'])} | {int(r['errors'])} | {r['error rate']:.3f} | "
-                      f"{r['class mean if right']:.4f} | {100 * r['cost']:.2f} |")
+                print(
+                    f"| {value} | {int(r['test'])} | {int(r['errors'])} | {r['error rate']:.3f} | "
+                    f"{r['class mean if right']:.4f} | {100 * r['cost']:.2f} |"
+                )
     return 0
 
 

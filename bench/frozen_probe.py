@@ -8,6 +8,7 @@ selection tool. ``--random`` adds the same trunk at random initialisation (what 
     OMP_NUM_THREADS=1 .venv/bin/python bench/frozen_probe.py --data ../shared/data/fashion-product-images-small.tar.gz \
         --backbones efficientnet_lite0 --scales 1,2,3 --stems imagenet,s1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,18 +20,26 @@ import torch
 from bench.common import default_data, machine_line, table
 
 
-def probe_rows(data: str, backbones: list[str], scales: list[float], stems: list[str], n_train: int, seed: int,
-               random_init: bool, val_overrides: dict | None = None, log=print) -> list[dict]:
+def probe_rows(
+    data: str,
+    backbones: list[str],
+    scales: list[float],
+    stems: list[str],
+    n_train: int,
+    seed: int,
+    random_init: bool,
+    val_overrides: dict | None = None,
+    log=print,
+) -> list[dict]:
     """One row per setting: validation class-mean top-1 of a logistic regression on frozen embeddings."""
     from sklearn.linear_model import LogisticRegression
 
     from fashion_core.config.schema import ExperimentConfig, ModelConfig
-    from fashion_core.data.prepared import prepare_data
+    from fashion_core.data.prepared import prepare_data, without_test
     from fashion_core.data.stage import build_stage_data
-    from fashion_core.runners.network import embed
     from fashion_core.evaluation.scoring import class_mean_accuracy
     from fashion_core.models.network import build_model
-    from fashion_core.data.prepared import without_test
+    from fashion_core.runners.network import embed
 
     cfg = ExperimentConfig().replace(**(val_overrides or {}))
     p = prepare_data(data, cfg.data, log=log)
@@ -43,10 +52,11 @@ def probe_rows(data: str, backbones: list[str], scales: list[float], stems: list
     for name in backbones:
         for stem in stems:
             for scale in scales:
-                for init in (["imagenet", "scratch"] if random_init else ["imagenet"]):
+                for init in ["imagenet", "scratch"] if random_init else ["imagenet"]:
                     torch.manual_seed(seed)
-                    model = build_model(ModelConfig(backbone=name, stem=stem, init=init, input_scale=scale),
-                                        len(sd.classes)).eval()
+                    model = build_model(
+                        ModelConfig(backbone=name, stem=stem, init=init, input_scale=scale), len(sd.classes)
+                    ).eval()
                     t0 = time.perf_counter()
                     ftr = embed(model, train, torch.device("cpu"), 256).numpy()
                     fva = embed(model, sd.val, torch.device("cpu"), 256).numpy()
@@ -57,9 +67,17 @@ def probe_rows(data: str, backbones: list[str], scales: list[float], stems: list
                     pred = clf.predict_proba((fva - mu) / sd_)
                     top5 = np.argsort(-pred, axis=1)[:, :5]
                     top1_mean, top5_mean = class_mean_accuracy(y_val, clf.classes_[top5])
-                    rows.append({"backbone": name, "stem": stem, "input_scale": scale, "init": init,
-                                 "val_top1_mean": top1_mean, "val_top5_mean": top5_mean,
-                                 "embed_img_per_s": (len(ftr) + len(fva)) / secs})
+                    rows.append(
+                        {
+                            "backbone": name,
+                            "stem": stem,
+                            "input_scale": scale,
+                            "init": init,
+                            "val_top1_mean": top1_mean,
+                            "val_top5_mean": top5_mean,
+                            "embed_img_per_s": (len(ftr) + len(fva)) / secs,
+                        }
+                    )
                     log(rows[-1])
     return rows
 
@@ -77,8 +95,16 @@ def main() -> None:
     a = ap.parse_args()
     from fashion_core.config.schema import parse_overrides
 
-    rows = probe_rows(a.data, a.backbones.split(","), [float(s) for s in a.scales.split(",")], a.stems.split(","),
-                      a.n_train, a.seed, a.random, parse_overrides(a.override))
+    rows = probe_rows(
+        a.data,
+        a.backbones.split(","),
+        [float(s) for s in a.scales.split(",")],
+        a.stems.split(","),
+        a.n_train,
+        a.seed,
+        a.random,
+        parse_overrides(a.override),
+    )
     print(machine_line())
     print(table(rows))
 

@@ -8,6 +8,7 @@ masterCategory / subCategory in), and writes it with the run ids to ``--out`` (C
 
     nice -n 15 .venv/bin/python bench/fusion_table.py --profile quick --data ../shared/data/fashion-product-images-small.tar.gz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,19 +35,36 @@ DEFAULT_VARIANTS = "image,meta,fused,text,aux"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", required=True, help="The dataset (folder, archive), as for `fashion prepare`.")
     ap.add_argument("--profile", default="quick", help="Config profile (quick: minutes per run on 2 CPU cores).")
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
-                    help=f"Comma-separated keys of {', '.join(VARIANTS)} (default: {DEFAULT_VARIANTS}).")
-    ap.add_argument("--stages", default="pretrain,finetune", help="pretrain, finetune or both (finetune needs pretrain).")
+    ap.add_argument(
+        "--variants",
+        default=DEFAULT_VARIANTS,
+        help=f"Comma-separated keys of {', '.join(VARIANTS)} (default: {DEFAULT_VARIANTS}).",
+    )
+    ap.add_argument(
+        "--stages", default="pretrain,finetune", help="pretrain, finetune or both (finetune needs pretrain)."
+    )
     ap.add_argument("--experiment", default="fusion-table", help="MLflow experiment for the runs.")
-    ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                    help="Config override applied to every variant, e.g. -o train.epochs=2 (repeatable).")
+    ap.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Config override applied to every variant, e.g. -o train.epochs=2 (repeatable).",
+    )
     ap.add_argument("--out", default="fusion_table.csv", help="CSV of the table with run ids and seconds.")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads (0: torch's default). 1 on a machine shared with other jobs: "
-                         "oversubscribed OpenMP threads stall each other (measured 5-8x slower steps).")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: torch's default). 1 on a machine shared with other jobs: "
+        "oversubscribed OpenMP threads stall each other (measured 5-8x slower steps).",
+    )
     args = ap.parse_args(argv)
     bad = [v for v in args.variants.split(",") if v not in VARIANTS]
     if bad:
@@ -74,23 +92,31 @@ def markdown(rows: list[dict], stages: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import pandas as pd
+    import torch
     from mlflow.tracking import MlflowClient
 
     from fashion_core.config.schema import find_technique, load_experiment, parse_overrides
     from fashion_core.data.prepared import prepare_data
     from fashion_core.runners.network import run_stage
 
-    import torch
-
     if args.threads:
         torch.set_num_threads(args.threads)
     stages = args.stages.split(",")
     keys = args.variants.split(",")
     overrides = parse_overrides(args.override)
-    command = "nice -n 15 .venv/bin/python bench/fusion_table.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    configs = {(k, s): load_experiment(find_technique(VARIANTS[k][1 if s == "pretrain" else 2], s, ROOT / "experiments"),
-                                       overrides=overrides, profile=args.profile, stage=s)
-               for k in keys for s in stages}  # every config validated before the first run
+    command = "nice -n 15 .venv/bin/python bench/fusion_table.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
+    configs = {
+        (k, s): load_experiment(
+            find_technique(VARIANTS[k][1 if s == "pretrain" else 2], s, ROOT / "experiments"),
+            overrides=overrides,
+            profile=args.profile,
+            stage=s,
+        )
+        for k in keys
+        for s in stages
+    }  # every config validated before the first run
     prepared = prepare_data(args.data, configs[(keys[0], "pretrain")].data)
     rows = {k: {"variant": VARIANTS[k][0], "leaky": any(configs[(k, s)].fusion.leaky for s in stages)} for k in keys}
     client = MlflowClient()
@@ -101,17 +127,33 @@ def main(argv: list[str] | None = None) -> int:
             source = rows[k].get("pretrain_run") if stage == "finetune" else None
             print(f"\n=== {stage} / {cfg.technique} ({VARIANTS[k][0]}) ===", flush=True)
             t1 = time.perf_counter()
-            run_id = run_stage(cfg, args.data, source=source, experiment=args.experiment, register=False,
-                               prepared=prepared, tags={"bench": "fusion_table"})
+            run_id = run_stage(
+                cfg,
+                args.data,
+                source=source,
+                experiment=args.experiment,
+                register=False,
+                prepared=prepared,
+                tags={"bench": "fusion_table"},
+            )
             m = client.get_run(run_id).data.metrics
             # a selection run (-o data.val_by=year) logs no test figure: its columns read nan
             m = {"test_top1_mean": float("nan"), "test_top5_mean": float("nan"), **m}
-            rows[k].update({f"{stage}_top1": m["test_top1_mean"], f"{stage}_top5": m["test_top5_mean"],
-                            f"{stage}_run": run_id, f"{stage}_seconds": round(time.perf_counter() - t1, 1),
-                            f"{stage}_classes": int(m.get("test_n_classes_evaluated", 0))})
+            rows[k].update(
+                {
+                    f"{stage}_top1": m["test_top1_mean"],
+                    f"{stage}_top5": m["test_top5_mean"],
+                    f"{stage}_run": run_id,
+                    f"{stage}_seconds": round(time.perf_counter() - t1, 1),
+                    f"{stage}_classes": int(m.get("test_n_classes_evaluated", 0)),
+                }
+            )
             pd.DataFrame(list(rows.values())).to_csv(args.out, index=False)  # partial results survive a stop
-            print(f"--- {stage} {cfg.technique}: class-mean top-1 {fmt(m['test_top1_mean'])}, "
-                  f"top-5 {fmt(m['test_top5_mean'])} ({rows[k][stage + '_seconds']:.0f} s)", flush=True)
+            print(
+                f"--- {stage} {cfg.technique}: class-mean top-1 {fmt(m['test_top1_mean'])}, "
+                f"top-5 {fmt(m['test_top5_mean'])} ({rows[k][stage + '_seconds']:.0f} s)",
+                flush=True,
+            )
     table = markdown(list(rows.values()), stages)
     frame = pd.DataFrame(list(rows.values()))
     frame.to_csv(args.out, index=False)

@@ -26,6 +26,7 @@ PyTorch machine may lack, so a stray import fails here first):
 
     PYTHONPATH=. .venv/bin/python bench/gpu_check.py --device cpu --smoke --simulate-bare
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,17 @@ if __package__ in (None, ""):
 NEEDED = ("torch", "torchvision", "numpy", "pandas", "PIL")
 TRACKING = ("mlflow", "optuna", "plotly")
 # What a machine with only PyTorch may lack: --simulate-bare makes these unimportable.
-NOT_ON_A_BARE_MACHINE = TRACKING + ("yaml", "sklearn", "click", "tqdm", "pyarrow", "pytest", "optuna_dashboard",
-                                    "kagglehub", "psycopg2")
+NOT_ON_A_BARE_MACHINE = TRACKING + (
+    "yaml",
+    "sklearn",
+    "click",
+    "tqdm",
+    "pyarrow",
+    "pytest",
+    "optuna_dashboard",
+    "kagglehub",
+    "psycopg2",
+)
 
 
 def _block(names: tuple[str, ...]) -> None:
@@ -61,6 +71,7 @@ def _yaml_stand_in() -> str | None:
     though only experiment files and -o overrides need it, and this script reads neither."""
     try:
         import yaml  # noqa: F401
+
         return None
     except ImportError:
         mod = types.ModuleType("yaml")
@@ -71,7 +82,9 @@ def _yaml_stand_in() -> str | None:
         mod.safe_load = mod.safe_dump = mod.dump = mod.load = missing
         mod.YAMLError = type("YAMLError", (Exception,), {})
         sys.modules["yaml"] = mod
-        return "PyYAML is missing: a placeholder module lets fashion_core.config.schema import (nothing here reads YAML)"
+        return (
+            "PyYAML is missing: a placeholder module lets fashion_core.config.schema import (nothing here reads YAML)"
+        )
 
 
 class Report:
@@ -95,27 +108,35 @@ def preflight(dev_name: str, notes: list[str]) -> tuple[list[dict], bool]:
     for name in NEEDED + ("pyarrow", "yaml", "pytest"):
         try:
             mod = importlib.import_module(name)
-            rows.append({"module": name, "version": getattr(mod, "__version__", "placeholder"),
-                         "needed": "yes" if name in NEEDED else "no"})
+            rows.append(
+                {
+                    "module": name,
+                    "version": getattr(mod, "__version__", "placeholder"),
+                    "needed": "yes" if name in NEEDED else "no",
+                }
+            )
         except ImportError:
             rows.append({"module": name, "version": "missing", "needed": "yes" if name in NEEDED else "no"})
             ok = ok and name not in NEEDED
     # The training core: what this script (and a training process) imports.
-    import fashion_core.data.loader
-    import fashion_core.losses
-    import fashion_core.models.network
-    import fashion_core.engine.train
 
     loaded = sorted(m for m in TRACKING if sys.modules.get(m) is not None)
-    rows.append({"module": "tracking modules loaded by fashion_core.engine.train/models/losses/data.loader",
-                 "version": ", ".join(loaded) or "none", "needed": "must be none"})
+    rows.append(
+        {
+            "module": "tracking modules loaded by fashion_core.engine.train/models/losses/data.loader",
+            "version": ", ".join(loaded) or "none",
+            "needed": "must be none",
+        }
+    )
     ok = ok and not loaded
     import torch
 
     if dev_name == "cuda":
         p = torch.cuda.get_device_properties(0)
-        notes.append(f"device: {p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}, "
-                     f"cuDNN {torch.backends.cudnn.version()}, bf16 {torch.cuda.is_bf16_supported()}")
+        notes.append(
+            f"device: {p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version()}, bf16 {torch.cuda.is_bf16_supported()}"
+        )
     return rows, ok
 
 
@@ -157,8 +178,8 @@ def check_fit(dev, compile: bool) -> str:
 
     from bench.throughput import synthetic_data
     from fashion_core.config.schema import ModelConfig, TrainConfig
-    from fashion_core.models.network import build_model, param_groups
     from fashion_core.engine.train import LabelLoss, evaluate, fit
+    from fashion_core.models.network import build_model, param_groups
 
     model = build_model(ModelConfig(backbone="resnet18", width_mult=0.25), 5)
     train, val = synthetic_data(64, 80, 60, 5).to(dev), synthetic_data(32, 80, 60, 5, seed=1).to(dev)
@@ -173,15 +194,16 @@ def check_fit(dev, compile: bool) -> str:
         assert w.is_cuda and w.is_contiguous(memory_format=torch.channels_last), "model is not channels-last on CUDA"
     v = evaluate(model, val, dev, crit)
     assert 0 <= v["top1_mean"] <= 1
-    return (f"2 epochs in {seconds:.1f}s, loss {res.history[0]['train_loss']:.3f} -> {res.history[-1]['train_loss']:.3f}, "
-            f"val top-1 {v['top1_mean']:.2f}")
+    return (
+        f"2 epochs in {seconds:.1f}s, loss {res.history[0]['train_loss']:.3f} -> {res.history[-1]['train_loss']:.3f}, "
+        f"val top-1 {v['top1_mean']:.2f}"
+    )
 
 
 def run_pytest(timeout: float) -> str:
     """tests/test_loader.py (with its CUDA tests) in a child process."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_loader.py"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                         cwd=Path(__file__).resolve().parents[1])
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1])
     tail = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr[-300:]
     assert res.returncode == 0, f"pytest failed:\n{res.stdout[-3000:]}\n{res.stderr[-1000:]}"
     return tail
@@ -193,9 +215,9 @@ def _default_pretrain(n: int, epochs: int, max_batches: int, seed: int = 0) -> d
 
     from bench.throughput import synthetic_data
     from fashion_core.config.schema import ExperimentConfig
-    from fashion_core.models.network import build_model, param_groups
-    from fashion_core.engine.train import LabelLoss, fit
     from fashion_core.engine.devices import pick_device
+    from fashion_core.engine.train import LabelLoss, fit
+    from fashion_core.models.network import build_model, param_groups
 
     dev = pick_device("auto")
     cfg = ExperimentConfig()  # the default profile: no overrides
@@ -203,13 +225,24 @@ def _default_pretrain(n: int, epochs: int, max_batches: int, seed: int = 0) -> d
     model = build_model(cfg.model, 20)
     train, empty = synthetic_data(n, cfg.data.height, cfg.data.width, 20, seed), synthetic_data(0, 80, 60, 20)
     t0 = time.perf_counter()
-    res = fit(model, train, empty, LabelLoss(torch.nn.CrossEntropyLoss()),
-              param_groups(model, train_cfg.lr, 1.0, train_cfg.weight_decay), train_cfg, dev, log=lambda m: None,
-              progress=False)
-    return {"images/s": res.history[-1]["train_images_per_second"], "seconds": time.perf_counter() - t0,
-            "images per epoch": min(n, (max_batches or n) * train_cfg.batch_size),
-            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-            "model": f"{cfg.model.backbone} width {cfg.model.width_mult}, batch {train_cfg.batch_size}"}
+    res = fit(
+        model,
+        train,
+        empty,
+        LabelLoss(torch.nn.CrossEntropyLoss()),
+        param_groups(model, train_cfg.lr, 1.0, train_cfg.weight_decay),
+        train_cfg,
+        dev,
+        log=lambda m: None,
+        progress=False,
+    )
+    return {
+        "images/s": res.history[-1]["train_images_per_second"],
+        "seconds": time.perf_counter() - t0,
+        "images per epoch": min(n, (max_batches or n) * train_cfg.batch_size),
+        "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "model": f"{cfg.model.backbone} width {cfg.model.width_mult}, batch {train_cfg.batch_size}",
+    }
 
 
 def _cell_in_worker(args: tuple) -> dict:
@@ -226,9 +259,15 @@ def user_table(dev, data: str | None, smoke: bool, left) -> list[dict]:
     rows = []
     n, epochs, max_batches = (256, 2, 2) if smoke else (15767, 2, 40)
     one = _default_pretrain(n, epochs, max_batches)
-    rows.append({"measure": f"default-profile pretrain on 1 {dev.type.upper()} ({one['model']}"
-                            + (", bf16 + channels-last)" if dev.type == "cuda" else ")"), "images/s": one["images/s"],
-                 "seconds": one["seconds"], "detail": f"{one['images per epoch']} images per epoch, last of {epochs}"})
+    rows.append(
+        {
+            "measure": f"default-profile pretrain on 1 {dev.type.upper()} ({one['model']}"
+            + (", bf16 + channels-last)" if dev.type == "cuda" else ")"),
+            "images/s": one["images/s"],
+            "seconds": one["seconds"],
+            "detail": f"{one['images per epoch']} images per epoch, last of {epochs}",
+        }
+    )
     n_gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
     if n_gpus and left() > 60:
         from fashion_core.grid.executors import local_pool
@@ -239,10 +278,15 @@ def user_table(dev, data: str | None, smoke: bool, left) -> list[dict]:
             cells = list(pool.map(_cell_in_worker, [(n, epochs, max_batches, s) for s in range(n_gpus)]))
         wall = time.perf_counter() - t0
         total = sum(c["images/s"] for c in cells)
-        rows.append({"measure": f"--jobs {n_gpus} grid: {n_gpus} default pretrain cells, one per GPU",
-                     "images/s": total, "seconds": wall,
-                     "detail": f"{total / max(one['images/s'], 1e-9):.2f}x one GPU; wall includes worker start; "
-                               f"GPUs {', '.join(c['gpu'] for c in cells)}"})
+        rows.append(
+            {
+                "measure": f"--jobs {n_gpus} grid: {n_gpus} default pretrain cells, one per GPU",
+                "images/s": total,
+                "seconds": wall,
+                "detail": f"{total / max(one['images/s'], 1e-9):.2f}x one GPU; wall includes worker start; "
+                f"GPUs {', '.join(c['gpu'] for c in cells)}",
+            }
+        )
     elif not n_gpus:
         rows.append({"measure": "--jobs grid on all GPUs", "detail": "skipped: no GPU"})
     else:
@@ -254,9 +298,14 @@ def user_table(dev, data: str | None, smoke: bool, left) -> list[dict]:
             root = data or _generated_dataset(Path(tmp) / "data", 512 if smoke else 8192)
             built = cache_build.run(root, [os.cpu_count() or 1], log=lambda m: print(m, file=sys.stderr))
         step = next(r for r in built if r["step"].startswith("decode"))
-        rows.append({"measure": f"image cache build ({step['images']} images, {step['workers']} processes)",
-                     "images/s": step["images/s"], "seconds": step["seconds"],
-                     "detail": "the real dataset" if data else "generated 60x80 JPEGs"})
+        rows.append(
+            {
+                "measure": f"image cache build ({step['images']} images, {step['workers']} processes)",
+                "images/s": step["images/s"],
+                "seconds": step["seconds"],
+                "detail": "the real dataset" if data else "generated 60x80 JPEGs",
+            }
+        )
     else:
         rows.append({"measure": "image cache build", "detail": "skipped: budget spent"})
     return rows
@@ -274,13 +323,20 @@ def _generated_dataset(root: Path, n: int) -> str:
     return str(root)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one branch per check of the GPU script
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--data", default=None, help="dataset folder or archive for the pipeline benchmark (default: generated JPEGs)")
-    ap.add_argument("--out", default=os.environ.get("OUT") and str(Path(os.environ["OUT"]) / "gpu_check.md"),
-                    help="markdown file to write the report to (default: $OUT/gpu_check.md when $OUT is set)")
-    ap.add_argument("--budget", type=float, default=420.0, help="seconds; benchmarks still to come are skipped after it")
+    ap.add_argument(
+        "--data", default=None, help="dataset folder or archive for the pipeline benchmark (default: generated JPEGs)"
+    )
+    ap.add_argument(
+        "--out",
+        default=os.environ.get("OUT") and str(Path(os.environ["OUT"]) / "gpu_check.md"),
+        help="markdown file to write the report to (default: $OUT/gpu_check.md when $OUT is set)",
+    )
+    ap.add_argument(
+        "--budget", type=float, default=420.0, help="seconds; benchmarks still to come are skipped after it"
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the script, not the machine")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile check and row")
     ap.add_argument("--simulate-bare", action="store_true", help="block the modules a bare PyTorch machine may lack")
@@ -298,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dev = torch.device(args.device)
     report = Report(args.out)
-    report.add(f"## GPU check ({'smoke, ' if args.smoke else ''}{dev.type})\n\n{machine_line()}"
-               + ("\n\nimports blocked: " + ", ".join(NOT_ON_A_BARE_MACHINE) if args.simulate_bare else ""))
+    report.add(
+        f"## GPU check ({'smoke, ' if args.smoke else ''}{dev.type})\n\n{machine_line()}"
+        + ("\n\nimports blocked: " + ", ".join(NOT_ON_A_BARE_MACHINE) if args.simulate_bare else "")
+    )
     rows, ok = preflight(dev.type, notes)
     report.add("### Preflight\n\n" + table(rows) + "".join(f"\n\n- {n}" for n in notes))
     if not ok:
@@ -307,10 +365,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     compile = not args.no_compile and dev.type == "cuda"  # inductor on CPU needs a compiler; not this script's job
-    checks = [("augment/to_float on the device == CPU", lambda: check_augment_matches_cpu(dev)),
-              ("batches from device-resident data", lambda: check_resident_batches(dev)),
-              ("fit + evaluate" + (" (bf16 autocast, channels-last)" if dev.type == "cuda" else ""),
-               lambda: check_fit(dev, False))]
+    checks = [
+        ("augment/to_float on the device == CPU", lambda: check_augment_matches_cpu(dev)),
+        ("batches from device-resident data", lambda: check_resident_batches(dev)),
+        (
+            "fit + evaluate" + (" (bf16 autocast, channels-last)" if dev.type == "cuda" else ""),
+            lambda: check_fit(dev, False),
+        ),
+    ]
     if compile:
         checks.append(("fit with torch.compile", lambda: check_fit(dev, True)))
     if importlib.util.find_spec("pytest") is not None and not args.simulate_bare:
@@ -337,9 +399,17 @@ def main(argv: list[str] | None = None) -> int:
     if left() > 0:
         n = 512 if args.smoke else 16384
         t0 = time.perf_counter()
-        prow = pipeline.run(args.data, n=n, batch_size=128, workers=cores, rounds=1 if args.smoke else 2,
-                            device=dev.type, min_seconds=0.3 if args.smoke else 1.0, serial=False,
-                            log=lambda m: print(m, file=sys.stderr))
+        prow = pipeline.run(
+            args.data,
+            n=n,
+            batch_size=128,
+            workers=cores,
+            rounds=1 if args.smoke else 2,
+            device=dev.type,
+            min_seconds=0.3 if args.smoke else 1.0,
+            serial=False,
+            log=lambda m: print(m, file=sys.stderr),
+        )
         report.add(f"### Input pipeline ({n} images, batch 128, {time.perf_counter() - t0:.0f}s)\n\n" + table(prow))
     else:
         report.add("### Input pipeline\n\nskipped: budget spent")
@@ -365,9 +435,12 @@ def main(argv: list[str] | None = None) -> int:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         print(f"  {trows[-1]}", file=sys.stderr)
-    report.add(f"### Training throughput (batch {kw['batch_size']}, 80x60, {kw['steps']} steps x {kw['rounds']} rounds, "
-               f"{time.perf_counter() - t0:.0f}s)\n\n" + table(trows)
-               + (f"\n\nskipped (budget spent): {'; '.join(skipped)}" if skipped else ""))
+    report.add(
+        f"### Training throughput (batch {kw['batch_size']}, 80x60, {kw['steps']} steps x {kw['rounds']} rounds, "
+        f"{time.perf_counter() - t0:.0f}s)\n\n"
+        + table(trows)
+        + (f"\n\nskipped (budget spent): {'; '.join(skipped)}" if skipped else "")
+    )
     if left() > 0:
         t0 = time.perf_counter()
         try:
@@ -376,13 +449,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             urows = [{"measure": "user table", "detail": f"FAILED: {type(e).__name__}: {e}"[:300]}]
             failed += 1
-        report.add(f"### What a user waits for ({time.perf_counter() - t0:.0f}s)\n\n"
-                   + table(urows, ["measure", "images/s", "seconds", "detail"]))
+        report.add(
+            f"### What a user waits for ({time.perf_counter() - t0:.0f}s)\n\n"
+            + table(urows, ["measure", "images/s", "seconds", "detail"])
+        )
     else:
         report.add("### What a user waits for\n\nskipped: budget spent")
     loaded = sorted(m for m in TRACKING if sys.modules.get(m) is not None)
-    report.add(f"total {time.perf_counter() - t_start:.0f}s; {failed} failure(s); tracking modules loaded: "
-               f"{', '.join(loaded) or 'none'}")
+    report.add(
+        f"total {time.perf_counter() - t_start:.0f}s; {failed} failure(s); tracking modules loaded: "
+        f"{', '.join(loaded) or 'none'}"
+    )
     return 1 if failed or loaded else 0
 
 

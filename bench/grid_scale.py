@@ -24,6 +24,7 @@ Prints markdown tables. Run it niced on a shared machine, or better on idle core
     PYTHONPATH=. nice -n 19 .venv/bin/python bench/grid_scale.py --part jobs --cells 4 --set train.epochs=1
     PYTHONPATH=. nice -n 19 .venv/bin/python bench/grid_scale.py --part ray --cells 50 --interleave
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,14 @@ def _metrics(res) -> dict:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    return {(r.stage, r.technique, r.seed): {k: v for k, v in client.get_run(r.run_id).data.metrics.items()
-                                             if "second" not in k and not k.startswith("system/")}
-            for r in res.runs.itertuples()}
+    return {
+        (r.stage, r.technique, r.seed): {
+            k: v
+            for k, v in client.get_run(r.run_id).data.metrics.items()
+            if "second" not in k and not k.startswith("system/")
+        }
+        for r in res.runs.itertuples()
+    }
 
 
 def pick_cells(tasks: list, n: int | None) -> list:
@@ -114,14 +120,18 @@ class Arms:
         self.results.setdefault(name, []).append(res)
         self.walls[name] = self.walls.get(name, 0.0) + wall
         self.loads.setdefault(name, []).extend([before, after])
-        self.log(f"{name}: {len(res.runs)} cells in {wall:.0f} s; load {before['load1']:.1f} -> {after['load1']:.1f}, "
-                 f"other busy processes {before['busy']} -> {after['busy']}")
+        self.log(
+            f"{name}: {len(res.runs)} cells in {wall:.0f} s; load {before['load1']:.1f} -> {after['load1']:.1f}, "
+            f"other busy processes {before['busy']} -> {after['busy']}"
+        )
 
     def load_columns(self, name: str) -> dict:
         """The arm's load before -> after each of its runs, for the table."""
         pairs = list(zip(self.loads[name][::2], self.loads[name][1::2]))
-        return {"1-min load before -> after": ", ".join(f"{b['load1']:.1f} -> {a['load1']:.1f}" for b, a in pairs),
-                "other busy processes before -> after": ", ".join(f"{b['busy']} -> {a['busy']}" for b, a in pairs)}
+        return {
+            "1-min load before -> after": ", ".join(f"{b['load1']:.1f} -> {a['load1']:.1f}" for b, a in pairs),
+            "other busy processes before -> after": ", ".join(f"{b['busy']} -> {a['busy']}" for b, a in pairs),
+        }
 
     def warning(self, limit: float = 0.5) -> str:
         """A line when the arms' mean numbers of other busy processes differ by more than ``limit``, else ''.
@@ -133,8 +143,10 @@ class Arms:
         (a, ma), (b, mb) = list(means.items())[:2]
         if abs(ma - mb) <= limit:
             return ""
-        return (f"WARNING: the arms did not meet the same machine: mean other busy processes {ma:.1f} ({a}) vs "
-                f"{mb:.1f} ({b}). The wall-time ratio is not a fair comparison: rerun on idle cores.")
+        return (
+            f"WARNING: the arms did not meet the same machine: mean other busy processes {ma:.1f} ({a}) vs "
+            f"{mb:.1f} ({b}). The wall-time ratio is not a fair comparison: rerun on idle cores."
+        )
 
 
 def halves(tasks: list, interleave: bool) -> list[list]:
@@ -157,12 +169,22 @@ def halves(tasks: list, interleave: bool) -> list[list]:
 def _has_source(task, tasks: list) -> bool:
     from fashion_core.grid.plan import model_kind, needs_source
 
-    return not needs_source(task.cfg) or any(t.cfg.stage == "pretrain" and model_kind(t.cfg) == model_kind(task.cfg)
-                                             for t in tasks)
+    return not needs_source(task.cfg) or any(
+        t.cfg.stage == "pretrain" and model_kind(t.cfg) == model_kind(task.cfg) for t in tasks
+    )
 
 
-def jobs_part(data: str, techniques: list[str] | None, profile: str, jobs: int, overrides: dict,
-              cells: int | None, log, threads: int | None = None, interleave: bool = False) -> tuple[list[dict], str]:
+def jobs_part(
+    data: str,
+    techniques: list[str] | None,
+    profile: str,
+    jobs: int,
+    overrides: dict,
+    cells: int | None,
+    log,
+    threads: int | None = None,
+    interleave: bool = False,
+) -> tuple[list[dict], str]:
     """The same grid sequentially (``threads`` threads, default: every core) and with ``jobs`` workers (1 thread each).
 
     Returns the table's rows and the fairness warning ('' when the arms met the same load).
@@ -181,18 +203,37 @@ def jobs_part(data: str, techniques: list[str] | None, profile: str, jobs: int, 
     arms = Arms(log)
     for k, part in enumerate(halves(tasks, interleave)):
         torch.set_num_threads(threads)
-        arms.run(seq_name, lambda: run_grid(part, data, experiment=f"grid-scale-seq-{k}", register=False,
-                                            profile=profile, log=log))
-        arms.run(par_name, lambda: run_grid(part, data, experiment=f"grid-scale-jobs-{k}", register=False,
-                                            profile=profile, log=log, jobs=jobs, threads_per_cell=1))
+        arms.run(
+            seq_name,
+            lambda: run_grid(part, data, experiment=f"grid-scale-seq-{k}", register=False, profile=profile, log=log),
+        )
+        arms.run(
+            par_name,
+            lambda: run_grid(
+                part,
+                data,
+                experiment=f"grid-scale-jobs-{k}",
+                register=False,
+                profile=profile,
+                log=log,
+                jobs=jobs,
+                threads_per_cell=1,
+            ),
+        )
     rows = []
     for name in (seq_name, par_name):
         runs = [r.runs for r in arms.results[name]]
-        rows.append({"grid": name, "cells": sum(len(r) for r in runs),
-                     "finished": sum(int((r["status"] == "FINISHED").sum()) for r in runs),
-                     "wall s": arms.walls[name], "sum of cell s": sum(float(r["seconds"].sum()) for r in runs),
-                     **arms.load_columns(name),
-                     "parent runs": ", ".join(r.parent_run_id[:8] for r in arms.results[name])})
+        rows.append(
+            {
+                "grid": name,
+                "cells": sum(len(r) for r in runs),
+                "finished": sum(int((r["status"] == "FINISHED").sum()) for r in runs),
+                "wall s": arms.walls[name],
+                "sum of cell s": sum(float(r["seconds"].sum()) for r in runs),
+                **arms.load_columns(name),
+                "parent runs": ", ".join(r.parent_run_id[:8] for r in arms.results[name]),
+            }
+        )
     rows[1]["wall-time ratio"] = f"{rows[0]['wall s'] / rows[1]['wall s']:.2f}x faster"
     same = all(_metrics(a) == _metrics(b) for a, b in zip(arms.results[seq_name], arms.results[par_name]))
     # Equal only at equal threads (torch's CPU kernels sum in a thread-dependent order).
@@ -207,11 +248,18 @@ def _ray_row(where: str, results: list, wall: float, slots: int, loads: dict) ->
     runs = pd.concat([r.runs for r in results], ignore_index=True)
     cells = len(runs)
     inside = float(runs["seconds"].sum())
-    return {"where": where, "cells": cells, "finished": int((runs["status"] == "FINISHED").sum()),
-            "nodes used": runs["worker"].map(lambda w: w.split()[1] if w.startswith("node ") else "").nunique(),
-            "wall s": wall, "cells/min": cells / wall * 60, "mean s in a cell": inside / cells,
-            "overhead s per cell": (wall * slots - inside) / cells, **loads,
-            "parent runs": ", ".join(r.parent_run_id[:8] for r in results)}
+    return {
+        "where": where,
+        "cells": cells,
+        "finished": int((runs["status"] == "FINISHED").sum()),
+        "nodes used": runs["worker"].map(lambda w: w.split()[1] if w.startswith("node ") else "").nunique(),
+        "wall s": wall,
+        "cells/min": cells / wall * 60,
+        "mean s in a cell": inside / cells,
+        "overhead s per cell": (wall * slots - inside) / cells,
+        **loads,
+        "parent runs": ", ".join(r.parent_run_id[:8] for r in results),
+    }
 
 
 def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool = False) -> tuple[list[dict], str]:
@@ -229,11 +277,14 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
 
     scratch = Path(tempfile.mkdtemp(prefix="grid-scale-ray-"))
     data = str(make_dataset(scratch / "data"))
-    tasks = plan_grid(EXPERIMENTS, [technique], seeds=list(range(cells)), profile="smoke",
-                      overrides={**RAY_OVERRIDES, **overrides})
+    tasks = plan_grid(
+        EXPERIMENTS, [technique], seeds=list(range(cells)), profile="smoke", overrides={**RAY_OVERRIDES, **overrides}
+    )
     prepare_data(data, tasks[0].cfg.data, log=log)  # the image cache is built before either timing starts
     ray_name, one_name = "Ray, 2 nodes x 1 CPU", "one process, 1 thread"
-    parts = [tasks[:(len(tasks) + 1) // 2], tasks[(len(tasks) + 1) // 2:]] if interleave and len(tasks) > 1 else [tasks]
+    parts = (
+        [tasks[: (len(tasks) + 1) // 2], tasks[(len(tasks) + 1) // 2 :]] if interleave and len(tasks) > 1 else [tasks]
+    )
     arms = Arms(log)
 
     def one(part: list, k: int):
@@ -241,17 +292,32 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
         return run_grid(part, data, experiment=f"grid-scale-one-{k}", register=False, profile="smoke", log=log)
 
     # Ray prints its workers' lines on this process's stdout: they go to stderr, the table stays alone.
-    with contextlib.redirect_stdout(sys.stderr), \
-            local_cluster(nodes=2, cpus_per_node=1, log_dir=scratch / "ray", timeout=600) as address:
+    with (
+        contextlib.redirect_stdout(sys.stderr),
+        local_cluster(nodes=2, cpus_per_node=1, log_dir=scratch / "ray", timeout=600) as address,
+    ):
         for k, part in enumerate(parts):
-            arms.run(ray_name, lambda: run_grid(part, data, experiment=f"grid-scale-ray-{k}", register=False,
-                                                profile="smoke", log=log, ray=address, cpus_per_cell=1))
+            arms.run(
+                ray_name,
+                lambda: run_grid(
+                    part,
+                    data,
+                    experiment=f"grid-scale-ray-{k}",
+                    register=False,
+                    profile="smoke",
+                    log=log,
+                    ray=address,
+                    cpus_per_cell=1,
+                ),
+            )
             if interleave:
                 arms.run(one_name, lambda: one(part, k))
     if not interleave:
         arms.run(one_name, lambda: one(tasks, 0))
-    rows = [_ray_row(name, arms.results[name], arms.walls[name], slots, arms.load_columns(name))
-            for name, slots in ((ray_name, 2), (one_name, 1))]
+    rows = [
+        _ray_row(name, arms.results[name], arms.walls[name], slots, arms.load_columns(name))
+        for name, slots in ((ray_name, 2), (one_name, 1))
+    ]
     return rows, arms.warning()
 
 
@@ -265,15 +331,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--techniques", default="all", help="the --part jobs grid (default: every technique)")
     ap.add_argument("--profile", default="quick", help="the --part jobs profile")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--cells", type=int, default=None,
-                    help="--part jobs: keep this many cells (default all); --part ray: smoke cells (default 50)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="a config override of every cell, e.g. train.epochs=1 (repeatable)")
+    ap.add_argument(
+        "--cells",
+        type=int,
+        default=None,
+        help="--part jobs: keep this many cells (default all); --part ray: smoke cells (default 50)",
+    )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override of every cell, e.g. train.epochs=1 (repeatable)",
+    )
     ap.add_argument("--technique", default="pretrain/baseline", help="the --part ray cells' technique (x seeds)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="--part jobs: the sequential grid's torch threads (default: every core)")
-    ap.add_argument("--interleave", action="store_true",
-                    help="run the arms in halves, A B A B, so that a change of load meets both")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="--part jobs: the sequential grid's torch threads (default: every core)",
+    )
+    ap.add_argument(
+        "--interleave", action="store_true", help="run the arms in halves, A B A B, so that a change of load meets both"
+    )
     ap.add_argument("--quiet", action="store_true", help="no grid log on stderr")
     args = ap.parse_args(argv)
     try:
@@ -299,10 +380,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Grid scaling, {machine_line()}\n")
     if args.part in ("jobs", "both"):
         techniques = None if args.techniques == "all" else args.techniques.split(",")
-        print(f"(a) techniques {args.techniques}, profile {args.profile}, seed 0, "
-              f"{args.cells or 'all'} cells {sets}\n")
-        rows, warning = jobs_part(args.data, techniques, args.profile, args.jobs, args.overrides, args.cells, log,
-                                  threads=args.threads, interleave=args.interleave)
+        print(f"(a) techniques {args.techniques}, profile {args.profile}, seed 0, {args.cells or 'all'} cells {sets}\n")
+        rows, warning = jobs_part(
+            args.data,
+            techniques,
+            args.profile,
+            args.jobs,
+            args.overrides,
+            args.cells,
+            log,
+            threads=args.threads,
+            interleave=args.interleave,
+        )
         print(table(rows) + "\n" + (f"\n{warning}\n" if warning else ""))
     if args.part in ("ray", "both"):
         cells = args.cells or 50

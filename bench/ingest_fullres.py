@@ -19,6 +19,7 @@ does not skew the ratios; the builder's are wall-clock, with its CPU time per im
 
     .venv/bin/python bench/ingest_fullres.py --n 200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,9 @@ def size_sweep(folder: Path, h: int, w: int, rounds: int, per_level: int = 12) -
             synthetic_photo(10_000 + k, noise=noise).save(p, "JPEG", quality=90)
             paths.append(str(p))
         kb = sum(Path(p).stat().st_size for p in paths) / len(paths) / 1024
-        draft, full = rates([lambda p: decode_image(p, h, w, draft=True),
-                             lambda p: decode_image(p, h, w, draft=False)], paths, rounds)
+        draft, full = rates(
+            [lambda p: decode_image(p, h, w, draft=True), lambda p: decode_image(p, h, w, draft=False)], paths, rounds
+        )
         out.append((noise, kb, 1000 / draft, 1000 / full))
     return out
 
@@ -102,8 +104,14 @@ def size_sweep(folder: Path, h: int, w: int, rounds: int, per_level: int = 12) -
 def build_in_subprocess(data: Path, root: Path, h: int, w: int, workers: int, draft: bool) -> dict:
     """One ``build_cache`` in a fresh Python: images/s and peak RSS of the builder and its largest worker."""
     env = {**os.environ, "CI": "1"}  # no progress bar
-    out = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(data), str(root), str(h), str(w), str(workers),
-                          "1" if draft else "0"], capture_output=True, text=True, check=True, env=env, cwd=PROJECT)
+    out = subprocess.run(
+        [sys.executable, "-c", BUILD_SCRIPT, str(data), str(root), str(h), str(w), str(workers), "1" if draft else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=PROJECT,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -125,38 +133,55 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         make_fullres_dataset(data, n=args.n, noise=args.noise, odd_json=False)
         images = sorted((data / "images").glob("*.jpg"))
-        print(f"generated {args.n} {FULL_SIZE[0]}x{FULL_SIZE[1]} JPEGs in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        print(
+            f"generated {args.n} {FULL_SIZE[0]}x{FULL_SIZE[1]} JPEGs in {time.perf_counter() - t0:.0f}s",
+            file=sys.stderr,
+        )
     paths = [str(p) for p in images]
     mb = sum(p.stat().st_size for p in images) / len(images) / 1e6
-    print(f"{len(paths)} images, {FULL_SIZE[0]}x{FULL_SIZE[1]} (W x H), JPEG q90, mean {mb:.2f} MB; "
-          f"{os.cpu_count()} CPU cores; builder workers {args.workers}\n")
+    print(
+        f"{len(paths)} images, {FULL_SIZE[0]}x{FULL_SIZE[1]} (W x H), JPEG q90, mean {mb:.2f} MB; "
+        f"{os.cpu_count()} CPU cores; builder workers {args.workers}\n"
+    )
 
     rows = []
     for h, w in sizes:
-        draft, full, plain = rates([lambda p: decode_image(p, h, w, draft=True),
-                                    lambda p: decode_image(p, h, w, draft=False),
-                                    lambda p: plain_pil(p, h, w)], paths, args.rounds)
+        draft, full, plain = rates(
+            [
+                lambda p: decode_image(p, h, w, draft=True),
+                lambda p: decode_image(p, h, w, draft=False),
+                lambda p: plain_pil(p, h, w),
+            ],
+            paths,
+            args.rounds,
+        )
         with tempfile.TemporaryDirectory(prefix="cache-", dir=tmp.name) as d:
             pd_ = build_in_subprocess(data, Path(d) / "draft", h, w, args.workers, True)
             pf = build_in_subprocess(data, Path(d) / "full", h, w, args.workers, False)
         rows.append((f"{h}x{w}", draft, full, plain, pd_, pf))
 
     print("Single process, decode + resize (images per CPU-second):\n")
-    print("| target HxW | draft mode | full decode (same code) | plain PIL open/convert/resize | draft vs full | draft vs plain |")
+    print(
+        "| target HxW | draft mode | full decode (same code) | plain PIL open/convert/resize | draft vs full | draft vs plain |"
+    )
     print("|---|---|---|---|---|---|")
     for size, draft, full, plain, _, _ in rows:
         print(f"| {size} | {draft:.0f} | {full:.0f} | {plain:.0f} | {draft / full:.1f}x | {draft / plain:.1f}x |")
     print(f"\nParallel cache builder (build_cache, {args.workers} workers; wall-clock):\n")
-    print("| target HxW | draft img/s | full decode img/s | draft vs full | CPU ms/img draft / full "
-          "| peak RSS builder (growth) draft / full, MB | peak RSS worker draft / full, MB |")
+    print(
+        "| target HxW | draft img/s | full decode img/s | draft vs full | CPU ms/img draft / full "
+        "| peak RSS builder (growth) draft / full, MB | peak RSS worker draft / full, MB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for size, _, _, _, pd_, pf in rows:
         bd, bf = pd_["n"] / pd_["seconds"], pf["n"] / pf["seconds"]
         grow = [b["rss_builder_mb"] - b["rss_before_mb"] for b in (pd_, pf)]
-        print(f"| {size} | {bd:.0f} | {bf:.0f} | {bd / bf:.1f}x "
-              f"| {1000 * pd_['cpu_seconds'] / pd_['n']:.1f} / {1000 * pf['cpu_seconds'] / pf['n']:.1f} "
-              f"| {pd_['rss_builder_mb']:.0f} (+{grow[0]:.0f}) / {pf['rss_builder_mb']:.0f} (+{grow[1]:.0f}) "
-              f"| {pd_['rss_worker_mb']:.0f} / {pf['rss_worker_mb']:.0f} |")
+        print(
+            f"| {size} | {bd:.0f} | {bf:.0f} | {bd / bf:.1f}x "
+            f"| {1000 * pd_['cpu_seconds'] / pd_['n']:.1f} / {1000 * pf['cpu_seconds'] / pf['n']:.1f} "
+            f"| {pd_['rss_builder_mb']:.0f} (+{grow[0]:.0f}) / {pf['rss_builder_mb']:.0f} (+{grow[1]:.0f}) "
+            f"| {pd_['rss_worker_mb']:.0f} / {pf['rss_worker_mb']:.0f} |"
+        )
     h, w = sizes[0]
     sweep_dir = Path(tmp.name) / "sweep"
     sweep_dir.mkdir()

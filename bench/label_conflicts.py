@@ -8,6 +8,7 @@ the name there. Also prints the brands behind the conflicts of the worst class.
 
     python bench/label_conflicts.py --data ../shared/data/fashion-product-images-small.tar.gz --stage pretrain
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", required=True, help="The dataset (folder or archive), as for `fashion prepare`.")
     ap.add_argument("--stage", default="pretrain", choices=["pretrain", "finetune"])
     return ap.parse_args(argv)
@@ -38,8 +41,9 @@ def name_conflicts(rows, names):
     test = test.assign(conflict=test["seen"] & (test["train_label"] != test["label"]))
     learnable = set(train["label"])
     test = test[test["label"].isin(learnable)]  # the evaluated classes: test-only classes cannot be learned
-    table = test.groupby("label").agg(n_test=("id", "size"), name_seen=("seen", "mean"), conflict=("conflict", "mean"),
-                                      n_conflict=("conflict", "sum"))
+    table = test.groupby("label").agg(
+        n_test=("id", "size"), name_seen=("seen", "mean"), conflict=("conflict", "mean"), n_conflict=("conflict", "sum")
+    )
     return table.sort_values(["conflict", "n_test"], ascending=False), test[test["conflict"]]
 
 
@@ -57,17 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- |")
     for label, r in table.iterrows():
         print(f"| {label} | {int(r.n_test)} | {r.name_seen:.3f} | {int(r.n_conflict)} | {r.conflict:.3f} |")
-    print(f"\nclass-mean share of conflicting test products over {len(table)} evaluated classes: "
-          f"{table['conflict'].mean():.4f} "
-          f"(what a model loses that labels these names as the training years do, "
-          f"unless the image overrules the name)")
+    print(
+        f"\nclass-mean share of conflicting test products over {len(table)} evaluated classes: "
+        f"{table['conflict'].mean():.4f} "
+        f"(what a model loses that labels these names as the training years do, "
+        f"unless the image overrules the name)"
+    )
     if len(conflicts):
         worst = table.index[0]
         c = conflicts[conflicts["label"] == worst]
         brands = c["name"].str.split().str[0].value_counts()
-        print(f"\n{worst}: {len(c)} conflicting test products, labelled in training years as "
-              + ", ".join(f"{k} ({v})" for k, v in c["train_label"].value_counts().items())
-              + "; brands " + ", ".join(f"{k} ({v})" for k, v in brands.head(5).items()))
+        print(
+            f"\n{worst}: {len(c)} conflicting test products, labelled in training years as "
+            + ", ".join(f"{k} ({v})" for k, v in c["train_label"].value_counts().items())
+            + "; brands "
+            + ", ".join(f"{k} ({v})" for k, v in brands.head(5).items())
+        )
     return 0
 
 

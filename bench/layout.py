@@ -7,6 +7,7 @@ for ``--rounds`` rounds (reverse order every other round), best step of each rou
 
     PYTHONPATH=. .venv/bin/python bench/layout.py --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,10 @@ def measure(name: str, fields: dict, batch: int, rounds: int, steps: int, height
     torch.manual_seed(0)
     x = torch.randn(batch, 3, height, width)
     y = torch.randint(0, 20, (batch,))
-    models = {"nchw": build_model(ModelConfig(init="scratch", **fields), 20).train(),
-              "channels_last": build_model(ModelConfig(init="scratch", **fields), 20).train()}
+    models = {
+        "nchw": build_model(ModelConfig(init="scratch", **fields), 20).train(),
+        "channels_last": build_model(ModelConfig(init="scratch", **fields), 20).train(),
+    }
     models["channels_last"].to(memory_format=torch.channels_last)
     inputs = {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last)}
     rates: dict[str, list[float]] = {"nchw": [], "channels_last": []}

@@ -17,6 +17,7 @@ core-time, which the load of a shared machine disturbs far less.
 
     FASHION_CACHE=/tmp/fcache PYTHONPATH=. .venv/bin/python bench/pipeline.py --n 4096
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def synthetic_jpegs(folder: Path, n: int, height: int = 80, width: int = 60, see
     for i in range(n):
         arr = np.full((height, width, 3), 255, np.uint8)
         top, left = rng.integers(0, height // 2), rng.integers(0, width // 3)
-        arr[top:top + height // 2, left:left + width // 2] = rng.integers(0, 256, 3)
+        arr[top : top + height // 2, left : left + width // 2] = rng.integers(0, 256, 3)
         arr = np.clip(arr.astype(np.int16) + rng.integers(-10, 11, arr.shape), 0, 255).astype(np.uint8)
         p = folder / f"{i}.jpg"
         Image.fromarray(arr).save(p, quality=75)
@@ -96,9 +97,15 @@ def per_item_transform(height: int, width: int, scale_min: float, jitter: float)
 
     from fashion_core.data.loader import MEAN, STD
 
-    return T.Compose([T.RandomResizedCrop((height, width), scale=(scale_min, 1.0), ratio=(3 / 4, 4 / 3)),
-                      T.RandomHorizontalFlip(), T.ColorJitter(jitter, jitter, jitter), T.ToTensor(),
-                      T.Normalize(MEAN, STD)])
+    return T.Compose(
+        [
+            T.RandomResizedCrop((height, width), scale=(scale_min, 1.0), ratio=(3 / 4, 4 / 3)),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(jitter, jitter, jitter),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -128,9 +135,20 @@ def time_passes(make_iter, min_seconds: float, device: torch.device) -> tuple[fl
     return images / seconds, 1000 * cpu / images
 
 
-def run(data: str | None, n: int = 4096, batch_size: int = 128, workers: int | None = None, rounds: int = 3,
-        device: str = "cpu", threads: list[int] | None = None, min_seconds: float = 1.0, height: int = 80,
-        width: int = 60, serial: bool = True, log=print) -> list[dict]:
+def run(
+    data: str | None,
+    n: int = 4096,
+    batch_size: int = 128,
+    workers: int | None = None,
+    rounds: int = 3,
+    device: str = "cpu",
+    threads: list[int] | None = None,
+    min_seconds: float = 1.0,
+    height: int = 80,
+    width: int = 60,
+    serial: bool = True,
+    log=print,
+) -> list[dict]:
     """Measure the pipelines; return one row per pipeline.
 
     Args:
@@ -173,14 +191,26 @@ def run(data: str | None, n: int = 4096, batch_size: int = 128, workers: int | N
         # (short name, label, where, make_iter, torch threads or None)
         pipelines, loaders = [], []
         for w in [workers, 0] if serial and workers else [workers]:
-            loaders.append(torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=w,
-                                                       persistent_workers=w > 0, drop_last=True))
-            pipelines.append((f"per-item w{w}", "per-item PIL + torchvision + DataLoader",
-                              f"{w} worker processes" if w else "main process", lambda l=loaders[-1]: l, None))
+            loaders.append(
+                torch.utils.data.DataLoader(
+                    ds, batch_size=batch_size, shuffle=True, num_workers=w, persistent_workers=w > 0, drop_last=True
+                )
+            )
+            pipelines.append(
+                (
+                    f"per-item w{w}",
+                    "per-item PIL + torchvision + DataLoader",
+                    f"{w} worker processes" if w else "main process",
+                    lambda l=loaders[-1]: l,
+                    None,
+                )
+            )
         for t in threads:
             where = f"{dev.type}, {t} thread{'s' if t > 1 else ''}" if dev.type == "cpu" else str(dev)
             pipelines.append((f"augment t{t}", "cached tensor: batches + augment (training)", where, cached_aug, t))
-            pipelines.append((f"to_float t{t}", "cached tensor: batches + to_float (evaluation)", where, cached_eval, t))
+            pipelines.append(
+                (f"to_float t{t}", "cached tensor: batches + to_float (evaluation)", where, cached_eval, t)
+            )
         for _, _, _, make, t in pipelines:  # warm-up pass: starts the workers, touches the memory
             torch.set_num_threads(t or default_threads)
             time_passes(make, 0.0, dev)
@@ -202,28 +232,50 @@ def run(data: str | None, n: int = 4096, batch_size: int = 128, workers: int | N
     rows = []
     for (label, where), v, c in zip(names, rates, cpu):
         med, med_cpu = statistics.median(v), statistics.median(c)
-        rows.append({"pipeline": label, "where": where, "images/s": med, "ms/batch": 1000 * batch_size / med,
-                     "x per-item (images/s)": med / base, "CPU ms/image": med_cpu,
-                     "x per-item (CPU time)": base_cpu / med_cpu if med_cpu else float("nan")})
+        rows.append(
+            {
+                "pipeline": label,
+                "where": where,
+                "images/s": med,
+                "ms/batch": 1000 * batch_size / med,
+                "x per-item (images/s)": med / base,
+                "CPU ms/image": med_cpu,
+                "x per-item (CPU time)": base_cpu / med_cpu if med_cpu else float("nan"),
+            }
+        )
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=default_data(),
-                    help="dataset folder or archive (default: $FASHION_DATA or ../shared/data; 'none' = generated JPEGs)")
+    ap.add_argument(
+        "--data",
+        default=default_data(),
+        help="dataset folder or archive (default: $FASHION_DATA or ../shared/data; 'none' = generated JPEGs)",
+    )
     ap.add_argument("--n", type=int, default=4096, help="images per pass")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--workers", type=int, default=None, help="per-item DataLoader workers (default: all cores)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the cached loader works")
-    ap.add_argument("--threads", default=None,
-                    help="comma-separated torch thread counts for the cached loader on CPU (default: 1 and all cores)")
+    ap.add_argument(
+        "--threads",
+        default=None,
+        help="comma-separated torch thread counts for the cached loader on CPU (default: 1 and all cores)",
+    )
     args = ap.parse_args(argv)
     data = None if args.data in (None, "", "none") else args.data
     threads = [int(t) for t in args.threads.split(",")] if args.threads else None
-    rows = run(data, args.n, args.batch_size, args.workers, args.rounds, args.device, threads,
-               log=lambda m: print(m, file=sys.stderr))
+    rows = run(
+        data,
+        args.n,
+        args.batch_size,
+        args.workers,
+        args.rounds,
+        args.device,
+        threads,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     print(f"\nInput pipeline, {machine_line()}\n")
     print(table(rows))
 

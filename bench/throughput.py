@@ -17,6 +17,7 @@ own: peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Images are ge
 
     PYTHONPATH=. .venv/bin/python bench/throughput.py --backbones resnet18,mobilenet_v3_small --steps 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,8 @@ def _sync(dev: torch.device) -> None:
 
 def compute_rate(model, xs: list, ys: list, dev: torch.device, compile: bool, lr: float = 1e-3) -> float:
     """Images/s of forward + backward + AdamW step on ready batches (same autocast as fit)."""
-    from fashion_core.models.network import param_groups
     from fashion_core.engine.train import LabelLoss, train_step
+    from fashion_core.models.network import param_groups
 
     fwd = torch.compile(model) if compile else model
     criterion = LabelLoss(torch.nn.CrossEntropyLoss())
@@ -79,9 +80,20 @@ def input_ms(data, batch_size: int, steps: int, cfg, dev: torch.device, channels
     return 1000 * (time.perf_counter() - t0) / max(n, 1)
 
 
-def measure(backbone: str, device: str = "cpu", batch_size: int = 128, steps: int = 2, rounds: int = 2,
-            height: int = 80, width: int = 60, stem: str | None = None, width_mult: float | None = None,
-            compile: bool = False, resident: bool = True, classes: int = 20) -> dict:
+def measure(
+    backbone: str,
+    device: str = "cpu",
+    batch_size: int = 128,
+    steps: int = 2,
+    rounds: int = 2,
+    height: int = 80,
+    width: int = 60,
+    stem: str | None = None,
+    width_mult: float | None = None,
+    compile: bool = False,
+    resident: bool = True,
+    classes: int = 20,
+) -> dict:
     """Loop and compute images/s (medians over alternating rounds) and peak memory of one backbone.
 
     Args:
@@ -98,9 +110,9 @@ def measure(backbone: str, device: str = "cpu", batch_size: int = 128, steps: in
 
     from fashion_core.config.schema import ModelConfig, TrainConfig
     from fashion_core.data.loader import TensorData, augment, batches
-    from fashion_core.models.network import build_model, param_groups
-    from fashion_core.engine.train import LabelLoss, fit
     from fashion_core.engine.devices import channels_last_on
+    from fashion_core.engine.train import LabelLoss, fit
+    from fashion_core.models.network import build_model, param_groups
 
     dev = torch.device(device)
     mcfg = ModelConfig(backbone=backbone)
@@ -110,14 +122,29 @@ def measure(backbone: str, device: str = "cpu", batch_size: int = 128, steps: in
     data = synthetic_data(batch_size * steps, height, width, classes)
     data = data.to(dev) if resident else data
     empty = TensorData(data.images[:0], data.labels[:0], {})
-    tcfg = TrainConfig(epochs=1, batch_size=batch_size, max_batches_per_epoch=steps, patience=0, warmup_epochs=0.0,
-                       compile=compile, device=device)
+    tcfg = TrainConfig(
+        epochs=1,
+        batch_size=batch_size,
+        max_batches_per_epoch=steps,
+        patience=0,
+        warmup_epochs=0.0,
+        compile=compile,
+        device=device,
+    )
     criterion = LabelLoss(torch.nn.CrossEntropyLoss())
     channels_last = channels_last_on(dev)  # as fit does
 
     def loop_rate(cfg) -> float:
-        res = fit(model, data, empty, criterion, param_groups(model, cfg.lr, 1.0, cfg.weight_decay), cfg, dev,
-                  log=lambda m: None)
+        res = fit(
+            model,
+            data,
+            empty,
+            criterion,
+            param_groups(model, cfg.lr, 1.0, cfg.weight_decay),
+            cfg,
+            dev,
+            log=lambda m: None,
+        )
         return res.history[-1]["train_images_per_second"]
 
     gen = torch.Generator().manual_seed(1)
@@ -133,20 +160,33 @@ def measure(backbone: str, device: str = "cpu", batch_size: int = 128, steps: in
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     loop, compute, inp = [], [], []
-    measurements = [lambda: loop.append(loop_rate(tcfg)),
-                    lambda: compute.append(compute_rate(model, xs, ys, dev, compile)),
-                    lambda: inp.append(input_ms(data, batch_size, steps, tcfg.augment, dev, channels_last))]
+    measurements = [
+        lambda: loop.append(loop_rate(tcfg)),
+        lambda: compute.append(compute_rate(model, xs, ys, dev, compile)),
+        lambda: inp.append(input_ms(data, batch_size, steps, tcfg.augment, dev, channels_last)),
+    ]
     for r in range(rounds):
         # ABBA order: a load that rises or falls during the run favours neither side.
         for m in measurements if r % 2 == 0 else measurements[::-1]:
             m()
     loop_m, compute_m, input_m = statistics.median(loop), statistics.median(compute), statistics.median(inp)
     step_ms = 1000 * batch_size / loop_m
-    row = {"backbone": backbone, "stem": mcfg.stem, "width": mcfg.width_mult, "params (M)": params / 1e6,
-           "device": dev.type + (" +compile" if compile else "") + ("" if resident or dev.type == "cpu" else ", data on host"),
-           "loop img/s": loop_m, "compute img/s": compute_m,
-           "loop / compute": loop_m / compute_m, "loop ms/step": step_ms, "input ms/step": input_m,
-           "input % of step": 100 * input_m / step_ms, "warm-up s": warmup}
+    row = {
+        "backbone": backbone,
+        "stem": mcfg.stem,
+        "width": mcfg.width_mult,
+        "params (M)": params / 1e6,
+        "device": dev.type
+        + (" +compile" if compile else "")
+        + ("" if resident or dev.type == "cpu" else ", data on host"),
+        "loop img/s": loop_m,
+        "compute img/s": compute_m,
+        "loop / compute": loop_m / compute_m,
+        "loop ms/step": step_ms,
+        "input ms/step": input_m,
+        "input % of step": 100 * input_m / step_ms,
+        "warm-up s": warmup,
+    }
     if dev.type == "cuda":
         row["peak MB"] = torch.cuda.max_memory_allocated(dev) / 2**20  # the GPU's own, what limits batch size
     else:
@@ -155,8 +195,9 @@ def measure(backbone: str, device: str = "cpu", batch_size: int = 128, steps: in
     return row
 
 
-def run(backbones: list[str], devices: list[str], threads: int | None = None, compile: bool = False,
-        log=print, **kw) -> list[dict]:
+def run(
+    backbones: list[str], devices: list[str], threads: int | None = None, compile: bool = False, log=print, **kw
+) -> list[dict]:
     """One child process per (backbone, device); returns their rows.
 
     Args:
@@ -167,15 +208,17 @@ def run(backbones: list[str], devices: list[str], threads: int | None = None, co
     rows = []
     for dev in devices:
         for bb in backbones:
-            for comp in ([False, True] if compile and dev == "cuda" else [False]):
+            for comp in [False, True] if compile and dev == "cuda" else [False]:
                 args = {"backbone": bb, "device": dev, "compile": comp, **kw}
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(args)]
                 if threads:
                     cmd += ["--threads", str(threads)]
                 t0 = time.perf_counter()
                 row = child_json(cmd, env=bench_env())
-                log(f"  {bb} on {dev}{' +compile' if comp else ''}: loop {row['loop img/s']:.1f} img/s, "
-                    f"compute {row['compute img/s']:.1f} img/s ({time.perf_counter() - t0:.0f}s)")
+                log(
+                    f"  {bb} on {dev}{' +compile' if comp else ''}: loop {row['loop img/s']:.1f} img/s, "
+                    f"compute {row['compute img/s']:.1f} img/s ({time.perf_counter() - t0:.0f}s)"
+                )
                 rows.append(row)
     return rows
 
@@ -185,8 +228,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbones", default=",".join(BACKBONES), help=f"comma-separated, from {', '.join(BACKBONES)}")
-    ap.add_argument("--device", default="all", choices=["all", "cpu", "cuda"],
-                    help="all = CPU, and CUDA where present")
+    ap.add_argument("--device", default="all", choices=["all", "cpu", "cuda"], help="all = CPU, and CUDA where present")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=None, help="batches per measurement (default: 2 on CPU, 20 on CUDA)")
     ap.add_argument("--rounds", type=int, default=2)
@@ -203,18 +245,33 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(measure(**json.loads(args.child))))
         return
-    devices = {"all": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"],
-               "cuda": ["cuda"]}[args.device]
+    devices = {"all": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"], "cuda": ["cuda"]}[
+        args.device
+    ]
     if "cuda" in devices and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here; choose cpu or all")
     rows = []
     for dev in devices:
         steps = args.steps or (20 if dev == "cuda" else 2)
-        rows += run(args.backbones.split(","), [dev], args.threads, args.compile, log=lambda m: print(m, file=sys.stderr),
-                    batch_size=args.batch_size, steps=steps, rounds=args.rounds, height=args.height, width=args.width,
-                    stem=args.stem, width_mult=args.width_mult)
-    print(f"\nTraining throughput, batch {args.batch_size}, {args.height}x{args.width}, {machine_line()}"
-          + (f", {args.threads} torch threads" if args.threads else "") + "\n")
+        rows += run(
+            args.backbones.split(","),
+            [dev],
+            args.threads,
+            args.compile,
+            log=lambda m: print(m, file=sys.stderr),
+            batch_size=args.batch_size,
+            steps=steps,
+            rounds=args.rounds,
+            height=args.height,
+            width=args.width,
+            stem=args.stem,
+            width_mult=args.width_mult,
+        )
+    print(
+        f"\nTraining throughput, batch {args.batch_size}, {args.height}x{args.width}, {machine_line()}"
+        + (f", {args.threads} torch threads" if args.threads else "")
+        + "\n"
+    )
     print(table(rows))
 
 

@@ -13,6 +13,7 @@ best validation epoch as its profile says.
     # or tabulate runs that are already logged (e.g. by `fashion pretrain --profile cpu`)
     python bench/time_to_accuracy.py --runs 692a376a0c544fd59e2d751d1c790c79
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,31 @@ def run_rows(run_id: str, goal: float, budget_min: float) -> tuple[list[dict], d
     cumulative, rows = 0.0, []
     for epoch in sorted(epoch_s):
         cumulative += epoch_s[epoch]
-        rows.append({"run": run_id[:8], "technique": name, "epoch": epoch, "train min (cumulative)": cumulative / 60,
-                     "images/s": ips.get(epoch, float("nan")), "val class-mean": val.get(epoch, float("nan"))})
+        rows.append(
+            {
+                "run": run_id[:8],
+                "technique": name,
+                "epoch": epoch,
+                "train min (cumulative)": cumulative / 60,
+                "images/s": ips.get(epoch, float("nan")),
+                "val class-mean": val.get(epoch, float("nan")),
+            }
+        )
     minutes = m.get("run_seconds", float("nan")) / 60
     test = m.get("test_top1_mean", float("nan"))
     met = test >= goal and minutes <= budget_min
-    summary = {"run": run_id[:8], "technique": name, "profile": profile or "-",
-               "input": f"{p.get('data.height')}x{p.get('data.width')} x{p.get('model.input_scale', '1.0')}",
-               "epochs": len(epoch_s), "run min (wall)": minutes,
-               "val class-mean (selected)": m.get("best_val_top1_mean", m.get("val_top1_mean", float("nan"))),
-               "test top-1 class-mean": test, "test top-5 class-mean": m.get("test_top5_mean", float("nan")),
-               f">= {goal:g} within {budget_min:g} min": "yes" if met else "no"}
+    summary = {
+        "run": run_id[:8],
+        "technique": name,
+        "profile": profile or "-",
+        "input": f"{p.get('data.height')}x{p.get('data.width')} x{p.get('model.input_scale', '1.0')}",
+        "epochs": len(epoch_s),
+        "run min (wall)": minutes,
+        "val class-mean (selected)": m.get("best_val_top1_mean", m.get("val_top1_mean", float("nan"))),
+        "test top-1 class-mean": test,
+        "test top-5 class-mean": m.get("test_top5_mean", float("nan")),
+        f">= {goal:g} within {budget_min:g} min": "yes" if met else "no",
+    }
     return rows, summary
 
 
@@ -69,12 +84,21 @@ def train(args: argparse.Namespace) -> list[str]:
         sys.exit("no data: pass --data (the real archive) or set FASHION_DATA")
     run_ids = []
     for profile in args.profiles.split(","):
-        cfg = load_experiment(find_technique(args.technique, "pretrain", ROOT / "experiments"), profile=profile,
-                              stage="pretrain", overrides={"train.seed": args.seed})
+        cfg = load_experiment(
+            find_technique(args.technique, "pretrain", ROOT / "experiments"),
+            profile=profile,
+            stage="pretrain",
+            overrides={"train.seed": args.seed},
+        )
         prepared = prepare_data(data, cfg.data)
         t0 = time.perf_counter()
-        run_id = run_stage(cfg, data, experiment=args.experiment, prepared=prepared,
-                           tags={"bench": "time_to_accuracy", "profile": profile, "torch_threads": str(args.threads)})
+        run_id = run_stage(
+            cfg,
+            data,
+            experiment=args.experiment,
+            prepared=prepared,
+            tags={"bench": "time_to_accuracy", "profile": profile, "torch_threads": str(args.threads)},
+        )
         print(f"{profile}: run {run_id} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
         run_ids.append(run_id)
     return run_ids

@@ -9,6 +9,7 @@ once, by a normal run or ``fashion evaluate``.
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db python bench/tta.py \\
         --data ../shared/data/fashion-product-images-small.tar.gz RUN_ID [RUN_ID ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,12 @@ VIEWS = ("as is", "mirrored", "average")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", help="Run ids, runs:/ or models:/ URIs of image-only pretrain or finetune runs.")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "models", nargs="+", help="Run ids, runs:/ or models:/ URIs of image-only pretrain or finetune runs."
+    )
     ap.add_argument("--data", required=True, help="The dataset the runs were trained on (folder or archive).")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
     return ap.parse_args(argv)
@@ -56,11 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.data.prepared import prepare_data
+    from fashion_core.data.prepared import prepare_data, without_test
     from fashion_core.data.stage import build_stage_data
-    from fashion_core.tracking.references import load_run_model, resolve_model_uri
     from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
-    from fashion_core.data.prepared import without_test
+    from fashion_core.tracking.references import load_run_model, resolve_model_uri
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         stage, technique = run.data.tags.get("stage", "?"), run.data.tags.get("technique", "?")
         model, meta = load_run_model(run_id)
         if getattr(model, "uses_batch", False):
-            print(f"{run_id[:8]}: skipped, it fuses product metadata (this script scores image-only models)",
-                  file=sys.stderr)
+            print(
+                f"{run_id[:8]}: skipped, it fuses product metadata (this script scores image-only models)",
+                file=sys.stderr,
+            )
             continue
         dcfg = run_data_config(run_id)
         key = tuple(sorted(vars(dcfg).items()))
@@ -87,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             for view, scores in view_scores(model, data, device).items():
                 t1, t5 = class_mean_accuracy(labels, topk_predictions(scores))
                 row[f"{split} {view}"] = f"{t1:.4f} / {t5:.4f}"
-        print(f"{run_id[:8]} {stage}/{technique}: " + ", ".join(f"{k} {v}" for k, v in row.items()
-                                                                  if k.startswith("val")), flush=True)
+        print(
+            f"{run_id[:8]} {stage}/{technique}: "
+            + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith("val")),
+            flush=True,
+        )
         rows.append(row)
     if not rows:
         return 1

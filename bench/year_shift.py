@@ -14,6 +14,7 @@ between the second and third is what the year shift costs.
 
     python bench/year_shift.py --data ../shared/data/fashion-product-images-small.tar.gz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,21 @@ sys.path.insert(0, str(ROOT))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", required=True, help="The dataset (folder or archive), as for `fashion prepare`.")
     ap.add_argument("--stage", default="pretrain", choices=["pretrain", "finetune"])
     ap.add_argument("--folds", type=int, default=5, help="Folds of the cross-validation within the test years.")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                    help="Config overrides of the meta_only technique, e.g. -o metadata.logreg_c=10.")
+    ap.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Config overrides of the meta_only technique, e.g. -o metadata.logreg_c=10.",
+    )
     return ap.parse_args(argv)
 
 
@@ -46,8 +55,9 @@ def per_class_top1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarra
     return out
 
 
-def cross_val_predict(rows: pd.DataFrame, y: np.ndarray, fusion_cfg, c: float, class_weight, folds: int, seed: int,
-                      n_classes: int) -> np.ndarray:
+def cross_val_predict(
+    rows: pd.DataFrame, y: np.ndarray, fusion_cfg, c: float, class_weight, folds: int, seed: int, n_classes: int
+) -> np.ndarray:
     """Out-of-fold top-1 predictions (class indices) of the metadata model within one set of rows.
 
     Classes with fewer rows than ``folds`` are left out (prediction -1): stratified folds need one per fold.
@@ -56,8 +66,7 @@ def cross_val_predict(rows: pd.DataFrame, y: np.ndarray, fusion_cfg, c: float, c
     from sklearn.model_selection import StratifiedKFold
 
     from fashion_core.fusion.encoders import MetaVocab
-    from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.fusion.metadata_only import fit_logreg
+    from fashion_core.fusion.metadata_only import class_scores, features, fit_logreg
 
     counts = pd.Series(y).value_counts()
     keep = np.isin(y, counts[counts >= folds].index.to_numpy())
@@ -78,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core.data.prepared import prepare_data
     from fashion_core.data.stage import build_stage_data
     from fashion_core.fusion.encoders import MetaVocab
+    from fashion_core.fusion.metadata_only import class_scores, features, fit_logreg
     from fashion_core.fusion.plan import stage_rows
-    from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.fusion.metadata_only import fit_logreg
 
-    cfg = load_experiment(find_technique("meta_only", args.stage, ROOT / "experiments"),
-                          parse_overrides(args.override), stage=args.stage)
+    cfg = load_experiment(
+        find_technique("meta_only", args.stage, ROOT / "experiments"), parse_overrides(args.override), stage=args.stage
+    )
     p = prepare_data(args.data, cfg.data, log=lambda *a: None)
     sd = build_stage_data(p, cfg.stage)
     rows = {s: stage_rows(p, sd.frame.loc[sd.frame["split"] == s, "id"]) for s in ("train", "val", "test")}
@@ -95,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab = MetaVocab.fit(rows["train"], cfg.fusion)
     x = {s: features(vocab, rows[s]) for s in rows}
     best = None
-    for c in ([cfg.metadata.logreg_c] if cfg.metadata.logreg_c > 0 else LOGREG_C_GRID):
+    for c in [cfg.metadata.logreg_c] if cfg.metadata.logreg_c > 0 else LOGREG_C_GRID:
         clf, _ = fit_logreg(x["train"], y["train"], c, class_weight, args.seed)
         v = np.nanmean(per_class_top1(y["val"], class_scores(clf, x["val"], n).argmax(1), n))
         print(f"C={c:g}: validation class mean {v:.4f}", flush=True)
@@ -107,12 +116,22 @@ def main(argv: list[str] | None = None) -> int:
     oof = cross_val_predict(rows["test"], y["test"], cfg.fusion, c, class_weight, args.folds, args.seed, n)
     within = per_class_top1(y["test"][oof >= 0], oof[oof >= 0], n)
     n_train, n_test = np.bincount(y["train"], minlength=n), np.bincount(y["test"], minlength=n)
-    table = pd.DataFrame({"class": sd.classes, "train": n_train, "test": n_test, "train years -> val": val,
-                          "train years -> test": test, "test years, cross-validated": within})
+    table = pd.DataFrame(
+        {
+            "class": sd.classes,
+            "train": n_train,
+            "test": n_test,
+            "train years -> val": val,
+            "train years -> test": test,
+            "test years, cross-validated": within,
+        }
+    )
     # the same classes in every column: training rows, and enough test rows for the folds
     table = table[(table["train"] > 0) & table["test years, cross-validated"].notna()]
-    print(f"\n{cfg.stage}: metadata-only logistic regression (C={c:g}, {cfg.loss.weights} class weights), "
-          f"Top-1 per class; {args.folds}-fold cross-validation within the test years\n")
+    print(
+        f"\n{cfg.stage}: metadata-only logistic regression (C={c:g}, {cfg.loss.weights} class weights), "
+        f"Top-1 per class; {args.folds}-fold cross-validation within the test years\n"
+    )
     cols = list(table.columns)
     print("| " + " | ".join(cols) + " |")
     print("| --- |" + " ---: |" * (len(cols) - 1))

@@ -24,6 +24,7 @@ second ("H_nested"); ``H_choose`` is the first half's best H, on which a variant
 
     python bench/zeroshot_calibration.py --data ../shared/data/fashion-product-images-small.tar.gz -o metadata.logreg_c=10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,27 +43,68 @@ HOLD_BACKS = ("constant", "words", "doubt")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", required=True, help="The dataset (folder or archive), as for `fashion prepare`.")
     ap.add_argument("--stage", default="finetune", choices=["pretrain", "finetune"])
-    ap.add_argument("--seeds", type=int, default=4, help="Fold seeds (3 folds each): 0 .. seeds-1; the first half "
-                    "chooses, the second half is the nested read.")
-    ap.add_argument("--only-seeds", type=int, nargs="+", default=None, metavar="SEED",
-                    help="Run only these fold seeds (e.g. 2 3 after an interrupted run) and write --rows; "
-                    "--summarize joins the row files.")
-    ap.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
-                    help="Print the table of these --rows files (no fitting).")
-    ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                    help="Config overrides of the zeroshot technique, e.g. -o metadata.logreg_c=10.")
-    ap.add_argument("--text", nargs="+", default=list(TEXT_VARIANTS), metavar="VARIANT",
-                    help="Name evidence variants: none, cosine:<template>, mapped:<l2>:<template>.")
-    ap.add_argument("--hold-back", nargs="+", default=list(HOLD_BACKS), choices=HOLD_BACKS,
-                    help="Hold-backs of the seen classes to compare.")
-    ap.add_argument("--fold-by", default="class", choices=["class", "subCategory", "masterCategory"],
-                    help="What a pseudo-unseen fold holds out (zeroshot.fold_by): a random third of the classes, or "
-                    "whole groups of classes (their subCategory / masterCategory) together.")
-    ap.add_argument("--rows", default=None, help="Also write every (fold, grid point) row to this CSV after each "
-                    "fold seed (a partial table survives an interrupted run).")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=4,
+        help="Fold seeds (3 folds each): 0 .. seeds-1; the first half chooses, the second half is the nested read.",
+    )
+    ap.add_argument(
+        "--only-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="Run only these fold seeds (e.g. 2 3 after an interrupted run) and write --rows; "
+        "--summarize joins the row files.",
+    )
+    ap.add_argument(
+        "--summarize",
+        nargs="+",
+        default=None,
+        metavar="CSV",
+        help="Print the table of these --rows files (no fitting).",
+    )
+    ap.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Config overrides of the zeroshot technique, e.g. -o metadata.logreg_c=10.",
+    )
+    ap.add_argument(
+        "--text",
+        nargs="+",
+        default=list(TEXT_VARIANTS),
+        metavar="VARIANT",
+        help="Name evidence variants: none, cosine:<template>, mapped:<l2>:<template>.",
+    )
+    ap.add_argument(
+        "--hold-back",
+        nargs="+",
+        default=list(HOLD_BACKS),
+        choices=HOLD_BACKS,
+        help="Hold-backs of the seen classes to compare.",
+    )
+    ap.add_argument(
+        "--fold-by",
+        default="class",
+        choices=["class", "subCategory", "masterCategory"],
+        help="What a pseudo-unseen fold holds out (zeroshot.fold_by): a random third of the classes, or "
+        "whole groups of classes (their subCategory / masterCategory) together.",
+    )
+    ap.add_argument(
+        "--rows",
+        default=None,
+        help="Also write every (fold, grid point) row to this CSV after each "
+        "fold seed (a partial table survives an interrupted run).",
+    )
     return ap.parse_args(argv)
 
 
@@ -85,22 +127,27 @@ def parse_text(variant: str) -> tuple[str, float, str, str]:
         return "cosine", 1.0, parts[1].replace("_", " "), kind
     if parts[0] == "mapped" and len(parts) == 3:
         return "mapped", float(parts[1]), parts[2].replace("_", " "), kind
-    raise SystemExit(f"bad --text variant {variant!r}: none, cosine:<template>[:wordnet] or "
-                     "mapped:<l2>:<template>[:wordnet]")
+    raise SystemExit(
+        f"bad --text variant {variant!r}: none, cosine:<template>[:wordnet] or mapped:<l2>:<template>[:wordnet]"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     from fashion_core.config.schema import load_experiment
     from fashion_core.data.prepared import prepare_data
     from fashion_core.fusion.encoders import TEXT_FIELD, MetaVocab
+    from fashion_core.fusion.metadata_only import class_scores, features, fit_logreg
     from fashion_core.fusion.plan import stage_rows
-    from fashion_core.fusion.metadata_only import class_scores, features
-    from fashion_core.fusion.metadata_only import fit_logreg
     from fashion_core.zeroshot.calibration import GAMMAS, class_groups, pseudo_unseen_folds, split_means
     from fashion_core.zeroshot.names import NameMatcher, candidate_classes
-    from fashion_core.zeroshot.ranker import fit_ranker, harmonic, ranker_log_proba, stacked_scores
-    from fashion_core.zeroshot.ranker import doubt
-    from fashion_core.zeroshot.semantic import TextInputs, class_text_embeddings, rows_of, stage_name_embeddings, with_text
+    from fashion_core.zeroshot.ranker import doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
+    from fashion_core.zeroshot.semantic import (
+        TextInputs,
+        class_text_embeddings,
+        rows_of,
+        stage_name_embeddings,
+        with_text,
+    )
     from fashion_core.zeroshot.text_encoder import load_encoder
 
     args = parse_args(argv)
@@ -111,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text_variants = {v: parse_text(v) for v in args.text}
     over = dict(o.split("=", 1) for o in args.override)
-    cfg = load_experiment(ROOT / "experiments" / args.stage / "zeroshot.yaml", overrides=over, profile="quick",
-                          stage=args.stage)
+    cfg = load_experiment(
+        ROOT / "experiments" / args.stage / "zeroshot.yaml", overrides=over, profile="quick", stage=args.stage
+    )
     p = prepare_data(args.data, cfg.data, log=lambda m: None)
     classes = candidate_classes(p.splits, args.stage)
     index = {c: i for i, c in enumerate(classes)}
@@ -137,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     c = cfg.metadata.logreg_c if cfg.metadata.logreg_c > 0 else 1.0
     groups = class_groups(rows["train"], y["train"], args.fold_by)
     out = []
-    for seed in (args.only_seeds if args.only_seeds is not None else range(args.seeds)):
+    for seed in args.only_seeds if args.only_seeds is not None else range(args.seeds):
         for held in pseudo_unseen_folds(np.unique(y["val"]), seed, groups=groups):
             keep = ~np.isin(y["train"], held)
             clf, _ = fit_logreg(x["train"][np.flatnonzero(keep)], y["train"][keep], c, "balanced", cfg.train.seed)
@@ -145,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
             seen = np.zeros(len(classes), dtype=bool)
             seen[np.unique(y["train"][keep])] = True
             known = set().union(*[words["train"][j] for j in np.flatnonzero(keep)])
-            signal = {"constant": np.zeros(len(y["val"])), "doubt": doubt(meta, seen),
-                      "words": np.array([len(w - known) / len(w) if w else 0.0 for w in words["val"]])}
+            signal = {
+                "constant": np.zeros(len(y["val"])),
+                "doubt": doubt(meta, seen),
+                "words": np.array([len(w - known) / len(w) if w else 0.0 for w in words["val"]]),
+            }
             pseudo_seen = np.setdiff1d(np.unique(y["val"]), held)
             for v in text_variants:
                 phi_train, phi_val = phi["train"][keep], phi["val"]
@@ -158,13 +209,24 @@ def main(argv: list[str] | None = None) -> int:
                 for mix in ("gate", "product"):
                     base = stacked_scores(meta, name, seen, 0.0, mix)
                     for kind, sig in ((k, signal[k]) for k in args.hold_back):
-                        for b in (BETAS[:1] if kind == "constant" else BETAS[1:]):
+                        for b in BETAS[:1] if kind == "constant" else BETAS[1:]:
                             for g in GAMMAS:
                                 s = base.copy()
                                 s[:, seen] -= g + b * sig[:, None]
                                 s_mean, u_mean = split_means(y["val"], s.argmax(axis=1), [pseudo_seen, held])
-                                out.append({"text": v, "variant": kind, "mix": mix, "beta": b, "gamma": g,
-                                            "seed": seed, "S": s_mean, "U": u_mean, "H": harmonic(s_mean, u_mean)})
+                                out.append(
+                                    {
+                                        "text": v,
+                                        "variant": kind,
+                                        "mix": mix,
+                                        "beta": b,
+                                        "gamma": g,
+                                        "seed": seed,
+                                        "S": s_mean,
+                                        "U": u_mean,
+                                        "H": harmonic(s_mean, u_mean),
+                                    }
+                                )
         print(f"fold seed {seed} done", flush=True)
         if args.rows:
             pd.DataFrame(out).to_csv(args.rows, index=False)
@@ -191,8 +253,13 @@ def as_the_run(df: pd.DataFrame, seeds: int) -> pd.DataFrame:
         first = g[g["seed"] < seeds // 2].groupby(keys)[["S", "U", "H"]].mean()
         second = g[g["seed"] >= seeds // 2].groupby(keys)[["S", "U", "H"]].mean()
         chosen = first["H"].idxmax()
-        row = {"text": text, "mix": chosen[0], "beta": chosen[1], "gamma": chosen[2],
-               **{f"{k}_choose": round(float(first.loc[chosen, k]), 4) for k in ("S", "U", "H")}}
+        row = {
+            "text": text,
+            "mix": chosen[0],
+            "beta": chosen[1],
+            "gamma": chosen[2],
+            **{f"{k}_choose": round(float(first.loc[chosen, k]), 4) for k in ("S", "U", "H")},
+        }
         if len(second):
             row.update({f"{k}_nested": round(float(second.loc[chosen, k]), 4) for k in ("S", "U", "H")})
         table.append(row)
@@ -209,10 +276,19 @@ def summary(df: pd.DataFrame, seeds: int) -> pd.DataFrame:
     for group, g in mean.groupby(level=[0, 1, 2]):
         best = g["H"].idxmax()
         chosen = first.loc[group].idxmax()
-        table.append({"text": group[0], "variant": group[1], "mix": group[2], "beta": best[3], "gamma": best[4],
-                      **g.loc[best].round(4).to_dict(), "H_choose": round(float(first.loc[group].max()), 4),
-                      "beta_gamma_chosen": f"{chosen[0]:g}/{chosen[1]:g}",
-                      "H_nested": round(float(second.loc[group + chosen]), 4) if len(second) else float("nan")})
+        table.append(
+            {
+                "text": group[0],
+                "variant": group[1],
+                "mix": group[2],
+                "beta": best[3],
+                "gamma": best[4],
+                **g.loc[best].round(4).to_dict(),
+                "H_choose": round(float(first.loc[group].max()), 4),
+                "beta_gamma_chosen": f"{chosen[0]:g}/{chosen[1]:g}",
+                "H_nested": round(float(second.loc[group + chosen]), 4) if len(second) else float("nan"),
+            }
+        )
     return pd.DataFrame(table)
 
 

@@ -7,6 +7,7 @@ gamma 0 *is* weighted cross-entropy.
 
     .venv/bin/python -c "from fashion_core.losses import class_weights; print(class_weights([1, 4, 100, 0], 'effective_number'))"
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -91,8 +92,13 @@ class FocalLoss(nn.Module):
         reduction: "mean" (weighted, as above), "sum" or "none" (per example, weighted, not normalised).
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: Tensor | Sequence[float] | None = None,
-                 label_smoothing: float = 0.0, reduction: str = "mean"):
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: Tensor | Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+    ):
         super().__init__()
         if gamma < 0:
             raise ConfigError(f"focal gamma must be >= 0, got {gamma}")
@@ -151,8 +157,13 @@ class LogitAdjustedLoss(nn.Module):
         label_smoothing: eps in [0, 1).
     """
 
-    def __init__(self, prior: Tensor | Sequence[float], tau: float = 1.0,
-                 weight: Tensor | Sequence[float] | None = None, label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        prior: Tensor | Sequence[float],
+        tau: float = 1.0,
+        weight: Tensor | Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+    ):
         super().__init__()
         prior = torch.as_tensor(prior, dtype=torch.float64).flatten()
         if (prior < 0).any() or prior.sum() <= 0:

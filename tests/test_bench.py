@@ -1,4 +1,5 @@
 """Pure functions of the bench/ scripts, on small hand-made tables."""
+
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,14 @@ def test_slice_costs_are_class_mean_points_regained():
 
 
 def test_slice_keys_brand_and_class_word():
-    meta = pd.DataFrame({"gender": ["Men", "Girls", ""], "year": [2012, 2011, 2013],
-                         "productDisplayName": ["Nike Men Casual Shoes", "Disney Kids Girl's Pink Kidswear", None]},
-                        index=[2, 1, 3])  # catalogue rows in the predictions' order, indexed by id
+    meta = pd.DataFrame(
+        {
+            "gender": ["Men", "Girls", ""],
+            "year": [2012, 2011, 2013],
+            "productDisplayName": ["Nike Men Casual Shoes", "Disney Kids Girl's Pink Kidswear", None],
+        },
+        index=[2, 1, 3],
+    )  # catalogue rows in the predictions' order, indexed by id
     pred = pd.DataFrame({"id": [2, 1, 3], "label": ["Casual Shoes", "Tshirts", "Socks"], "pred1": ["x", "y", "z"]})
     k = slice_keys(pred, meta)
     assert list(k["brand"]) == ["Nike", "Disney", "(no name)"]
@@ -33,22 +39,32 @@ def test_slice_keys_brand_and_class_word():
     assert list(k["year"]) == ["2012", "2011", "2013"] and list(k["gender"]) == ["Men", "Girls", ""]
 
 
-@pytest.mark.parametrize("label,name,holds", [
-    ("Tshirts", "Puma Men Red T-shirt", True), ("Dresses", "Biba Women Blue Dress", True),
-    ("Watches", "Titan Men Silver Watch", True), ("Casual Shoes", "Nike Men Shoe", True),
-    ("Sunglasses", "Fastrack Unisex Sunglass", True), ("Flats", "Catwalk Women Black Heels", False),
-    ("Tops", "Disney Kids Girl's Pink Kidswear", False)])
+@pytest.mark.parametrize(
+    "label,name,holds",
+    [
+        ("Tshirts", "Puma Men Red T-shirt", True),
+        ("Dresses", "Biba Women Blue Dress", True),
+        ("Watches", "Titan Men Silver Watch", True),
+        ("Casual Shoes", "Nike Men Shoe", True),
+        ("Sunglasses", "Fastrack Unisex Sunglass", True),
+        ("Flats", "Catwalk Women Black Heels", False),
+        ("Tops", "Disney Kids Girl's Pink Kidswear", False),
+    ],
+)
 def test_holds_class_word(label, name, holds):
     assert holds_class_word(label, name) is holds
 
 
 def test_year_shift_cross_validation_learns_within_the_rows():
-    from fashion_core.config.schema import FusionConfig
     from bench.year_shift import cross_val_predict, per_class_top1
+    from fashion_core.config.schema import FusionConfig
 
     # Classes 0 and 1 are told apart by a name word only; class 2 has too few rows for 3 folds.
-    names = [f"Brand{i % 4} Men Blue Sneaker" for i in range(9)] + [f"Brand{i % 4} Men Blue Belt" for i in range(9)] \
+    names = (
+        [f"Brand{i % 4} Men Blue Sneaker" for i in range(9)]
+        + [f"Brand{i % 4} Men Blue Belt" for i in range(9)]
         + ["Odd Thing", "Odd Thing"]
+    )
     rows = pd.DataFrame({"gender": "Men", "baseColour": "Blue", "usage": "Casual", "productDisplayName": names})
     y = np.array([0] * 9 + [1] * 9 + [2, 2])
     fcfg = FusionConfig(mode="metadata_only", fields=("gender", "productDisplayName"), text_buckets=256)
@@ -76,7 +92,11 @@ def test_layout_bench_prints_both_layouts_per_backbone(capsys):
     from bench import layout
 
     layout.main(["--batch", "2", "--rounds", "1", "--steps", "1", "--height", "16", "--width", "12"])
-    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| efficientnet") or ln.startswith("| resnet")]
+    rows = [
+        ln
+        for ln in capsys.readouterr().out.splitlines()
+        if ln.startswith("| efficientnet") or ln.startswith("| resnet")
+    ]
     assert len(rows) == 2
     for row in rows:
         nchw, cl, ratio = (float(v) for v in row.split("|")[2:5])
@@ -92,12 +112,17 @@ def test_time_to_accuracy_tabulates_a_logged_run(isolated):
         mlflow.set_tags({"technique": "weighted_ce", "seed": "0"})
         mlflow.log_params({"data.height": 80, "data.width": 60, "model.input_scale": 2.0})
         for epoch, (sec, val) in enumerate([(600.0, 0.87), (660.0, 0.90)], start=1):
-            mlflow.log_metrics({"epoch_seconds": sec, "val_top1_mean": val, "train_images_per_second": 20.0}, step=epoch)
-        mlflow.log_metrics({"run_seconds": 1500.0, "best_val_top1_mean": 0.90, "test_top1_mean": 0.91,
-                            "test_top5_mean": 0.99})
+            mlflow.log_metrics(
+                {"epoch_seconds": sec, "val_top1_mean": val, "train_images_per_second": 20.0}, step=epoch
+            )
+        mlflow.log_metrics(
+            {"run_seconds": 1500.0, "best_val_top1_mean": 0.90, "test_top1_mean": 0.91, "test_top5_mean": 0.99}
+        )
     rows, summary = run_rows(run.info.run_id, goal=0.90, budget_min=30.0)
-    assert [(r["epoch"], r["train min (cumulative)"], r["val class-mean"]) for r in rows] == [(1, 10.0, 0.87),
-                                                                                            (2, 21.0, 0.90)]
+    assert [(r["epoch"], r["train min (cumulative)"], r["val class-mean"]) for r in rows] == [
+        (1, 10.0, 0.87),
+        (2, 21.0, 0.90),
+    ]
     assert summary["run min (wall)"] == 25.0 and summary["input"] == "80x60 x2.0"
     assert summary[">= 0.9 within 30 min"] == "yes"
     _, late = run_rows(run.info.run_id, goal=0.90, budget_min=20.0)
@@ -121,12 +146,17 @@ def test_grid_scale_keeps_n_cells_with_a_source_for_every_finetune_cell():
 def test_grid_scale_arguments(tmp_path, capsys):
     from bench.grid_scale import parse_args
 
-    args = parse_args(["--part", "jobs", "--data", str(tmp_path), "--cells", "3", "--set", "train.epochs=1",
-                       "--set", "data.top_k=4"])
+    args = parse_args(
+        ["--part", "jobs", "--data", str(tmp_path), "--cells", "3", "--set", "train.epochs=1", "--set", "data.top_k=4"]
+    )
     assert args.cells == 3 and args.overrides == {"train.epochs": "1", "data.top_k": "4"}
     assert parse_args(["--part", "ray", "--data", ""]).cells is None  # the ray part's default (50) applies
-    for bad, says in ((["--set", "epochs"], "key=value"), (["--cells", "0"], "--cells 0"), (["--jobs", "1"], "--jobs 1"),
-                      (["--part", "jobs", "--data", ""], "no dataset")):
+    for bad, says in (
+        (["--set", "epochs"], "key=value"),
+        (["--cells", "0"], "--cells 0"),
+        (["--jobs", "1"], "--jobs 1"),
+        (["--part", "jobs", "--data", ""], "no dataset"),
+    ):
         with pytest.raises(SystemExit):
             parse_args(["--data", str(tmp_path), *bad] if "--data" not in bad else bad)
         assert says in capsys.readouterr().err
@@ -142,24 +172,36 @@ def test_grid_scale_records_each_arms_load_and_warns_when_the_arms_differ(monkey
         runs = pd.DataFrame({"status": ["FINISHED"], "seconds": [1.0]})
         parent_run_id = "0123456789"
 
-    readings = iter([{"load1": 1.0, "busy": 0}, {"load1": 1.2, "busy": 0},    # arm A: before, after
-                     {"load1": 1.3, "busy": 0}, {"load1": 2.1, "busy": 0},    # arm B: its own work loads more cores
-                     {"load1": 1.0, "busy": 0}, {"load1": 1.2, "busy": 0},
-                     {"load1": 3.0, "busy": 2}, {"load1": 3.4, "busy": 2}])   # arm B met two other jobs
+    readings = iter(
+        [
+            {"load1": 1.0, "busy": 0},
+            {"load1": 1.2, "busy": 0},  # arm A: before, after
+            {"load1": 1.3, "busy": 0},
+            {"load1": 2.1, "busy": 0},  # arm B: its own work loads more cores
+            {"load1": 1.0, "busy": 0},
+            {"load1": 1.2, "busy": 0},
+            {"load1": 3.0, "busy": 2},
+            {"load1": 3.4, "busy": 2},
+        ]
+    )  # arm B met two other jobs
     monkeypatch.setattr(grid_scale, "load_now", lambda: next(readings))
     fair = grid_scale.Arms(log=lambda m: None)
     fair.run("A", Result)
     fair.run("B", Result)
     assert fair.warning() == ""
-    assert fair.load_columns("A") == {"1-min load before -> after": "1.0 -> 1.2",
-                                      "other busy processes before -> after": "0 -> 0"}
+    assert fair.load_columns("A") == {
+        "1-min load before -> after": "1.0 -> 1.2",
+        "other busy processes before -> after": "0 -> 0",
+    }
     unfair = grid_scale.Arms(log=lambda m: None)
     unfair.run("A", Result)
     unfair.run("B", Result)
     warning = unfair.warning()
     assert warning.startswith("WARNING") and "mean other busy processes 0.0 (A) vs 2.0 (B)" in warning
-    assert unfair.load_columns("B") == {"1-min load before -> after": "3.0 -> 3.4",
-                                        "other busy processes before -> after": "2 -> 2"}
+    assert unfair.load_columns("B") == {
+        "1-min load before -> after": "3.0 -> 3.4",
+        "other busy processes before -> after": "2 -> 2",
+    }
 
 
 def test_grid_scale_interleaves_halves_that_each_hold_their_finetune_cells_sources():
@@ -189,13 +231,16 @@ def test_busy_others_counts_busy_processes_outside_this_ones_tree_only(monkeypat
     spin = [sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"]
     child = subprocess.Popen(spin)
     # an orphan: its parent (a shell) exits at once, so it is no descendant of this process
-    out = subprocess.run(["sh", "-c", f"{' '.join(spin[:2])} '{spin[2]}' >/dev/null 2>&1 & echo $!"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sh", "-c", f"{' '.join(spin[:2])} '{spin[2]}' >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     orphan = int(out.split()[0])
     listdir = os.listdir
     # only these two processes exist as far as busy_others can see (the machine's other work is not this test's)
-    monkeypatch.setattr(common.os, "listdir",
-                        lambda p: [str(child.pid), str(orphan)] if p == "/proc" else listdir(p))
+    monkeypatch.setattr(common.os, "listdir", lambda p: [str(child.pid), str(orphan)] if p == "/proc" else listdir(p))
     try:
         assert child.pid in common._descendants(os.getpid()) and orphan not in common._descendants(os.getpid())
         # a low share: on shared cores a niced spinner may get only a tenth of one
@@ -214,8 +259,17 @@ def test_grid_scale_jobs_part_on_generated_data_interleaved(dataset, isolated, m
     monkeypatch.setenv("FASHION_PROGRESS", "0")
     monkeypatch.setattr(grid_scale, "load_now", lambda: {"load1": 1.0, "busy": 0})  # no 2 s samples
     techniques = ["pretrain/baseline", "pretrain/class_balanced", "finetune/ncm", "finetune/imprint"]
-    rows, warning = grid_scale.jobs_part(str(dataset), techniques, "smoke", 2, {"data.top_k": 4, "train.epochs": 1},
-                                         None, log=lambda m: None, threads=1, interleave=True)
+    rows, warning = grid_scale.jobs_part(
+        str(dataset),
+        techniques,
+        "smoke",
+        2,
+        {"data.top_k": 4, "train.epochs": 1},
+        None,
+        log=lambda m: None,
+        threads=1,
+        interleave=True,
+    )
     assert warning == ""
     seq, par = rows
     assert seq["grid"] == "sequential, 1 threads" and par["grid"] == "--jobs 2, 1 thread per cell"

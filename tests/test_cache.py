@@ -1,4 +1,5 @@
 """Image cache: decode once, fixed size with a white-padding policy, reuse, resume, failures as exclusions."""
+
 import json
 
 import numpy as np
@@ -53,9 +54,10 @@ def test_interrupted_build_resumes(dataset, tmp_path):
     n = meta["n"]
     status = np.memmap(folder / "status.u8", dtype=np.uint8, mode="r+", shape=(n,))
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r+", shape=(n, 40, 30, 3))
-    status[n // 2:] = 0
-    images[n // 2:] = 7
-    status.flush(); images.flush()
+    status[n // 2 :] = 0
+    images[n // 2 :] = 7
+    status.flush()
+    images.flush()
     del status, images
     logs = []
     resumed = build_cache(cat, 40, 30, workers=1, root=tmp_path / "b", log=logs.append)

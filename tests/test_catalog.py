@@ -3,8 +3,8 @@
 import pytest
 
 from fashion_core.config.schema import DataConfig
-from fashion_core.data.prepared import prepare_data
 from fashion_core.data.catalog import CatalogError, build_catalog, read_styles, reason_counts
+from fashion_core.data.prepared import prepare_data
 
 
 def test_commas_in_names_parse_into_the_right_columns(dataset):
@@ -43,10 +43,13 @@ def test_undecodable_images_are_excluded_and_odd_modes_kept(dataset, isolated):
     assert counts["undecodable_image"] == 2 and counts["no_image"] == 1
 
 
-@pytest.mark.parametrize("content,match", [
-    ("", "is empty"),
-    ("id,gender,articleType\n1,Men,Shirts\n", "lacks the columns"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("", "is empty"),
+        ("id,gender,articleType\n1,Men,Shirts\n", "lacks the columns"),
+    ],
+)
 def test_bad_styles_csv(tmp_path, content, match):
     (tmp_path / "styles.csv").write_text(content)
     with pytest.raises(CatalogError, match=match):

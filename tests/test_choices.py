@@ -4,6 +4,7 @@ weight, the zero-shot calibration and Optuna have theirs in test_ensemble, test_
 
     .venv/bin/python -m pytest tests/test_choices.py -q
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,9 @@ def _history(run_id, key):
     return [(m.step, m.value) for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-@pytest.mark.parametrize("technique, chosen", [("baseline", ["best_epoch", "epochs_run"]),
-                                               ("meta_only", ["logreg_c", "val_top5_mean"])])
+@pytest.mark.parametrize(
+    "technique, chosen", [("baseline", ["best_epoch", "epochs_run"]), ("meta_only", ["logreg_c", "val_top5_mean"])]
+)
 def test_no_test_label_enters_the_epoch_or_the_regularisation_a_run_keeps(technique, chosen, dataset, isolated):
     from mlflow.tracking import MlflowClient
 
@@ -59,8 +61,17 @@ def test_no_test_label_enters_the_epoch_or_the_regularisation_a_run_keeps(techni
 def test_the_grid_source_is_the_best_on_validation_whatever_test_says():
     from fashion_core.grid.plan import IMAGE, pick_best_pretrain
 
-    runs = pd.DataFrame({"stage": ["pretrain"] * 3, "status": ["FINISHED"] * 3, "kind": [IMAGE] * 3,
-                         "technique": ["a", "b", "c"], "seed": [0, 0, 0], "run_id": ["r1", "r2", "r3"],
-                         "val_top1_best": [0.7, 0.9, 0.8], "test_top1_mean": [0.99, 0.1, 0.5]})
+    runs = pd.DataFrame(
+        {
+            "stage": ["pretrain"] * 3,
+            "status": ["FINISHED"] * 3,
+            "kind": [IMAGE] * 3,
+            "technique": ["a", "b", "c"],
+            "seed": [0, 0, 0],
+            "run_id": ["r1", "r2", "r3"],
+            "val_top1_best": [0.7, 0.9, 0.8],
+            "test_top1_mean": [0.99, 0.1, 0.5],
+        }
+    )
     assert pick_best_pretrain(runs)[0] == "r2"
     assert pick_best_pretrain(runs.assign(test_top1_mean=[0.1, 0.99, 0.5]))[0] == "r2"

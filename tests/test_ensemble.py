@@ -4,6 +4,7 @@ own test figures, the run's tags and artifacts, the grid it joins (so compare sh
 
     .venv/bin/python -m pytest tests/test_ensemble.py -q
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,11 @@ TINY = {"data.top_k": 4, "train.epochs": 1}
 
 
 def cfg(stage, technique, **over):
-    return load_experiment(EXP / stage / f"{technique}.yaml", overrides={**TINY, **over}, profile="smoke",
-                           stage=stage)
+    return load_experiment(EXP / stage / f"{technique}.yaml", overrides={**TINY, **over}, profile="smoke", stage=stage)
 
 
 # ---------------------------------------------------------------- the weight
+
 
 def _two_models(n=400, c=4, seed=0):
     """Model a knows classes 0-1 and is unsure on 2-3; model b knows 2-3 and says 3, less surely, for 0-1:
@@ -75,6 +76,7 @@ def test_crossfit_holds_the_ensemble_against_the_members_on_the_same_halves():
 
 # ---------------------------------------------------------------- runs
 
+
 @pytest.fixture(scope="module")
 def members(dataset, isolated_module):
     from fashion_core.runners.network import run_stage
@@ -115,8 +117,9 @@ def test_an_ensemble_run_is_a_run_of_its_stage_with_the_chosen_weight(members, d
     best = curve.loc[curve["val_top1_mean"] == curve["val_top1_mean"].max(), "weight"].min()
     assert m["ensemble_weight"] == best
     assert m["val_top1_mean"] == pytest.approx(curve.loc[curve["weight"] == best, "val_top1_mean"].item(), abs=1e-12)
-    assert curve.loc[curve["weight"] == 0, "val_top1_mean"].item() == pytest.approx(m["val_top1_mean_member_a"],
-                                                                                     abs=1e-12)
+    assert curve.loc[curve["weight"] == 0, "val_top1_mean"].item() == pytest.approx(
+        m["val_top1_mean_member_a"], abs=1e-12
+    )
     files = {a.path for a in MlflowClient().list_artifacts(run_id, "eval")}
     files |= {a.path for a in MlflowClient().list_artifacts(run_id, "ensemble")}
     assert {"eval/per_class.csv", "eval/predictions.csv", "ensemble/weights.csv", "ensemble/weights.png"} <= files
@@ -143,11 +146,19 @@ def test_no_test_label_enters_the_weight_choice(members, dataset, isolated_modul
     splits.loc[test, "label"] = splits.loc[test, "label"].map(dict(zip(classes, classes[1:] + classes[:1])))
     poisoned = run_ensemble([image, meta], str(dataset), prepared=dataclasses.replace(p, splits=splits), **QUIET)
     a, b = _run(clean).data.metrics, _run(poisoned).data.metrics
-    chosen = ["ensemble_weight", "val_top1_mean", "val_top5_mean", "val_top1_mean_crossfit",
-              "val_top1_mean_member_a", "val_top1_mean_member_b"]
+    chosen = [
+        "ensemble_weight",
+        "val_top1_mean",
+        "val_top5_mean",
+        "val_top1_mean_crossfit",
+        "val_top1_mean_member_a",
+        "val_top1_mean_member_b",
+    ]
     assert {k: a[k] for k in chosen} == {k: b[k] for k in chosen}
-    pd.testing.assert_frame_equal(pd.read_csv(download_artifact(clean, "ensemble/weights.csv")),
-                                  pd.read_csv(download_artifact(poisoned, "ensemble/weights.csv")))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(download_artifact(clean, "ensemble/weights.csv")),
+        pd.read_csv(download_artifact(poisoned, "ensemble/weights.csv")),
+    )
     assert a["test_top1_mean"] != b["test_top1_mean"]
 
 
@@ -186,8 +197,9 @@ def test_refusals(members, dataset):
         run_ensemble([image], str(dataset), **QUIET)
     with pytest.raises(ConfigError, match="with itself"):
         run_ensemble([image, image], str(dataset), **QUIET)
-    other_split = run_stage(cfg("pretrain", "meta_only", **{"data.split_seed": 1}), str(dataset), register=False,
-                            **QUIET)
+    other_split = run_stage(
+        cfg("pretrain", "meta_only", **{"data.split_seed": 1}), str(dataset), register=False, **QUIET
+    )
     with pytest.raises(ConfigError, match="dataset_digest|different splits"):
         run_ensemble([image, other_split], str(dataset), **QUIET)
     finetune = run_stage(cfg("finetune", "meta_only"), str(dataset), register=False, **QUIET)

@@ -1,4 +1,5 @@
 """Where grid cells run: GPU slots per cell, the inline executor, paths that workers elsewhere can use."""
+
 from __future__ import annotations
 
 import pytest

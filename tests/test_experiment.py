@@ -1,4 +1,5 @@
 """A tiny pretrain -> finetune on generated data: runs, tags, artifacts, and real transfer of the weights."""
+
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from fashion_core.config.schema import load_experiment
-from fashion_core.tracking.references import SourceError, load_run_model, resolve_source
 from fashion_core.runners.network import run_stage
+from fashion_core.tracking.references import SourceError, load_run_model, resolve_source
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -39,19 +40,34 @@ def test_pretrain_run_has_tags_metrics_and_artifacts(pretrained):
     assert tags["stage"] == "pretrain" and tags["technique"] == "baseline"
     assert len(tags["dataset_digest"]) == 16 and tags["mlflow.source.git.commit"]
     assert run.info.run_name == "baseline · s0" and run.data.tags["stage"] == "pretrain"
-    for m in ("test_top1_mean", "test_top5_mean", "test_top1_micro", "test_top5_micro", "val_top1_mean",
-              "train_loss", "test_top1_mean_lo", "test_top1_mean_hi"):
+    for m in (
+        "test_top1_mean",
+        "test_top5_mean",
+        "test_top1_micro",
+        "test_top5_micro",
+        "val_top1_mean",
+        "train_loss",
+        "test_top1_mean_lo",
+        "test_top1_mean_hi",
+    ):
         assert m in metrics, m
     history = MlflowClient().get_metric_history(pretrained, "val_top1_mean")
     assert [h.step for h in history] == [1, 2]
-    assert {"eval/per_class.csv", "eval/predictions.csv", "eval/confusion.html", "eval/per_class_intervals.csv"} \
-        <= artifacts(pretrained, "eval")
-    assert {"checkpoint/model_state.pt", "checkpoint/model.json", "checkpoint/last.pt"} <= artifacts(pretrained, "checkpoint")
+    assert {
+        "eval/per_class.csv",
+        "eval/predictions.csv",
+        "eval/confusion.html",
+        "eval/per_class_intervals.csv",
+    } <= artifacts(pretrained, "eval")
+    assert {"checkpoint/model_state.pt", "checkpoint/model.json", "checkpoint/last.pt"} <= artifacts(
+        pretrained, "checkpoint"
+    )
     assert "config.yaml" in artifacts(pretrained)
     import mlflow
 
-    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{pretrained}'", output_format="list")
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{pretrained}'", output_format="list"
+    )
     assert [m.name for m in models] == ["model"]
     assert run.data.params["loss.name"] == "ce"
 
@@ -169,8 +185,8 @@ def test_flip_average_bench_scores_the_runs_own_validation_only(pretrained, data
 
 def test_error_budget_bench_slices_a_runs_test_errors(pretrained, dataset, capsys):
     from bench import error_budget
-    from fashion_core.tracking import runs as tracking
     from fashion_core.evaluation.metrics import read_per_class, read_predictions
+    from fashion_core.tracking import runs as tracking
 
     assert error_budget.main([pretrained, "--data", str(dataset), "--top", "50"]) == 0
     out = capsys.readouterr().out
@@ -194,8 +210,10 @@ def year_dataset(root: Path) -> Path:
 
     data = make_dataset(root, odd_rows=False)
     lines = (data / "styles.csv").read_text().splitlines()
-    moved = [ln.replace(",2012,", ",2016,") if ln.split(",")[0].isdigit() and int(ln.split(",")[0]) % 4 == 0
-             else ln for ln in lines]
+    moved = [
+        ln.replace(",2012,", ",2016,") if ln.split(",")[0].isdigit() and int(ln.split(",")[0]) % 4 == 0 else ln
+        for ln in lines
+    ]
     (data / "styles.csv").write_text("\n".join(moved) + "\n")
     return data
 
@@ -210,8 +228,26 @@ def test_validation_by_year_through_prepare_pretrain_and_the_registry(tmp_path, 
     from fashion_core.tracking.runs import download_artifact
 
     data = str(year_dataset(tmp_path / "years"))
-    res = CliRunner().invoke(cli.main, ["prepare", "--data", data, "--top-k", "4", "--val-by", "year", "--val-years",
-                                        "2016", "--workers", "1", "--height", "32", "--width", "24"])
+    res = CliRunner().invoke(
+        cli.main,
+        [
+            "prepare",
+            "--data",
+            data,
+            "--top-k",
+            "4",
+            "--val-by",
+            "year",
+            "--val-years",
+            "2016",
+            "--workers",
+            "1",
+            "--height",
+            "32",
+            "--width",
+            "24",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "validation: the even years 2016 held out" in res.output
     client = MlflowClient()
@@ -232,8 +268,9 @@ def test_validation_by_year_through_prepare_pretrain_and_the_registry(tmp_path, 
     assert client.get_model_version_by_alias("fashion-pretrain", "best").run_id == run.info.run_id
     res = CliRunner().invoke(cli.main, ["pretrain", *smoke, "--val-fraction", "0", "--no-register"])
     assert res.exit_code == 0, res.output
-    last = client.search_runs([prep.info.experiment_id], "tags.stage = 'pretrain'",
-                              order_by=["attributes.start_time DESC"])[0]
+    last = client.search_runs(
+        [prep.info.experiment_id], "tags.stage = 'pretrain'", order_by=["attributes.start_time DESC"]
+    )[0]
     assert last.data.tags["selection"] == "last_epoch" and last.data.metrics["n_val_images"] == 0
     assert "kept the weights of the last epoch (2)" in res.output
 

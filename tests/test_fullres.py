@@ -1,5 +1,6 @@
 """The full-resolution layout: rich JSON metadata, layout detection, short-side sizes, and a cache build
 on 1800x2400 JPEGs that keeps memory bounded and resumes after SIGKILL to the same result as a clean build."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ import pytest
 from PIL import Image
 
 from fashion_core.config.schema import DataConfig
-from fashion_core.data.prepared import prepare_data
 from fashion_core.data.cache import build_cache, decode_image, size_for_short_side
 from fashion_core.data.catalog import build_catalog
+from fashion_core.data.prepared import prepare_data
 from fashion_core.data.richmeta import RICH_FIELDS, detect_layout, html_to_text, parse_style_json, read_rich_metadata
 from tests.helpers.fullres import FULL_SIZE, make_fullres_dataset, style_json
 
@@ -63,13 +64,17 @@ def test_generator_writes_the_public_layout(fullres):
     assert 300 < mean_kb < 900, f"{mean_kb:.0f} KB: the public full-size photos average ~550 KB"
     doc = json.loads((fullres / "styles" / "10005.json").read_text())
     assert set(doc) >= {"meta", "data"}
-    assert doc["data"]["articleType"]["typeName"] == "C2" and "<p>" in doc["data"]["productDescriptors"][
-        "description"]["value"]
+    assert (
+        doc["data"]["articleType"]["typeName"] == "C2"
+        and "<p>" in doc["data"]["productDescriptors"]["description"]["value"]
+    )
 
 
 def test_html_to_text_and_parse():
-    assert html_to_text("<p><b>Soft</b> cotton&nbsp;&amp; linen<br/>blend</p><ul><li>Wash</li></ul>") == \
-        "Soft cotton & linen blend Wash"
+    assert (
+        html_to_text("<p><b>Soft</b> cotton&nbsp;&amp; linen<br/>blend</p><ul><li>Wash</li></ul>")
+        == "Soft cotton & linen blend Wash"
+    )
     assert html_to_text(None) == ""
     doc = style_json(7, "Tshirts", "Men", "Red", 2012, "Puma Men Red Tshirt", np.random.default_rng(0))
     out = parse_style_json(json.dumps(doc))
@@ -142,8 +147,11 @@ def test_cli_short_side_sets_height_and_width():
         seen["hw"] = (height, width)
 
     try:
-        for args, hw in [([], (80, 60)), (["--short-side", "224"], (299, 224)),
-                         (["--short-side", "160", "--width", "150"], (213, 150))]:
+        for args, hw in [
+            ([], (80, 60)),
+            (["--short-side", "224"], (299, 224)),
+            (["--short-side", "160", "--width", "150"], (213, 150)),
+        ]:
             res = CliRunner().invoke(cli.main, ["probe-size", *args])
             assert res.exit_code == 0, res.output
             assert seen["hw"] == hw
@@ -172,8 +180,14 @@ def test_draft_decode_matches_full_decode(fullres):
 @pytest.mark.integration  # a cache build in a child process
 def test_full_size_build_keeps_memory_bounded(fullres, tmp_path):
     """2 workers on 1800x2400 photos: neither the builder nor a worker holds more than a few full-size images."""
-    out = subprocess.run([sys.executable, "-c", BUILD, str(fullres), str(tmp_path / "c"), "2", "1"],
-                         capture_output=True, text=True, env=_build_env(tmp_path), cwd=PROJECT, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", BUILD, str(fullres), str(tmp_path / "c"), "2", "1"],
+        capture_output=True,
+        text=True,
+        env=_build_env(tmp_path),
+        cwd=PROJECT,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rss = {k: v / 1024 for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}  # MB
     full_image_mb = FULL_SIZE[0] * FULL_SIZE[1] * 3 / 2**20  # 12.4 MB decoded
@@ -187,9 +201,14 @@ def test_killed_build_resumes_to_the_clean_result(fullres, tmp_path):
     """SIGKILL a build mid-way (after the undecodable first image), resume, compare with a clean build."""
     root = tmp_path / "killed"
     # draft=False and 2-image chunks keep the build slow enough to be caught mid-way
-    proc = subprocess.Popen([sys.executable, "-c", BUILD, str(fullres), str(root), "1", "0"],
-                            env=_build_env(tmp_path), cwd=PROJECT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BUILD, str(fullres), str(root), "1", "0"],
+        env=_build_env(tmp_path),
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     done = 0
     try:
         deadline = time.time() + 120
@@ -226,8 +245,9 @@ def test_rich_fields_are_fusion_inputs(fullres, cache_env):
     from fashion_core.config.schema import load_experiment
     from fashion_core.fusion.encoders import MISSING, MetaVocab
 
-    cfg = load_experiment(None, stage="pretrain").replace(**{
-        "fusion.mode": "late", "fusion.fields": "gender,brandName,ageGroup,colour1,fashionType"})
+    cfg = load_experiment(None, stage="pretrain").replace(
+        **{"fusion.mode": "late", "fusion.fields": "gender,brandName,ageGroup,colour1,fashionType"}
+    )
     cat = build_catalog(fullres)
     vocab = MetaVocab.fit(cat.iloc[3:], cfg.fusion)
     assert vocab.fields == ["gender", "brandName", "ageGroup", "colour1", "fashionType"]
@@ -241,15 +261,21 @@ def test_rich_fields_feed_the_fusion_encoders(isolated):
     """A fused pretrain run on the full layout: brandName / ageGroup from the JSON become encoder vocabularies."""
     import json as _json
 
-    from fashion_core.tracking import runs as tracking
     from fashion_core.config.schema import load_experiment
-    from fashion_core.tracking.references import MODEL_JSON
     from fashion_core.runners.network import run_stage
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.tracking.references import MODEL_JSON
 
     data = make_fullres_dataset(isolated / "fashion-dataset", n=24, size=(120, 160))
-    cfg = load_experiment(None, profile="smoke", stage="pretrain").replace(**{
-        "data.top_k": 2, "train.device": "cpu", "train.epochs": 1, "fusion.mode": "late",
-        "fusion.fields": "gender,brandName,ageGroup"})
+    cfg = load_experiment(None, profile="smoke", stage="pretrain").replace(
+        **{
+            "data.top_k": 2,
+            "train.device": "cpu",
+            "train.epochs": 1,
+            "fusion.mode": "late",
+            "fusion.fields": "gender,brandName,ageGroup",
+        }
+    )
     run_id = run_stage(cfg, str(data), register=False, log=lambda m: None)
     meta = _json.loads(tracking.download_artifact(run_id, MODEL_JSON, isolated / "dl").read_text())
     vocab = meta["fused"]["vocab"]["categorical"]

@@ -4,6 +4,7 @@ the encoders across (generated data, CPU).
 
     .venv/bin/python -m pytest tests/test_fusion.py -q
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,11 @@ import torch.nn.functional as F
 
 from fashion_core.config.checks import BACKBONES, ConfigError
 from fashion_core.config.schema import FusionConfig, ModelConfig, load_experiment
-from fashion_core.fusion.encoders import MISSING, UNKNOWN, CategoryVocab, MetaVocab, TextHasher
-from fashion_core.fusion.modules import AuxLoss, FusedNet, param_groups, wrap_criterion
-from fashion_core.fusion.meta import model_from_meta, model_meta
-from fashion_core.models.network import build_model
 from fashion_core.engine.train import LabelLoss
+from fashion_core.fusion.encoders import MISSING, UNKNOWN, CategoryVocab, MetaVocab, TextHasher
+from fashion_core.fusion.meta import model_from_meta, model_meta
+from fashion_core.fusion.modules import AuxLoss, FusedNet, param_groups, wrap_criterion
+from fashion_core.models.network import build_model
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 QUIET = dict(log=lambda m: None)
@@ -30,11 +31,15 @@ def cfg(stage, technique, **over):
 
 
 def rows(**cols) -> pd.DataFrame:
-    base = {"gender": ["Men", "Women", "", "Men"], "baseColour": ["Blue", "NA", "Red", None],
-            "season": ["Summer", "Fall", "Summer", ""], "usage": ["Casual", "NA", "", "Sports"],
-            "productDisplayName": ["Puma Men Blue Shoes", "", "NA", "Nike Men RED  shoes"],
-            "masterCategory": ["Footwear", "Apparel", "Footwear", "Footwear"],
-            "subCategory": ["Shoes", "Topwear", "Shoes", "Shoes"]}
+    base = {
+        "gender": ["Men", "Women", "", "Men"],
+        "baseColour": ["Blue", "NA", "Red", None],
+        "season": ["Summer", "Fall", "Summer", ""],
+        "usage": ["Casual", "NA", "", "Sports"],
+        "productDisplayName": ["Puma Men Blue Shoes", "", "NA", "Nike Men RED  shoes"],
+        "masterCategory": ["Footwear", "Apparel", "Footwear", "Footwear"],
+        "subCategory": ["Shoes", "Topwear", "Shoes", "Shoes"],
+    }
     base.update(cols)
     return pd.DataFrame(base)
 
@@ -57,6 +62,7 @@ def tiny_late(*args, **kwargs):
 
 
 # ---------------------------------------------------------------- encoders
+
 
 def test_category_codes_unknown_missing_and_na():
     v = CategoryVocab.fit("usage", ["Casual", "NA", "", None, "Sports", float("nan")])
@@ -84,8 +90,21 @@ def test_s_stemmer_makes_plurals_singular_only():
     from fashion_core.fusion.encoders import s_stem
 
     words = "wallets wallet accessories shoes flats dress glass canvas bus men kurtas tshirts toes".split()
-    assert [s_stem(w) for w in words] == ["wallet", "wallet", "accessory", "shoe", "flat", "dress", "glass",
-                                          "canva", "bus", "men", "kurta", "tshirt", "toe"]
+    assert [s_stem(w) for w in words] == [
+        "wallet",
+        "wallet",
+        "accessory",
+        "shoe",
+        "flat",
+        "dress",
+        "glass",
+        "canva",
+        "bus",
+        "men",
+        "kurta",
+        "tshirt",
+        "toe",
+    ]
     # -es comes off the plurals of words ending in s, ch, sh, x (Harman's rules alone leave "dresse")
     words = "dresses watches brushes boxes sunglasses".split()
     assert [s_stem(w) for w in words] == ["dress", "watch", "brush", "box", "sunglass"]
@@ -122,17 +141,21 @@ def test_config_keeps_year_and_leaky_fields_out():
     with pytest.raises(ConfigError, match="leaky metadata field"):
         load_experiment(None, overrides={"fusion.leaky_fields": "articleType"})
     with pytest.raises(ConfigError, match="transfer.method=scratch"):
-        load_experiment(EXP / "finetune" / "meta_only.yaml", overrides={"transfer.method": "finetune"}, stage="finetune")
+        load_experiment(
+            EXP / "finetune" / "meta_only.yaml", overrides={"transfer.method": "finetune"}, stage="finetune"
+        )
     with pytest.raises(ConfigError, match="loss.name=ce"):
         load_experiment(EXP / "pretrain" / "meta_only.yaml", overrides={"loss.name": "focal"})
     with pytest.raises(ConfigError, match="text_ngrams"):
         load_experiment(None, overrides={"fusion.text_ngrams": 4})
     assert not load_experiment(EXP / "pretrain" / "fused_text.yaml").fusion.leaky
-    assert load_experiment(EXP / "pretrain" / "fused_text.yaml",
-                           overrides={"fusion.leaky_fields": "subCategory"}).fusion.leaky
+    assert load_experiment(
+        EXP / "pretrain" / "fused_text.yaml", overrides={"fusion.leaky_fields": "subCategory"}
+    ).fusion.leaky
 
 
 # ---------------------------------------------------------------- modules
+
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_fused_shapes_on_every_backbone(backbone):
@@ -165,7 +188,11 @@ def test_film_starts_as_the_image_model_and_metadata_changes_late_fusion():
         film = FusedNet(net, vocab, "film", 8).eval()
         assert torch.allclose(film.forward_features(x, batch), image_only, atol=1e-6)  # zero-initialised FiLM
         late = FusedNet(build_model(mcfg, 3), vocab, "late", 8).eval()
-        other = {**batch, "meta_cat": batch["meta_cat"].roll(1, dims=0), "meta_text": batch["meta_text"].roll(1, dims=0)}
+        other = {
+            **batch,
+            "meta_cat": batch["meta_cat"].roll(1, dims=0),
+            "meta_text": batch["meta_text"].roll(1, dims=0),
+        }
         assert not torch.allclose(late(x, batch)["logits"], late(x, other)["logits"])
 
 
@@ -189,7 +216,9 @@ def test_trainable_policies_and_param_groups():
     model.set_trainable("head")
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert not any(p.requires_grad for p in model.metadata_parameters())  # the fused embedding is the fixed feature
-    assert all(p.requires_grad for p in model.head.parameters()) and all(p.requires_grad for p in model.aux.parameters())
+    assert all(p.requires_grad for p in model.head.parameters()) and all(
+        p.requires_grad for p in model.aux.parameters()
+    )
     model.set_trainable("last_block")
     assert all(p.requires_grad for p in model.metadata_parameters())
     assert all(p.requires_grad for p in model.backbone.last_block().parameters())
@@ -225,16 +254,26 @@ def test_model_json_round_trip():
 
 # ---------------------------------------------------------------- auxiliary loss
 
+
 def test_aux_loss_is_wired_and_weighted():
     torch.manual_seed(0)
-    out = {"logits": torch.randn(6, 4, requires_grad=True), "aux_master": torch.randn(6, 2, requires_grad=True),
-           "aux_sub": torch.randn(6, 3, requires_grad=True)}
-    batch = {"label": torch.tensor([0, 1, 2, 3, 0, 1]), "aux_master": torch.tensor([0, 1, 1, 0, -1, 1]),
-             "aux_sub": torch.tensor([2, 1, 0, 0, 1, -1])}
+    out = {
+        "logits": torch.randn(6, 4, requires_grad=True),
+        "aux_master": torch.randn(6, 2, requires_grad=True),
+        "aux_sub": torch.randn(6, 3, requires_grad=True),
+    }
+    batch = {
+        "label": torch.tensor([0, 1, 2, 3, 0, 1]),
+        "aux_master": torch.tensor([0, 1, 1, 0, -1, 1]),
+        "aux_sub": torch.tensor([2, 1, 0, 0, 1, -1]),
+    }
     loss = AuxLoss(torch.nn.CrossEntropyLoss(), {"aux_master": 0.3, "aux_sub": 0.7})
-    want = (F.cross_entropy(out["logits"], batch["label"])
-            + 0.3 * F.cross_entropy(out["aux_master"][batch["aux_master"] >= 0], batch["aux_master"][batch["aux_master"] >= 0])
-            + 0.7 * F.cross_entropy(out["aux_sub"][batch["aux_sub"] >= 0], batch["aux_sub"][batch["aux_sub"] >= 0]))
+    want = (
+        F.cross_entropy(out["logits"], batch["label"])
+        + 0.3
+        * F.cross_entropy(out["aux_master"][batch["aux_master"] >= 0], batch["aux_master"][batch["aux_master"] >= 0])
+        + 0.7 * F.cross_entropy(out["aux_sub"][batch["aux_sub"] >= 0], batch["aux_sub"][batch["aux_sub"] >= 0])
+    )
     got = loss(out, batch)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
     got.backward()
@@ -262,6 +301,7 @@ def test_aux_gradient_reaches_the_shared_embedding():
 
 
 # ---------------------------------------------------------------- runs on generated data
+
 
 def _tags(run_id):
     from mlflow.tracking import MlflowClient
@@ -321,12 +361,16 @@ def test_vocabularies_come_from_the_train_split_only(tmp_path, monkeypatch):
 
 
 def test_finetune_carries_the_encoders_across(fused_pretrain, dataset):
-    from fashion_core.tracking.references import load_run_model
     from fashion_core.runners.network import run_stage
+    from fashion_core.tracking.references import load_run_model
 
     source, src_meta = load_run_model(fused_pretrain)
-    run_id = run_stage(cfg("finetune", "fused_text_aux", **{"transfer.method": "linear_probe"}), str(dataset),
-                       source=fused_pretrain, **QUIET)
+    run_id = run_stage(
+        cfg("finetune", "fused_text_aux", **{"transfer.method": "linear_probe"}),
+        str(dataset),
+        source=fused_pretrain,
+        **QUIET,
+    )
     tuned, meta = load_run_model(run_id)
     assert isinstance(tuned, FusedNet) and meta["fused"]["vocab"] == src_meta["fused"]["vocab"]
     src, dst = source.state_dict(), tuned.state_dict()
@@ -340,8 +384,8 @@ def test_finetune_carries_the_encoders_across(fused_pretrain, dataset):
 @pytest.mark.parametrize("technique", ["ncm", "imprint"])
 def test_image_techniques_adopt_the_fused_source(fused_pretrain, dataset, technique):
     """ncm / imprint embed the training set through the fused embedding (which needs the batch)."""
-    from fashion_core.tracking.references import load_run_model
     from fashion_core.runners.network import run_stage
+    from fashion_core.tracking.references import load_run_model
 
     run_id = run_stage(cfg("finetune", technique), str(dataset), source=fused_pretrain, **QUIET)
     tags = _tags(run_id)
@@ -372,10 +416,10 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
     from mlflow.tracking import MlflowClient
 
     from fashion_core.evaluation import metrics as M
-    from fashion_core.tracking.references import SourceError, resolve_source
-    from fashion_core.runners.network import run_stage
     from fashion_core.fusion.metadata_only import class_scores, features
     from fashion_core.runners.metadata_only import load_metadata_baseline
+    from fashion_core.runners.network import run_stage
+    from fashion_core.tracking.references import SourceError, resolve_source
     from fashion_core.tracking.runs import download_artifact
 
     run_id = run_stage(cfg("pretrain", "meta_only", **{"metadata.logreg_c": 1.0}), str(dataset), **QUIET)
@@ -412,14 +456,17 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
 def test_leaky_configs_are_tagged(fused_pretrain, dataset):
     from fashion_core.runners.network import run_stage
 
-    run_id = run_stage(cfg("finetune", "meta_only", **{"fusion.leaky_fields": "subCategory", "metadata.logreg_c": 1.0}),
-                       str(dataset), **QUIET)
+    run_id = run_stage(
+        cfg("finetune", "meta_only", **{"fusion.leaky_fields": "subCategory", "metadata.logreg_c": 1.0}),
+        str(dataset),
+        **QUIET,
+    )
     tags = _tags(run_id)
     assert tags["leaky"] == "true" and "subCategory" in tags["fusion_inputs"].split(",")
     # a leaky pretrain run's leak goes wherever its encoders go: an image technique adopting them is leaky too
     from fashion_core.data.prepared import prepare_data
-    from fashion_core.tracking.references import load_run_model
     from fashion_core.fusion.plan import plan_stage
+    from fashion_core.tracking.references import load_run_model
 
     source = load_run_model(fused_pretrain)
     source[1]["fusion"]["leaky_fields"] = ["subCategory"]  # as a leaky pretrain run's model.json says

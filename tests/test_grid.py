@@ -1,4 +1,5 @@
 """The technique grid on generated data: child runs, the failing technique, source choice, reuse, planning."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,10 +11,10 @@ import yaml
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import technique_raw
-from fashion_core.tracking.versions import code_version
 from fashion_core.grid.plan import config_hash, model_kind, parse_seeds, plan_grid, select_techniques
-from fashion_core.tracking.runs import grid_run_ids
 from fashion_core.grid.scheduler import run_grid
+from fashion_core.tracking.runs import grid_run_ids
+from fashion_core.tracking.versions import code_version
 from tests.helpers.grid import EXP, TINY, cell_numbers, record_status
 from tests.helpers.store import module_store
 
@@ -28,8 +29,9 @@ def experiments_dir(root: Path) -> Path:
     raw = {k: v for k, v in technique_raw(EXP / "pretrain" / "meta_only.yaml").items() if k != "technique"}
     (d / "pretrain" / "meta_only.yaml").write_text(yaml.safe_dump(raw))
     shutil.copy(EXP / "finetune" / "ncm.yaml", d / "finetune")
-    (d / "pretrain" / "broken.yaml").write_text("description: weights that do not exist - fails once running\n"
-                                                "model:\n  init: /nonexistent/weights.pt\n")
+    (d / "pretrain" / "broken.yaml").write_text(
+        "description: weights that do not exist - fails once running\nmodel:\n  init: /nonexistent/weights.pt\n"
+    )
     return d
 
 
@@ -78,8 +80,9 @@ def test_grid_parent_children_and_the_failing_technique(grid):
         meta = client.get_run(runs.loc[("pretrain", "meta_only", seed), "run_id"])  # run_stage dispatched it
         assert meta.info.status == "FINISHED" and meta.data.tags["baseline"] == "metadata_only"
     assert "FAILED" in parent.data.tags["mlflow.note.content"]
-    listed = pd.read_csv(client.download_artifacts(res.parent_run_id, "grid/runs.csv"), dtype=str,
-                         keep_default_na=False)
+    listed = pd.read_csv(
+        client.download_artifacts(res.parent_run_id, "grid/runs.csv"), dtype=str, keep_default_na=False
+    )
     assert set(listed["run_id"]) == set(res.runs["run_id"])
 
 
@@ -174,8 +177,14 @@ def test_bad_from_fails_before_any_run(store, dataset):
 
 def test_plan_order_names_and_errors(tmp_path):
     tasks = plan_grid(EXP, ["ncm", "focal", "pretrain/baseline"], seeds=[0, 2], profile="quick", overrides=TINY)
-    assert [t.name for t in tasks] == ["pretrain/focal/seed0", "pretrain/baseline/seed0", "pretrain/focal/seed2",
-                                       "pretrain/baseline/seed2", "finetune/ncm/seed0", "finetune/ncm/seed2"]
+    assert [t.name for t in tasks] == [
+        "pretrain/focal/seed0",
+        "pretrain/baseline/seed0",
+        "pretrain/focal/seed2",
+        "pretrain/baseline/seed2",
+        "finetune/ncm/seed0",
+        "finetune/ncm/seed2",
+    ]
     assert all(t.cfg.data.top_k == 4 and t.cfg.train.epochs == 1 for t in tasks)
     assert tasks[0].cfg.loss.name == "focal" and tasks[4].cfg.transfer.method == "ncm"
     everything = select_techniques(EXP)
@@ -217,8 +226,11 @@ def git_repo(root: Path) -> Path:
 
     root.mkdir(parents=True)
     (root / "model.py").write_text("WIDTH = 64\n")
-    for args in (["init", "-q"], ["add", "model.py"],
-                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one"]):
+    for args in (
+        ["init", "-q"],
+        ["add", "model.py"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one"],
+    ):
         subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
     return root
 
@@ -226,8 +238,11 @@ def git_repo(root: Path) -> Path:
 def test_reuse_needs_the_same_dataset_digest_not_just_the_folder_name(store, dataset, tmp_path):
     """Another dataset in a folder of the same name (the same experiment): one product moved from 2012 to 2013.
     The grid must rerun, not reuse the runs of the first dataset."""
-    tasks = [t for t in plan_grid(experiments_dir(tmp_path), seeds=[0], profile="smoke", overrides=TINY)
-             if t.cfg.technique == "meta_only"]
+    tasks = [
+        t
+        for t in plan_grid(experiments_dir(tmp_path), seeds=[0], profile="smoke", overrides=TINY)
+        if t.cfg.technique == "meta_only"
+    ]
     quiet = dict(profile="smoke", seeds=[0], register=False, log=lambda m: None)
     first = run_grid(tasks, str(dataset), **quiet)
     assert run_grid(tasks, str(dataset), **quiet).runs["reused"].all()  # the same data: reused
@@ -249,15 +264,14 @@ def test_a_real_code_change_changes_the_version_and_stops_reuse(tmp_path, isolat
 
     from fashion_core.tracking import runs as tracking
     from fashion_core.tracking import versions
-    from fashion_core.tracking.versions import git_commit
     from fashion_core.tracking.runs import find_reusable
+    from fashion_core.tracking.versions import git_commit
 
     repo = git_repo(tmp_path / "repo")
     clean = code_version(repo)
     assert git_commit(repo)[1] is False and "+" not in clean.partition("~")[0]
     exp = tracking.set_experiment("reuse")
-    run = mlflow.MlflowClient().create_run(exp, tags={"config_hash": "h", "dataset_digest": "d",
-                                                      "code_version": clean})
+    run = mlflow.MlflowClient().create_run(exp, tags={"config_hash": "h", "dataset_digest": "d", "code_version": clean})
     mlflow.MlflowClient().set_terminated(run.info.run_id, "FINISHED")
     assert find_reusable("h", "d", clean, exp).info.run_id == run.info.run_id
 
@@ -271,14 +285,18 @@ def test_a_real_code_change_changes_the_version_and_stops_reuse(tmp_path, isolat
     assert git_commit(repo)[1] is True  # dirty counts it (it did not with --untracked-files=no)
     untracked = code_version(repo)
     subprocess.run(["git", "add", "layers.py"], cwd=repo, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "two"], cwd=repo,
-                   check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "two"], cwd=repo, check=True
+    )
     committed = code_version(repo)
     (repo / "notes.txt").write_text("not source")  # an untracked non-source file changes nothing
     assert code_version(repo) == committed and git_commit(repo)[1] is False
 
-    monkeypatch.setattr(versions, "library_versions", lambda: {"torch": "0.0.1", "torchvision": "0.0.1",
-                                                              "scikit-learn": "0.0.1", "numpy": "0.0.1"})
+    monkeypatch.setattr(
+        versions,
+        "library_versions",
+        lambda: {"torch": "0.0.1", "torchvision": "0.0.1", "scikit-learn": "0.0.1", "numpy": "0.0.1"},
+    )
     other_libs = code_version(repo)
     versions = [clean, edited, untracked, committed, other_libs]
     assert len(set(versions)) == len(versions)
@@ -290,15 +308,15 @@ def test_an_unknown_code_version_is_never_reused(tmp_path, isolated):
     import mlflow
 
     from fashion_core.tracking import runs as tracking
-    from fashion_core.tracking.versions import git_commit
     from fashion_core.tracking.runs import find_reusable
 
     outside = tmp_path / "not-a-checkout"
     outside.mkdir()
     assert code_version(outside) == "unknown"
     exp = tracking.set_experiment("unknown")
-    run = mlflow.MlflowClient().create_run(exp, tags={"config_hash": "h", "dataset_digest": "d",
-                                                      "code_version": "unknown"})
+    run = mlflow.MlflowClient().create_run(
+        exp, tags={"config_hash": "h", "dataset_digest": "d", "code_version": "unknown"}
+    )
     mlflow.MlflowClient().set_terminated(run.info.run_id, "FINISHED")
     assert find_reusable("h", "d", "unknown", exp) is None
 
@@ -309,14 +327,46 @@ def test_source_choice_follows_validation_when_test_disagrees():
     from fashion_core.grid.plan import pick_best_pretrain
 
     rows = [
-        {"stage": "pretrain", "technique": "baseline", "seed": 0, "kind": "image", "run_id": "a" * 32,
-         "status": "FINISHED", "test_top1_mean": 0.95, "val_top1_best": 0.70},
-        {"stage": "pretrain", "technique": "focal", "seed": 0, "kind": "image", "run_id": "b" * 32,
-         "status": "FINISHED", "test_top1_mean": 0.60, "val_top1_best": 0.80},
-        {"stage": "pretrain", "technique": "late", "seed": 0, "kind": "late-12345678", "run_id": "c" * 32,
-         "status": "FINISHED", "test_top1_mean": 0.99, "val_top1_best": 0.99},
-        {"stage": "pretrain", "technique": "broken", "seed": 0, "kind": "image", "run_id": "d" * 32,
-         "status": "FAILED", "test_top1_mean": float("nan"), "val_top1_best": 0.99},
+        {
+            "stage": "pretrain",
+            "technique": "baseline",
+            "seed": 0,
+            "kind": "image",
+            "run_id": "a" * 32,
+            "status": "FINISHED",
+            "test_top1_mean": 0.95,
+            "val_top1_best": 0.70,
+        },
+        {
+            "stage": "pretrain",
+            "technique": "focal",
+            "seed": 0,
+            "kind": "image",
+            "run_id": "b" * 32,
+            "status": "FINISHED",
+            "test_top1_mean": 0.60,
+            "val_top1_best": 0.80,
+        },
+        {
+            "stage": "pretrain",
+            "technique": "late",
+            "seed": 0,
+            "kind": "late-12345678",
+            "run_id": "c" * 32,
+            "status": "FINISHED",
+            "test_top1_mean": 0.99,
+            "val_top1_best": 0.99,
+        },
+        {
+            "stage": "pretrain",
+            "technique": "broken",
+            "seed": 0,
+            "kind": "image",
+            "run_id": "d" * 32,
+            "status": "FAILED",
+            "test_top1_mean": float("nan"),
+            "val_top1_best": 0.99,
+        },
     ]
     runs = pd.DataFrame(rows).reindex(columns=list(RUN_COLUMNS))
     best, ranking = pick_best_pretrain(runs, "image")
@@ -340,10 +390,12 @@ def test_cli_grid_validates_before_any_run(isolated):
 
     from fashion_core.cli.commands import main
 
-    for args, message in ((["--techniques", "nope"], "unknown technique 'nope'"),
-                          (["--seeds", "x"], "--seeds"),
-                          (["--profile", "fast"], "Invalid value for '--profile'"),
-                          (["-o", "loss.gamma=-1"], "loss.gamma must be >= 0")):
+    for args, message in (
+        (["--techniques", "nope"], "unknown technique 'nope'"),
+        (["--seeds", "x"], "--seeds"),
+        (["--profile", "fast"], "Invalid value for '--profile'"),
+        (["-o", "loss.gamma=-1"], "loss.gamma must be >= 0"),
+    ):
         r = CliRunner().invoke(main, ["grid", "--experiments-dir", str(EXP), *args])
         assert r.exit_code == 2 and message in r.output, (args, r.output)
     assert not (isolated / "mlflow.db").exists()  # rejected before MLflow was touched
@@ -356,8 +408,15 @@ def test_jobs_2_gives_the_sequential_grid_numbers(grid, dataset):
 
     _, seq = grid
     tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
-    par = run_grid(tasks, str(dataset), experiment="jobs-2", register=False, log=lambda m: None, jobs=2,
-                   threads_per_cell=torch.get_num_threads())
+    par = run_grid(
+        tasks,
+        str(dataset),
+        experiment="jobs-2",
+        register=False,
+        log=lambda m: None,
+        jobs=2,
+        threads_per_cell=torch.get_num_threads(),
+    )
     assert (par.runs["status"] == "FINISHED").all() and not par.runs["reused"].any()
     assert [t.name for t in tasks] == [f"{r.stage}/{r.technique}/seed{r.seed}" for r in par.runs.itertuples()]
     assert par.runs["worker"].nunique() == 2 and all(w.startswith("pid ") for w in par.runs["worker"])
@@ -374,8 +433,17 @@ def test_jobs_2_status_shows_a_cell_running_only_once_a_worker_started_it(store,
     monkeypatch.setenv("FASHION_PROGRESS", "0")
     seen = record_status(monkeypatch)
     tasks = plan_grid(EXP, ["pretrain/baseline"], seeds=[0, 1, 2, 3], profile="smoke", overrides=TINY)
-    res = run_grid(tasks, str(dataset), experiment="jobs-2-status", register=False, log=lambda m: None, jobs=2,
-                   threads_per_cell=1, show_status=True, profile="smoke")
+    res = run_grid(
+        tasks,
+        str(dataset),
+        experiment="jobs-2-status",
+        register=False,
+        log=lambda m: None,
+        jobs=2,
+        threads_per_cell=1,
+        show_status=True,
+        profile="smoke",
+    )
     assert (res.runs["status"] == "FINISHED").all()
     assert seen[3] == {"pending": 0, "queued": 4, "running": 0, "finished": 0, "reused": 0, "failed": 0}
     assert 1 <= max(c["running"] for c in seen) <= 2, seen
@@ -383,7 +451,8 @@ def test_jobs_2_status_shows_a_cell_running_only_once_a_worker_started_it(store,
 
 
 def test_status_never_shows_more_cells_running_than_slots_even_when_the_executor_says_more_started(
-        store, dataset, monkeypatch):
+    store, dataset, monkeypatch
+):
     """An executor that says every submitted cell has started (a worker that takes its next cell a moment
     before the previous one's end reaches the grid): the status still shows at most ``concurrency`` running."""
     import concurrent.futures as cf
@@ -398,17 +467,30 @@ def test_status_never_shows_more_cells_running_than_slots_even_when_the_executor
 
     def fake_cell(cell):
         time.sleep(1.2)  # a few of the grid's status polls (0.5 s)
-        return {**task_row(cell.task, None, "FINISHED", False, 1.2, cell.cfg_hash, None),
-                "host": "here", "worker": "thread", "device": "cpu"}
+        return {
+            **task_row(cell.task, None, "FINISHED", False, 1.2, cell.cfg_hash, None),
+            "host": "here",
+            "worker": "thread",
+            "device": "cpu",
+        }
 
     monkeypatch.setenv("FASHION_PROGRESS", "0")
     monkeypatch.setattr(grid, "run_cell", fake_cell)
-    monkeypatch.setattr(grid, "_executor", lambda *a, **k: (Eager(max_workers=4), {"executor": "fake", "jobs": 4,
-                                                                                    "concurrency": 2}))
+    monkeypatch.setattr(
+        grid, "_executor", lambda *a, **k: (Eager(max_workers=4), {"executor": "fake", "jobs": 4, "concurrency": 2})
+    )
     seen = record_status(monkeypatch)
     tasks = plan_grid(EXP, ["pretrain/baseline"], seeds=[0, 1, 2, 3], profile="smoke", overrides=TINY)
-    res = run_grid(tasks, str(dataset), experiment="status-cap", register=False, log=lambda m: None, jobs=4,
-                   show_status=True, profile="smoke")
+    res = run_grid(
+        tasks,
+        str(dataset),
+        experiment="status-cap",
+        register=False,
+        log=lambda m: None,
+        jobs=4,
+        show_status=True,
+        profile="smoke",
+    )
     assert (res.runs["status"] == "FINISHED").all()
     assert max(c["running"] for c in seen) == 2, seen  # capped at the slots, and the cap was reached
     assert all(c["running"] + c["finished"] <= 4 for c in seen) and seen[-1]["finished"] == 4

@@ -1,10 +1,11 @@
 """The grid's ETA on made-up cell durations: per kind of cell, the cells left, the slots, the finetune cells' wait."""
+
 from __future__ import annotations
 
 import pytest
 
-from fashion_core.grid.eta import CellCost, cell_costs, eta_seconds, eta_text, expected_seconds
 from fashion_core.grid.costs import FINETUNE_SHARE, METADATA_MINUTES, PRETRAIN_MINUTES
+from fashion_core.grid.eta import CellCost, cell_costs, eta_seconds, eta_text, expected_seconds
 
 PRE = PRETRAIN_MINUTES[("quick", "cpu")]
 
@@ -55,8 +56,12 @@ def test_the_cells_left_share_the_slots_and_a_long_running_cell_keeps_one():
 
 
 def test_a_finetune_cell_waits_for_every_pretrain_cell_of_its_kind_only():
-    cells = [CellCost("pa", "pretrain", 10.0, provides="image"), CellCost("pb", "pretrain", 10.0, provides="fused"),
-             CellCost("fa", "finetune", 1.0, waits_for="image"), CellCost("fb", "finetune", 1.0, waits_for="fused")]
+    cells = [
+        CellCost("pa", "pretrain", 10.0, provides="image"),
+        CellCost("pb", "pretrain", 10.0, provides="fused"),
+        CellCost("fa", "finetune", 1.0, waits_for="image"),
+        CellCost("fb", "finetune", 1.0, waits_for="fused"),
+    ]
     state = {"pa": "running", "pb": "running", "fa": "pending", "fb": "pending"}
     measured = {"x": 0.0}  # nothing of this grid measured: unknown
     assert eta_seconds(cells, state, {}, measured, 2) is None
@@ -72,8 +77,12 @@ def test_the_plan_knows_each_cells_kind_and_weight():
     from fashion_core.grid.plan import plan_grid
 
     exp = Path(__file__).resolve().parents[1] / "experiments"
-    tasks = plan_grid(exp, ["pretrain/baseline", "pretrain/meta_only", "finetune/ncm", "finetune/finetune"],
-                      profile="quick", overrides={"train.epochs": 2})
+    tasks = plan_grid(
+        exp,
+        ["pretrain/baseline", "pretrain/meta_only", "finetune/ncm", "finetune/finetune"],
+        profile="quick",
+        overrides={"train.epochs": 2},
+    )
     costs = {c.name.split("/seed")[0]: c for c in cell_costs(tasks, "quick")}
     assert [c.group for c in costs.values()] == ["pretrain", "metadata", "no_training", "finetune"]
     assert costs["pretrain/baseline"].provides == "image" and costs["finetune/ncm"].waits_for == "image"
@@ -89,12 +98,14 @@ def test_eta_text():
 
 def test_before_a_training_cell_has_finished_every_group_borrows_the_finished_cells_rate():
     """Only a metadata cell has finished (5 s for 0.5 units: 10 s per unit); the others are priced at that rate."""
-    cells = [CellCost("pre0", "pretrain", 10.0, provides="image"), CellCost("meta0", "metadata", 0.5),
-             CellCost("fine0", "finetune", 2.0, waits_for="image"), CellCost("ncm0", "no_training", 0.2,
-                                                                             waits_for="image")]
+    cells = [
+        CellCost("pre0", "pretrain", 10.0, provides="image"),
+        CellCost("meta0", "metadata", 0.5),
+        CellCost("fine0", "finetune", 2.0, waits_for="image"),
+        CellCost("ncm0", "no_training", 0.2, waits_for="image"),
+    ]
     measured = {"meta0": 5.0}
-    assert expected_seconds(cells, measured) == pytest.approx({"pre0": 100.0, "meta0": 5.0, "fine0": 20.0,
-                                                               "ncm0": 2.0})
+    assert expected_seconds(cells, measured) == pytest.approx({"pre0": 100.0, "meta0": 5.0, "fine0": 20.0, "ncm0": 2.0})
     state = {"meta0": "finished", "pre0": "running", "fine0": "pending", "ncm0": "pending"}
     # pre0 has 60 s left; fine0 (20 s) and ncm0 (2 s) start when it ends, one on each slot: 60 + 20
     assert eta_seconds(cells, state, {"pre0": 40.0}, measured, concurrency=2) == pytest.approx(80.0)

@@ -7,6 +7,7 @@ and a worker killed in the middle of a cell: Ray reruns the cell, the dead attem
 KILLED, the grid completes; the status never shows more cells running than the cluster's 2 slots,
 and each line a worker prints reaches this process once, prefixed by its cell.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,8 +46,9 @@ def test_ray_grid_on_two_nodes_survives_a_killed_worker(cluster, store, dataset,
 
     seen = record_status(monkeypatch)
     tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
-    res, _ = run_grid_killing_one_cell(tasks, dataset, experiment="ray", ray=cluster, cpus_per_cell=1, max_retries=2,
-                                       show_status=True, profile="smoke")
+    res, _ = run_grid_killing_one_cell(
+        tasks, dataset, experiment="ray", ray=cluster, cpus_per_cell=1, max_retries=2, show_status=True, profile="smoke"
+    )
     out = capfd.readouterr()
     lines = (out.out + out.err).splitlines()
     for r in res.runs[res.runs["stage"] == "pretrain"].itertuples():  # printed when the cell's run starts
@@ -79,8 +81,12 @@ def test_the_driver_keeps_every_cells_lines_that_ray_would_fold_as_repeated(monk
 
     def printed(dedup) -> list[str]:
         out = [line for pid in (1, 2, 3) for b in dedup.deduplicate(batch(pid, cell_line(pid))) for line in b["lines"]]
-        out += [line for pid in (1, 2, 3) for b in dedup.deduplicate(batch(pid, "UserWarning: shape 0/1 specialized"))
-                for line in b["lines"]]
+        out += [
+            line
+            for pid in (1, 2, 3)
+            for b in dedup.deduplicate(batch(pid, "UserWarning: shape 0/1 specialized"))
+            for line in b["lines"]
+        ]
         return out + [line for b in dedup.flush() for line in b["lines"]]
 
     def cell_line(seed: int) -> str:

@@ -1,4 +1,5 @@
 """The grid's status line: queued is not running, a line per cell that ends, the ETA from the cells' own times."""
+
 from __future__ import annotations
 
 import io
@@ -27,7 +28,10 @@ def test_grid_status_counts_cells_and_estimates_the_time_left(monkeypatch):
     status.update("b", "failed")  # t=120
     status.update("c", "reused")  # no timing of its own
     lines = out.getvalue().splitlines()
-    assert lines[0] == ("grid: a finished; 1/5 finished (0 reused), 1 running, 2 queued, 0 failed, 1 pending; "
-                        "ETA 2 min")
-    assert lines[-1].startswith("grid: c reused; 2/5 finished (1 reused), 0 running, 1 queued, 1 failed, 1 pending; ETA")
+    assert lines[0] == (
+        "grid: a finished; 1/5 finished (0 reused), 1 running, 2 queued, 0 failed, 1 pending; ETA 2 min"
+    )
+    assert lines[-1].startswith(
+        "grid: c reused; 2/5 finished (1 reused), 0 running, 1 queued, 1 failed, 1 pending; ETA"
+    )
     assert len(lines) == 3  # a line per cell that ends, none when one is queued or starts

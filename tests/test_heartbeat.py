@@ -8,6 +8,7 @@ identical grids started at once: one FINISHED run per cell.
 
     .venv/bin/python -m pytest -q tests/test_heartbeat.py -m ""
 """
+
 from __future__ import annotations
 
 import os
@@ -71,20 +72,30 @@ def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypa
     here = heartbeat.process_id()
 
     def run(name: str, tags: dict, start: float | None = None) -> str:
-        return client.create_run(exp, run_name=name, tags=tags,
-                                 start_time=int((start or now) * 1000)).info.run_id
+        return client.create_run(exp, run_name=name, tags=tags, start_time=int((start or now) * 1000)).info.run_id
 
     ids = {
-        "process gone": run("a", {"heartbeat": f"{now:.1f}", "heartbeat_s": "1",
-                                  "heartbeat_process": heartbeat.process_id(gone.pid)}),
-        "stale": run("b", {"heartbeat": f"{now - 60:.1f}", "heartbeat_s": "1",
-                           "heartbeat_process": "elsewhere/1:123:1.00"}, start=now - 100),
+        "process gone": run(
+            "a", {"heartbeat": f"{now:.1f}", "heartbeat_s": "1", "heartbeat_process": heartbeat.process_id(gone.pid)}
+        ),
+        "stale": run(
+            "b",
+            {"heartbeat": f"{now - 60:.1f}", "heartbeat_s": "1", "heartbeat_process": "elsewhere/1:123:1.00"},
+            start=now - 100,
+        ),
         "old, no heartbeat": run("c", {}, start=now - 60),
-        "fresh elsewhere": run("d", {"heartbeat": f"{now:.1f}", "heartbeat_s": "1",
-                                     "heartbeat_process": "elsewhere/1:123:1.00"}),
+        "fresh elsewhere": run(
+            "d", {"heartbeat": f"{now:.1f}", "heartbeat_s": "1", "heartbeat_process": "elsewhere/1:123:1.00"}
+        ),
         "young, no heartbeat": run("e", {}),
-        "slow writer": run("f", {"heartbeat": f"{now - 30:.1f}", "heartbeat_s": "60",  # its own period: not stale
-                                 "heartbeat_process": "elsewhere/1:123:1.00"}),
+        "slow writer": run(
+            "f",
+            {
+                "heartbeat": f"{now - 30:.1f}",
+                "heartbeat_s": "60",  # its own period: not stale
+                "heartbeat_process": "elsewhere/1:123:1.00",
+            },
+        ),
         "this process": run("g", {"heartbeat": f"{now - 60:.1f}", "heartbeat_s": "1", "heartbeat_process": here}),
     }
     heartbeat.start(ids["this process"])  # beaten here (its next beat not due yet): alive whatever its tag says
@@ -108,8 +119,8 @@ def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypa
 
 
 def test_a_bad_heartbeat_interval_is_one_line(monkeypatch):
-    from fashion_core.tracking import heartbeat
     from fashion_core.config.checks import ConfigError
+    from fashion_core.tracking import heartbeat
 
     monkeypatch.setenv("FASHION_HEARTBEAT_S", "0")
     with pytest.raises(ConfigError, match="FASHION_HEARTBEAT_S='0': expected a positive number"):
@@ -123,9 +134,9 @@ def _claim_tags(key: str) -> dict:
 
 
 def test_a_cell_claimed_by_a_live_run_is_waited_for_and_a_dead_claim_is_taken_over(isolated, monkeypatch):
+    from fashion_core.grid.claims import claim_cell, holder_state
     from fashion_core.tracking import heartbeat
     from fashion_core.tracking import runs as tracking
-    from fashion_core.grid.claims import claim_cell, holder_state
 
     monkeypatch.setenv("FASHION_HEARTBEAT_S", "1")
     exp = tracking.set_experiment("claims")
@@ -136,8 +147,12 @@ def test_a_cell_claimed_by_a_live_run_is_waited_for_and_a_dead_claim_is_taken_ov
         made.append(client.create_run(exp, tags=_claim_tags("k1")).info.run_id)
         return made[-1]
 
-    elsewhere = {"cell_key": "k1", "heartbeat": f"{time.time():.1f}", "heartbeat_s": "1",
-                 "heartbeat_process": "elsewhere/1:123:1.00"}
+    elsewhere = {
+        "cell_key": "k1",
+        "heartbeat": f"{time.time():.1f}",
+        "heartbeat_s": "1",
+        "heartbeat_process": "elsewhere/1:123:1.00",
+    }
     other = client.create_run(exp, tags=elsewhere).info.run_id  # another machine's grid runs the cell
     assert claim_cell(exp, "k1", create) == (None, other) and not made  # waited for, nothing created
     assert holder_state(other) == "running"
@@ -158,8 +173,8 @@ def test_a_cell_claimed_by_a_live_run_is_waited_for_and_a_dead_claim_is_taken_ov
 def test_claims_made_at_the_same_moment_never_both_win(isolated, monkeypatch):
     """Two grids claim the same cells at once (threads released by a barrier): at most one wins each cell,
     a loser's claim is deleted, and a cell nobody won is claimed again by a later try."""
-    from fashion_core.tracking import runs as tracking
     from fashion_core.grid.claims import claim_cell
+    from fashion_core.tracking import runs as tracking
 
     monkeypatch.setenv("FASHION_HEARTBEAT_S", "1")
     exp = tracking.set_experiment("races")
@@ -172,6 +187,7 @@ def test_claims_made_at_the_same_moment_never_both_win(isolated, monkeypatch):
             def create():
                 barrier.wait(timeout=30)  # both look, then both create
                 return client.create_run(exp, tags=_claim_tags(key)).info.run_id
+
             results.append(claim_cell(exp, key, create))
 
         threads = [threading.Thread(target=claim) for _ in range(2)]
@@ -192,18 +208,49 @@ def test_claims_made_at_the_same_moment_never_both_win(isolated, monkeypatch):
 
 # ---------------------------------------------------------------- fashion grid as a process, killed
 
+
 def _env(root: Path, heartbeat_s: str = "1") -> dict:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-            "FASHION_CACHE": str(root / "cache"), "FASHION_HEARTBEAT_S": heartbeat_s, "FASHION_PROGRESS": "0",
-            "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "FASHION_CACHE": str(root / "cache"),
+        "FASHION_HEARTBEAT_S": heartbeat_s,
+        "FASHION_PROGRESS": "0",
+        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    }
 
 
 def _grid_cmd(dataset: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fashion_core.cli.commands", "grid", "--data", str(dataset), "--profile", "smoke",
-            "--top-k", "4", "--device", "cpu", "--epochs", "2", "--experiments-dir", EXP, "--techniques",
-            "pretrain/baseline,finetune/ncm", "--seeds", "0,1", "--no-register", "--experiment", "crash", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fashion_core.cli.commands",
+        "grid",
+        "--data",
+        str(dataset),
+        "--profile",
+        "smoke",
+        "--top-k",
+        "4",
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--experiments-dir",
+        EXP,
+        "--techniques",
+        "pretrain/baseline,finetune/ncm",
+        "--seeds",
+        "0,1",
+        "--no-register",
+        "--experiment",
+        "crash",
+        *extra,
+    ]
 
 
 def _runs(root: Path) -> list:
@@ -232,8 +279,12 @@ def _wait_for(root: Path, proc: subprocess.Popen, what, timeout: float = 600):
 
 def _running_pretrain(runs, pid_tag: str = "worker_pid", skip: tuple = ()):
     for r in runs:
-        if (r.info.status == "RUNNING" and r.data.tags.get("stage") == "pretrain" and pid_tag in r.data.tags
-                and r.info.run_id not in skip):
+        if (
+            r.info.status == "RUNNING"
+            and r.data.tags.get("stage") == "pretrain"
+            and pid_tag in r.data.tags
+            and r.info.run_id not in skip
+        ):
             return r
     return None
 
@@ -242,8 +293,9 @@ def _after_kill_then_rerun(root: Path, dataset: Path, extra: tuple = ()) -> tupl
     """The ghosts a kill left, then the same command again; returns (runs before, runs after, its output)."""
     before = _runs(root)
     assert any(r.info.status == "RUNNING" for r in before)  # what the issue saw: ghosts until someone ends them
-    out = subprocess.run(_grid_cmd(dataset, *extra), env=_env(root), cwd=root, capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(
+        _grid_cmd(dataset, *extra), env=_env(root), cwd=root, capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return before, _runs(root), out.stdout + out.stderr
 
@@ -271,12 +323,24 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow  # two short grids as processes: about two minutes on 2 busy cores
 def test_kill_9_of_the_whole_grid_then_the_same_command_continues_it(tmp_path, dataset):
-    proc = subprocess.Popen(_grid_cmd(dataset), env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _grid_cmd(dataset),
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         # one cell done and the next one training: kill -9 the grid (its whole process group)
-        _wait_for(tmp_path, proc, lambda runs: any(r.info.status == "FINISHED" and r.data.tags.get("stage") == "pretrain"
-                                                   for r in runs) and _running_pretrain(runs))
+        _wait_for(
+            tmp_path,
+            proc,
+            lambda runs: (
+                any(r.info.status == "FINISHED" and r.data.tags.get("stage") == "pretrain" for r in runs)
+                and _running_pretrain(runs)
+            ),
+        )
         _kill_group(proc)
     finally:
         if proc.poll() is None:
@@ -299,8 +363,14 @@ def test_kill_9_of_the_whole_grid_then_the_same_command_continues_it(tmp_path, d
 @pytest.mark.slow  # two short grids with two worker processes each: about two minutes
 def test_kill_9_of_a_jobs_worker_then_of_the_grid_then_the_same_command(tmp_path, dataset):
     extra = ("--jobs", "2", "--max-retries", "1")
-    proc = subprocess.Popen(_grid_cmd(dataset, *extra), env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _grid_cmd(dataset, *extra),
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         first = _wait_for(tmp_path, proc, _running_pretrain)
         os.kill(int(first.data.tags["worker_pid"]), signal.SIGKILL)  # a worker dies: the pool reruns its cell
@@ -322,8 +392,14 @@ def test_kill_9_of_a_ray_worker_then_of_the_grid_then_the_same_command(tmp_path,
 
     with local_cluster(nodes=2, cpus_per_node=1, log_dir=tmp_path / "ray") as address:
         extra = ("--ray", address, "--cpus-per-cell", "1", "--max-retries", "2")
-        proc = subprocess.Popen(_grid_cmd(dataset, *extra), env=_env(tmp_path), cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            _grid_cmd(dataset, *extra),
+            env=_env(tmp_path),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             first = _wait_for(tmp_path, proc, _running_pretrain)
             os.kill(int(first.data.tags["worker_pid"]), signal.SIGKILL)  # Ray reruns the cell
@@ -340,8 +416,17 @@ def test_kill_9_of_a_ray_worker_then_of_the_grid_then_the_same_command(tmp_path,
 
 @pytest.mark.slow  # two short grids at once: about a minute and a half
 def test_two_identical_grids_started_at_once_run_each_cell_once(tmp_path, dataset):
-    procs = [subprocess.Popen(_grid_cmd(dataset), env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            _grid_cmd(dataset),
+            env=_env(tmp_path),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
     runs = _runs(tmp_path)
@@ -364,12 +449,14 @@ def test_a_grid_that_ended_unfinished_is_continued_or_under_mlflow_run_linked(is
 
     monkeypatch.setattr("fashion_core.grid.scheduler.code_version", lambda: "c0ffee+beat")
     tasks = plan_grid(EXP, ["pretrain/meta_only"], seeds=[0, 1], profile="smoke", overrides={"data.top_k": 4})
-    first = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False,
-                     log=lambda m: None)
+    first = run_grid(
+        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
+    )
     client = _client()
     client.set_terminated(first.parent_run_id, "KILLED")  # as if it had been stopped after its cells
-    again = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False,
-                     log=lambda m: None)
+    again = run_grid(
+        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
+    )
     assert again.parent_run_id == first.parent_run_id and not again.runs["reused"].any()
     assert list(again.runs["run_id"]) == list(first.runs["run_id"])  # its own cells, not run again
     parent = client.get_run(first.parent_run_id)
@@ -378,13 +465,15 @@ def test_a_grid_that_ended_unfinished_is_continued_or_under_mlflow_run_linked(is
     client.set_terminated(first.parent_run_id, "KILLED")
     launched = client.create_run(first.experiment_id, tags={"mlflow.source.type": "PROJECT"}).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launched)
-    linked = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False,
-                      log=lambda m: None)
+    linked = run_grid(
+        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
+    )
     assert linked.parent_run_id == launched and linked.runs["reused"].all()
     assert list(linked.runs["run_id"]) == list(first.runs["run_id"])
     assert client.get_run(launched).data.tags["continues_grid_run_id"] == first.parent_run_id
     assert client.get_run(first.parent_run_id).data.tags["continued_by"] == launched
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    fresh = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False,
-                     log=lambda m: None)  # the KILLED one was continued already: a new grid run, every cell reused
+    fresh = run_grid(
+        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
+    )  # the KILLED one was continued already: a new grid run, every cell reused
     assert fresh.parent_run_id not in (first.parent_run_id, launched) and fresh.runs["reused"].all()

@@ -1,4 +1,5 @@
 """Loader: batches by index, to_float and the batched augmentation (shapes, seeds, crop bounds, flip, padding, no per-item loop)."""
+
 from __future__ import annotations
 
 import math
@@ -85,13 +86,17 @@ def test_batches_order_seed_drop_last_and_cap():
     assert plain.tolist() == list(range(10))
 
     def order(seed):
-        return torch.cat([b["label"] for b in batches(data, 3, shuffle=True, generator=torch.Generator().manual_seed(seed))])
+        return torch.cat(
+            [b["label"] for b in batches(data, 3, shuffle=True, generator=torch.Generator().manual_seed(seed))]
+        )
 
     assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))
     assert [len(b["label"]) for b in batches(data, 3, shuffle=False, drop_last=True)] == [3, 3, 3]
     assert len(list(batches(data, 3, shuffle=False, max_batches=2))) == 2
     for bs, drop, cap in [(3, False, 0), (3, True, 0), (3, False, 2), (20, True, 0), (5, True, 0)]:
-        assert num_batches(10, bs, drop, cap) == len(list(batches(data, bs, shuffle=False, drop_last=drop, max_batches=cap)))
+        assert num_batches(10, bs, drop, cap) == len(
+            list(batches(data, bs, shuffle=False, drop_last=drop, max_batches=cap))
+        )
 
 
 # ---------------------------------------------------------------- to_float
@@ -104,7 +109,9 @@ def test_to_float_values_and_layout(channels_last):
     assert out.shape == (4, 3, 20, 16) and out.dtype == torch.float32
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert out.is_contiguous(memory_format=fmt)
-    want = (x.permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    want = (x.permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
 
 
@@ -129,9 +136,16 @@ def test_augment_is_deterministic_given_a_seed():
     assert not torch.allclose(run(3), run(4))
 
 
-@pytest.mark.parametrize("cfg", [AugmentConfig(), AugmentConfig(jitter=0.0), AugmentConfig(crop_scale_min=0.2, jitter=0.4),
-                                 AugmentConfig(crop_scale_min=1.0, hflip=False, jitter=0.3),
-                                 AugmentConfig(crop_scale_min=0.7, hflip=False, jitter=0.0)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        AugmentConfig(),
+        AugmentConfig(jitter=0.0),
+        AugmentConfig(crop_scale_min=0.2, jitter=0.4),
+        AugmentConfig(crop_scale_min=1.0, hflip=False, jitter=0.3),
+        AugmentConfig(crop_scale_min=0.7, hflip=False, jitter=0.0),
+    ],
+)
 def test_augment_equals_the_step_by_step_definition(cfg):
     """The fused version (separable grid, one colour matrix, clamp after normalising) changes no value."""
     x = images(16, 24, 18)
@@ -188,6 +202,7 @@ def test_jitter_clamps_to_the_valid_pixel_range():
 @pytest.mark.parametrize("fn", ["augment", "batches"])
 def test_no_per_item_python(fn):
     """The number of tensor operations per batch does not grow with the batch size."""
+
     def count(b):
         data = TensorData(images(b), torch.arange(b), {"meta": torch.arange(b)})
         with CountCalls() as c:

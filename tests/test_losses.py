@@ -1,7 +1,8 @@
 """Tests for fashion_core.losses: weight schemes by hand, focal == weighted CE at gamma 0, logit adjustment.
 
-    .venv/bin/python -m pytest tests/test_losses.py -q
+.venv/bin/python -m pytest tests/test_losses.py -q
 """
+
 import math
 
 import pytest
@@ -71,8 +72,11 @@ def test_focal_gamma0_equals_weighted_ce(batch, scheme, eps):
 @pytest.mark.parametrize("eps", [0.0, 0.2])
 def test_focal_gamma0_without_alpha_equals_ce(batch, eps):
     logits, target = batch
-    assert torch.allclose(FocalLoss(0.0, label_smoothing=eps)(logits, target),
-                          F.cross_entropy(logits, target, label_smoothing=eps), atol=1e-6)
+    assert torch.allclose(
+        FocalLoss(0.0, label_smoothing=eps)(logits, target),
+        F.cross_entropy(logits, target, label_smoothing=eps),
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("gamma", [0.5, 2.0])

@@ -1,4 +1,5 @@
 """Tests for fashion_core.evaluation.metrics: every number against a brute-force Python loop on random data."""
+
 from __future__ import annotations
 
 import math
@@ -9,7 +10,18 @@ import pandas as pd
 import pytest
 
 from fashion_core.evaluation import metrics
-from fashion_core.evaluation.metrics import bootstrap_class_mean, confusion_matrix_figure, per_class_from_predictions, per_class_table, predictions_frame, read_per_class, read_predictions, summarize, wilson_interval, with_wilson
+from fashion_core.evaluation.metrics import (
+    bootstrap_class_mean,
+    confusion_matrix_figure,
+    per_class_from_predictions,
+    per_class_table,
+    predictions_frame,
+    read_per_class,
+    read_predictions,
+    summarize,
+    wilson_interval,
+    with_wilson,
+)
 from fashion_core.evaluation.scoring import topk_predictions
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -399,7 +411,8 @@ def test_seed_mean_interval_two_stage_bootstrap():
     reps = metrics.bootstrap_class_mean_replicates(labels, top5, np.arange(4), n_boot=500, seed=1)
     # one seed: its own interval, exactly what bootstrap_class_mean gives with the same seed
     assert metrics.bootstrap_seed_mean([reps["top1"]]) == pytest.approx(
-        metrics.bootstrap_class_mean(labels, top5, np.arange(4), n_boot=500, seed=1)["top1"])
+        metrics.bootstrap_class_mean(labels, top5, np.arange(4), n_boot=500, seed=1)["top1"]
+    )
     same = metrics.bootstrap_seed_mean([reps["top1"], reps["top1"]], seed=3)
     apart = metrics.bootstrap_seed_mean([reps["top1"], reps["top1"] + 0.4], seed=3)
     assert apart[1] - apart[0] > 0.4 + 0.5 * (same[1] - same[0]) - 1e-9  # the seeds' spread is in it

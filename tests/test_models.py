@@ -1,7 +1,8 @@
 """Tests for fashion_core.models: every backbone x stem, heads, freezing, weight loading, param groups.
 
-    .venv/bin/python -m pytest tests/test_models.py -q
+.venv/bin/python -m pytest tests/test_models.py -q
 """
+
 import dataclasses
 
 import pytest

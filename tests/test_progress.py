@@ -1,4 +1,5 @@
 """Progress on stderr: the epoch bar's few lines in a log."""
+
 from __future__ import annotations
 
 import io

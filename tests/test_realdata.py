@@ -1,13 +1,33 @@
 """The real catalogue: the counts DESIGN.md and the data README list (skipped when the data is absent)."""
+
 import pytest
 
 from fashion_core.config.schema import DataConfig
 
 pytestmark = pytest.mark.realdata
 
-TOP20 = ["Tshirts", "Watches", "Casual Shoes", "Kurtas", "Shirts", "Tops", "Sunglasses", "Handbags", "Sports Shoes",
-         "Heels", "Briefs", "Wallets", "Flip Flops", "Socks", "Belts", "Sandals", "Sarees", "Dresses", "Formal Shoes",
-         "Flats"]
+TOP20 = [
+    "Tshirts",
+    "Watches",
+    "Casual Shoes",
+    "Kurtas",
+    "Shirts",
+    "Tops",
+    "Sunglasses",
+    "Handbags",
+    "Sports Shoes",
+    "Heels",
+    "Briefs",
+    "Wallets",
+    "Flip Flops",
+    "Socks",
+    "Belts",
+    "Sandals",
+    "Sarees",
+    "Dresses",
+    "Formal Shoes",
+    "Flats",
+]
 
 
 def test_prepare_on_the_real_data(real_data, isolated):

@@ -8,6 +8,7 @@ FASHION_RELIABILITY_REPORT names, else into pytest's temporary folder (tests wri
     FASHION_RELIABILITY_REPORT=reports/reliability.md .venv/bin/python -m pytest -q tests/test_reliability.py
     cat reports/reliability.md
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,16 @@ FASHION = [sys.executable, "-m", "fashion_core.cli.commands"]
 EXPERIMENTS = str(ROOT / "experiments")
 SMOKE = ["--profile", "smoke", "--top-k", "4", "--device", "cpu", "--experiments-dir", EXPERIMENTS]
 
-AREAS = ("catalogue", "archives", "configuration", "finetune --from", "interrupts", "concurrent writers",
-         "safe loading", "servers")
+AREAS = (
+    "catalogue",
+    "archives",
+    "configuration",
+    "finetune --from",
+    "interrupts",
+    "concurrent writers",
+    "safe loading",
+    "servers",
+)
 ROWS: list[tuple[str, str, str]] = []  # (area, fault, what happened), filled by the tests as they observe it
 
 
@@ -51,8 +60,10 @@ def reliability_report(tmp_path_factory):
     lines += [f"| {a} | {f} | {tmp.sub('<tmp>', w).replace('|', '/')} |" for a, f, w in ROWS]
     missing = [a for a in AREAS if a not in {r[0] for r in ROWS}]
     lines.append("")
-    lines.append(f"Observed by `pytest tests/test_reliability.py` ({len(ROWS)} faults)"
-                 + (f"; not run this time: {', '.join(missing)} (add `-m ''` for the slow ones)." if missing else "."))
+    lines.append(
+        f"Observed by `pytest tests/test_reliability.py` ({len(ROWS)} faults)"
+        + (f"; not run this time: {', '.join(missing)} (add `-m ''` for the slow ones)." if missing else ".")
+    )
     report.write_text("\n".join(lines) + "\n")
 
 
@@ -76,7 +87,7 @@ def describe_failure(code: int, output: str, before: dict[str, str], after: dict
     """The observed outcome of a refused command, in words for the report."""
     new = {k: v for k, v in after.items() if k not in before}
     runs = "no run started" if not new else "run(s) " + ", ".join(sorted(set(new.values())))
-    msg = error_lines(output)[0][len("Error: "):] if error_lines(output) else output.strip().splitlines()[-1]
+    msg = error_lines(output)[0][len("Error: ") :] if error_lines(output) else output.strip().splitlines()[-1]
     return f"exit {code}, `{msg[:160]}`; {runs}"
 
 
@@ -121,11 +132,14 @@ def _copy_dataset(src: Path, dst: Path, styles: str | None) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("fault,styles,match", [
-    ("styles.csv absent", None, "no styles.csv"),
-    ("styles.csv empty", "", "empty"),
-    ("styles.csv with missing columns", "id,gender,articleType\n1,Men,Shirts\n", "lacks the columns"),
-])
+@pytest.mark.parametrize(
+    "fault,styles,match",
+    [
+        ("styles.csv absent", None, "no styles.csv"),
+        ("styles.csv empty", "", "empty"),
+        ("styles.csv with missing columns", "id,gender,articleType\n1,Men,Shirts\n", "lacks the columns"),
+    ],
+)
 def test_bad_styles_csv_is_one_line(tmp_path, dataset, isolated_module, fault, styles, match):
     data = _copy_dataset(dataset, tmp_path / "ds", styles)
     check_refused("catalogue", fault, ["prepare", "--data", str(data)], match)
@@ -162,8 +176,14 @@ def test_bad_rows_and_images_are_counted_exclusions(tmp_path, dataset, isolated_
             assert reasons.get(i) == reason, (fault, i, reasons.get(i))
         n = int(m[f"invalid_{reason}"])
         assert n >= len(ids) and f"'{reason}': {n}" in summary, summary
-        ROWS.append(("catalogue", fault, f"prepare exit {code}: excluded as `{reason}` (metric invalid_{reason}="
-                     f"{n}, listed in splits/excluded.csv, printed in the summary)"))
+        ROWS.append(
+            (
+                "catalogue",
+                fault,
+                f"prepare exit {code}: excluded as `{reason}` (metric invalid_{reason}="
+                f"{n}, listed in splits/excluded.csv, printed in the summary)",
+            )
+        )
     for i, mode in ((90008, "grayscale"), (90009, "CMYK"), (90010, "RGBA PNG"), (90011, "53x77 (odd size)")):
         assert i not in reasons, (mode, reasons.get(i))
         ROWS.append(("catalogue", f"{mode} image", f"prepare exit {code}: kept, converted to RGB and resized"))
@@ -178,10 +198,14 @@ def test_hostile_archives_are_refused_and_write_nothing_outside(tmp_path, isolat
     cases = {
         "archive entry with an absolute path": [(_member(str(tmp_path / "abs_evil")), b"x")],
         "archive entry with `..`": [(_member("ds/../../dotdot_evil"), b"x")],
-        "archive symlink pointing outside": [(_member("ds/styles.csv"), payload),
-                                             (_member("ds/images/1.jpg", tarfile.SYMTYPE, "../../../../etc/passwd"), None)],
-        "archive hard link pointing outside": [(_member("ds/styles.csv"), payload),
-                                               (_member("ds/images/2.jpg", tarfile.LNKTYPE, "../../outside"), None)],
+        "archive symlink pointing outside": [
+            (_member("ds/styles.csv"), payload),
+            (_member("ds/images/1.jpg", tarfile.SYMTYPE, "../../../../etc/passwd"), None),
+        ],
+        "archive hard link pointing outside": [
+            (_member("ds/styles.csv"), payload),
+            (_member("ds/images/2.jpg", tarfile.LNKTYPE, "../../outside"), None),
+        ],
     }
     for fault, members in cases.items():
         archive = write_tar(tmp_path / f"bad{len(ROWS)}.tar.gz", members)
@@ -191,35 +215,56 @@ def test_hostile_archives_are_refused_and_write_nothing_outside(tmp_path, isolat
         assert not extracted.exists() or not any(extracted.iterdir())  # the partial extraction is removed
     fake = tmp_path / "data.tar.gz"
     fake.write_text("not an archive at all")
-    check_refused("archives", "a .tar.gz that is not an archive", ["prepare", "--data", str(fake)],
-                  "neither a folder nor a .zip/.tar.gz archive")
+    check_refused(
+        "archives",
+        "a .tar.gz that is not an archive",
+        ["prepare", "--data", str(fake)],
+        "neither a folder nor a .zip/.tar.gz archive",
+    )
     txt = tmp_path / "data.csv"
     txt.write_text("id\n1\n")
-    check_refused("archives", "--data naming a plain file", ["prepare", "--data", str(txt)],
-                  "neither a folder nor a .zip/.tar.gz archive")
+    check_refused(
+        "archives",
+        "--data naming a plain file",
+        ["prepare", "--data", str(txt)],
+        "neither a folder nor a .zip/.tar.gz archive",
+    )
 
 
 # ---------------------------------------------------------------- bad input: configuration
 
 
-@pytest.mark.parametrize("fault,extra,match", [
-    ("unknown technique", ["--technique", "nope"], "unknown pretrain technique"),
-    ("unknown backbone", ["-o", "model.backbone=vgg99"], "unknown backbone"),
-    ("unknown loss", ["-o", "loss.name=hinge"], "unknown loss"),
-    ("unknown class-weight scheme", ["-o", "loss.weights=magic"], "class-weight scheme"),
-    ("unknown config key", ["-o", "train.epoch=3"], "unknown config key"),
-    ("focal gamma < 0", ["-o", "loss.name=focal", "-o", "loss.gamma=-1"], "gamma"),
-    ("learning rate 0", ["-o", "train.lr=0"], "train.lr"),
-    ("learning rate < 0", ["-o", "train.lr=-0.1"], "train.lr"),
-    ("0 epochs (--epochs)", ["--epochs", "0"], "epochs"),
-    ("0 epochs (-o train.epochs=0)", ["-o", "train.epochs=0"], "train.epochs"),
-    ("batch size 0", ["-o", "train.batch_size=0"], "batch_size"),
-    ("non-numeric learning rate", ["-o", "train.lr=fast"], "train.lr"),
-    ("top-k larger than the number of classes", ["--top-k", "50"], "top_k=50"),
-])
+@pytest.mark.parametrize(
+    "fault,extra,match",
+    [
+        ("unknown technique", ["--technique", "nope"], "unknown pretrain technique"),
+        ("unknown backbone", ["-o", "model.backbone=vgg99"], "unknown backbone"),
+        ("unknown loss", ["-o", "loss.name=hinge"], "unknown loss"),
+        ("unknown class-weight scheme", ["-o", "loss.weights=magic"], "class-weight scheme"),
+        ("unknown config key", ["-o", "train.epoch=3"], "unknown config key"),
+        ("focal gamma < 0", ["-o", "loss.name=focal", "-o", "loss.gamma=-1"], "gamma"),
+        ("learning rate 0", ["-o", "train.lr=0"], "train.lr"),
+        ("learning rate < 0", ["-o", "train.lr=-0.1"], "train.lr"),
+        ("0 epochs (--epochs)", ["--epochs", "0"], "epochs"),
+        ("0 epochs (-o train.epochs=0)", ["-o", "train.epochs=0"], "train.epochs"),
+        ("batch size 0", ["-o", "train.batch_size=0"], "batch_size"),
+        ("non-numeric learning rate", ["-o", "train.lr=fast"], "train.lr"),
+        ("top-k larger than the number of classes", ["--top-k", "50"], "top_k=50"),
+    ],
+)
 def test_bad_config_is_refused_before_any_run(dataset, isolated_module, fault, extra, match):
-    args = ["pretrain", "--data", str(dataset), "--profile", "smoke", "--device", "cpu", "--no-register",
-            "--experiments-dir", EXPERIMENTS]
+    args = [
+        "pretrain",
+        "--data",
+        str(dataset),
+        "--profile",
+        "smoke",
+        "--device",
+        "cpu",
+        "--no-register",
+        "--experiments-dir",
+        EXPERIMENTS,
+    ]
     if "--top-k" not in extra:
         args += ["--top-k", "4"]
     what = check_refused("configuration", fault, args + extra, match)
@@ -241,23 +286,29 @@ def odd_runs(dataset, isolated_module):
     return {"failed": failed, "prepare": prepare}
 
 
-@pytest.mark.parametrize("fault,which,match", [
-    ("finetune --from a missing run", "missing", "no run"),
-    ("finetune --from a FAILED run", "failed", "not FINISHED"),
-    ("finetune --from a run of the wrong stage", "prepare", "not a pretrain run"),
-    ("finetune --from a malformed reference", "yesterday", "expected a run id"),
-    ("finetune --from latest with no pretrain run", "latest", "no finished pretrain run"),
-    ("finetune --from an unknown registered model", "models:/nope@best", "models:/nope@best"),
-])
+@pytest.mark.parametrize(
+    "fault,which,match",
+    [
+        ("finetune --from a missing run", "missing", "no run"),
+        ("finetune --from a FAILED run", "failed", "not FINISHED"),
+        ("finetune --from a run of the wrong stage", "prepare", "not a pretrain run"),
+        ("finetune --from a malformed reference", "yesterday", "expected a run id"),
+        ("finetune --from latest with no pretrain run", "latest", "no finished pretrain run"),
+        ("finetune --from an unknown registered model", "models:/nope@best", "models:/nope@best"),
+    ],
+)
 def test_bad_finetune_source(dataset, odd_runs, fault, which, match):
     ref = {"missing": "0" * 32, **odd_runs}.get(which, which)
-    check_refused("finetune --from", fault,
-                  ["finetune", "--data", str(dataset), "--from", ref, *SMOKE], match)
+    check_refused("finetune --from", fault, ["finetune", "--data", str(dataset), "--from", ref, *SMOKE], match)
 
 
 def test_resume_of_a_run_without_checkpoint(dataset, odd_runs):
-    check_refused("interrupts", "--resume naming a run without checkpoint/last.pt",
-                  ["pretrain", "--data", str(dataset), *SMOKE, "--resume", odd_runs["prepare"]], "--resume")
+    check_refused(
+        "interrupts",
+        "--resume naming a run without checkpoint/last.pt",
+        ["pretrain", "--data", str(dataset), *SMOKE, "--resume", odd_runs["prepare"]],
+        "--resume",
+    )
 
 
 # ---------------------------------------------------------------- interrupts and --resume
@@ -272,11 +323,18 @@ def _metric_history(run_id: str, key: str) -> dict[int, float]:
 def _interrupt(args: list[str], sig: int, after_epoch: int, cwd: Path) -> tuple[str, int, str]:
     """Start ``fashion ARGS`` as a subprocess, send ``sig`` once it has logged ``after_epoch``; (run id, rc, output)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(FASHION + args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True,  # its own session: only it gets the signal
-                            # A shell's background job inherits SIGINT ignored, and Python then keeps ignoring
-                            # it; restore the default so the child installs its KeyboardInterrupt handler.
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        FASHION + args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own session: only it gets the signal
+        # A shell's background job inherits SIGINT ignored, and Python then keeps ignoring
+        # it; restore the default so the child installs its KeyboardInterrupt handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     out, run_id = [], None
     try:
         for line in proc.stdout:
@@ -321,14 +379,20 @@ def test_interrupted_runs_end_killed_and_resume_to_the_same_result(tmp_path, dat
         got_loss = _metric_history(run_id, "train_loss")
         assert run.info.status == "FINISHED" and after[run_id] == "FINISHED"
         assert sorted(got_loss) == sorted(want_loss)
-        assert [got_loss[k] for k in sorted(got_loss)] == pytest.approx([want_loss[k] for k in sorted(want_loss)],
-                                                                          rel=1e-6)
+        assert [got_loss[k] for k in sorted(got_loss)] == pytest.approx(
+            [want_loss[k] for k in sorted(want_loss)], rel=1e-6
+        )
         assert run.data.metrics["test_top1_mean"] == want_test
         name = signal.Signals(sig).name
-        ROWS.append(("interrupts", f"{name} during training (after epoch 1 of 4)",
-                     f"exit {rc}, run KILLED with "
-                     f"checkpoint/last.pt logged; `--resume {run_id[:8]}…` ended FINISHED with the same per-epoch "
-                     f"train_loss and test_top1_mean ({want_test:.4f}) as an uninterrupted run with the same seed"))
+        ROWS.append(
+            (
+                "interrupts",
+                f"{name} during training (after epoch 1 of 4)",
+                f"exit {rc}, run KILLED with "
+                f"checkpoint/last.pt logged; `--resume {run_id[:8]}…` ended FINISHED with the same per-epoch "
+                f"train_loss and test_top1_mean ({want_test:.4f}) as an uninterrupted run with the same seed",
+            )
+        )
 
 
 # ---------------------------------------------------------------- concurrent writers
@@ -371,8 +435,16 @@ def test_four_writers_on_one_sqlite_store_lose_nothing(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     ready = tmp_path / "ready"
     ready.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(ready), str(i), str(n), storage], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(ready), str(i), str(n), storage],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(workers)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     errors = [(p.returncode, err[-3000:]) for p, (_, err) in zip(procs, outs) if p.returncode != 0]
     assert not errors, errors
@@ -385,14 +457,20 @@ def test_four_writers_on_one_sqlite_store_lose_nothing(tmp_path, monkeypatch):
     for r in runs:
         assert r.data.params["train.lr"] == "0.1" and len(client.get_metric_history(r.info.run_id, "train_loss")) == 3
         assert [a.path for a in client.list_artifacts(r.info.run_id, "notes")] == [
-            f"notes/w{r.data.params['worker']}_{r.info.run_name.split('/')[1]}.txt"]
+            f"notes/w{r.data.params['worker']}_{r.info.run_name.split('/')[1]}.txt"
+        ]
     trials = optuna.load_study(study_name="concurrent", storage=storage).trials
     assert len(trials) == n * workers
     assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
-    ROWS.append(("concurrent writers", f"{workers} processes start together on an empty sqlite MLflow store and an "
-                 f"empty Optuna sqlite storage, {n} runs (params, 3-step metrics, an artifact) and {n} trials each",
-                 f"all exit 0; {len(runs)}/{n * workers} runs FINISHED with every param, metric step and artifact; "
-                 f"{len(trials)}/{n * workers} trials COMPLETE; no `database is locked`"))
+    ROWS.append(
+        (
+            "concurrent writers",
+            f"{workers} processes start together on an empty sqlite MLflow store and an "
+            f"empty Optuna sqlite storage, {n} runs (params, 3-step metrics, an artifact) and {n} trials each",
+            f"all exit 0; {len(runs)}/{n * workers} runs FINISHED with every param, metric step and artifact; "
+            f"{len(trials)}/{n * workers} trials COMPLETE; no `database is locked`",
+        )
+    )
 
 
 # ---------------------------------------------------------------- safe loading
@@ -412,11 +490,11 @@ def test_pickled_code_in_a_checkpoint_is_refused_by_every_loader(tmp_path, datas
     import mlflow
     import torch
 
-    from fashion_core.tracking import runs as tracking
     from fashion_core.config.checks import ConfigError
-    from fashion_core.tracking.references import SourceError, load_run_model
-    from fashion_core.models.backbones import read_state_dict
     from fashion_core.engine.train import load_checkpoint
+    from fashion_core.models.backbones import read_state_dict
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.tracking.references import SourceError, load_run_model
 
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pt"
@@ -436,18 +514,31 @@ def test_pickled_code_in_a_checkpoint_is_refused_by_every_loader(tmp_path, datas
     with pytest.raises(SourceError, match="no usable model checkpoint"):
         load_run_model(run.info.run_id)
     assert not marker.exists()
-    ROWS.append(("safe loading", "checkpoint holding a pickled callable (train.load_checkpoint, model.init "
-                 "reader, load_run_model)", "refused by torch.load(weights_only=True); the payload never ran"))
+    ROWS.append(
+        (
+            "safe loading",
+            "checkpoint holding a pickled callable (train.load_checkpoint, model.init reader, load_run_model)",
+            "refused by torch.load(weights_only=True); the payload never ran",
+        )
+    )
     image = str(dataset / "images" / "1000.jpg")
     rid = run.info.run_id
     for fault, args, match in [
-        ("`fashion predict --model RUN` whose checkpoint holds a pickled callable", ["predict", image, "--model", rid],
-         "pickled Python object"),
-        ("`--resume RUN` whose last.pt holds a pickled callable",
-         ["pretrain", "--data", str(dataset), *SMOKE, "--resume", rid], "pickled Python object"),
-        ("`-o model.init=FILE` holding a pickled callable",
-         ["pretrain", "--data", str(dataset), *SMOKE, "--no-register", "-o", f"model.init={evil}"],
-         "cannot read a state dict .*Unsupported global"),
+        (
+            "`fashion predict --model RUN` whose checkpoint holds a pickled callable",
+            ["predict", image, "--model", rid],
+            "pickled Python object",
+        ),
+        (
+            "`--resume RUN` whose last.pt holds a pickled callable",
+            ["pretrain", "--data", str(dataset), *SMOKE, "--resume", rid],
+            "pickled Python object",
+        ),
+        (
+            "`-o model.init=FILE` holding a pickled callable",
+            ["pretrain", "--data", str(dataset), *SMOKE, "--no-register", "-o", f"model.init={evil}"],
+            "cannot read a state dict .*Unsupported global",
+        ),
     ]:
         check_refused("safe loading", fault, args, match)
         assert not marker.exists(), fault
@@ -462,12 +553,20 @@ def test_nothing_unpickles_without_weights_only():
         for m in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", text):
             assert "weights_only=True" in m.group(0), f"{path.name}: {m.group(0)}"
             found.append(path.name)
-        risky = re.search(r"\b(?:c?pickle|joblib|dill)\.loads?\(|(?:pyfunc|pytorch|sklearn)\.load_model\(|"
-                          r"allow_pickle\s*=\s*True|torch\.export\.load\(", text)
+        risky = re.search(
+            r"\b(?:c?pickle|joblib|dill)\.loads?\(|(?:pyfunc|pytorch|sklearn)\.load_model\(|"
+            r"allow_pickle\s*=\s*True|torch\.export\.load\(",
+            text,
+        )
         assert risky is None, f"{path.name} calls {risky.group(0)}"
     assert found
-    ROWS.append(("safe loading", "source scan for torch.load / pickle / joblib / mlflow model loaders",
-                 f"{len(found)} torch.load call(s), all weights_only=True; no other unpickling loader"))
+    ROWS.append(
+        (
+            "safe loading",
+            "source scan for torch.load / pickle / joblib / mlflow model loaders",
+            f"{len(found)} torch.load call(s), all weights_only=True; no other unpickling loader",
+        )
+    )
 
 
 # ---------------------------------------------------------------- servers
@@ -487,5 +586,10 @@ def test_servers_bind_to_loopback_by_default():
     assert "hostname (default: 127.0.0.1)" in helptext, helptext
     code = " ".join(p.read_text() for p in (ROOT / "fashion_core").rglob("*.py"))
     assert "0.0.0.0" not in code
-    ROWS.append(("servers", "`make ui`, `mlflow server`, `optuna-dashboard` as started by the project",
-                 "bind 127.0.0.1 (Makefile passes --host 127.0.0.1; both tools default to it; no 0.0.0.0 in the code)"))
+    ROWS.append(
+        (
+            "servers",
+            "`make ui`, `mlflow server`, `optuna-dashboard` as started by the project",
+            "bind 127.0.0.1 (Makefile passes --host 127.0.0.1; both tools default to it; no 0.0.0.0 in the code)",
+        )
+    )

@@ -1,4 +1,5 @@
 """The compare report on logged runs with known predictions: numbers, filters, files, and the HTML in Chromium."""
+
 from __future__ import annotations
 
 import base64
@@ -10,15 +11,15 @@ import pandas as pd
 import pytest
 
 from fashion_core.evaluation import metrics as M
-from fashion_core.tracking import runs as tracking
+from fashion_core.report.analysis import PEER_MIN_TEST, PEER_MIN_TRAIN
+from fashion_core.report.compare import run_compare
 from fashion_core.report.render import SECTIONS
 from fashion_core.report.runs import CompareError, find_runs
 from fashion_core.report.tables import display_summary, markdown_table, shot_bin
-from fashion_core.report.compare import run_compare
+from fashion_core.tracking import runs as tracking
 from tests.helpers.browser import chromium, dump_dom
 from tests.helpers.runs import recompute
 from tests.helpers.store import module_store
-from fashion_core.report.analysis import PEER_MIN_TEST, PEER_MIN_TRAIN
 
 # "NA" must stay a class name (not a missing value); "Sarees" has no test image; "Perfume" is test-only.
 PRETRAIN = ["NA", "Shirts", "Tshirts", "Watches", "Sarees"]
@@ -52,8 +53,19 @@ def fake_eval(classes, n_train, n_test, skill, seed, test_only=None):
     return table, preds
 
 
-def log_fake_run(stage, technique, seed, skill, digest="digest-a", leaky=False, tags=None, corrupt=False,
-                 experiment="fake-data", config=None, draw=None):
+def log_fake_run(
+    stage,
+    technique,
+    seed,
+    skill,
+    digest="digest-a",
+    leaky=False,
+    tags=None,
+    corrupt=False,
+    experiment="fake-data",
+    config=None,
+    draw=None,
+):
     """A FINISHED run with ``eval/per_class.csv`` and ``eval/predictions.csv``, as run_stage logs them.
 
     ``draw`` seeds the fake predictions (default: ``seed``): equal draws give identical predictions.
@@ -66,10 +78,16 @@ def log_fake_run(stage, technique, seed, skill, digest="digest-a", leaky=False, 
     if corrupt:  # a per_class.csv that disagrees with its predictions: the report must trust the predictions
         table.loc[1, "top1"] = 0.123
     tracking.set_experiment(experiment)
-    all_tags = {"seed": seed, "leaky": str(leaky).lower(), "transfer": technique if stage == "finetune" else "",
-                "fusion": "late" if leaky else "none", **(tags or {})}
-    with tracking.start_run(stage, technique, digest, run_name=f"{stage}/{technique}/seed{seed}",
-                            tags=all_tags, config=config) as run:
+    all_tags = {
+        "seed": seed,
+        "leaky": str(leaky).lower(),
+        "transfer": technique if stage == "finetune" else "",
+        "fusion": "late" if leaky else "none",
+        **(tags or {}),
+    }
+    with tracking.start_run(
+        stage, technique, digest, run_name=f"{stage}/{technique}/seed{seed}", tags=all_tags, config=config
+    ) as run:
         tracking.log_frame(table, "eval/per_class.csv")
         tracking.log_frame(preds, "eval/predictions.csv")
     return run.info.run_id
@@ -119,8 +137,9 @@ def array(v) -> np.ndarray:
 
 def test_every_per_class_number_equals_the_predictions(fake_runs, compared, tmp_path):
     res, out = compared, compared.out
-    long = pd.read_csv(out / "per_class_runs.csv", dtype={"class": str}, keep_default_na=False,
-                       na_values={"top1": [""], "top5": [""]})
+    long = pd.read_csv(
+        out / "per_class_runs.csv", dtype={"class": str}, keep_default_na=False, na_values={"top1": [""], "top5": [""]}
+    )
     assert set(long["run_id"]) == set(fake_runs.values())
     expected_long = []
     for (stage, technique, seed), run_id in fake_runs.items():
@@ -137,8 +156,7 @@ def test_every_per_class_number_equals_the_predictions(fake_runs, compared, tmp_
     html_text = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
     for stage in ("pretrain", "finetune"):
-        wide = pd.read_csv(out / f"per_class_{stage}.csv", dtype={"class": str}, keep_default_na=False,
-                           na_values=[""])
+        wide = pd.read_csv(out / f"per_class_{stage}.csv", dtype={"class": str}, keep_default_na=False, na_values=[""])
         techniques = list(res.tables.summary[stage]["technique"])
         for t in techniques:
             for c in wide["class"]:
@@ -157,8 +175,10 @@ def test_every_per_class_number_equals_the_predictions(fake_runs, compared, tmp_
         assert trace["x"] == techniques
         evaluated = wide[(wide["n_train"] > 0) & (wide["n_test"] > 0)]
         # A class with fewer than 5 test images is starred, and each of its cells says how many it has.
-        assert trace["y"] == [f"{c} ({a}/{b})" + (" *" if b < 5 else "")
-                              for c, a, b in zip(evaluated["class"], evaluated["n_train"], evaluated["n_test"])]
+        assert trace["y"] == [
+            f"{c} ({a}/{b})" + (" *" if b < 5 else "")
+            for c, a, b in zip(evaluated["class"], evaluated["n_train"], evaluated["n_test"])
+        ]
         assert trace["text"] == [[f"n={b}" if b < 5 else "" for _ in techniques] for b in evaluated["n_test"]]
         z = array(trace["z"])
         want = np.array([[means.loc[(stage, c, t), "top1"] for t in techniques] for c in evaluated["class"]])
@@ -171,8 +191,12 @@ def test_summary_tables(fake_runs, compared):
     assert list(pre["technique"]) == ["focal", "baseline"]  # ranked by class-mean top-1
     assert list(pre["rank"]) == [1, 2] and list(pre["seeds"]) == ["0,1", "0,1"]
     runs = res.tables.runs.set_index("run_id")
-    base = [M.summarize(res.tables.per_class_runs[res.tables.per_class_runs["run_id"] == fake_runs[("pretrain", "baseline", s)]])
-            for s in (0, 1)]
+    base = [
+        M.summarize(
+            res.tables.per_class_runs[res.tables.per_class_runs["run_id"] == fake_runs[("pretrain", "baseline", s)]]
+        )
+        for s in (0, 1)
+    ]
     row = pre.set_index("technique").loc["baseline"]
     assert row["top1_mean"] == pytest.approx(np.mean([b["top1_mean"] for b in base]))
     assert row["top1_std"] == pytest.approx(np.std([b["top1_mean"] for b in base], ddof=1))
@@ -193,9 +217,18 @@ def test_summary_tables(fake_runs, compared):
     md = (res.out / "summary.md").read_text()
     assert "| 1 | focal |" in md and "LEAKY" in md
     files = {p.name for p in res.out.iterdir()}
-    assert {"report.html", "report.md", "summary.md", "summary_pretrain.csv", "summary_finetune.csv",
-            "per_class_pretrain.csv", "per_class_finetune.csv", "per_class_runs.csv", "not_evaluated.csv",
-            "runs.csv"} <= files
+    assert {
+        "report.html",
+        "report.md",
+        "summary.md",
+        "summary_pretrain.csv",
+        "summary_finetune.csv",
+        "per_class_pretrain.csv",
+        "per_class_finetune.csv",
+        "per_class_runs.csv",
+        "not_evaluated.csv",
+        "runs.csv",
+    } <= files
 
 
 def test_compare_run_holds_the_report(fake_runs, compared, tmp_path):
@@ -209,8 +242,7 @@ def test_compare_run_holds_the_report(fake_runs, compared, tmp_path):
     assert {"report/report.html", "report/summary.md", "report/summary_pretrain.csv"} <= names
     assert "focal" in run.data.tags["mlflow.note.content"]
     # A compare run is not itself compared.
-    again = run_compare(experiment="fake-data", grid="none", out=tmp_path / "again", log_run=False,
-                        log=lambda m: None)
+    again = run_compare(experiment="fake-data", grid="none", out=tmp_path / "again", log_run=False, log=lambda m: None)
     assert res.run_id not in set(again.tables.runs["run_id"])
 
 
@@ -237,8 +269,11 @@ def test_filters_and_left_out_runs(store):
     # A grid scope: only the runs its runs.csv lists (reused runs of older grids included) or its children.
     client = MlflowClient()
     exp = client.get_experiment_by_name("filters")
-    parent = client.create_run(exp.experiment_id, run_name="grid/x/seeds0",
-                               tags={"stage": "grid", "technique": "grid", "dataset_digest": "digest-a"}).info.run_id
+    parent = client.create_run(
+        exp.experiment_id,
+        run_name="grid/x/seeds0",
+        tags={"stage": "grid", "technique": "grid", "dataset_digest": "digest-a"},
+    ).info.run_id
     client.log_text(parent, pd.DataFrame({"run_id": kept_runs}).to_csv(index=False), "grid/runs.csv")
     client.set_terminated(parent, "FINISHED")
     assert {r.info.run_id for r in find_runs("filters", grid="latest").runs} == set(kept_runs)
@@ -251,8 +286,10 @@ def test_filters_and_left_out_runs(store):
 
 def test_the_seed_mean_interval_includes_the_seeds_spread(store, tmp_path):
     """Two seeds far apart: the interval of their mean spans them (the mean of per-seed bounds did not)."""
-    low, high = log_fake_run("pretrain", "shaky", 0, 0.2, experiment="spread"), \
-        log_fake_run("pretrain", "shaky", 1, 0.95, experiment="spread")
+    low, high = (
+        log_fake_run("pretrain", "shaky", 0, 0.2, experiment="spread"),
+        log_fake_run("pretrain", "shaky", 1, 0.95, experiment="spread"),
+    )
     res = run_compare(experiment="spread", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
     row = res.tables.summary["pretrain"].set_index("technique").loc["shaky"]
     runs = res.tables.runs.set_index("run_id")
@@ -268,16 +305,19 @@ def test_the_seed_mean_interval_includes_the_seeds_spread(store, tmp_path):
 
 def test_grid_none_keeps_each_configuration_of_a_technique(store, tmp_path):
     """A 20-epoch override does not replace the 4-epoch run: two rows, told apart by the differing key."""
+
     def run(seed, epochs, **k):
         config = {"train": {"epochs": epochs, "seed": seed, "device": "cpu"}, "loss": {"name": "ce"}}
-        return log_fake_run("finetune", "fused", seed, 0.5 if epochs == 4 else 0.8, experiment="configs",
-                            config=config, **k)
+        return log_fake_run(
+            "finetune", "fused", seed, 0.5 if epochs == 4 else 0.8, experiment="configs", config=config, **k
+        )
 
     short = [run(0, 4), run(1, 4)]
     long_old = run(0, 20)
     long = [run(0, 20), run(1, 20)]  # the newer seed-0 run of the same config supersedes long_old
-    older_code = log_fake_run("finetune", "fused", 2, 0.5, experiment="configs",
-                              config={"train": {"epochs": 4, "seed": 2}})  # logged before loss.name existed
+    older_code = log_fake_run(
+        "finetune", "fused", 2, 0.5, experiment="configs", config={"train": {"epochs": 4, "seed": 2}}
+    )  # logged before loss.name existed
     scope = find_runs(experiment="configs", grid="none")
     assert {r.info.run_id for r in scope.runs} == {*short, *long, older_code}
     assert "superseded" in scope.left_out.set_index("run_id").loc[long_old, "reason"]
@@ -296,8 +336,23 @@ def test_cli_compare(fake_runs, tmp_path):
 
     from fashion_core.cli.commands import main
 
-    r = CliRunner().invoke(main, ["compare", "--experiment", "fake-data", "--grid", "none", "--stage", "pretrain", "--out", str(tmp_path / "o"),
-                                  "--tag", "leaky=false", "--no-log-run"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--experiment",
+            "fake-data",
+            "--grid",
+            "none",
+            "--stage",
+            "pretrain",
+            "--out",
+            str(tmp_path / "o"),
+            "--tag",
+            "leaky=false",
+            "--no-log-run",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "| 1 | focal |" in r.output and (tmp_path / "o" / "report.html").is_file()
     assert not (tmp_path / "o" / "summary_finetune.csv").exists()
@@ -307,10 +362,25 @@ def test_cli_compare(fake_runs, tmp_path):
 
 def test_markdown_and_bins():
     df = pd.DataFrame({"a": ["x|y", "z"], "b": [0.12345, float("nan")], "c": [True, False]})
-    assert markdown_table(df).splitlines() == ["| a | b | c |", "| --- | ---: | --- |", "| x\\|y | 0.1235 | yes |",
-                                               "| z |  |  |"]
-    assert [shot_bin(n) for n in (1, 2, 3, 5, 6, 20, 50, 100, 500, 501, 4000)] == \
-        ["1-2", "1-2", "3-5", "3-5", "6-10", "11-20", "21-50", "51-100", "101-500", "501+", "501+"]
+    assert markdown_table(df).splitlines() == [
+        "| a | b | c |",
+        "| --- | ---: | --- |",
+        "| x\\|y | 0.1235 | yes |",
+        "| z |  |  |",
+    ]
+    assert [shot_bin(n) for n in (1, 2, 3, 5, 6, 20, 50, 100, 500, 501, 4000)] == [
+        "1-2",
+        "1-2",
+        "3-5",
+        "3-5",
+        "6-10",
+        "11-20",
+        "21-50",
+        "51-100",
+        "101-500",
+        "501+",
+        "501+",
+    ]
 
 
 def test_identical_seeds_give_one_seeds_interval_in_compare(store, tmp_path):
@@ -339,8 +409,14 @@ def test_ensemble_seeds_are_one_row(store, tmp_path):
     """Ensemble seeds log other member run ids each: still one configuration, one row of three seeds."""
     for seed in (0, 1, 2):
         members = [f"{seed:032x}", f"{seed + 50:032x}"]
-        log_fake_run("finetune", "finetune+meta_only", seed, 0.7, experiment="ensembles",
-                     config={"ensemble": {"members": members, "weights": [0.5, 1.0]}, "data": {"top_k": 20}})
+        log_fake_run(
+            "finetune",
+            "finetune+meta_only",
+            seed,
+            0.7,
+            experiment="ensembles",
+            config={"ensemble": {"members": members, "weights": [0.5, 1.0]}, "data": {"top_k": 20}},
+        )
     res = run_compare(experiment="ensembles", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
     summ = res.tables.summary["finetune"]
     assert list(summ["technique"]) == ["finetune+meta_only"] and summ["seeds"].iloc[0] == "0,1,2"
@@ -369,7 +445,8 @@ def test_reads_on_test_test_informed_and_peer_protocols(store, tmp_path):
     prot = res.tables.protocols["pretrain"].set_index("technique")
     pcr = res.tables.per_class_runs
     one = pcr[pcr["technique"] == "plain"].merge(
-        pd.DataFrame({"class": PRETRAIN, "n_val": 1}), on="class", suffixes=("", "_x"))
+        pd.DataFrame({"class": PRETRAIN, "n_val": 1}), on="class", suffixes=("", "_x")
+    )
     peer = one[(one["n_train"] + one["n_val"] >= PEER_MIN_TRAIN) & (one["n_test"] >= PEER_MIN_TEST)]
     assert prot.loc["plain", "peers"] == pytest.approx(peer["top1"].mean())
     assert prot.loc["plain", "peers_classes"] == len(peer) == 4
@@ -383,9 +460,14 @@ def test_confusions_class_view_links_and_pairs(fake_runs, compared, tmp_path):
     res = compared
     conf = res.tables.confusions["pretrain"]
     # Recount focal's mistakes by hand over its two seeds.
-    frames = [pd.read_csv(tracking.download_artifact(fake_runs[("pretrain", "focal", s)], "eval/predictions.csv",
-                                                     tmp_path / f"f{s}"), dtype=str, keep_default_na=False)
-              for s in (0, 1)]
+    frames = [
+        pd.read_csv(
+            tracking.download_artifact(fake_runs[("pretrain", "focal", s)], "eval/predictions.csv", tmp_path / f"f{s}"),
+            dtype=str,
+            keep_default_na=False,
+        )
+        for s in (0, 1)
+    ]
     both = pd.concat(frames)
     wrong = both[both["label"] != both["pred1"]]
     counts = wrong.groupby(["label", "pred1"]).size().sort_values(ascending=False, kind="stable")
@@ -407,7 +489,7 @@ def test_confusions_class_view_links_and_pairs(fake_runs, compared, tmp_path):
     assert (v["top1_lo"], v["top1_hi"]) == pytest.approx((lo, hi))
     page = (res.out / "report.html").read_text()
     run_id = fake_runs[("pretrain", "focal", 0)]
-    assert 'href="http://127.0.0.1:5000/#/experiments/' in page and f"/runs/{run_id}\">{run_id}</a>" in page
+    assert 'href="http://127.0.0.1:5000/#/experiments/' in page and f'/runs/{run_id}">{run_id}</a>' in page
     assert "No example images" in page  # the fake runs name no dataset folder or image cache
     assert 'id="class-view-pretrain-select"' in page
 
@@ -417,16 +499,45 @@ def test_cli_pair_and_ui_url(fake_runs, tmp_path):
 
     from fashion_core.cli.commands import main
 
-    r = CliRunner().invoke(main, ["compare", "--experiment", "fake-data", "--grid", "none", "--out", str(tmp_path / "o"),
-                                  "--no-log-run", "--pair", "ncm,fusion", "--ui-url", ""])
+    r = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--experiment",
+            "fake-data",
+            "--grid",
+            "none",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-log-run",
+            "--pair",
+            "ncm,fusion",
+            "--ui-url",
+            "",
+        ],
+    )
     assert r.exit_code == 0, r.output
     pairs = pd.read_csv(tmp_path / "o" / "paired_finetune.csv")
-    assert ((pairs["a"] == "ncm") & (pairs["b"] == "fusion") & (pairs["kind"] == "requested")).any() or \
-        ((pairs["a"] == "ncm") & (pairs["b"] == "fusion")).any()
+    assert ((pairs["a"] == "ncm") & (pairs["b"] == "fusion") & (pairs["kind"] == "requested")).any() or (
+        (pairs["a"] == "ncm") & (pairs["b"] == "fusion")
+    ).any()
     assert "finetune: the best is fusion" in r.output
     assert "<a href=" not in (tmp_path / "o" / "report.html").read_text().split('id="runs"')[1]
-    bad = CliRunner().invoke(main, ["compare", "--experiment", "fake-data", "--grid", "none", "--no-log-run",
-                                    "--out", str(tmp_path / "p"), "--pair", "ncm,focal"])
+    bad = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--experiment",
+            "fake-data",
+            "--grid",
+            "none",
+            "--no-log-run",
+            "--out",
+            str(tmp_path / "p"),
+            "--pair",
+            "ncm,focal",
+        ],
+    )
     assert bad.exit_code == 2 and "--pair ncm,focal: not two techniques of one stage" in bad.output
     assert "pretrain: baseline, focal" in bad.output
 
@@ -469,7 +580,8 @@ def test_gallery_from_the_image_cache(gallery):
     assert im.size == (36, 48)  # 48 px high, the 6:8 aspect kept
     page = (res.out / "report.html").read_text()
     assert page.count('<img src="data:image/jpeg;base64,') == sum(
-        len(e) for e in conf.loc[conf["rank"] <= 5, "examples"])
+        len(e) for e in conf.loc[conf["rank"] <= 5, "examples"]
+    )
     assert f"image cache {folder}" in page
 
 
@@ -501,9 +613,9 @@ def page_facts(dom: str) -> dict:
 
 def no_request_leaves(page: str) -> None:
     """Nothing in the file asks for a network resource (links a reader may click are not requests)."""
-    assert not re.search(r'<script[^>]+src=', page), "the report must not load scripts from the network"
+    assert not re.search(r"<script[^>]+src=", page), "the report must not load scripts from the network"
     assert not re.search(r'<(img|link|iframe|source|video|audio)[^>]+(src|href)="(?!data:)', page)
-    assert not re.search(r'url\((?!data:)[^)]*\)|@import', page.split("<body>", 1)[0].split("<script")[0])
+    assert not re.search(r"url\((?!data:)[^)]*\)|@import", page.split("<body>", 1)[0].split("<script")[0])
 
 
 def js_errors(dom: str, log: str) -> list[str]:
@@ -546,8 +658,9 @@ def test_html_report_renders_offline_without_errors(compared, tmp_path):
     # The few-shot curve's log axis is labelled 1, 2, 5, 10, 20, ... (not plotly's "8 9 1 2 3").
     ticks = re.findall(r'<text[^>]*class="xtick"[^>]*>.*?>([^<]+)</text>', dom)
     assert ticks or "xtick" in dom
-    layout = json.loads(re.search(r'"few-shot-pretrain",\s*\[.*?\],\s*(\{.*?"xaxis".*?\})\s*,\s*\{"displaylogo"',
-                                  page, re.S).group(1))
+    layout = json.loads(
+        re.search(r'"few-shot-pretrain",\s*\[.*?\],\s*(\{.*?"xaxis".*?\})\s*,\s*\{"displaylogo"', page, re.S).group(1)
+    )
     assert layout["xaxis"]["tickvals"][:4] == [1, 2, 5, 10] and layout["xaxis"]["ticktext"][:4] == ["1", "2", "5", "10"]
 
 

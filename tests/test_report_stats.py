@@ -1,4 +1,5 @@
 """The report's paired statistics (fashion_core.report.stats) against hand counts and identical runs."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -9,13 +10,22 @@ import pytest
 
 from fashion_core.report.analysis import split_pair
 from fashion_core.report.runs import config_groups, run_config
-from fashion_core.report.stats import Row, StageSample, compare_pair, exact_sign_test, holm, probability_of_improvement, seed_mean_interval
+from fashion_core.report.stats import (
+    Row,
+    StageSample,
+    compare_pair,
+    exact_sign_test,
+    holm,
+    probability_of_improvement,
+    seed_mean_interval,
+)
 
 
 def preds(ids, labels, pred1):
     """A predictions table whose top-1 is ``pred1`` (the other four guesses never hit)."""
-    return pd.DataFrame({"id": ids, "label": labels, "pred1": pred1, "pred2": "x", "pred3": "x", "pred4": "x",
-                         "pred5": "x"})
+    return pd.DataFrame(
+        {"id": ids, "label": labels, "pred1": pred1, "pred2": "x", "pred3": "x", "pred4": "x", "pred5": "x"}
+    )
 
 
 # Two classes. cat: 6 images, dog: 4 images. A is right on cat 5/6, dog 1/4; B on cat 2/6, dog 1/4.
@@ -39,7 +49,7 @@ def test_hand_count():
     cat, dog = pc.set_index("class").loc["cat"], pc.set_index("class").loc["dog"]
     # cat discordant pairs: A right and B wrong on images 1, 2, 4; B right and A wrong on none.
     assert (cat["a_only"], cat["b_only"]) == (3, 0)
-    assert cat["p"] == pytest.approx(2 * 0.5 ** 3)  # exact McNemar: 2 P(X <= 0), X ~ Bin(3, 1/2) = 0.25
+    assert cat["p"] == pytest.approx(2 * 0.5**3)  # exact McNemar: 2 P(X <= 0), X ~ Bin(3, 1/2) = 0.25
     assert (dog["a_only"], dog["b_only"]) == (1, 1) and dog["p"] == 1.0
     # Holm over the two classes: the smaller p times 2, then the running maximum.
     assert cat["p_holm"] == pytest.approx(0.5) and dog["p_holm"] == 1.0
@@ -97,15 +107,18 @@ def test_exact_sign_test_and_holm():
 
 def test_split_pair_and_seed_free_config():
     assert split_pair("a,b") == ("a", "b")
-    assert split_pair("fused [train.epochs=4, loss.name=ce],fused") == ("fused [train.epochs=4, loss.name=ce]",
-                                                                         "fused")
+    assert split_pair("fused [train.epochs=4, loss.name=ce],fused") == ("fused [train.epochs=4, loss.name=ce]", "fused")
     with pytest.raises(ValueError, match="A,B"):
         split_pair("a")
 
     def run(i, members):
-        return SimpleNamespace(info=SimpleNamespace(run_id=f"r{i}"),
-                               data=SimpleNamespace(tags={"stage": "finetune", "technique": "finetune+meta_only"},
-                                                    params={"ensemble.members": str(members), "data.top_k": "20"}))
+        return SimpleNamespace(
+            info=SimpleNamespace(run_id=f"r{i}"),
+            data=SimpleNamespace(
+                tags={"stage": "finetune", "technique": "finetune+meta_only"},
+                params={"ensemble.members": str(members), "data.top_k": "20"},
+            ),
+        )
 
     ids = [[f"{i:032x}", f"{i + 100:032x}"] for i in range(3)]
     runs = [run(i, m) for i, m in enumerate(ids)]  # three ensemble seeds: other member run ids each

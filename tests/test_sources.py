@@ -1,4 +1,5 @@
 """Dataset sources: folders at any of three depths, archives extracted once and safely, kaggle via a fake downloader."""
+
 import os
 import tarfile
 import zipfile
@@ -61,10 +62,13 @@ def test_tar_and_zip_are_extracted_once(tmp_path, monkeypatch, dataset):
     assert zroot.name == "fashion-mini" and (zroot / "styles.csv").is_file()
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: [_file("/etc/evil")], "absolute path"),
-    (lambda: [_file("ds/../../evil")], r"'\.\.'"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: [_file("/etc/evil")], "absolute path"),
+        (lambda: [_file("ds/../../evil")], r"'\.\.'"),
+    ],
+)
 def test_tar_traversal_is_refused(tmp_path, monkeypatch, make, match):
     monkeypatch.setenv("FASHION_CACHE", str(tmp_path / "cache"))
     tgz = _tar(tmp_path / "bad.tar.gz", make(), {e.name: b"x" for e in make()})

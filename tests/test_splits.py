@@ -1,4 +1,5 @@
 """Split invariants: parity, no id in two splits, top-k by training frequency, stratified seeded validation."""
+
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,16 @@ import pytest
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import DataConfig, load_experiment
 from fashion_core.data.catalog import build_catalog
-from fashion_core.data.splits import SplitError, carve_validation, dataset_digest, make_splits, rank_classes, stage_classes, summarize_splits, top_classes
+from fashion_core.data.splits import (
+    SplitError,
+    carve_validation,
+    dataset_digest,
+    make_splits,
+    rank_classes,
+    stage_classes,
+    summarize_splits,
+    top_classes,
+)
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -33,12 +43,15 @@ def test_no_id_in_two_splits(catalog):
 
 
 def test_top_k_ranked_on_training_half():
-    cat = pd.DataFrame({
-        "id": range(12), "valid": True,
-        "articleType": ["A"] * 5 + ["B"] * 3 + ["C"] * 4,
-        # A: 1 even / 4 odd; B: 3 even; C: 2 even / 2 odd
-        "year": pd.array([2012, 2013, 2013, 2013, 2013, 2012, 2014, 2016, 2012, 2014, 2013, 2015], dtype="Int64"),
-    })
+    cat = pd.DataFrame(
+        {
+            "id": range(12),
+            "valid": True,
+            "articleType": ["A"] * 5 + ["B"] * 3 + ["C"] * 4,
+            # A: 1 even / 4 odd; B: 3 even; C: 2 even / 2 odd
+            "year": pd.array([2012, 2013, 2013, 2013, 2013, 2012, 2014, 2016, 2012, 2014, 2013, 2015], dtype="Int64"),
+        }
+    )
     assert top_classes(cat, 2, "train") == ["B", "C"]
     assert top_classes(cat, 2, "all") == ["A", "C"]
     assert list(rank_classes(cat, "train").index) == ["B", "C", "A"]
@@ -68,7 +81,10 @@ def test_same_seed_same_split_other_seed_other_split(catalog):
     a = make_splits(catalog, DataConfig(top_k=3, split_seed=1))
     b = make_splits(catalog.sample(frac=1.0, random_state=3), DataConfig(top_k=3, split_seed=1))
     c = make_splits(catalog, DataConfig(top_k=3, split_seed=2))
-    key = lambda s: s.set_index("id")["split"].sort_index()
+
+    def key(s):
+        return s.set_index("id")["split"].sort_index()
+
     assert key(a).equals(key(b))  # row order does not matter
     assert not key(a).equals(key(c))
 
@@ -116,12 +132,15 @@ def test_digest_changes_when_one_product_changes_year_or_label(catalog):
 
 def year_catalog() -> pd.DataFrame:
     """Classes over several even years and an odd one: A everywhere, B never in 2016, C only in 2016."""
-    years = ([2010, 2012, 2012, 2014, 2016, 2016, 2016, 2013, 2013]  # A
-             + [2012, 2012, 2014, 2018, 2015]  # B
-             + [2016, 2016, 2017])  # C
+    years = (
+        [2010, 2012, 2012, 2014, 2016, 2016, 2016, 2013, 2013]  # A
+        + [2012, 2012, 2014, 2018, 2015]  # B
+        + [2016, 2016, 2017]
+    )  # C
     labels = ["A"] * 9 + ["B"] * 5 + ["C"] * 3
-    return pd.DataFrame({"id": range(len(years)), "valid": True, "articleType": labels,
-                         "year": pd.array(years, dtype="Int64")})
+    return pd.DataFrame(
+        {"id": range(len(years)), "valid": True, "articleType": labels, "year": pd.array(years, dtype="Int64")}
+    )
 
 
 def test_validation_by_year_holds_out_whole_even_years():
@@ -141,7 +160,8 @@ def test_validation_by_year_holds_out_whole_even_years():
     other = DataConfig(top_k=1, val_by="year", val_years=(2016,), val_fraction=0.3, split_seed=5)
     assert make_splits(cat, other)["split"].tolist() == sp["split"].tolist()
     assert dataset_digest(cat.assign(image="", image_bytes=0), other) == dataset_digest(
-        cat.assign(image="", image_bytes=0), DataConfig(top_k=1, val_by="year", val_years=(2016,)))
+        cat.assign(image="", image_bytes=0), DataConfig(top_k=1, val_by="year", val_years=(2016,))
+    )
 
 
 def test_validation_by_year_changes_the_digest_and_needs_a_present_year():
@@ -154,8 +174,9 @@ def test_validation_by_year_changes_the_digest_and_needs_a_present_year():
         make_splits(cat, DataConfig(top_k=1, val_by="year", val_years=(2020,)))
 
 
-@pytest.mark.parametrize("value, expected", [("2016", (2016,)), ("2014,2016", (2014, 2016)),
-                                             ("[2012, 2018]", (2012, 2018))])
+@pytest.mark.parametrize(
+    "value, expected", [("2016", (2016,)), ("2014,2016", (2014, 2016)), ("[2012, 2018]", (2012, 2018))]
+)
 def test_val_years_override_reads_integers(value, expected):
     from fashion_core.config.schema import apply_overrides
 
@@ -163,10 +184,15 @@ def test_val_years_override_reads_integers(value, expected):
     assert apply_overrides(cfg, {"data.val_by": "year", "data.val_years": value}).data.val_years == expected
 
 
-@pytest.mark.parametrize("key, value, message", [("data.val_years", "2015", "2015 is a test year"),
-                                                 ("data.val_years", "x", "expected integers"),
-                                                 ("data.val_years", "[]", "at least one even year"),
-                                                 ("data.val_by", "month", "choose one of: random, year")])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("data.val_years", "2015", "2015 is a test year"),
+        ("data.val_years", "x", "expected integers"),
+        ("data.val_years", "[]", "at least one even year"),
+        ("data.val_by", "month", "choose one of: random, year"),
+    ],
+)
 def test_bad_validation_settings_are_config_errors(key, value, message):
     from fashion_core.config.schema import apply_overrides
 
@@ -176,10 +202,14 @@ def test_bad_validation_settings_are_config_errors(key, value, message):
 
 
 def test_summary_reports_no_test_and_test_only():
-    cat = pd.DataFrame({
-        "id": range(7), "valid": True, "articleType": ["A", "A", "A", "B", "B", "C", "D"],
-        "year": pd.array([2012, 2013, 2012, 2012, 2014, 2013, 2012], dtype="Int64"),
-    })
+    cat = pd.DataFrame(
+        {
+            "id": range(7),
+            "valid": True,
+            "articleType": ["A", "A", "A", "B", "B", "C", "D"],
+            "year": pd.array([2012, 2013, 2012, 2012, 2014, 2013, 2012], dtype="Int64"),
+        }
+    )
     sp = make_splits(cat, DataConfig(top_k=1, val_fraction=0.0))
     s = summarize_splits(sp, top_classes(cat, 1))
     assert s.top == ["A"] or s.top == ["B"]
@@ -190,11 +220,25 @@ def test_summary_reports_no_test_and_test_only():
 def test_name_conflicts_across_the_year_split():
     from bench.label_conflicts import name_conflicts
 
-    rows = pd.DataFrame({"id": [1, 2, 3, 4, 5, 6, 7, 8],
-                         "label": ["Heels", "Heels", "Flats", "Flats", "Heels", "Flats", "Socks", "Belts"],
-                         "split": ["train", "val", "train", "test", "test", "test", "test", "test"]})
-    names = pd.Series({1: "Catwalk  Gold Flats", 2: "catwalk gold flats", 3: "Rocia Flats", 4: "CATWALK Gold Flats",
-                       5: "Rocia Flats", 6: "New Flats", 7: "Socks", 8: "Belt"})
+    rows = pd.DataFrame(
+        {
+            "id": [1, 2, 3, 4, 5, 6, 7, 8],
+            "label": ["Heels", "Heels", "Flats", "Flats", "Heels", "Flats", "Socks", "Belts"],
+            "split": ["train", "val", "train", "test", "test", "test", "test", "test"],
+        }
+    )
+    names = pd.Series(
+        {
+            1: "Catwalk  Gold Flats",
+            2: "catwalk gold flats",
+            3: "Rocia Flats",
+            4: "CATWALK Gold Flats",
+            5: "Rocia Flats",
+            6: "New Flats",
+            7: "Socks",
+            8: "Belt",
+        }
+    )
     table, conflicts = name_conflicts(rows, names)
     # id 4 (Flats) bears a name the training years call Heels; id 5 (Heels) one they call Flats; id 6 is unseen.
     # Socks and Belts have no training rows: test-only classes are not evaluated.

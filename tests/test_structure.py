@@ -10,13 +10,13 @@ pyproject.toml) runs in ``make lint``, which CI runs before the tests; a test he
 
     python -m pytest -q tests/test_structure.py
 """
+
 from __future__ import annotations
 
 import ast
 import re
 from pathlib import Path
 
-import pytest
 import tomllib
 
 PACKAGE = "fashion_core"
@@ -50,7 +50,7 @@ def imported_modules(name: str, path: Path, modules: set[str]) -> set[str]:
             if node.level:
                 base = name.split(".")
                 base = base if is_package else base[:-1]
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -79,7 +79,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -123,8 +123,23 @@ def test_no_import_circle():
 # The packages bottom up: a package imports its own modules and those of the packages before it, never one after
 # it (docs/ARCHITECTURE.md draws the same order). A piece needed lower down moves down; no import inside a function
 # hides an upward one (the walker counts those too).
-FLOORS = ["config", "data", "evaluation", "models", "losses", "engine", "fusion", "tracking", "zeroshot", "serving",
-          "runners", "report", "grid", "tuning", "cli"]
+FLOORS = [
+    "config",
+    "data",
+    "evaluation",
+    "models",
+    "losses",
+    "engine",
+    "fusion",
+    "tracking",
+    "zeroshot",
+    "serving",
+    "runners",
+    "report",
+    "grid",
+    "tuning",
+    "cli",
+]
 
 
 def package_of(module: str) -> str:
@@ -172,12 +187,16 @@ SHORT_MONTHS = "Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
 # An MLflow run id: 32 hex digits, or the 8-digit short form (digits and letters mixed, not part of a file name or
 # a version) within a line of the word run/runs/grid.
 RUN_ID_32 = re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
-SHORT_ID = re.compile(r"(?<![0-9A-Za-z_.\-/])(?=[0-9a-f]{0,7}[0-9])(?=[0-9a-f]{0,7}[a-f])[0-9a-f]{8}"
-                      r"(?![0-9A-Za-z_]|[-./][0-9A-Za-z])")
+SHORT_ID = re.compile(
+    r"(?<![0-9A-Za-z_.\-/])(?=[0-9a-f]{0,7}[0-9])(?=[0-9a-f]{0,7}[a-f])[0-9a-f]{8}"
+    r"(?![0-9A-Za-z_]|[-./][0-9A-Za-z])"
+)
 RUN_WORD = re.compile(r"\b(?:runs?|grid)\b", re.I)
-DATES = re.compile(r"\b20\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])\b"
-                   rf"|\b(?:{MONTHS}|{SHORT_MONTHS})\.? (?:[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?\b(?:,? 20\d\d)?"
-                   rf"|\b(?:[1-9]|[12]\d|3[01]) (?:{MONTHS}|{SHORT_MONTHS})\b(?: 20\d\d)?")
+DATES = re.compile(
+    r"\b20\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])\b"
+    rf"|\b(?:{MONTHS}|{SHORT_MONTHS})\.? (?:[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?\b(?:,? 20\d\d)?"
+    rf"|\b(?:[1-9]|[12]\d|3[01]) (?:{MONTHS}|{SHORT_MONTHS})\b(?: 20\d\d)?"
+)
 
 
 def evidence(text: str) -> list[tuple[int, str]]:
@@ -201,7 +220,9 @@ def test_the_evidence_finder_on_known_lines():
     assert evidence("parent = '0123456789abcdef0123456789abcdef'") == [(1, "run id 0123456789abcdef0123456789abcdef")]
     assert evidence("# a make run of 2026-12-02") == [(1, "date '2026-12-02'")]
     assert [w for _, w in evidence("# measured on Dec 2, 2026 and 14 November")] == [
-        "date 'Dec 2, 2026'", "date '14 November'"]
+        "date 'Dec 2, 2026'",
+        "date '14 November'",
+    ]
     # not ids: a weights file's hash, a digits-only or letters-only word, hex without the word run, a long hash
     assert evidence('run = "models/efficientnet-lite0-57934424.pth"') == []
     assert evidence("run 20261202 deadbeef") == []
@@ -211,8 +232,11 @@ def test_the_evidence_finder_on_known_lines():
 
 
 def test_no_run_ids_or_dates_in_code_and_technique_files():
-    found = [f"{f.relative_to(REPO)}:{n}: {what}"
-             for d in NO_EVIDENCE_IN for f in sorted((REPO / d).rglob("*"))
-             if f.is_file() and f.suffix in (".py", ".yaml", ".yml", ".md", ".txt", ".json")
-             for n, what in evidence(f.read_text(errors="replace"))]
+    found = [
+        f"{f.relative_to(REPO)}:{n}: {what}"
+        for d in NO_EVIDENCE_IN
+        for f in sorted((REPO / d).rglob("*"))
+        if f.is_file() and f.suffix in (".py", ".yaml", ".yml", ".md", ".txt", ".json")
+        for n, what in evidence(f.read_text(errors="replace"))
+    ]
     assert not found, "run ids or dates (evidence belongs in docs/; say why in words):\n" + "\n".join(found)

@@ -3,6 +3,7 @@ test read is counted per configuration; a ``--from`` source of another split is 
 
     .venv/bin/python -m pytest tests/test_test_reads.py -q
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,20 +13,35 @@ import pytest
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import load_experiment
-from fashion_core.tracking.test_reads import CONFIG_KEY_TAG, READS_TAG, SELECTION_TAG, TEST_SCORED_TAG, config_key, configs_read_on_test, mark_test_read, scores_test
+from fashion_core.tracking.test_reads import (
+    CONFIG_KEY_TAG,
+    READS_TAG,
+    SELECTION_TAG,
+    TEST_SCORED_TAG,
+    config_key,
+    configs_read_on_test,
+    mark_test_read,
+    scores_test,
+)
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
 QUIET = dict(log=lambda m: None)
-YEAR = {"data.top_k": 4, "train.epochs": 1, "data.val_by": "year", "data.val_years": [2016],
-        "data.height": 32, "data.width": 24}
+YEAR = {
+    "data.top_k": 4,
+    "train.epochs": 1,
+    "data.val_by": "year",
+    "data.val_years": [2016],
+    "data.height": 32,
+    "data.width": 24,
+}
 
 
 def cfg(stage, technique, **over):
-    return load_experiment(EXP / stage / f"{technique}.yaml", overrides={**YEAR, **over}, profile="smoke",
-                           stage=stage)
+    return load_experiment(EXP / stage / f"{technique}.yaml", overrides={**YEAR, **over}, profile="smoke", stage=stage)
 
 
 # ---------------------------------------------------------------- the count
+
 
 def _scored_run(client, exp, params, digest="d1", technique="focal", stage="pretrain", scored=True, tag=True):
     """A finished run with these params; scored on test (the metric, and the tag unless ``tag`` is False)."""
@@ -58,9 +74,11 @@ def test_the_count_is_distinct_configurations_without_seed_of_one_technique_stag
     assert mark_test_read(epochs) == 2  # another epoch count is another configuration
     # not counted: a selection run, another digest, technique or stage
     _scored_run(client, exp, {**base, "train.epochs": "3"}, scored=False)
-    other = [_scored_run(client, exp, {**base, "train.epochs": "9"}, digest="d2"),
-             _scored_run(client, exp, {**base, "train.epochs": "9"}, technique="ce"),
-             _scored_run(client, exp, {**base, "train.epochs": "9"}, stage="finetune")]
+    other = [
+        _scored_run(client, exp, {**base, "train.epochs": "9"}, digest="d2"),
+        _scored_run(client, exp, {**base, "train.epochs": "9"}, technique="ce"),
+        _scored_run(client, exp, {**base, "train.epochs": "9"}, stage="finetune"),
+    ]
     assert [configs_read_on_test(r) for r in other] == [1, 1, 1]
     # a run scored before the tags existed (the metric only) counts, and so does a run in another experiment
     _scored_run(client, exp, {**base, "train.epochs": "12"}, tag=False)
@@ -89,6 +107,7 @@ def test_the_predicate_selection_is_the_year_held_out_validation_or_a_selection_
 
 # ---------------------------------------------------------------- deferral and fashion evaluate
 
+
 @pytest.fixture(scope="module")
 def years(tmp_path_factory):
     from test_experiment import year_dataset
@@ -115,12 +134,13 @@ def _table(run_id, path, dst):
 
 
 @pytest.mark.parametrize("technique", ["baseline", "meta_only"])
-def test_a_deferred_run_evaluated_later_logs_what_it_would_have_logged_at_its_end(technique, years, isolated,
-                                                                                  monkeypatch, tmp_path):
+def test_a_deferred_run_evaluated_later_logs_what_it_would_have_logged_at_its_end(
+    technique, years, isolated, monkeypatch, tmp_path
+):
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.runners import network as experiment
     from fashion_core.runners import metadata_only as metadata_baseline
+    from fashion_core.runners import network as experiment
     from fashion_core.runners.evaluate import evaluate_run
     from fashion_core.runners.network import run_stage
 
@@ -173,11 +193,13 @@ def test_an_ensemble_of_selection_runs_is_one_and_is_evaluated_once(years, isola
     assert MlflowClient().get_run(at_end).data.metrics["ensemble_weight"] == run.data.metrics["ensemble_weight"]
     evaluate_run(deferred, str(years), **QUIET)
     assert _test_metrics(deferred) == _test_metrics(at_end)
-    pd.testing.assert_frame_equal(_table(deferred, "eval/predictions.csv", tmp_path / "a"),
-                                  _table(at_end, "eval/predictions.csv", tmp_path / "b"))
+    pd.testing.assert_frame_equal(
+        _table(deferred, "eval/predictions.csv", tmp_path / "a"), _table(at_end, "eval/predictions.csv", tmp_path / "b")
+    )
 
 
 # ---------------------------------------------------------------- --from and the split
+
 
 def test_from_refuses_a_source_of_another_split_unless_allowed(years, isolated):
     from click.testing import CliRunner
@@ -189,8 +211,11 @@ def test_from_refuses_a_source_of_another_split_unless_allowed(years, isolated):
 
     src = run_stage(cfg("pretrain", "baseline"), str(years), register=False, **QUIET)
     standard = cfg("finetune", "finetune", **{"data.val_by": "random"})
-    with pytest.raises(SourceError, match=r"another split \(digest \w+, val_by=year val_years=2016\) than this "
-                                          r"run \(digest \w+, val_by=random\).*--allow-split-mismatch"):
+    with pytest.raises(
+        SourceError,
+        match=r"another split \(digest \w+, val_by=year val_years=2016\) than this "
+        r"run \(digest \w+, val_by=random\).*--allow-split-mismatch",
+    ):
         run_stage(standard, str(years), source=src, **QUIET)
     run_id = run_stage(standard, str(years), source=src, allow_split_mismatch=True, **QUIET)
     tags = MlflowClient().get_run(run_id).data.tags
@@ -198,8 +223,20 @@ def test_from_refuses_a_source_of_another_split_unless_allowed(years, isolated):
     assert tags["source_val_years"] == "2016" and tags["source_dataset_digest"] != tags["dataset_digest"]
     same = run_stage(cfg("finetune", "finetune"), str(years), source=src, **QUIET)  # the same split: accepted
     assert "split_mismatch_allowed" not in MlflowClient().get_run(same).data.tags
-    smoke = ["--data", str(years), "--top-k", "4", "--profile", "smoke", "--epochs", "1", "--height", "32",
-             "--width", "24"]
+    smoke = [
+        "--data",
+        str(years),
+        "--top-k",
+        "4",
+        "--profile",
+        "smoke",
+        "--epochs",
+        "1",
+        "--height",
+        "32",
+        "--width",
+        "24",
+    ]
     res = CliRunner().invoke(cli.main, ["finetune", *smoke, "--from", src])
     last = res.output.strip().splitlines()[-1]  # the lines before it are the data preparation's progress
     assert res.exit_code == 2 and last.startswith("Error: --from ") and "another split" in last

@@ -1,4 +1,5 @@
 """The packaged sentence encoder (fashion_core/zeroshot/text_encoder.py): tokenizer, our BERT forward, the embedding cache."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,8 @@ from importlib import util
 import numpy as np
 import pytest
 
-from fashion_core.zeroshot import text_encoder as T
 from fashion_core.config.checks import ConfigError
+from fashion_core.zeroshot import text_encoder as T
 
 NAMES = ["Lip Balm", "Lakme Absolute Lip Care Kiss Balm 4.5 g", "Nivea Men Shower Gel", "Nightdress", ""]
 HAS_MODEL = util.find_spec(T.MODULE) is not None

@@ -1,4 +1,5 @@
 """The one module that talks to MLflow: system metrics on every run."""
+
 from __future__ import annotations
 
 import time

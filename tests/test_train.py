@@ -1,4 +1,5 @@
 """The training loop's weight average (train.ema_decay): the formula, selection on it, and resuming it."""
+
 from __future__ import annotations
 
 import copy
@@ -7,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fashion_core.config.schema import AugmentConfig, TrainConfig, load_experiment
 from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import AugmentConfig, TrainConfig, load_experiment
 from fashion_core.engine.train import LabelLoss, WeightEMA, evaluate, fit, load_checkpoint
 from tests.helpers.train import TinyNet, toy_data
 
@@ -60,11 +61,29 @@ def _fit(ema_decay: float, checkpoint=None, resume=None, on_epoch=None, live=Non
             if outer is not None:
                 outer(epoch, metrics)
 
-    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=0.0, patience=0, device="cpu",
-                      augment=NO_AUG, ema_decay=ema_decay)
-    res = fit(model, toy_data(100, 1), toy_data(40, 2), LabelLoss(nn.CrossEntropyLoss()),
-              [{"params": list(model.parameters())}], cfg, torch.device("cpu"), log=lambda m: None,
-              checkpoint_path=checkpoint, resume=resume, on_epoch=on_epoch)
+    cfg = TrainConfig(
+        epochs=4,
+        batch_size=16,
+        lr=0.05,
+        warmup_epochs=0.0,
+        patience=0,
+        device="cpu",
+        augment=NO_AUG,
+        ema_decay=ema_decay,
+    )
+    res = fit(
+        model,
+        toy_data(100, 1),
+        toy_data(40, 2),
+        LabelLoss(nn.CrossEntropyLoss()),
+        [{"params": list(model.parameters())}],
+        cfg,
+        torch.device("cpu"),
+        log=lambda m: None,
+        checkpoint_path=checkpoint,
+        resume=resume,
+        on_epoch=on_epoch,
+    )
     return model, res
 
 
@@ -117,10 +136,19 @@ def test_fit_without_validation_keeps_the_last_epochs_weights():
     torch.manual_seed(0)
     model = BNNet()
     initial = copy.deepcopy(model.state_dict())
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0.0, patience=1, device="cpu",
-                      augment=NO_AUG, ema_decay=0.0)
-    res = fit(model, toy_data(100, 1), toy_data(0, 2), LabelLoss(nn.CrossEntropyLoss()),
-              [{"params": list(model.parameters())}], cfg, torch.device("cpu"), log=lambda m: None)
+    cfg = TrainConfig(
+        epochs=3, batch_size=16, lr=0.05, warmup_epochs=0.0, patience=1, device="cpu", augment=NO_AUG, ema_decay=0.0
+    )
+    res = fit(
+        model,
+        toy_data(100, 1),
+        toy_data(0, 2),
+        LabelLoss(nn.CrossEntropyLoss()),
+        [{"params": list(model.parameters())}],
+        cfg,
+        torch.device("cpu"),
+        log=lambda m: None,
+    )
     assert res.selection == "last_epoch" and res.best_epoch == 3 and len(res.history) == 3
     assert not res.stopped_early
     assert res.best_val != res.best_val  # NaN: no validation score exists
@@ -161,9 +189,16 @@ def test_one_epoch_reads_the_device_once_whatever_the_number_of_steps(monkeypatc
     gen = torch.Generator().manual_seed(0)
     data = toy_data(n_items, 1)
     calls = _count_host_reads(monkeypatch)
-    loss_sum, hits, seen = train_one_epoch(model, LabelLoss(nn.CrossEntropyLoss()), opt, sched,
-                                           batches(data, 16, shuffle=True, generator=gen), torch.device("cpu"),
-                                           cfg, gen)
+    loss_sum, hits, seen = train_one_epoch(
+        model,
+        LabelLoss(nn.CrossEntropyLoss()),
+        opt,
+        sched,
+        batches(data, 16, shuffle=True, generator=gen),
+        torch.device("cpu"),
+        cfg,
+        gen,
+    )
     monkeypatch.undo()
     assert seen == n_items and 0 <= hits <= n_items and loss_sum > 0
     assert sorted(calls) == ["__float__", "__int__"]  # the two sums, once per epoch: 3 steps or 10
@@ -229,7 +264,15 @@ def test_cpu_training_runs_channels_last(monkeypatch):
     torch.manual_seed(0)
     model = ConvNet()
     cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, warmup_epochs=0.0, patience=0, device="cpu", augment=NO_AUG)
-    fit(model, toy_data(40, 1), toy_data(20, 2), LabelLoss(nn.CrossEntropyLoss()),
-        [{"params": list(model.parameters())}], cfg, torch.device("cpu"), log=lambda m: None)
+    fit(
+        model,
+        toy_data(40, 1),
+        toy_data(20, 2),
+        LabelLoss(nn.CrossEntropyLoss()),
+        [{"params": list(model.parameters())}],
+        cfg,
+        torch.device("cpu"),
+        log=lambda m: None,
+    )
     assert layouts == [True, True]  # every batch of the epoch (40 items, batch 16, last partial dropped)
     assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)

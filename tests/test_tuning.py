@@ -1,4 +1,5 @@
 """Optuna tuning on generated data: spaces, a test-blind objective, pruning, resuming, dead and parallel workers."""
+
 from __future__ import annotations
 
 import os
@@ -14,11 +15,11 @@ import pytest
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import flatten, load_experiment, to_dict
+from fashion_core.data.prepared import without_test
+from fashion_core.tuning.run import run_tune
 from fashion_core.tuning.spaces import base_config, best_config_yaml, load_space, trial_config
 from fashion_core.tuning.storage import check_storage_url, mask_url
 from fashion_core.tuning.study import make_pruner
-from fashion_core.tuning.run import run_tune
-from fashion_core.data.prepared import without_test
 from tests.helpers.store import module_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +46,20 @@ def store(tmp_path_factory):
 
 def tune(dataset, tmp_path, study_name: str, **kw):
     """run_tune of the focal space on the generated data, fast settings, a sqlite storage under tmp_path."""
-    opts = dict(profile="smoke", overrides=FAST, storage=f"sqlite:///{tmp_path / 'optuna.db'}", log=quiet,
-                study_name=study_name)
+    opts = dict(
+        profile="smoke", overrides=FAST, storage=f"sqlite:///{tmp_path / 'optuna.db'}", log=quiet, study_name=study_name
+    )
     return run_tune(focal(), str(dataset), **{**opts, **kw})
 
 
 def study_runs(study_name: str, role: str = "trial"):
     import mlflow
 
-    return mlflow.search_runs(search_all_experiments=True, output_format="list",
-                              filter_string=f"tags.optuna_study = '{study_name}' and tags.tune_role = '{role}'")
+    return mlflow.search_runs(
+        search_all_experiments=True,
+        output_format="list",
+        filter_string=f"tags.optuna_study = '{study_name}' and tags.tune_role = '{role}'",
+    )
 
 
 def trial_runs_by_number(study_name: str) -> dict[int, list]:
@@ -65,6 +70,7 @@ def trial_runs_by_number(study_name: str) -> dict[int, list]:
 
 
 # ---------------------------------------------------------------- search spaces
+
 
 def test_repository_spaces_load_and_focal_space_is_as_documented():
     for path in sorted(SPACES.glob("*.yaml")):
@@ -100,22 +106,33 @@ BAD_SPACES = {
     "unknown field": ("params:\n  loss.gamma: {type: float, lo: 0, high: 5}", "unknown field(s) lo"),
     "log from zero": ("params:\n  train.lr: {type: float, low: 0, high: 1, log: true}", "a log range needs low > 0"),
     "invalid bound": ("params:\n  loss.gamma: {type: float, low: -1, high: 5}", "loss.gamma must be >= 0"),
-    "invalid choice": ("params:\n  loss.weights: {type: categorical, choices: [none, sqrt]}",
-                       "unknown class-weight scheme 'sqrt'"),
+    "invalid choice": (
+        "params:\n  loss.weights: {type: categorical, choices: [none, sqrt]}",
+        "unknown class-weight scheme 'sqrt'",
+    ),
     "condition on a later parameter": (
         "params:\n  loss.beta: {type: float, low: 0.9, high: 0.99, when: {loss.weights: effective_number}}\n"
-        "  loss.weights: {type: categorical, choices: [none, effective_number]}", "not an earlier categorical"),
+        "  loss.weights: {type: categorical, choices: [none, effective_number]}",
+        "not an earlier categorical",
+    ),
     "condition on a missing value": (
         "params:\n  loss.weights: {type: categorical, choices: [none, inverse]}\n"
         "  loss.beta: {type: float, low: 0.9, high: 0.99, when: {loss.weights: effective_number}}",
-        "is not among its choices"),
+        "is not among its choices",
+    ),
     "no parameters": ("params: {}", "params must map at least one"),
-    "test objective": ("objective: test_top1_mean\nparams:\n  loss.gamma: {type: float, low: 0, high: 5}",
-                       "validation metrics only"),
-    "unknown top-level key": ("paramz: {}\nparams:\n  loss.gamma: {type: float, low: 0, high: 5}",
-                              "unknown key(s) paramz"),
-    "fixed and searched": ("fixed: {loss.gamma: 1}\nparams:\n  loss.gamma: {type: float, low: 0, high: 5}",
-                           "both fixed and searched"),
+    "test objective": (
+        "objective: test_top1_mean\nparams:\n  loss.gamma: {type: float, low: 0, high: 5}",
+        "validation metrics only",
+    ),
+    "unknown top-level key": (
+        "paramz: {}\nparams:\n  loss.gamma: {type: float, low: 0, high: 5}",
+        "unknown key(s) paramz",
+    ),
+    "fixed and searched": (
+        "fixed: {loss.gamma: 1}\nparams:\n  loss.gamma: {type: float, low: 0, high: 5}",
+        "both fixed and searched",
+    ),
     "int with a float bound": ("params:\n  train.epochs: {type: int, low: 1.5, high: 4}", "must be an integer"),
 }
 
@@ -146,8 +163,13 @@ def test_overriding_a_searched_key_is_an_error():
 
 def test_best_config_yaml_is_a_technique_file_that_reproduces_the_trial(tmp_path):
     sp = focal()
-    params = {"loss.gamma": 1.25, "loss.weights": "effective_number", "loss.beta": 0.999, "train.lr": 0.004,
-              "train.weight_decay": 0.01}
+    params = {
+        "loss.gamma": 1.25,
+        "loss.weights": "effective_number",
+        "loss.beta": 0.999,
+        "train.lr": 0.004,
+        "train.weight_decay": 0.01,
+    }
     path = tmp_path / "tuned.yaml"
     path.write_text(best_config_yaml(sp, params, "Tuned.", "a comment"))
     assert path.read_text().startswith("# a comment\n")
@@ -186,8 +208,11 @@ def test_median_pruner_prunes_below_the_median_from_the_first_epoch():
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner(True, prune_from=1))
     for v in (0.5, 0.6, 0.7, 0.8, 0.9):
-        study.add_trial(optuna.trial.create_trial(params={"x": v}, distributions={"x": FloatDistribution(0, 1)},
-                                                  value=v, intermediate_values={1: v, 2: v}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": v}, distributions={"x": FloatDistribution(0, 1)}, value=v, intermediate_values={1: v, 2: v}
+            )
+        )
     bad, good = study.ask(), study.ask()
     bad.report(0.1, 1)
     good.report(0.95, 1)
@@ -196,6 +221,7 @@ def test_median_pruner_prunes_below_the_median_from_the_first_epoch():
 
 
 # ---------------------------------------------------------------- the objective
+
 
 class GuardCache:
     """An image cache that fails the test when asked for any test-split image."""
@@ -287,14 +313,16 @@ def test_resumed_study_continues_and_final_run_reproduces_the_best_trial(dataset
 
 # ---------------------------------------------------------------- dead workers
 
+
 def _fake_dead_trial(study, space, worker: str) -> tuple[object, str]:
     """A RUNNING trial with an open MLflow run, as a worker that died mid-trial leaves it."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     exp = client.get_experiment_by_name("fashion-mini")
-    run = client.create_run(exp.experiment_id, tags={"optuna_study": study.study_name, "tune_role": "trial",
-                                                     "optuna_trial": "0"})
+    run = client.create_run(
+        exp.experiment_id, tags={"optuna_study": study.study_name, "tune_role": "trial", "optuna_trial": "0"}
+    )
     trial = study.ask()
     space.sample(trial)
     for k, v in (("worker", worker), ("worker_trial", trial.number), ("mlflow_run_id", run.info.run_id)):
@@ -346,9 +374,26 @@ def test_trial_of_a_dead_worker_is_failed_and_retried_on_a_journal(dataset, stor
 
 # ---------------------------------------------------------------- parallel workers
 
+
 def _cli(dataset, storage: str, study: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fashion_core.cli.commands", "tune", "--data", str(dataset), "--spaces-dir", str(SPACES),
-            "--experiments-dir", str(EXP), *CLI_FAST, "--storage", storage, "--study-name", study, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fashion_core.cli.commands",
+        "tune",
+        "--data",
+        str(dataset),
+        "--spaces-dir",
+        str(SPACES),
+        "--experiments-dir",
+        str(EXP),
+        *CLI_FAST,
+        "--storage",
+        storage,
+        "--study-name",
+        study,
+        *extra,
+    ]
 
 
 def _run_parallel_workers(dataset, storage: str, study_name: str, workers: int = 2, trials_each: int = 2):
@@ -363,8 +408,15 @@ def _run_parallel_workers(dataset, storage: str, study_name: str, workers: int =
     # the storage, the study and the MLflow experiment, once, before any worker starts
     created = CliRunner().invoke(main, _cli(dataset, storage, study_name, "--create-only")[3:])
     assert created.exit_code == 0, created.output
-    procs = [subprocess.Popen(_cli(dataset, storage, study_name, "--n-trials", str(trials_each), "--seed", str(i)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            _cli(dataset, storage, study_name, "--n-trials", str(trials_each), "--seed", str(i)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(workers)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
@@ -418,12 +470,19 @@ def test_killed_worker_process_trial_is_retried_by_the_next_worker(dataset, stor
 
     url = f"journal:{tmp_path / 'optuna.journal'}"
     slow = ["-o", "train.max_batches_per_epoch=1", "--no-pruning"]
-    subprocess.run(_cli(dataset, url, "kill", "--create-only", *slow, "-o", "train.epochs=40"), check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        _cli(dataset, url, "kill", "--create-only", *slow, "-o", "train.epochs=40"),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
     study = optuna.load_study(study_name="kill", storage=storage)
-    worker = subprocess.Popen(_cli(dataset, url, "kill", "--n-trials", "1", *slow, "-o", "train.epochs=40"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        _cli(dataset, url, "kill", "--n-trials", "1", *slow, "-o", "train.epochs=40"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not any("mlflow_run_id" in t.user_attrs for t in study.get_trials()):
         time.sleep(0.5)
@@ -432,8 +491,12 @@ def test_killed_worker_process_trial_is_retried_by_the_next_worker(dataset, stor
     worker.wait()
     (t0,) = study.get_trials()
     assert t0.state == TrialState.RUNNING
-    subprocess.run(_cli(dataset, url, "kill", "--n-trials", "1", *slow, "-o", "train.epochs=40"), check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _cli(dataset, url, "kill", "--n-trials", "1", *slow, "-o", "train.epochs=40"),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     t0, t1 = study.get_trials()
     assert t0.state == TrialState.FAIL and t1.state == TrialState.COMPLETE and t1.params == t0.params
     dead = MlflowClient().get_run(t0.user_attrs["mlflow_run_id"])

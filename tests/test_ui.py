@@ -1,5 +1,6 @@
 """The README's MLflow UI command: the server starts, the grid logs to it over http, `compare` reads it
 back through the REST API, and headless Chromium renders the experiment page."""
+
 from __future__ import annotations
 
 import html
@@ -37,8 +38,18 @@ def free_port() -> int:
 
 def ui_command(port: int) -> list[str]:
     """The README's command (`mlflow ui` on loopback over the default sqlite store), on a free port, one worker."""
-    return [MLFLOW, "ui", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", "sqlite:///mlflow.db",
-            "--workers", "1"]
+    return [
+        MLFLOW,
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        "sqlite:///mlflow.db",
+        "--workers",
+        "1",
+    ]
 
 
 def page_text(dom: str) -> str:
@@ -62,8 +73,9 @@ def server(tmp_path_factory):
     log = open(root / "server.log", "w")
     # The GenAI job runner (seven extra worker processes) is not needed to browse runs; it only slows the start.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(ui_command(port), cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ui_command(port), cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -105,8 +117,9 @@ def grid_over_http(server, dataset, tmp_path_factory):
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         mp.chdir(work)  # nothing may be written here: runs and artifacts go to the server
         mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)  # the env variable decides
-        tasks = plan_grid(EXP, ["pretrain/baseline"], seeds=[0], profile="smoke",
-                          overrides={"data.top_k": 4, "train.epochs": 1})
+        tasks = plan_grid(
+            EXP, ["pretrain/baseline"], seeds=[0], profile="smoke", overrides={"data.top_k": 4, "train.epochs": 1}
+        )
         res = run_grid(tasks, str(dataset), profile="smoke", seeds=[0], register=False, log=lambda m: None)
         rep = run_compare(out=work / "report", log=lambda m: None)
         numbers = {r: recompute(r, work / "dl") for r in res.runs["run_id"]}
@@ -118,8 +131,9 @@ def test_server_lists_the_grid_runs_and_compare_reads_them(server, grid_over_htt
     res, rep, numbers, work = grid_over_http
     assert not (work / "mlflow.db").exists() and not (work / "mlruns").exists()
     assert (root / "mlflow.db").is_file() and (root / "mlartifacts").is_dir()  # stored by the server
-    found = get_json(url + "/api/2.0/mlflow/runs/search",
-                     {"experiment_ids": [res.experiment_id], "max_results": 100})["runs"]
+    found = get_json(url + "/api/2.0/mlflow/runs/search", {"experiment_ids": [res.experiment_id], "max_results": 100})[
+        "runs"
+    ]
     names = {r["info"]["run_name"]: r for r in found}
     assert {"grid/smoke/seeds0", "baseline · s0"} <= set(names)
     child = names["baseline · s0"]
@@ -134,8 +148,10 @@ def test_server_lists_the_grid_runs_and_compare_reads_them(server, grid_over_htt
         mine = long[(long["run_id"] == run_id) & (long["n_test"] > 0)].set_index("class")
         assert np.allclose(mine["top1"], truth.loc[mine.index, "top1"])
         assert np.allclose(mine["top5"], truth.loc[mine.index, "top5"])
-    assert "compare/grid-" + res.parent_run_id[:8] in {r["info"]["run_name"] for r in get_json(
-        url + "/api/2.0/mlflow/runs/search", {"experiment_ids": [res.experiment_id]})["runs"]}
+    assert "compare/grid-" + res.parent_run_id[:8] in {
+        r["info"]["run_name"]
+        for r in get_json(url + "/api/2.0/mlflow/runs/search", {"experiment_ids": [res.experiment_id]})["runs"]
+    }
 
 
 @pytest.mark.skipif(chromium() is None, reason="needs Chromium (Debian package `chromium`)")
@@ -159,7 +175,9 @@ def test_experiment_is_model_development_and_training_runs_carry_their_dataset(s
     child = next(r for r in found if r["info"]["run_name"] == "baseline · s0")
     inputs = child["inputs"]["dataset_inputs"]
     tags = {t["key"]: t["value"] for t in child["data"]["tags"]}
-    assert [(d["dataset"]["name"], d["dataset"]["digest"]) for d in inputs] == [("fashion-mini", tags["dataset_digest"])]
+    assert [(d["dataset"]["name"], d["dataset"]["digest"]) for d in inputs] == [
+        ("fashion-mini", tags["dataset_digest"])
+    ]
 
 
 @pytest.mark.skipif(chromium() is None, reason="needs Chromium (Debian package `chromium`)")

@@ -4,6 +4,7 @@ The pool tests run plain functions in spawned workers (this module is imported t
 imports light); the grid test kills a
 ``--jobs 2`` worker in the middle of a smoke cell on generated data.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -43,8 +44,11 @@ def _slow(value: int, seconds: float) -> int:
 
 
 def _pool(workers: int, max_retries: int, messages: list) -> RestartingPool:
-    return RestartingPool(lambda: cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")),
-                          max_retries=max_retries, log=messages.append)
+    return RestartingPool(
+        lambda: cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")),
+        max_retries=max_retries,
+        log=messages.append,
+    )
 
 
 def test_a_dead_worker_is_replaced_and_every_call_finishes(tmp_path):
@@ -94,7 +98,9 @@ def test_jobs_2_grid_survives_a_worker_killed_in_a_cell(store, dataset):
     from fashion_core.grid.plan import plan_grid
 
     tasks = plan_grid(EXP, ["pretrain/baseline", "finetune/ncm"], seeds=[0, 1], profile="smoke", overrides=TINY)
-    _, children = run_grid_killing_one_cell(tasks, dataset, experiment="pool", jobs=2, threads_per_cell=1, max_retries=1)
+    _, children = run_grid_killing_one_cell(
+        tasks, dataset, experiment="pool", jobs=2, threads_per_cell=1, max_retries=1
+    )
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
 
 

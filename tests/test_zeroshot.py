@@ -1,4 +1,5 @@
 """Generalised zero-shot (fashion_core/zeroshot.py): classes without training images predicted from their names."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,13 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_core.evaluation import metrics as M
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import load_experiment
-from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes, name_tokens
-from fashion_core.zeroshot.ranker import fit_ranker, harmonic, ranker_log_proba, stacked_scores
+from fashion_core.evaluation import metrics as M
 from fashion_core.zeroshot.calibration import pseudo_unseen_folds
-from fashion_core.zeroshot.ranker import doubt
+from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes, name_tokens
+from fashion_core.zeroshot.ranker import doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
 from tests.helpers.runs import run_data, run_table
 from tests.helpers.store import module_store
 from tests.helpers.zeroshot import EXP, QUIET, UNSEEN, ConceptEncoder, cfg, make_zs_dataset
@@ -37,12 +37,18 @@ def zs_store(tmp_path_factory):
 
 # ---------------------------------------------------------------- pieces
 
+
 def test_name_evidence_without_a_shared_word():
     classes = ["Casual Shoes", "Deodorant", "Eyeshadow", "Mens Grooming Kit", "Night suits", "Suits", "Tshirts"]
     m = NameMatcher.build(classes, ["Puma Men Casual Shoes", "Nike Men Blue T-shirt", "Titan Men Watch"])
-    f = {name: dict(zip(FEATURES, m.features([name])[0, classes.index(c)].tolist()))
-         for name, c in [("Colorbar Eye Shadow 002", "Eyeshadow"), ("Park Avenue Men Deo", "Deodorant"),
-                         ("Nike Men Blue T-shirt", "Tshirts")]}
+    f = {
+        name: dict(zip(FEATURES, m.features([name])[0, classes.index(c)].tolist()))
+        for name, c in [
+            ("Colorbar Eye Shadow 002", "Eyeshadow"),
+            ("Park Avenue Men Deo", "Deodorant"),
+            ("Nike Men Blue T-shirt", "Tshirts"),
+        ]
+    }
     assert f["Colorbar Eye Shadow 002"]["share_exact"] == 1.0  # two name words joined meet the class word
     assert f["Park Avenue Men Deo"]["share_exact"] == 0.0 and f["Park Avenue Men Deo"]["share_abbrev"] == 1.0
     assert f["Nike Men Blue T-shirt"]["head_word"] == 1.0 and f["Nike Men Blue T-shirt"]["all_exact"] == 1.0
@@ -54,8 +60,10 @@ def test_name_evidence_without_a_shared_word():
     cover = FEATURES.index("name_cover")
     assert phi[classes.index("Night suits"), cover] > phi[classes.index("Suits"), cover]
     assert name_tokens("Lakme Eye Liner 03")[1] == ["liner", "eyeliner"]
-    assert m.no_shared_word(["Park Avenue Men Deo", "Colorbar Eye Shadow"], ["Deodorant", "Eyeshadow"]).tolist() == \
-        [True, False]
+    assert m.no_shared_word(["Park Avenue Men Deo", "Colorbar Eye Shadow"], ["Deodorant", "Eyeshadow"]).tolist() == [
+        True,
+        False,
+    ]
 
 
 def test_ranker_learns_shared_weights_and_scores_classes_it_never_saw():
@@ -94,9 +102,16 @@ def test_stacked_scores_and_calibration_constant():
 
 
 def test_gzsl_summary_against_a_hand_count():
-    table = pd.DataFrame({"class": ["A", "B", "C", "D", "E"], "n_train": [5, 3, 0, 0, 4], "n_val": [1, 1, 0, 0, 1],
-                          "n_test": [4, 2, 5, 0, 0], "top1": [0.75, 0.5, 0.4, np.nan, np.nan],
-                          "top5": [1.0, 0.5, 0.6, np.nan, np.nan]})
+    table = pd.DataFrame(
+        {
+            "class": ["A", "B", "C", "D", "E"],
+            "n_train": [5, 3, 0, 0, 4],
+            "n_val": [1, 1, 0, 0, 1],
+            "n_test": [4, 2, 5, 0, 0],
+            "top1": [0.75, 0.5, 0.4, np.nan, np.nan],
+            "top5": [1.0, 0.5, 0.6, np.nan, np.nan],
+        }
+    )
     g = M.gzsl_summary(table)
     s, u = (0.75 + 0.5) / 2, 0.4
     assert g["top1_seen_mean"] == pytest.approx(s) and g["top1_unseen_mean"] == pytest.approx(u)
@@ -112,6 +127,7 @@ def test_zero_shot_needs_the_metadata_only_model():
 
 
 # ---------------------------------------------------------------- runs
+
 
 @pytest.fixture(scope="module")
 def zs_run(zs_data, zs_store):
@@ -155,8 +171,14 @@ def test_the_logged_pyfunc_names_unseen_classes(zs_run):
     from mlflow.tracking import MlflowClient
 
     model = mlflow.pyfunc.load_model(f"runs:/{zs_run}/model")
-    frame = pd.DataFrame({"gender": ["Women", "Men"], "baseColour": ["Blue", "Blue"], "usage": ["Casual", "Casual"],
-                          "productDisplayName": ["Lakme Red Lipstick 03", "Titan Men Black Watch"]})
+    frame = pd.DataFrame(
+        {
+            "gender": ["Women", "Men"],
+            "baseColour": ["Blue", "Blue"],
+            "usage": ["Casual", "Casual"],
+            "productDisplayName": ["Lakme Red Lipstick 03", "Titan Men Black Watch"],
+        }
+    )
     probs = model.predict(frame)
     assert probs.idxmax(axis=1).tolist() == ["Lipstick", "Watches"]
     assert probs.sum(axis=1).to_numpy() == pytest.approx([1.0, 1.0])
@@ -197,13 +219,12 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     assert a["test_top1_unseen_mean"] != b["test_top1_unseen_mean"]  # the poison did reach the test scores
 
 
-def test_a_deferred_zero_shot_run_evaluated_later_logs_what_it_logs_at_its_end(zs_run, zs_data, tmp_path,
-                                                                              monkeypatch):
+def test_a_deferred_zero_shot_run_evaluated_later_logs_what_it_logs_at_its_end(zs_run, zs_data, tmp_path, monkeypatch):
     """The same run as a selection run (the predicate forced): no test figure; ``fashion evaluate`` then logs the
     run's S / U / H and tables from its logged metadata model and zero-shot head, equal to the run's own."""
-    from fashion_core.tracking import runs as tracking
     from fashion_core.runners.evaluate import evaluate_run
     from fashion_core.runners.network import run_stage
+    from fashion_core.tracking import runs as tracking
 
     tracking.set_experiment("deferred")  # apart from the runs the compare test reads
     with monkeypatch.context() as mp:
@@ -214,20 +235,26 @@ def test_a_deferred_zero_shot_run_evaluated_later_logs_what_it_logs_at_its_end(z
     evaluate_run(deferred, str(zs_data), **QUIET)
     a, b = run_data(zs_run).metrics, run_data(deferred).metrics
     tests = sorted(k for k in a if k.startswith("test_"))
-    assert "test_top1_unseen_mean" in tests and [b.get(k) for k in tests] == pytest.approx([a[k] for k in tests],
-                                                                                          abs=1e-9)
+    assert "test_top1_unseen_mean" in tests and [b.get(k) for k in tests] == pytest.approx(
+        [a[k] for k in tests], abs=1e-9
+    )
     for name in ("eval/per_class.csv", "eval/predictions.csv"):
-        pd.testing.assert_frame_equal(run_table(zs_run, tmp_path / "a", name), run_table(deferred, tmp_path / "b", name))
+        pd.testing.assert_frame_equal(
+            run_table(zs_run, tmp_path / "a", name), run_table(deferred, tmp_path / "b", name)
+        )
 
 
 def test_compare_shows_gzsl_columns_and_shrinks_not_evaluated(zs_run, zs_data, tmp_path):
-    from fashion_core.runners.network import run_stage
-    from fashion_core.report.tables import display_summary
     from fashion_core.report.compare import run_compare
+    from fashion_core.report.tables import display_summary
+    from fashion_core.runners.network import run_stage
 
     over = {"data.top_k": 1, "metadata.logreg_c": 1.0}
-    meta = run_stage(load_experiment(EXP / "finetune" / "meta_only.yaml", overrides=over, profile="smoke",
-                                     stage="finetune"), str(zs_data), **QUIET)
+    meta = run_stage(
+        load_experiment(EXP / "finetune" / "meta_only.yaml", overrides=over, profile="smoke", stage="finetune"),
+        str(zs_data),
+        **QUIET,
+    )
     res = run_compare("catalogue", stages=["finetune"], grid="none", out=tmp_path / "report", log_run=False, **QUIET)
     summ = res.tables.summary["finetune"].set_index("technique")
     m = run_data(zs_run).metrics

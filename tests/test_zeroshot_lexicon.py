@@ -1,5 +1,6 @@
 """Class descriptions from WordNet (fashion_core/zeroshot/lexicon.py) on a tiny generated database, and the
 calibration's grouped pseudo-unseen folds (zeroshot.fold_by)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,7 +66,7 @@ def test_grouped_folds_hold_whole_groups_out():
         folds = pseudo_unseen_folds(np.arange(24), seed, groups=groups)
         assert len(folds) == 3 and sorted(np.concatenate(folds).tolist()) == list(range(24))
         held = [{groups[int(c)] for c in f} for f in folds]
-        assert all(not (a & b) for i, a in enumerate(held) for b in held[i + 1:])  # no group split between folds
+        assert all(not (a & b) for i, a in enumerate(held) for b in held[i + 1 :])  # no group split between folds
         assert max(map(len, folds)) - min(map(len, folds)) <= 3  # largest groups first keeps them balanced
     assert pseudo_unseen_folds(np.arange(6), 0, groups={i: "one" for i in range(6)}) == []  # a single group
     rows = pd.DataFrame({"subCategory": ["Bags", "Bags", "Belts", "Bags", "Belts"]})

@@ -1,4 +1,5 @@
 """Word meanings as zero-shot evidence (fashion_core/zeroshot/semantic.py), with a tiny stand-in sentence encoder."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_core.zeroshot import text_encoder
 from fashion_core.config.checks import ConfigError
+from fashion_core.zeroshot import text_encoder
 from fashion_core.zeroshot.semantic import TEXT_FEATURE, TextEvidence, class_texts, fit_text_map, with_text
 from tests.helpers.runs import run_data, run_table
 from tests.helpers.store import module_store
@@ -39,11 +40,13 @@ def text_store(tmp_path_factory):
 def runs(text_data, text_store):
     from fashion_core.runners.network import run_stage
 
-    return {mode: run_stage(cfg(**{**TEXT, "zeroshot.text": mode}), str(text_data), **QUIET)
-            for mode in ("none", "mapped")}
+    return {
+        mode: run_stage(cfg(**{**TEXT, "zeroshot.text": mode}), str(text_data), **QUIET) for mode in ("none", "mapped")
+    }
 
 
 # ---------------------------------------------------------------- pieces
+
 
 def test_text_map_fits_and_falls_back_to_the_identity():
     rng = np.random.default_rng(0)
@@ -83,6 +86,7 @@ def test_config_checks_the_text_keys():
 
 # ---------------------------------------------------------------- runs
 
+
 def test_word_meanings_name_a_class_no_product_name_mentions(runs, tmp_path):
     """Baby Dolls' products say "Nightdress": no name evidence reaches it, the stand-in's word meanings do."""
     without = run_table(runs["none"], tmp_path / "a").set_index("class")
@@ -100,17 +104,23 @@ def test_the_logged_pyfunc_embeds_names_too(runs):
     import mlflow
 
     model = mlflow.pyfunc.load_model(f"runs:/{runs['mapped']}/model")
-    frame = pd.DataFrame({"gender": ["Women"], "baseColour": ["Blue"], "usage": ["Casual"],
-                          "productDisplayName": ["Clovia Women Pink Nightdress"]})
+    frame = pd.DataFrame(
+        {
+            "gender": ["Women"],
+            "baseColour": ["Blue"],
+            "usage": ["Casual"],
+            "productDisplayName": ["Clovia Women Pink Nightdress"],
+        }
+    )
     assert model.predict(frame).idxmax(axis=1).tolist() == ["Baby Dolls"]
 
 
 def test_no_test_label_enters_the_text_map_or_calibration(runs, text_data, tmp_path):
     """Poisoned test split (labels shuffled, unseen test names rewritten): weights, map and calibration unchanged."""
-    from fashion_core.tracking import runs as tracking
     from fashion_core.data.prepared import prepare_data
-    from fashion_core.tracking.runs import download_artifact
     from fashion_core.runners.zeroshot import run_zeroshot
+    from fashion_core.tracking import runs as tracking
+    from fashion_core.tracking.runs import download_artifact
 
     c = cfg(**TEXT)
     p = prepare_data(str(text_data), c.data, log=lambda m: None)
@@ -125,11 +135,15 @@ def test_no_test_label_enters_the_text_map_or_calibration(runs, text_data, tmp_p
     a, b = run_data(runs["mapped"]).metrics, run_data(again).metrics
     fitted = [k for k in a if k.startswith("zs_") or k in ("logreg_c", "val_top1_mean", "val_pseudo_harmonic")]
     assert f"zs_w_{TEXT_FEATURE}" in fitted and {k: a[k] for k in fitted} == {k: b[k] for k in fitted}
-    heads = [json.loads(Path(download_artifact(r, "checkpoint/zeroshot.json", tmp_path / r)).read_text())
-             for r in (runs["mapped"], again)]
+    heads = [
+        json.loads(Path(download_artifact(r, "checkpoint/zeroshot.json", tmp_path / r)).read_text())
+        for r in (runs["mapped"], again)
+    ]
     assert heads[0]["text"]["proj"] is not None and heads[0]["text"] == heads[1]["text"]
-    pd.testing.assert_frame_equal(run_table(runs["mapped"], tmp_path / "c", "zeroshot/calibration.csv"),
-                                  run_table(again, tmp_path / "d", "zeroshot/calibration.csv"))
+    pd.testing.assert_frame_equal(
+        run_table(runs["mapped"], tmp_path / "c", "zeroshot/calibration.csv"),
+        run_table(again, tmp_path / "d", "zeroshot/calibration.csv"),
+    )
     assert a["test_top1_unseen_mean"] != b["test_top1_unseen_mean"]  # the poison did reach the test scores
 
 
@@ -139,8 +153,24 @@ def test_the_calibration_bench_compares_text_variants(text_data, text_store, tmp
     from bench.zeroshot_calibration import main
 
     rows = tmp_path / "rows.csv"
-    args = ["--data", str(text_data), "--seeds", "2", "--text", "none", "mapped:10:a_{}_product", "--hold-back",
-            "constant", "doubt", "--rows", str(rows), "-o", "metadata.logreg_c=1", "-o", "data.top_k=1"]
+    args = [
+        "--data",
+        str(text_data),
+        "--seeds",
+        "2",
+        "--text",
+        "none",
+        "mapped:10:a_{}_product",
+        "--hold-back",
+        "constant",
+        "doubt",
+        "--rows",
+        str(rows),
+        "-o",
+        "metadata.logreg_c=1",
+        "-o",
+        "data.top_k=1",
+    ]
     assert main(args) == 0
     table = capsys.readouterr().out.split("fold seed 1 done\n")[-1]
     assert main(["--data", "unused", "--seeds", "2", "--summarize", str(rows)]) == 0
@@ -155,11 +185,16 @@ def test_the_meta_text_features_bench_reads_validation_only(text_data, text_stor
     arm being meta_only's own model; no test figure in its output."""
     from bench.meta_text_features import main
 
-    assert main(["--data", str(text_data), "--scales", "0", "2", "-o", "metadata.logreg_c=1", "-o", "data.top_k=1"]) == 0
+    assert (
+        main(["--data", str(text_data), "--scales", "0", "2", "-o", "metadata.logreg_c=1", "-o", "data.top_k=1"]) == 0
+    )
     out = capsys.readouterr().out
     assert "embedding_scale" in out and "val_top1_mean" in out and "test" not in out
-    rows = [json.loads(line.replace("'", '"').replace("True", "true").replace("False", "false"))
-            for line in out.splitlines() if line.startswith("{")]
+    rows = [
+        json.loads(line.replace("'", '"').replace("True", "true").replace("False", "false"))
+        for line in out.splitlines()
+        if line.startswith("{")
+    ]
     assert [r["embedding_scale"] for r in rows] == [0.0, 2.0]
     assert all(0 <= r["val_top1_mean"] <= 1 and r["val_top1_mean"] <= r["val_top5_mean"] for r in rows)
 
@@ -180,8 +215,16 @@ def test_a_head_with_dropped_evidence_kinds_is_refused():
     """Heads logged with definition-word or photo evidence (measured, not adopted, removed) do not load silently."""
     from fashion_core.zeroshot.head import ZeroShotHead
 
-    state = {"classes": ["A", "B"], "weights": [1.0], "seen": [True, False], "gamma": 0.0, "mix": "gate",
-             "token_idf": {}, "idf_unseen": 1.0, "text": None}
+    state = {
+        "classes": ["A", "B"],
+        "weights": [1.0],
+        "seen": [True, False],
+        "gamma": 0.0,
+        "mix": "gate",
+        "token_idf": {},
+        "idf_unseen": 1.0,
+        "text": None,
+    }
     assert ZeroShotHead.from_dict(state).text is None
     for kind in ("definitions", "image"):
         with pytest.raises(ConfigError, match="train it again"):

@@ -7,6 +7,7 @@ for runs in a sqlite store that does not exist rather than creating an empty one
 
     fashion pretrain --technique focal --dry-run --data ../shared/data/fashion-product-images-small.tar.gz
 """
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fashion_core.config.checks import ConfigError
-from fashion_core.config.schema import parse_overrides
-from fashion_core.config.schema import describe
+from fashion_core.config.schema import describe, parse_overrides
 from fashion_core.tracking.store import require_store, store_line
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -47,21 +47,23 @@ def log_expected(minutes: float, what: str, gpu: bool, log: Callable[[str], None
     """The expected-time line of a command (the main job's wording)."""
     from fashion_core.grid.main_job import _duration
 
-    log(f"expected time: about {_duration(minutes)} ({what}) on "
+    log(
+        f"expected time: about {_duration(minutes)} ({what}) on "
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
-        + "; estimated from the measured figures in docs/")
+        + "; estimated from the measured figures in docs/"
+    )
 
 
 def check_reference_form(spec: str, option: str) -> None:
     """A model reference that cannot be one is a one-line error before anything is imported or opened."""
-    if spec == "latest" or RUN_ID.match(spec) or re.match(r"^runs:/[0-9a-f]{32}(/|$)", spec) or \
-            re.match(r"^models:/[^/@]+([/@][^/@]+)?$", spec):
+    if (
+        spec == "latest"
+        or RUN_ID.match(spec)
+        or re.match(r"^runs:/[0-9a-f]{32}(/|$)", spec)
+        or re.match(r"^models:/[^/@]+([/@][^/@]+)?$", spec)
+    ):
         return
     raise ConfigError(f"{option} {spec!r}: expected {REFERENCE_FORMS}")
-
-
-
-
 
 
 def check_source(spec: str, experiment: str | None = None) -> str:
@@ -82,12 +84,15 @@ def check_model(spec: str) -> str:
     return resolve_model_uri(spec)
 
 
-
-
-
-
-def dry_run(cfgs: Sequence[Any], data: str | None, profile: str, gpu: bool, log: Callable[[str], None] = print,
-            extra: Sequence[str] = (), runs: int | None = None) -> None:
+def dry_run(
+    cfgs: Sequence[Any],
+    data: str | None,
+    profile: str,
+    gpu: bool,
+    log: Callable[[str], None] = print,
+    extra: Sequence[str] = (),
+    runs: int | None = None,
+) -> None:
     """Print the resolved plan of a training command (the data path checked, nothing opened or run)."""
     from fashion_core.data.sources import check_data_spec
     from fashion_core.grid.costs import PREPARE_MINUTES, task_minutes

@@ -4,6 +4,7 @@
 share (the data options, the technique options, ``--gpus``), their callbacks, the config they
 resolve to and the one-line user errors live here.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,12 +12,14 @@ import sys
 
 import click
 
-from fashion_core.config.profiles import PROFILES
 from fashion_core.config.checks import RANK_ON, VAL_BY, ConfigError
+from fashion_core.config.profiles import PROFILES
 from fashion_core.config.schema import DataConfig
 
-DATA_HELP = "Dataset: a folder with styles.csv and images/, a .zip/.tar.gz of one, or kaggle:<owner>/<dataset> " \
-            "(default: $FASHION_DATA)."
+DATA_HELP = (
+    "Dataset: a folder with styles.csv and images/, a .zip/.tar.gz of one, or kaggle:<owner>/<dataset> "
+    "(default: $FASHION_DATA)."
+)
 
 
 class UserError(click.ClickException):
@@ -53,42 +56,85 @@ def user_errors(fn):
     return wrapper
 
 
-PROFILE_HELP = ("auto: default on a CUDA GPU, quick on CPUs (printed with the reason and the expected time); "
-                "default (the accurate GPU one) on CPUs needs --device cpu.")
+PROFILE_HELP = (
+    "auto: default on a CUDA GPU, quick on CPUs (printed with the reason and the expected time); "
+    "default (the accurate GPU one) on CPUs needs --device cpu."
+)
 
 
 def dry_run_option(fn):
     """``--dry-run``: resolve and check the config and the data path, print the plan, run nothing."""
-    return click.option("--dry-run", is_flag=True,
-                        help="Resolve and check the config, the data path and the references, print the plan and "
-                             "exit (no run, no store).")(fn)
+    return click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Resolve and check the config, the data path and the references, print the plan and "
+        "exit (no run, no store).",
+    )(fn)
 
 
 def data_options(fn):
     """Options shared by every stage that reads the dataset."""
     opts = [
         click.option("--data", default=None, help=DATA_HELP),
-        click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True,
-                     help="Number of most frequent classes in the pretrain subset."),
-        click.option("--rank-on", type=click.Choice(RANK_ON), default="train", show_default=True,
-                     help="Rank classes by frequency in the training half (default) or the whole table."),
-        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
-                     help="Share of each class's training images held out for validation."),
+        click.option(
+            "--top-k",
+            type=click.IntRange(min=1),
+            default=20,
+            show_default=True,
+            help="Number of most frequent classes in the pretrain subset.",
+        ),
+        click.option(
+            "--rank-on",
+            type=click.Choice(RANK_ON),
+            default="train",
+            show_default=True,
+            help="Rank classes by frequency in the training half (default) or the whole table.",
+        ),
+        click.option(
+            "--val-fraction",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.15,
+            show_default=True,
+            help="Share of each class's training images held out for validation.",
+        ),
         click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the validation carve-out."),
-        click.option("--val-by", type=click.Choice(VAL_BY), default="random", show_default=True,
-                     help="Validation: a random share of each class's even-year images (--val-fraction), or every "
-                          "even-year image of --val-years (held out whole, as the odd test years are)."),
-        click.option("--val-years", default="2016", show_default=True, metavar="YEARS", callback=_val_years,
-                     help="With --val-by year: the held-out even years, comma-separated (2016 holds a quarter "
-                          "of the training years' products)."),
-        click.option("--height", type=click.IntRange(min=8), default=80, show_default=True, help="Cached image height."),
+        click.option(
+            "--val-by",
+            type=click.Choice(VAL_BY),
+            default="random",
+            show_default=True,
+            help="Validation: a random share of each class's even-year images (--val-fraction), or every "
+            "even-year image of --val-years (held out whole, as the odd test years are).",
+        ),
+        click.option(
+            "--val-years",
+            default="2016",
+            show_default=True,
+            metavar="YEARS",
+            callback=_val_years,
+            help="With --val-by year: the held-out even years, comma-separated (2016 holds a quarter "
+            "of the training years' products).",
+        ),
+        click.option(
+            "--height", type=click.IntRange(min=8), default=80, show_default=True, help="Cached image height."
+        ),
         click.option("--width", type=click.IntRange(min=8), default=60, show_default=True, help="Cached image width."),
-        click.option("--short-side", type=click.IntRange(min=8), default=None, is_eager=True, expose_value=False,
-                     callback=_short_side, metavar="N",
-                     help="Size for 3:4 portrait photos N pixels across: --width N --height round(N*4/3), "
-                          "e.g. 224 -> 299x224 for the full-resolution dataset (explicit --height/--width win)."),
-        click.option("--experiment", default=None,
-                     help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or the dataset's folder name)."),
+        click.option(
+            "--short-side",
+            type=click.IntRange(min=8),
+            default=None,
+            is_eager=True,
+            expose_value=False,
+            callback=_short_side,
+            metavar="N",
+            help="Size for 3:4 portrait photos N pixels across: --width N --height round(N*4/3), "
+            "e.g. 224 -> 299x224 for the full-resolution dataset (explicit --height/--width win).",
+        ),
+        click.option(
+            "--experiment",
+            default=None,
+            help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME or the dataset's folder name).",
+        ),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -123,11 +169,18 @@ def _store_gpus(ctx: click.Context, param: click.Parameter, value: int) -> None:
 
 def gpus_option(fn):
     """``--gpus N``: one training run over N processes with PyTorch DDP, launched through torchrun."""
-    return click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, expose_value=False,
-                        callback=_store_gpus, metavar="N",
-                        help="Train one run on N GPUs with DDP (re-launches this command under torchrun; "
-                             "without GPUs: N CPU processes, gloo). Same as torchrun --nproc_per_node N "
-                             "-m fashion_core.cli.commands ...")(fn)
+    return click.option(
+        "--gpus",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        expose_value=False,
+        callback=_store_gpus,
+        metavar="N",
+        help="Train one run on N GPUs with DDP (re-launches this command under torchrun; "
+        "without GPUs: N CPU processes, gloo). Same as torchrun --nproc_per_node N "
+        "-m fashion_core.cli.commands ...",
+    )(fn)
 
 
 def torchrun_if_asked() -> None:
@@ -146,13 +199,23 @@ def torchrun_if_asked() -> None:
     launch_with_torchrun(n, sys.argv[1:])
 
 
-def data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by="random",
-                val_years=(2016,)) -> DataConfig:
+def data_config(
+    top_k, rank_on, val_fraction, split_seed, height, width, val_by="random", val_years=(2016,)
+) -> DataConfig:
     if val_by != "year" and tuple(val_years) != DataConfig().val_years:
-        raise ConfigError(f"--val-years {','.join(map(str, val_years))} needs --val-by year (validation is "
-                          f"{val_by} without it)")
-    return DataConfig(height=height, width=width, top_k=top_k, rank_on=rank_on, val_fraction=val_fraction,
-                      split_seed=split_seed, val_by=val_by, val_years=tuple(val_years))
+        raise ConfigError(
+            f"--val-years {','.join(map(str, val_years))} needs --val-by year (validation is {val_by} without it)"
+        )
+    return DataConfig(
+        height=height,
+        width=width,
+        top_k=top_k,
+        rank_on=rank_on,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        val_by=val_by,
+        val_years=tuple(val_years),
+    )
 
 
 def data_overrides(data_cfg: DataConfig) -> dict:
@@ -160,34 +223,54 @@ def data_overrides(data_cfg: DataConfig) -> dict:
     from fashion_core.config.schema import to_dict
 
     default = DataConfig()
-    return {f"data.{k}": v for k, v in to_dict(data_cfg).items()
-            if getattr(data_cfg, k) != getattr(default, k)}
+    return {f"data.{k}": v for k, v in to_dict(data_cfg).items() if getattr(data_cfg, k) != getattr(default, k)}
 
 
 def technique_options(fn):
     """Options shared by the training stages."""
     opts = [
-        click.option("--technique", "-t", default="baseline", show_default=True,
-                     help="A file stem in experiments/<stage>/ or a path to a YAML file."),
-        click.option("--profile", type=click.Choice(["auto", *PROFILES]), default="auto", show_default=True,
-                     help=PROFILE_HELP),
-        click.option("--override", "-o", multiple=True, metavar="KEY=VALUE",
-                     help="Override a config key, e.g. -o loss.gamma=1.5 -o train.epochs=10 (repeatable)."),
-        click.option("--overrides", default="", metavar="'K=V K=V'",
-                     help="Several overrides in one string, separated by spaces (for MLproject parameters)."),
+        click.option(
+            "--technique",
+            "-t",
+            default="baseline",
+            show_default=True,
+            help="A file stem in experiments/<stage>/ or a path to a YAML file.",
+        ),
+        click.option(
+            "--profile", type=click.Choice(["auto", *PROFILES]), default="auto", show_default=True, help=PROFILE_HELP
+        ),
+        click.option(
+            "--override",
+            "-o",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override a config key, e.g. -o loss.gamma=1.5 -o train.epochs=10 (repeatable).",
+        ),
+        click.option(
+            "--overrides",
+            default="",
+            metavar="'K=V K=V'",
+            help="Several overrides in one string, separated by spaces (for MLproject parameters).",
+        ),
         click.option("--seed", type=int, default=None, help="Training seed (train.seed)."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="train.epochs."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="train.device."),
-        click.option("--experiments-dir", default="experiments", show_default=True, type=click.Path(file_okay=False),
-                     help="Folder of technique YAML files."),
+        click.option(
+            "--experiments-dir",
+            default="experiments",
+            show_default=True,
+            type=click.Path(file_okay=False),
+            help="Folder of technique YAML files.",
+        ),
     ]
     for o in reversed(opts):
         fn = o(fn)
     return fn
 
 
-def resolve_config(stage, technique, profile, override, seed, epochs, device, experiments_dir, data_cfg,
-                   overrides: str = ""):
+def resolve_config(
+    stage, technique, profile, override, seed, epochs, device, experiments_dir, data_cfg, overrides: str = ""
+):
     """Profile <- technique file <- data options <- --seed/--epochs/--device <- -o overrides."""
     from fashion_core.config.schema import find_technique, load_experiment, parse_overrides
 
@@ -207,7 +290,6 @@ def resolve_config(stage, technique, profile, override, seed, epochs, device, ex
 def split_words(values, sep=None) -> list[str]:
     """Repeated and/or separator-joined option values as one flat list (MLproject passes one string)."""
     return [w for v in values for w in (v.replace(",", " ").split() if sep == "," else v.split()) if w]
-
 
 
 def storage_url(ctx: click.Context, param: click.Parameter, value: str) -> str:

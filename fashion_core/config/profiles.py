@@ -4,6 +4,7 @@
 
     python -c "from fashion_core.config.profiles import PROFILES; print(list(PROFILES))"
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,8 +36,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     # the accurate one, for a GPU: Lite0 from ImageNet at 3x input scale (240x180), weight average
     "default": {**LITE0_IMAGENET, "model.input_scale": 3.0, "train.epochs": 15},
     # 3 epochs at 80x60: the profile sized for CPUs (its time per pretrain: docs/performance.md)
-    "quick": {**LITE0_IMAGENET, **_SHORT_AUGMENT, "train.epochs": 3, "train.batch_size": 128, "train.patience": 0,
-              "train.ema_decay": 0.0},
+    "quick": {
+        **LITE0_IMAGENET,
+        **_SHORT_AUGMENT,
+        "train.epochs": 3,
+        "train.batch_size": 128,
+        "train.patience": 0,
+        "train.ema_decay": 0.0,
+    },
     # Lite0 from ImageNet at 2x input scale (160x120); 3 epochs chosen over 2 on pretrain validation, and a
     # pretrain fits about half an hour of 2 CPU threads (docs/selection-ledger.md, docs/imagenet-transfer.md)
     "cpu": {**LITE0_IMAGENET, **_SHORT_AUGMENT, "model.input_scale": 2.0, "train.epochs": 3, "train.ema_decay": 0.0},

@@ -8,13 +8,15 @@ so a bad value is a clear :class:`ConfigError` before any run starts.
 
     python -c "from fashion_core.config.schema import load_experiment; print(load_experiment('experiments/pretrain/baseline.yaml'))"
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -173,11 +175,9 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
-    def replace(self, **overrides: Any) -> "ExperimentConfig":
+    def replace(self, **overrides: Any) -> ExperimentConfig:
         """A copy with dotted overrides applied, e.g. ``replace(**{"loss.gamma": 1.0})``."""
         return apply_overrides(self, overrides)
-
-
 
 
 def to_dict(obj: Any) -> Any:
@@ -201,7 +201,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
+def _coerce(value: Any, current: Any, key: str) -> Any:  # noqa: C901 - one branch per config value type
     if isinstance(value, str) and not isinstance(current, str):
         value = yaml.safe_load(value)
     if isinstance(current, bool):
@@ -278,7 +278,6 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
-
 
 
 def _read_yaml(p: Path) -> dict[str, Any]:
@@ -393,8 +392,10 @@ def find_technique(name_or_path: str, stage: str, root: str | Path = "experiment
         return cand
     valid = sorted(x.stem for x in folder.glob("*.yaml"))
     if not valid:
-        raise ConfigError(f"unknown {stage} technique {name_or_path!r}: no {folder} folder of technique files here; "
-                          "run from the project folder or pass the path of a technique's YAML file")
+        raise ConfigError(
+            f"unknown {stage} technique {name_or_path!r}: no {folder} folder of technique files here; "
+            "run from the project folder or pass the path of a technique's YAML file"
+        )
     raise ConfigError(f"unknown {stage} technique {name_or_path!r}; choose one of: {', '.join(valid)}")
 
 
@@ -408,8 +409,10 @@ def describe(cfg: Any) -> str:
     if cfg.fusion.mode == "metadata_only":
         net = "metadata-only logistic regression" + (" + zero-shot head" if cfg.zeroshot.enabled else "")
     else:
-        net = (f"{m.backbone} ({m.init}, width {m.width_mult}) at {d.height}x{d.width} x{m.input_scale:g}, "
-               f"{t.epochs} epochs, batch {t.batch_size}, loss {cfg.loss.name}"
-               + (f", fusion {cfg.fusion.mode}" if cfg.fusion.mode != "none" else ""))
+        net = (
+            f"{m.backbone} ({m.init}, width {m.width_mult}) at {d.height}x{d.width} x{m.input_scale:g}, "
+            f"{t.epochs} epochs, batch {t.batch_size}, loss {cfg.loss.name}"
+            + (f", fusion {cfg.fusion.mode}" if cfg.fusion.mode != "none" else "")
+        )
     transfer = f", transfer {cfg.transfer.method}" if cfg.stage == "finetune" else ""
     return f"{cfg.stage}/{cfg.technique} seed {t.seed}: {net}{transfer}, device {t.device}"

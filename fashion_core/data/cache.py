@@ -25,6 +25,7 @@ Grayscale, CMYK, palette and RGBA images are converted to RGB (alpha over white)
 
     python -m fashion_core.data.cache /path/to/dataset
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,7 +76,7 @@ def decode_image(path: str, height: int, width: int, draft: bool = True) -> np.n
             return np.asarray(im, dtype=np.uint8)
         canvas = np.full((height, width, 3), 255, dtype=np.uint8)
         top, left = (height - nh) // 2, (width - nw) // 2
-        canvas[top:top + nh, left:left + nw] = np.asarray(im, dtype=np.uint8)
+        canvas[top : top + nh, left : left + nw] = np.asarray(im, dtype=np.uint8)
         return canvas
 
 
@@ -152,7 +153,7 @@ class ImageCache:
     meta: dict
 
     @classmethod
-    def open(cls, folder: str | Path) -> "ImageCache":
+    def open(cls, folder: str | Path) -> ImageCache:
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text())
         if not meta.get("complete"):
@@ -187,15 +188,28 @@ def _progress(total: int, desc: str):
     try:
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=1.0,
-                    disable=None if not os.environ.get("CI") else True)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit="img",
+            file=sys.stderr,
+            mininterval=1.0,
+            disable=None if not os.environ.get("CI") else True,
+        )
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
 
 
-def build_cache(catalog: pd.DataFrame, height: int = 80, width: int = 60, workers: int | None = None,
-                root: str | Path | None = None, chunk: int = 256, draft: bool = True,
-                log=print) -> ImageCache:
+def build_cache(
+    catalog: pd.DataFrame,
+    height: int = 80,
+    width: int = 60,
+    workers: int | None = None,
+    root: str | Path | None = None,
+    chunk: int = 256,
+    draft: bool = True,
+    log=print,
+) -> ImageCache:
     """Decode every catalogue row that has an image file into the cache (or reuse / resume it).
 
     Args:
@@ -220,8 +234,11 @@ def build_cache(catalog: pd.DataFrame, height: int = 80, width: int = 60, worker
 
     n = len(ids)
     folder.mkdir(parents=True, exist_ok=True)
-    resuming = (folder / "status.u8").is_file() and (folder / "images.u8").is_file() \
+    resuming = (
+        (folder / "status.u8").is_file()
+        and (folder / "images.u8").is_file()
         and (folder / "images.u8").stat().st_size == n * height * width * 3
+    )
     mode = "r+" if resuming else "w+"
     row_bytes = height * width * 3
     # Pixels are written with pwrite, not through a memmap: written pages then stay in the page
@@ -247,7 +264,7 @@ def build_cache(catalog: pd.DataFrame, height: int = 80, width: int = 60, worker
     workers = workers or os.cpu_count() or 1
     # Smaller chunks for big targets (bounded memory) and for few images (every worker gets work).
     chunk = max(1, min(chunk, INFLIGHT_BYTES // (2 * workers * row_bytes), -(-len(pending) // (4 * workers))))
-    chunks = [pending[i:i + chunk] for i in range(0, len(pending), chunk)]
+    chunks = [pending[i : i + chunk] for i in range(0, len(pending), chunk)]
     bar = _progress(len(pending), "decoding images")
     last_flush = time.perf_counter()
 
@@ -296,8 +313,16 @@ def build_cache(catalog: pd.DataFrame, height: int = 80, width: int = 60, worker
     seconds = time.perf_counter() - t0
     (folder / "errors.json").write_text(json.dumps({str(k): v for k, v in errors.items()}))
     errors_path.unlink(missing_ok=True)
-    meta = {"height": height, "width": width, "n": n, "key": key, "seconds": round(seconds, 2),
-            "workers": workers, "format": FORMAT_VERSION, "complete": True}
+    meta = {
+        "height": height,
+        "width": width,
+        "n": n,
+        "key": key,
+        "seconds": round(seconds, 2),
+        "workers": workers,
+        "format": FORMAT_VERSION,
+        "complete": True,
+    }
     tmp = meta_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(meta_path)

@@ -7,6 +7,7 @@ is split on its first nine commas, which parses all 44,446 rows. The literal val
 
     python -m fashion_core.data.catalog /path/to/fashion-product-images-small
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,13 +18,22 @@ import pandas as pd
 
 from fashion_core.data.richmeta import RICH_FIELDS, add_rich_metadata, detect_layout
 
-COLUMNS = ("id", "gender", "masterCategory", "subCategory", "articleType", "baseColour",
-           "season", "year", "usage", "productDisplayName")
+COLUMNS = (
+    "id",
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "year",
+    "usage",
+    "productDisplayName",
+)
 LABEL = "articleType"
 
 # Exclusion reasons, in the order they are checked; a row gets the first that applies.
-REASONS = ("bad_id", "duplicate_id", "no_label", "no_year", "bad_year", "no_image", "empty_image",
-           "undecodable_image")
+REASONS = ("bad_id", "duplicate_id", "no_label", "no_year", "bad_year", "no_image", "empty_image", "undecodable_image")
 
 
 class CatalogError(ValueError):
@@ -53,6 +63,7 @@ def read_styles(path: str | Path) -> pd.DataFrame:
         rows = [ln.split(",", n - 1) for ln in lines[1:]]
     else:
         import csv
+
         rows = list(csv.reader(lines[1:]))
     rows = [r + [""] * (n - len(r)) for r in rows]
     df = pd.DataFrame(rows, columns=header, dtype=str)

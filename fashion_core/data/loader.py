@@ -11,12 +11,13 @@ which bench/pipeline.py measures as several times slower on this data (docs/perf
 
     .venv/bin/python -c "import torch; from fashion_core.config.schema import AugmentConfig; from fashion_core.data.loader import augment; print(augment(torch.zeros(4, 80, 60, 3, dtype=torch.uint8), AugmentConfig()).shape)"
 """
+
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,22 +44,33 @@ class TensorData:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def to(self, device: torch.device) -> "TensorData":
-        return TensorData(self.images.to(device, non_blocking=True), self.labels.to(device),
-                          {k: v.to(device) for k, v in self.extras.items()})
+    def to(self, device: torch.device) -> TensorData:
+        return TensorData(
+            self.images.to(device, non_blocking=True),
+            self.labels.to(device),
+            {k: v.to(device) for k, v in self.extras.items()},
+        )
 
-    def pin_memory(self) -> "TensorData":
+    def pin_memory(self) -> TensorData:
         """The same tensors in page-locked host memory (CUDA only): batches then copy to the GPU without blocking."""
-        return TensorData(self.images.pin_memory(), self.labels.pin_memory(),
-                          {k: v.pin_memory() for k, v in self.extras.items()})
+        return TensorData(
+            self.images.pin_memory(), self.labels.pin_memory(), {k: v.pin_memory() for k, v in self.extras.items()}
+        )
 
-    def subset(self, idx: torch.Tensor) -> "TensorData":
+    def subset(self, idx: torch.Tensor) -> TensorData:
         return TensorData(self.images[idx], self.labels[idx], {k: v[idx] for k, v in self.extras.items()})
 
 
-def batches(data: TensorData, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
-            drop_last: bool = False, device: torch.device | None = None, max_batches: int = 0,
-            shard: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+def batches(
+    data: TensorData,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    device: torch.device | None = None,
+    max_batches: int = 0,
+    shard: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
     """Yield dicts ``{"image": uint8 NHWC, "label": int64, **extras}`` on ``device``.
 
     ``shard`` maps each global batch's indices to the part this process takes (``distributed``:
@@ -74,11 +86,12 @@ def batches(data: TensorData, batch_size: int, shuffle: bool, generator: torch.G
     stop = n - (n % batch_size if drop_last and n >= batch_size else 0)
     # Host data in pinned memory (``TensorData.pin_memory``): gather each batch into pinned memory too,
     # so that the copy to the GPU below is asynchronous.
-    pinned = device is not None and device.type == "cuda" and data.images.device.type == "cpu" \
-        and data.images.is_pinned()
+    pinned = (
+        device is not None and device.type == "cuda" and data.images.device.type == "cpu" and data.images.is_pinned()
+    )
     count = 0
     for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         if shard is not None:
             idx = shard(idx)
         batch = {"image": _gather(data.images, idx, pinned), "label": _gather(data.labels, idx, pinned)}
@@ -128,13 +141,15 @@ def to_float(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     return torch.addcmul(shift.view(1, 3, 1, 1), x, scale.view(1, 3, 1, 1))
 
 
-def _draw_params(b: int, h: int, w: int, cfg: AugmentConfig, generator: torch.Generator | None, geometric: bool,
-                 complemented: bool) -> torch.Tensor:
+def _draw_params(
+    b: int, h: int, w: int, cfg: AugmentConfig, generator: torch.Generator | None, geometric: bool, complemented: bool
+) -> torch.Tensor:
     """Per-image augmentation parameters drawn on the CPU: (b, 19) = grid (4), colour matrix (9), bias (3), k (3).
 
     The normalised output is ``A @ s + bias0 + k * mean(x)`` for sampled values ``s``, where
     ``x = p + q * s`` is the image in [0, 1] (``s`` is ``255 - pixel`` when ``complemented``).
     """
+
     def rand(n: int) -> torch.Tensor:
         return torch.rand(n, generator=generator)
 
@@ -188,12 +203,14 @@ def _crop_flip(images: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     gy = g[:, 2:3] * ys + g[:, 3:4]
     # Scale + shift only, so the sampling grid is separable: cheaper than affine_grid's matmul.
     grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], dim=-1)
-    return F.grid_sample((255 - images).permute(0, 3, 1, 2).float(), grid, mode="bilinear",
-                         padding_mode="zeros", align_corners=False)
+    return F.grid_sample(
+        (255 - images).permute(0, 3, 1, 2).float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
 
 
-def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None,
-            channels_last: bool = False) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None, channels_last: bool = False
+) -> torch.Tensor:
     """Random resized crop (scale [min,1], aspect 3/4..4/3), flip and colour jitter, batched; returns float NCHW.
 
     Args:

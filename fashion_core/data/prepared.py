@@ -1,4 +1,5 @@
 """Data: sources -> catalog -> splits -> image cache -> loader. ``prepare_data`` runs the chain."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,10 @@ def prepare_data(data: str | None, cfg: DataConfig, workers: int | None = None, 
     if "richmeta" in catalog.attrs:
         log("rich metadata: " + ", ".join(f"{k} {v:,}" for k, v in catalog.attrs["richmeta"].items()))
     if layout.kind == "full" and max(cfg.height, cfg.width) <= 80:
-        log(f"note: full-resolution photos cached at {cfg.height}x{cfg.width}; "
-            "use --short-side 224 (299x224) or 160 (213x160) to keep more detail")
+        log(
+            f"note: full-resolution photos cached at {cfg.height}x{cfg.width}; "
+            "use --short-side 224 (299x224) or 160 (213x160) to keep more detail"
+        )
     cache = build_cache(catalog, cfg.height, cfg.width, workers=workers, log=log)
     if cache.failures:
         catalog = mark_undecodable(catalog, cache.failures)
@@ -56,12 +59,28 @@ def prepare_data(data: str | None, cfg: DataConfig, workers: int | None = None, 
         raise CatalogError(f"no valid product in {root}: excluded {reason_counts(catalog)}")
     top = top_classes(catalog, cfg.top_k, cfg.rank_on)
     splits = make_splits(catalog, cfg)
-    return Prepared(root=root, catalog=catalog, splits=splits, cache=cache, digest=dataset_digest(catalog, cfg),
-                    summary=summarize_splits(splits, top), cfg=cfg, layout=layout)
+    return Prepared(
+        root=root,
+        catalog=catalog,
+        splits=splits,
+        cache=cache,
+        digest=dataset_digest(catalog, cfg),
+        summary=summarize_splits(splits, top),
+        cfg=cfg,
+        layout=layout,
+    )
 
 
-__all__ = ["Prepared", "prepare_data", "build_catalog", "build_cache", "make_splits", "resolve_dataset",
-           "reason_counts", "ImageCache"]
+__all__ = [
+    "Prepared",
+    "prepare_data",
+    "build_catalog",
+    "build_cache",
+    "make_splits",
+    "resolve_dataset",
+    "reason_counts",
+    "ImageCache",
+]
 
 
 def without_test(p):

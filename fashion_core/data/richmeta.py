@@ -15,6 +15,7 @@ Reading 44k files takes seconds, so the parsed table is cached under
 
     python -m fashion_core.data.catalog /path/to/fashion-dataset   # the layout and rich fields of a folder
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -95,7 +96,9 @@ def _listing(styles: Path) -> dict[str, os.stat_result]:
     return out
 
 
-def read_rich_metadata(root: str | Path, ids: np.ndarray, use_cache: bool = True) -> tuple[pd.DataFrame, dict[str, int]]:
+def read_rich_metadata(
+    root: str | Path, ids: np.ndarray, use_cache: bool = True
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """Parse ``root/styles/<id>.json`` for each product id.
 
     Args:
@@ -187,8 +190,11 @@ class DatasetLayout:
     n_sampled: int
 
     def describe(self) -> str:
-        size = f"{self.image_size[0]}x{self.image_size[1]} (W x H, median of {self.n_sampled})" \
-            if self.image_size else "unknown"
+        size = (
+            f"{self.image_size[0]}x{self.image_size[1]} (W x H, median of {self.n_sampled})"
+            if self.image_size
+            else "unknown"
+        )
         return f"dataset layout: {self.kind} (images {size}; {self.n_json:,} {STYLES_DIR}/*.json files)"
 
 
@@ -213,5 +219,6 @@ def detect_layout(root: str | Path, catalog: pd.DataFrame, sample: int = 16) -> 
             continue
     size = tuple(int(v) for v in np.median(np.asarray(sizes), axis=0)) if sizes else None
     big = size is not None and min(size) > 200
-    return DatasetLayout(kind="full" if (n_json or big) else "small", n_json=n_json, image_size=size,
-                         n_sampled=len(sizes))
+    return DatasetLayout(
+        kind="full" if (n_json or big) else "small", n_json=n_json, image_size=size, n_sampled=len(sizes)
+    )

@@ -5,6 +5,7 @@ Archives are extracted once, safely, into ``<cache>/extracted/<sha256[:16]>/``.
 
     python -m fashion_core.data.sources /path/to/fashion-product-images-small.tar.gz
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,8 @@ import stat
 import sys
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 PUBLIC_DATASETS = {
     "small": "paramaggarwal/fashion-product-images-small",
@@ -201,8 +202,11 @@ def check_data_spec(spec: str | Path | None) -> str:
     return spec
 
 
-def resolve_dataset(spec: str | os.PathLike | None, downloader: Callable[[str], Path] | None = None,
-                    progress: Callable[[str], None] = print) -> Path:
+def resolve_dataset(
+    spec: str | os.PathLike | None,
+    downloader: Callable[[str], Path] | None = None,
+    progress: Callable[[str], None] = print,
+) -> Path:
     """The dataset folder (holding styles.csv) for a ``--data`` value.
 
     Args:
@@ -215,7 +219,7 @@ def resolve_dataset(spec: str | os.PathLike | None, downloader: Callable[[str], 
     """
     spec = check_data_spec(spec)
     if spec.startswith("kaggle:"):
-        handle = spec[len("kaggle:"):] or PUBLIC_DATASETS["small"]
+        handle = spec[len("kaggle:") :] or PUBLIC_DATASETS["small"]
         folder = (downloader or _kaggle_download)(handle)
         return resolve_dataset(folder, downloader, progress)
     path = Path(spec).expanduser()

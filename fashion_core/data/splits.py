@@ -18,6 +18,7 @@ The result is the table docs/ARCHITECTURE.md ("Contracts") names: ``id,label,yea
 
     python -m fashion_core.data.splits /path/to/dataset
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,11 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from fashion_core.config.checks import LEAKY_FIELDS, META_FIELDS
 from fashion_core.config.schema import DataConfig
-from fashion_core.data.catalog import LABEL
-from fashion_core.config.checks import LEAKY_FIELDS
-from fashion_core.config.checks import META_FIELDS
 from fashion_core.data.cache import catalog_cache_key
+from fashion_core.data.catalog import LABEL
 from fashion_core.data.richmeta import RICH_FIELDS
 
 SPLITS = ("train", "val", "test", "excluded")
@@ -104,11 +104,13 @@ def make_splits(catalog: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     Raises SplitError when ``val_by=year`` names no year that has a valid training product.
     """
     top = set(top_classes(catalog, cfg.top_k, cfg.rank_on))
-    out = pd.DataFrame({
-        "id": catalog["id"].to_numpy(),
-        "label": catalog[LABEL].to_numpy(),
-        "year": catalog["year"].to_numpy(),
-    })
+    out = pd.DataFrame(
+        {
+            "id": catalog["id"].to_numpy(),
+            "label": catalog[LABEL].to_numpy(),
+            "year": catalog["year"].to_numpy(),
+        }
+    )
     valid = catalog["valid"].to_numpy()
     year = catalog["year"].fillna(-1).to_numpy().astype(np.int64)
     split = np.where(~valid, "excluded", np.where(year % 2 == 0, "train", "test")).astype(object)
@@ -117,14 +119,17 @@ def make_splits(catalog: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
         train_years = year[train_rows]
         if not np.isin(train_years, np.asarray(cfg.val_years, dtype=np.int64)).any():
             present = ", ".join(str(y) for y in sorted(set(train_years.tolist())))
-            raise SplitError(f"data.val_years {', '.join(map(str, cfg.val_years))}: no valid training product "
-                             f"in {'that year' if len(cfg.val_years) == 1 else 'those years'}; "
-                             f"training years: {present}")
+            raise SplitError(
+                f"data.val_years {', '.join(map(str, cfg.val_years))}: no valid training product "
+                f"in {'that year' if len(cfg.val_years) == 1 else 'those years'}; "
+                f"training years: {present}"
+            )
         is_val = hold_out_years(out["label"].to_numpy()[train_rows], train_years, cfg.val_years)
     elif cfg.val_by == "random":
         # Validation is carved per subset too, but seeding per class makes the stage irrelevant.
-        is_val = carve_validation(out["id"].to_numpy()[train_rows], out["label"].to_numpy()[train_rows],
-                                  cfg.val_fraction, cfg.split_seed)
+        is_val = carve_validation(
+            out["id"].to_numpy()[train_rows], out["label"].to_numpy()[train_rows], cfg.val_fraction, cfg.split_seed
+        )
     else:
         raise SplitError(f"unknown val_by {cfg.val_by!r}; choose one of: random, year")
     split[train_rows[is_val]] = "val"
@@ -167,9 +172,13 @@ def dataset_digest(catalog: pd.DataFrame, cfg: DataConfig) -> str:
     for col in digest_columns(catalog):
         values = valid[col].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
         h.update(f"\x1e{col}\x1d".encode() + "\x1f".join(values.tolist()).encode())
-    settings = {**split_settings(cfg), "height": cfg.height, "width": cfg.width,
-                # the key of the id-sorted catalogue: the same images in another row order, the same digest
-                "image_cache_key": catalog_cache_key(catalog.sort_values("id", kind="stable"), cfg.height, cfg.width)}
+    settings = {
+        **split_settings(cfg),
+        "height": cfg.height,
+        "width": cfg.width,
+        # the key of the id-sorted catalogue: the same images in another row order, the same digest
+        "image_cache_key": catalog_cache_key(catalog.sort_values("id", kind="stable"), cfg.height, cfg.width),
+    }
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -185,13 +194,16 @@ class SplitSummary:
 def summarize_splits(splits: pd.DataFrame, top: list[str]) -> SplitSummary:
     """Per-class counts and the classes that cannot be evaluated or learned, per subset."""
     s = splits[splits["split"] != "excluded"]
-    counts = (s.groupby(["label", "split"]).size().unstack(fill_value=0)
-              .reindex(columns=["train", "val", "test"], fill_value=0))
+    counts = (
+        s.groupby(["label", "split"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(columns=["train", "val", "test"], fill_value=0)
+    )
     counts.columns = ["n_train", "n_val", "n_test"]
     counts.insert(0, "subset", np.where(counts.index.isin(top), "pretrain", "finetune"))
     rank = {c: i for i, c in enumerate(top)}
-    counts = counts.assign(_r=[rank.get(c, len(top)) for c in counts.index],
-                           _n=-(counts["n_train"] + counts["n_val"]))
+    counts = counts.assign(_r=[rank.get(c, len(top)) for c in counts.index], _n=-(counts["n_train"] + counts["n_val"]))
     counts = counts.sort_values(["_r", "_n"]).drop(columns=["_r", "_n"])
     counts.index.name = "class"
     no_test, test_only = {}, {}

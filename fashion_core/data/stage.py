@@ -33,8 +33,9 @@ class StageData:
 ExtrasFn = Callable[[Prepared, pd.DataFrame, list[str]], dict[str, torch.Tensor]]
 
 
-def build_stage_data(p: Prepared, stage: str, extras_fn: ExtrasFn | None = None,
-                     classes: list[str] | None = None) -> StageData:
+def build_stage_data(
+    p: Prepared, stage: str, extras_fn: ExtrasFn | None = None, classes: list[str] | None = None
+) -> StageData:
     """Gather a stage's images from the cache and index its labels.
 
     Args:
@@ -67,7 +68,15 @@ def build_stage_data(p: Prepared, stage: str, extras_fn: ExtrasFn | None = None,
     train, val, test = part("train"), part("val"), part("test")
     c = len(classes)
     test_rows = sp[sp["split"] == "test"]
-    return StageData(classes=classes, train=train, val=val, test=test,
-                     test_ids=test_rows["id"].to_numpy(), test_label_names=test_rows["label"].to_numpy(),
-                     n_train=np.bincount(train.labels.numpy(), minlength=c),
-                     n_val=np.bincount(val.labels.numpy(), minlength=c), test_only=test_only, frame=sp)
+    return StageData(
+        classes=classes,
+        train=train,
+        val=val,
+        test=test,
+        test_ids=test_rows["id"].to_numpy(),
+        test_label_names=test_rows["label"].to_numpy(),
+        n_train=np.bincount(train.labels.numpy(), minlength=c),
+        n_val=np.bincount(val.labels.numpy(), minlength=c),
+        test_only=test_only,
+        frame=sp,
+    )

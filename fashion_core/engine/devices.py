@@ -4,6 +4,7 @@ Chosen per device type so that the training loop has no device branches of its o
 autocast (fp16 with a gradient scaler where bf16 is missing) and channels-last convolutions, CPUs
 get fp32 and channels-last (oneDNN's preferred layout), MPS plain fp32.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -18,17 +18,20 @@ references without --sync-bn). One torchrun job runs one ``pretrain`` or ``finet
     torchrun --standalone --nproc_per_node 2 -m fashion_core.cli.commands pretrain --profile quick --data DATA
     fashion pretrain --gpus 2 --profile quick --data DATA      # the same, torchrun launched for you
 """
+
 from __future__ import annotations
 
 import atexit
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable, Iterator, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import torch
 import torch.nn as nn
+
 from fashion_core.data.loader import batches
 
 T = TypeVar("T")
@@ -124,17 +127,24 @@ def init_from_env(device: str = "auto", timeout_minutes: float = 60) -> DistEnv:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     dist = torch.distributed
     if dist.is_initialized():
-        return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                       backend=str(dist.get_backend()))
+        return DistEnv(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            local_rank=local_rank,
+            backend=str(dist.get_backend()),
+        )
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s): "
-                               "use --nproc_per_node <= the number of GPUs, or train.device=cpu")
+            raise RuntimeError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s): "
+                "use --nproc_per_node <= the number of GPUs, or train.device=cpu"
+            )
         torch.cuda.set_device(local_rank)
     backend = "nccl" if cuda else "gloo"
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                            timeout=timedelta(minutes=timeout_minutes))
+    dist.init_process_group(
+        backend=backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(minutes=timeout_minutes)
+    )
     atexit.register(shutdown)  # leave the group cleanly when the command ends
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
 
@@ -164,12 +174,18 @@ def shard_indices(idx: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     per = -(-n // world)
     if per * world != n:
         idx = idx[torch.arange(per * world, device=idx.device) % n]
-    return idx[rank * per:(rank + 1) * per]
+    return idx[rank * per : (rank + 1) * per]
 
 
-def shard_batches(data, batch_size: int, env: DistEnv, generator: torch.Generator | None = None,
-                  drop_last: bool = False, device: torch.device | None = None,
-                  max_batches: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+def shard_batches(
+    data,
+    batch_size: int,
+    env: DistEnv,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    device: torch.device | None = None,
+    max_batches: int = 0,
+) -> Iterator[dict[str, torch.Tensor]]:
     """``loader.batches`` for one rank: the same global batches (same permutation), this rank's slice of each.
 
     Args:
@@ -177,8 +193,16 @@ def shard_batches(data, batch_size: int, env: DistEnv, generator: torch.Generato
         batch_size: the GLOBAL batch size.
         generator: seeded identically on every rank, so every rank draws the same permutation.
     """
-    return batches(data, batch_size, shuffle=True, generator=generator, drop_last=drop_last, device=device,
-                   max_batches=max_batches, shard=lambda idx: shard_indices(idx, env.rank, env.world_size))
+    return batches(
+        data,
+        batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=drop_last,
+        device=device,
+        max_batches=max_batches,
+        shard=lambda idx: shard_indices(idx, env.rank, env.world_size),
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -206,8 +230,16 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
         if a.startswith("--gpus="):
             continue
         rest.append(a)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "fashion_core.cli.commands", *rest]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "fashion_core.cli.commands",
+        *rest,
+    ]
 
 
 def launch_with_torchrun(nproc: int, argv: list[str]) -> NoReturn:

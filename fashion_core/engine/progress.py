@@ -9,6 +9,7 @@ is imported lazily and optional: a machine with only PyTorch trains without the 
 
     FASHION_PROGRESS=1 fashion pretrain --profile smoke --data DATA
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,9 @@ class EpochProgress:
         quiet_seconds: on a non-terminal, no line before the epoch has run this long.
     """
 
-    def __init__(self, total: int, desc: str = "", stream: IO | None = None, every: float = 0.1,
-                 quiet_seconds: float = 10.0):
+    def __init__(
+        self, total: int, desc: str = "", stream: IO | None = None, every: float = 0.1, quiet_seconds: float = 10.0
+    ):
         self.total, self.desc, self.stream = max(1, int(total)), desc, stream or sys.stderr
         self.n, self.t0 = 0, time.perf_counter()
         self.bar = None
@@ -55,8 +57,16 @@ class EpochProgress:
             return
         tty = bool(getattr(self.stream, "isatty", lambda: False)())
         if mode or tty:
-            self.bar = tqdm(total=self.total, desc=desc, unit="img", leave=False,
-                            file=self.stream, dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
+            self.bar = tqdm(
+                total=self.total,
+                desc=desc,
+                unit="img",
+                leave=False,
+                file=self.stream,
+                dynamic_ncols=True,
+                mininterval=0.5,
+                smoothing=0.1,
+            )
         else:
             self._format = tqdm.format_meter
 
@@ -76,7 +86,7 @@ class EpochProgress:
             self.bar.close()
             self.bar = None
 
-    def __enter__(self) -> "EpochProgress":
+    def __enter__(self) -> EpochProgress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -9,15 +9,17 @@ epoch, and a progress bar per epoch (``progress``). ``place_data`` puts a stage'
 on the device once when they fit. The caller gets one ``on_epoch(epoch, metrics)`` call per
 epoch to log or prune.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +30,9 @@ from fashion_core.data.loader import TensorData, augment, batches, num_batches, 
 from fashion_core.engine.devices import autocast_for, channels_last_on, grad_scaler_for, place_data, to_preferred_layout
 from fashion_core.engine.distributed import DistEnv, unwrap
 from fashion_core.engine.distributed import shard_batches as dist_shard_batches
-from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions as top5_of
 from fashion_core.engine.progress import EpochProgress
+from fashion_core.evaluation.scoring import class_mean_accuracy
+from fashion_core.evaluation.scoring import topk_predictions as top5_of
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -70,17 +73,18 @@ class LabelLoss(nn.Module):
 def build_optimizer(param_groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=True)
+    return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LR multiplier: linear warm-up, then cosine decay to 0."""
+
     def f(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
         t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
     return f
 
 
@@ -103,8 +107,9 @@ def predict_scores(model: nn.Module, data: TensorData, device: torch.device, bat
     return torch.cat(out).numpy()
 
 
-def evaluate(model: nn.Module, data: TensorData, device: torch.device, criterion: nn.Module | None = None,
-             batch_size: int = 512) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, data: TensorData, device: torch.device, criterion: nn.Module | None = None, batch_size: int = 512
+) -> dict[str, float]:
     """Class-mean top-1/top-5 (and loss when a criterion is given) on a labelled split."""
     scores = predict_scores(model, data, device, batch_size)
     labels = data.labels.cpu().numpy()
@@ -122,9 +127,15 @@ def evaluate(model: nn.Module, data: TensorData, device: torch.device, criterion
     return res
 
 
-def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               batch: dict[str, torch.Tensor], device: torch.device,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, Any]:
+def train_step(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[torch.Tensor, Any]:
     """One optimisation step on a ready input batch (autocast as on ``device``); returns (loss, output).
 
     ``scaler``: fp16's gradient scaler (``grad_scaler_for``); when enabled it reads one flag from the
@@ -159,8 +170,10 @@ class WeightEMA:
             p.requires_grad_(False)
         # state_dict tensors share storage with the modules: the pairs stay live as training updates in place
         live, avg = model.state_dict(keep_vars=False), self.module.state_dict(keep_vars=False)
-        self._float = ([avg[k] for k in avg if avg[k].is_floating_point()],
-                       [live[k] for k in avg if avg[k].is_floating_point()])
+        self._float = (
+            [avg[k] for k in avg if avg[k].is_floating_point()],
+            [live[k] for k in avg if avg[k].is_floating_point()],
+        )
         self._other = [(avg[k], live[k]) for k in avg if not avg[k].is_floating_point()]
 
     @torch.no_grad()
@@ -193,21 +206,52 @@ class FitResult:
     selection: str = SELECT_VAL
 
 
-def _epoch_batches(train: TensorData, cfg: TrainConfig, gen: torch.Generator, device: torch.device, epoch: int,
-                   dist: DistEnv | None):
+def _epoch_batches(
+    train: TensorData, cfg: TrainConfig, gen: torch.Generator, device: torch.device, epoch: int, dist: DistEnv | None
+):
     """One epoch's shuffled batches and augmentation generator (under DDP: this rank's slice, own draws)."""
     drop_last = len(train) > cfg.batch_size
     if dist is not None and dist.active:  # same permutation on every rank (gen), own augmentation draws
-        return (dist_shard_batches(train, cfg.batch_size, dist, generator=gen, device=device, drop_last=drop_last,
-                                   max_batches=cfg.max_batches_per_epoch), dist.augment_generator(cfg.seed, epoch))
-    return (batches(train, cfg.batch_size, shuffle=True, generator=gen, device=device, drop_last=drop_last,
-                    max_batches=cfg.max_batches_per_epoch), gen)
+        return (
+            dist_shard_batches(
+                train,
+                cfg.batch_size,
+                dist,
+                generator=gen,
+                device=device,
+                drop_last=drop_last,
+                max_batches=cfg.max_batches_per_epoch,
+            ),
+            dist.augment_generator(cfg.seed, epoch),
+        )
+    return (
+        batches(
+            train,
+            cfg.batch_size,
+            shuffle=True,
+            generator=gen,
+            device=device,
+            drop_last=drop_last,
+            max_batches=cfg.max_batches_per_epoch,
+        ),
+        gen,
+    )
 
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, epoch_batches, device: torch.device,
-                    cfg: TrainConfig, aug_gen: torch.Generator, *, ema: WeightEMA | None = None,
-                    scaler: torch.amp.GradScaler | None = None, progress=None) -> tuple[float, int, int]:
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch_batches,
+    device: torch.device,
+    cfg: TrainConfig,
+    aug_gen: torch.Generator,
+    *,
+    ema: WeightEMA | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    progress=None,
+) -> tuple[float, int, int]:
     """One pass over ``epoch_batches``: augment, step, schedule, average; returns (loss sum, hits, images).
 
     The loss and hit sums stay on the device and are read back once, at the end: a read per
@@ -258,12 +302,22 @@ class _Selection:
         self.history.append({"epoch": epoch, **metrics})
 
 
-def _checkpoint(model, optimizer, scheduler, epoch: int, sel: _Selection, gen: torch.Generator,
-                ema: WeightEMA | None = None) -> dict:
-    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-            "epoch": epoch, "best_state": sel.best_state, "best_epoch": sel.best_epoch, "best_val": sel.best_val,
-            "history": sel.history, "bad_epochs": sel.bad_epochs, "rng": gen.get_state(),
-            "torch_rng": torch.get_rng_state()}
+def _checkpoint(
+    model, optimizer, scheduler, epoch: int, sel: _Selection, gen: torch.Generator, ema: WeightEMA | None = None
+) -> dict:
+    ckpt = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "best_state": sel.best_state,
+        "best_epoch": sel.best_epoch,
+        "best_val": sel.best_val,
+        "history": sel.history,
+        "bad_epochs": sel.bad_epochs,
+        "rng": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
     if ema is not None:
         ckpt["ema"] = ema.state_dict()
     return ckpt
@@ -276,7 +330,9 @@ def _save(ckpt: dict, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def _resume(resume: dict, model, optimizer, scheduler, ema: WeightEMA | None, gen: torch.Generator) -> tuple[int, _Selection]:
+def _resume(
+    resume: dict, model, optimizer, scheduler, ema: WeightEMA | None, gen: torch.Generator
+) -> tuple[int, _Selection]:
     """Load a checkpoint written by ``fit``; returns (first epoch to run, the selection so far)."""
     model.load_state_dict(resume["model"])
     if ema is not None:
@@ -287,15 +343,31 @@ def _resume(resume: dict, model, optimizer, scheduler, ema: WeightEMA | None, ge
     scheduler.load_state_dict(resume["lr_scheduler"])
     gen.set_state(resume["rng"])
     torch.set_rng_state(resume["torch_rng"])
-    sel = _Selection(resume["best_state"], int(resume["best_epoch"]), float(resume["best_val"]),
-                     int(resume["bad_epochs"]), list(resume["history"]))
+    sel = _Selection(
+        resume["best_state"],
+        int(resume["best_epoch"]),
+        float(resume["best_val"]),
+        int(resume["bad_epochs"]),
+        list(resume["history"]),
+    )
     return int(resume["epoch"]) + 1, sel
 
 
-def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Module, param_groups: list[dict],
-        cfg: TrainConfig, device: torch.device, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        checkpoint_path: str | Path | None = None, resume: dict | None = None, log=print,
-        dist: DistEnv | None = None, progress: bool = True) -> FitResult:
+def fit(
+    model: nn.Module,
+    train: TensorData,
+    val: TensorData,
+    criterion: nn.Module,
+    param_groups: list[dict],
+    cfg: TrainConfig,
+    device: torch.device,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: dict | None = None,
+    log=print,
+    dist: DistEnv | None = None,
+    progress: bool = True,
+) -> FitResult:
     """Train ``model`` on ``train``; select the best epoch on ``val`` class-mean top-1.
 
     Without validation images (``len(val) == 0``) every configured epoch runs (no early stopping)
@@ -324,11 +396,13 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
     fwd = torch.compile(net) if cfg.compile else net
     optimizer = build_optimizer(param_groups, cfg)
     scaler = grad_scaler_for(device)
-    steps_per_epoch = num_batches(len(train), cfg.batch_size, drop_last=len(train) > cfg.batch_size,
-                                  max_batches=cfg.max_batches_per_epoch)
+    steps_per_epoch = num_batches(
+        len(train), cfg.batch_size, drop_last=len(train) > cfg.batch_size, max_batches=cfg.max_batches_per_epoch
+    )
     total = max(1, steps_per_epoch * cfg.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total, int(round(cfg.warmup_epochs * steps_per_epoch))))
+        optimizer, warmup_cosine(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    )
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     selected = ema.module if ema is not None else model  # the weights that are validated, selected and kept
     start_epoch, sel = 1, _Selection({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
@@ -343,17 +417,32 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
         epoch_batches, aug_gen = _epoch_batches(train, cfg, gen, device, epoch, dist)
         bar = EpochProgress(epoch_images, f"epoch {epoch}/{cfg.epochs}") if show else None
         try:
-            loss_sum, hit_sum, seen = train_one_epoch(fwd, criterion, optimizer, scheduler, epoch_batches, device,
-                                                      cfg, aug_gen, ema=ema, scaler=scaler, progress=bar)
+            loss_sum, hit_sum, seen = train_one_epoch(
+                fwd,
+                criterion,
+                optimizer,
+                scheduler,
+                epoch_batches,
+                device,
+                cfg,
+                aug_gen,
+                ema=ema,
+                scaler=scaler,
+                progress=bar,
+            )
         finally:
             if bar is not None:
                 bar.close()
         if ddp:
             loss_sum, hit_sum, seen = dist.all_reduce_sums(loss_sum, hit_sum, seen)
         train_seconds = time.perf_counter() - t0
-        metrics = {"train_loss": loss_sum / max(1, seen), "train_top1": hit_sum / max(1, seen),
-                   "lr": optimizer.param_groups[-1]["lr"], "epoch_seconds": train_seconds,
-                   "train_images_per_second": seen / max(train_seconds, 1e-9)}
+        metrics = {
+            "train_loss": loss_sum / max(1, seen),
+            "train_top1": hit_sum / max(1, seen),
+            "lr": optimizer.param_groups[-1]["lr"],
+            "epoch_seconds": train_seconds,
+            "train_images_per_second": seen / max(train_seconds, 1e-9),
+        }
         if len(val):
             # Under DDP rank 0 alone evaluates; every rank gets its numbers, so early stopping agrees.
             v = evaluate(selected, val, device, criterion) if not ddp or dist.is_main else None
@@ -362,17 +451,29 @@ def fit(model: nn.Module, train: TensorData, val: TensorData, criterion: nn.Modu
         sel.update(epoch, metrics, selected, bool(len(val)))
         if checkpoint_path is not None:  # before the epoch line: once it is printed, the epoch is resumable
             _save(_checkpoint(model, optimizer, scheduler, epoch, sel, gen, ema), checkpoint_path)
-        log(f"epoch {epoch}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  train top-1 {metrics['train_top1']:.3f}  "
-            + (f"val top-1 {metrics['val_top1_mean']:.4f}  val top-5 {metrics['val_top5_mean']:.4f}  " if len(val) else "")
-            + f"{seen / max(train_seconds, 1e-9):.0f} img/s  {train_seconds:.0f}s")
+        log(
+            f"epoch {epoch}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  train top-1 {metrics['train_top1']:.3f}  "
+            + (
+                f"val top-1 {metrics['val_top1_mean']:.4f}  val top-5 {metrics['val_top5_mean']:.4f}  "
+                if len(val)
+                else ""
+            )
+            + f"{seen / max(train_seconds, 1e-9):.0f} img/s  {train_seconds:.0f}s"
+        )
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if cfg.patience and sel.bad_epochs >= cfg.patience and len(val):
             log(f"early stop: no validation gain for {cfg.patience} epochs (best epoch {sel.best_epoch})")
             stopped = True
             break
-    return FitResult(best_state=sel.best_state, best_epoch=sel.best_epoch, best_val=sel.best_val,
-                     history=sel.history, stopped_early=stopped, selection=SELECT_VAL if len(val) else SELECT_LAST)
+    return FitResult(
+        best_state=sel.best_state,
+        best_epoch=sel.best_epoch,
+        best_val=sel.best_val,
+        history=sel.history,
+        stopped_early=stopped,
+        selection=SELECT_VAL if len(val) else SELECT_LAST,
+    )
 
 
 def load_error(e: Exception) -> str:
@@ -381,8 +482,10 @@ def load_error(e: Exception) -> str:
 
     m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
     if m:
-        return (f"it holds a pickled Python object ({m.group(1)}), not only tensors; refused, since loading it "
-                "could run code")
+        return (
+            f"it holds a pickled Python object ({m.group(1)}), not only tensors; refused, since loading it "
+            "could run code"
+        )
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 

@@ -18,10 +18,12 @@ as the table holds them (0 for a model that cannot output them; a zero-shot mode
 
     .venv/bin/python -m pytest tests/test_metrics.py -q
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,8 +36,14 @@ PREDICTION_COLUMNS = ("id", "label", "pred1", "pred2", "pred3", "pred4", "pred5"
 PRED_COLUMNS = PREDICTION_COLUMNS[2:]
 
 
-def per_class_table(labels: Any, top5: Any, class_names: Sequence[str], n_train: Any, n_val: Any,
-                    extra_classes: Mapping[str, int] | None = None) -> pd.DataFrame:
+def per_class_table(
+    labels: Any,
+    top5: Any,
+    class_names: Sequence[str],
+    n_train: Any,
+    n_val: Any,
+    extra_classes: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
     """The per-class table written as ``per_class.csv``.
 
     Args:
@@ -67,8 +75,9 @@ def per_class_table(labels: Any, top5: Any, class_names: Sequence[str], n_train:
             raise ValueError(f"{what} must have one count per class ({n_classes}); got {len(counts)}")
     hit1, hit5 = _hits(labels, top5)
     n_test, top1, top5_rate = _rates(labels, hit1, hit5, n_classes)
-    table = pd.DataFrame({"class": names, "n_train": n_train, "n_val": n_val, "n_test": n_test,
-                          "top1": top1, "top5": top5_rate})
+    table = pd.DataFrame(
+        {"class": names, "n_train": n_train, "n_val": n_val, "n_test": n_test, "top1": top1, "top5": top5_rate}
+    )
     if extra_classes:
         clash = sorted(set(extra_classes) & set(names))
         if clash:
@@ -78,11 +87,18 @@ def per_class_table(labels: Any, top5: Any, class_names: Sequence[str], n_train:
         extra_names = sorted(extra_classes)
         extra_n = np.array([int(extra_classes[c]) for c in extra_names], dtype=np.int64)
         zero_or_nan = np.where(extra_n > 0, 0.0, np.nan)  # never predictable: every test image is wrong
-        extra = pd.DataFrame({"class": extra_names, "n_train": 0, "n_val": 0, "n_test": extra_n,
-                              "top1": zero_or_nan, "top5": zero_or_nan})
+        extra = pd.DataFrame(
+            {
+                "class": extra_names,
+                "n_train": 0,
+                "n_val": 0,
+                "n_test": extra_n,
+                "top1": zero_or_nan,
+                "top5": zero_or_nan,
+            }
+        )
         table = pd.concat([table, extra], ignore_index=True)
-    return table.astype({"n_train": "int64", "n_val": "int64", "n_test": "int64",
-                         "top1": "float64", "top5": "float64"})
+    return table.astype({"n_train": "int64", "n_val": "int64", "n_test": "int64", "top1": "float64", "top5": "float64"})
 
 
 def summarize(table: pd.DataFrame) -> dict[str, float | int]:
@@ -123,8 +139,7 @@ def summarize(table: pd.DataFrame) -> dict[str, float | int]:
         correct = acc_all * n_test  # rates times counts give back the (integer) hit counts
         out[f"{m}_mean"] = float(acc[evaluated].mean()) if evaluated.any() else float("nan")
         n_eval_images = n_test[evaluated].sum()
-        out[f"{m}_micro"] = (float(correct[evaluated].sum() / n_eval_images)
-                             if n_eval_images else float("nan"))
+        out[f"{m}_micro"] = float(correct[evaluated].sum() / n_eval_images) if n_eval_images else float("nan")
         n_all = n_test[has_test].sum()
         out[f"{m}_micro_all"] = float(correct[has_test].sum() / n_all) if n_all else float("nan")
     out["n_classes_evaluated"] = int(evaluated.sum())
@@ -214,8 +229,9 @@ def with_wilson(table: pd.DataFrame, z: float = 1.96) -> pd.DataFrame:
     return out
 
 
-def bootstrap_class_mean(labels: Any, top5_preds: Any, class_ids_evaluated: Any, n_boot: int = 1000,
-                         seed: int = 0, alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+def bootstrap_class_mean(
+    labels: Any, top5_preds: Any, class_ids_evaluated: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, tuple[float, float]]:
     """Percentile interval of the class-mean top-1/top-5 by a stratified bootstrap.
 
     Each replicate resamples, with replacement, as many test images as a class has from
@@ -247,8 +263,9 @@ def percentile_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float,
     return float(lo), float(hi)
 
 
-def bootstrap_class_mean_replicates(labels: Any, top5_preds: Any, class_ids_evaluated: Any, n_boot: int = 1000,
-                                   seed: int = 0) -> dict[str, np.ndarray]:
+def bootstrap_class_mean_replicates(
+    labels: Any, top5_preds: Any, class_ids_evaluated: Any, n_boot: int = 1000, seed: int = 0
+) -> dict[str, np.ndarray]:
     """``n_boot`` stratified-bootstrap replicates of the class-mean top-1/top-5 (as :func:`bootstrap_class_mean`).
 
     An image is one of three kinds (top-1 hit, top-5-only hit, miss), so the resampled counts of
@@ -282,8 +299,9 @@ def bootstrap_class_mean_replicates(labels: Any, top5_preds: Any, class_ids_eval
     return {"top1": acc1.mean(axis=1), "top5": acc5.mean(axis=1)}
 
 
-def bootstrap_seed_mean(replicates: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0,
-                        alpha: float = 0.05) -> tuple[float, float]:
+def bootstrap_seed_mean(
+    replicates: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
     """Percentile interval of a mean over seeds that includes the seed-to-seed variance.
 
     A two-stage bootstrap: each replicate draws as many seeds as there are, with replacement,
@@ -347,8 +365,7 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
 def read_per_class(path: str | Path) -> pd.DataFrame:
     """Read a ``per_class.csv``: class names kept verbatim, empty accuracies as NaN."""
-    return pd.read_csv(path, dtype={"class": str}, keep_default_na=False,
-                       na_values={"top1": [""], "top5": [""]})
+    return pd.read_csv(path, dtype={"class": str}, keep_default_na=False, na_values={"top1": [""], "top5": [""]})
 
 
 def per_class_from_predictions(pred_df: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
@@ -385,8 +402,9 @@ def per_class_from_predictions(pred_df: pd.DataFrame, class_names: Sequence[str]
     return pd.DataFrame({"class": categories, "n_test": n_test, "top1": top1, "top5": top5})
 
 
-def confusion_matrix_figure(labels: Any, pred1: Any, class_names: Sequence[str], normalize: bool = True,
-                            max_classes: int = 60):
+def confusion_matrix_figure(
+    labels: Any, pred1: Any, class_names: Sequence[str], normalize: bool = True, max_classes: int = 60
+):
     """Heatmap of the confusion matrix, true class on rows, predicted class on columns.
 
     Args:
@@ -422,9 +440,9 @@ def confusion_matrix_figure(labels: Any, pred1: Any, class_names: Sequence[str],
         kept = np.sort(np.argsort(-row_n, kind="stable")[:max_classes])
         other = np.ones(n_classes, dtype=bool)
         other[kept] = False
-        counts = np.concatenate([counts[np.ix_(kept, kept)],
-                                 counts[np.ix_(kept, np.flatnonzero(other))].sum(axis=1, keepdims=True)],
-                                axis=1)
+        counts = np.concatenate(
+            [counts[np.ix_(kept, kept)], counts[np.ix_(kept, np.flatnonzero(other))].sum(axis=1, keepdims=True)], axis=1
+        )
         row_n = row_n[kept]
         rows = [names[i] for i in kept]
         cols = rows + ["(other classes)"]
@@ -434,12 +452,23 @@ def confusion_matrix_figure(labels: Any, pred1: Any, class_names: Sequence[str],
     if normalize:
         z[row_n == 0] = np.nan  # no test image: nothing to normalise, leave the row blank
     size = max(450, 14 * len(cols) + 250)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=cols, y=rows, customdata=counts, colorscale="Blues",
-        zmin=0.0, zmax=1.0 if normalize else None,
-        hovertemplate="true: %{y}<br>predicted: %{x}<br>value: %{z:.3f}<br>images: %{customdata}"
-                      "<extra></extra>"))
-    fig.update_layout(title=title, width=size, height=size,
-                      xaxis=dict(title="predicted", tickangle=-60, type="category"),
-                      yaxis=dict(title="true", autorange="reversed", type="category"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=cols,
+            y=rows,
+            customdata=counts,
+            colorscale="Blues",
+            zmin=0.0,
+            zmax=1.0 if normalize else None,
+            hovertemplate="true: %{y}<br>predicted: %{x}<br>value: %{z:.3f}<br>images: %{customdata}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        width=size,
+        height=size,
+        xaxis=dict(title="predicted", tickangle=-60, type="category"),
+        yaxis=dict(title="true", autorange="reversed", type="category"),
+    )
     return fig

@@ -5,6 +5,7 @@ The one implementation of each: ``train.evaluate`` (validation), the metadata ba
 
     .venv/bin/python -m pytest tests/test_metrics.py -q
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,9 @@ def _int_labels(labels: Any, n_classes: int) -> np.ndarray:
     """1-D int64 class indices, checked to lie in [0, n_classes)."""
     labels = _to_numpy(labels).astype(np.int64, copy=False).reshape(-1)
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must be class indices in [0, {n_classes}); "
-                         f"got values in [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must be class indices in [0, {n_classes}); got values in [{labels.min()}, {labels.max()}]"
+        )
     return labels
 
 
@@ -53,8 +55,9 @@ def _hits(labels: np.ndarray, top5: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return hit1, hit5
 
 
-def _rates(codes: np.ndarray, hit1: np.ndarray, hit5: np.ndarray,
-           n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rates(
+    codes: np.ndarray, hit1: np.ndarray, hit5: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class test count and top-1/top-5 rates (NaN where a class has no test image).
 
     Shared by :func:`per_class_table` and :func:`per_class_from_predictions` so that both

@@ -19,9 +19,15 @@ def score_test_split(sd: StageData, scores: np.ndarray, seed: int):
     labels, top5 = all_labels[ok], top5_all[ok]
     table = M.per_class_table(labels, top5, sd.classes, sd.n_train, sd.n_val, extra_classes=sd.test_only)
     summ = M.summarize(table)
-    evaluated = np.flatnonzero((table["n_test"].to_numpy()[:len(sd.classes)] > 0) & (sd.n_train > 0))
+    evaluated = np.flatnonzero((table["n_test"].to_numpy()[: len(sd.classes)] > 0) & (sd.n_train > 0))
     boot = M.bootstrap_class_mean(labels, top5, evaluated, n_boot=1000, seed=seed)
     out = {f"test_{k}": v for k, v in summ.items()}
-    out.update({"test_top1_mean_lo": boot["top1"][0], "test_top1_mean_hi": boot["top1"][1],
-                "test_top5_mean_lo": boot["top5"][0], "test_top5_mean_hi": boot["top5"][1]})
+    out.update(
+        {
+            "test_top1_mean_lo": boot["top1"][0],
+            "test_top1_mean_hi": boot["top1"][1],
+            "test_top5_mean_lo": boot["top5"][0],
+            "test_top5_mean_hi": boot["top5"][1],
+        }
+    )
     return table, preds, out, (labels, top5)

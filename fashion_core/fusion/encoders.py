@@ -1,10 +1,12 @@
 """Metadata encoders: categorical vocabularies, the hashed name text, auxiliary targets."""
+
 from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,7 +15,6 @@ from torch import Tensor
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import FusionConfig
-
 
 TEXT_FIELD = "productDisplayName"
 UNKNOWN, MISSING = 0, 1  # reserved codes of every categorical vocabulary
@@ -25,6 +26,7 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 
 
 # ---------------------------------------------------------------- encoders (vocabularies)
+
 
 def _clean(values: Iterable[Any]) -> list[str]:
     """Cells as stripped strings; None / NaN become '' (missing)."""
@@ -45,7 +47,7 @@ class CategoryVocab:
     values: tuple[str, ...]
 
     @classmethod
-    def fit(cls, field_name: str, values: Iterable[Any]) -> "CategoryVocab":
+    def fit(cls, field_name: str, values: Iterable[Any]) -> CategoryVocab:
         """The vocabulary of the non-empty values among ``values`` (the training rows)."""
         return cls(field_name, tuple(sorted({v for v in _clean(values) if v})))
 
@@ -107,7 +109,7 @@ class TextHasher:
         words = [s_stem(w) for w in _TOKEN.findall(text.lower())]
         grams = list(words)
         for n in range(2, self.ngrams + 1):
-            grams += [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+            grams += [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
         return grams[:MAX_TOKENS]
 
     def bucket(self, token: str) -> int:
@@ -121,7 +123,7 @@ class TextHasher:
         memo: dict[str, int] = {}
         for i, t in enumerate(texts):
             ids = [memo.setdefault(g, self.bucket(g)) for g in self.tokens(t)]
-            out[i, :len(ids)] = ids
+            out[i, : len(ids)] = ids
         return out
 
 
@@ -133,13 +135,15 @@ class MetaVocab:
     text: TextHasher | None
 
     @classmethod
-    def fit(cls, rows: pd.DataFrame, fcfg: FusionConfig) -> "MetaVocab":
+    def fit(cls, rows: pd.DataFrame, fcfg: FusionConfig) -> MetaVocab:
         """Fit on training rows: ``fields`` (minus the name) then ``leaky_fields`` become categorical inputs."""
         names = [f for f in fcfg.fields if f != TEXT_FIELD] + list(fcfg.leaky_fields)
         absent = [f for f in names + ([TEXT_FIELD] if TEXT_FIELD in fcfg.fields else []) if f not in rows.columns]
         if absent:
-            raise ConfigError(f"fusion fields {', '.join(absent)} are not columns of this catalogue "
-                              "(brandName, ageGroup, colour1, fashionType come with the full-resolution dataset)")
+            raise ConfigError(
+                f"fusion fields {', '.join(absent)} are not columns of this catalogue "
+                "(brandName, ageGroup, colour1, fashionType come with the full-resolution dataset)"
+            )
         text = TextHasher(fcfg.text_buckets, fcfg.text_ngrams) if TEXT_FIELD in fcfg.fields else None
         return cls(tuple(CategoryVocab.fit(n, rows[n]) for n in names), text)
 
@@ -149,27 +153,37 @@ class MetaVocab:
 
     def encode(self, rows: pd.DataFrame) -> dict[str, Tensor]:
         """``{"meta_cat": (N, F) int64[, "meta_text": (N, MAX_TOKENS) int64]}`` aligned with ``rows``."""
-        cat = np.stack([v.encode(rows[v.field]) for v in self.categorical], axis=1) if self.categorical \
+        cat = (
+            np.stack([v.encode(rows[v.field]) for v in self.categorical], axis=1)
+            if self.categorical
             else np.zeros((len(rows), 0), dtype=np.int64)
+        )
         out = {"meta_cat": torch.from_numpy(cat)}
         if self.text is not None:
             out["meta_text"] = torch.from_numpy(self.text.encode(rows[TEXT_FIELD]))
         return out
 
     def to_dict(self) -> dict:
-        return {"categorical": {v.field: list(v.values) for v in self.categorical},
-                "text": None if self.text is None else {"buckets": self.text.buckets, "ngrams": self.text.ngrams,
-                                                        "stem": True, "rules": "plural"}}
+        return {
+            "categorical": {v.field: list(v.values) for v in self.categorical},
+            "text": None
+            if self.text is None
+            else {"buckets": self.text.buckets, "ngrams": self.text.ngrams, "stem": True, "rules": "plural"},
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "MetaVocab":
+    def from_dict(cls, d: Mapping) -> MetaVocab:
         """The vocabularies of ``to_dict``; a model whose names were hashed another way is an error (retrain it)."""
         text = d.get("text")
         if text and (text.get("stem") is not True or text.get("rules") != "plural"):
-            raise ConfigError("this model hashed its names without today's plural stemming (a run logged before "
-                              "stemming was settled): train it again")
-        return cls(tuple(CategoryVocab(k, tuple(v)) for k, v in d["categorical"].items()),
-                   TextHasher(int(text["buckets"]), int(text["ngrams"])) if text else None)
+            raise ConfigError(
+                "this model hashed its names without today's plural stemming (a run logged before "
+                "stemming was settled): train it again"
+            )
+        return cls(
+            tuple(CategoryVocab(k, tuple(v)) for k, v in d["categorical"].items()),
+            TextHasher(int(text["buckets"]), int(text["ngrams"])) if text else None,
+        )
 
 
 def aux_vocab(rows: pd.DataFrame, fcfg: FusionConfig) -> dict[str, tuple[str, ...]]:
@@ -185,5 +199,3 @@ def encode_aux(rows: pd.DataFrame, aux: Mapping[str, tuple[str, ...]]) -> dict[s
         index = {v: i for i, v in enumerate(values)}
         out[key] = torch.tensor([index.get(v, -1) for v in _clean(rows[AUX_FIELDS[key]])], dtype=torch.int64)
     return out
-
-

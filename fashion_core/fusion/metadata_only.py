@@ -3,16 +3,17 @@
 Below both the runner (``metadata_baseline``, which fits and logs it) and ``serving`` (which loads and
 predicts with it), so that neither imports the other's module to reach the format.
 """
+
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fashion_core.fusion.encoders import MetaVocab
-import warnings
 
 STATE_ARTIFACT = "checkpoint/metadata_baseline.json"
 WEIGHTS_ARTIFACT = "checkpoint/metadata_baseline.npz"

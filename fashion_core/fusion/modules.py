@@ -1,7 +1,9 @@
 """The fusion modules: metadata encoder, late / FiLM fusion, ``FusedNet``, its parameter groups and auxiliary loss."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -9,13 +11,13 @@ from torch import Tensor, nn
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig
-from fashion_core.models.network import FashionNet
-from fashion_core.models.network import param_groups as plain_param_groups
 from fashion_core.engine.train import LabelLoss, logits_of
 from fashion_core.fusion.encoders import MetaVocab
-
+from fashion_core.models.network import FashionNet
+from fashion_core.models.network import param_groups as plain_param_groups
 
 # ---------------------------------------------------------------- modules
+
 
 class MetadataEncoder(nn.Module):
     """Metadata codes (B, F) and hashed name (B, T) -> a metadata embedding (B, out_dim).
@@ -31,8 +33,11 @@ class MetadataEncoder(nn.Module):
         super().__init__()
         self.cat = nn.ModuleList(nn.Embedding(n, embed_dim) for n in cat_sizes)
         # The last row is the pad: EmbeddingBag leaves it out of the mean (an empty name gives zeros).
-        self.text = nn.EmbeddingBag(text_buckets + 1, embed_dim, mode="mean", padding_idx=text_buckets) \
-            if text_buckets else None
+        self.text = (
+            nn.EmbeddingBag(text_buckets + 1, embed_dim, mode="mean", padding_idx=text_buckets)
+            if text_buckets
+            else None
+        )
         n_in = embed_dim * (len(cat_sizes) + (1 if text_buckets else 0))
         self.proj = nn.Sequential(nn.Linear(n_in, out_dim), nn.ReLU(inplace=True))
         self.out_dim = out_dim
@@ -99,9 +104,16 @@ class FusedNet(FashionNet):
         embed_lr_mult: learning-rate multiplier of the metadata lookup tables (see ``param_groups``).
     """
 
-    def __init__(self, net: FashionNet, vocab: MetaVocab | None, mode: str = "late", embed_dim: int = 64,
-                 aux: Mapping[str, tuple[str, ...]] | None = None, meta_dropout: float = 0.0,
-                 embed_lr_mult: float = 1.0):
+    def __init__(
+        self,
+        net: FashionNet,
+        vocab: MetaVocab | None,
+        mode: str = "late",
+        embed_dim: int = 64,
+        aux: Mapping[str, tuple[str, ...]] | None = None,
+        meta_dropout: float = 0.0,
+        embed_lr_mult: float = 1.0,
+    ):
         nn.Module.__init__(self)
         self.name, self.backbone, self.drop, self.head = net.name, net.backbone, net.drop, net.head
         self.input_scale = net.input_scale
@@ -115,8 +127,12 @@ class FusedNet(FashionNet):
         if vocab is not None:
             if mode not in FUSERS:
                 raise ConfigError(f"unknown fusion mode {mode!r} for a network; choose one of: {', '.join(FUSERS)}")
-            self.meta = MetadataEncoder([v.size for v in vocab.categorical],
-                                        vocab.text.buckets if vocab.text else None, embed_dim, 2 * embed_dim)
+            self.meta = MetadataEncoder(
+                [v.size for v in vocab.categorical],
+                vocab.text.buckets if vocab.text else None,
+                embed_dim,
+                2 * embed_dim,
+            )
             self.fuse = FUSERS[mode](self.embed_dim, self.meta.out_dim)
         self.aux_classes: dict[str, tuple[str, ...]] = {}
         self.aux = nn.ModuleDict()
@@ -204,18 +220,24 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, wei
             part = "head" if id(p) in head_ids else "metadata" if id(p) in meta_ids else "backbone"
             buckets.setdefault((part, p.ndim > 1), []).append(p)
     groups = []
-    for part, part_lr in (("backbone", lr * backbone_lr_mult), ("metadata", lr),
-                          ("metadata_embeddings", lr * model.embed_lr_mult), ("head", lr)):
+    for part, part_lr in (
+        ("backbone", lr * backbone_lr_mult),
+        ("metadata", lr),
+        ("metadata_embeddings", lr * model.embed_lr_mult),
+        ("head", lr),
+    ):
         for decay in (True, False):
             params = buckets.get((part, decay))
             if params:
                 name = part if decay or part == "metadata_embeddings" else f"{part}_no_decay"
-                groups.append({"name": name, "params": params, "lr": part_lr,
-                               "weight_decay": weight_decay if decay else 0.0})
+                groups.append(
+                    {"name": name, "params": params, "lr": part_lr, "weight_decay": weight_decay if decay else 0.0}
+                )
     return groups
 
 
 # ---------------------------------------------------------------- loss
+
 
 class AuxLoss(LabelLoss):
     """The label loss plus ``weight * cross-entropy`` of each auxiliary head (targets of -1 are ignored).
@@ -245,5 +267,3 @@ def wrap_criterion(cfg: ExperimentConfig, loss: nn.Module) -> LabelLoss:
     """``LabelLoss(loss)``, or ``AuxLoss`` when the config weights an auxiliary head."""
     weights = {"aux_master": cfg.fusion.aux_master, "aux_sub": cfg.fusion.aux_sub}
     return AuxLoss(loss, weights) if any(w > 0 for w in weights.values()) else LabelLoss(loss)
-
-

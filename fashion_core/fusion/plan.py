@@ -1,8 +1,9 @@
 """A stage's fusion plan: which encoders and auxiliary heads a stage builds or carries over from its source run."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -10,12 +11,12 @@ from torch import Tensor
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, FusionConfig, ModelConfig, to_dict
-from fashion_core.models.network import FashionNet, build_model
 from fashion_core.fusion.encoders import INPUT_KEYS, TEXT_FIELD, MetaVocab, aux_vocab, encode_aux
 from fashion_core.fusion.modules import FUSERS, FusedNet
-
+from fashion_core.models.network import FashionNet, build_model
 
 # ---------------------------------------------------------------- a stage's plan
+
 
 def stage_rows(prepared, ids: Iterable[int]) -> pd.DataFrame:
     """The catalogue rows (metadata columns) of these product ids, in order."""
@@ -52,8 +53,15 @@ class FusionPlan:
 
     def new_model(self, model_cfg: ModelConfig, num_classes: int) -> FusedNet:
         """A fresh fused model (the image part initialised as ``model.init`` says)."""
-        return FusedNet(build_model(model_cfg, num_classes), self.vocab, self.fusion.mode, self.fusion.embed_dim,
-                        self.aux, self.fusion.meta_dropout, self.fusion.meta_embed_lr_mult)
+        return FusedNet(
+            build_model(model_cfg, num_classes),
+            self.vocab,
+            self.fusion.mode,
+            self.fusion.embed_dim,
+            self.aux,
+            self.fusion.meta_dropout,
+            self.fusion.meta_embed_lr_mult,
+        )
 
     def adapt(self, model: FashionNet) -> FusedNet:
         """A pretrained model for this stage: its encoders carried over, this stage's auxiliary heads new."""
@@ -70,8 +78,9 @@ def needs_plan(cfg: ExperimentConfig) -> bool:
     return f.mode in FUSERS or f.aux_master > 0 or f.aux_sub > 0
 
 
-def plan_stage(cfg: ExperimentConfig, prepared, source: tuple[FashionNet, dict] | None = None,
-               log=print) -> tuple[ExperimentConfig, FusionPlan | None]:
+def plan_stage(
+    cfg: ExperimentConfig, prepared, source: tuple[FashionNet, dict] | None = None, log=print
+) -> tuple[ExperimentConfig, FusionPlan | None]:
     """The fusion plan of a network run, and its config with the encoder settings it really uses.
 
     In the pretrain stage (or a finetune without a source) the vocabularies are fitted on the stage's
@@ -99,19 +108,24 @@ def plan_stage(cfg: ExperimentConfig, prepared, source: tuple[FashionNet, dict] 
             wanted = {k: to_dict(getattr(cfg.fusion, k)) for k in INPUT_KEYS}
             theirs = {k: src_cfg.get(k, to_dict(getattr(FusionConfig(), k))) for k in INPUT_KEYS}
             if cfg.fusion.mode != "none" and wanted != theirs:
-                diff = ", ".join(f"{k}: {wanted[k]} here, {theirs[k]} there"
-                                 for k in INPUT_KEYS if wanted[k] != theirs[k])
-                raise ConfigError(f"technique {cfg.technique} needs a pretrain run with the same metadata encoders "
-                                  f"({diff}); pass --from a matching pretrain run")
+                diff = ", ".join(
+                    f"{k}: {wanted[k]} here, {theirs[k]} there" for k in INPUT_KEYS if wanted[k] != theirs[k]
+                )
+                raise ConfigError(
+                    f"technique {cfg.technique} needs a pretrain run with the same metadata encoders "
+                    f"({diff}); pass --from a matching pretrain run"
+                )
             if cfg.fusion.mode == "none":
                 inputs = ", ".join(list(theirs["fields"]) + list(theirs["leaky_fields"]))
                 log(f"the pretrained model fuses metadata ({theirs['mode']}: {inputs}); its encoders carry over")
             cfg = cfg.replace(**{f"fusion.{k}": v for k, v in theirs.items()})
             src_vocab = MetaVocab.from_dict(src_fused)
         elif cfg.fusion.mode != "none":
-            raise ConfigError(f"technique {cfg.technique} fuses metadata (fusion.mode={cfg.fusion.mode}) but the "
-                              "pretrain run has no metadata encoders; pass --from a fused pretrain run "
-                              "or use transfer.method=scratch")
+            raise ConfigError(
+                f"technique {cfg.technique} fuses metadata (fusion.mode={cfg.fusion.mode}) but the "
+                "pretrain run has no metadata encoders; pass --from a fused pretrain run "
+                "or use transfer.method=scratch"
+            )
     # A carried-over FusedNet always gets a plan: its auxiliary heads belong to the pretrain stage.
     if not needs_plan(cfg) and not (source is not None and isinstance(source[0], FusedNet)):
         return cfg, None
@@ -131,7 +145,8 @@ def run_tags(cfg: ExperimentConfig, plan: FusionPlan | None) -> dict[str, str]:
     if plan is None:
         return {"fusion": "none"}
     inputs = (plan.vocab.fields + ([TEXT_FIELD] if plan.vocab.text else [])) if plan.vocab is not None else []
-    return {"fusion": plan.fusion.mode if plan.vocab is not None else "none", "fusion_inputs": ",".join(inputs),
-            "aux_heads": ",".join(plan.aux)}
-
-
+    return {
+        "fusion": plan.fusion.mode if plan.vocab is not None else "none",
+        "fusion_inputs": ",".join(inputs),
+        "aux_heads": ",".join(plan.aux),
+    }

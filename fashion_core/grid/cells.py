@@ -4,6 +4,7 @@ A :class:`Cell` is one task ready to run (picklable, no images); :func:`run_cell
 grid's process, a local worker or a Ray worker alike and returns its row of ``RUN_COLUMNS``.
 ``grid.run_grid`` schedules the cells and starts and finishes the parent run with the helpers here.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,35 +12,48 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
-from fashion_core.tracking import heartbeat
-from fashion_core.tracking import runs as tracking
-from fashion_core.tracking.versions import git_commit
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, to_dict
-from fashion_core.grid.plan import IMAGE, STAGE_ORDER, GridTask, model_kind, needs_source
-from fashion_core.tracking.runs import best_val_score
 from fashion_core.data.prepared import prepare_data
-from fashion_core.grid.claims import CELL_KEY_TAG
-from fashion_core.grid.claims import CONTINUED_BY_TAG
-from fashion_core.grid.claims import CONTINUES_TAG
-from fashion_core.grid.claims import GRID_KEY_TAG
-from fashion_core.grid.claims import SESSION_TAG
+from fashion_core.grid.claims import CELL_KEY_TAG, CONTINUED_BY_TAG, CONTINUES_TAG, GRID_KEY_TAG, SESSION_TAG
 from fashion_core.grid.claims import reopen as reopen_run
 from fashion_core.grid.executors import worker_place
+from fashion_core.grid.plan import IMAGE, STAGE_ORDER, GridTask, model_kind, needs_source
 from fashion_core.report.tables import markdown_table
 from fashion_core.runners.network import run_stage
+from fashion_core.tracking import heartbeat
+from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.runs import best_val_score
+from fashion_core.tracking.versions import git_commit
 
 RUNS_ARTIFACT = tracking.GRID_RUNS_ARTIFACT
 SOURCE_ARTIFACT = "grid/source.json"
 PLAN_ARTIFACT = "grid/plan.json"
 WAITING = "WAITING"  # a row's status while another live grid runs the cell (never in a finished grid's table)
-RUN_COLUMNS = ("stage", "technique", "seed", "kind", "run_id", "status", "reused", "seconds", "config_hash",
-               "source_run_id", "test_top1_mean", "val_top1_best", "error", "host", "worker", "device")
+RUN_COLUMNS = (
+    "stage",
+    "technique",
+    "seed",
+    "kind",
+    "run_id",
+    "status",
+    "reused",
+    "seconds",
+    "config_hash",
+    "source_run_id",
+    "test_top1_mean",
+    "val_top1_best",
+    "error",
+    "host",
+    "worker",
+    "device",
+)
 
 
 # ---------------------------------------------------------------- dispatch
@@ -54,29 +68,49 @@ def runner_for(cfg: ExperimentConfig) -> Runner:
 
 # ---------------------------------------------------------------- the grid's runs
 
+
 def mlflow_client():
     from mlflow.tracking import MlflowClient
 
     return MlflowClient()
 
 
-def start_parent(experiment_id: str, digest: str, code: str, tasks: Sequence[GridTask], profile: str,
-                 seeds: Sequence[int], params: Mapping[str, Any], key: str = "", reopen: str | None = None,
-                 log=print) -> str:
+def start_parent(
+    experiment_id: str,
+    digest: str,
+    code: str,
+    tasks: Sequence[GridTask],
+    profile: str,
+    seeds: Sequence[int],
+    params: Mapping[str, Any],
+    key: str = "",
+    reopen: str | None = None,
+    log=print,
+) -> str:
     """Create the parent run (not made active: the children are started by ``run_stage`` meanwhile).
 
     ``key`` is the grid's ``grid_claims.grid_key``; ``reopen``: an ended grid run of that key, continued
     instead of a new one (or, under ``mlflow run``, linked from the launched run).
     """
     commit, dirty = git_commit()
-    techniques = sorted({f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks},
-                        key=lambda s: (STAGE_ORDER.index(s.split("/")[0]), s))
+    techniques = sorted(
+        {f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks}, key=lambda s: (STAGE_ORDER.index(s.split("/")[0]), s)
+    )
     seed_text = ",".join(str(s) for s in seeds)
-    tags = {"stage": "grid", "technique": "grid", "dataset_digest": digest, "git_commit": commit,
-            "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower(), "profile": profile,
-            "seeds": seed_text, "code_version": code,
-            "mlflow.note.content": (f"Technique grid, profile `{profile}`, seeds {seed_text}: "
-                                    f"{len(tasks)} runs of {', '.join(techniques)}.")}
+    tags = {
+        "stage": "grid",
+        "technique": "grid",
+        "dataset_digest": digest,
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "profile": profile,
+        "seeds": seed_text,
+        "code_version": code,
+        "mlflow.note.content": (
+            f"Technique grid, profile `{profile}`, seeds {seed_text}: {len(tasks)} runs of {', '.join(techniques)}."
+        ),
+    }
     if key:
         tags[GRID_KEY_TAG] = key
     tags.update(heartbeat.run_tags())
@@ -108,21 +142,35 @@ def start_parent(experiment_id: str, digest: str, code: str, tasks: Sequence[Gri
     return run_id
 
 
-def _record_failure(task: GridTask, cfg_hash: str, digest: str, code: str, experiment_id: str, parent: str,
-                    error: str) -> str:
+def _record_failure(
+    task: GridTask, cfg_hash: str, digest: str, code: str, experiment_id: str, parent: str, error: str
+) -> str:
     """The FAILED child run of a technique: the one ``run_stage`` opened, else a new one holding the error."""
     client = mlflow_client()
-    found = client.search_runs([experiment_id], filter_string=(f"tags.config_hash = '{cfg_hash}' and "
-                                                               f"tags.grid_run_id = '{parent}'"),
-                               order_by=["attributes.start_time DESC"], max_results=1)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.config_hash = '{cfg_hash}' and tags.grid_run_id = '{parent}'"),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if found:
         run_id = found[0].info.run_id
     else:  # it failed before a run existed (e.g. no pretrained model to start from)
         commit, dirty = git_commit()
-        tags = {"stage": task.cfg.stage, "technique": task.cfg.technique, "dataset_digest": digest,
-                "git_commit": commit, "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower(),
-                "config_hash": cfg_hash, "grid_run_id": parent, "mlflow.parentRunId": parent, "code_version": code,
-                "seed": str(task.cfg.train.seed), "mlflow.note.content": f"Failed before training: {error}"}
+        tags = {
+            "stage": task.cfg.stage,
+            "technique": task.cfg.technique,
+            "dataset_digest": digest,
+            "git_commit": commit,
+            "mlflow.source.git.commit": commit,
+            "git_dirty": str(dirty).lower(),
+            "config_hash": cfg_hash,
+            "grid_run_id": parent,
+            "mlflow.parentRunId": parent,
+            "code_version": code,
+            "seed": str(task.cfg.train.seed),
+            "mlflow.note.content": f"Failed before training: {error}",
+        }
         run_id = client.create_run(experiment_id, run_name=task.name, tags=tags).info.run_id
     client.set_tag(run_id, "error", error[:5000])
     client.log_text(run_id, error, "error.txt")
@@ -131,39 +179,77 @@ def _record_failure(task: GridTask, cfg_hash: str, digest: str, code: str, exper
     return run_id
 
 
-def task_row(task: GridTask, run_id: str | None, status: str, reused: bool, seconds: float, cfg_hash: str,
-             source: str | None, error: str = "") -> dict:
+def task_row(
+    task: GridTask,
+    run_id: str | None,
+    status: str,
+    reused: bool,
+    seconds: float,
+    cfg_hash: str,
+    source: str | None,
+    error: str = "",
+) -> dict:
     """A row of ``RUN_COLUMNS`` (where it ran is added by ``run_cell``)."""
     top1 = val = float("nan")
     if run_id and status == "FINISHED":
         top1 = mlflow_client().get_run(run_id).data.metrics.get("test_top1_mean", float("nan"))
         val = best_val_score(run_id)
-    return {"stage": task.cfg.stage, "technique": task.cfg.technique, "seed": task.cfg.train.seed,
-            "kind": model_kind(task.cfg), "run_id": run_id, "status": status, "reused": reused,
-            "seconds": round(seconds, 1), "config_hash": cfg_hash, "source_run_id": source or "",
-            "test_top1_mean": top1, "val_top1_best": val, "error": error, "host": "", "worker": "", "device": ""}
+    return {
+        "stage": task.cfg.stage,
+        "technique": task.cfg.technique,
+        "seed": task.cfg.train.seed,
+        "kind": model_kind(task.cfg),
+        "run_id": run_id,
+        "status": status,
+        "reused": reused,
+        "seconds": round(seconds, 1),
+        "config_hash": cfg_hash,
+        "source_run_id": source or "",
+        "test_top1_mean": top1,
+        "val_top1_best": val,
+        "error": error,
+        "host": "",
+        "worker": "",
+        "device": "",
+    }
 
 
-def finish_parent(parent: str, rows: list[dict], sources: Mapping[str, str | None], rankings: pd.DataFrame,
-                  seconds: float, status: str) -> pd.DataFrame:
+def finish_parent(
+    parent: str,
+    rows: list[dict],
+    sources: Mapping[str, str | None],
+    rankings: pd.DataFrame,
+    seconds: float,
+    status: str,
+) -> pd.DataFrame:
     """Log the runs table, the source choices and the counts to the parent run, then end it."""
     client = mlflow_client()
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     client.log_text(parent, runs.to_csv(index=False), RUNS_ARTIFACT)
-    client.log_text(parent, json.dumps({"sources": sources, "candidates": rankings.to_dict("records")},
-                                       indent=1, default=str), SOURCE_ARTIFACT)
-    counts = {"n_runs": len(runs), "n_finished": int((runs["status"] == "FINISHED").sum()),
-              "n_failed": int((runs["status"] == "FAILED").sum()), "n_reused": int(runs["reused"].sum()),
-              "grid_seconds": seconds}
+    client.log_text(
+        parent,
+        json.dumps({"sources": sources, "candidates": rankings.to_dict("records")}, indent=1, default=str),
+        SOURCE_ARTIFACT,
+    )
+    counts = {
+        "n_runs": len(runs),
+        "n_finished": int((runs["status"] == "FINISHED").sum()),
+        "n_failed": int((runs["status"] == "FAILED").sum()),
+        "n_reused": int(runs["reused"].sum()),
+        "grid_seconds": seconds,
+    }
     for k, v in counts.items():
         client.log_metric(parent, k, float(v))
     if sources.get(IMAGE):
         client.set_tag(parent, "source_run_id", sources[IMAGE])
     note = client.get_run(parent).data.tags.get("mlflow.note.content", "")
     table = markdown_table(runs[["stage", "technique", "seed", "status", "reused", "test_top1_mean"]])
-    client.set_tag(parent, "mlflow.note.content",
-                   f"{note}\n\nFinished {counts['n_finished']}, failed {counts['n_failed']}, "
-                   f"reused {counts['n_reused']} in {seconds:.0f} s.\n\n{table}")
+    client.set_tag(
+        parent,
+        "mlflow.note.content",
+        f"{note}\n\nFinished {counts['n_finished']}, failed {counts['n_failed']}, "
+        f"reused {counts['n_reused']} in {seconds:.0f} s.\n\n{table}",
+    )
     client.set_terminated(parent, status)
     return runs
 
@@ -209,8 +295,10 @@ def _close_dead_attempts(cell: Cell) -> dict | None:
     that crashed, whose worker may still be finishing it) is left to ``grid_claims.claim_cell``.
     """
     client = mlflow_client()
-    found = client.search_runs([cell.experiment_id], filter_string=(f"tags.config_hash = '{cell.cfg_hash}' and "
-                                                                    f"tags.grid_run_id = '{cell.parent}'"))
+    found = client.search_runs(
+        [cell.experiment_id],
+        filter_string=(f"tags.config_hash = '{cell.cfg_hash}' and tags.grid_run_id = '{cell.parent}'"),
+    )
     for run in found:
         if run.info.status == "FINISHED":
             return run
@@ -238,10 +326,19 @@ def _claim_held(run_id: str):
 def _claim_run(cell: Cell) -> str:
     """The cell's run, created before the data is read: the claim other grids see (``grid_claims.claim_cell``)."""
     task = cell.task
-    tags = {"stage": task.cfg.stage, "technique": task.cfg.technique, "dataset_digest": cell.digest,
-            "config_hash": cell.cfg_hash, "grid_run_id": cell.parent, "mlflow.parentRunId": cell.parent,
-            "code_version": cell.code, "seed": str(task.cfg.train.seed), CELL_KEY_TAG: cell.cell_key,
-            SESSION_TAG: cell.session, **heartbeat.run_tags()}
+    tags = {
+        "stage": task.cfg.stage,
+        "technique": task.cfg.technique,
+        "dataset_digest": cell.digest,
+        "config_hash": cell.cfg_hash,
+        "grid_run_id": cell.parent,
+        "mlflow.parentRunId": cell.parent,
+        "code_version": cell.code,
+        "seed": str(task.cfg.train.seed),
+        CELL_KEY_TAG: cell.cell_key,
+        SESSION_TAG: cell.session,
+        **heartbeat.run_tags(),
+    }
     return mlflow_client().create_run(cell.experiment_id, run_name=task.name, tags=tags).info.run_id
 
 
@@ -249,8 +346,10 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
     """Run one cell as a child run of the grid (or record its failure); returns its row of ``RUN_COLUMNS``."""
     task, place = cell.task, worker_place()
     if log is None:  # a worker: every line says which cell it is about (each line of a message)
+
         def log(message: str, _name=task.name) -> None:
             print("\n".join(f"[{_name}] {line}" for line in str(message).split("\n")), flush=True)
+
     t1 = time.perf_counter()
     try:
         earlier = _close_dead_attempts(cell)
@@ -258,8 +357,9 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
             log(f"  an earlier attempt finished: run {earlier.info.run_id}")
             return {**task_row(task, earlier.info.run_id, "FINISHED", False, 0.0, cell.cfg_hash, cell.source), **place}
         if needs_source(task.cfg) and not cell.source:
-            raise ConfigError(f"no finished pretrain run of this model kind ({model_kind(task.cfg)}) "
-                              "to start from; pass --from")
+            raise ConfigError(
+                f"no finished pretrain run of this model kind ({model_kind(task.cfg)}) to start from; pass --from"
+            )
         claim, holder = None, None
         if cell.cell_key:
             from fashion_core.grid.claims import claim_cell
@@ -273,12 +373,24 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
                 stack.enter_context(_claim_held(claim))
                 stack.enter_context(tracking.claimed_run(claim, cell.parent))
             prepared = prepared or _prepared_for(cell, log)
-            run_id = runner_for(task.cfg)(task.cfg, cell.data, source=cell.source, experiment=cell.exp_name,
-                                          parent_run_id=cell.parent, register=cell.register, prepared=prepared,
-                                          log=log, tags={"config_hash": cell.cfg_hash, "grid_run_id": cell.parent,
-                                                         "code_version": cell.code, "library_versions": cell.libs,
-                                                         "host": place["host"],
-                                                         "worker_pid": os.getpid()})
+            run_id = runner_for(task.cfg)(
+                task.cfg,
+                cell.data,
+                source=cell.source,
+                experiment=cell.exp_name,
+                parent_run_id=cell.parent,
+                register=cell.register,
+                prepared=prepared,
+                log=log,
+                tags={
+                    "config_hash": cell.cfg_hash,
+                    "grid_run_id": cell.parent,
+                    "code_version": cell.code,
+                    "library_versions": cell.libs,
+                    "host": place["host"],
+                    "worker_pid": os.getpid(),
+                },
+            )
         row = task_row(task, run_id, "FINISHED", False, time.perf_counter() - t1, cell.cfg_hash, cell.source)
     except Exception as e:  # one technique failing must not stop the grid
         error = f"{type(e).__name__}: {e}"

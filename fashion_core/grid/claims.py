@@ -14,11 +14,13 @@
 
 No lock, server or queue: only run tags, run creation order and run states.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fashion_core.tracking import heartbeat
 from fashion_core.tracking.versions import reusable_version
@@ -31,17 +33,34 @@ def _digest(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def grid_key(task_hashes: Sequence[str], digest: str, code: str, profile: str, seeds: Sequence[int],
-             source: str | None, reuse: bool) -> str:
+def grid_key(
+    task_hashes: Sequence[str],
+    digest: str,
+    code: str,
+    profile: str,
+    seeds: Sequence[int],
+    source: str | None,
+    reuse: bool,
+) -> str:
     """16 hex digits naming one grid command: the same command on the same data and code gives the same key."""
-    return _digest({"tasks": list(task_hashes), "digest": digest, "code": code, "profile": profile,
-                    "seeds": list(seeds), "from": source or "", "reuse": reuse})
+    return _digest(
+        {
+            "tasks": list(task_hashes),
+            "digest": digest,
+            "code": code,
+            "profile": profile,
+            "seeds": list(seeds),
+            "from": source or "",
+            "reuse": reuse,
+        }
+    )
 
 
 def cell_key(cfg_hash: str, digest: str, code: str, session: str) -> str:
     """16 hex digits naming a cell's work; grids share a cell only when its code version is known."""
-    return _digest({"config_hash": cfg_hash, "digest": digest, "code": code,
-                    "session": "" if reusable_version(code) else session})
+    return _digest(
+        {"config_hash": cfg_hash, "digest": digest, "code": code, "session": "" if reusable_version(code) else session}
+    )
 
 
 def _client():
@@ -52,8 +71,12 @@ def _client():
 
 def unfinished_grid(experiment_id: str, key: str):
     """The newest grid run of this key that ended without finishing (KILLED or FAILED), or None."""
-    runs = _client().search_runs([experiment_id], f"tags.{GRID_KEY_TAG} = '{key}' and tags.stage = 'grid'",
-                                 order_by=["attributes.start_time DESC"], max_results=100)
+    runs = _client().search_runs(
+        [experiment_id],
+        f"tags.{GRID_KEY_TAG} = '{key}' and tags.stage = 'grid'",
+        order_by=["attributes.start_time DESC"],
+        max_results=100,
+    )
     ended = [r for r in runs if r.info.status != "RUNNING" and CONTINUED_BY_TAG not in r.data.tags]
     return ended[0] if ended and ended[0].info.status in ("KILLED", "FAILED") else None
 
@@ -76,9 +99,12 @@ def finished_in(experiment_id: str, cfg_hash: str, grid_ids: Sequence[str]):
     """A FINISHED run of this config made by one of these grid runs (a restarted grid's own cell), or None."""
     client = _client()
     for gid in grid_ids:
-        runs = client.search_runs([experiment_id], (f"tags.config_hash = '{cfg_hash}' and tags.grid_run_id = '{gid}' "
-                                                    "and attributes.status = 'FINISHED'"),
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+        runs = client.search_runs(
+            [experiment_id],
+            (f"tags.config_hash = '{cfg_hash}' and tags.grid_run_id = '{gid}' and attributes.status = 'FINISHED'"),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         if runs:
             return runs[0]
     return None
@@ -88,8 +114,9 @@ def live_claims(experiment_id: str, key: str, log: Callable[[str], None] | None 
     """The RUNNING runs of a cell key whose process is alive, oldest first; dead ones are ended KILLED on the way."""
     client = _client()
     alive = []
-    for run in client.search_runs([experiment_id], f"tags.{CELL_KEY_TAG} = '{key}' and attributes.status = 'RUNNING'",
-                                  max_results=1000):
+    for run in client.search_runs(
+        [experiment_id], f"tags.{CELL_KEY_TAG} = '{key}' and attributes.status = 'RUNNING'", max_results=1000
+    ):
         reason = heartbeat.verdict(run)
         if reason is None:
             alive.append(run)
@@ -103,8 +130,9 @@ def live_claims(experiment_id: str, key: str, log: Callable[[str], None] | None 
     return sorted(alive, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
-def claim_cell(experiment_id: str, key: str, create: Callable[[], str],
-               log: Callable[[str], None] | None = None) -> tuple[str | None, str | None]:
+def claim_cell(
+    experiment_id: str, key: str, create: Callable[[], str], log: Callable[[str], None] | None = None
+) -> tuple[str | None, str | None]:
     """Claim a cell: ``(run_id, None)`` when this process runs it in the run ``create`` made, else
     ``(None, holder)``: the run of another live grid that runs it now.
 
@@ -118,8 +146,9 @@ def claim_cell(experiment_id: str, key: str, create: Callable[[], str],
     mine = create()
     client = _client()
     started = client.get_run(mine).info.start_time
-    earlier = [r for r in live_claims(experiment_id, key, log)
-               if r.info.run_id != mine and r.info.start_time <= started]
+    earlier = [
+        r for r in live_claims(experiment_id, key, log) if r.info.run_id != mine and r.info.start_time <= started
+    ]
     if earlier:
         client.delete_run(mine)
         return None, earlier[0].info.run_id

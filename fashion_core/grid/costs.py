@@ -7,9 +7,11 @@ regression (the metadata-only baseline) costs a fixed few seconds.
 
     python -c "from fashion_core.grid.costs import PRETRAIN_MINUTES; print(PRETRAIN_MINUTES)"
 """
+
 from __future__ import annotations
 
 from typing import Any
+
 from fashion_core.config.profiles import PROFILES
 from fashion_core.config.schema import TrainConfig
 from fashion_core.models.network import transfer_policy
@@ -18,15 +20,15 @@ from fashion_core.models.network import transfer_policy
 # each constant is measured on 2 CPU cores or estimated, and docs/performance.md ("What a run costs")
 # gives the run or bench script behind it.
 PRETRAIN_MINUTES = {
-    ("quick", "cpu"): 7.2,     # measured: the quick pretrain of a fresh clone's make run
-    ("cpu", "cpu"): 26.0,      # measured: 3 epochs at 2x input scale, channels-last, 2 threads
+    ("quick", "cpu"): 7.2,  # measured: the quick pretrain of a fresh clone's make run
+    ("cpu", "cpu"): 26.0,  # measured: 3 epochs at 2x input scale, channels-last, 2 threads
     ("default", "cpu"): 300.0,  # estimate: hours
-    ("quick_scratch", "cpu"): 4.5,     # measured: bench/e2e.py on 2 idle cores
-    ("cpu_scratch", "cpu"): 55.0,      # from the measured images/s on 2 idle cores, 25 epochs
+    ("quick_scratch", "cpu"): 4.5,  # measured: bench/e2e.py on 2 idle cores
+    ("cpu_scratch", "cpu"): 55.0,  # from the measured images/s on 2 idle cores, 25 epochs
     ("default_scratch", "cpu"): 300.0,  # from the measured images/s (bench/throughput.py), 30 epochs
     ("smoke", "cpu"): 0.05,
     ("quick", "cuda"): 0.5,
-    ("cpu", "cuda"): 1.5,      # estimate
+    ("cpu", "cuda"): 1.5,  # estimate
     ("default", "cuda"): 4.0,  # estimate (docs/techniques.md, the from-scratch default on one GPU)
     ("smoke", "cuda"): 0.05,
 }

@@ -12,15 +12,15 @@ releases them), and the ETA is when the last one ends.
     PYTHONPATH=. python -c "from fashion_core.grid.eta import eta_seconds, CellCost; \
 print(eta_seconds([CellCost('a', 'pretrain', 1.0)], {'a': 'running'}, {'a': 30.0}, {'b': 60.0}, 1))"
 """
+
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
-from fashion_core.grid.costs import cost_group
-from fashion_core.grid.costs import task_minutes
-from fashion_core.grid.plan import model_kind
-from fashion_core.grid.plan import needs_source
+
+from fashion_core.grid.costs import cost_group, task_minutes
+from fashion_core.grid.plan import model_kind, needs_source
 
 DONE = ("finished", "reused", "failed")
 TRAINING = ("pretrain", "finetune")  # the groups whose cost is proportional (images x epochs)
@@ -55,9 +55,15 @@ def cell_costs(tasks: Sequence, profile: str = "", gpu: bool = False, source_giv
     out = []
     for t in tasks:
         kind = model_kind(t.cfg)
-        out.append(CellCost(t.name, cost_group(t.cfg), task_minutes(t.cfg, profile, gpu),
-                            provides=kind if t.cfg.stage == "pretrain" else "",
-                            waits_for=kind if needs_source(t.cfg) and not source_given else None))
+        out.append(
+            CellCost(
+                t.name,
+                cost_group(t.cfg),
+                task_minutes(t.cfg, profile, gpu),
+                provides=kind if t.cfg.stage == "pretrain" else "",
+                waits_for=kind if needs_source(t.cfg) and not source_given else None,
+            )
+        )
     return out
 
 
@@ -81,8 +87,13 @@ def expected_seconds(cells: Sequence[CellCost], measured: Mapping[str, float]) -
     return {c.name: c.weight * (rates.get(c.group) or fallback) for c in cells}
 
 
-def eta_seconds(cells: Sequence[CellCost], state: Mapping[str, str], elapsed: Mapping[str, float],
-                measured: Mapping[str, float], concurrency: int = 1) -> float | None:
+def eta_seconds(
+    cells: Sequence[CellCost],
+    state: Mapping[str, str],
+    elapsed: Mapping[str, float],
+    measured: Mapping[str, float],
+    concurrency: int = 1,
+) -> float | None:
     """Seconds until every cell has ended; None when no cell has finished yet (nothing to go by).
 
     Args:

@@ -21,6 +21,7 @@ travels through a pipe or Ray's object store.
     fashion grid --profile default --jobs 8 --gpus-per-cell 1 --data DATA     # one cell per GPU
     fashion grid --profile quick --ray auto --data /shared/DATA                # a Ray cluster
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -29,8 +30,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from fashion_core.grid.worker_pool import RestartingPool
 
@@ -80,8 +82,13 @@ def _init_worker(slots, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def local_pool(jobs: int, gpus_per_cell: float = 0.0, n_gpus: int | None = None,
-               threads_per_cell: int | None = None, max_retries: int = 2) -> tuple[cf.Executor, dict]:
+def local_pool(
+    jobs: int,
+    gpus_per_cell: float = 0.0,
+    n_gpus: int | None = None,
+    threads_per_cell: int | None = None,
+    max_retries: int = 2,
+) -> tuple[cf.Executor, dict]:
     """A pool of worker processes for ``--jobs N`` that survives a dead worker; returns it and what it gave each cell.
 
     Args:
@@ -115,12 +122,12 @@ def local_pool(jobs: int, gpus_per_cell: float = 0.0, n_gpus: int | None = None,
             slots = ctx.Queue()
             for v in values[:jobs]:
                 slots.put(v)
-        return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                      initargs=(slots, threads))
+        return cf.ProcessPoolExecutor(
+            max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(slots, threads)
+        )
 
     pool = RestartingPool(make, max_retries)
-    return pool, {"jobs": jobs, "threads_per_cell": threads, "gpus_per_cell": gpus_per_cell,
-                  "max_retries": max_retries}
+    return pool, {"jobs": jobs, "threads_per_cell": threads, "gpus_per_cell": gpus_per_cell, "max_retries": max_retries}
 
 
 def stop_pool(pool: cf.Executor) -> None:
@@ -136,7 +143,7 @@ def absolute_tracking_uri(uri: str) -> str:
     """A ``sqlite:///relative.db`` made absolute, so that workers in other folders write the same store."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -208,8 +215,7 @@ class RayExecutor(cf.Executor):
         max_retries: how often Ray reruns a cell whose worker or node died.
     """
 
-    def __init__(self, address: str = "auto", cpus_per_cell: float = 1, gpus_per_cell: float = 0,
-                 max_retries: int = 2):
+    def __init__(self, address: str = "auto", cpus_per_cell: float = 1, gpus_per_cell: float = 0, max_retries: int = 2):
         try:
             import ray
         except ImportError:
@@ -218,33 +224,52 @@ class RayExecutor(cf.Executor):
             raise ConfigError("--ray needs the ray package: pip install 'fashion-grid[ray]'") from None
         import mlflow
 
-        env = {"PYTHONPATH": os.pathsep.join([str(PROJECT_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-               "MLFLOW_TRACKING_URI": absolute_tracking_uri(mlflow.get_tracking_uri()),
-               "FASHION_PROGRESS": "0"}
-        for k in ("FASHION_CACHE", "FASHION_HEARTBEAT_S", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING",
-                  "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        env = {
+            "PYTHONPATH": os.pathsep.join([str(PROJECT_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+            "MLFLOW_TRACKING_URI": absolute_tracking_uri(mlflow.get_tracking_uri()),
+            "FASHION_PROGRESS": "0",
+        }
+        for k in (
+            "FASHION_CACHE",
+            "FASHION_HEARTBEAT_S",
+            "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING",
+            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",
+        ):
             if os.environ.get(k):
                 env[k] = os.environ[k]
         keep_cell_lines()
         self._own = not ray.is_initialized()
         if self._own:
             try:
-                ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True,
-                         logging_level="warning", configure_logging=True)
+                ray.init(
+                    address=address,
+                    runtime_env={"env_vars": env},
+                    log_to_driver=True,
+                    logging_level="warning",
+                    configure_logging=True,
+                )
             except ConnectionError:  # no cluster at that address (a laptop, a first try): say how to get one
                 from fashion_core.config.checks import ConfigError
 
-                raise ConfigError(f"--ray {address}: no running Ray cluster found; start one with `ray start --head` "
-                                  "(then --ray auto), give --ray HOST:PORT of a running one, or leave out --ray "
-                                  "(--jobs N runs cells in local processes)") from None
+                raise ConfigError(
+                    f"--ray {address}: no running Ray cluster found; start one with `ray start --head` "
+                    "(then --ray auto), give --ray HOST:PORT of a running one, or leave out --ray "
+                    "(--jobs N runs cells in local processes)"
+                ) from None
         self._ray = ray
         total = ray.cluster_resources()
         fits = [total.get("CPU", 0) / cpus_per_cell] + ([total.get("GPU", 0) / gpus_per_cell] if gpus_per_cell else [])
-        self.info = {"ray_address": address, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell,
-                     "max_retries": max_retries, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
-                     "concurrency": max(1, int(min(fits)))}
-        self._task = ray.remote(_ray_cell).options(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell,
-                                                   max_retries=max_retries, retry_exceptions=False)
+        self.info = {
+            "ray_address": address,
+            "cpus_per_cell": cpus_per_cell,
+            "gpus_per_cell": gpus_per_cell,
+            "max_retries": max_retries,
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+            "concurrency": max(1, int(min(fits))),
+        }
+        self._task = ray.remote(_ray_cell).options(
+            num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=max_retries, retry_exceptions=False
+        )
         self._threads = max(1, int(cpus_per_cell))
         self._refs: list = []
         self._keys: dict[cf.Future, int] = {}  # a cell's future -> its key on the start board
@@ -316,8 +341,13 @@ def worker_place() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def local_cluster(nodes: int = 2, cpus_per_node: int = 1, log_dir: str | Path | None = None,
-                  timeout: float = 180, own_temp_dirs: bool = True) -> Iterator[str]:
+def local_cluster(
+    nodes: int = 2,
+    cpus_per_node: int = 1,
+    log_dir: str | Path | None = None,
+    timeout: float = 180,
+    own_temp_dirs: bool = True,
+) -> Iterator[str]:
     """A throwaway Ray cluster on 127.0.0.1 (a head and ``nodes - 1`` workers); yields its address.
 
     Each node is a ``ray start --block`` process of its own, stopped by its process id at the end
@@ -337,10 +367,21 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, log_dir: str | Path | 
     address = f"127.0.0.1:{port}"
     exe = Path(sys.executable).with_name("ray")
     ray_cli = str(exe) if exe.exists() else "ray"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--num-cpus", str(cpus_per_node), "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--block",
-              "--disable-usage-stats"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    common = [
+        "--num-cpus",
+        str(cpus_per_node),
+        "--num-gpus",
+        "0",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--block",
+        "--disable-usage-stats",
+    ]
     logs = Path(log_dir or tempfile.mkdtemp(prefix="fashion-ray-"))
     logs.mkdir(parents=True, exist_ok=True)
     temps = Path(tempfile.mkdtemp(prefix="fray-"))  # short: Ray's socket paths live under it (107 bytes at most)
@@ -349,13 +390,18 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, log_dir: str | Path | 
     def node(name: str, args: list[str]) -> None:
         own = ["--temp-dir", str(temps / name)] if own_temp_dirs else []
         with open(logs / f"{name}.log", "w") as out:
-            procs.append(subprocess.Popen([ray_cli, "start", *args, *common, *own], env=env, stdout=out,
-                                          stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [ray_cli, "start", *args, *common, *own], env=env, stdout=out, stderr=subprocess.STDOUT
+                )
+            )
 
     def wait_for(n: int) -> None:
         """Until ``n`` nodes are alive (asked by a child process: this one never joins the cluster)."""
-        code = (f"import ray, sys; ray.init(address={address!r}, logging_level='error'); "
-                "sys.stdout.write(str(len([x for x in ray.nodes() if x['Alive']])))")
+        code = (
+            f"import ray, sys; ray.init(address={address!r}, logging_level='error'); "
+            "sys.stdout.write(str(len([x for x in ray.nodes() if x['Alive']])))"
+        )
         deadline, out = time.time() + timeout, None
         while time.time() < deadline:
             if any(p.poll() is not None for p in procs):
@@ -364,8 +410,10 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, log_dir: str | Path | 
             if out.stdout.strip() == str(n):
                 return
             time.sleep(1)
-        raise RuntimeError(f"the local Ray cluster at {address} did not reach {n} nodes (logs in {logs})"
-                           + (f": {out.stderr[-500:]}" if out is not None else ""))
+        raise RuntimeError(
+            f"the local Ray cluster at {address} did not reach {n} nodes (logs in {logs})"
+            + (f": {out.stderr[-500:]}" if out is not None else "")
+        )
 
     try:
         node("head", ["--head", "--port", str(port), "--include-dashboard=false"])

@@ -9,28 +9,30 @@ pretrain run of their kind by validation), then the file's ``ensembles`` combine
 
     fashion run --data /path/to/fashion-product-images-small.tar.gz
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
-from fashion_core.tracking import runs as tracking
-from fashion_core.tracking.versions import git_commit
 from fashion_core.config.checks import STAGES, ConfigError
+from fashion_core.data.sources import check_data_spec, resolve_dataset
+
 # The cost figures live in run_costs (the grid's ETA uses them too); main_job's names as before.
 from fashion_core.grid.costs import COMPARE_MINUTES, ENSEMBLE_MINUTES, PREPARE_MINUTES, PRETRAIN_MINUTES, task_minutes
-from fashion_core.data.sources import check_data_spec
-from fashion_core.data.sources import resolve_dataset
 from fashion_core.grid.plan import plan_grid
 from fashion_core.grid.scheduler import run_grid
 from fashion_core.report.compare import run_compare
 from fashion_core.runners.ensemble import run_ensemble
 from fashion_core.runners.prepare import run_prepare
+from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.versions import git_commit
 
 MAIN_FILE = "main.yaml"  # in the experiments folder
 ENSEMBLES_KEY = "ensembles"  # main.yaml: per stage, [anchor, second] technique pairs combined after the grid
@@ -54,8 +56,9 @@ def load_main_techniques(experiments_dir: str | Path = "experiments") -> list[st
     """The ``stage/technique`` names listed in ``<experiments_dir>/main.yaml``, pretrain first."""
     path = Path(experiments_dir) / MAIN_FILE
     if not path.is_file():
-        raise ConfigError(f"no {path}: it lists the main job's techniques (pretrain: [...], finetune: [...]); "
-                          "or pass --techniques")
+        raise ConfigError(
+            f"no {path}: it lists the main job's techniques (pretrain: [...], finetune: [...]); or pass --techniques"
+        )
     raw = _main_file(path)
     names = []
     for stage in STAGES:
@@ -71,8 +74,10 @@ def load_main_techniques(experiments_dir: str | Path = "experiments") -> list[st
 def _main_file(path: Path) -> Mapping:
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, Mapping) or set(raw) - set(STAGES) - {ENSEMBLES_KEY}:
-        raise ConfigError(f"{path}: expected the keys {' and '.join(STAGES)}, each a list of technique names "
-                          f"(and {ENSEMBLES_KEY}: per stage, pairs [anchor, second])")
+        raise ConfigError(
+            f"{path}: expected the keys {' and '.join(STAGES)}, each a list of technique names "
+            f"(and {ENSEMBLES_KEY}: per stage, pairs [anchor, second])"
+        )
     return raw
 
 
@@ -88,14 +93,16 @@ def load_main_ensembles(experiments_dir: str | Path = "experiments") -> list[tup
     for stage in STAGES:
         for pair in raw.get(stage) or []:
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) for v in pair)):
-                raise ConfigError(f"{path}: {ENSEMBLES_KEY}.{stage}: each entry is a pair [anchor, second], "
-                                  f"got {pair!r}")
+                raise ConfigError(
+                    f"{path}: {ENSEMBLES_KEY}.{stage}: each entry is a pair [anchor, second], got {pair!r}"
+                )
             pairs.append((stage, pair[0], pair[1]))
     return pairs
 
 
-def run_main_ensembles(pairs: Sequence[tuple[str, str, str]], runs: Any, data: str | None, grid_run_id: str,
-                       log=print) -> list[str]:
+def run_main_ensembles(
+    pairs: Sequence[tuple[str, str, str]], runs: Any, data: str | None, grid_run_id: str, log=print
+) -> list[str]:
     """Combine the grid's finished runs of each pair (``fashion ensemble``), as children of the grid run.
 
     A pair whose members are not both in the grid (``--techniques`` left one out) or did not finish is skipped
@@ -106,12 +113,17 @@ def run_main_ensembles(pairs: Sequence[tuple[str, str, str]], runs: Any, data: s
     for stage, a, b in pairs:
         ids = []
         for tech in (a, b):
-            hit = finished[(finished["stage"] == stage) & (finished["technique"] == tech)]["run_id"] if len(finished) \
+            hit = (
+                finished[(finished["stage"] == stage) & (finished["technique"] == tech)]["run_id"]
+                if len(finished)
                 else []
+            )
             ids.append(next(iter(hit), None))
         if None in ids:
-            log(f"ensemble {stage}/{a}+{b}: skipped, the grid has no finished {stage} run of "
-                f"{' and '.join(t for t, i in zip((a, b), ids) if i is None)}")
+            log(
+                f"ensemble {stage}/{a}+{b}: skipped, the grid has no finished {stage} run of "
+                f"{' and '.join(t for t, i in zip((a, b), ids) if i is None)}"
+            )
             continue
         try:
             done.append(run_ensemble(ids, data, grid_run=grid_run_id, log=log))
@@ -126,8 +138,9 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def choose_profile(profile: str, device: str | None = None, gpu: bool | None = None,
-                   cores: int | None = None) -> tuple[str, str]:
+def choose_profile(
+    profile: str, device: str | None = None, gpu: bool | None = None, cores: int | None = None
+) -> tuple[str, str]:
     """(profile, why): ``auto`` follows the machine; ``default`` on a machine without a GPU is refused.
 
     Args:
@@ -141,12 +154,16 @@ def choose_profile(profile: str, device: str | None = None, gpu: bool | None = N
     if profile == AUTO:
         if gpu and device != "cpu":
             return "default", "a CUDA GPU is here, so the accurate profile"
-        return "quick", (f"no CUDA GPU here ({cores} CPU cores): the accurate `default` profile would take about "
-                         f"{slow:.0f} h per image pretrain on 2 cores; `quick` is the profile sized for CPUs")
+        return "quick", (
+            f"no CUDA GPU here ({cores} CPU cores): the accurate `default` profile would take about "
+            f"{slow:.0f} h per image pretrain on 2 cores; `quick` is the profile sized for CPUs"
+        )
     if profile == "default" and not gpu and device != "cpu":
-        raise ConfigError(f"profile default is the GPU profile (about {slow:.0f} h per pretrain on 2 CPU cores) and "
-                          "there is no CUDA GPU here: use PROFILE=auto or quick (sized for CPUs; quick_scratch is the fastest), "
-                          "or add --device cpu (make run DEVICE=cpu) to run it on the CPU anyway")
+        raise ConfigError(
+            f"profile default is the GPU profile (about {slow:.0f} h per pretrain on 2 CPU cores) and "
+            "there is no CUDA GPU here: use PROFILE=auto or quick (sized for CPUs; quick_scratch is the fastest), "
+            "or add --device cpu (make run DEVICE=cpu) to run it on the CPU anyway"
+        )
     return profile, "as asked"
 
 
@@ -161,10 +178,16 @@ def start_main_run(experiment_id: str, profile: str, techniques: Sequence[str]) 
 
     client = MlflowClient()
     commit, dirty = git_commit()
-    tags = {"stage": "main", "technique": "main", "profile": profile, "git_commit": commit,
-            "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower(),
-            "mlflow.note.content": f"The main job, profile `{profile}`: prepare, then one grid of "
-                                   f"{', '.join(techniques)}, then compare (the child runs)."}
+    tags = {
+        "stage": "main",
+        "technique": "main",
+        "profile": profile,
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "mlflow.note.content": f"The main job, profile `{profile}`: prepare, then one grid of "
+        f"{', '.join(techniques)}, then compare (the child runs).",
+    }
     name = f"main/{profile}"
     launched = os.environ.pop("MLFLOW_RUN_ID", None)
     if launched:
@@ -184,10 +207,18 @@ def _duration(minutes: float) -> str:
     return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{max(1, round(minutes))} min"
 
 
-def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | None = None,
-             experiments_dir: str | Path = "experiments", overrides: Mapping[str, Any] | None = None,
-             experiment: str | None = None, out: str | Path = "reports/compare", reuse: bool = True,
-             log=print, dry_run: bool = False) -> MainResult | None:
+def run_main(
+    data: str | None,
+    profile: str = AUTO,
+    techniques: Sequence[str] | None = None,
+    experiments_dir: str | Path = "experiments",
+    overrides: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
+    out: str | Path = "reports/compare",
+    reuse: bool = True,
+    log=print,
+    dry_run: bool = False,
+) -> MainResult | None:
     """Prepare the data, run the main techniques as one grid, and compare them.
 
     Args:
@@ -222,12 +253,14 @@ def run_main(data: str | None, profile: str = AUTO, techniques: Sequence[str] | 
     log(f"techniques: {', '.join(dict.fromkeys(f'{t.cfg.stage}/{t.cfg.technique}' for t in tasks))}")
     if pairs:
         log(f"then ensembles (validation-weighted): {', '.join(f'{st}/{a}+{b}' for st, a, b in pairs)}")
-    log(f"expected time: about {_duration(minutes)} (prepare, {len(tasks) + len(pairs)} runs, compare) on "
+    log(
+        f"expected time: about {_duration(minutes)} (prepare, {len(tasks) + len(pairs)} runs, compare) on "
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
-        + "; estimated from the measured figures in docs/")
+        + "; estimated from the measured figures in docs/"
+    )
     if dry_run:
-        from fashion_core.tracking.store import store_line
         from fashion_core.config.schema import describe
+        from fashion_core.tracking.store import store_line
 
         for t in tasks:
             log("  " + describe(t.cfg))

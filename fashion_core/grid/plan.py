@@ -6,13 +6,15 @@ networks fit a finetune technique, and ``pick_best_pretrain`` chooses one on val
 
     python -c "from fashion_core.grid.plan import plan_grid; print(len(plan_grid(profile='quick')))"
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -39,6 +41,7 @@ class GridTask:
 
 # ---------------------------------------------------------------- planning
 
+
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``; a range ``"0-2"`` works too; duplicates are dropped."""
     import re
@@ -53,8 +56,9 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def select_techniques(experiments_dir: str | Path = "experiments", names: Sequence[str] | None = None,
-                      stages: Sequence[str] = STAGE_ORDER) -> list[Path]:
+def select_techniques(
+    experiments_dir: str | Path = "experiments", names: Sequence[str] | None = None, stages: Sequence[str] = STAGE_ORDER
+) -> list[Path]:
     """The technique files of a grid, pretrain first.
 
     Args:
@@ -96,8 +100,10 @@ def select_techniques(experiments_dir: str | Path = "experiments", names: Sequen
             valid = [f"{s}/{p.stem}" for s in ordered for p in list_techniques(s, experiments_dir)]
             raise ConfigError(f"unknown technique {name!r}; choose from: {', '.join(valid)}")
         if len(hits) > 1:
-            raise ConfigError(f"technique {name!r} exists in {' and '.join(s for s, _ in hits)}; "
-                              f"write {hits[0][0]}/{stem} or {hits[1][0]}/{stem}")
+            raise ConfigError(
+                f"technique {name!r} exists in {' and '.join(s for s, _ in hits)}; "
+                f"write {hits[0][0]}/{stem} or {hits[1][0]}/{stem}"
+            )
         picked[hits[0][0]].append(hits[0][1])
     out: list[Path] = []
     for s in STAGE_ORDER:
@@ -107,9 +113,14 @@ def select_techniques(experiments_dir: str | Path = "experiments", names: Sequen
     return out
 
 
-def plan_grid(experiments_dir: str | Path = "experiments", techniques: Sequence[str] | None = None,
-              stages: Sequence[str] = STAGE_ORDER, seeds: Sequence[int] = (0,), profile: str = "default",
-              overrides: Mapping[str, Any] | None = None) -> list[GridTask]:
+def plan_grid(
+    experiments_dir: str | Path = "experiments",
+    techniques: Sequence[str] | None = None,
+    stages: Sequence[str] = STAGE_ORDER,
+    seeds: Sequence[int] = (0,),
+    profile: str = "default",
+    overrides: Mapping[str, Any] | None = None,
+) -> list[GridTask]:
     """Resolve every (technique, seed) of a grid into a config, pretrain first, seed-major within a stage.
 
     Args:
@@ -123,20 +134,30 @@ def plan_grid(experiments_dir: str | Path = "experiments", techniques: Sequence[
     """
     files = select_techniques(experiments_dir, techniques, stages)
     # A file under experiments/<stage>/ belongs to that stage; any other file says its own.
-    loaded = [(p, load_experiment(p, overrides=overrides, profile=profile,
-                                  stage=p.parent.name if p.parent.name in STAGE_ORDER else None)) for p in files]
+    loaded = [
+        (
+            p,
+            load_experiment(
+                p, overrides=overrides, profile=profile, stage=p.parent.name if p.parent.name in STAGE_ORDER else None
+            ),
+        )
+        for p in files
+    ]
     tasks: list[GridTask] = []
     for stage in STAGE_ORDER:
         for seed in seeds:
             tasks += [GridTask(c.replace(**{"train.seed": seed}), p) for p, c in loaded if c.stage == stage]
     data_cfgs = {json.dumps(to_dict(t.cfg.data), sort_keys=True) for t in tasks}
     if len(data_cfgs) > 1:
-        raise ConfigError("the techniques of one grid must share the data settings (split, size); "
-                          f"got {len(data_cfgs)} different ones - set them with the grid's data options")
+        raise ConfigError(
+            "the techniques of one grid must share the data settings (split, size); "
+            f"got {len(data_cfgs)} different ones - set them with the grid's data options"
+        )
     return tasks
 
 
 # ---------------------------------------------------------------- reuse and source selection
+
 
 def needs_source(cfg: ExperimentConfig) -> bool:
     """Whether a config trains from a pretrained model (finetune with a transfer method that uses one)."""

@@ -18,36 +18,48 @@ that another live grid runs already (same cell key) is waited for and reused (``
 
     fashion grid --profile quick --seeds 0 --data /path/to/fashion-product-images-small.tar.gz
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
-from fashion_core.tracking import heartbeat
-from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import ConfigError
+from fashion_core.data.prepared import prepare_data
+
 # The plan and the cells live in grid_plan and grid_cells; callers import them from here (as before the split).
-from fashion_core.grid.cells import PLAN_ARTIFACT, RUN_COLUMNS, WAITING, Cell, cell_failed, finish_parent, mlflow_client, run_cell, start_parent, task_row
+from fashion_core.grid.cells import (
+    PLAN_ARTIFACT,
+    RUN_COLUMNS,
+    WAITING,
+    Cell,
+    cell_failed,
+    finish_parent,
+    mlflow_client,
+    run_cell,
+    start_parent,
+    task_row,
+)
 from fashion_core.grid.claims import cell_key, finished_in, grid_key, holder_state, unfinished_grid
+from fashion_core.grid.eta import cell_costs
+from fashion_core.grid.executors import InlineExecutor, RayExecutor, local_pool
 from fashion_core.grid.plan import IMAGE, GridTask, config_hash, model_kind, needs_source, pick_best_pretrain
 from fashion_core.grid.status import GridStatus
+from fashion_core.tracking import heartbeat
+from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.references import resolve_source
+
 # Run lookups live in tracking, the code version in versions; callers and tests import them from here too
 # (and patch grid.code_version).
 from fashion_core.tracking.runs import find_reusable
 from fashion_core.tracking.versions import code_version, library_versions, reusable_version
-from fashion_core.data.prepared import prepare_data
-from fashion_core.grid.eta import cell_costs
-from fashion_core.grid.executors import InlineExecutor
-from fashion_core.grid.executors import RayExecutor
-from fashion_core.grid.executors import local_pool
-from fashion_core.tracking.references import resolve_source
 
 STATUS_POLL_SECONDS = 0.5  # how often the status asks the workers which cells they have started
 
@@ -69,11 +81,25 @@ class GridResult:
     rankings: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None = None,
-             experiment: str | None = None, reuse: bool = True, register: bool = True,
-             profile: str = "", seeds: Sequence[int] | None = None, log=print, jobs: int = 1,
-             gpus_per_cell: float = 0.0, ray: str | None = None, cpus_per_cell: float = 1,
-             max_retries: int = 2, threads_per_cell: int | None = None, show_status: bool = False) -> GridResult:
+def run_grid(  # noqa: C901 - to split: reuse, claims and scheduling in one loop (docs/ARCHITECTURE.md)
+    tasks: Sequence[GridTask],
+    data: str | None,
+    *,
+    source: str | None = None,
+    experiment: str | None = None,
+    reuse: bool = True,
+    register: bool = True,
+    profile: str = "",
+    seeds: Sequence[int] | None = None,
+    log=print,
+    jobs: int = 1,
+    gpus_per_cell: float = 0.0,
+    ray: str | None = None,
+    cpus_per_cell: float = 1,
+    max_retries: int = 2,
+    threads_per_cell: int | None = None,
+    show_status: bool = False,
+) -> GridResult:
     """Run the tasks as child runs of one parent ``stage=grid`` run.
 
     Args:
@@ -120,20 +146,46 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
     executor, how = _executor(jobs, gpus_per_cell, ray, cpus_per_cell, max_retries, threads_per_cell)
     if data and ray:  # Ray workers may start elsewhere: a path, not a relative one
         data = str(Path(data).resolve()) if Path(data).exists() else data
-    params = {"profile": profile, "seeds": ",".join(map(str, seeds)), "n_tasks": len(tasks), "from": source or "",
-              "techniques": ",".join(dict.fromkeys(f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks)),
-              "reuse": reuse, **{k: v for k, v in how.items() if k != "executor"}}
+    params = {
+        "profile": profile,
+        "seeds": ",".join(map(str, seeds)),
+        "n_tasks": len(tasks),
+        "from": source or "",
+        "techniques": ",".join(dict.fromkeys(f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks)),
+        "reuse": reuse,
+        **{k: v for k, v in how.items() if k != "executor"},
+    }
     libs = ", ".join(f"{k} {v}" for k, v in library_versions().items())
-    parent = start_parent(experiment_id, prepared.digest, code, tasks, profile, seeds, params, key=key,
-                          reopen=ended.info.run_id if ended is not None else None, log=log)
+    parent = start_parent(
+        experiment_id,
+        prepared.digest,
+        code,
+        tasks,
+        profile,
+        seeds,
+        params,
+        key=key,
+        reopen=ended.info.run_id if ended is not None else None,
+        log=log,
+    )
     heartbeat.start(parent)
     # A continued grid's own finished cells are its result; a linked (mlflow run) grid's are reused.
     own_grids = [parent] + ([ended.info.run_id] if ended is not None and ended.info.run_id != parent else [])
-    mlflow_client().log_dict(parent, {"cells": [{"index": i, "name": t.name, "kind": model_kind(t.cfg),
-                                           "needs_source": needs_source(t.cfg)} for i, t in enumerate(tasks)],
-                                **how}, PLAN_ARTIFACT)
-    log(f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest}), "
-        f"{how['executor']}")
+    mlflow_client().log_dict(
+        parent,
+        {
+            "cells": [
+                {"index": i, "name": t.name, "kind": model_kind(t.cfg), "needs_source": needs_source(t.cfg)}
+                for i, t in enumerate(tasks)
+            ],
+            **how,
+        },
+        PLAN_ARTIFACT,
+    )
+    log(
+        f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest}), "
+        f"{how['executor']}"
+    )
     status = _status(tasks, how, profile, gpus_per_cell, bool(fixed)) if show_status else None
     shown: dict = {}  # a submitted cell's future -> the state the status shows (queued / running)
     rows: list[dict | None] = [None] * len(tasks)
@@ -151,21 +203,38 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         own = finished_in(experiment_id, h, own_grids)
         if own is not None:
             log(f"[{i + 1}/{len(tasks)}] {task.name}\n  finished before the restart: run {own.info.run_id}")
-            rows[i] = task_row(task, own.info.run_id, "FINISHED", own.data.tags.get("grid_run_id") != parent, 0.0, h,
-                               this_source)
+            rows[i] = task_row(
+                task, own.info.run_id, "FINISHED", own.data.tags.get("grid_run_id") != parent, 0.0, h, this_source
+            )
             if status is not None:
                 status.update(task.name, "finished", 0.0)
             return
         old = find_reusable(h, prepared.digest, code, experiment_id) if reuse else None
         if old is not None:
-            log(f"[{i + 1}/{len(tasks)}] {task.name}\n  reusing finished run {old.info.run_id} "
-                "(same config, data, code and libraries)")
+            log(
+                f"[{i + 1}/{len(tasks)}] {task.name}\n  reusing finished run {old.info.run_id} "
+                "(same config, data, code and libraries)"
+            )
             rows[i] = task_row(task, old.info.run_id, "FINISHED", True, 0.0, h, this_source)
             if status is not None:
                 status.update(task.name, "reused")
             return
-        cell = Cell(i, task, this_source, h, data, exp_name, experiment_id, parent, prepared.digest, code, register,
-                    libs, session, cell_key(h, prepared.digest, code, session))
+        cell = Cell(
+            i,
+            task,
+            this_source,
+            h,
+            data,
+            exp_name,
+            experiment_id,
+            parent,
+            prepared.digest,
+            code,
+            register,
+            libs,
+            session,
+            cell_key(h, prepared.digest, code, session),
+        )
         log(f"[{i + 1}/{len(tasks)}] {task.name}")
         submit(cell)
 
@@ -237,11 +306,17 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
         for i in list(waiting):
             kind = model_kind(tasks[i].cfg)
             if kind not in sources:
-                if not fixed and any(rows[j] is None for j, t in enumerate(tasks)
-                                     if t.cfg.stage == "pretrain" and model_kind(t.cfg) == kind):
+                if not fixed and any(
+                    rows[j] is None
+                    for j, t in enumerate(tasks)
+                    if t.cfg.stage == "pretrain" and model_kind(t.cfg) == kind
+                ):
                     continue
-                sources[kind], ranking = (fixed, pd.DataFrame()) if fixed else \
-                    _pick_source([r for r in rows if r is not None], tasks, kind, exp_name, log)
+                sources[kind], ranking = (
+                    (fixed, pd.DataFrame())
+                    if fixed
+                    else _pick_source([r for r in rows if r is not None], tasks, kind, exp_name, log)
+                )
                 rankings.append(ranking)
             waiting.remove(i)
             start(i, sources[kind])
@@ -301,24 +376,41 @@ def run_grid(tasks: Sequence[GridTask], data: str | None, *, source: str | None 
             runs = finish_parent(parent, [r for r in rows if r is not None], sources, ranked, seconds, status_)
         finally:
             heartbeat.stop(parent)
-    log(f"grid {parent} done in {seconds:.0f} s: {int((runs['status'] == 'FINISHED').sum())} finished, "
-        f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused")
-    return GridResult(parent_run_id=parent, runs=runs, source_run_id=sources.get(IMAGE), seconds=seconds,
-                      experiment_id=experiment_id, sources=sources, rankings=ranked)
+    log(
+        f"grid {parent} done in {seconds:.0f} s: {int((runs['status'] == 'FINISHED').sum())} finished, "
+        f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused"
+    )
+    return GridResult(
+        parent_run_id=parent,
+        runs=runs,
+        source_run_id=sources.get(IMAGE),
+        seconds=seconds,
+        experiment_id=experiment_id,
+        sources=sources,
+        rankings=ranked,
+    )
 
 
-def _status(tasks: Sequence[GridTask], how: dict, profile: str, gpus_per_cell: float,
-            source_given: bool = False) -> GridStatus:
+def _status(
+    tasks: Sequence[GridTask], how: dict, profile: str, gpus_per_cell: float, source_given: bool = False
+) -> GridStatus:
     """The live status of a grid's cells, with each cell's relative cost for the ETA (``--from``: no cell waits)."""
     import torch
 
     gpu = gpus_per_cell > 0 or (how["executor"] == "sequential" and torch.cuda.is_available())
-    return GridStatus([t.name for t in tasks], how["concurrency"],
-                      costs=cell_costs(tasks, profile, gpu, source_given=source_given))
+    return GridStatus(
+        [t.name for t in tasks], how["concurrency"], costs=cell_costs(tasks, profile, gpu, source_given=source_given)
+    )
 
 
-def _executor(jobs: int, gpus_per_cell: float, ray: str | None, cpus_per_cell: float, max_retries: int,
-              threads_per_cell: int | None = None):
+def _executor(
+    jobs: int,
+    gpus_per_cell: float,
+    ray: str | None,
+    cpus_per_cell: float,
+    max_retries: int,
+    threads_per_cell: int | None = None,
+):
     """The executor of the cells and what it gives each (logged on the parent run as the plan)."""
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be >= 1")
@@ -328,18 +420,25 @@ def _executor(jobs: int, gpus_per_cell: float, ray: str | None, cpus_per_cell: f
     if jobs == 1:
         return InlineExecutor(), {"executor": "sequential", "jobs": 1, "concurrency": 1}
     pool, info = local_pool(jobs, gpus_per_cell, threads_per_cell=threads_per_cell, max_retries=max_retries)
-    return pool, {"executor": f"{info['jobs']} local worker processes, {info['threads_per_cell']} threads each"
-                  + (f", {gpus_per_cell} GPU each" if gpus_per_cell else ""), "concurrency": info["jobs"], **info}
+    return pool, {
+        "executor": f"{info['jobs']} local worker processes, {info['threads_per_cell']} threads each"
+        + (f", {gpus_per_cell} GPU each" if gpus_per_cell else ""),
+        "concurrency": info["jobs"],
+        **info,
+    }
 
 
-def _pick_source(rows: list[dict], tasks: Sequence[GridTask], kind: str, exp_name: str,
-                 log) -> tuple[str | None, pd.DataFrame]:
+def _pick_source(
+    rows: list[dict], tasks: Sequence[GridTask], kind: str, exp_name: str, log
+) -> tuple[str | None, pd.DataFrame]:
     """The source of a model kind without ``--from``: the grid's best pretrain run of it, else ``latest``."""
     src, ranking = pick_best_pretrain(pd.DataFrame(rows, columns=list(RUN_COLUMNS)), kind)
     if src:
         best = ranking.iloc[0]
-        log(f"{kind} finetune techniques start from pretrain run {src}: best validation class-mean top-1 "
-            f"{best['val_top1_best']:.4f} ({best['technique']}, seed {best['seed']})")
+        log(
+            f"{kind} finetune techniques start from pretrain run {src}: best validation class-mean top-1 "
+            f"{best['val_top1_best']:.4f} ({best['technique']}, seed {best['seed']})"
+        )
     elif kind == IMAGE and not any(t.cfg.stage == "pretrain" for t in tasks):
         try:
             src = resolve_source("latest", exp_name)

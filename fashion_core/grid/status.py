@@ -6,14 +6,15 @@ elsewhere a line per cell that ends; ``FASHION_PROGRESS=0`` turns it off (see ``
 
     FASHION_PROGRESS=1 fashion grid --profile smoke --jobs 2 --data DATA
 """
+
 from __future__ import annotations
 
 import sys
 import time
 from typing import IO
 
-from fashion_core.grid.eta import CellCost, eta_seconds, eta_text
 from fashion_core.engine.progress import enabled
+from fashion_core.grid.eta import CellCost, eta_seconds, eta_text
 
 
 class GridStatus:
@@ -65,8 +66,10 @@ class GridStatus:
 
     def line(self) -> str:
         c = self.counts()
-        text = (f"{c['finished'] + c['reused']}/{len(self.state)} finished ({c['reused']} reused), "
-                f"{c['running']} running, {c['queued']} queued, {c['failed']} failed, {c['pending']} pending")
+        text = (
+            f"{c['finished'] + c['reused']}/{len(self.state)} finished ({c['reused']} reused), "
+            f"{c['running']} running, {c['queued']} queued, {c['failed']} failed, {c['pending']} pending"
+        )
         return text + (f"; {eta_text(self.eta_seconds())}" if c["pending"] + c["queued"] + c["running"] else "")
 
     def update(self, name: str, state: str, seconds: float | None = None) -> None:

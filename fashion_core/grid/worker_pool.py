@@ -9,6 +9,7 @@ are resubmitted without counting an attempt. ``fashion grid --jobs N`` runs its 
 
     PYTHONPATH=. python -c "from fashion_core.grid.worker_pool import RestartingPool; help(RestartingPool)"
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -17,8 +18,9 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def _marked(mark: str, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
@@ -56,8 +58,12 @@ class RestartingPool(cf.Executor):
         log: where a restart is announced (default: stderr).
     """
 
-    def __init__(self, make_pool: Callable[[], cf.ProcessPoolExecutor], max_retries: int = 2,
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        make_pool: Callable[[], cf.ProcessPoolExecutor],
+        max_retries: int = 2,
+        log: Callable[[str], None] | None = None,
+    ):
         self._make = make_pool
         self._pool = make_pool()
         self.max_retries = max_retries
@@ -167,13 +173,18 @@ class RestartingPool(cf.Executor):
             if call.token in blamed:
                 call.lost += 1
             if call.lost > self.max_retries:
-                call.outer.set_exception(cf.process.BrokenProcessPool(
-                    f"its worker process died {call.lost} times (max retries {self.max_retries})"))
+                call.outer.set_exception(
+                    cf.process.BrokenProcessPool(
+                        f"its worker process died {call.lost} times (max retries {self.max_retries})"
+                    )
+                )
                 return
             if self._pool is call.pool:
                 held = sum(c.pool is call.pool and not c.outer.done() for c in self._calls.values())
-                self._log(f"a worker process died (pid {', '.join(map(str, sorted(died))) or '?'}): the pool is "
-                          f"restarted and its {held} unfinished calls resubmitted")
+                self._log(
+                    f"a worker process died (pid {', '.join(map(str, sorted(died))) or '?'}): the pool is "
+                    f"restarted and its {held} unfinished calls resubmitted"
+                )
             self._rebuild(call.pool)
             self._launch(call)
 

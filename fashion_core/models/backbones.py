@@ -7,6 +7,7 @@ classifier (``fc`` / ``classifier``) is not part of a trunk; FashionNet owns the
 
     .venv/bin/python -c "from fashion_core.models.backbones import build_backbone; print(build_backbone('resnet18', 's2', 0.5).out_channels)"
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -44,7 +45,9 @@ class ResNetTrunk(nn.Module):
         width_mult: scales the stage widths (64, 128, 256, 512), rounded to multiples of 8.
     """
 
-    def __init__(self, block: type[nn.Module], layers: tuple[int, ...], stem: str = "imagenet", width_mult: float = 1.0):
+    def __init__(
+        self, block: type[nn.Module], layers: tuple[int, ...], stem: str = "imagenet", width_mult: float = 1.0
+    ):
         super().__init__()
         widths = [scaled_width(c, width_mult) for c in (64, 128, 256, 512)]
         if stem == "imagenet":
@@ -90,12 +93,16 @@ class ResNetTrunk(nn.Module):
         return self.layer4
 
 
-def _make_layer(block: type[nn.Module], inplanes: int, planes: int, blocks: int, stride: int) -> tuple[nn.Sequential, int]:
+def _make_layer(
+    block: type[nn.Module], inplanes: int, planes: int, blocks: int, stride: int
+) -> tuple[nn.Sequential, int]:
     """One resnet stage with torchvision's layout (so its key names match); returns (stage, out channels)."""
     out = planes * block.expansion
     downsample = None
     if stride != 1 or inplanes != out:
-        downsample = nn.Sequential(nn.Conv2d(inplanes, out, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out))
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, out, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out)
+        )
     stage = [block(inplanes, planes, stride, downsample)]
     stage += [block(out, planes) for _ in range(1, blocks)]
     return nn.Sequential(*stage), out
@@ -185,7 +192,9 @@ def read_state_dict(source: str, name: str) -> dict[str, Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ConfigError(f"model.init={source!r}: cannot read a state dict from it ({type(e).__name__}: {e})") from e
+            raise ConfigError(
+                f"model.init={source!r}: cannot read a state dict from it ({type(e).__name__}: {e})"
+            ) from e
     return _unwrap(state, source)
 
 
@@ -195,14 +204,16 @@ def _unwrap(state: object, source: str) -> dict[str, Tensor]:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
     if not isinstance(state, Mapping):
-        raise ConfigError(f"model.init={source!r}: expected a state dict (a mapping of tensors), got {type(state).__name__}")
+        raise ConfigError(
+            f"model.init={source!r}: expected a state dict (a mapping of tensors), got {type(state).__name__}"
+        )
     out = {}
     for k, v in state.items():
         if not isinstance(v, Tensor):
             continue
         for prefix in ("module.", "_orig_mod."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 

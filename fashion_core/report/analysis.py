@@ -3,10 +3,11 @@
 Every function takes the stage's run evaluations (``tables.RunEval``) and the stage's shared test
 resamples (``stats.StageSample``); docs/report-statistics.md says how each figure is computed.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,9 @@ N_EXAMPLES = 4  # example images per pair
 def stage_sample(evals: Sequence, n_boot: int = 1000, seed: int = 0) -> StageSample:
     """The stage's test images (every id any run scored, in the first run's order) and their shared resamples."""
     frames = [e.preds[["id", "label"]] for e in evals if e.preds is not None]
-    both = pd.concat(frames, ignore_index=True).drop_duplicates("id") if frames else pd.DataFrame(
-        {"id": [], "label": []})
+    both = (
+        pd.concat(frames, ignore_index=True).drop_duplicates("id") if frames else pd.DataFrame({"id": [], "label": []})
+    )
     classes = list(dict.fromkeys(c for e in evals for c in e.per_class["class"]))
     return StageSample.build(both["id"].to_numpy(), both["label"].astype(str).tolist(), classes, n_boot, seed)
 
@@ -49,8 +51,9 @@ def stage_rows(evals: Sequence, sample: StageSample) -> tuple[dict[str, Row], di
     for name, es in by.items():
         es = sorted(es, key=lambda e: e.seed)
         h = [sample.hits(e.preds) for e in es]
-        rows[name] = Row(name, [e.seed for e in es], np.stack([x[0] for x in h], axis=1),
-                         evaluated_mask(es[0], sample.classes))
+        rows[name] = Row(
+            name, [e.seed for e in es], np.stack([x[0] for x in h], axis=1), evaluated_mask(es[0], sample.classes)
+        )
         top5[name] = np.stack([x[1] for x in h], axis=1)
     return rows, top5
 
@@ -69,8 +72,13 @@ def best_row(summ: pd.DataFrame) -> str:
     return str((clean if len(clean) else summ)["technique"].iloc[0])
 
 
-def paired_comparisons(sample: StageSample, rows: dict[str, Row], summ: pd.DataFrame,
-                       pairs: Sequence[tuple[str, str]] = (), stage: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+def paired_comparisons(
+    sample: StageSample,
+    rows: dict[str, Row],
+    summ: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]] = (),
+    stage: str = "",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each row against the stage's best, and the requested pairs present in this stage.
 
     Returns:
@@ -87,10 +95,23 @@ def paired_comparisons(sample: StageSample, rows: dict[str, Row], summ: pd.DataF
         s, pc = compare_pair(sample, rows[a], rows[b])
         lines.append({"kind": kind, **s})
         per.append(pc.assign(a=a, b=b))
-    cols = ["kind", "a", "b", "diff", "diff_lo", "diff_hi", "poi", "poi_lo", "poi_hi", "n_classes", "n_better",
-            "n_worse", "indistinguishable"]
+    cols = [
+        "kind",
+        "a",
+        "b",
+        "diff",
+        "diff_lo",
+        "diff_hi",
+        "poi",
+        "poi_lo",
+        "poi_hi",
+        "n_classes",
+        "n_better",
+        "n_worse",
+        "indistinguishable",
+    ]
     table = pd.DataFrame(lines, columns=cols)
-    classes = (pd.concat(per, ignore_index=True) if per else pd.DataFrame(columns=["a", "b", "class"]))
+    classes = pd.concat(per, ignore_index=True) if per else pd.DataFrame(columns=["a", "b", "class"])
     front = ["a", "b"]
     classes = classes[front + [c for c in classes.columns if c not in front]]
     return table, classes
@@ -119,17 +140,33 @@ def paired_words(stage: str, table: pd.DataFrame, summ: pd.DataFrame) -> str:
         return text + "; no other technique to compare."
     same = ref[ref["indistinguishable"]]
     diff = ref[~ref["indistinguishable"]]
-    text += ". " + (("Indistinguishable from it (the 95% paired interval of the difference contains 0): "
-                     + "; ".join(name(r["a"]) + f" ({fig(r)[len(r['a']) + 1:]})" for _, r in same.iterrows()) + ".")
-                    if len(same) else "No technique is indistinguishable from it.")
+    text += ". " + (
+        (
+            "Indistinguishable from it (the 95% paired interval of the difference contains 0): "
+            + "; ".join(name(r["a"]) + f" ({fig(r)[len(r['a']) + 1 :]})" for _, r in same.iterrows())
+            + "."
+        )
+        if len(same)
+        else "No technique is indistinguishable from it."
+    )
     if len(diff):
-        text += " Different from it: " + "; ".join(
-            name(r["a"]) + f" ({fig(r)[len(r['a']) + 1:]}, {'better' if r['diff'] > 0 else 'worse'})"
-            for _, r in diff.iterrows()) + "."
+        text += (
+            " Different from it: "
+            + "; ".join(
+                name(r["a"]) + f" ({fig(r)[len(r['a']) + 1 :]}, {'better' if r['diff'] > 0 else 'worse'})"
+                for _, r in diff.iterrows()
+            )
+            + "."
+        )
     flagged = ref[(ref["n_better"] + ref["n_worse"]) > 0]
     if len(flagged):
-        text += " Classes that differ beyond chance (exact McNemar, Holm over classes): " + "; ".join(
-            f"{name(r['a'])} better on {r['n_better']}, worse on {r['n_worse']}" for _, r in flagged.iterrows()) + "."
+        text += (
+            " Classes that differ beyond chance (exact McNemar, Holm over classes): "
+            + "; ".join(
+                f"{name(r['a'])} better on {r['n_better']}, worse on {r['n_worse']}" for _, r in flagged.iterrows()
+            )
+            + "."
+        )
     else:
         text += " No single class differs beyond chance (exact McNemar, Holm over classes)."
     return text
@@ -148,12 +185,21 @@ def protocol_table(evals: Sequence, order: Sequence[str]) -> pd.DataFrame:
             ours.append((pc.loc[ev, "top1"].mean(), int(ev.sum())))
             peer.append((pc.loc[pr, "top1"].mean(), int(pr.sum())))
             micro.append(e.summary.get("top1_micro", np.nan))
-        out.append({"technique": t, "ours": float(np.mean([x[0] for x in ours])), "ours_classes": ours[0][1],
-                    "peers": float(np.mean([x[0] for x in peer])), "peers_classes": peer[0][1],
-                    "micro": float(np.mean(micro)), "seeds": len(es),
-                    "test_informed": any(e.test_informed for e in es)})
-    return pd.DataFrame(out, columns=["technique", "ours", "ours_classes", "peers", "peers_classes", "micro", "seeds",
-                                      "test_informed"])
+        out.append(
+            {
+                "technique": t,
+                "ours": float(np.mean([x[0] for x in ours])),
+                "ours_classes": ours[0][1],
+                "peers": float(np.mean([x[0] for x in peer])),
+                "peers_classes": peer[0][1],
+                "micro": float(np.mean(micro)),
+                "seeds": len(es),
+                "test_informed": any(e.test_informed for e in es),
+            }
+        )
+    return pd.DataFrame(
+        out, columns=["technique", "ours", "ours_classes", "peers", "peers_classes", "micro", "seeds", "test_informed"]
+    )
 
 
 def scored_classes(e) -> set:
@@ -164,8 +210,9 @@ def scored_classes(e) -> set:
     return set(t.loc[keep, "class"].astype(str))
 
 
-def confusions(evals: Sequence, order: Sequence[str], n_top: int = N_CONFUSIONS,
-               n_examples: int = N_EXAMPLES) -> pd.DataFrame:
+def confusions(
+    evals: Sequence, order: Sequence[str], n_top: int = N_CONFUSIONS, n_examples: int = N_EXAMPLES
+) -> pd.DataFrame:
     """Each row's most frequent top-1 mistakes: true -> predicted, mistakes per seed, share of the class.
 
     ``count`` is the mean over the row's seeds; ``share`` divides it by the class's test images;
@@ -183,15 +230,28 @@ def confusions(evals: Sequence, order: Sequence[str], n_top: int = N_CONFUSIONS,
             continue
         w = pd.concat(wrong, ignore_index=True)
         n_test = es[0].preds.groupby(es[0].preds["label"].astype(str)).size()
-        counts = w.groupby([w["label"].astype(str), w["pred1"].astype(str)]).size().sort_values(ascending=False,
-                                                                                             kind="stable")
+        counts = (
+            w.groupby([w["label"].astype(str), w["pred1"].astype(str)])
+            .size()
+            .sort_values(ascending=False, kind="stable")
+        )
         for rank, ((true, pred), k) in enumerate(counts.head(n_top).items(), 1):
             ids = w.loc[(w["label"].astype(str) == true) & (w["pred1"].astype(str) == pred), "id"]
             n = int(n_test.get(true, 0))
-            out.append({"technique": t, "rank": rank, "true": true, "pred": pred, "count": k / len(es),
-                        "n_test": n, "share": (k / len(es)) / n if n else np.nan,
-                        "examples": [int(i) if str(i).lstrip("-").isdigit() else i
-                                     for i in dict.fromkeys(ids.tolist())][:n_examples]})
+            out.append(
+                {
+                    "technique": t,
+                    "rank": rank,
+                    "true": true,
+                    "pred": pred,
+                    "count": k / len(es),
+                    "n_test": n,
+                    "share": (k / len(es)) / n if n else np.nan,
+                    "examples": [int(i) if str(i).lstrip("-").isdigit() else i for i in dict.fromkeys(ids.tolist())][
+                        :n_examples
+                    ],
+                }
+            )
     return pd.DataFrame(out, columns=["technique", "rank", "true", "pred", "count", "n_test", "share", "examples"])
 
 
@@ -220,14 +280,50 @@ def class_view(wide: pd.DataFrame, order: Sequence[str], evals: Sequence) -> pd.
             if acc is None or acc != acc or r["class"] not in scored.get(t, set()):
                 continue
             lo, hi = M.wilson_interval(acc * n, n)
-            out.append({"class": r["class"], "n_train": int(r["n_train"]), "n_test": n, "technique": t,
-                        "top1": float(acc), "top1_lo": float(lo), "top1_hi": float(hi),
-                        "top5": float(r.get(f"{t} top5", np.nan)), "most_confused_with": first.get((t, r["class"]), ""),
-                        "few_test": n < FEW_TEST})
-    return pd.DataFrame(out, columns=["class", "n_train", "n_test", "technique", "top1", "top1_lo", "top1_hi", "top5",
-                                      "most_confused_with", "few_test"])
+            out.append(
+                {
+                    "class": r["class"],
+                    "n_train": int(r["n_train"]),
+                    "n_test": n,
+                    "technique": t,
+                    "top1": float(acc),
+                    "top1_lo": float(lo),
+                    "top1_hi": float(hi),
+                    "top5": float(r.get(f"{t} top5", np.nan)),
+                    "most_confused_with": first.get((t, r["class"]), ""),
+                    "few_test": n < FEW_TEST,
+                }
+            )
+    return pd.DataFrame(
+        out,
+        columns=[
+            "class",
+            "n_train",
+            "n_test",
+            "technique",
+            "top1",
+            "top1_lo",
+            "top1_hi",
+            "top5",
+            "most_confused_with",
+            "few_test",
+        ],
+    )
 
 
-__all__ = ["ALPHA", "FEW_TEST", "PEER_MIN_TEST", "PEER_MIN_TRAIN", "class_view", "confusions", "evaluated_mask",
-           "paired_comparisons", "paired_words", "protocol_table", "split_pair", "stage_rows", "stage_sample",
-           "unknown_pairs"]
+__all__ = [
+    "ALPHA",
+    "FEW_TEST",
+    "PEER_MIN_TEST",
+    "PEER_MIN_TRAIN",
+    "class_view",
+    "confusions",
+    "evaluated_mask",
+    "paired_comparisons",
+    "paired_words",
+    "protocol_table",
+    "split_pair",
+    "stage_rows",
+    "stage_sample",
+    "unknown_pairs",
+]

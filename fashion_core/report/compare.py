@@ -1,22 +1,23 @@
 """The ``compare`` command: select the runs, build the tables, write the report, log a ``stage=compare`` run."""
+
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
-from fashion_core.tracking import runs as tracking
-from fashion_core.tracking.runs import tracking_uri
 from fashion_core.report.analysis import N_GALLERY_PAIRS, split_pair, unknown_pairs
 from fashion_core.report.images import find_image_cache, thumbnails
 from fashion_core.report.render import UI_URL, report_markdown, write_report
 from fashion_core.report.runs import STAGES, CompareError, Scope, find_runs
 from fashion_core.report.tables import Tables, build_tables, display_summary, evaluate_run, markdown_table
-
+from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.runs import tracking_uri
 
 # ---------------------------------------------------------------- the command
+
 
 @dataclass
 class CompareResult:
@@ -29,9 +30,18 @@ class CompareResult:
     scope: Scope
 
 
-def run_compare(experiment: str | None = None, stages: Sequence[str] = STAGES, grid: str | None = "latest",
-                tags: Mapping[str, str] | None = None, out: str | Path = "reports/compare", log_run: bool = True,
-                log=print, pairs: Sequence[str] = (), ui_url: str = UI_URL, images: bool = True) -> CompareResult:
+def run_compare(
+    experiment: str | None = None,
+    stages: Sequence[str] = STAGES,
+    grid: str | None = "latest",
+    tags: Mapping[str, str] | None = None,
+    out: str | Path = "reports/compare",
+    log_run: bool = True,
+    log=print,
+    pairs: Sequence[str] = (),
+    ui_url: str = UI_URL,
+    images: bool = True,
+) -> CompareResult:
     """Build the report of the selected runs, write it to ``out`` and log it as a ``stage=compare`` run.
 
     Args:
@@ -52,50 +62,71 @@ def run_compare(experiment: str | None = None, stages: Sequence[str] = STAGES, g
         raise CompareError(str(e)) from None
     tracking._quiet_mlflow()  # no progress bar per downloaded artifact
     scope = find_runs(experiment, stages, grid, tags)
-    log(f"comparing {len(scope.runs)} runs of experiment {scope.experiment_name!r}"
+    log(
+        f"comparing {len(scope.runs)} runs of experiment {scope.experiment_name!r}"
         + (f", grid {scope.grid_run_id}" if scope.grid_run_id else "")
-        + (f" ({len(scope.left_out)} left out)" if len(scope.left_out) else ""))
+        + (f" ({len(scope.left_out)} left out)" if len(scope.left_out) else "")
+    )
     with tempfile.TemporaryDirectory() as d:
         evals = [evaluate_run(r, d, scope.configs.get(r.info.run_id, "")) for r in scope.runs]
     bad = [e for e in evals if e.n_mismatch]
     for e in bad:
-        log(f"warning: run {e.run_id} ({e.run_name}): {e.n_mismatch} classes of eval/per_class.csv differ from "
-            "eval/predictions.csv; the report uses the predictions")
+        log(
+            f"warning: run {e.run_id} ({e.run_name}): {e.n_mismatch} classes of eval/per_class.csv differ from "
+            "eval/predictions.csv; the report uses the predictions"
+        )
     names = {}
     for e in evals:
         names.setdefault(e.stage, set()).add(e.technique)
     missing = unknown_pairs(wanted, names)
     if missing:
-        raise CompareError(f"--pair {missing[0]}: not two techniques of one stage; choose from: "
-                           + "; ".join(f"{s}: {', '.join(sorted(n))}" for s, n in names.items()))
+        raise CompareError(
+            f"--pair {missing[0]}: not two techniques of one stage; choose from: "
+            + "; ".join(f"{s}: {', '.join(sorted(n))}" for s, n in names.items())
+        )
     tables = build_tables(evals, scope.left_out, pairs=wanted)
     if images:
         cache, tables.images_note = find_image_cache(scope.runs, scope.dataset_digest)
         if cache is not None:
-            ids = [i for conf in tables.confusions.values()
-                   for i in conf.loc[conf["rank"] <= N_GALLERY_PAIRS, "examples"].explode().dropna()]
+            ids = [
+                i
+                for conf in tables.confusions.values()
+                for i in conf.loc[conf["rank"] <= N_GALLERY_PAIRS, "examples"].explode().dropna()
+            ]
             tables.thumbnails = thumbnails(cache, ids)
     else:
         tables.images_note = "No example images (not asked for)."
-    scope_text = (f"Experiment {scope.experiment_name!r} ({tracking_uri()}), "
-                  + (f"grid run {scope.grid_run_id}, " if scope.grid_run_id else "all runs, ")
-                  + f"dataset digest {scope.dataset_digest}, {len(evals)} runs"
-                  + (f", filtered by tags {dict(tags)}" if tags else "")
-                  + f"; built {time.strftime('%Y-%m-%d %H:%M:%S')}.")
+    scope_text = (
+        f"Experiment {scope.experiment_name!r} ({tracking_uri()}), "
+        + (f"grid run {scope.grid_run_id}, " if scope.grid_run_id else "all runs, ")
+        + f"dataset digest {scope.dataset_digest}, {len(evals)} runs"
+        + (f", filtered by tags {dict(tags)}" if tags else "")
+        + f"; built {time.strftime('%Y-%m-%d %H:%M:%S')}."
+    )
     files = write_report(tables, out, scope_text, ui_url=ui_url)
     run_id = None
     if log_run:
         tracking.set_experiment(scope.experiment_name)
         name = f"compare/{'grid-' + scope.grid_run_id[:8] if scope.grid_run_id else 'all'}"
-        with tracking.start_run("compare", "compare", scope.dataset_digest, run_name=name,
-                                tags={"grid_run_id": scope.grid_run_id or "", "n_runs": len(evals)},
-                                description=report_markdown(tables, scope_text, full=False)) as run:
+        with tracking.start_run(
+            "compare",
+            "compare",
+            scope.dataset_digest,
+            run_name=name,
+            tags={"grid_run_id": scope.grid_run_id or "", "n_runs": len(evals)},
+            description=report_markdown(tables, scope_text, full=False),
+        ) as run:
             run_id = run.info.run_id
             for f in files:
                 tracking.log_file(f, "report")
-            tracking.log_metrics({"n_runs": len(evals), "n_left_out": len(scope.left_out),
-                                  "n_mismatch": sum(e.n_mismatch for e in evals),
-                                  "compare_seconds": time.perf_counter() - t0})
+            tracking.log_metrics(
+                {
+                    "n_runs": len(evals),
+                    "n_left_out": len(scope.left_out),
+                    "n_mismatch": sum(e.n_mismatch for e in evals),
+                    "compare_seconds": time.perf_counter() - t0,
+                }
+            )
     log(f"report: {Path(out) / 'report.html'}" + (f" (compare run {run_id})" if run_id else ""))
     for stage, summ in tables.summary.items():
         log(f"\n{stage}:\n" + markdown_table(display_summary(summ)))

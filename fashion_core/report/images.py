@@ -4,21 +4,21 @@ The cache is found from the runs themselves, never built: a ``prepare`` run of t
 names its folder (tag ``cache_folder``); otherwise a run's dataset input names the dataset folder, whose
 catalogue and the run's ``data.height`` / ``data.width`` give the cache key (``data.cache``).
 """
+
 from __future__ import annotations
 
 import base64
 import io
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
-from fashion_core.tracking import runs as tracking
-from fashion_core.data.cache import ImageCache
-from fashion_core.data.cache import catalog_cache_key
+from fashion_core.data.cache import ImageCache, catalog_cache_key
 from fashion_core.data.catalog import build_catalog
 from fashion_core.data.sources import cache_root
+from fashion_core.tracking import runs as tracking
 
 THUMB_HEIGHT = 48  # pixels: enough to recognise a product, light enough for dozens in one file
 JPEG_QUALITY = 80
@@ -65,8 +65,10 @@ def find_image_cache(runs: Sequence, digest: str) -> tuple[ImageCache | None, st
             cache = _open(Path(base) / "images" / key)
             if cache is not None:
                 return cache, f"Images from the image cache {cache.folder}."
-        return None, (f"No example images: the image cache of {root} at {h}x{w} ({key}) is not on this machine "
-                      "(`fashion prepare` builds it).")
+        return None, (
+            f"No example images: the image cache of {root} at {h}x{w} ({key}) is not on this machine "
+            "(`fashion prepare` builds it)."
+        )
     return None, "No example images: no run names a dataset folder or image cache present on this machine."
 
 

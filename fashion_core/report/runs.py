@@ -1,16 +1,16 @@
 """Which runs a report covers: the experiment, the grid, the newest finished run per (stage, technique, seed)."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import pandas as pd
 
-from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import ConfigError
+from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.runs import tracking_uri
-
 
 STAGES = ("pretrain", "finetune")
 PER_CLASS_ARTIFACT = "eval/per_class.csv"
@@ -22,6 +22,7 @@ class CompareError(ConfigError):
 
 
 # ---------------------------------------------------------------- which runs
+
 
 @dataclass
 class Scope:
@@ -58,8 +59,9 @@ def _pick_experiment(client, experiment: str | None, grid: str | None):
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             names = [e.name for e in client.search_experiments()]
-            raise CompareError(f"no experiment {experiment!r}; choose one of: {', '.join(names) or 'none'}; "
-                               f"{tracking.store_hint()}")
+            raise CompareError(
+                f"no experiment {experiment!r}; choose one of: {', '.join(names) or 'none'}; {tracking.store_hint()}"
+            )
         return exp
     if grid and grid not in ("latest", "none"):
         try:
@@ -70,8 +72,9 @@ def _pick_experiment(client, experiment: str | None, grid: str | None):
         runs = tracking.find_runs(flt, max_results=1)  # newest first, across every experiment
         if runs:
             return client.get_experiment(runs[0].info.experiment_id)
-    raise CompareError(f"no pretrain or finetune run to compare; {tracking.store_hint()}; "
-                       "or run `make run` / `fashion grid` first")
+    raise CompareError(
+        f"no pretrain or finetune run to compare; {tracking.store_hint()}; or run `make run` / `fashion grid` first"
+    )
 
 
 # Logged params that do not make another configuration of a technique: the seed (a row holds its seeds)
@@ -114,13 +117,18 @@ def config_label(configs: Sequence[Mapping[str, str]], i: int, max_keys: int = 3
         return ""
     mine = configs[i]
     keys = sorted(k for k in mine if any(k in c and c[k] != mine[k] for c in configs))
-    text = ", ".join(f"{k}={mine[k]}" for k in keys[:max_keys]) + (f", +{len(keys) - max_keys} more"
-                                                                  if len(keys) > max_keys else "")
+    text = ", ".join(f"{k}={mine[k]}" for k in keys[:max_keys]) + (
+        f", +{len(keys) - max_keys} more" if len(keys) > max_keys else ""
+    )
     return text or f"config {i + 1}"
 
 
-def find_runs(experiment: str | None = None, stages: Sequence[str] = STAGES, grid: str | None = "latest",
-              tags: Mapping[str, str] | None = None) -> Scope:
+def find_runs(  # noqa: C901 - one branch per run filter
+    experiment: str | None = None,
+    stages: Sequence[str] = STAGES,
+    grid: str | None = "latest",
+    tags: Mapping[str, str] | None = None,
+) -> Scope:
     """Select the runs of a report through the tracking API.
 
     Args:
@@ -144,15 +152,20 @@ def find_runs(experiment: str | None = None, stages: Sequence[str] = STAGES, gri
     exp = _pick_experiment(client, experiment, grid)
     grid_id = None
     if grid == "latest":
-        latest = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'grid'",
-                                    order_by=["attributes.start_time DESC"], max_results=1)
+        latest = client.search_runs(
+            [exp.experiment_id],
+            filter_string="tags.stage = 'grid'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         grid_id = latest[0].info.run_id if latest else None
     elif grid and grid != "none":
         try:
             run = client.get_run(grid)
         except Exception:
-            raise CompareError(f"--grid {grid}: no such run in {tracking_uri()}; "
-                               "use latest, a grid run id, or none") from None
+            raise CompareError(
+                f"--grid {grid}: no such run in {tracking_uri()}; use latest, a grid run id, or none"
+            ) from None
         if run.data.tags.get("stage") != "grid":
             raise CompareError(f"--grid {grid}: a {run.data.tags.get('stage', 'untagged')} run, not a grid run")
         grid_id = grid
@@ -165,9 +178,12 @@ def find_runs(experiment: str | None = None, stages: Sequence[str] = STAGES, gri
                 runs.append(run)
     else:
         for stage in stages:
-            runs += client.search_runs([exp.experiment_id], filter_string=" and ".join([f"tags.stage = '{stage}'"]
-                                                                                      + clauses),
-                                       order_by=["attributes.start_time DESC"], max_results=5000)
+            runs += client.search_runs(
+                [exp.experiment_id],
+                filter_string=" and ".join([f"tags.stage = '{stage}'"] + clauses),
+                order_by=["attributes.start_time DESC"],
+                max_results=5000,
+            )
     runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
     kept, left = [], []
     # Runs on other data (another split or top-k) are not comparable: keep the digest most runs share
@@ -188,17 +204,31 @@ def find_runs(experiment: str | None = None, stages: Sequence[str] = STAGES, gri
         elif key in seen:
             reason = f"superseded by the newer run {seen[key]}"
         if reason:
-            left.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "stage": key[0], "technique": key[1],
-                         "seed": key[3], "reason": reason})
+            left.append(
+                {
+                    "run_id": r.info.run_id,
+                    "run_name": r.info.run_name,
+                    "stage": key[0],
+                    "technique": key[1],
+                    "seed": key[3],
+                    "reason": reason,
+                }
+            )
         else:
             seen[key] = r.info.run_id
             kept.append(r)
     if not kept:
         where = f"grid {grid_id}" if grid_id else f"experiment {exp.name!r}"
-        raise CompareError(f"no finished {'/'.join(stages)} run in {where} matches"
-                           + (f" the tags {dict(tags)}" if tags else "")
-                           + ("; --grid none compares every run of the experiment" if grid_id else ""))
+        raise CompareError(
+            f"no finished {'/'.join(stages)} run in {where} matches"
+            + (f" the tags {dict(tags)}" if tags else "")
+            + ("; --grid none compares every run of the experiment" if grid_id else "")
+        )
     left_out = pd.DataFrame(left, columns=["run_id", "run_name", "stage", "technique", "seed", "reason"])
-    configs = {r.info.run_id: config_label(groups[(r.data.tags.get("stage"), r.data.tags.get("technique"))],
-                                           group_of[r.info.run_id]) for r in kept}
+    configs = {
+        r.info.run_id: config_label(
+            groups[(r.data.tags.get("stage"), r.data.tags.get("technique"))], group_of[r.info.run_id]
+        )
+        for r in kept
+    }
     return Scope(exp.experiment_id, exp.name, grid_id, kept, left_out, digest, configs)

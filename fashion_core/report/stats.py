@@ -10,12 +10,13 @@ would treat one test set as three). docs/report-statistics.md says how every fig
 The model is rliable's practice for comparing learning algorithms (stratified bootstrap intervals,
 probability of improvement), with classes in the role of its tasks and seeds in the role of its runs.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ ALPHA = 0.05
 
 
 # ---------------------------------------------------------------- one stage's shared test images
+
 
 @dataclass
 class StageSample:
@@ -43,8 +45,9 @@ class StageSample:
     n_boot: int
 
     @classmethod
-    def build(cls, ids: np.ndarray, labels: Sequence[str], classes: Sequence[str], n_boot: int = 1000,
-              seed: int = 0) -> "StageSample":
+    def build(
+        cls, ids: np.ndarray, labels: Sequence[str], classes: Sequence[str], n_boot: int = 1000, seed: int = 0
+    ) -> StageSample:
         """Draw the shared resamples of a stage's test set (class by class, in ``classes`` order)."""
         classes = list(classes)
         index = {c: i for i, c in enumerate(classes)}
@@ -97,6 +100,7 @@ class StageSample:
 
 # ---------------------------------------------------------------- a row: the seeds of one configuration
 
+
 def seed_draws(n_seeds: int, n_boot: int, seed: int = 1) -> np.ndarray:
     """(B, S) seed indices drawn with replacement (the seed level of the bootstrap); one seed: all zeros."""
     if n_seeds == 1:
@@ -121,11 +125,13 @@ def seed_mean_interval(run_reps: np.ndarray, alpha: float = ALPHA, seed: int = 1
         run_reps = run_reps[:, None]
     if run_reps.size == 0:
         return float("nan"), float("nan")
-    return M.percentile_interval(seed_mean_replicates(run_reps, seed_draws(run_reps.shape[1], len(run_reps), seed)),
-                                 alpha)
+    return M.percentile_interval(
+        seed_mean_replicates(run_reps, seed_draws(run_reps.shape[1], len(run_reps), seed)), alpha
+    )
 
 
 # ---------------------------------------------------------------- two rows: a paired comparison
+
 
 def exact_sign_test(b: int, c: int) -> float:
     """Two-sided exact binomial test of b successes against c (p = 1/2): exact McNemar on discordant pairs.
@@ -135,7 +141,7 @@ def exact_sign_test(b: int, c: int) -> float:
     n, k = int(b) + int(c), min(int(b), int(c))
     if n == 0:
         return 1.0
-    tail = Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2 ** n)
+    tail = Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)
     return float(min(Fraction(1), 2 * tail))
 
 
@@ -212,15 +218,33 @@ def compare_pair(sample: StageSample, a: Row, b: Row, seed: int = 1, alpha: floa
         pos = sample.members[c]
         sa, sb = np.nanmean(a.hits1[pos], axis=1), np.nanmean(b.hits1[pos], axis=1)  # per image, mean over seeds
         n_ab, n_ba = int((sa > sb).sum()), int((sb > sa).sum())
-        rows.append({"class": sample.classes[c], "n_test": len(pos), "top1_a": float(pa[c].mean()),
-                     "top1_b": float(pb[c].mean()), "diff": float(pa[c].mean() - pb[c].mean()),
-                     "a_only": n_ab, "b_only": n_ba, "p": exact_sign_test(n_ab, n_ba)})
+        rows.append(
+            {
+                "class": sample.classes[c],
+                "n_test": len(pos),
+                "top1_a": float(pa[c].mean()),
+                "top1_b": float(pb[c].mean()),
+                "diff": float(pa[c].mean() - pb[c].mean()),
+                "a_only": n_ab,
+                "b_only": n_ba,
+                "p": exact_sign_test(n_ab, n_ba),
+            }
+        )
     per_class = pd.DataFrame(rows, columns=["class", "n_test", "top1_a", "top1_b", "diff", "a_only", "b_only", "p"])
     per_class["p_holm"] = holm(per_class["p"].to_numpy()) if len(per_class) else []
     per_class["beyond_chance"] = per_class["p_holm"] < alpha
-    summary = {"a": a.name, "b": b.name, "diff": diff, "diff_lo": lo, "diff_hi": hi, "poi": poi, "poi_lo": poi_lo,
-               "poi_hi": poi_hi, "n_classes": int(ev.sum()),
-               "n_better": int((per_class["beyond_chance"] & (per_class["diff"] > 0)).sum()),
-               "n_worse": int((per_class["beyond_chance"] & (per_class["diff"] < 0)).sum()),
-               "indistinguishable": bool(lo <= 0 <= hi) if lo == lo else True}
+    summary = {
+        "a": a.name,
+        "b": b.name,
+        "diff": diff,
+        "diff_lo": lo,
+        "diff_hi": hi,
+        "poi": poi,
+        "poi_lo": poi_lo,
+        "poi_hi": poi_hi,
+        "n_classes": int(ev.sum()),
+        "n_better": int((per_class["beyond_chance"] & (per_class["diff"] > 0)).sum()),
+        "n_worse": int((per_class["beyond_chance"] & (per_class["diff"] < 0)).sum()),
+        "indistinguishable": bool(lo <= 0 <= hi) if lo == lo else True,
+    }
     return summary, per_class

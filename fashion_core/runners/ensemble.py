@@ -19,6 +19,7 @@ model of its own: its members are the models.
 
     fashion ensemble <image run id> <meta_only run id> --data /path/to/fashion-product-images-small.tar.gz
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -27,25 +28,20 @@ import time
 import numpy as np
 import pandas as pd
 
-from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig
-from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
 from fashion_core.data.prepared import prepare_data
 from fashion_core.data.stage import build_stage_data
 from fashion_core.engine.devices import pick_device
 from fashion_core.engine.train import predict_scores
+from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
 from fashion_core.fusion.modules import FusedNet
 from fashion_core.fusion.plan import stage_rows
 from fashion_core.runners.prepare import log_dataset_input
-from fashion_core.tracking.references import load_run_model
-from fashion_core.tracking.references import resolve_model_uri
+from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.references import load_run_model, resolve_model_uri
 from fashion_core.tracking.runs import run_inputs
-from fashion_core.tracking.test_reads import deferred_line
-from fashion_core.tracking.test_reads import log_test
-from fashion_core.tracking.test_reads import scores_test
-from fashion_core.tracking.test_reads import selection_tags
-from fashion_core.tracking.test_reads import test_summary
+from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
 ENSEMBLE_TAG = "ensemble_of"  # run tag: the member run ids, comma-separated
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
@@ -75,17 +71,25 @@ def check_members(runs: list) -> None:
         if r.info.status != "FINISHED":
             raise ConfigError(f"run {r.info.run_id} is {r.info.status}, not FINISHED")
         if t.get("stage") not in ("pretrain", "finetune"):
-            raise ConfigError(f"run {r.info.run_id} is a {t.get('stage', 'untagged')} run, not a pretrain or "
-                              "finetune run")
+            raise ConfigError(
+                f"run {r.info.run_id} is a {t.get('stage', 'untagged')} run, not a pretrain or finetune run"
+            )
         if t.get("zero_shot") == "true" or t.get(ENSEMBLE_TAG):
-            kind = "a zero-shot run (it scores classes without training images)" if t.get("zero_shot") == "true" \
+            kind = (
+                "a zero-shot run (it scores classes without training images)"
+                if t.get("zero_shot") == "true"
                 else "itself an ensemble"
-            raise ConfigError(f"run {r.info.run_id} is {kind}; combine a network with the metadata-only baseline "
-                              "or with another network")
+            )
+            raise ConfigError(
+                f"run {r.info.run_id} is {kind}; combine a network with the metadata-only baseline "
+                "or with another network"
+            )
     for key in SAME_KEYS:
         if a.data.tags.get(key) != b.data.tags.get(key):
-            raise ConfigError(f"the runs differ in {key}: {a.data.tags.get(key)} ({a.info.run_id[:8]}) vs "
-                              f"{b.data.tags.get(key)} ({b.info.run_id[:8]})")
+            raise ConfigError(
+                f"the runs differ in {key}: {a.data.tags.get(key)} ({a.info.run_id[:8]}) vs "
+                f"{b.data.tags.get(key)} ({b.info.run_id[:8]})"
+            )
 
 
 def _member_scores(run, p, stage: str, sd, splits=("val", "test")) -> dict:
@@ -98,8 +102,8 @@ def _member_scores(run, p, stage: str, sd, splits=("val", "test")) -> dict:
 
     run_id = run.info.run_id
     if run.data.tags.get("baseline") == "metadata_only":
-        from fashion_core.runners.metadata_only import load_metadata_baseline
         from fashion_core.fusion.metadata_only import class_scores, features
+        from fashion_core.runners.metadata_only import load_metadata_baseline
 
         clf, vocab, classes = load_metadata_baseline(run_id)
         out = {}
@@ -127,8 +131,7 @@ def _class_mean(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return class_mean_accuracy(labels[ok], topk_predictions(scores[ok]))
 
 
-def choose_weight(a: np.ndarray, b: np.ndarray, labels: np.ndarray,
-                  weights=WEIGHTS) -> tuple[float, pd.DataFrame]:
+def choose_weight(a: np.ndarray, b: np.ndarray, labels: np.ndarray, weights=WEIGHTS) -> tuple[float, pd.DataFrame]:
     """The weight of ``b`` with the best class-mean Top-1 of ``a + w b`` on these rows (ties: the smaller)."""
     rows = []
     for w in weights:
@@ -184,8 +187,16 @@ def _common_parent(runs: list) -> str | None:
     return parents.pop() if len(parents) == 1 else None
 
 
-def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None = "auto", seed: int | None = None,
-                 weights=WEIGHTS, prepared=None, log=print) -> str:
+def run_ensemble(
+    members: list[str],
+    data: str | None,
+    *,
+    grid_run: str | None = "auto",
+    seed: int | None = None,
+    weights=WEIGHTS,
+    prepared=None,
+    log=print,
+) -> str:
     """Combine two finished runs of one stage (weight chosen on validation), score test once, log one run.
 
     Args:
@@ -221,10 +232,15 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     check_members(runs)
     configs = [_run_config(r.info.run_id) for r in runs]
     if configs[0].get("data") != configs[1].get("data"):
-        diff = sorted(k for k in set(configs[0].get("data", {})) | set(configs[1].get("data", {}))
-                      if configs[0].get("data", {}).get(k) != configs[1].get("data", {}).get(k))
-        raise ConfigError(f"the runs were trained on different splits (data.{', data.'.join(diff)} differ): "
-                          "validation would hold images one of them trained on")
+        diff = sorted(
+            k
+            for k in set(configs[0].get("data", {})) | set(configs[1].get("data", {}))
+            if configs[0].get("data", {}).get(k) != configs[1].get("data", {}).get(k)
+        )
+        raise ConfigError(
+            f"the runs were trained on different splits (data.{', data.'.join(diff)} differ): "
+            "validation would hold images one of them trained on"
+        )
     stage = runs[0].data.tags["stage"]
     if seed is None:  # the network's seed; the metadata-only model is deterministic
         nets = [c for r, c in zip(runs, configs) if r.data.tags.get("baseline") != "metadata_only"] or configs
@@ -239,17 +255,23 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     else:
         p_rows = p
     if p.digest != runs[0].data.tags.get("dataset_digest"):
-        raise ConfigError(f"--data gives dataset digest {p.digest}, the runs were trained on "
-                          f"{runs[0].data.tags.get('dataset_digest')}: give the dataset they were trained on")
+        raise ConfigError(
+            f"--data gives dataset digest {p.digest}, the runs were trained on "
+            f"{runs[0].data.tags.get('dataset_digest')}: give the dataset they were trained on"
+        )
     sd = build_stage_data(p_rows, stage)
     scored = []
     for r in runs:
-        log(f"scoring {r.data.tags.get('technique')} ({r.info.run_id[:8]}) on validation"
-            + ("" if selection else " and test"))
+        log(
+            f"scoring {r.data.tags.get('technique')} ({r.info.run_id[:8]}) on validation"
+            + ("" if selection else " and test")
+        )
         s = _member_scores(r, p_rows, stage, sd, ("val",) if selection else ("val", "test"))
         if s["classes"] != sd.classes:
-            raise ConfigError(f"run {r.info.run_id} predicts other classes than the {stage} stage's "
-                              f"{len(sd.classes)}; was it trained on another split?")
+            raise ConfigError(
+                f"run {r.info.run_id} predicts other classes than the {stage} stage's "
+                f"{len(sd.classes)}; was it trained on another split?"
+            )
         scored.append({k: np.maximum(v, FLOOR) for k, v in s.items() if k != "classes"})
     names = tuple(r.data.tags.get("technique", r.info.run_id[:8]) for r in runs)
     y_val = sd.val.labels.numpy()
@@ -259,34 +281,65 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
     member_val = [_class_mean(y_val, s["val"])[0] for s in scored]
     val1, val5 = _class_mean(y_val, scored[0]["val"] + w * scored[1]["val"])
     honest = crossfit(scored[0]["val"], scored[1]["val"], y_val, seed, weights)
-    log(f"ensemble {names[0]} + w {names[1]}: validation class-mean top-1 {val1:.4f} at w={w:g}, alone "
+    log(
+        f"ensemble {names[0]} + w {names[1]}: validation class-mean top-1 {val1:.4f} at w={w:g}, alone "
         f"{member_val[0]:.4f} / {member_val[1]:.4f}; cross-fitted halves {honest['ensemble']:.4f}, alone "
-        f"{honest['a']:.4f} / {honest['b']:.4f}")
+        f"{honest['a']:.4f} / {honest['b']:.4f}"
+    )
     tracking.set_experiment(client.get_experiment(runs[0].info.experiment_id).name)  # the members' experiment
     parent = _common_parent(runs) if grid_run == "auto" else (None if grid_run in (None, "", "none") else grid_run)
     technique = f"{names[0]}+{names[1]}"
     seen = sorted({x for r in runs for x in run_inputs(r.data.tags).split("+")}, key=("image", "metadata").index)
-    tags = {ENSEMBLE_TAG: ",".join(r.info.run_id for r in runs), "seed": seed, "device": "cpu",
-            "leaky": str(any(r.data.tags.get("leaky") == "true" for r in runs)).lower(),
-            "transfer": ",".join(filter(None, (r.data.tags.get("transfer", "") for r in runs  # the networks' only
-                                               if r.data.tags.get("baseline") != "metadata_only"))),
-            "ensemble_inputs": "+".join(seen),
-            "fusion_inputs": ",".join(dict.fromkeys(
-                x for r in runs for x in (r.data.tags.get("fusion_inputs") or "image").split(",") if x)),
-            **selection_tags(selection)}
-    config = {"stage": stage, "technique": technique, "data": configs[0]["data"],
-              "ensemble": {"members": [r.info.run_id for r in runs], "techniques": list(names),
-                           "weights": [float(x) for x in weights], "rule": "log p_a + w log p_b, w by val top-1"}}
-    with tracking.start_run(stage, technique, p.digest, run_name=f"{technique} · s{seed}", config=config,
-                            tags=tags, parent_run_id=parent) as run:
+    tags = {
+        ENSEMBLE_TAG: ",".join(r.info.run_id for r in runs),
+        "seed": seed,
+        "device": "cpu",
+        "leaky": str(any(r.data.tags.get("leaky") == "true" for r in runs)).lower(),
+        "transfer": ",".join(
+            filter(
+                None,
+                (
+                    r.data.tags.get("transfer", "")
+                    for r in runs  # the networks' only
+                    if r.data.tags.get("baseline") != "metadata_only"
+                ),
+            )
+        ),
+        "ensemble_inputs": "+".join(seen),
+        "fusion_inputs": ",".join(
+            dict.fromkeys(x for r in runs for x in (r.data.tags.get("fusion_inputs") or "image").split(",") if x)
+        ),
+        **selection_tags(selection),
+    }
+    config = {
+        "stage": stage,
+        "technique": technique,
+        "data": configs[0]["data"],
+        "ensemble": {
+            "members": [r.info.run_id for r in runs],
+            "techniques": list(names),
+            "weights": [float(x) for x in weights],
+            "rule": "log p_a + w log p_b, w by val top-1",
+        },
+    }
+    with tracking.start_run(
+        stage, technique, p.digest, run_name=f"{technique} · s{seed}", config=config, tags=tags, parent_run_id=parent
+    ) as run:
         run_id = run.info.run_id
         log_dataset_input(p, stage)
-        tracking.log_metrics({"n_classes": len(sd.classes), "n_val_images": len(sd.val),
-                              **({} if selection else {"n_test_images": len(sd.test)}), "ensemble_weight": w,
-                              "val_top1_mean_crossfit": honest["ensemble"],
-                              "val_top1_mean_crossfit_member_a": honest["a"],
-                              "val_top1_mean_crossfit_member_b": honest["b"],
-                              "val_top1_mean_member_a": member_val[0], "val_top1_mean_member_b": member_val[1]})
+        tracking.log_metrics(
+            {
+                "n_classes": len(sd.classes),
+                "n_val_images": len(sd.val),
+                **({} if selection else {"n_test_images": len(sd.test)}),
+                "ensemble_weight": w,
+                "val_top1_mean_crossfit": honest["ensemble"],
+                "val_top1_mean_crossfit_member_a": honest["a"],
+                "val_top1_mean_crossfit_member_b": honest["b"],
+                "val_top1_mean_member_a": member_val[0],
+                "val_top1_mean_member_b": member_val[1],
+            }
+        )
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
         tracking.log_frame(curve, "ensemble/weights.csv")
         with tempfile.TemporaryDirectory() as d:
@@ -297,6 +350,12 @@ def run_ensemble(members: list[str], data: str | None, *, grid_run: str | None =
         if not selection:
             test_metrics = log_test(run_id, sd, scored[0]["test"] + w * scored[1]["test"], seed)
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
-        log(f"{stage} run {run_id} ({technique}, w={w:g}): " + (test_summary(stage, technique, test_metrics)
-            if not selection else deferred_line(stage, technique, run_id, val1)))
+        log(
+            f"{stage} run {run_id} ({technique}, w={w:g}): "
+            + (
+                test_summary(stage, technique, test_metrics)
+                if not selection
+                else deferred_line(stage, technique, run_id, val1)
+            )
+        )
     return run_id

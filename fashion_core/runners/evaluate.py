@@ -10,35 +10,29 @@ is evaluated once: a second ``fashion evaluate`` of it is refused.
 
     fashion evaluate <run id> --data ../shared/data/fashion-product-images-small.tar.gz
 """
+
 from __future__ import annotations
 
 import tempfile
 
 import numpy as np
 
-from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig
-from fashion_core.tracking.test_reads import SCORED_BY_TAG, already_read, log_test, test_summary
 from fashion_core.data.prepared import prepare_data
 from fashion_core.data.stage import build_stage_data
 from fashion_core.engine.devices import pick_device
 from fashion_core.engine.train import predict_scores
 from fashion_core.fusion.encoders import TEXT_FIELD
-from fashion_core.fusion.metadata_only import class_scores
-from fashion_core.fusion.metadata_only import features
+from fashion_core.fusion.metadata_only import class_scores, features
 from fashion_core.fusion.modules import FusedNet
 from fashion_core.fusion.plan import stage_rows
-from fashion_core.runners.ensemble import ENSEMBLE_TAG
-from fashion_core.runners.ensemble import FLOOR
-from fashion_core.runners.ensemble import _member_scores
-from fashion_core.runners.ensemble import _run_config
+from fashion_core.runners.ensemble import ENSEMBLE_TAG, FLOOR, _member_scores, _run_config
 from fashion_core.runners.metadata_only import load_metadata_baseline
-from fashion_core.runners.zeroshot import STATE_ARTIFACT
-from fashion_core.runners.zeroshot import ZERO_SHOT_TAG
-from fashion_core.runners.zeroshot import gzsl_extra
-from fashion_core.tracking.references import load_run_model
-from fashion_core.tracking.references import resolve_model_uri
+from fashion_core.runners.zeroshot import STATE_ARTIFACT, ZERO_SHOT_TAG, gzsl_extra
+from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.references import load_run_model, resolve_model_uri
+from fashion_core.tracking.test_reads import SCORED_BY_TAG, already_read, log_test, test_summary
 from fashion_core.tracking.versions import git_commit
 from fashion_core.zeroshot.head import ZeroShotHead
 from fashion_core.zeroshot.names import candidate_classes
@@ -47,6 +41,7 @@ EVALUATED_COMMIT_TAG = "test_evaluated_commit"
 
 
 # ---------------------------------------------------------------- fashion evaluate
+
 
 def _scores_network(run, p, stage: str, device: str):
     """(stage data, test scores) of a network run, from its logged state dict."""
@@ -77,8 +72,9 @@ def _scores_zeroshot(run, p, stage: str):
 
     clf, vocab, classes = load_metadata_baseline(run.info.run_id)
     with tempfile.TemporaryDirectory() as d:
-        head = ZeroShotHead.from_dict(json.loads(tracking.download_artifact(run.info.run_id, STATE_ARTIFACT,
-                                                                           d).read_text()))
+        head = ZeroShotHead.from_dict(
+            json.loads(tracking.download_artifact(run.info.run_id, STATE_ARTIFACT, d).read_text())
+        )
     cands = candidate_classes(p.splits, stage)
     sd = build_stage_data(p, stage, classes=cands)
     _same_classes(run, cands, list(classes))
@@ -105,8 +101,10 @@ def _scores_ensemble(run, p, stage: str):
 
 def _same_classes(run, expected: list[str], got: list[str]) -> None:
     if list(got) != list(expected):
-        raise ConfigError(f"run {run.info.run_id} predicts other classes than its stage's {len(expected)} on this "
-                          "data; was it trained on another split?")
+        raise ConfigError(
+            f"run {run.info.run_id} predicts other classes than its stage's {len(expected)} on this "
+            "data; was it trained on another split?"
+        )
 
 
 def evaluate_run(spec: str, data: str | None, *, device: str = "auto", log=print) -> dict:
@@ -135,17 +133,22 @@ def evaluate_run(spec: str, data: str | None, *, device: str = "auto", log=print
         raise ConfigError(f"run {run_id} is {run.info.status}, not FINISHED: only a finished run is evaluated")
     stage = t.get("stage")
     if stage not in ("pretrain", "finetune"):
-        raise ConfigError(f"run {run_id} is a {stage or 'untagged'} run; fashion evaluate takes a pretrain or "
-                          "finetune run")
+        raise ConfigError(
+            f"run {run_id} is a {stage or 'untagged'} run; fashion evaluate takes a pretrain or finetune run"
+        )
     if already_read(run):
-        raise ConfigError(f"run {run_id} has already scored test ({t.get(SCORED_BY_TAG) or 'at its end'}); "
-                          "a run reads its test split once")
+        raise ConfigError(
+            f"run {run_id} has already scored test ({t.get(SCORED_BY_TAG) or 'at its end'}); "
+            "a run reads its test split once"
+        )
     config = _run_config(run_id)
     base = ExperimentConfig(stage=stage).replace(**{f"data.{k}": v for k, v in (config.get("data") or {}).items()})
     p = prepare_data(data, base.data, log=log)
     if p.digest != t.get("dataset_digest"):
-        raise ConfigError(f"--data gives dataset digest {p.digest}, run {run_id} was trained on "
-                          f"{t.get('dataset_digest')}: give the dataset it was trained on")
+        raise ConfigError(
+            f"--data gives dataset digest {p.digest}, run {run_id} was trained on "
+            f"{t.get('dataset_digest')}: give the dataset it was trained on"
+        )
     seed = int(t.get("seed", (config.get("train") or {}).get("seed", 0)))
     extra = None
     if t.get(ENSEMBLE_TAG):

@@ -17,6 +17,7 @@ keys: ``data.*``, ``fusion.fields``, ``fusion.leaky_fields``, ``fusion.text_buck
 
     fashion pretrain --technique meta_only --data /path/to/fashion-product-images-small.tar.gz
 """
+
 from __future__ import annotations
 
 import json
@@ -27,24 +28,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import LOGREG_C_GRID, ConfigError
 from fashion_core.config.schema import ExperimentConfig, to_dict
-from fashion_core.fusion.encoders import TEXT_FIELD, MetaVocab
-from fashion_core.fusion.plan import stage_rows
-from fashion_core.fusion.metadata_only import STATE_ARTIFACT, WEIGHTS_ARTIFACT, baseline_from_folder, class_scores, features
-from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
-from fashion_core.serving.predict import registered_name
-from fashion_core.tracking.runs import run_name
 from fashion_core.data.stage import build_stage_data
-from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
-from fashion_core.fusion.metadata_only import fit_logreg
+from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
+from fashion_core.fusion.encoders import TEXT_FIELD, MetaVocab
+from fashion_core.fusion.metadata_only import (
+    STATE_ARTIFACT,
+    WEIGHTS_ARTIFACT,
+    baseline_from_folder,
+    class_scores,
+    features,
+    fit_logreg,
+)
+from fashion_core.fusion.plan import stage_rows
 from fashion_core.runners.prepare import log_dataset_input
-from fashion_core.serving.predict import log_product_model
+from fashion_core.serving.predict import log_product_model, registered_name
+from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.runs import run_name
+from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
 BASELINE_TAG = "metadata_only"  # value of the ``baseline`` tag
-
-
 
 
 def _split_rows(p, sd, name: str) -> pd.DataFrame:
@@ -52,8 +56,15 @@ def _split_rows(p, sd, name: str) -> pd.DataFrame:
     return stage_rows(p, sd.frame.loc[sd.frame["split"] == name, "id"])
 
 
-def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None = None, tags: dict | None = None,
-                          register: bool = True, log=print) -> str:
+def run_metadata_baseline(
+    cfg: ExperimentConfig,
+    p,
+    *,
+    parent_run_id: str | None = None,
+    tags: dict | None = None,
+    register: bool = True,
+    log=print,
+) -> str:
     """Fit, select (on validation), evaluate (on test) and log the metadata-only baseline as one run.
 
     Args:
@@ -96,47 +107,99 @@ def run_metadata_baseline(cfg: ExperimentConfig, p, *, parent_run_id: str | None
     search, best = [], None
     for c in grid:
         clf, converged = fit_logreg(x_train, y_train, c, class_weight, cfg.train.seed)
-        v1, v5 = class_mean_accuracy(y_val, topk_predictions(class_scores(clf, x_val, n))) if len(y_val) else (np.nan, np.nan)
+        v1, v5 = (
+            class_mean_accuracy(y_val, topk_predictions(class_scores(clf, x_val, n)))
+            if len(y_val)
+            else (np.nan, np.nan)
+        )
         search.append({"C": c, "val_top1_mean": v1, "val_top5_mean": v5, "converged": converged})
-        log(f"logreg C={c:g}: val class-mean top-1 {v1:.4f}  top-5 {v5:.4f}" + ("" if converged else "  (not converged)"))
+        log(
+            f"logreg C={c:g}: val class-mean top-1 {v1:.4f}  top-5 {v5:.4f}"
+            + ("" if converged else "  (not converged)")
+        )
         if best is None or v1 > best[1]:
             best = (clf, v1, v5, c, converged)
     clf, val1, val5, c_best, converged = best
     inputs = vocab.fields + ([TEXT_FIELD] if vocab.text else [])
-    all_tags = {"leaky": str(cfg.fusion.leaky).lower(), "seed": cfg.train.seed, "device": "cpu",
-                "transfer": cfg.transfer.method if cfg.stage == "finetune" else "", "baseline": BASELINE_TAG,
-                "fusion": cfg.fusion.mode, "fusion_inputs": ",".join(inputs), **selection_tags(selection),
-                **(tags or {})}
+    all_tags = {
+        "leaky": str(cfg.fusion.leaky).lower(),
+        "seed": cfg.train.seed,
+        "device": "cpu",
+        "transfer": cfg.transfer.method if cfg.stage == "finetune" else "",
+        "baseline": BASELINE_TAG,
+        "fusion": cfg.fusion.mode,
+        "fusion_inputs": ",".join(inputs),
+        **selection_tags(selection),
+        **(tags or {}),
+    }
     if cfg.fusion.leaky:
         log(f"LEAKY: {', '.join(cfg.fusion.leaky_fields)} are model inputs; the run is tagged leaky=true")
-    with tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg),
-                            tags=all_tags, description=cfg.description or None, parent_run_id=parent_run_id) as run:
+    with tracking.start_run(
+        cfg.stage,
+        cfg.technique,
+        p.digest,
+        run_name=run_name(cfg),
+        config=to_dict(cfg),
+        tags=all_tags,
+        description=cfg.description or None,
+        parent_run_id=parent_run_id,
+    ) as run:
         run_id = run.info.run_id
         log_dataset_input(p, cfg.stage)
-        log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): metadata-only logistic regression on {', '.join(inputs)}; "
+        log(
+            f"{cfg.stage} run {run_id} ({run_name(cfg)}): metadata-only logistic regression on {', '.join(inputs)}; "
             f"{n} classes, {len(sd.train)} train / {len(sd.val)} val / {len(sd.test)} test rows, "
-            f"{x_train.shape[1]} features, C={c_best:g}")
-        tracking.log_metrics({"n_classes": n, "n_train_images": len(sd.train), "n_val_images": len(sd.val),
-                              **({} if selection else {"n_test_images_learnable": len(sd.test)}),
-                              "n_features": x_train.shape[1],
-                              "n_params": int(clf.coef_.size + clf.intercept_.size), "logreg_c": c_best,
-                              "logreg_converged": float(converged)})
+            f"{x_train.shape[1]} features, C={c_best:g}"
+        )
+        tracking.log_metrics(
+            {
+                "n_classes": n,
+                "n_train_images": len(sd.train),
+                "n_val_images": len(sd.val),
+                **({} if selection else {"n_test_images_learnable": len(sd.test)}),
+                "n_features": x_train.shape[1],
+                "n_params": int(clf.coef_.size + clf.intercept_.size),
+                "logreg_c": c_best,
+                "logreg_converged": float(converged),
+            }
+        )
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
         mlflow.log_dict({"classes": sd.classes, "test_only": sd.test_only}, "classes.json")
         tracking.log_frame(pd.DataFrame(search), "baseline/c_search.csv")
         if not selection:
             x_test = features(vocab, _split_rows(p, sd, "test"))
             test_metrics = log_test(run_id, sd, class_scores(clf, x_test, n), cfg.train.seed)
-        _log_model(clf, vocab, c_best, sd.classes, registered_name(cfg.stage, "metadata") if register else None,
-                   val1 if val1 == val1 else -1.0, log)
+        _log_model(
+            clf,
+            vocab,
+            c_best,
+            sd.classes,
+            registered_name(cfg.stage, "metadata") if register else None,
+            val1 if val1 == val1 else -1.0,
+            log,
+        )
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
-        log((test_summary(cfg.stage, cfg.technique, test_metrics) if not selection
-             else deferred_line(cfg.stage, cfg.technique, run_id, val1)) + ("  LEAKY" if cfg.fusion.leaky else ""))
+        log(
+            (
+                test_summary(cfg.stage, cfg.technique, test_metrics)
+                if not selection
+                else deferred_line(cfg.stage, cfg.technique, run_id, val1)
+            )
+            + ("  LEAKY" if cfg.fusion.leaky else "")
+        )
     return run_id
 
 
-def _log_model(clf, vocab: MetaVocab, c: float, classes: list[str], register: str | None = None,
-               val_score: float = -1.0, log=print, extra: dict[str, dict] | None = None) -> None:
+def _log_model(
+    clf,
+    vocab: MetaVocab,
+    c: float,
+    classes: list[str],
+    register: str | None = None,
+    val_score: float = -1.0,
+    log=print,
+    extra: dict[str, dict] | None = None,
+) -> None:
     """The fitted model without pickles (vocabularies and settings as JSON, coefficients as ``.npz``), and the same
     files as an MLflow pyfunc model (catalogue fields in), registered as ``register`` when given. ``extra``: more
     JSON files of the checkpoint folder by file name (the zero-shot head).
@@ -146,8 +209,13 @@ def _log_model(clf, vocab: MetaVocab, c: float, classes: list[str], register: st
     """
     import mlflow
 
-    state = {"kind": "logistic_regression", "C": c, "classes": classes, "vocab": vocab.to_dict(),
-             "model_classes": [int(k) for k in clf.classes_]}
+    state = {
+        "kind": "logistic_regression",
+        "C": c,
+        "classes": classes,
+        "vocab": vocab.to_dict(),
+        "model_classes": [int(k) for k in clf.classes_],
+    }
     with tempfile.TemporaryDirectory() as d:
         Path(d, Path(STATE_ARTIFACT).name).write_text(json.dumps(state))
         np.savez_compressed(Path(d, Path(WEIGHTS_ARTIFACT).name), coef=clf.coef_, intercept=clf.intercept_)
@@ -167,5 +235,7 @@ def load_metadata_baseline(run_id: str):
             folder = tracking.download_artifact(run_id, STATE_ARTIFACT, d).parent
             tracking.download_artifact(run_id, WEIGHTS_ARTIFACT, d)
         except Exception as e:
-            raise ConfigError(f"run {run_id} has no metadata baseline ({STATE_ARTIFACT}, {WEIGHTS_ARTIFACT}): {e}") from None
+            raise ConfigError(
+                f"run {run_id} has no metadata baseline ({STATE_ARTIFACT}, {WEIGHTS_ARTIFACT}): {e}"
+            ) from None
         return baseline_from_folder(folder)

@@ -7,6 +7,7 @@ once on test, and log config, per-epoch metrics, ``eval/`` artifacts, checkpoint
     fashion pretrain --technique baseline --profile quick --data /path/to/fashion-product-images-small.tar.gz
     fashion finetune --technique finetune --from latest --profile quick
 """
+
 from __future__ import annotations
 
 import json
@@ -17,32 +18,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashion_core.config.checks import ConfigError
+from fashion_core.config.schema import ExperimentConfig, to_dict
+from fashion_core.data.loader import TensorData, batches, to_float
+from fashion_core.data.prepared import Prepared, prepare_data, without_test
+from fashion_core.data.sources import cache_root
+from fashion_core.data.stage import ExtrasFn, StageData, build_stage_data
 from fashion_core.engine import distributed
+from fashion_core.engine.devices import pick_device, to_preferred_layout
+from fashion_core.engine.train import evaluate, fit, load_checkpoint, load_error, predict_scores
 from fashion_core.fusion.meta import model_meta
 from fashion_core.fusion.modules import param_groups, wrap_criterion
 from fashion_core.fusion.plan import FusionPlan, plan_stage, run_tags
-from fashion_core.tracking import runs as tracking
-from fashion_core.config.checks import ConfigError
-from fashion_core.config.schema import ExperimentConfig, to_dict
-from fashion_core.data.prepared import Prepared, prepare_data
-from fashion_core.data.loader import TensorData
-from fashion_core.data.sources import cache_root
 from fashion_core.losses import build_loss
-from fashion_core.tracking.references import SourceError, load_run_model, resolve_source
-from fashion_core.tracking.split_check import check_source_split
-from fashion_core.models.network import PRETRAIN_POLICY, FashionNet, TransferPolicy, build_model, transfer_policy
 from fashion_core.models.heads import NCMHead, imprint_weights
+from fashion_core.models.network import PRETRAIN_POLICY, FashionNet, TransferPolicy, build_model, transfer_policy
 from fashion_core.runners.prepare import log_dataset_input
 from fashion_core.serving.predict import ServingModel, log_product_model, registered_name, set_best_alias
+from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.references import SourceError, load_run_model, resolve_source
 from fashion_core.tracking.runs import run_name
-from fashion_core.data.stage import ExtrasFn, StageData, build_stage_data
+from fashion_core.tracking.split_check import check_source_split
 from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
-from fashion_core.data.prepared import without_test
-from fashion_core.engine.train import evaluate, fit, load_checkpoint, load_error, predict_scores
-from fashion_core.engine.devices import pick_device
-from fashion_core.data.loader import batches
-from fashion_core.data.loader import to_float
-from fashion_core.engine.devices import to_preferred_layout
 
 REGISTERED_PRETRAIN = "fashion-pretrain"
 LAST_ARTIFACT = "checkpoint/last.pt"
@@ -50,20 +47,34 @@ LAST_ARTIFACT = "checkpoint/last.pt"
 
 # ---------------------------------------------------------------- the run
 
+
 @torch.no_grad()
 def embed(model: FashionNet, data: TensorData, device: torch.device, batch_size: int = 512) -> torch.Tensor:
     """Embeddings of every item, unaugmented."""
     model.eval()
     cl = to_preferred_layout(model, device)
     # A fused model's embedding needs the batch's metadata too.
-    out = [(model.forward_features(to_float(b["image"], cl), b) if getattr(model, "uses_batch", False)
-            else model.forward_features(to_float(b["image"], cl))).float().cpu()
-           for b in batches(data, batch_size, shuffle=False, device=device)]
+    out = [
+        (
+            model.forward_features(to_float(b["image"], cl), b)
+            if getattr(model, "uses_batch", False)
+            else model.forward_features(to_float(b["image"], cl))
+        )
+        .float()
+        .cpu()
+        for b in batches(data, batch_size, shuffle=False, device=device)
+    ]
     return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
 
 
-def setup_model(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, dict] | None,
-                device: torch.device, log=print, plan: FusionPlan | None = None) -> tuple[FashionNet, TransferPolicy, float]:
+def setup_model(
+    cfg: ExperimentConfig,
+    sd: StageData,
+    source: tuple[FashionNet, dict] | None,
+    device: torch.device,
+    log=print,
+    plan: FusionPlan | None = None,
+) -> tuple[FashionNet, TransferPolicy, float]:
     """The model a stage trains, its transfer policy, and the backbone lr multiplier.
 
     With a fusion ``plan`` the model is a ``fusion.FusedNet``: the heads (and imprinting / NCM) see the
@@ -105,8 +116,16 @@ def _new_model(cfg: ExperimentConfig, n: int, plan: FusionPlan | None) -> Fashio
 
 def _checkpoint_meta(model: FashionNet, cfg: ExperimentConfig, classes: list[str], extra: dict | None = None) -> dict:
     """What ``model.json`` holds: enough to rebuild the network (``model_from_checkpoint``)."""
-    return {"model": to_dict(cfg.model), "classes": classes, "height": cfg.data.height, "width": cfg.data.width,
-            "head_kind": model.head_kind, "fusion": to_dict(cfg.fusion), **model_meta(model), **(extra or {})}
+    return {
+        "model": to_dict(cfg.model),
+        "classes": classes,
+        "height": cfg.data.height,
+        "width": cfg.data.width,
+        "head_kind": model.head_kind,
+        "fusion": to_dict(cfg.fusion),
+        **model_meta(model),
+        **(extra or {}),
+    }
 
 
 def _write_checkpoint(model: FashionNet, meta: dict, folder: Path) -> None:
@@ -133,8 +152,10 @@ def _log_init(report: dict | None, log=print) -> None:
     source = report.get("source") or {}
     if source:
         mlflow.set_tags({f"init_{k}": v for k, v in source.items()})
-        log(f"initial weights: {source['package']} {source['version']} ({source['file']}, sha256 {source['sha256'][:12]}), "
-            f"{len(report['loaded'])} tensors")
+        log(
+            f"initial weights: {source['package']} {source['version']} ({source['file']}, sha256 {source['sha256'][:12]}), "
+            f"{len(report['loaded'])} tensors"
+        )
 
 
 def _log_missing_epochs(run_id: str, history: list[dict]) -> None:
@@ -159,8 +180,9 @@ def _log_last(ckpt_path: Path) -> None:
         mlflow.log_artifact(str(Path(d) / "last.pt"), "checkpoint")
 
 
-def _log_mlflow_model(model: FashionNet, cfg: ExperimentConfig, classes: list[str], register: str | None,
-                      val_score: float, log=print) -> None:
+def _log_mlflow_model(
+    model: FashionNet, cfg: ExperimentConfig, classes: list[str], register: str | None, val_score: float, log=print
+) -> None:
     """The run's MLflow model: ``mlflow.pytorch`` of a serving wrapper (uint8 NHWC in, probabilities out) for an
     image network; a pyfunc (photo bytes + catalogue fields in) for a fused one (``serving.log_product_model``)."""
     import mlflow
@@ -174,9 +196,14 @@ def _log_mlflow_model(model: FashionNet, cfg: ExperimentConfig, classes: list[st
     example = np.full((1, cfg.data.height, cfg.data.width, 3), 255, dtype=np.uint8)
     # pt2 (torch.export) always: MLflow's default turns to pickle on Databricks, and a pickled model
     # runs code when `mlflow models serve` / mlflow.pytorch.load_model opens it.
-    info = mlflow.pytorch.log_model(serving, name="model", input_example=example, serialization_format="pt2",
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-                                    registered_model_name=register)
+    info = mlflow.pytorch.log_model(
+        serving,
+        name="model",
+        input_example=example,
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+        registered_model_name=register,
+    )
     mlflow.log_dict({"classes": classes}, "model_classes.json")
     if register and info.registered_model_version is not None:
         set_best_alias(register, str(info.registered_model_version), val_score, log)
@@ -186,8 +213,15 @@ def _quiet(message: str) -> None:
     """The log of ranks > 0: one process prints."""
 
 
-def _follow_fit(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, dict] | None, device: torch.device,
-                resume_state: dict | None, env: distributed.DistEnv, plan: FusionPlan | None = None) -> None:
+def _follow_fit(
+    cfg: ExperimentConfig,
+    sd: StageData,
+    source: tuple[FashionNet, dict] | None,
+    device: torch.device,
+    resume_state: dict | None,
+    env: distributed.DistEnv,
+    plan: FusionPlan | None = None,
+) -> None:
     """A rank > 0 of a torchrun job: the same model, loss and ``fit`` as rank 0 in ``run_stage`` (keep them in
     step), without tracking, checkpoints or test evaluation."""
     model, policy, lr_mult = setup_model(cfg, sd, source, device, _quiet, plan=plan)
@@ -199,10 +233,21 @@ def _follow_fit(cfg: ExperimentConfig, sd: StageData, source: tuple[FashionNet, 
     fit(model, sd.train, sd.val, criterion, groups, cfg.train, device, resume=resume_state, log=_quiet, dist=env)
 
 
-def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = None, experiment: str | None = None,
-              parent_run_id: str | None = None, tags: dict | None = None, register: bool = True,
-              resume: str | None = None, extras_fn: ExtrasFn | None = None, log=print,
-              prepared: Prepared | None = None, allow_split_mismatch: bool = False) -> str:
+def run_stage(  # noqa: C901 - to split: the dispatch and the network run (docs/ARCHITECTURE.md)
+    cfg: ExperimentConfig,
+    data: str | None,
+    *,
+    source: str | None = None,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict | None = None,
+    register: bool = True,
+    resume: str | None = None,
+    extras_fn: ExtrasFn | None = None,
+    log=print,
+    prepared: Prepared | None = None,
+    allow_split_mismatch: bool = False,
+) -> str:
     """Run one technique of a stage as an MLflow run; return its run id.
 
     Under ``torchrun`` (see ``distributed``) every rank trains, rank 0 alone logs the run and
@@ -234,15 +279,22 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         from fashion_core.runners.metadata_only import run_metadata_baseline
 
         if resume:
-            raise ConfigError("the metadata-only baseline fits in seconds and has no checkpoint: run it again "
-                              "instead of --resume")
+            raise ConfigError(
+                "the metadata-only baseline fits in seconds and has no checkpoint: run it again instead of --resume"
+            )
         if cfg.zeroshot.enabled:  # the same model, plus the classes without training images (zeroshot.py)
             from fashion_core.runners.zeroshot import run_zeroshot
 
-            return run_zeroshot(cfg, p, parent_run_id=parent_run_id, tags=tags, register=register,
-                                log=log) if env.is_main else ""
-        return run_metadata_baseline(cfg, p, parent_run_id=parent_run_id, tags=tags, register=register,
-                                     log=log) if env.is_main else ""
+            return (
+                run_zeroshot(cfg, p, parent_run_id=parent_run_id, tags=tags, register=register, log=log)
+                if env.is_main
+                else ""
+            )
+        return (
+            run_metadata_baseline(cfg, p, parent_run_id=parent_run_id, tags=tags, register=register, log=log)
+            if env.is_main
+            else ""
+        )
     src_run = None
     src_model = None
     split_tags: dict = {}
@@ -250,8 +302,10 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         policy = transfer_policy(cfg.transfer.method)
         if policy.pretrained:
             if not source:
-                raise SourceError(f"finetune with transfer.method={cfg.transfer.method} needs --from "
-                                  "(a pretrain run id, runs:/ or models:/ URI, or latest)")
+                raise SourceError(
+                    f"finetune with transfer.method={cfg.transfer.method} needs --from "
+                    "(a pretrain run id, runs:/ or models:/ URI, or latest)"
+                )
             src_run = env.broadcast_object(resolve_source(source, experiment) if env.is_main else None)
             if env.is_main:  # a source of another split: its trunk saw this run's validation (or test) images
                 split_tags = check_source_split(src_run, p.digest, cfg.data, allow_split_mismatch)
@@ -273,12 +327,19 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
             try:
                 resume_state = load_checkpoint(tracking.download_artifact(resume, LAST_ARTIFACT, d))
             except Exception as e:
-                raise SourceError(f"--resume {resume}: no loadable {LAST_ARTIFACT} in that run ({load_error(e)})") from None
+                raise SourceError(
+                    f"--resume {resume}: no loadable {LAST_ARTIFACT} in that run ({load_error(e)})"
+                ) from None
     if not env.is_main:  # ranks > 0 of a torchrun job: train in step with rank 0, log and write nothing
         _follow_fit(cfg, sd, src_model, device, resume_state, env, plan)
         return ""
-    all_tags = {"leaky": str(cfg.fusion.leaky).lower(), "seed": cfg.train.seed, "device": device.type,
-                "transfer": cfg.transfer.method if cfg.stage == "finetune" else "", **(tags or {})}
+    all_tags = {
+        "leaky": str(cfg.fusion.leaky).lower(),
+        "seed": cfg.train.seed,
+        "device": device.type,
+        "transfer": cfg.transfer.method if cfg.stage == "finetune" else "",
+        **(tags or {}),
+    }
     if env.active:
         all_tags.update({"world_size": env.world_size, "ddp_backend": env.backend})
     if src_run:
@@ -288,41 +349,77 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
     all_tags.update(selection_tags(selection))
     ckpt_dir = cache_root() / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    with tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg),
-                            tags=all_tags, description=cfg.description or None, parent_run_id=parent_run_id,
-                            run_id=resume) as run:
+    with tracking.start_run(
+        cfg.stage,
+        cfg.technique,
+        p.digest,
+        run_name=run_name(cfg),
+        config=to_dict(cfg),
+        tags=all_tags,
+        description=cfg.description or None,
+        parent_run_id=parent_run_id,
+        run_id=resume,
+    ) as run:
         run_id = run.info.run_id
         ckpt_path = ckpt_dir / f"{run_id}.pt"
         log_dataset_input(p, cfg.stage)  # the runs table's Dataset column
         if resume_state is not None:
             _log_missing_epochs(run_id, resume_state["history"])
-        log(f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "
+        log(
+            f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "
             f"{len(sd.train)} train / {len(sd.val)} val / "
-            + ("test deferred (selection run)" if selection else f"{len(sd.test)} test images") + f", device {device}")
+            + ("test deferred (selection run)" if selection else f"{len(sd.test)} test images")
+            + f", device {device}"
+        )
         model, policy, lr_mult = setup_model(cfg, sd, src_model, device, log, plan=plan)
         _log_init(getattr(model, "init_report", None) if cfg.stage == "pretrain" or not src_run else None, log)
         criterion = wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
-        tracking.log_metrics({"n_classes": len(sd.classes), "n_train_images": len(sd.train),
-                              "n_val_images": len(sd.val),
-                              **({} if selection else {"n_test_images_learnable": len(sd.test)}),
-                              "n_params": sum(p_.numel() for p_ in model.parameters()),
-                              "n_trainable_params": sum(p_.numel() for p_ in model.parameters() if p_.requires_grad)})
-        mlflow.log_dict({"classes": sd.classes, "test_only": sd.test_only,
-                         "class_weight": criterion.loss.class_weight.tolist()
-                         if getattr(criterion.loss, "class_weight", None) is not None else None}, "classes.json")
+        tracking.log_metrics(
+            {
+                "n_classes": len(sd.classes),
+                "n_train_images": len(sd.train),
+                "n_val_images": len(sd.val),
+                **({} if selection else {"n_test_images_learnable": len(sd.test)}),
+                "n_params": sum(p_.numel() for p_ in model.parameters()),
+                "n_trainable_params": sum(p_.numel() for p_ in model.parameters() if p_.requires_grad),
+            }
+        )
+        mlflow.log_dict(
+            {
+                "classes": sd.classes,
+                "test_only": sd.test_only,
+                "class_weight": criterion.loss.class_weight.tolist()
+                if getattr(criterion.loss, "class_weight", None) is not None
+                else None,
+            },
+            "classes.json",
+        )
         model.to(device)
         try:
             if policy.train:
                 groups = param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
-                result = fit(model, sd.train, sd.val, criterion, groups, cfg.train, device,
-                             on_epoch=lambda e, m: tracking.log_metrics(m, step=e),
-                             checkpoint_path=ckpt_path, resume=resume_state, log=log, dist=env)
+                result = fit(
+                    model,
+                    sd.train,
+                    sd.val,
+                    criterion,
+                    groups,
+                    cfg.train,
+                    device,
+                    on_epoch=lambda e, m: tracking.log_metrics(m, step=e),
+                    checkpoint_path=ckpt_path,
+                    resume=resume_state,
+                    log=log,
+                    dist=env,
+                )
                 model.load_state_dict(result.best_state)
                 tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
                 mlflow.set_tag("selection", result.selection)
                 if result.selection != "val_top1_mean":
-                    log(f"no validation images: kept the weights of the last epoch ({result.best_epoch}), "
-                        f"tagged selection={result.selection}")
+                    log(
+                        f"no validation images: kept the weights of the last epoch ({result.best_epoch}), "
+                        f"tagged selection={result.selection}"
+                    )
                 val_score = result.best_val
             else:
                 v = evaluate(model, sd.val, device, criterion) if len(sd.val) else {}
@@ -331,8 +428,10 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
         except KeyboardInterrupt:
             if ckpt_path.is_file():
                 _log_last(ckpt_path)
-                log(f"interrupted: last checkpoint logged to run {run_id} as {LAST_ARTIFACT}; "
-                    f"continue with --resume {run_id}")
+                log(
+                    f"interrupted: last checkpoint logged to run {run_id} as {LAST_ARTIFACT}; "
+                    f"continue with --resume {run_id}"
+                )
             raise
         if not selection:
             test_metrics = log_test(run_id, sd, predict_scores(model, sd.test, device), cfg.train.seed)
@@ -341,9 +440,18 @@ def run_stage(cfg: ExperimentConfig, data: str | None, *, source: str | None = N
             _log_last(ckpt_path)
             ckpt_path.unlink(missing_ok=True)
         inputs = "image+metadata" if getattr(model, "uses_batch", False) else "image"
-        _log_mlflow_model(model, cfg, sd.classes, registered_name(cfg.stage, inputs) if register else None,
-                          val_score if val_score == val_score else -1.0, log)
+        _log_mlflow_model(
+            model,
+            cfg,
+            sd.classes,
+            registered_name(cfg.stage, inputs) if register else None,
+            val_score if val_score == val_score else -1.0,
+            log,
+        )
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
-        log(test_summary(cfg.stage, cfg.technique, test_metrics, sd.test_only) if not selection
-            else deferred_line(cfg.stage, cfg.technique, run_id, val_score))
+        log(
+            test_summary(cfg.stage, cfg.technique, test_metrics, sd.test_only)
+            if not selection
+            else deferred_line(cfg.stage, cfg.technique, run_id, val_score)
+        )
         return run_id

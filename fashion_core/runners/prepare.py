@@ -1,7 +1,8 @@
 """The ``prepare`` stage: ingest, validate, split and cache the dataset, and log it as one MLflow run.
 
-    fashion prepare --data /path/to/fashion-product-images-small.tar.gz
+fashion prepare --data /path/to/fashion-product-images-small.tar.gz
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fashion_core.tracking import runs as tracking
 from fashion_core.config.schema import DataConfig, to_dict
-from fashion_core.data.prepared import Prepared, prepare_data
 from fashion_core.data.catalog import reason_counts
+from fashion_core.data.prepared import Prepared, prepare_data
+from fashion_core.tracking import runs as tracking
 
 
 def class_frequency_figure(counts: pd.DataFrame, top: list[str]):
@@ -25,9 +26,14 @@ def class_frequency_figure(counts: pd.DataFrame, top: list[str]):
     fig = go.Figure()
     fig.add_bar(name="train + val (even years)", x=c.index, y=c["n_trainval"], marker_color="#1f77b4")
     fig.add_bar(name="test (odd years)", x=c.index, y=c["n_test"], marker_color="#ff7f0e")
-    fig.update_layout(barmode="group", yaxis_type="log", height=600,
-                      title=f"Products per articleType — the top {len(top)} by training frequency form the pretrain subset",
-                      xaxis_tickangle=-60, yaxis_title="products (log scale)")
+    fig.update_layout(
+        barmode="group",
+        yaxis_type="log",
+        height=600,
+        title=f"Products per articleType — the top {len(top)} by training frequency form the pretrain subset",
+        xaxis_tickangle=-60,
+        yaxis_title="products (log scale)",
+    )
     return fig
 
 
@@ -53,15 +59,19 @@ def summary_text(p: Prepared) -> str:
     ]
     for sub in ("pretrain", "finetune"):
         c = p.summary.counts[p.summary.counts["subset"] == sub]
-        lines.append(f"{sub}: {len(c)} classes, {int(c['n_train'].sum()):,} train / {int(c['n_val'].sum()):,} val / "
-                     f"{int(c['n_test'].sum()):,} test images; {int((c['n_val'] > 0).sum())} classes with "
-                     "validation images")
+        lines.append(
+            f"{sub}: {len(c)} classes, {int(c['n_train'].sum()):,} train / {int(c['n_val'].sum()):,} val / "
+            f"{int(c['n_test'].sum()):,} test images; {int((c['n_val'] > 0).sum())} classes with "
+            "validation images"
+        )
         if p.summary.no_test[sub]:
             lines.append(f"  no test images (not evaluated): {', '.join(p.summary.no_test[sub])}")
         if p.summary.test_only[sub]:
             lines.append(f"  test only, cannot be learned: {', '.join(p.summary.test_only[sub])}")
-    lines.append(f"image cache: {p.cache.folder} ({p.cache.nbytes_on_disk / 1e6:.0f} MB, built in "
-                 f"{p.cache.meta.get('seconds', 0):.1f}s)")
+    lines.append(
+        f"image cache: {p.cache.folder} ({p.cache.nbytes_on_disk / 1e6:.0f} MB, built in "
+        f"{p.cache.meta.get('seconds', 0):.1f}s)"
+    )
     lines.append(f"dataset digest: {p.digest}")
     return "\n".join(lines)
 
@@ -99,23 +109,30 @@ def log_dataset_input(p: Prepared, context: str, table: pd.DataFrame | None = No
     tracking.log_dataset(split_table(p) if table is None else table, str(p.root), p.root.name, p.digest, context)
 
 
-def run_prepare(data: str | None, cfg: DataConfig, workers: int | None = None, experiment: str | None = None,
-                log=print) -> tuple[Prepared, str]:
+def run_prepare(
+    data: str | None, cfg: DataConfig, workers: int | None = None, experiment: str | None = None, log=print
+) -> tuple[Prepared, str]:
     """Prepare the data and log the ``stage=prepare`` run. Returns (prepared, run_id)."""
     import mlflow
 
     t0 = time.perf_counter()
     p = prepare_data(data, cfg, workers=workers, log=log)
     tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
-    with tracking.start_run("prepare", "prepare", p.digest, run_name="prepare",
-                            config={"data": to_dict(cfg)},
-                            description="Catalogue validation, master split (even/odd year), "
-                                        "pretrain/finetune subsets, validation carve-out, image cache.") as run:
+    with tracking.start_run(
+        "prepare",
+        "prepare",
+        p.digest,
+        run_name="prepare",
+        config={"data": to_dict(cfg)},
+        description="Catalogue validation, master split (even/odd year), "
+        "pretrain/finetune subsets, validation carve-out, image cache.",
+    ) as run:
         metrics = prepare_metrics(p)
         metrics["prepare_seconds"] = time.perf_counter() - t0
         tracking.log_metrics(metrics)
-        mlflow.set_tags({"top_classes": ", ".join(p.top), "dataset_root": str(p.root),
-                         "cache_folder": str(p.cache.folder)})
+        mlflow.set_tags(
+            {"top_classes": ", ".join(p.top), "dataset_root": str(p.root), "cache_folder": str(p.cache.folder)}
+        )
         table = split_table(p)
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "splits.parquet"

@@ -7,6 +7,7 @@ frame with an ``image`` column (the file's bytes) and the catalogue fields they 
     fashion predict path/to/1163.jpg --model models:/fashion-pretrain@best
     fashion predict images/1163.jpg --meta styles.csv --model models:/fashion-finetune-fused@best
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,17 +17,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fashion_core.data.loader import to_float
 from fashion_core.config.checks import ConfigError
 from fashion_core.data.cache import decode_image
+from fashion_core.data.loader import to_float
 from fashion_core.engine.train import load_error
 from fashion_core.fusion.encoders import TEXT_FIELD
 from fashion_core.fusion.metadata_only import STATE_ARTIFACT as BASELINE_STATE
 from fashion_core.fusion.metadata_only import WEIGHTS_ARTIFACT as BASELINE_WEIGHTS
-from fashion_core.tracking.references import load_run_model
-from fashion_core.tracking.references import resolve_model_uri
-from fashion_core.tracking.runs import _quiet_mlflow
-from fashion_core.tracking.runs import download_artifact
+from fashion_core.tracking.references import load_run_model, resolve_model_uri
+from fashion_core.tracking.runs import _quiet_mlflow, download_artifact
 from fashion_core.zeroshot.head import HEAD_FILE
 
 
@@ -45,7 +44,11 @@ def decode_rows(values, height: int, width: int, names: list[str] | None = None)
             out.append(_decode(v, height, width))
         except ProductInputError as e:
             raise ProductInputError(f"{names[i] if names else f'row {i + 1}'}: {e}") from None
-        except (OSError, ValueError, SyntaxError):  # PIL's UnidentifiedImageError is an OSError; bad base64 a ValueError
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+        ):  # PIL's UnidentifiedImageError is an OSError; bad base64 a ValueError
             raise ProductInputError(f"{names[i] if names else f'row {i + 1}'}: {UNREADABLE}") from None
     return np.stack(out)
 
@@ -75,8 +78,10 @@ def predict_images(paths: list[str | Path], model_uri: str, k: int = 5) -> list[
     if getattr(model, "uses_batch", False):
         from fashion_core.config.checks import ConfigError
 
-        raise ConfigError(f"{model_uri} fuses product metadata: predict it with predict_products(..., meta=...) "
-                          "(fashion predict --meta)")
+        raise ConfigError(
+            f"{model_uri} fuses product metadata: predict it with predict_products(..., meta=...) "
+            "(fashion predict --meta)"
+        )
     h, w = meta["height"], meta["width"]
     try:
         images = decode_rows([str(p) for p in paths], h, w, names=[str(p) for p in paths])
@@ -120,8 +125,16 @@ class ProductModel:
             classes without training images, scored from the product name.
     """
 
-    def __init__(self, classes: list[str], height: int = 0, width: int = 0, net: nn.Module | None = None,
-                 vocab=None, logreg=None, zeroshot=None):
+    def __init__(
+        self,
+        classes: list[str],
+        height: int = 0,
+        width: int = 0,
+        net: nn.Module | None = None,
+        vocab=None,
+        logreg=None,
+        zeroshot=None,
+    ):
         self.classes, self.height, self.width = list(classes), height, width
         self.net, self.vocab, self.logreg, self.zeroshot = net, vocab, logreg, zeroshot
         self.needs_image = net is not None
@@ -131,7 +144,7 @@ class ProductModel:
         self.inputs = "metadata" if not self.needs_image else ("image+metadata" if self.fields else "image")
 
     @classmethod
-    def from_folder(cls, folder: str | Path, label: str | None = None) -> "ProductModel":
+    def from_folder(cls, folder: str | Path, label: str | None = None) -> ProductModel:
         """From a folder holding a run's ``checkpoint/`` files (a network's or the metadata baseline's).
 
         Anything unreadable (a pickled object where a state dict belongs, missing keys) is a ConfigError
@@ -160,7 +173,7 @@ class ProductModel:
             raise ConfigError(f"{label or folder} has no usable model checkpoint: {load_error(e)}") from None
 
     @classmethod
-    def from_run(cls, run_id: str) -> "ProductModel":
+    def from_run(cls, run_id: str) -> ProductModel:
         """From a run's logged checkpoint (only the files the model needs, not the training state)."""
         import tempfile
 
@@ -186,7 +199,9 @@ class ProductModel:
         if missing:
             raise ProductInputError(f"missing fields: {', '.join(missing)} ({reads})")
         if self.needs_image:  # an empty photo cannot be scored; an empty catalogue field is just unknown
-            empty = [i + 1 for i, v in enumerate(frame[IMAGE_COLUMN]) if v is None or (isinstance(v, float) and np.isnan(v))]
+            empty = [
+                i + 1 for i, v in enumerate(frame[IMAGE_COLUMN]) if v is None or (isinstance(v, float) and np.isnan(v))
+            ]
             if empty:
                 raise ProductInputError(f"row {empty[0]}: missing fields: {IMAGE_COLUMN} ({reads})")
 
@@ -233,8 +248,9 @@ def _decode(value, height: int, width: int) -> np.ndarray:
         p = Path(value)
         value = p.read_bytes() if len(value) < 4096 and p.is_file() else base64.b64decode(value)
     if not isinstance(value, (bytes, bytearray)):
-        raise ProductInputError(f"the {IMAGE_COLUMN} column holds the image file's bytes (base64 in JSON), "
-                                f"not {type(value).__name__}")
+        raise ProductInputError(
+            f"the {IMAGE_COLUMN} column holds the image file's bytes (base64 in JSON), not {type(value).__name__}"
+        )
     return decode_image(io.BytesIO(bytes(value)), height, width)
 
 
@@ -265,19 +281,24 @@ def product_frame(images: list[str | Path], meta: pd.DataFrame | None) -> pd.Dat
         by_id = meta.assign(id=meta["id"].astype(str).str.strip()).drop_duplicates("id").set_index("id")
         missing = [Path(p).name for p in images if Path(p).stem not in by_id.index]
         if missing:
-            raise ConfigError(f"--meta has no row with the id of {', '.join(missing[:5])} (an image's id is its file "
-                              "name without extension, as in styles.csv)")
+            raise ConfigError(
+                f"--meta has no row with the id of {', '.join(missing[:5])} (an image's id is its file "
+                "name without extension, as in styles.csv)"
+            )
         rows = by_id.loc[[Path(p).stem for p in images]].reset_index()
     elif len(meta) == len(images):
         rows = meta.reset_index(drop=True)
     else:
-        raise ConfigError(f"--meta has {len(meta)} rows and no id column for {len(images)} images: add an id column "
-                          "(the image file names without extension) or give one row per image, in order")
+        raise ConfigError(
+            f"--meta has {len(meta)} rows and no id column for {len(images)} images: add an id column "
+            "(the image file names without extension) or give one row per image, in order"
+        )
     return rows.assign(**{IMAGE_COLUMN: [str(p) for p in images]})
 
 
-def predict_products(images: list[str | Path], model_uri: str, meta: str | Path | None = None,
-                     k: int = 5) -> list[list[tuple[str, float]]]:
+def predict_products(
+    images: list[str | Path], model_uri: str, meta: str | Path | None = None, k: int = 5
+) -> list[list[tuple[str, float]]]:
     """Top-k (class, probability) per product, from any logged or registered model of this project.
 
     Args:
@@ -289,8 +310,10 @@ def predict_products(images: list[str | Path], model_uri: str, meta: str | Path 
     _quiet_mlflow()  # no progress bar per downloaded file
     model = ProductModel.from_run(resolve_model_uri(model_uri))
     if model.fields and meta is None:
-        raise ConfigError(f"{model_uri} is an {model.inputs} model: it reads {', '.join(model.fields)}; give them "
-                          "with --meta styles.csv (rows by id) or --meta product.json")
+        raise ConfigError(
+            f"{model_uri} is an {model.inputs} model: it reads {', '.join(model.fields)}; give them "
+            "with --meta styles.csv (rows by id) or --meta product.json"
+        )
     if model.needs_image and not images:
         raise ConfigError(f"{model_uri} reads the product photo: give IMAGE files")
     frame = product_frame(list(images), read_meta(meta) if meta is not None else None)
@@ -299,7 +322,7 @@ def predict_products(images: list[str | Path], model_uri: str, meta: str | Path 
     except ProductInputError as e:  # "row 3: ..." names the file when the rows are files
         msg = str(e)
         if images and msg.startswith("row "):
-            n, rest = msg[len("row "):].split(":", 1)
+            n, rest = msg[len("row ") :].split(":", 1)
             msg = f"{images[int(n) - 1]}:{rest}"
         raise ConfigError(msg) from None
     out = []
@@ -311,8 +334,19 @@ def predict_products(images: list[str | Path], model_uri: str, meta: str | Path 
 
 # ---------------------------------------------------------------- logging and registering
 
-SERVING_REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scipy", "pillow", "pyyaml",
-                        "pyarrow", "plotly", "mlflow")
+SERVING_REQUIREMENTS = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+    "pillow",
+    "pyyaml",
+    "pyarrow",
+    "plotly",
+    "mlflow",
+)
 
 
 def _requirements() -> list[str]:
@@ -343,7 +377,7 @@ def example_frame(model: ProductModel) -> pd.DataFrame:
     row: dict = {}
     if model.needs_image:
         row[IMAGE_COLUMN] = _white_jpeg(model.height, model.width)
-    for v in (model.vocab.categorical if model.vocab is not None else ()):
+    for v in model.vocab.categorical if model.vocab is not None else ():
         row[v.field] = v.values[0] if v.values else ""
     if model.vocab is not None and model.vocab.text is not None:
         row[_text_field()] = "Men Blue Shirt"
@@ -366,16 +400,22 @@ def log_product_model(folder: str | Path, register: str | None, val_score: float
     model = ProductModel.from_folder(folder)
     # Optional in the signature: MLflow's own check of a missing column answers with the whole request frame;
     # ProductModel.check_columns answers "missing fields: ..." in one line instead.
-    cols = ([ColSpec("binary", IMAGE_COLUMN, required=False)] if model.needs_image else []) + \
-        [ColSpec("string", f, required=False) for f in model.fields]
+    cols = ([ColSpec("binary", IMAGE_COLUMN, required=False)] if model.needs_image else []) + [
+        ColSpec("string", f, required=False) for f in model.fields
+    ]
     signature = ModelSignature(Schema(cols), Schema([ColSpec("double", c) for c in model.classes]))
     here = Path(__file__).resolve().parent
-    info = mlflow.pyfunc.log_model(name="model", python_model=str(here / "pyfunc_model.py"),
-                                   artifacts={"checkpoint": str(folder)}, code_paths=[str(here.parent)],
-                                   signature=signature, input_example=example_frame(model),
-                                   pip_requirements=_requirements(), registered_model_name=register)
-    mlflow.log_dict({"classes": model.classes, "inputs": model.inputs, "fields": model.fields},
-                    "model_classes.json")
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(here / "pyfunc_model.py"),
+        artifacts={"checkpoint": str(folder)},
+        code_paths=[str(here.parent)],
+        signature=signature,
+        input_example=example_frame(model),
+        pip_requirements=_requirements(),
+        registered_model_name=register,
+    )
+    mlflow.log_dict({"classes": model.classes, "inputs": model.inputs, "fields": model.fields}, "model_classes.json")
     if register and info.registered_model_version is not None:
         set_best_alias(register, str(info.registered_model_version), val_score, log)
     return info

@@ -8,14 +8,15 @@ fields the model reads; output: one probability column per class.
 
     mlflow models serve -m models:/fashion-finetune-fused@best --env-manager local --port 5001
 """
+
 from __future__ import annotations
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
-from fashion_core.serving.predict import ProductInputError
-from fashion_core.serving.predict import ProductModel
+
+from fashion_core.serving.predict import ProductInputError, ProductModel
 
 CHECKPOINT = "checkpoint"  # the artifact key of the run's checkpoint folder
 

@@ -16,6 +16,7 @@ The store is the only thing shared: no server, no lock file.
 
     FASHION_HEARTBEAT_S=5 PYTHONPATH=. python -c "from fashion_core.tracking import heartbeat; print(heartbeat.run_tags())"
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,8 +25,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from typing import Callable, Iterator
 
 INTERVAL_ENV = "FASHION_HEARTBEAT_S"
 DEFAULT_INTERVAL = 60.0

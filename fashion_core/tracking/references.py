@@ -6,6 +6,7 @@ state dict. The state dict is loaded with ``torch.load(weights_only=True)`` inst
 ``mlflow.pytorch.load_model``: loading never unpickles (runs no code from the artifact store), and the
 fused models, which the image-only serving model cannot hold, load the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,13 @@ import tempfile
 
 import torch
 
-from fashion_core.fusion.meta import model_from_meta
-from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ModelConfig, to_dict
-from fashion_core.models.network import FashionNet
-from fashion_core.models.heads import NCMHead
 from fashion_core.engine.train import load_error
+from fashion_core.fusion.meta import model_from_meta
+from fashion_core.models.heads import NCMHead
+from fashion_core.models.network import FashionNet
+from fashion_core.tracking import runs as tracking
 
 STATE_ARTIFACT = "checkpoint/model_state.pt"
 MODEL_JSON = "checkpoint/model.json"
@@ -41,17 +42,21 @@ def resolve_model_uri(spec: str, experiment: str | None = None, stage: str = "pr
 
     client = MlflowClient()
     if spec == "latest":
-        runs = tracking.find_runs(f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
-                                  [experiment] if experiment else None, max_results=50)
+        runs = tracking.find_runs(
+            f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+            [experiment] if experiment else None,
+            max_results=50,
+        )
         runs = [r for r in runs if r.data.tags.get("baseline") != "metadata_only"][:1]  # no network to load
         if not runs:
-            raise SourceError(f"latest: no finished {stage} run; {tracking.store_hint()}; "
-                              f"or run `fashion {stage}` first")
+            raise SourceError(
+                f"latest: no finished {stage} run; {tracking.store_hint()}; or run `fashion {stage}` first"
+            )
         return runs[0].info.run_id
     if spec.startswith("runs:/"):
-        return spec[len("runs:/"):].split("/")[0]
+        return spec[len("runs:/") :].split("/")[0]
     if spec.startswith("models:/"):
-        rest = spec[len("models:/"):]
+        rest = spec[len("models:/") :]
         try:
             if "@" in rest:
                 name, alias = rest.split("@", 1)
@@ -69,8 +74,9 @@ def resolve_model_uri(spec: str, experiment: str | None = None, stage: str = "pr
         return mv.run_id
     if _RUN_ID.match(spec):
         return spec
-    raise SourceError(f"{spec!r}: expected a run id, runs:/<id>, models:/<name>/<version>, "
-                      "models:/<name>@<alias> or latest")
+    raise SourceError(
+        f"{spec!r}: expected a run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias> or latest"
+    )
 
 
 def resolve_source(spec: str, experiment: str | None = None) -> str:
@@ -89,8 +95,10 @@ def resolve_source(spec: str, experiment: str | None = None) -> str:
     if stage != "pretrain":
         raise SourceError(f"--from {spec}: run {run_id} is a {stage or 'untagged'} run, not a pretrain run")
     if run.data.tags.get("baseline") == "metadata_only":
-        raise SourceError(f"--from {spec}: run {run_id} is the metadata-only baseline (a scikit-learn model), "
-                          "not a network to fine-tune")
+        raise SourceError(
+            f"--from {spec}: run {run_id} is the metadata-only baseline (a scikit-learn model), "
+            "not a network to fine-tune"
+        )
     return run_id
 
 
@@ -99,11 +107,13 @@ def load_run_model(run_id: str, map_location: str = "cpu") -> tuple[FashionNet, 
     with tempfile.TemporaryDirectory() as d:
         try:
             meta = json.loads(tracking.download_artifact(run_id, MODEL_JSON, d).read_text())
-            state = torch.load(tracking.download_artifact(run_id, STATE_ARTIFACT, d), map_location=map_location,
-                               weights_only=True)
+            state = torch.load(
+                tracking.download_artifact(run_id, STATE_ARTIFACT, d), map_location=map_location, weights_only=True
+            )
         except Exception as e:
-            raise SourceError(f"run {run_id} has no usable model checkpoint ({MODEL_JSON}, {STATE_ARTIFACT}): "
-                              f"{load_error(e)}") from None
+            raise SourceError(
+                f"run {run_id} has no usable model checkpoint ({MODEL_JSON}, {STATE_ARTIFACT}): {load_error(e)}"
+            ) from None
     return model_from_checkpoint(meta, state), meta
 
 

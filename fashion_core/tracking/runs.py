@@ -7,6 +7,7 @@ that raises ends FAILED; Ctrl-C or SIGTERM ends it KILLED — never left RUNNING
 The store is MLflow's own default (``sqlite:///mlflow.db`` in the working directory)
 unless ``MLFLOW_TRACKING_URI`` says otherwise (e.g. an ``http://`` tracking server).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,15 +18,17 @@ import os
 import signal
 import tempfile
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import yaml
 
 from fashion_core.config.schema import ExperimentConfig, flatten
+from fashion_core.tracking import heartbeat
+
 # The code version lives in versions.py; callers import it from here too (store_hint reads PROJECT_DIR here).
 from fashion_core.tracking.versions import PROJECT_DIR, git_commit, reusable_version
-from fashion_core.tracking import heartbeat
 
 DEFAULT_EXPERIMENT = "fashion-product-images-small"
 GRID_RUNS_ARTIFACT = "grid/runs.csv"  # a grid parent run's table of its runs (grid.py writes it)
@@ -69,7 +72,7 @@ def ensure_store() -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    db = Path(uri[len("sqlite:///"):].split("?")[0])
+    db = Path(uri[len("sqlite:///") :].split("?")[0])
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; one process at a time there
@@ -97,9 +100,13 @@ def find_reusable(cfg_hash: str, digest: str, code: str, experiment_id: str):
         return None
     runs = MlflowClient().search_runs(
         [experiment_id],
-        filter_string=(f"tags.config_hash = '{cfg_hash}' and tags.dataset_digest = '{digest}' "
-                       f"and tags.code_version = '{code}' and attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
+        filter_string=(
+            f"tags.config_hash = '{cfg_hash}' and tags.dataset_digest = '{digest}' "
+            f"and tags.code_version = '{code}' and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0] if runs else None
 
 
@@ -140,16 +147,20 @@ def store_hint() -> str:
     uri = mlflow.get_tracking_uri()
     here = None
     if uri.startswith("sqlite:///"):
-        here = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()
+        here = Path(uri[len("sqlite:///") :].split("?")[0]).resolve()
         where = f"the store {uri} ({here})"
     else:
         where = f"the store {uri}"
     ours = PROJECT_DIR / "mlflow.db"
     if ours.is_file() and ours.resolve() != here:
-        return (f"looked in {where}; this checkout's runs are in {ours}: run from {PROJECT_DIR} "
-                f"or set MLFLOW_TRACKING_URI=sqlite:///{ours}")
-    return (f"looked in {where}; if your runs are elsewhere, run from the folder that holds their mlflow.db "
-            "or set MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db (or http://host:5000)")
+        return (
+            f"looked in {where}; this checkout's runs are in {ours}: run from {PROJECT_DIR} "
+            f"or set MLFLOW_TRACKING_URI=sqlite:///{ours}"
+        )
+    return (
+        f"looked in {where}; if your runs are elsewhere, run from the folder that holds their mlflow.db "
+        "or set MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db (or http://host:5000)"
+    )
 
 
 def launched_run_id() -> str | None:
@@ -219,8 +230,9 @@ def print_ui_links(base: str = UI_URL) -> None:
 
     client = MlflowClient()
     for exp in client.search_experiments():
-        if client.search_runs([exp.experiment_id], filter_string="tags.stage = 'prepare'", max_results=1) or \
-                client.search_runs([exp.experiment_id], filter_string="tags.stage = 'grid'", max_results=1):
+        if client.search_runs(
+            [exp.experiment_id], filter_string="tags.stage = 'prepare'", max_results=1
+        ) or client.search_runs([exp.experiment_id], filter_string="tags.stage = 'grid'", max_results=1):
             print(f"runs of {exp.name!r}: {runs_page(exp.experiment_id, base)}")
 
 
@@ -286,10 +298,19 @@ def _sweep_quietly(experiment_id: str) -> None:
 
 
 @contextlib.contextmanager
-def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str | None = None,
-              config: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
-              description: str | None = None, nested: bool = False, parent_run_id: str | None = None,
-              run_id: str | None = None) -> Iterator[Any]:
+def start_run(
+    stage: str,
+    technique: str,
+    dataset_digest: str,
+    *,
+    run_name: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    nested: bool = False,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+) -> Iterator[Any]:
     """An MLflow run with the project's tags; ends FAILED on error and KILLED on interrupt.
 
     Our own wrapper around ``mlflow.start_run`` because MLflow's context manager ends a run FAILED on
@@ -308,8 +329,14 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
     _quiet_mlflow()
     ensure_store()
     commit, dirty = git_commit()
-    all_tags = {"stage": stage, "technique": technique, "dataset_digest": dataset_digest,
-                "mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty).lower()}
+    all_tags = {
+        "stage": stage,
+        "technique": technique,
+        "dataset_digest": dataset_digest,
+        "mlflow.source.git.commit": commit,
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+    }
     if tags:
         all_tags.update({k: str(v) for k, v in tags.items()})
     if description:
@@ -325,8 +352,9 @@ def start_run(stage: str, technique: str, dataset_digest: str, *, run_name: str 
     elif run_id is None and not nested and not parent_run_id:
         adopt = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run` made for us
     existing = run_id or adopt
-    kwargs: dict[str, Any] = {"run_id": existing} if existing else {"run_name": run_name, "tags": all_tags,
-                                                                      "parent_run_id": parent_run_id}
+    kwargs: dict[str, Any] = (
+        {"run_id": existing} if existing else {"run_name": run_name, "tags": all_tags, "parent_run_id": parent_run_id}
+    )
     with _sigterm_as_interrupt():
         run = mlflow.start_run(nested=nested, log_system_metrics=system_metrics_enabled(), **kwargs)
         heartbeat.start(run.info.run_id)
@@ -409,21 +437,31 @@ def log_figure_html(fig, artifact_path: str) -> None:
 def download_artifact(run_id: str, path: str, dst: str | Path | None = None) -> Path:
     import mlflow
 
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
-                                                    dst_path=str(dst) if dst else None))
+    return Path(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst) if dst else None)
+    )
 
 
-def find_runs(filter_string: str = "", experiment_names: list[str] | None = None, order_by: list[str] | None = None,
-              max_results: int = 1000):
+def find_runs(
+    filter_string: str = "",
+    experiment_names: list[str] | None = None,
+    order_by: list[str] | None = None,
+    max_results: int = 1000,
+):
     """Runs (as MLflow Run objects) matching a filter across the given (default: all) experiments."""
     import mlflow
 
     ensure_store()
     if experiment_names and all(mlflow.get_experiment_by_name(n) is None for n in experiment_names):
         return []  # mlflow.search_runs would warn; no such experiment holds no run
-    return mlflow.search_runs(experiment_names=experiment_names or None, search_all_experiments=not experiment_names,
-                              filter_string=filter_string, order_by=order_by or ["attributes.start_time DESC"],
-                              max_results=max_results, output_format="list")
+    return mlflow.search_runs(
+        experiment_names=experiment_names or None,
+        search_all_experiments=not experiment_names,
+        filter_string=filter_string,
+        order_by=order_by or ["attributes.start_time DESC"],
+        max_results=max_results,
+        output_format="list",
+    )
 
 
 def grid_run_ids(parent_run_id: str) -> list[str]:
@@ -436,13 +474,15 @@ def grid_run_ids(parent_run_id: str) -> list[str]:
     ids: list[str] = []
     try:
         with tempfile.TemporaryDirectory() as d:
-            table = pd.read_csv(download_artifact(parent_run_id, GRID_RUNS_ARTIFACT, d), dtype=str,
-                                keep_default_na=False)
+            table = pd.read_csv(
+                download_artifact(parent_run_id, GRID_RUNS_ARTIFACT, d), dtype=str, keep_default_na=False
+            )
             ids += [r for r in table["run_id"] if r]
     except Exception:  # a grid still running has no table yet; its children are found below
         pass
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000
+    )
     ids += [r.info.run_id for r in children]
     return list(dict.fromkeys(ids))
 

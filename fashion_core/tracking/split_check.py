@@ -6,6 +6,7 @@ The split is the dataset digest (the catalogue, the image cache and every split 
 ``split_mismatch_allowed=true`` with the source's split (``source_dataset_digest``, ``source_val_by``,
 ``source_val_years``).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,11 @@ def _years(value) -> str:
 
 def split_of(digest: str, val_by: str, val_years) -> dict[str, str]:
     """A split as the error line and the tags name it."""
-    return {"dataset_digest": digest or "?", "val_by": val_by or "random",
-            "val_years": _years(val_years) if val_by == "year" else ""}
+    return {
+        "dataset_digest": digest or "?",
+        "val_by": val_by or "random",
+        "val_years": _years(val_years) if val_by == "year" else "",
+    }
 
 
 def describe(split: dict[str, str]) -> str:
@@ -40,8 +44,11 @@ def describe(split: dict[str, str]) -> str:
 def source_split(run) -> dict[str, str]:
     """The split a logged run was trained on (its tag ``dataset_digest`` and its logged ``data.*`` params)."""
     params = run.data.params
-    return split_of(run.data.tags.get("dataset_digest", ""), params.get("data.val_by", "random"),
-                    params.get("data.val_years", "[2016]"))
+    return split_of(
+        run.data.tags.get("dataset_digest", ""),
+        params.get("data.val_by", "random"),
+        params.get("data.val_years", "[2016]"),
+    )
 
 
 def check_source_split(source_run_id: str, digest: str, data_cfg, allow: bool = False) -> dict[str, str]:
@@ -57,7 +64,9 @@ def check_source_split(source_run_id: str, digest: str, data_cfg, allow: bool = 
     if theirs == mine:
         return {}
     if not allow:
-        raise SourceError(f"--from {source_run_id}: the source was trained on another split ({describe(theirs)}) "
-                          f"than this run ({describe(mine)}); its network saw other images as training data. "
-                          "Train a source on this split, or pass --allow-split-mismatch")
+        raise SourceError(
+            f"--from {source_run_id}: the source was trained on another split ({describe(theirs)}) "
+            f"than this run ({describe(mine)}); its network saw other images as training data. "
+            "Train a source on this split, or pass --allow-split-mismatch"
+        )
     return {ALLOW_TAG: "true", **{f"source_{k}": v for k, v in theirs.items()}}

@@ -14,7 +14,7 @@ def sqlite_store() -> Path | None:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"  # MLflow's own default
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):].split("?")[0]).expanduser()
+    return Path(uri[len("sqlite:///") :].split("?")[0]).expanduser()
 
 
 def require_store(what: str) -> None:
@@ -24,11 +24,12 @@ def require_store(what: str) -> None:
         return
     project = runs.PROJECT_DIR  # read at call time: the checkout this code runs from
     ours = project / "mlflow.db"
-    where = (f"this checkout's runs are in {ours}: run from {project} or set "
-             f"MLFLOW_TRACKING_URI=sqlite:///{ours}"
-             if ours.is_file() and ours.resolve() != db.resolve() else
-             "run from the folder that holds your mlflow.db or set MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db "
-             "(or http://host:5000)")
+    where = (
+        f"this checkout's runs are in {ours}: run from {project} or set MLFLOW_TRACKING_URI=sqlite:///{ours}"
+        if ours.is_file() and ours.resolve() != db.resolve()
+        else "run from the folder that holds your mlflow.db or set MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db "
+        "(or http://host:5000)"
+    )
     raise ConfigError(f"no MLflow store at {db.resolve()}, so no {what}; {where}")
 
 

@@ -16,18 +16,21 @@ Run tags written here:
 - ``test_config_key``: 16 hex digits naming the configuration (what the count counts);
 - ``configs_read_on_test``: the count, an integer.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from fashion_core.data.stage import StageData
 from fashion_core.evaluation import metrics as M
-from fashion_core.tracking import runs as tracking
 from fashion_core.evaluation.test_split import score_test_split
+from fashion_core.tracking import runs as tracking
 
 SELECTION_TAG = "selection_run"
 TEST_SCORED_TAG = "test_scored"
@@ -40,8 +43,6 @@ TEST_METRIC = "test_top1_mean"
 # Params that say how or where a run ran, not what it learned: two runs differing only here are one configuration.
 OPERATIONAL_KEYS = frozenset({"train.seed", "train.device", "train.compile", "description"})
 ENSEMBLE_MEMBERS = "ensemble.members"  # an ensemble's member run ids: replaced by the members' own keys
-
-
 
 
 def is_selection_config(cfg) -> bool:
@@ -83,7 +84,8 @@ def config_key(params: Mapping[str, str], client=None) -> str:
 
 def _read_on_test(run) -> bool:
     return run.data.tags.get(TEST_SCORED_TAG) == "true" or (
-        TEST_METRIC in run.data.metrics and run.data.tags.get(TEST_SCORED_TAG) != "false")
+        TEST_METRIC in run.data.metrics and run.data.tags.get(TEST_SCORED_TAG) != "false"
+    )
 
 
 def configs_read_on_test(run_id: str, client=None) -> int:
@@ -98,8 +100,10 @@ def configs_read_on_test(run_id: str, client=None) -> int:
     run = client.get_run(run_id)
     t = run.data.tags
     mine = config_key(run.data.params, client)
-    filt = (f"tags.stage = '{t.get('stage', '')}' and tags.technique = '{_quote(t.get('technique', ''))}' "
-            f"and tags.dataset_digest = '{t.get('dataset_digest', '')}'")
+    filt = (
+        f"tags.stage = '{t.get('stage', '')}' and tags.technique = '{_quote(t.get('technique', ''))}' "
+        f"and tags.dataset_digest = '{t.get('dataset_digest', '')}'"
+    )
     keys = {mine}
     for exp in client.search_experiments():
         token = None
@@ -141,6 +145,7 @@ def already_read(run) -> bool:
 
 # ---------------------------------------------------------------- the read itself
 
+
 def log_test(run_id: str, sd, scores: np.ndarray, seed: int, extra: Callable | None = None, by: str = "run") -> dict:
     """Score ``scores`` (N_test, C over ``sd.classes``) on the test split and log it to the active run ``run_id``:
     the ``test_*`` metrics, the ``eval/`` tables and the test-read tags. ``extra(table, labels, top5)`` adds metrics
@@ -156,23 +161,27 @@ def log_test(run_id: str, sd, scores: np.ndarray, seed: int, extra: Callable | N
 
 def test_summary(stage: str, technique: str, m: dict, test_only=()) -> str:
     """The line a run prints after reading test."""
-    return (f"{stage} {technique}: test class-mean top-1 {m['test_top1_mean']:.4f} "
-            f"[{m['test_top1_mean_lo']:.4f}, {m['test_top1_mean_hi']:.4f}]  "
-            f"top-5 {m['test_top5_mean']:.4f}  micro top-1 {m['test_top1_micro']:.4f}  "
-            f"({m['test_n_classes_evaluated']} classes evaluated"
-            + (f"; {len(test_only)} test-only classes cannot be learned: {', '.join(test_only)}" if test_only else "")
-            + f"; configurations read on test: {m.get(READS_TAG, '?')})")
+    return (
+        f"{stage} {technique}: test class-mean top-1 {m['test_top1_mean']:.4f} "
+        f"[{m['test_top1_mean_lo']:.4f}, {m['test_top1_mean_hi']:.4f}]  "
+        f"top-5 {m['test_top5_mean']:.4f}  micro top-1 {m['test_top1_micro']:.4f}  "
+        f"({m['test_n_classes_evaluated']} classes evaluated"
+        + (f"; {len(test_only)} test-only classes cannot be learned: {', '.join(test_only)}" if test_only else "")
+        + f"; configurations read on test: {m.get(READS_TAG, '?')})"
+    )
 
 
 def deferred_line(stage: str, technique: str, run_id: str, val: float | None = None) -> str:
     """The line a selection run prints instead of a test figure."""
     shown = f"validation class-mean top-1 {val:.4f}; " if val is not None and val == val else ""
-    return (f"{stage} {technique}: selection run, {shown}test not scored (score it once, later: "
-            f"fashion evaluate {run_id})")
+    return (
+        f"{stage} {technique}: selection run, {shown}test not scored (score it once, later: fashion evaluate {run_id})"
+    )
 
 
-def log_evaluation(sd: StageData, table: pd.DataFrame, preds: pd.DataFrame, test_metrics: dict,
-                   labels: np.ndarray, top5: np.ndarray) -> None:
+def log_evaluation(
+    sd: StageData, table: pd.DataFrame, preds: pd.DataFrame, test_metrics: dict, labels: np.ndarray, top5: np.ndarray
+) -> None:
     """The test metrics and the ``eval/`` artifacts (docs/ARCHITECTURE.md, "Contracts"), for any model of a stage.
 
     The per-class table goes out twice: ``eval/per_class.csv`` (the contract in docs/ARCHITECTURE.md; ``compare`` reads

@@ -6,6 +6,7 @@ A grid reuses a finished run only when its ``code_version`` tag equals this chec
 
     python -c "from fashion_core.tracking.versions import code_version; print(code_version())"
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,7 @@ NUMERIC_LIBRARIES = ("torch", "torchvision", "scikit-learn", "numpy")
 
 def _git(*args: str, root: Path | None = None) -> str:
     """stdout of a git command in the project checkout ('' when git is absent or fails)."""
-    return subprocess.run(["git", *args], cwd=root or PROJECT_DIR, capture_output=True, text=True,
-                          timeout=30).stdout
+    return subprocess.run(["git", *args], cwd=root or PROJECT_DIR, capture_output=True, text=True, timeout=30).stdout
 
 
 def untracked_sources(root: Path | None = None) -> list[str]:

@@ -1,4 +1,5 @@
 """The invocations: ``run_tune`` (a parent run of trials), its summary, and ``final_run`` (the selected config, read on test)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,29 +7,29 @@ import json
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, flatten, load_experiment, to_dict
+from fashion_core.data.prepared import prepare_data, without_test
+from fashion_core.runners.network import run_stage
+from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.references import load_run_model, resolve_source
+from fashion_core.tracking.split_check import check_source_split
 from fashion_core.tuning.spaces import SearchSpace, base_config, best_config_yaml, trial_config
 from fashion_core.tuning.storage import DEFAULT_STORAGE, StudyStorage, check_storage_url, open_storage
-from fashion_core.tracking.split_check import check_source_split
 from fashion_core.tuning.study import Objective, make_pruner, open_study, study_settings
-from fashion_core.data.prepared import without_test
 from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retry_dead_trial
-from fashion_core.data.prepared import prepare_data
-from fashion_core.runners.network import run_stage
-from fashion_core.tracking.references import load_run_model
-from fashion_core.tracking.references import resolve_source
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
     from fashion_core.data.prepared import Prepared
 
 
 # ---------------------------------------------------------------- the parent run's summary
+
 
 @contextlib.contextmanager
 def _quiet_optuna() -> Iterator[None]:
@@ -57,8 +58,14 @@ def log_study_summary(study, space: SearchSpace, header: str = "", log=print) ->
 
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    tracking.log_metrics({"n_trials": len(trials), "n_complete": counts["complete"], "n_pruned": counts["pruned"],
-                          "n_failed": counts["fail"]})
+    tracking.log_metrics(
+        {
+            "n_trials": len(trials),
+            "n_complete": counts["complete"],
+            "n_pruned": counts["pruned"],
+            "n_failed": counts["fail"],
+        }
+    )
     if trials:
         tracking.log_frame(study.trials_dataframe(), "tune/trials.csv")
     figures: dict[str, Callable[[], Any]] = {
@@ -79,12 +86,19 @@ def log_study_summary(study, space: SearchSpace, header: str = "", log=print) ->
             log(f"figure {name} skipped: {e}")
             continue
         tracking.log_figure_html(fig, f"tune/figures/{name}.html")
-    out: dict[str, Any] = {"best_value": None, "best_trial": None, "best_params": None, "best_yaml": None,
-                           "counts": counts}
+    out: dict[str, Any] = {
+        "best_value": None,
+        "best_trial": None,
+        "best_params": None,
+        "best_yaml": None,
+        "counts": counts,
+    }
     if done:
         best = study.best_trial
-        note = (f"Tuned by Optuna study {study.study_name!r}: trial {best.number}, "
-                f"validation {space.objective} {best.value:.4f}.")
+        note = (
+            f"Tuned by Optuna study {study.study_name!r}: trial {best.number}, "
+            f"validation {space.objective} {best.value:.4f}."
+        )
         text = best_config_yaml(space, best.params, note, header)
         mlflow.log_text(text, f"tune/best/{space.name}.yaml")
         mlflow.set_tags({"best_trial": best.number, "best_params": json.dumps(best.params)})
@@ -94,6 +108,7 @@ def log_study_summary(study, space: SearchSpace, header: str = "", log=print) ->
 
 
 # ---------------------------------------------------------------- invocations
+
 
 @dataclass
 class TuneResult:
@@ -114,9 +129,12 @@ class TuneResult:
 
 def _header(study_name: str, storage: StudyStorage, profile: str, overrides: Mapping[str, Any]) -> str:
     opts = " ".join(f"-o {k}={v}" for k, v in overrides.items())
-    return (f"Best configuration of Optuna study {study_name!r} ({storage.display}).\n"
-            f"Trained in the study with: --profile {profile} {opts}".rstrip() + "\n"
-            f"Save as experiments/<stage>/<name>.yaml and run it with the same --profile and -o options.")
+    return (
+        f"Best configuration of Optuna study {study_name!r} ({storage.display}).\n"
+        f"Trained in the study with: --profile {profile} {opts}".rstrip()
+        + "\n"
+        "Save as experiments/<stage>/<name>.yaml and run it with the same --profile and -o options."
+    )
 
 
 def check_space_config(space: SearchSpace, base: ExperimentConfig) -> None:
@@ -131,18 +149,35 @@ def check_space_config(space: SearchSpace, base: ExperimentConfig) -> None:
             try:
                 trial_config(base, {param.name: value})
             except ConfigError as e:
-                raise ConfigError(f"{space.path}: {param.name}={value!r} with this profile and these overrides: "
-                                  f"{e}") from None
+                raise ConfigError(
+                    f"{space.path}: {param.name}={value!r} with this profile and these overrides: {e}"
+                ) from None
 
 
-def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
-             overrides: Mapping[str, Any] | None = None, study_name: str | None = None,
-             storage: str = DEFAULT_STORAGE, n_trials: int = 20, timeout: float | None = None,
-             seed: int | None = 0, pruning: bool = True, prune_from: int = 1, heartbeat: int = 60,
-             experiment: str | None = None, create_only: bool = False, final: bool = False,
-             source: str | None = "latest", prepared: "Prepared | None" = None, pruner=None,
-             catch: tuple[type[BaseException], ...] = (RuntimeError,), allow_split_mismatch: bool = False,
-             log=print) -> TuneResult:
+def run_tune(
+    space: SearchSpace,
+    data: str | None,
+    *,
+    profile: str = "default",
+    overrides: Mapping[str, Any] | None = None,
+    study_name: str | None = None,
+    storage: str = DEFAULT_STORAGE,
+    n_trials: int = 20,
+    timeout: float | None = None,
+    seed: int | None = 0,
+    pruning: bool = True,
+    prune_from: int = 1,
+    heartbeat: int = 60,
+    experiment: str | None = None,
+    create_only: bool = False,
+    final: bool = False,
+    source: str | None = "latest",
+    prepared: Prepared | None = None,
+    pruner=None,
+    catch: tuple[type[BaseException], ...] = (RuntimeError,),
+    allow_split_mismatch: bool = False,
+    log=print,
+) -> TuneResult:
     """One ``fashion tune`` invocation: a worker of a study, and optionally its final run.
 
     Args:
@@ -192,8 +227,14 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
             base = base.replace(**{f"model.{k}": v for k, v in src_model[1]["model"].items() if k != "init"})
     settings = study_settings(space, base, p.digest, src_run)
     st = open_storage(storage, heartbeat, on_dead_trial=lambda s, t: retry_dead_trial(s, t, log))
-    study = open_study(st, study_name, settings, seed=seed, pruner=pruner or make_pruner(pruning, prune_from),
-                       metric_name=space.objective)
+    study = open_study(
+        st,
+        study_name,
+        settings,
+        seed=seed,
+        pruner=pruner or make_pruner(pruning, prune_from),
+        metric_name=space.objective,
+    )
     result = TuneResult(study_name=study_name, storage=st.display, dashboard=st.dashboard)
     n_before = len(study.get_trials(deepcopy=False))
     log(f"study {study_name!r} in {st.display}: {n_before} trial(s) so far; MLflow experiment {experiment!r}")
@@ -203,20 +244,41 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
         reap_dead_workers(study, st, log)
         objective = Objective(space, base, without_test(p), p.digest, "", st, study_name, src_model, log)
         objective.stage(base)  # gathers the images once; no data is an error before the parent run starts
-        tags = {"optuna_study": study_name, "optuna_storage": st.display, "search_space": space.name,
-                "tuned_stage": space.stage, "tune_role": "study", "base_technique": space.base_path.stem,
-                "profile": profile, "worker": _worker_id()}
+        tags = {
+            "optuna_study": study_name,
+            "optuna_storage": st.display,
+            "search_space": space.name,
+            "tuned_stage": space.stage,
+            "tune_role": "study",
+            "base_technique": space.base_path.stem,
+            "profile": profile,
+            "worker": _worker_id(),
+        }
         if src_run:
             tags["source_run_id"] = src_run
             tags.update(split_tags)
-        with tracking.start_run("tune", space.name, p.digest, run_name=f"tune/{study_name}", config=to_dict(base),
-                                tags=tags, description=space.description or None) as parent:
+        with tracking.start_run(
+            "tune",
+            space.name,
+            p.digest,
+            run_name=f"tune/{study_name}",
+            config=to_dict(base),
+            tags=tags,
+            description=space.description or None,
+        ) as parent:
             import mlflow
 
             result.parent_run_id = parent.info.run_id
-            mlflow.log_params({"tune.n_trials": n_trials, "tune.timeout": timeout, "tune.sampler_seed": seed,
-                               "tune.pruning": pruning, "tune.prune_from": prune_from,
-                               "tune.objective": space.objective})
+            mlflow.log_params(
+                {
+                    "tune.n_trials": n_trials,
+                    "tune.timeout": timeout,
+                    "tune.sampler_seed": seed,
+                    "tune.pruning": pruning,
+                    "tune.prune_from": prune_from,
+                    "tune.objective": space.objective,
+                }
+            )
             mlflow.log_text(space.path.read_text(), "tune/search_space.yaml")
             objective.parent_run_id = result.parent_run_id
 
@@ -235,21 +297,43 @@ def run_tune(space: SearchSpace, data: str | None, *, profile: str = "default",
             for k in ("counts", "best_value", "best_trial", "best_params", "best_yaml"):
                 setattr(result, k, summary[k])
     else:
-        result.counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
-                         for s in optuna.trial.TrialState}
+        result.counts = {
+            s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState
+        }
     if final:
-        result.final_run_id = final_run(study, space, data, profile=profile, overrides=overrides, prepared=p,
-                                        experiment=experiment, source=src_run, tune_run_id=result.parent_run_id,
-                                        header=_header(study_name, st, profile, overrides),
-                                        allow_split_mismatch=allow_split_mismatch, log=log)
+        result.final_run_id = final_run(
+            study,
+            space,
+            data,
+            profile=profile,
+            overrides=overrides,
+            prepared=p,
+            experiment=experiment,
+            source=src_run,
+            tune_run_id=result.parent_run_id,
+            header=_header(study_name, st, profile, overrides),
+            allow_split_mismatch=allow_split_mismatch,
+            log=log,
+        )
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def final_run(study, space: SearchSpace, data: str | None, *, profile: str = "default",
-              overrides: Mapping[str, Any] | None = None, prepared: "Prepared | None" = None,
-              experiment: str | None = None, source: str | None = None, tune_run_id: str | None = None,
-              header: str = "", allow_split_mismatch: bool = False, log=print) -> str:
+def final_run(
+    study,
+    space: SearchSpace,
+    data: str | None,
+    *,
+    profile: str = "default",
+    overrides: Mapping[str, Any] | None = None,
+    prepared: Prepared | None = None,
+    experiment: str | None = None,
+    source: str | None = None,
+    tune_run_id: str | None = None,
+    header: str = "",
+    allow_split_mismatch: bool = False,
+    log=print,
+) -> str:
     """Train the study's best configuration as a normal pretrain/finetune run tagged ``selected=true``.
 
     The config is the best-configuration YAML loaded like any technique file (same profile and
@@ -262,8 +346,10 @@ def final_run(study, space: SearchSpace, data: str | None, *, profile: str = "de
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise ConfigError(f"study {study.study_name!r} has no complete trial yet; run some trials before --final")
     best = study.best_trial
-    note = (f"Tuned by Optuna study {study.study_name!r}: trial {best.number}, "
-            f"validation {space.objective} {best.value:.4f}.")
+    note = (
+        f"Tuned by Optuna study {study.study_name!r}: trial {best.number}, "
+        f"validation {space.objective} {best.value:.4f}."
+    )
     text = best_config_yaml(space, best.params, note, header)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"{space.name}.yaml"
@@ -271,18 +357,36 @@ def final_run(study, space: SearchSpace, data: str | None, *, profile: str = "de
         cfg = load_experiment(path, overrides=dict(overrides or {}), profile=profile, stage=space.stage)
     expected = trial_config(base_config(space, profile, overrides), best.params)
     if space.stage == "pretrain":  # (finetune: run_stage takes the architecture from the source run)
-        mismatch = {k: v for k, v in flatten(to_dict(cfg)).items()
-                    if k not in ("description",) and flatten(to_dict(expected)).get(k) != v}
+        mismatch = {
+            k: v
+            for k, v in flatten(to_dict(cfg)).items()
+            if k not in ("description",) and flatten(to_dict(expected)).get(k) != v
+        }
         if mismatch:  # the YAML must reproduce the trial exactly; anything else is a bug worth stopping for
             raise RuntimeError(f"best-configuration YAML does not reproduce trial {best.number}: {mismatch}")
-    log(f"final run of study {study.study_name!r}: trial {best.number} {best.params} "
-        f"(validation {space.objective} {best.value:.4f})")
-    tags = {"selected": "true", "optuna_study": study.study_name, "optuna_trial": best.number,
-            "search_space": space.name, "tuned_val_objective": f"{best.value:.6f}"}
+    log(
+        f"final run of study {study.study_name!r}: trial {best.number} {best.params} "
+        f"(validation {space.objective} {best.value:.4f})"
+    )
+    tags = {
+        "selected": "true",
+        "optuna_study": study.study_name,
+        "optuna_trial": best.number,
+        "search_space": space.name,
+        "tuned_val_objective": f"{best.value:.6f}",
+    }
     if tune_run_id:
         tags["tune_run_id"] = tune_run_id
-    run_id = run_stage(cfg, data, source=source, experiment=experiment, tags=tags, prepared=prepared, log=log,
-                       allow_split_mismatch=allow_split_mismatch)
+    run_id = run_stage(
+        cfg,
+        data,
+        source=source,
+        experiment=experiment,
+        tags=tags,
+        prepared=prepared,
+        log=log,
+        allow_split_mismatch=allow_split_mismatch,
+    )
     if run_id:
         study.set_user_attr("final_run_id", run_id)
         if tune_run_id:

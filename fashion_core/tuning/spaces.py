@@ -1,9 +1,11 @@
 """Search spaces: ``search_spaces/<name>.yaml`` parsed and validated into a ``SearchSpace``, and the configs it yields."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -27,6 +29,7 @@ OBJECTIVES = ("val_top1_mean", "val_top5_mean", "val_top1_micro")
 
 # ---------------------------------------------------------------- search spaces
 
+
 @dataclass(frozen=True)
 class Param:
     """One searched config key: a float or int range, or a list of choices, maybe conditional."""
@@ -44,7 +47,7 @@ class Param:
         """Whether this parameter is searched given the values chosen before it."""
         return all(k in chosen and chosen[k] in values for k, values in self.when)
 
-    def suggest(self, trial: "optuna.Trial") -> Any:
+    def suggest(self, trial: optuna.Trial) -> Any:
         """Ask the trial for a value."""
         if self.kind == "float":
             return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
@@ -84,7 +87,7 @@ class SearchSpace:
     def param_names(self) -> list[str]:
         return [p.name for p in self.params]
 
-    def sample(self, trial: "optuna.Trial") -> dict[str, Any]:
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """The trial's values as dotted config overrides (conditional parameters only when active)."""
         chosen: dict[str, Any] = {}
         for p in self.params:
@@ -105,18 +108,22 @@ def _number(path: Path, where: str, value: Any, integer: bool) -> float | int:
     return int(value) if integer else float(value)
 
 
-def _parse_param(path: Path, name: str, spec: Any, earlier: dict[str, Param]) -> Param:
+def _parse_param(path: Path, name: str, spec: Any, earlier: dict[str, Param]) -> Param:  # noqa: C901 - one check per parameter field, each its own one-line error
     """One entry of ``params:``; every mistake is a one-line error naming the parameter."""
     if not isinstance(spec, Mapping):
-        raise _space_error(path, f"parameter {name!r} must be a mapping with a type, e.g. "
-                                 "{type: float, low: 0.0, high: 5.0}")
+        raise _space_error(
+            path, f"parameter {name!r} must be a mapping with a type, e.g. {{type: float, low: 0.0, high: 5.0}}"
+        )
     kind = spec.get("type")
     if kind not in PARAM_KINDS:
         raise _space_error(path, f"parameter {name!r}: unknown type {kind!r}; choose one of: {', '.join(PARAM_KINDS)}")
     unknown = sorted(set(spec) - set(PARAM_FIELDS[kind]))
     if unknown:
-        raise _space_error(path, f"parameter {name!r}: unknown field(s) {', '.join(unknown)}; "
-                                 f"a {kind} parameter has: {', '.join(PARAM_FIELDS[kind])}")
+        raise _space_error(
+            path,
+            f"parameter {name!r}: unknown field(s) {', '.join(unknown)}; "
+            f"a {kind} parameter has: {', '.join(PARAM_FIELDS[kind])}",
+        )
     when = _parse_when(path, name, spec.get("when"), earlier)
     if kind == "categorical":
         choices = spec.get("choices")
@@ -161,13 +168,19 @@ def _parse_when(path: Path, name: str, when: Any, earlier: dict[str, Param]) -> 
     for ref, values in when.items():
         if ref not in earlier or earlier[ref].kind != "categorical":
             valid = [p for p, spec in earlier.items() if spec.kind == "categorical"]
-            raise _space_error(path, f"parameter {name!r}: when refers to {ref!r}, which is not an earlier categorical "
-                                     f"parameter; choose one of: {', '.join(valid) or '(none)'}")
+            raise _space_error(
+                path,
+                f"parameter {name!r}: when refers to {ref!r}, which is not an earlier categorical "
+                f"parameter; choose one of: {', '.join(valid) or '(none)'}",
+            )
         values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
         bad = [v for v in values if v not in earlier[ref].choices]
         if bad or not values:
-            raise _space_error(path, f"parameter {name!r}: when {ref} = {bad or values} is not among its choices "
-                                     f"{list(earlier[ref].choices)}")
+            raise _space_error(
+                path,
+                f"parameter {name!r}: when {ref} = {bad or values} is not among its choices "
+                f"{list(earlier[ref].choices)}",
+            )
         out.append((str(ref), values))
     return tuple(out)
 
@@ -183,8 +196,10 @@ def find_space(name_or_path: str | Path, root: str | Path = "search_spaces") -> 
     if cand.is_file():
         return cand
     valid = sorted(x.stem for x in Path(root).glob("*.yaml"))
-    raise ConfigError(f"unknown search space {str(name_or_path)!r}; choose one of: "
-                      f"{', '.join(valid) or '(none in ' + str(root) + ')'}")
+    raise ConfigError(
+        f"unknown search space {str(name_or_path)!r}; choose one of: "
+        f"{', '.join(valid) or '(none in ' + str(root) + ')'}"
+    )
 
 
 def _find_base(base: Any, path: Path, experiments_dir: str | Path) -> Path:
@@ -203,8 +218,9 @@ def _find_base(base: Any, path: Path, experiments_dir: str | Path) -> Path:
     return find_technique(name, stage, experiments_dir)
 
 
-def load_space(name_or_path: str | Path, spaces_dir: str | Path = "search_spaces",
-               experiments_dir: str | Path = "experiments") -> SearchSpace:
+def load_space(
+    name_or_path: str | Path, spaces_dir: str | Path = "search_spaces", experiments_dir: str | Path = "experiments"
+) -> SearchSpace:
     """Read and check a search space; a bad one is a ConfigError before anything runs.
 
     Checks: the file's keys, each parameter's type and fields, low <= high, log ranges above 0,
@@ -231,8 +247,11 @@ def load_space(name_or_path: str | Path, spaces_dir: str | Path = "search_spaces
     base_path = _find_base(raw.get("base"), path, experiments_dir)
     objective = raw.get("objective", "val_top1_mean")
     if objective not in OBJECTIVES:
-        raise _space_error(path, f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)} "
-                                 "(validation metrics only: the test split never selects)")
+        raise _space_error(
+            path,
+            f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)} "
+            "(validation metrics only: the test split never selects)",
+        )
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, Mapping):
         raise _space_error(path, "fixed must map config keys to values, e.g. loss.name: focal")
@@ -252,20 +271,29 @@ def load_space(name_or_path: str | Path, spaces_dir: str | Path = "search_spaces
         raise _space_error(path, f"base {base_path} with fixed values: {e}") from None
     for p in params.values():
         if p.name.split(".")[0] in ("stage", "technique", "description", "data"):
-            raise _space_error(path, f"{p.name!r} cannot be searched (it changes what the study is about, "
-                                     "not how a model is trained)")
+            raise _space_error(
+                path, f"{p.name!r} cannot be searched (it changes what the study is about, not how a model is trained)"
+            )
         for v in p.extremes():
             try:
                 base.replace(**{p.name: v})
             except ConfigError as e:
                 raise _space_error(path, f"parameter {p.name!r} = {v!r}: {e}") from None
-    return SearchSpace(name=path.stem, path=path, base_path=base_path, stage=base.stage,
-                       description=str(raw.get("description", "")), objective=objective,
-                       fixed=tuple(fixed.items()), params=tuple(params.values()))
+    return SearchSpace(
+        name=path.stem,
+        path=path,
+        base_path=base_path,
+        stage=base.stage,
+        description=str(raw.get("description", "")),
+        objective=objective,
+        fixed=tuple(fixed.items()),
+        params=tuple(params.values()),
+    )
 
 
-def base_config(space: SearchSpace, profile: str = "default",
-                overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+def base_config(
+    space: SearchSpace, profile: str = "default", overrides: Mapping[str, Any] | None = None
+) -> ExperimentConfig:
     """The config every trial starts from: profile <- base technique <- fixed <- overrides.
 
     Overriding a searched key is an error: the study would silently ignore the override.
@@ -274,8 +302,9 @@ def base_config(space: SearchSpace, profile: str = "default",
     searched = sorted(set(overrides) & set(space.param_names))
     if searched:
         raise ConfigError(f"{', '.join(searched)} searched by {space.path}; do not override it (-o)")
-    cfg = load_experiment(space.base_path, overrides={**dict(space.fixed), **overrides}, profile=profile,
-                          stage=space.stage)
+    cfg = load_experiment(
+        space.base_path, overrides={**dict(space.fixed), **overrides}, profile=profile, stage=space.stage
+    )
     return cfg.replace(technique=space.name)
 
 
@@ -284,8 +313,7 @@ def trial_config(base: ExperimentConfig, params: Mapping[str, Any]) -> Experimen
     return base.replace(**dict(params))
 
 
-def best_config_yaml(space: SearchSpace, params: Mapping[str, Any], note: str = "",
-                     header: str = "") -> str:
+def best_config_yaml(space: SearchSpace, params: Mapping[str, Any], note: str = "", header: str = "") -> str:
     """A technique file (the ``experiments/`` format: only keys that differ from the defaults) of the
     base technique with the fixed and the tuned values."""
     raw = technique_raw(space.base_path)  # its parents' keys too: the file written has no parent
@@ -304,5 +332,3 @@ def best_config_yaml(space: SearchSpace, params: Mapping[str, Any], note: str = 
     ordered = {"description": desc, "stage": nested.pop("stage", space.stage), **nested}
     comment = "".join(f"# {line}\n" for line in header.splitlines())
     return comment + yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True)
-
-

@@ -1,19 +1,21 @@
 """The Optuna storage of a study: sqlite, PostgreSQL or a journal file, opened with heartbeats."""
+
 from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fashion_core.config.checks import ConfigError
-
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
 
 # ---------------------------------------------------------------- storage
+
 
 @dataclass
 class StudyStorage:
@@ -50,13 +52,13 @@ def _with_driver(url: str) -> str:
 
     for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
         if importlib.util.find_spec(module) is not None:
-            return dialect + url[len("postgresql"):]
+            return dialect + url[len("postgresql") :]
     raise ConfigError("storage postgresql://...: no PostgreSQL driver; pip install psycopg2-binary (or psycopg)")
 
 
 def _journal_path(url: str) -> Path | None:
     if url.startswith("journal:"):
-        return Path(url[len("journal:"):].removeprefix("//"))
+        return Path(url[len("journal:") :].removeprefix("//"))
     if "://" not in url and url.endswith((".journal", ".log")):
         return Path(url)
     return None
@@ -71,14 +73,17 @@ def check_storage_url(url: str) -> str:
         return "journal"
     scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
     if scheme not in ("sqlite", "postgresql", "mysql"):
-        raise ConfigError(f"storage {mask_url(url)!r}: use sqlite:///optuna.db (one machine), "
-                          "postgresql://user:password@host:5432/db (many machines) or journal:FILE "
-                          "(many processes on one host)")
+        raise ConfigError(
+            f"storage {mask_url(url)!r}: use sqlite:///optuna.db (one machine), "
+            "postgresql://user:password@host:5432/db (many machines) or journal:FILE "
+            "(many processes on one host)"
+        )
     return "rdb"
 
 
-def open_storage(url: str, heartbeat: int = 60,
-                 on_dead_trial: Callable[[Any, Any], None] | None = None) -> StudyStorage:
+def open_storage(
+    url: str, heartbeat: int = 60, on_dead_trial: Callable[[Any, Any], None] | None = None
+) -> StudyStorage:
     """Open an Optuna storage by URL.
 
     Args:
@@ -107,12 +112,16 @@ def open_storage(url: str, heartbeat: int = 60,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are experimental
         try:
-            storage = optuna.storages.RDBStorage(rdb_url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                                 grace_period=2 * heartbeat,
-                                                 heartbeat_stale_trial_callback=on_dead_trial)
+            storage = optuna.storages.RDBStorage(
+                rdb_url,
+                engine_kwargs=engine,
+                heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=on_dead_trial,
+            )
         except Exception as e:  # a bad host, database or driver: one line, not a SQLAlchemy traceback
-            raise ConfigError(f"storage {mask_url(url)!r}: cannot open it ({type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+            raise ConfigError(
+                f"storage {mask_url(url)!r}: cannot open it ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})"
+            ) from None
     return StudyStorage(url, storage, "rdb")
-
-

@@ -1,4 +1,5 @@
 """The study (pruner, settings, sampler) and the objective: one trial trains on train and reports validation."""
+
 from __future__ import annotations
 
 import copy
@@ -6,23 +7,22 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from fashion_core.tracking import runs as tracking
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, flatten, to_dict
-from fashion_core.tuning.spaces import SearchSpace, trial_config
-from fashion_core.tuning.storage import StudyStorage
-from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retried_trial_number, retry_dead_trial
 from fashion_core.data.stage import build_stage_data
 from fashion_core.engine.devices import pick_device
-from fashion_core.engine.train import evaluate
-from fashion_core.engine.train import fit
-from fashion_core.fusion.modules import param_groups
-from fashion_core.fusion.modules import wrap_criterion
+from fashion_core.engine.train import evaluate, fit
+from fashion_core.fusion.modules import param_groups, wrap_criterion
 from fashion_core.fusion.plan import plan_stage
 from fashion_core.losses import build_loss
 from fashion_core.runners.network import setup_model
+from fashion_core.tracking import runs as tracking
+from fashion_core.tuning.spaces import SearchSpace, trial_config
+from fashion_core.tuning.storage import StudyStorage
+from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retried_trial_number, retry_dead_trial
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
     import optuna
@@ -37,6 +37,7 @@ WORKER_LOCAL_KEYS = ("train.device", "train.compile")
 
 # ---------------------------------------------------------------- the study
 
+
 def make_pruner(pruning: bool = True, prune_from: int = 1):
     """Median pruning on per-epoch validation reports, from epoch ``prune_from`` on, once 5 trials completed."""
     import optuna
@@ -46,13 +47,20 @@ def make_pruner(pruning: bool = True, prune_from: int = 1):
     return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=prune_from)
 
 
-def study_settings(space: SearchSpace, base: ExperimentConfig, digest: str,
-                   source_run_id: str | None = None) -> dict[str, Any]:
+def study_settings(
+    space: SearchSpace, base: ExperimentConfig, digest: str, source_run_id: str | None = None
+) -> dict[str, Any]:
     """What every worker of a study must agree on (kept in the study's user attrs)."""
     config = {k: v for k, v in flatten(to_dict(base)).items() if k not in WORKER_LOCAL_KEYS}
-    settings = {"space": space.name, "stage": space.stage, "objective": space.objective,
-                "params": {p.name: p.to_dict() for p in space.params}, "config": config,
-                "dataset_digest": digest, "source_run_id": source_run_id}
+    settings = {
+        "space": space.name,
+        "stage": space.stage,
+        "objective": space.objective,
+        "params": {p.name: p.to_dict() for p in space.params},
+        "config": config,
+        "dataset_digest": digest,
+        "source_run_id": source_run_id,
+    }
     text = json.dumps(settings, sort_keys=True, default=str)
     settings["fingerprint"] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return settings
@@ -68,8 +76,15 @@ def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def open_study(storage: StudyStorage, study_name: str, settings: Mapping[str, Any], *, seed: int | None = 0,
-               pruner=None, metric_name: str | None = None):
+def open_study(
+    storage: StudyStorage,
+    study_name: str,
+    settings: Mapping[str, Any],
+    *,
+    seed: int | None = 0,
+    pruner=None,
+    metric_name: str | None = None,
+):
     """Create the study or load it (``load_if_exists``), and check the workers agree on its settings.
 
     ``metric_name`` (the space's objective, e.g. ``val_top1_mean``) names the value for optuna-dashboard,
@@ -80,16 +95,19 @@ def open_study(storage: StudyStorage, study_name: str, settings: Mapping[str, An
     """
     import optuna
 
-    study = optuna.create_study(storage=storage.storage, study_name=study_name, direction="maximize",
-                                load_if_exists=True, pruner=pruner)
+    study = optuna.create_study(
+        storage=storage.storage, study_name=study_name, direction="maximize", load_if_exists=True, pruner=pruner
+    )
     stored = study.user_attrs.get("settings")
     if stored is None:
         study.set_user_attr("settings", dict(settings))
     elif stored.get("fingerprint") != settings["fingerprint"]:
         diff = _settings_diff(stored, settings)
-        raise ConfigError(f"study {study_name!r} in {storage.display} was created with other settings "
-                          f"({'; '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}); pass the same space, profile and "
-                          "overrides, or choose another --study-name")
+        raise ConfigError(
+            f"study {study_name!r} in {storage.display} was created with other settings "
+            f"({'; '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}); pass the same space, profile and "
+            "overrides, or choose another --study-name"
+        )
     if metric_name and study.metric_names != [metric_name]:
         import warnings
 
@@ -102,9 +120,8 @@ def open_study(storage: StudyStorage, study_name: str, settings: Mapping[str, An
     return study
 
 
-
-
 # ---------------------------------------------------------------- the objective
+
 
 class Objective:
     """One trial: sample, train on train, report validation every epoch, return the objective.
@@ -122,8 +139,18 @@ class Objective:
         source: finetune spaces: the pretrained (model, meta); each trial gets its own copy.
     """
 
-    def __init__(self, space: SearchSpace, base: ExperimentConfig, prepared: "Prepared", digest: str,
-                 parent_run_id: str, storage: StudyStorage, study_name: str, source: tuple | None = None, log=print):
+    def __init__(
+        self,
+        space: SearchSpace,
+        base: ExperimentConfig,
+        prepared: Prepared,
+        digest: str,
+        parent_run_id: str,
+        storage: StudyStorage,
+        study_name: str,
+        source: tuple | None = None,
+        log=print,
+    ):
         if (prepared.splits["split"] == "test").any():
             raise ValueError("the objective takes validation-only prepared data (see without_test)")
         self.space, self.base, self.prepared, self.digest = space, base, prepared, digest
@@ -143,8 +170,10 @@ class Objective:
             planned, plan = plan_stage(cfg, self.prepared, self.source, self.log)
             sd = build_stage_data(self.prepared, cfg.stage, plan.extras if plan is not None else None)
             if len(sd.val) == 0:
-                raise ConfigError("tuning needs a validation split: data.val_fraction must be > 0, or data.val_by=year "
-                                  "with a held-out year that has this stage's products")
+                raise ConfigError(
+                    "tuning needs a validation split: data.val_fraction must be > 0, or data.val_by=year "
+                    "with a held-out year that has this stage's products"
+                )
             if len(sd.train) == 0:
                 raise ConfigError(f"the {cfg.stage} stage has no training images with these split settings")
             self._stage_cache = (key, (planned.fusion, plan, sd))
@@ -152,25 +181,42 @@ class Objective:
         # the encoder settings really used (from a fused source run they carry over), as run_stage logs them
         return dataclasses.replace(cfg, fusion=planned_fusion), plan, sd
 
-    def __call__(self, trial: "optuna.Trial") -> float:
+    def __call__(self, trial: optuna.Trial) -> float:
         import mlflow
         import optuna
 
         reap_dead_workers(trial.study, self.storage, self.log)
         params = self.space.sample(trial)
         cfg, plan, sd = self.stage(trial_config(self.base, params))
-        for key, value in (("worker", _worker_id()), ("worker_trial", trial.number),
-                           ("mlflow_parent_run_id", self.parent_run_id)):
+        for key, value in (
+            ("worker", _worker_id()),
+            ("worker_trial", trial.number),
+            ("mlflow_parent_run_id", self.parent_run_id),
+        ):
             trial.set_user_attr(key, value)
-        tags = {"optuna_study": self.study_name, "optuna_trial": trial.number, "search_space": self.space.name,
-                "tuned_stage": self.space.stage, "tune_role": "trial", "seed": cfg.train.seed}
+        tags = {
+            "optuna_study": self.study_name,
+            "optuna_trial": trial.number,
+            "search_space": self.space.name,
+            "tuned_stage": self.space.stage,
+            "tune_role": "trial",
+            "seed": cfg.train.seed,
+        }
         retried = retried_trial_number(_frozen(trial))
         if retried is not None:
             tags["retry_of_trial"] = retried
         state, pruned = "failed", None
         name = f"{self.study_name}/trial-{trial.number}"
-        with tracking.start_run("tune", self.space.name, self.digest, run_name=name, config=to_dict(cfg), tags=tags,
-                                nested=True, parent_run_id=self.parent_run_id) as run:
+        with tracking.start_run(
+            "tune",
+            self.space.name,
+            self.digest,
+            run_name=name,
+            config=to_dict(cfg),
+            tags=tags,
+            nested=True,
+            parent_run_id=self.parent_run_id,
+        ) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 value = self._train(trial, cfg, plan, sd)
@@ -197,8 +243,9 @@ class Objective:
         source = copy.deepcopy(self.source) if self.source is not None else None
         model, policy, lr_mult = setup_model(cfg, sd, source, device, self.log, plan=plan)
         criterion = wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
-        tracking.log_metrics({"n_classes": len(sd.classes), "n_train_images": len(sd.train),
-                              "n_val_images": len(sd.val)})
+        tracking.log_metrics(
+            {"n_classes": len(sd.classes), "n_train_images": len(sd.train), "n_val_images": len(sd.val)}
+        )
         model.to(device)
         key = self.space.objective
         if not policy.train:  # imprint / ncm: nothing to train, the head is the result
@@ -213,13 +260,23 @@ class Objective:
             # after the last epoch nothing is left to save: keep the result instead of pruning it
             if epoch < cfg.train.epochs and trial.should_prune():
                 tracking.log_metrics({"pruned_at_epoch": epoch})
-                raise optuna.TrialPruned(f"{key} {metrics[key]:.4f} at epoch {epoch} is below the median "
-                                         "of earlier trials")
+                raise optuna.TrialPruned(
+                    f"{key} {metrics[key]:.4f} at epoch {epoch} is below the median of earlier trials"
+                )
 
         groups = param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
         prefix = f"trial {trial.number}: "
-        result = fit(model, sd.train, sd.val, criterion, groups, cfg.train, device, on_epoch=on_epoch,
-                     log=lambda m: self.log(prefix + m))
+        result = fit(
+            model,
+            sd.train,
+            sd.val,
+            criterion,
+            groups,
+            cfg.train,
+            device,
+            on_epoch=on_epoch,
+            log=lambda m: self.log(prefix + m),
+        )
         best = result.history[result.best_epoch - 1] if result.best_epoch else {}
         value = float(result.best_val if key == "val_top1_mean" else best.get(key, float("nan")))
         tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history), "objective": value})
@@ -232,5 +289,3 @@ def _frozen(trial):
         if t.number == trial.number:
             return t
     raise KeyError(trial.number)
-
-

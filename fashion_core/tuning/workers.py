@@ -1,4 +1,5 @@
 """Dead workers: a trial whose worker died is failed, its MLflow runs closed, and its parameters queued again."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,16 +7,17 @@ import fcntl
 import os
 import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from fashion_core.tuning.storage import StudyStorage
-
 
 MAX_RETRY = 2  # a trial whose worker died is queued again at most this many times
 
 
 # ---------------------------------------------------------------- dead workers
+
 
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -129,5 +131,3 @@ def reap_dead_workers(study, storage: StudyStorage, log=print) -> int:
             retry_dead_trial(study, t, log)
             reaped += 1
     return reaped
-
-

@@ -1,17 +1,18 @@
 """Fitting both models on some seen classes and choosing the calibration on validation with pseudo-unseen folds."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fashion_core.evaluation.scoring import class_mean_accuracy
+from fashion_core.fusion.metadata_only import class_scores, fit_logreg
 from fashion_core.zeroshot.ranker import MIXES, doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
 from fashion_core.zeroshot.semantic import TextInputs, with_text
-from fashion_core.fusion.metadata_only import class_scores
-from fashion_core.fusion.metadata_only import fit_logreg
 
 N_FOLDS = 3  # pseudo-unseen folds for gamma
 HOLDOUT = 1 / 3  # share of the seen classes (with validation images) held out per fold
@@ -23,6 +24,7 @@ BETAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 # ---------------------------------------------------------------- fitting, calibration
 
+
 @dataclass
 class SeenModels:
     """The two models fitted on some seen classes: the metadata logistic regression and the name ranker."""
@@ -32,8 +34,16 @@ class SeenModels:
     seen: np.ndarray  # (C,) bool: classes with training rows in this fit
 
 
-def fit_models(x_train, phi_train: np.ndarray, y_train: np.ndarray, n_classes: int, c: float,
-               class_weight: str | None, seed: int, clf=None) -> SeenModels:
+def fit_models(
+    x_train,
+    phi_train: np.ndarray,
+    y_train: np.ndarray,
+    n_classes: int,
+    c: float,
+    class_weight: str | None,
+    seed: int,
+    clf=None,
+) -> SeenModels:
     """Fit both models on the given training rows (labels index the C candidates); ``clf``: the metadata model
     already fitted on exactly these rows with this ``c`` (saves its refit)."""
     if clf is None:
@@ -59,8 +69,9 @@ def split_means(labels: np.ndarray, pred1: np.ndarray, groups: Sequence[np.ndarr
     return out
 
 
-def pseudo_unseen_folds(seen_with_val: np.ndarray, seed: int, n_folds: int = N_FOLDS,
-                        share: float = HOLDOUT, groups: dict | None = None) -> list[np.ndarray]:
+def pseudo_unseen_folds(
+    seen_with_val: np.ndarray, seed: int, n_folds: int = N_FOLDS, share: float = HOLDOUT, groups: dict | None = None
+) -> list[np.ndarray]:
     """Class indices held out as pseudo-unseen in each fold: disjoint seeded slices of a permutation.
 
     ``groups`` (class index -> group, e.g. its subCategory; ``zeroshot.fold_by``): whole groups are held out
@@ -97,10 +108,22 @@ def class_groups(rows: pd.DataFrame, labels: np.ndarray, column: str) -> dict | 
     return {int(y): g["g"].mode().iloc[0] for y, g in frame.groupby("y")}
 
 
-def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int, c: float,
-              class_weight: str | None, seed: int, betas: Sequence[float] = BETAS,
-              text: TextInputs | None = None, groups: dict | None = None,
-              log=print) -> tuple[float, float, str, pd.DataFrame]:
+def calibrate(
+    x_train,
+    phi_train,
+    y_train,
+    x_val,
+    phi_val,
+    y_val,
+    n_classes: int,
+    c: float,
+    class_weight: str | None,
+    seed: int,
+    betas: Sequence[float] = BETAS,
+    text: TextInputs | None = None,
+    groups: dict | None = None,
+    log=print,
+) -> tuple[float, float, str, pd.DataFrame]:
     """The calibration: (gamma, beta, mix) of the best mean validation H over pseudo-unseen folds, and the curve.
 
     In each fold the held-out classes' training rows leave both fits (and the text map of ``text``, when it
@@ -120,8 +143,9 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
             ev = t.evidence(keep, y_train[keep], class_weight == "balanced")
             fold_phi_train = with_text(fold_phi_train, ev, t.emb["train"][keep])
             fold_phi_val = with_text(fold_phi_val, ev, t.emb["val"])
-        models = fit_models(x_train[np.flatnonzero(keep)], fold_phi_train, y_train[keep], n_classes, c, class_weight,
-                            seed)
+        models = fit_models(
+            x_train[np.flatnonzero(keep)], fold_phi_train, y_train[keep], n_classes, c, class_weight, seed
+        )
         pseudo_seen = np.setdiff1d(np.unique(y_val), held)
         from fashion_core.fusion.metadata_only import class_scores
 
@@ -133,10 +157,21 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
                     s = base.copy()
                     s[:, models.seen] -= g + b * nov[:, None]
                     s_mean, u_mean = split_means(y_val, s.argmax(axis=1), [pseudo_seen, held])
-                    rows.append({"fold": i, "mix": mix, "beta": float(b), "gamma": float(g), "n_held_out": len(held),
-                                 "val_seen": s_mean, "val_unseen": u_mean, "val_harmonic": harmonic(s_mean, u_mean)})
-    curve = pd.DataFrame(rows, columns=["fold", "mix", "beta", "gamma", "n_held_out", "val_seen", "val_unseen",
-                                        "val_harmonic"])
+                    rows.append(
+                        {
+                            "fold": i,
+                            "mix": mix,
+                            "beta": float(b),
+                            "gamma": float(g),
+                            "n_held_out": len(held),
+                            "val_seen": s_mean,
+                            "val_unseen": u_mean,
+                            "val_harmonic": harmonic(s_mean, u_mean),
+                        }
+                    )
+    curve = pd.DataFrame(
+        rows, columns=["fold", "mix", "beta", "gamma", "n_held_out", "val_seen", "val_unseen", "val_harmonic"]
+    )
     if curve.empty:
         log(f"zero-shot: too few seen classes with validation images to hold some out: gamma = 0, mix {MIXES[0]}")
         return 0.0, 0.0, MIXES[0], curve
@@ -144,8 +179,9 @@ def calibrate(x_train, phi_train, y_train, x_val, phi_val, y_val, n_classes: int
     # the first among equals: gate before product, smaller beta, smaller gamma
     mix, beta, gamma = mean["val_harmonic"].idxmax()
     best = mean.loc[(mix, beta, gamma)]
-    log(f"zero-shot calibration on validation ({curve['fold'].nunique()} folds of pseudo-unseen classes): "
+    log(
+        f"zero-shot calibration on validation ({curve['fold'].nunique()} folds of pseudo-unseen classes): "
         f"mix {mix}, gamma={gamma:g}, beta={beta:g}  pseudo-seen {best['val_seen']:.4f}  "
-        f"pseudo-unseen {best['val_unseen']:.4f}  H {best['val_harmonic']:.4f}")
+        f"pseudo-unseen {best['val_unseen']:.4f}  H {best['val_harmonic']:.4f}"
+    )
     return float(gamma), float(beta), str(mix), curve
-

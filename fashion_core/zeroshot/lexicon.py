@@ -14,30 +14,45 @@ the class names and WordNet enter, no product, so a held-out or unseen class's d
 
     python -c "from fashion_core.zeroshot.lexicon import WordNet; print(WordNet.load().senses('compact'))"
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from fashion_core.config.checks import ConfigError
 
 ENV_DIR = "FASHION_WORDNET_DIR"
-SEARCH_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet", "/opt/homebrew/opt/wordnet/dict",
-               "/usr/local/opt/wordnet/dict")
+SEARCH_DIRS = (
+    "/usr/share/wordnet",
+    "/usr/local/share/wordnet",
+    "/opt/homebrew/opt/wordnet/dict",
+    "/usr/local/opt/wordnet/dict",
+)
 FILES = ("index.noun", "data.noun")
 PRODUCT_LEXFILES = (6, 27)  # noun.artifact, noun.substance: what a product can be (not a person, a place, an act)
-INSTALL_HINT = ("class descriptions (zeroshot.class_text=wordnet) need the WordNet 3.0 database files "
-                "(index.noun, data.noun): `sudo apt-get install wordnet-base` (Debian/Ubuntu: /usr/share/wordnet), "
-                "`brew install wordnet`, or set FASHION_WORDNET_DIR to a folder holding them")
-_SUFFIXES = (("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
-             ("ies", "y"), ("s", ""))  # WordNet's own noun detachment rules (morphy)
+INSTALL_HINT = (
+    "class descriptions (zeroshot.class_text=wordnet) need the WordNet 3.0 database files "
+    "(index.noun, data.noun): `sudo apt-get install wordnet-base` (Debian/Ubuntu: /usr/share/wordnet), "
+    "`brew install wordnet`, or set FASHION_WORDNET_DIR to a folder holding them"
+)
+_SUFFIXES = (
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+    ("s", ""),
+)  # WordNet's own noun detachment rules (morphy)
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ class WordNet:
                     continue
                 parts = line.split()
                 n_synsets, n_ptr = int(parts[2]), int(parts[3])
-                self.index[parts[0]] = [int(o) for o in parts[6 + n_ptr:6 + n_ptr + n_synsets]]
+                self.index[parts[0]] = [int(o) for o in parts[6 + n_ptr : 6 + n_ptr + n_synsets]]
         self.exceptions: dict[str, str] = {}
         exc = self.folder / "noun.exc"
         if exc.is_file():
@@ -81,11 +96,14 @@ class WordNet:
                 if len(parts) >= 2:
                     self.exceptions.setdefault(parts[0], parts[1])
         data = self.folder / "data.noun"
-        self.source = {"package": "WordNet 3.0 (wordnet-base)", "file": str(data),
-                       "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
+        self.source = {
+            "package": "WordNet 3.0 (wordnet-base)",
+            "file": str(data),
+            "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+        }
 
     @classmethod
-    def load(cls, folder: str | Path | None = None) -> "WordNet":
+    def load(cls, folder: str | Path | None = None) -> WordNet:
         return _load(str(Path(folder) if folder else wordnet_dir()))
 
     def lemmas(self, phrase: str) -> list[str]:
@@ -137,7 +155,7 @@ def part_senses(wn: WordNet, part: str) -> tuple[str, list[Sense]]:
 
 def sense_text(sense: Sense, phrase: str) -> str:
     """How a sense is written into a description: its gloss, and its other lemmas ("nail enamel", "nail varnish")."""
-    others = [l for l in sense.lemmas if l.lower() != phrase.lower()]
+    others = [lemma for lemma in sense.lemmas if lemma.lower() != phrase.lower()]
     return sense.gloss + (f" (also {', '.join(others)})" if others else "")
 
 
@@ -170,8 +188,9 @@ def class_definitions(classes: Sequence[str], wn: WordNet, embed, domain: np.nda
     return out
 
 
-def describe_classes(classes: Sequence[str], wn: WordNet, embed, domain: np.ndarray | None = None,
-                     template: str = "{}") -> tuple[list[str], dict]:
+def describe_classes(
+    classes: Sequence[str], wn: WordNet, embed, domain: np.ndarray | None = None, template: str = "{}"
+) -> tuple[list[str], dict]:
     """One description per class: ``template`` filled with the name, then ": " and its definition
     (``class_definitions``; the template alone when there is none).
 

@@ -1,21 +1,32 @@
 """The name evidence of generalised zero-shot: the candidate classes and ``phi(x, c)``, what a product name says
 for each class name (see the package doc); nothing here is fitted on labels.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fashion_core.fusion.encoders import _TOKEN, _clean, class_words, s_stem
 
-FEATURES = ("share_exact", "share_class_idf", "all_exact", "n_exact", "head_word", "name_cover", "share_abbrev",
-            "char_sim")
+FEATURES = (
+    "share_exact",
+    "share_class_idf",
+    "all_exact",
+    "n_exact",
+    "head_word",
+    "name_cover",
+    "share_abbrev",
+    "char_sim",
+)
 
 
 # ---------------------------------------------------------------- classes
+
 
 def candidate_classes(splits: pd.DataFrame, stage: str) -> list[str]:
     """Every class name of the stage's subset in the catalogue (any split, excluded rows too), sorted."""
@@ -24,6 +35,7 @@ def candidate_classes(splits: pd.DataFrame, stage: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- name evidence
+
 
 def name_tokens(name: Any) -> tuple[list[str], list[str], int]:
     """(tokens, head tokens, number of words) of a product name: singular words, then adjacent pairs joined
@@ -54,7 +66,7 @@ def word_membership(per_class: Sequence[set[str]]) -> tuple[tuple[str, ...], np.
 
 def _trigrams(word: str) -> set[str]:
     padded = f"#{word}#"
-    return {padded[i:i + 3] for i in range(len(padded) - 2)}
+    return {padded[i : i + 3] for i in range(len(padded) - 2)}
 
 
 def _dice(a: set[str], b: set[str]) -> float:
@@ -81,7 +93,7 @@ class NameMatcher:
     idf_unseen: float  # log(1 + N)
 
     @classmethod
-    def build(cls, classes: Sequence[str], train_names: Iterable[Any] = ()) -> "NameMatcher":
+    def build(cls, classes: Sequence[str], train_names: Iterable[Any] = ()) -> NameMatcher:
         """The class words of ``classes``; how common each is in ``train_names`` (training products only)
         says how little it tells: "Men" is in a third of the names, whatever their class."""
         df_names: dict[str, int] = {}
@@ -94,7 +106,7 @@ class NameMatcher:
         return cls.from_state(classes, token_idf, float(np.log(1.0 + n_names)))
 
     @classmethod
-    def from_state(cls, classes: Sequence[str], token_idf: dict, idf_unseen: float) -> "NameMatcher":
+    def from_state(cls, classes: Sequence[str], token_idf: dict, idf_unseen: float) -> NameMatcher:
         """The matcher of ``build`` from its saved word rarities (``state()``), without the training names."""
         words, member, idf = word_membership([class_words(c) for c in classes])
         name_idf = np.array([token_idf.get(w, idf_unseen) for w in words])
@@ -107,7 +119,7 @@ class NameMatcher:
     def features(self, names: Iterable[Any]) -> np.ndarray:
         """(N, C, len(FEATURES)) float32 evidence of each name for each class."""
         names = list(names)
-        k, c = len(self.words), len(self.classes)
+        k = len(self.words)
         exact = np.zeros((len(names), k), dtype=np.float64)
         head = np.zeros_like(exact)
         abbrev = np.zeros_like(exact)
@@ -128,8 +140,10 @@ class NameMatcher:
                     cover[n, index[t]] = max(cover[n, index[t]], mass)
                 if t not in memo:
                     tg = _trigrams(t)
-                    memo[t] = (np.array([_abbreviates(t, w) for w in self.words], dtype=np.float64),
-                               np.array([_dice(tg, g) for g in grams]) if t.isalpha() else np.zeros(k))
+                    memo[t] = (
+                        np.array([_abbreviates(t, w) for w in self.words], dtype=np.float64),
+                        np.array([_dice(tg, g) for g in grams]) if t.isalpha() else np.zeros(k),
+                    )
                 a, s = memo[t]
                 np.maximum(abbrev[n], a, out=abbrev[n])
                 np.maximum(sim[n], s, out=sim[n])
@@ -145,21 +159,24 @@ class NameMatcher:
         def share(hits, weight):
             return (hits * weight) @ self.member / np.maximum(weight @ self.member, 1e-12)
 
-        out = np.stack([
-            share(exact, q),
-            share(exact, q2),
-            ((exact @ self.member) >= n_words).astype(np.float64) * (self.member.sum(axis=0) > 0),
-            exact @ self.member,
-            (head @ self.member > 0).astype(np.float64),
-            np.minimum(cover @ self.member / name_mass[:, None], 1.0),
-            share(abbrev, q),
-            share(np.maximum(sim, exact), q),
-        ], axis=2)
+        out = np.stack(
+            [
+                share(exact, q),
+                share(exact, q2),
+                ((exact @ self.member) >= n_words).astype(np.float64) * (self.member.sum(axis=0) > 0),
+                exact @ self.member,
+                (head @ self.member > 0).astype(np.float64),
+                np.minimum(cover @ self.member / name_mass[:, None], 1.0),
+                share(abbrev, q),
+                share(np.maximum(sim, exact), q),
+            ],
+            axis=2,
+        )
         return out.astype(np.float32)
 
     def no_shared_word(self, names: Iterable[Any], labels: Iterable[str]) -> np.ndarray:
         """Per product: True when its name holds no word of its class name (plurals folded, pairs joined)."""
         wanted = {c: class_words(c) for c in self.classes}
-        return np.array([not (wanted.get(str(lab), set()) & set(name_tokens(nm)[0]))
-                         for nm, lab in zip(names, labels)], dtype=bool)
-
+        return np.array(
+            [not (wanted.get(str(lab), set()) & set(name_tokens(nm)[0])) for nm, lab in zip(names, labels)], dtype=bool
+        )

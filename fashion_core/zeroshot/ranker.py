@@ -1,6 +1,7 @@
 """The name model of generalised zero-shot (a conditional logit over the candidate classes) and the stacking of
 its scores with the metadata model's (see the package doc).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +14,7 @@ NEG = -1e30  # score of a class a model cannot output
 
 
 # ---------------------------------------------------------------- the name model (conditional logit)
+
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
@@ -56,8 +58,9 @@ def ranker_log_proba(phi: np.ndarray, w: np.ndarray) -> np.ndarray:
     return _log_softmax(phi.astype(np.float64) @ w) if len(phi) else np.zeros((0, phi.shape[1]))
 
 
-def stacked_scores(meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarray, gamma: float,
-                   mix: str = "gate", beta: float = 0.0) -> np.ndarray:
+def stacked_scores(
+    meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarray, gamma: float, mix: str = "gate", beta: float = 0.0
+) -> np.ndarray:
     """GZSL scores: an unseen c scores log p_name(c); a seen c scores ``mix``'s combination minus
     ``gamma + beta * doubt(x)``, where doubt(x) = -max_c log p_meta(c | x) is how unsure the metadata model is of
     its best seen class (0 when sure; large for a product unlike any it was fitted on).
@@ -84,8 +87,9 @@ def stacked_scores(meta_logp: np.ndarray, name_logp: np.ndarray, seen: np.ndarra
         out[:, seen] = name_logp[:, seen] + meta_logp[:, seen] - gamma
         return out
     m = name_logp[:, seen].max(axis=1, keepdims=True)
-    log_seen = m[:, 0] + np.log(np.exp(name_logp[:, seen] - m).sum(axis=1)) if seen.any() else \
-        np.full(len(name_logp), NEG)
+    log_seen = (
+        m[:, 0] + np.log(np.exp(name_logp[:, seen] - m).sum(axis=1)) if seen.any() else np.full(len(name_logp), NEG)
+    )
     out[:, seen] = log_seen[:, None] + meta_logp[:, seen] - gamma
     return out
 
@@ -100,4 +104,3 @@ def harmonic(s: float, u: float) -> float:
     if s != s or u != u:
         return float("nan")
     return 2 * s * u / (s + u) if s + u > 0 else 0.0
-

@@ -9,16 +9,19 @@ identity (``cosine``) or a linear map (``mapped``) fitted on the seen classes' t
 product's embedding to its class text's embedding, shrunk toward the identity with strength ``l2`` so the
 directions of the unseen classes' names survive. Like the other evidence it has one weight shared by all classes.
 """
+
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fashion_core.config.checks import ZS_TEXT_MODES as TEXT_MODES, ConfigError
+from fashion_core.config.checks import ZS_TEXT_MODES as TEXT_MODES
+from fashion_core.config.checks import ConfigError
 from fashion_core.fusion.encoders import TEXT_FIELD
 from fashion_core.zeroshot import text_encoder
 from fashion_core.zeroshot.text_encoder import embed_texts
@@ -37,7 +40,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def fit_text_map(emb: np.ndarray, target: np.ndarray, l2: float, balanced_labels: np.ndarray | None = None) -> np.ndarray:
+def fit_text_map(
+    emb: np.ndarray, target: np.ndarray, l2: float, balanced_labels: np.ndarray | None = None
+) -> np.ndarray:
     """``M`` (D, D) minimising ``sum_n w_n ||e_n M - t_n||^2 + l2 ||M - I||^2``.
 
     Args:
@@ -70,9 +75,17 @@ class TextEvidence:
     source: dict  # the encoder's source (package, version, file, sha256)
 
     @classmethod
-    def fit(cls, class_emb: np.ndarray, template: str, source: dict, mode: str, l2: float = 1.0,
-            emb_train: np.ndarray | None = None, y_train: np.ndarray | None = None,
-            balanced: bool = True) -> "TextEvidence":
+    def fit(
+        cls,
+        class_emb: np.ndarray,
+        template: str,
+        source: dict,
+        mode: str,
+        l2: float = 1.0,
+        emb_train: np.ndarray | None = None,
+        y_train: np.ndarray | None = None,
+        balanced: bool = True,
+    ) -> TextEvidence:
         """``mode`` cosine: no fit; mapped: the map from the given training rows (labels index the classes)."""
         if mode not in TEXT_MODES[1:]:
             raise ConfigError(f"unknown zeroshot.text {mode!r}; choose one of: {', '.join(TEXT_MODES)}")
@@ -92,15 +105,29 @@ class TextEvidence:
 
     def to_dict(self) -> dict:
         """JSON-ready state (the arrays as base64 float32)."""
-        pack = (lambda a: None if a is None else
-                {"shape": list(a.shape), "f32": base64.b64encode(np.ascontiguousarray(a, np.float32).tobytes()).decode()})
-        return {"class_emb": pack(self.class_emb), "proj": pack(self.proj), "template": self.template,
-                "source": self.source}
+
+        def pack(a):
+            if a is None:
+                return None
+            return {
+                "shape": list(a.shape),
+                "f32": base64.b64encode(np.ascontiguousarray(a, np.float32).tobytes()).decode(),
+            }
+
+        return {
+            "class_emb": pack(self.class_emb),
+            "proj": pack(self.proj),
+            "template": self.template,
+            "source": self.source,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TextEvidence":
-        unpack = (lambda p: None if p is None else
-                  np.frombuffer(base64.b64decode(p["f32"]), np.float32).reshape(p["shape"]).astype(np.float64))
+    def from_dict(cls, d: dict) -> TextEvidence:
+        def unpack(p):
+            if p is None:
+                return None
+            return np.frombuffer(base64.b64decode(p["f32"]), np.float32).reshape(p["shape"]).astype(np.float64)
+
         return cls(unpack(d["class_emb"]), unpack(d["proj"]), str(d["template"]), dict(d["source"]))
 
 
@@ -145,8 +172,9 @@ class TextInputs:
         return TextEvidence.fit(self.class_emb, self.template, self.source, self.mode, self.l2, train, y, balanced)
 
 
-def class_text_embeddings(classes: Sequence[str], template: str, kind: str, encoder, log=print
-                          ) -> tuple[np.ndarray, list[str], dict]:
+def class_text_embeddings(
+    classes: Sequence[str], template: str, kind: str, encoder, log=print
+) -> tuple[np.ndarray, list[str], dict]:
     """(C, D) embeddings of the class texts, the texts, and where any description came from (``{}`` for names).
 
     ``kind`` is ``zeroshot.class_text``: ``name`` (the template filled with the name) or ``wordnet`` (and WordNet's
@@ -156,20 +184,24 @@ def class_text_embeddings(classes: Sequence[str], template: str, kind: str, enco
         from fashion_core.zeroshot.lexicon import WordNet, describe_classes
 
         wn = WordNet.load()
-        texts, found = describe_classes(classes, wn, lambda t: embed_texts(t, encoder, log=lambda m: None),
-                                        template=template)
+        texts, found = describe_classes(
+            classes, wn, lambda t: embed_texts(t, encoder, log=lambda m: None), template=template
+        )
         missing = [c for c, d in found.items() if not d]
         none = f" (none for {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})" if missing else ""
-        log(f"class descriptions from {wn.source['file']}: {len(classes) - len(missing)} of {len(classes)} classes "
-            f"defined{none}")
+        log(
+            f"class descriptions from {wn.source['file']}: {len(classes) - len(missing)} of {len(classes)} classes "
+            f"defined{none}"
+        )
         source = dict(wn.source)
     elif kind != "name":
         raise ConfigError(f"unknown zeroshot.class_text {kind!r}; choose one of: name, wordnet")
     return embed_texts(texts, encoder, log=log).astype(np.float64), texts, source
 
 
-def text_inputs(zs, prepared, stage: str, classes: Sequence[str], ids: dict, encoder=None,
-                log=print) -> TextInputs | None:
+def text_inputs(
+    zs, prepared, stage: str, classes: Sequence[str], ids: dict, encoder=None, log=print
+) -> TextInputs | None:
     """The sentence embeddings of the run's products (``ids``: split -> product ids) and class texts, or None when
     ``zs.text`` is none (``zs``: the config's ``zeroshot`` section). ``encoder``: default the packaged
     all-MiniLM-L6-v2."""
@@ -180,5 +212,12 @@ def text_inputs(zs, prepared, stage: str, classes: Sequence[str], ids: dict, enc
     class_emb, texts, described = class_text_embeddings(classes, zs.class_template, zs.class_text, enc, log=log)
     source = dict(enc.source)
     source.update({f"descriptions_{k}": v for k, v in described.items()})
-    return TextInputs(zs.text, float(zs.text_l2), zs.class_template, class_emb, source,
-                      {s: rows_of(index, emb, i) for s, i in ids.items()}, tuple(texts))
+    return TextInputs(
+        zs.text,
+        float(zs.text_l2),
+        zs.class_template,
+        class_emb,
+        source,
+        {s: rows_of(index, emb, i) for s, i in ids.items()},
+        tuple(texts),
+    )

@@ -10,6 +10,7 @@ keyed by the texts and the weight file's sha256, so a second run reads them back
 
     python -c "from fashion_core.zeroshot.text_encoder import embed_texts; print(embed_texts(['Lip Balm', 'Lip Care']) @ [1, 0])"
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,11 +18,12 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata, util
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -48,16 +50,20 @@ class TextEncoder(Protocol):
 
 # ---------------------------------------------------------------- the packaged files
 
+
 def model_zip() -> Path:
     """The installed package's ``model.zip``; a clear error says what to install when it is missing."""
     spec = util.find_spec(MODULE)  # locates the package without running its __init__
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"sentence embeddings need the package {PACKAGE} (pip install {PACKAGE}==0.1.2; "
-                          "`pip install -e .` installs it)")
+        raise ConfigError(
+            f"sentence embeddings need the package {PACKAGE} (pip install {PACKAGE}==0.1.2; "
+            "`pip install -e .` installs it)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / ZIP_NAME
     if not path.is_file():
-        raise ConfigError(f"{PACKAGE} is installed but {path} is missing; reinstall it "
-                          f"(pip install --force-reinstall {PACKAGE})")
+        raise ConfigError(
+            f"{PACKAGE} is installed but {path} is missing; reinstall it (pip install --force-reinstall {PACKAGE})"
+        )
     return path
 
 
@@ -85,12 +91,17 @@ def read_model_files(path: str | None = None) -> ModelFiles:
         version = metadata.version(PACKAGE)
     except metadata.PackageNotFoundError:
         version = ""
-    source = {"package": PACKAGE, "version": version, "file": f"{zpath.name}/{WEIGHTS}",
-              "sha256": hashlib.sha256(weights).hexdigest()}
+    source = {
+        "package": PACKAGE,
+        "version": version,
+        "file": f"{zpath.name}/{WEIGHTS}",
+        "sha256": hashlib.sha256(weights).hexdigest(),
+    }
     return ModelFiles(weights, tokenizer, config, pooling, source)
 
 
 # ---------------------------------------------------------------- the network
+
 
 class _Layer(nn.Module):
     """One BERT encoder layer, its submodules named as in the weight file (``attention.self.query`` ...)."""
@@ -98,18 +109,21 @@ class _Layer(nn.Module):
     def __init__(self, width: int, inner: int, heads: int, eps: float):
         super().__init__()
         self.heads = heads
-        self.attention = nn.ModuleDict({
-            "self": nn.ModuleDict({k: nn.Linear(width, width) for k in ("query", "key", "value")}),
-            "output": nn.ModuleDict({"dense": nn.Linear(width, width), "LayerNorm": nn.LayerNorm(width, eps=eps)}),
-        })
+        self.attention = nn.ModuleDict(
+            {
+                "self": nn.ModuleDict({k: nn.Linear(width, width) for k in ("query", "key", "value")}),
+                "output": nn.ModuleDict({"dense": nn.Linear(width, width), "LayerNorm": nn.LayerNorm(width, eps=eps)}),
+            }
+        )
         self.intermediate = nn.ModuleDict({"dense": nn.Linear(width, inner)})
         self.output = nn.ModuleDict({"dense": nn.Linear(inner, width), "LayerNorm": nn.LayerNorm(width, eps=eps)})
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
         b, n, d = x.shape
         att = self.attention["self"]
-        q, k, v = (att[name](x).view(b, n, self.heads, d // self.heads).transpose(1, 2)
-                   for name in ("query", "key", "value"))
+        q, k, v = (
+            att[name](x).view(b, n, self.heads, d // self.heads).transpose(1, 2) for name in ("query", "key", "value")
+        )
         w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads) + bias, dim=-1)
         a = (w @ v).transpose(1, 2).reshape(b, n, d)
         x = self.attention["output"]["LayerNorm"](self.attention["output"]["dense"](a) + x)
@@ -123,17 +137,29 @@ class MiniBert(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         d, eps = config["hidden_size"], config.get("layer_norm_eps", 1e-12)
-        if config.get("hidden_act", "gelu") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
-            raise ConfigError(f"unsupported BERT config: {config.get('hidden_act')}, {config.get('position_embedding_type')}")
-        self.embeddings = nn.ModuleDict({
-            "word_embeddings": nn.Embedding(config["vocab_size"], d),
-            "position_embeddings": nn.Embedding(config["max_position_embeddings"], d),
-            "token_type_embeddings": nn.Embedding(config["type_vocab_size"], d),
-            "LayerNorm": nn.LayerNorm(d, eps=eps),
-        })
-        self.encoder = nn.ModuleDict({"layer": nn.ModuleList(
-            _Layer(d, config["intermediate_size"], config["num_attention_heads"], eps)
-            for _ in range(config["num_hidden_layers"]))})
+        if (
+            config.get("hidden_act", "gelu") != "gelu"
+            or config.get("position_embedding_type", "absolute") != "absolute"
+        ):
+            raise ConfigError(
+                f"unsupported BERT config: {config.get('hidden_act')}, {config.get('position_embedding_type')}"
+            )
+        self.embeddings = nn.ModuleDict(
+            {
+                "word_embeddings": nn.Embedding(config["vocab_size"], d),
+                "position_embeddings": nn.Embedding(config["max_position_embeddings"], d),
+                "token_type_embeddings": nn.Embedding(config["type_vocab_size"], d),
+                "LayerNorm": nn.LayerNorm(d, eps=eps),
+            }
+        )
+        self.encoder = nn.ModuleDict(
+            {
+                "layer": nn.ModuleList(
+                    _Layer(d, config["intermediate_size"], config["num_attention_heads"], eps)
+                    for _ in range(config["num_hidden_layers"])
+                )
+            }
+        )
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """(B, D) unit-length embeddings of token ids (B, L) with their attention mask (B, L)."""
@@ -151,6 +177,7 @@ class MiniBert(nn.Module):
 
 # ---------------------------------------------------------------- the encoder
 
+
 class SentenceEncoder:
     """all-MiniLM-L6-v2 from its packaged files: ``encode(texts)`` -> (N, 384) float32 unit rows."""
 
@@ -159,15 +186,20 @@ class SentenceEncoder:
         from tokenizers import Tokenizer
 
         if not files.pooling.get("pooling_mode_mean_tokens", False):
-            raise ConfigError("the packaged sentence model does not use mean pooling; this encoder implements only that")
+            raise ConfigError(
+                "the packaged sentence model does not use mean pooling; this encoder implements only that"
+            )
         self.source = dict(files.source)
         self.batch_size = batch_size
         self.tokenizer = Tokenizer.from_str(files.tokenizer)
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.no_padding()
         self.net = MiniBert(files.config)
-        state = {k: v for k, v in load_safetensors(files.weights).items()
-                 if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+        state = {
+            k: v
+            for k, v in load_safetensors(files.weights).items()
+            if not k.startswith("pooler.") and k != "embeddings.position_ids"
+        }
         self.net.load_state_dict(state, strict=True)
         self.net.eval()
 
@@ -182,13 +214,13 @@ class SentenceEncoder:
         order = np.argsort([len(i) for i in ids], kind="stable")
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
+                rows = order[start : start + self.batch_size]
                 longest = max(len(ids[r]) for r in rows)
                 batch = torch.zeros((len(rows), longest), dtype=torch.long)
                 mask = torch.zeros_like(batch)
                 for j, r in enumerate(rows):
-                    batch[j, :len(ids[r])] = torch.tensor(ids[r])
-                    mask[j, :len(ids[r])] = 1
+                    batch[j, : len(ids[r])] = torch.tensor(ids[r])
+                    mask[j, : len(ids[r])] = 1
                 out[rows] = self.net(batch, mask).numpy()
         return out
 
@@ -201,6 +233,7 @@ def load_encoder() -> SentenceEncoder:
 
 # ---------------------------------------------------------------- cached embeddings
 
+
 def embeddings_cache_path(texts: Sequence[str], model_sha256: str) -> Path:
     """Where the embeddings of these distinct texts (sorted) by this model are kept."""
     h = hashlib.sha256(f"v{CACHE_VERSION}|{model_sha256}|".encode())
@@ -209,8 +242,9 @@ def embeddings_cache_path(texts: Sequence[str], model_sha256: str) -> Path:
     return cache_root() / "text_embeddings" / f"{h.hexdigest()[:16]}.npy"
 
 
-def embed_texts(texts: Iterable[object], encoder: TextEncoder | None = None, use_cache: bool = True,
-                log=print) -> np.ndarray:
+def embed_texts(
+    texts: Iterable[object], encoder: TextEncoder | None = None, use_cache: bool = True, log=print
+) -> np.ndarray:
     """(N, D) float32 embeddings of ``texts`` (each distinct text encoded once; None / NaN as "").
 
     Args:
@@ -233,8 +267,9 @@ def embed_texts(texts: Iterable[object], encoder: TextEncoder | None = None, use
             pass  # unreadable: encode again
     enc = encoder if encoder is not None else load_encoder()
     emb = enc.encode(distinct).astype(np.float32)
-    log(f"text embeddings: {len(distinct)} distinct texts encoded ({enc.source.get('package', '?')}, "
-        f"sha256 {sha[:12]})")
+    log(
+        f"text embeddings: {len(distinct)} distinct texts encoded ({enc.source.get('package', '?')}, sha256 {sha[:12]})"
+    )
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # one per process: two runs may write the same texts

@@ -8,6 +8,7 @@ quality 90 gives ~570 KB), so decode timings mean something.
 
     .venv/bin/python -m tests.helpers.fullres /tmp/fullres-demo 20
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ def synthetic_photo(seed: int, size: tuple[int, int] = FULL_SIZE, noise: int = 4
     img = np.empty((h, w, 3), np.float32)
     img[:] = (245 - 20 * rng.uniform(0.3, 1.0) * yy / h)[..., None]
     colour = rng.uniform(30, 220, 3).astype(np.float32)
-    d = (((yy - h * rng.uniform(0.45, 0.55)) / (h * rng.uniform(0.25, 0.4))) ** 2
-         + ((xx - w * rng.uniform(0.45, 0.55)) / (w * rng.uniform(0.25, 0.4))) ** 2)
+    d = ((yy - h * rng.uniform(0.45, 0.55)) / (h * rng.uniform(0.25, 0.4))) ** 2 + (
+        (xx - w * rng.uniform(0.45, 0.55)) / (w * rng.uniform(0.25, 0.4))
+    ) ** 2
     body = d < 1
     stripes = 25 * np.sin(xx / rng.uniform(4, 15))
     img[body] = colour[None, :] * (1 - 0.35 * d[body])[:, None] + stripes[body][:, None]
@@ -44,15 +46,17 @@ def synthetic_photo(seed: int, size: tuple[int, int] = FULL_SIZE, noise: int = 4
     draw = ImageDraw.Draw(im)
     for _ in range(int(rng.integers(4, 10))):  # sharp edges: the high frequencies real photos have
         x0, y0 = int(rng.integers(0, max(1, W - W // 9))), int(rng.integers(0, max(1, H - H // 12)))
-        draw.rectangle([x0, y0, x0 + int(rng.integers(W // 45 + 1, W // 4 + 2)), y0 + int(rng.integers(H // 60 + 1, H // 6 + 2))],
-                       fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw.rectangle(
+            [x0, y0, x0 + int(rng.integers(W // 45 + 1, W // 4 + 2)), y0 + int(rng.integers(H // 60 + 1, H // 6 + 2))],
+            fill=tuple(int(v) for v in rng.integers(0, 255, 3)),
+        )
     if noise <= 0:
         return im
     key = (W, H, noise)
     if key not in _NOISE:  # one noise field, shifted per image: realistic entropy without per-image cost
         _NOISE[key] = np.random.default_rng(12345).integers(-noise, noise + 1, (H + 64, W + 64, 1), dtype=np.int16)
     oy, ox = (int(v) for v in rng.integers(0, 64, 2))
-    arr = np.asarray(im).astype(np.int16) + _NOISE[key][oy:oy + H, ox:ox + W]
+    arr = np.asarray(im).astype(np.int16) + _NOISE[key][oy : oy + H, ox : ox + W]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
@@ -64,29 +68,61 @@ def style_json(pid: int, label: str, gender: str, colour: str, year: int, name: 
         "notification": {},
         "meta": {"code": 200, "requestId": f"req-{pid}", "errorDetail": None, "errorMessage": None},
         "data": {
-            "id": pid, "price": price, "discountedPrice": price - int(rng.integers(0, 3)) * 100,
-            "styleType": "P", "productTypeId": 1, "articleNumber": f"A{pid:07d}", "visualTag": "",
-            "productDisplayName": name, "variantName": name.split(" ", 1)[-1], "myntraRating": 0,
-            "catalogAddDate": 1320656400 + pid, "brandName": brand, "ageGroup": AGE_GROUPS[int(rng.integers(5))],
-            "gender": gender, "baseColour": colour, "colour1": "" if pid % 3 else "White", "colour2": "",
-            "fashionType": "Fashion" if pid % 4 else "Core", "season": "Fall", "year": str(year), "usage": "Casual",
-            "vat": 5.5, "displayCategories": "Casual Wear", "weight": "0", "navigationId": 0,
+            "id": pid,
+            "price": price,
+            "discountedPrice": price - int(rng.integers(0, 3)) * 100,
+            "styleType": "P",
+            "productTypeId": 1,
+            "articleNumber": f"A{pid:07d}",
+            "visualTag": "",
+            "productDisplayName": name,
+            "variantName": name.split(" ", 1)[-1],
+            "myntraRating": 0,
+            "catalogAddDate": 1320656400 + pid,
+            "brandName": brand,
+            "ageGroup": AGE_GROUPS[int(rng.integers(5))],
+            "gender": gender,
+            "baseColour": colour,
+            "colour1": "" if pid % 3 else "White",
+            "colour2": "",
+            "fashionType": "Fashion" if pid % 4 else "Core",
+            "season": "Fall",
+            "year": str(year),
+            "usage": "Casual",
+            "vat": 5.5,
+            "displayCategories": "Casual Wear",
+            "weight": "0",
+            "navigationId": 0,
             "landingPageUrl": f"{label.lower()}/{brand.lower()}/{pid}/buy",
             "articleAttributes": {"Fit": "Regular Fit", "Pattern": "Solid", "Sleeve Length": "Short Sleeves"},
             "crossLinks": [{"key": f"More {label} by {brand}", "value": f"{label.lower()}?f=brand:{brand}"}],
             "codEnabled": True,
-            "styleImages": {"default": {"imageURL": f"http://assets.example/images/style/{pid}.jpg",
-                                        "resolutions": {"1080X1440": f"http://assets.example/{pid}_1080.jpg"}}},
-            "masterCategory": {"id": 9, "typeName": "Apparel", "active": True, "socialSharingEnabled": True,
-                               "isReturnable": True, "isExchangeable": True, "pickupEnabled": True,
-                               "isTryAndBuyEnabled": True},
+            "styleImages": {
+                "default": {
+                    "imageURL": f"http://assets.example/images/style/{pid}.jpg",
+                    "resolutions": {"1080X1440": f"http://assets.example/{pid}_1080.jpg"},
+                }
+            },
+            "masterCategory": {
+                "id": 9,
+                "typeName": "Apparel",
+                "active": True,
+                "socialSharingEnabled": True,
+                "isReturnable": True,
+                "isExchangeable": True,
+                "pickupEnabled": True,
+                "isTryAndBuyEnabled": True,
+            },
             "subCategory": {"id": 31, "typeName": "Topwear", "active": True},
             "articleType": {"id": 90, "typeName": label, "active": True},
-            "isEMIEnabled": False, "otherFlags": [],
+            "isEMIEnabled": False,
+            "otherFlags": [],
             "productDescriptors": {
-                "description": {"descriptorType": "description",
-                                "value": f"<p><strong>{brand}</strong> {name.lower()} &amp; more.<br />"
-                                         f"Made of <em>100% cotton</em>, &quot;{colour}&quot; colour.</p>"},
+                "description": {
+                    "descriptorType": "description",
+                    "value": f"<p><strong>{brand}</strong> {name.lower()} &amp; more.<br />"
+                    f"Made of <em>100% cotton</em>, &quot;{colour}&quot; colour.</p>",
+                },
                 "materials_care_desc": {"descriptorType": "materials_care_desc", "value": "<p>Machine wash</p>"},
             },
             "styleOptions": [{"id": pid * 10, "name": "Size", "value": "M", "available": True}],
@@ -94,9 +130,17 @@ def style_json(pid: int, label: str, gender: str, colour: str, year: int, name: 
     }
 
 
-def make_fullres_dataset(root: Path, n: int = 24, n_classes: int = 3, size: tuple[int, int] = FULL_SIZE,
-                         quality: int = 90, noise: int = 4, seed: int = 0, odd_json: bool = True,
-                         corrupt_image: bool = False) -> Path:
+def make_fullres_dataset(
+    root: Path,
+    n: int = 24,
+    n_classes: int = 3,
+    size: tuple[int, int] = FULL_SIZE,
+    quality: int = 90,
+    noise: int = 4,
+    seed: int = 0,
+    odd_json: bool = True,
+    corrupt_image: bool = False,
+) -> Path:
     """Write ``styles.csv``, ``images/<id>.jpg`` and ``styles/<id>.json`` for ``n`` products; returns ``root``.
 
     Args:
