@@ -65,9 +65,10 @@ def test_grid_parent_children_and_the_failing_technique(grid):
     assert list(res.runs["technique"][:3]) == ["baseline", "broken", "meta_only"]  # seed 0 first
     for key, row in runs.iterrows():
         run = client.get_run(row["run_id"])
-        # a cell that failed before its run existed is recorded under the grid task's name
-        assert run.info.run_name in (f"{key[1]} · s{key[2]}", f"{key[0]}/{key[1]}/seed{key[2]}")
+        # the technique first and short, the stage and profile as tags (also a cell that failed before training)
+        assert run.info.run_name == f"{key[1]} · s{key[2]}"
         assert run.data.tags["stage"] == key[0]
+        assert row["status"] == "FAILED" or run.data.tags["profile"] == "smoke"
         assert run.data.tags["mlflow.parentRunId"] == res.parent_run_id
         assert run.data.tags["config_hash"] == row["config_hash"]
         assert run.data.tags["code_version"] == "c0ffee+test"
@@ -161,7 +162,7 @@ def test_a_technique_failing_before_its_run_is_recorded(store, dataset):
     assert row["status"] == "FAILED" and "pretrain" in row["error"]
     run = MlflowClient().get_run(row["run_id"])
     assert run.info.status == "FAILED" and run.data.tags["mlflow.parentRunId"] == res.parent_run_id
-    assert run.info.run_name == "finetune/ncm/seed0"  # failed before run_stage opened a run: the task's name
+    assert run.info.run_name == "ncm · s0"  # failed before run_stage opened a run: named as the runners name theirs
 
 
 def test_bad_from_fails_before_any_run(store, dataset):

@@ -29,7 +29,7 @@ from fashion_core.report.tables import markdown_table
 from fashion_core.runners.network import run_stage
 from fashion_core.tracking import heartbeat
 from fashion_core.tracking import runs as tracking
-from fashion_core.tracking.runs import best_val_score
+from fashion_core.tracking.runs import best_val_score, run_name
 from fashion_core.tracking.versions import git_commit
 
 RUNS_ARTIFACT = tracking.GRID_RUNS_ARTIFACT
@@ -171,7 +171,7 @@ def _record_failure(
             "seed": str(task.cfg.train.seed),
             "mlflow.note.content": f"Failed before training: {error}",
         }
-        run_id = client.create_run(experiment_id, run_name=task.name, tags=tags).info.run_id
+        run_id = client.create_run(experiment_id, run_name=run_name(task.cfg), tags=tags).info.run_id
     client.set_tag(run_id, "error", error[:5000])
     client.log_text(run_id, error, "error.txt")
     if client.get_run(run_id).info.status not in ("FAILED", "KILLED"):
@@ -275,6 +275,7 @@ class Cell:
     libs: str = ""
     session: str = ""  # this grid invocation (``grid_claims.SESSION_TAG``): its own dead attempts are closed at once
     cell_key: str = ""  # ``grid_claims.cell_key``: the cell's identity across grids
+    profile: str = ""  # the grid's profile, a tag of every cell's run
 
 
 _PREPARED: dict[tuple, Any] = {}  # per worker process: the data is prepared (the cache opened) once
@@ -339,7 +340,7 @@ def _claim_run(cell: Cell) -> str:
         SESSION_TAG: cell.session,
         **heartbeat.run_tags(),
     }
-    return mlflow_client().create_run(cell.experiment_id, run_name=task.name, tags=tags).info.run_id
+    return mlflow_client().create_run(cell.experiment_id, run_name=run_name(task.cfg), tags=tags).info.run_id
 
 
 def run_cell(cell: Cell, prepared=None, log=None) -> dict:
@@ -389,6 +390,7 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
                     "library_versions": cell.libs,
                     "host": place["host"],
                     "worker_pid": os.getpid(),
+                    **({"profile": cell.profile} if cell.profile else {}),
                 },
             )
         row = task_row(task, run_id, "FINISHED", False, time.perf_counter() - t1, cell.cfg_hash, cell.source)

@@ -234,6 +234,7 @@ def run_grid(  # noqa: C901 - to split: reuse, claims and scheduling in one loop
             libs,
             session,
             cell_key(h, prepared.digest, code, session),
+            profile,
         )
         log(f"[{i + 1}/{len(tasks)}] {task.name}")
         submit(cell)
