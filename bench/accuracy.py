@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from fashion_core.config.schema import find_technique, load_experiment, parse_overrides
 from fashion_core.data.prepared import prepare_data
-from fashion_core.runners.network import run_stage
+from fashion_core.runners.stage import run_stage
 
 
 def main() -> None:

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fashion_core.config.schema import find_technique, load_experiment, parse_overrides
     from fashion_core.data.prepared import prepare_data
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     if args.threads:
         torch.set_num_threads(args.threads)

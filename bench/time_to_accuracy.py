@@ -76,7 +76,7 @@ def train(args: argparse.Namespace) -> list[str]:
 
     from fashion_core.config.schema import find_technique, load_experiment
     from fashion_core.data.prepared import prepare_data
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     torch.set_num_threads(args.threads)
     data = args.data or default_data()

@@ -46,7 +46,7 @@ def test_no_test_label_enters_the_epoch_or_the_regularisation_a_run_keeps(techni
     from mlflow.tracking import MlflowClient
 
     from fashion_core.data.prepared import prepare_data
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     c = cfg(technique)
     p = prepare_data(str(dataset), c.data, log=lambda m: None)

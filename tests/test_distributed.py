@@ -104,7 +104,7 @@ def _stage_worker(rank: int, world: int, port: int, out: str, data: str, trackin
     """One spawned rank running a whole pretrain stage (run_stage); writes the run id it returned."""
     _join(rank, world, port, MLFLOW_TRACKING_URI=tracking_uri, FASHION_CACHE=cache)
     from fashion_core.config.schema import load_experiment
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     cfg = load_experiment(None, profile="smoke", stage="pretrain").replace(
         **{"data.top_k": 4, "train.device": "cpu", "train.epochs": 2}

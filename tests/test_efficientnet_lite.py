@@ -153,7 +153,7 @@ def test_lite_pretrain_then_finetune_carries_the_trunk(dataset, isolated):
     from mlflow.tracking import MlflowClient
 
     from fashion_core.config.schema import load_experiment
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
     from fashion_core.tracking.references import load_run_model
 
     exp = Path(__file__).resolve().parents[1] / "experiments"

@@ -79,7 +79,7 @@ def test_crossfit_holds_the_ensemble_against_the_members_on_the_same_halves():
 
 @pytest.fixture(scope="module")
 def members(dataset, isolated_module):
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     image = run_stage(cfg("pretrain", "baseline"), str(dataset), register=False, **QUIET)
     meta = run_stage(cfg("pretrain", "meta_only"), str(dataset), register=False, **QUIET)
@@ -190,7 +190,7 @@ def test_it_joins_the_members_grid_so_compare_shows_it(dataset, isolated):
 
 
 def test_refusals(members, dataset):
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     image, meta = members
     with pytest.raises(ConfigError, match="two runs"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fashion_core.config.schema import load_experiment
-from fashion_core.runners.network import run_stage
+from fashion_core.runners.stage import run_stage
 from fashion_core.tracking.references import SourceError, load_run_model, resolve_source
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"

@@ -262,7 +262,7 @@ def test_rich_fields_feed_the_fusion_encoders(isolated):
     import json as _json
 
     from fashion_core.config.schema import load_experiment
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
     from fashion_core.tracking import runs as tracking
     from fashion_core.tracking.references import MODEL_JSON
 

@@ -317,7 +317,7 @@ def _artifacts(run_id, path=""):
 
 @pytest.fixture(scope="module")
 def fused_pretrain(dataset, isolated_module):
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     return run_stage(cfg("pretrain", "fused_text_aux"), str(dataset), **QUIET)
 
@@ -361,7 +361,7 @@ def test_vocabularies_come_from_the_train_split_only(tmp_path, monkeypatch):
 
 
 def test_finetune_carries_the_encoders_across(fused_pretrain, dataset):
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
     from fashion_core.tracking.references import load_run_model
 
     source, src_meta = load_run_model(fused_pretrain)
@@ -384,7 +384,7 @@ def test_finetune_carries_the_encoders_across(fused_pretrain, dataset):
 @pytest.mark.parametrize("technique", ["ncm", "imprint"])
 def test_image_techniques_adopt_the_fused_source(fused_pretrain, dataset, technique):
     """ncm / imprint embed the training set through the fused embedding (which needs the batch)."""
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
     from fashion_core.tracking.references import load_run_model
 
     run_id = run_stage(cfg("finetune", technique), str(dataset), source=fused_pretrain, **QUIET)
@@ -398,7 +398,7 @@ def test_image_techniques_adopt_the_fused_source(fused_pretrain, dataset, techni
 def test_fused_technique_needs_a_matching_source(fused_pretrain, dataset):
     from mlflow.tracking import MlflowClient
 
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     before = len(MlflowClient().search_runs([_experiment_id(fused_pretrain)]))
     with pytest.raises(ConfigError, match="fields"):
@@ -418,7 +418,7 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
     from fashion_core.evaluation import metrics as M
     from fashion_core.fusion.metadata_only import class_scores, features
     from fashion_core.runners.metadata_only import load_metadata_baseline
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
     from fashion_core.tracking.references import SourceError, resolve_source
     from fashion_core.tracking.runs import download_artifact
 
@@ -454,7 +454,7 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
 
 
 def test_leaky_configs_are_tagged(fused_pretrain, dataset):
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     run_id = run_stage(
         cfg("finetune", "meta_only", **{"fusion.leaky_fields": "subCategory", "metadata.logreg_c": 1.0}),

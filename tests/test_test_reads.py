@@ -142,7 +142,7 @@ def test_a_deferred_run_evaluated_later_logs_what_it_would_have_logged_at_its_en
     from fashion_core.runners import metadata_only as metadata_baseline
     from fashion_core.runners import network as experiment
     from fashion_core.runners.evaluate import evaluate_run
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     c = cfg("pretrain", technique)
     deferred = run_stage(c, str(years), register=False, **QUIET)
@@ -179,7 +179,7 @@ def test_an_ensemble_of_selection_runs_is_one_and_is_evaluated_once(years, isola
 
     from fashion_core.runners.ensemble import run_ensemble
     from fashion_core.runners.evaluate import evaluate_run
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     image = run_stage(cfg("pretrain", "baseline"), str(years), register=False, **QUIET)
     meta = run_stage(cfg("pretrain", "meta_only"), str(years), register=False, **QUIET)
@@ -206,7 +206,7 @@ def test_from_refuses_a_source_of_another_split_unless_allowed(years, isolated):
     from mlflow.tracking import MlflowClient
 
     from fashion_core.cli import commands as cli
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
     from fashion_core.tracking.references import SourceError
 
     src = run_stage(cfg("pretrain", "baseline"), str(years), register=False, **QUIET)

@@ -131,7 +131,7 @@ def test_zero_shot_needs_the_metadata_only_model():
 
 @pytest.fixture(scope="module")
 def zs_run(zs_data, zs_store):
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     return run_stage(cfg(), str(zs_data), **QUIET)
 
@@ -223,7 +223,7 @@ def test_a_deferred_zero_shot_run_evaluated_later_logs_what_it_logs_at_its_end(z
     """The same run as a selection run (the predicate forced): no test figure; ``fashion evaluate`` then logs the
     run's S / U / H and tables from its logged metadata model and zero-shot head, equal to the run's own."""
     from fashion_core.runners.evaluate import evaluate_run
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
     from fashion_core.tracking import runs as tracking
 
     tracking.set_experiment("deferred")  # apart from the runs the compare test reads
@@ -247,7 +247,7 @@ def test_a_deferred_zero_shot_run_evaluated_later_logs_what_it_logs_at_its_end(z
 def test_compare_shows_gzsl_columns_and_shrinks_not_evaluated(zs_run, zs_data, tmp_path):
     from fashion_core.report.compare import run_compare
     from fashion_core.report.tables import display_summary
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     over = {"data.top_k": 1, "metadata.logreg_c": 1.0}
     meta = run_stage(
@@ -269,7 +269,7 @@ def test_compare_shows_gzsl_columns_and_shrinks_not_evaluated(zs_run, zs_data, t
 
 def test_pretrain_stage_with_a_class_without_training_images(zs_data, zs_store, tmp_path):
     """--rank-on all puts classes with no training image into the pretrain stage: they are predicted too."""
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     run_id = run_stage(cfg("pretrain", **{"data.rank_on": "all", "data.top_k": 11}), str(zs_data), **QUIET)
     table = run_table(run_id, tmp_path).set_index("class")

@@ -38,7 +38,7 @@ def text_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(text_data, text_store):
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     return {
         mode: run_stage(cfg(**{**TEXT, "zeroshot.text": mode}), str(text_data), **QUIET) for mode in ("none", "mapped")

@@ -105,7 +105,7 @@ def pretrain(
     if dry_run:
         return checks.dry_run([cfg], data, chosen, gpu, click.echo)
     checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu, click.echo)
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     torchrun_if_asked()
     run_stage(
@@ -184,7 +184,7 @@ def finetune(
     if _needs_source(cfg):  # the reference is checked before any data is read
         source = checks.check_source(source, experiment)
     checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu, click.echo)
-    from fashion_core.runners.network import run_stage
+    from fashion_core.runners.stage import run_stage
 
     torchrun_if_asked()
     run_stage(

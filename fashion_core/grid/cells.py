@@ -26,7 +26,7 @@ from fashion_core.grid.claims import reopen as reopen_run
 from fashion_core.grid.executors import worker_place
 from fashion_core.grid.plan import IMAGE, STAGE_ORDER, GridTask, model_kind, needs_source
 from fashion_core.report.tables import markdown_table
-from fashion_core.runners.network import run_stage
+from fashion_core.runners.stage import run_stage
 from fashion_core.tracking import heartbeat
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.runs import best_val_score, run_name
@@ -62,7 +62,7 @@ Runner = Callable[..., str]
 
 
 def runner_for(cfg: ExperimentConfig) -> Runner:
-    """The function that runs a config as one MLflow run (same keywords as ``experiment.run_stage``)."""
+    """The function that runs a config as one MLflow run (same keywords as ``runners.stage.run_stage``)."""
     return run_stage
 
 

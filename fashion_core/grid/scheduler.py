@@ -8,7 +8,7 @@ resolved config (hash tagged ``config_hash``), dataset digest and code (git comm
 of uncommitted changes and of the numeric libraries' versions; tag ``code_version``; never when
 the commit is unknown) is reused instead of rerun; a technique that
 fails is recorded as a FAILED child run and the grid goes on. The parent run lists every child
-in ``grid/runs.csv``; ``experiment.run_stage`` runs each technique (and dispatches the
+in ``grid/runs.csv``; ``runners.stage.run_stage`` runs each technique (and dispatches the
 metadata-only baseline to its own runner). The plan is ``grid_plan``'s, the cells and their runs
 ``grid_cells``'; this module schedules them.
 

@@ -21,7 +21,7 @@ import torch
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, to_dict
 from fashion_core.data.loader import TensorData, batches, to_float
-from fashion_core.data.prepared import Prepared, prepare_data, without_test
+from fashion_core.data.prepared import Prepared, without_test
 from fashion_core.data.sources import cache_root
 from fashion_core.data.stage import ExtrasFn, StageData, build_stage_data
 from fashion_core.engine import distributed
@@ -233,9 +233,35 @@ def _follow_fit(
     fit(model, sd.train, sd.val, criterion, groups, cfg.train, device, resume=resume_state, log=_quiet, dist=env)
 
 
-def run_stage(  # noqa: C901 - to split: the dispatch and the network run (docs/ARCHITECTURE.md)
+def _source_of(
     cfg: ExperimentConfig,
-    data: str | None,
+    p: Prepared,
+    source: str | None,
+    experiment: str | None,
+    allow_split_mismatch: bool,
+    env: distributed.DistEnv,
+) -> tuple[ExperimentConfig, str | None, tuple[FashionNet, dict] | None, dict]:
+    """A finetune's source run and network (its architecture replaces the config's), and the split tags a
+    mismatched source adds; nothing for a pretrain or a transfer that starts from no pretrained run."""
+    if cfg.stage != "finetune" or not transfer_policy(cfg.transfer.method).pretrained:
+        return cfg, None, None, {}
+    if not source:
+        raise SourceError(
+            f"finetune with transfer.method={cfg.transfer.method} needs --from "
+            "(a pretrain run id, runs:/ or models:/ URI, or latest)"
+        )
+    src_run = env.broadcast_object(resolve_source(source, experiment) if env.is_main else None)
+    split_tags: dict = {}
+    if env.is_main:  # a source of another split: its trunk saw this run's validation (or test) images
+        split_tags = check_source_split(src_run, p.digest, cfg.data, allow_split_mismatch)
+    src_model = load_run_model(src_run)
+    cfg = cfg.replace(**{f"model.{k}": v for k, v in src_model[1]["model"].items() if k != "init"})
+    return cfg, src_run, src_model, split_tags
+
+
+def run_network(
+    cfg: ExperimentConfig,
+    p: Prepared,
     *,
     source: str | None = None,
     experiment: str | None = None,
@@ -245,72 +271,33 @@ def run_stage(  # noqa: C901 - to split: the dispatch and the network run (docs/
     resume: str | None = None,
     extras_fn: ExtrasFn | None = None,
     log=print,
-    prepared: Prepared | None = None,
     allow_split_mismatch: bool = False,
+    env: distributed.DistEnv | None = None,
+    started: float | None = None,
 ) -> str:
-    """Run one technique of a stage as an MLflow run; return its run id.
+    """Train, select (on validation) and log one network of a stage as an MLflow run; return its run id.
 
-    Under ``torchrun`` (see ``distributed``) every rank trains, rank 0 alone logs the run and
-    returns its id; the other ranks return "".
+    Under ``torchrun`` (see ``engine.distributed``) every rank trains, rank 0 alone logs the run and returns its id;
+    the other ranks return "". ``runners.stage.run_stage`` prepares the data and calls this for a network technique.
 
     Args:
         cfg: the resolved experiment config (its ``stage`` says which stage).
-        data: the ``--data`` value.
+        p: the prepared data.
         source: finetune only: ``--from`` (run id, runs:/, models:/ or latest).
         parent_run_id: makes this a child run (grid, tune).
         resume: a run id whose ``checkpoint/last.pt`` to continue (same config).
-        prepared: reuse already-prepared data (grid).
         allow_split_mismatch: accept a ``--from`` source of another split (tagged on the run).
+        env: the process group (one process when None).
+        started: ``time.perf_counter()`` when the run's work began (the ``run_seconds`` metric).
 
     A selection run (``test_reads.scores_test`` false: the year-held-out validation) scores no test:
     ``fashion evaluate RUN`` does, later, once.
     """
     import mlflow
 
-    t_start = time.perf_counter()
-    env = distributed.init_from_env(cfg.train.device)  # one process unless launched by torchrun
-    if not env.is_main:
-        log = _quiet
-    # Under torchrun rank 0 builds the image cache first; the other ranks then reuse it.
-    p = prepared or env.rank0_first(lambda: prepare_data(data, cfg.data, log=log))
-    if env.is_main:
-        tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
-    if cfg.fusion.mode == "metadata_only":  # a scikit-learn model on the metadata alone: no network, no source
-        from fashion_core.runners.metadata_only import run_metadata_baseline
-
-        if resume:
-            raise ConfigError(
-                "the metadata-only baseline fits in seconds and has no checkpoint: run it again instead of --resume"
-            )
-        if cfg.zeroshot.enabled:  # the same model, plus the classes without training images (zeroshot.py)
-            from fashion_core.runners.zeroshot import run_zeroshot
-
-            return (
-                run_zeroshot(cfg, p, parent_run_id=parent_run_id, tags=tags, register=register, log=log)
-                if env.is_main
-                else ""
-            )
-        return (
-            run_metadata_baseline(cfg, p, parent_run_id=parent_run_id, tags=tags, register=register, log=log)
-            if env.is_main
-            else ""
-        )
-    src_run = None
-    src_model = None
-    split_tags: dict = {}
-    if cfg.stage == "finetune":
-        policy = transfer_policy(cfg.transfer.method)
-        if policy.pretrained:
-            if not source:
-                raise SourceError(
-                    f"finetune with transfer.method={cfg.transfer.method} needs --from "
-                    "(a pretrain run id, runs:/ or models:/ URI, or latest)"
-                )
-            src_run = env.broadcast_object(resolve_source(source, experiment) if env.is_main else None)
-            if env.is_main:  # a source of another split: its trunk saw this run's validation (or test) images
-                split_tags = check_source_split(src_run, p.digest, cfg.data, allow_split_mismatch)
-            src_model = load_run_model(src_run)
-            cfg = cfg.replace(**{f"model.{k}": v for k, v in src_model[1]["model"].items() if k != "init"})
+    t_start = started if started is not None else time.perf_counter()
+    env = env or distributed.init_from_env(cfg.train.device)
+    cfg, src_run, src_model, split_tags = _source_of(cfg, p, source, experiment, allow_split_mismatch, env)
     cfg, plan = plan_stage(cfg, p, src_model, log)  # metadata encoders and auxiliary heads, if any
     if plan is not None:
         extras_fn = plan.chain(extras_fn)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, flatten, load_experiment, to_dict
 from fashion_core.data.prepared import prepare_data, without_test
-from fashion_core.runners.network import run_stage
+from fashion_core.runners.stage import run_stage
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.references import load_run_model, resolve_source
 from fashion_core.tracking.split_check import check_source_split

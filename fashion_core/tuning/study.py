@@ -126,7 +126,7 @@ def open_study(
 class Objective:
     """One trial: sample, train on train, report validation every epoch, return the objective.
 
-    A trial builds its model, loss and optimizer groups as ``experiment.run_stage`` does, so the
+    A trial builds its model, loss and optimizer groups as ``runners.stage.run_stage`` does, so the
     final run of the best trial's config reproduces it.
 
     Args:
