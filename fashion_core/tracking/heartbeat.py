@@ -105,9 +105,18 @@ def process_gone(ident: str) -> bool:
             return False
         return False
     start = _start_time(pid)
-    if start is None:
+    if start is None or _zombie(pid):  # a killed worker its parent has not reaped yet has ended all the same
         return True
     return bool(parts[2]) and abs(start - float(parts[2])) > 1.0  # the pid now names another process
+
+
+def _zombie(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def run_tags() -> dict[str, str]:
