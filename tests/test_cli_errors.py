@@ -39,7 +39,7 @@ def no_data_read(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the data was read before the error")
 
-    monkeypatch.setattr("fashion_core.runners.network.prepare_data", refuse)
+    monkeypatch.setattr("fashion_core.runners.stage.prepare_data", refuse)
     monkeypatch.setattr("fashion_core.data.prepared.prepare_data", refuse)
 
 

@@ -64,7 +64,11 @@ def clean_env(store: Path) -> dict:
 @pytest.fixture(scope="module")
 def made(dataset, tmp_path_factory):
     """`make run DATA=<generated> PROFILE=smoke` into a store of its own; yields (store folder, output)."""
+    from mlflow.tracking import MlflowClient
+
     with module_store(tmp_path_factory, "main") as (path, _):
+        # `make run` works in the checkout: the experiment's artifacts go to the test's folder, not ./mlruns there
+        MlflowClient().create_experiment("fashion-mini", artifact_location=(path / "mlruns").as_uri())
         proc = make(
             [
                 "run",

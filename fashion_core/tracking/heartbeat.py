@@ -132,12 +132,15 @@ class _Beater:
         self.runs: collections.Counter[str] = collections.Counter()
         self.thread: threading.Thread | None = None
         self.pid = os.getpid()
+        # set when a run starts: the loop wakes and reads the interval again (a run may ask for a shorter one)
+        self.wake = threading.Event()
 
     def add(self, run_id: str) -> None:
         with self.lock:
             if self.pid != os.getpid():  # a forked child inherits the counts but not the thread
                 self.runs, self.thread, self.pid = collections.Counter(), None, os.getpid()
             self.runs[run_id] += 1
+            self.wake.set()
             if self.thread is None:
                 self.thread = threading.Thread(target=self._loop, name="fashion-heartbeat", daemon=True)
                 self.thread.start()
@@ -152,7 +155,8 @@ class _Beater:
         from mlflow.tracking import MlflowClient
 
         while True:
-            time.sleep(interval())
+            self.wake.wait(interval())
+            self.wake.clear()
             with self.lock:
                 ids = list(self.runs)
                 if not ids:  # nothing open: the thread ends, the next run starts a new one
