@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -130,29 +131,34 @@ def live_claims(experiment_id: str, key: str, log: Callable[[str], None] | None 
     return sorted(alive, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
+# How long a claimant waits before it reads the claims of its cell: longer than a store takes to write a run it
+# has stamped (milliseconds on sqlite, a request on a tracking server).
+CLAIM_SETTLE_S = 0.5
+
+
 def claim_cell(
     experiment_id: str, key: str, create: Callable[[], str], log: Callable[[str], None] | None = None
 ) -> tuple[str | None, str | None]:
     """Claim a cell: ``(run_id, None)`` when this process runs it in the run ``create`` made, else
     ``(None, holder)``: the run of another live grid that runs it now.
 
-    A claim wins when no other live claim of the key started at the same millisecond or before it;
-    a claim that sees itself alone has won, since any later one sees it. Two claims of the same
-    millisecond both lose and both grids try again.
+    Every claimant, after a short wait, reads all live claims of the key and takes the oldest, by (start time,
+    run id), as the winner, so they all agree on one. The wait covers a claim whose start time was stamped before
+    another's but written after it (two grids a few milliseconds apart); a claim made after the wait sees the
+    winner and loses.
     """
     held = live_claims(experiment_id, key, log)
     if held:
         return None, held[0].info.run_id
     mine = create()
+    time.sleep(CLAIM_SETTLE_S)
     client = _client()
-    started = client.get_run(mine).info.start_time
-    earlier = [
-        r for r in live_claims(experiment_id, key, log) if r.info.run_id != mine and r.info.start_time <= started
-    ]
-    if earlier:
-        client.delete_run(mine)
-        return None, earlier[0].info.run_id
-    return mine, None
+    claims = live_claims(experiment_id, key, log)
+    winner = min(claims, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
+    if winner is None or winner.info.run_id == mine:
+        return mine, None
+    client.delete_run(mine)
+    return None, winner.info.run_id
 
 
 def holder_state(run_id: str, log: Callable[[str], None] | None = None) -> str:
