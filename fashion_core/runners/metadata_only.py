@@ -60,17 +60,11 @@ def run_metadata_baseline(
     cfg: ExperimentConfig,
     p,
     *,
-    source: str | None = None,
-    experiment: str | None = None,
     parent_run_id: str | None = None,
     tags: dict | None = None,
     register: bool = True,
-    resume: str | None = None,
-    extras_fn=None,
     log=print,
-    allow_split_mismatch: bool = False,
-    env=None,
-    started: float | None = None,
+    **_network_only,
 ) -> str:
     """Fit, select (on validation), evaluate (on test) and log the metadata-only baseline as one run.
 
@@ -84,12 +78,6 @@ def run_metadata_baseline(
     Returns:
         The run id.
     """
-    if env is not None and not env.is_main:  # ranks > 0 of a torchrun job: one process fits and logs
-        return ""
-    if resume:
-        raise ConfigError(
-            "the metadata-only model fits in seconds and has no checkpoint: run it again instead of --resume"
-        )
     import mlflow
 
     if cfg.fusion.mode != "metadata_only":

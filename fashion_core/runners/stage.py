@@ -1,6 +1,7 @@
 """One run of a stage: the data prepared once, then the runner of the technique's kind.
 
-Every runner takes ``(cfg, prepared, **the same keywords)`` and returns its run id: ``network`` (a network of any
+Every runner takes ``(cfg, prepared, **the same keywords)`` and returns its run id (the metadata-only runners
+ignore the keywords only a network reads: ``source``, ``resume``, ``extras_fn``, ...): ``network`` (a network of any
 backbone, image or fused, any transfer method), ``metadata_only`` (the scikit-learn model on the catalogue fields),
 ``zeroshot`` (the metadata model plus the classes without training images). Under ``torchrun`` every rank calls the
 same runner; only rank 0 logs to MLflow and returns the run id, the others return "".
@@ -13,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig
 from fashion_core.data.prepared import Prepared, prepare_data
 from fashion_core.data.stage import ExtrasFn
@@ -70,7 +72,15 @@ def run_stage(
     p = prepared or env.rank0_first(lambda: prepare_data(data, cfg.data, log=log))
     if env.is_main:
         tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
-    return runner_of(cfg)(
+    runner = runner_of(cfg)
+    if runner is not run_network:  # the metadata-only model: no network, no checkpoint, one process fits it
+        if resume:
+            raise ConfigError(
+                "the metadata-only model fits in seconds and has no checkpoint: run it again instead of --resume"
+            )
+        if not env.is_main:
+            return ""
+    return runner(
         cfg,
         p,
         source=source,

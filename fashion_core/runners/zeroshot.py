@@ -64,17 +64,11 @@ def run_zeroshot(
     cfg: ExperimentConfig,
     p,
     *,
-    source: str | None = None,
-    experiment: str | None = None,
     parent_run_id: str | None = None,
     tags: dict | None = None,
     register: bool = True,
-    resume: str | None = None,
-    extras_fn=None,
     log=print,
-    allow_split_mismatch: bool = False,
-    env=None,
-    started: float | None = None,
+    **_network_only,
 ) -> str:
     """Fit (on seen classes' training rows), calibrate (on validation), evaluate (on test) and log one GZSL run.
 
@@ -89,12 +83,6 @@ def run_zeroshot(
     Returns:
         The run id.
     """
-    if env is not None and not env.is_main:  # ranks > 0 of a torchrun job: one process fits and logs
-        return ""
-    if resume:
-        raise ConfigError(
-            "the metadata-only model fits in seconds and has no checkpoint: run it again instead of --resume"
-        )
     import mlflow
 
     if cfg.fusion.mode != "metadata_only" or not cfg.zeroshot.enabled:
