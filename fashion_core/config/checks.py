@@ -162,6 +162,13 @@ def _validate_zeroshot(cfg: Any) -> None:
         raise ConfigError(f"zeroshot.class_template must hold '{{}}' exactly once, got {z.class_template!r}")
     _choice(z.class_text, ZS_CLASS_TEXTS, "zeroshot.class_text")
     _choice(z.fold_by, ZS_FOLD_BY, "zeroshot.fold_by")
+    _choice(z.holdout_by, ZS_FOLD_BY, "zeroshot.holdout_by")
+    if z.holdout_n < 0:
+        raise ConfigError(f"zeroshot.holdout_n must be >= 0, got {z.holdout_n}")
+    if (z.holdout_n or z.holdout_classes) and not z.enabled:
+        raise ConfigError(
+            "zeroshot.holdout_n / holdout_classes hold classes out for the zero-shot model: set zeroshot.enabled=true"
+        )
 
 
 def _validate_fusion(cfg: Any) -> None:

@@ -117,6 +117,15 @@ class ZeroShotConfig:
     # how the calibration's pseudo-unseen folds hold classes out: class (a random third of the classes) or a
     # catalogue column (subCategory, masterCategory): whole groups of classes together (zeroshot/calibration.py)
     fold_by: str = "class"
+    # A zero-shot benchmark no design has seen (zeroshot/holdout.py): classes that DO have training images, held
+    # out of training and validation and scored as unseen on their test images. holdout_classes names them
+    # (explicit list); otherwise holdout_n of the stage's classes with training and test images are drawn with
+    # holdout_seed, one by one (holdout_by=class) or as whole groups of a catalogue column (e.g. subCategory)
+    # until holdout_n classes are in. 0 / empty: off (the stage's own unseen classes only).
+    holdout_n: int = 0
+    holdout_seed: int = 0
+    holdout_by: str = "class"
+    holdout_classes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from fashion_core.tracking.references import load_run_model, resolve_model_uri
 from fashion_core.tracking.test_reads import SCORED_BY_TAG, already_read, log_test, test_summary
 from fashion_core.tracking.versions import git_commit
 from fashion_core.zeroshot.head import ZeroShotHead
+from fashion_core.zeroshot.holdout import holdout_of
 from fashion_core.zeroshot.names import candidate_classes
 
 EVALUATED_COMMIT_TAG = "test_evaluated_commit"
@@ -66,8 +67,9 @@ def _scores_metadata(run, p, stage: str):
     return sd, class_scores(clf, features(vocab, rows), len(classes))
 
 
-def _scores_zeroshot(run, p, stage: str):
-    """(stage data, test scores, extra-metrics function) of a zero-shot run, from its metadata model and head."""
+def _scores_zeroshot(run, p, stage: str, zeroshot: dict):
+    """(stage data, test scores, extra-metrics function) of a zero-shot run, from its metadata model and head;
+    ``zeroshot`` is its config section (the same classes held out as in its training)."""
     import json
 
     clf, vocab, classes = load_metadata_baseline(run.info.run_id)
@@ -75,13 +77,14 @@ def _scores_zeroshot(run, p, stage: str):
         head = ZeroShotHead.from_dict(
             json.loads(tracking.download_artifact(run.info.run_id, STATE_ARTIFACT, d).read_text())
         )
+    p, held = holdout_of(p, zeroshot, stage)
     cands = candidate_classes(p.splits, stage)
     sd = build_stage_data(p, stage, classes=cands)
     _same_classes(run, cands, list(classes))
     rows = stage_rows(p, sd.frame.loc[sd.frame["split"] == "test", "id"])
     names = rows[TEXT_FIELD] if TEXT_FIELD in rows.columns else [""] * len(rows)
     scores = head.scores(class_scores(clf, features(vocab, rows), len(classes)), names)
-    return sd, scores, gzsl_extra(head.matcher, head.seen, rows, sd.test_label_names)
+    return sd, scores, gzsl_extra(head.matcher, head.seen, rows, sd.test_label_names, held)
 
 
 def _scores_ensemble(run, p, stage: str):
@@ -154,7 +157,7 @@ def evaluate_run(spec: str, data: str | None, *, device: str = "auto", log=print
     if t.get(ENSEMBLE_TAG):
         sd, scores = _scores_ensemble(run, p, stage)
     elif t.get(ZERO_SHOT_TAG) == "true":
-        sd, scores, extra = _scores_zeroshot(run, p, stage)
+        sd, scores, extra = _scores_zeroshot(run, p, stage, config.get("zeroshot") or {})
     elif t.get("baseline") == "metadata_only":
         sd, scores = _scores_metadata(run, p, stage)
     else:

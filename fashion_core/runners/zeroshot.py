@@ -23,6 +23,7 @@ from fashion_core.tracking.runs import run_name
 from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags
 from fashion_core.zeroshot.calibration import calibrate, class_groups, fit_models, model_scores
 from fashion_core.zeroshot.head import HEAD_FILE, ZeroShotHead
+from fashion_core.zeroshot.holdout import held_out_summary, holdout_of
 from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes
 from fashion_core.zeroshot.ranker import MIXES
 from fashion_core.zeroshot.semantic import TEXT_FEATURE, text_inputs, with_text
@@ -34,12 +35,14 @@ STATE_ARTIFACT = f"checkpoint/{HEAD_FILE}"
 # ---------------------------------------------------------------- the run
 
 
-def gzsl_extra(matcher: NameMatcher, seen: np.ndarray, test_rows: pd.DataFrame, label_names):
-    """The zero-shot run's test metrics beyond the stage's (``log_test``'s ``extra``): S / U / H, and the unseen
-    test products whose name shares no word with their class."""
+def gzsl_extra(matcher: NameMatcher, seen: np.ndarray, test_rows: pd.DataFrame, label_names, held=()):
+    """The zero-shot run's test metrics beyond the stage's (``log_test``'s ``extra``): S / U / H, the unseen
+    test products whose name shares no word with their class, and with a hold-out (``held``, class names) U / H
+    over the held-out classes alone and U over the stage's own unseen ones."""
 
     def extra(table, labels, top5) -> dict:
         out = {f"test_{k}": v for k, v in M.gzsl_summary(table).items()}
+        out.update({f"test_{k}": v for k, v in held_out_summary(table, held).items()})
         no_word = (
             matcher.no_shared_word(test_rows[TEXT_FIELD], label_names)
             if TEXT_FIELD in test_rows.columns
@@ -88,6 +91,10 @@ def run_zeroshot(
     if cfg.fusion.mode != "metadata_only" or not cfg.zeroshot.enabled:
         raise ConfigError("run_zeroshot needs fusion.mode=metadata_only and zeroshot.enabled=true")
     t_start = time.perf_counter()
+    # a benchmark no design has seen: classes with training images held out as unseen (zeroshot/holdout.py)
+    p, held = holdout_of(p, to_dict(cfg.zeroshot), cfg.stage)
+    if held:
+        log(f"zero-shot hold-out: {len(held)} classes with training images scored as unseen: {', '.join(held)}")
     classes = candidate_classes(p.splits, cfg.stage)
     sd = build_stage_data(p, cfg.stage, classes=classes)  # unseen classes are labels too, with no training row
     if len(np.unique(sd.train.labels.numpy())) < 2:
@@ -158,6 +165,7 @@ def run_zeroshot(
         "fusion": cfg.fusion.mode,
         "fusion_inputs": ",".join(inputs),
         ZERO_SHOT_TAG: "true",
+        **({"zs_holdout_classes": ",".join(held)} if held else {}),
         **selection_tags(selection),
         **(tags or {}),
     }
@@ -219,7 +227,7 @@ def run_zeroshot(
                 sd,
                 test_scores,
                 cfg.train.seed,
-                gzsl_extra(matcher, models.seen, rows["test"], sd.test_label_names),
+                gzsl_extra(matcher, models.seen, rows["test"], sd.test_label_names, held),
             )
         # The metadata model's files and the zero-shot head (checkpoint/zeroshot.json), served together as a pyfunc.
         head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix, evidence)
@@ -245,4 +253,14 @@ def run_zeroshot(
             f"(seen class-mean [{test_metrics['test_top1_mean_lo']:.4f}, {test_metrics['test_top1_mean_hi']:.4f}], "
             f"{test_metrics['test_n_classes_evaluated']} seen classes, {test_metrics['test_n_classes_unseen']} unseen)"
         )
+        if held:
+            log(
+                f"{cfg.stage} {cfg.technique}: the {len(held)} held-out classes U "
+                f"{test_metrics['test_top1_unseen_heldout_mean']:.4f}  H {test_metrics['test_top1_harmonic_heldout']:.4f}"
+                + (
+                    f"; the stage's own unseen classes U {test_metrics['test_top1_unseen_native_mean']:.4f}"
+                    if "test_top1_unseen_native_mean" in test_metrics
+                    else ""
+                )
+            )
     return run_id
