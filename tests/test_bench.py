@@ -276,3 +276,28 @@ def test_grid_scale_jobs_part_on_generated_data_interleaved(dataset, isolated, m
     assert seq["cells"] == par["cells"] == seq["finished"] == par["finished"] == 4
     assert len(seq["parent runs"].split(", ")) == 2  # two halves, each its own grid
     assert par["same metrics"] == "yes" and par["wall-time ratio"].endswith("x faster")
+
+
+def test_text_stem_bench_rules_and_its_paired_interval():
+    """bench/text_stem.py: Harman's rules alone leave the -es of words ending in s/ch/sh/x; identical hits give a
+    zero-width interval; a one-sided difference an interval on its side; the library's rule is put back."""
+    import numpy as np
+
+    from bench import text_stem
+    from fashion_core.fusion import encoders
+
+    assert [text_stem.harman(w) for w in ("dresses", "watches", "wallets", "accessories", "bus")] == [
+        "dresse",
+        "watche",
+        "wallet",
+        "accessory",
+        "bus",
+    ]
+    assert [encoders.s_stem(w) for w in ("dresses", "watches")] == ["dress", "watch"]
+    y = np.repeat(np.arange(3), 20)
+    a = np.random.default_rng(0).random(60) < 0.7
+    assert text_stem.paired_interval(y, a, a, 200, 0) == (0.0, 0.0)
+    better = a | (np.arange(60) % 5 == 0)
+    lo, hi = text_stem.paired_interval(y, better, a, 500, 0)
+    assert 0 <= lo <= hi and hi > 0
+    assert text_stem.RULES["plural"] is encoders.s_stem
