@@ -13,13 +13,13 @@ from fashion_core.cli.options import (
     DATA_HELP,
     PROFILE_HELP,
     UserError,
-    data_config,
+    data_config_of,
     data_options,
     data_overrides,
     dry_run_option,
     gpus_option,
-    resolve_config,
     split_words,
+    stage_config,
     storage_url,
     technique_options,
     torchrun_if_asked,
@@ -40,12 +40,13 @@ def main() -> None:
     "--workers", type=click.IntRange(min=1), default=None, help="Image decoding processes (default: all cores)."
 )
 @user_errors
-def prepare(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, height, width, experiment, workers):
+def prepare(data, experiment, workers, **opts):
     """Validate the catalogue, split it, build the image cache; log a `stage=prepare` run."""
     from fashion_core.runners.prepare import run_prepare
 
-    cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years)
-    run_prepare(data, cfg, workers=workers, experiment=experiment, log=lambda m: click.echo(m, err=False))
+    run_prepare(
+        data, data_config_of(opts), workers=workers, experiment=experiment, log=lambda m: click.echo(m, err=False)
+    )
 
 
 @main.command()
@@ -61,47 +62,13 @@ def prepare(data, top_k, rank_on, val_fraction, split_seed, val_by, val_years, h
 @gpus_option
 @dry_run_option
 @user_errors
-def pretrain(
-    data,
-    top_k,
-    rank_on,
-    val_fraction,
-    split_seed,
-    val_by,
-    val_years,
-    height,
-    width,
-    experiment,
-    technique,
-    profile,
-    override,
-    overrides,
-    seed,
-    epochs,
-    device,
-    experiments_dir,
-    resume,
-    register,
-    dry_run,
-):
+def pretrain(data, experiment, resume, register, dry_run, **opts):
     """Train on the top-k classes; evaluate per class on the test split; log a `stage=pretrain` run."""
     from fashion_core.cli import checks
 
     if resume:
         checks.check_reference_form(resume, "--resume")
-    chosen, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
-    cfg = resolve_config(
-        "pretrain",
-        technique,
-        chosen,
-        override,
-        seed,
-        epochs,
-        device,
-        experiments_dir,
-        data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years),
-        overrides,
-    )
+    chosen, gpu, cfg = stage_config("pretrain", opts, click.echo)
     if dry_run:
         return checks.dry_run([cfg], data, chosen, gpu, click.echo)
     checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu, click.echo)
@@ -134,51 +101,16 @@ def pretrain(
 @gpus_option
 @dry_run_option
 @user_errors
-def finetune(
-    data,
-    top_k,
-    rank_on,
-    val_fraction,
-    split_seed,
-    val_by,
-    val_years,
-    height,
-    width,
-    experiment,
-    technique,
-    profile,
-    override,
-    overrides,
-    seed,
-    epochs,
-    device,
-    experiments_dir,
-    source,
-    resume,
-    dry_run,
-    allow_split_mismatch,
-):
+def finetune(data, experiment, source, resume, dry_run, allow_split_mismatch, **opts):
     """Transfer the pretrained network to the other classes; log a `stage=finetune` run."""
     from fashion_core.cli import checks
 
     checks.check_reference_form(source, "--from")  # a typo is refused at once, before torch or MLflow load
     if resume:
         checks.check_reference_form(resume, "--resume")
-    if technique == "baseline":
-        technique = "finetune"
-    chosen, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
-    cfg = resolve_config(
-        "finetune",
-        technique,
-        chosen,
-        override,
-        seed,
-        epochs,
-        device,
-        experiments_dir,
-        data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years),
-        overrides,
-    )
+    if opts["technique"] == "baseline":
+        opts["technique"] = "finetune"
+    chosen, gpu, cfg = stage_config("finetune", opts, click.echo)
     if dry_run:
         return checks.dry_run([cfg], data, chosen, gpu, click.echo, extra=[_source_line(source, cfg)])
     if _needs_source(cfg):  # the reference is checked before any data is read
@@ -389,14 +321,6 @@ def predict(images, model_uri, meta, top):
 @user_errors
 def grid(
     data,
-    top_k,
-    rank_on,
-    val_fraction,
-    split_seed,
-    val_by,
-    val_years,
-    height,
-    width,
     experiment,
     techniques,
     stages,
@@ -416,6 +340,7 @@ def grid(
     cpus_per_cell,
     max_retries,
     dry_run,
+    **data_opts,
 ):
     """Run the technique grid: every chosen technique x seed as a child run of one `stage=grid` run."""
     from fashion_core.cli import checks
@@ -425,7 +350,7 @@ def grid(
     if source:
         checks.check_reference_form(source, "--from")
     profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
-    extra = data_overrides(data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years))
+    extra = data_overrides(data_config_of(data_opts))
     if epochs is not None:
         extra["train.epochs"] = epochs
     if device is not None:
@@ -530,14 +455,6 @@ def checks_minutes(tasks, profile: str, gpu: bool) -> float:
 @user_errors
 def run_job(
     data,
-    top_k,
-    rank_on,
-    val_fraction,
-    split_seed,
-    val_by,
-    val_years,
-    height,
-    width,
     experiment,
     profile,
     techniques,
@@ -548,12 +465,13 @@ def run_job(
     out,
     reuse,
     dry_run,
+    **data_opts,
 ):
     """The main job: prepare -> pretrain -> finetune -> compare with the techniques of experiments/main.yaml."""
     from fashion_core.config.schema import parse_overrides, to_dict
     from fashion_core.grid.main_job import run_main
 
-    data_cfg = data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years)
+    data_cfg = data_config_of(data_opts)
     extra = {f"data.{k}": v for k, v in to_dict(data_cfg).items() if v != getattr(DataConfig(), k)}
     if device is not None:
         extra["train.device"] = device
@@ -783,14 +701,6 @@ def compare(experiment, stage, grid_run, tag, out, log_run, pair, ui_url):
 @user_errors
 def tune(
     data,
-    top_k,
-    rank_on,
-    val_fraction,
-    split_seed,
-    val_by,
-    val_years,
-    height,
-    width,
     experiment,
     space,
     spaces_dir,
@@ -812,6 +722,7 @@ def tune(
     source,
     dry_run,
     allow_split_mismatch,
+    **data_opts,
 ):
     """Tune a search space with Optuna: one nested MLflow run per trial, chosen on validation only."""
     from fashion_core.cli import checks
@@ -822,7 +733,7 @@ def tune(
     checks.check_reference_form(source, "--from")
     spc = load_space(space, spaces_dir, experiments_dir)
     profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
-    extra = data_overrides(data_config(top_k, rank_on, val_fraction, split_seed, height, width, val_by, val_years))
+    extra = data_overrides(data_config_of(data_opts))
     if device is not None:
         extra["train.device"] = device
     extra.update(parse_overrides(list(override) + overrides.split()))

@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from fashion_core.cli import checks
 from fashion_core.config.checks import RANK_ON, VAL_BY, ConfigError
 from fashion_core.config.profiles import PROFILES
 from fashion_core.config.schema import DataConfig
@@ -218,6 +219,14 @@ def data_config(
     )
 
 
+DATA_OPTION_KEYS = ("top_k", "rank_on", "val_fraction", "split_seed", "height", "width", "val_by", "val_years")
+
+
+def data_config_of(opts: dict) -> DataConfig:
+    """The DataConfig of a command's ``data_options`` (its keyword arguments, as click passes them)."""
+    return data_config(*(opts[k] for k in DATA_OPTION_KEYS))
+
+
 def data_overrides(data_cfg: DataConfig) -> dict:
     """The data options that differ from the defaults, as dotted overrides (the others leave the file's)."""
     from fashion_core.config.schema import to_dict
@@ -285,6 +294,26 @@ def resolve_config(
         extra["train.device"] = device
     extra.update(parse_overrides(list(override) + overrides.split()))
     return cfg.replace(**extra) if extra else cfg
+
+
+def stage_config(stage: str, opts: dict, echo):
+    """(profile, on a GPU, config) of a one-stage command from its ``data_options`` and ``technique_options``
+    keyword arguments: the profile picked (``auto`` says why), then ``resolve_config``."""
+    device = checks.explicit_device(opts["device"], opts["override"], opts["overrides"])
+    chosen, gpu = checks.pick_profile(opts["profile"], device, echo)
+    cfg = resolve_config(
+        stage,
+        opts["technique"],
+        chosen,
+        opts["override"],
+        opts["seed"],
+        opts["epochs"],
+        opts["device"],
+        opts["experiments_dir"],
+        data_config_of(opts),
+        opts["overrides"],
+    )
+    return chosen, gpu, cfg
 
 
 def split_words(values, sep=None) -> list[str]:
