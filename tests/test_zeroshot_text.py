@@ -180,6 +180,15 @@ def test_the_calibration_bench_compares_text_variants(text_data, text_store, tmp
     assert set(saved["variant"]) == {"constant", "doubt"} and saved["H"].between(0, 1).all()
 
 
+def test_the_calibration_bench_reads_its_text_variants():
+    from bench.zeroshot_calibration import parse_text
+
+    assert parse_text("none") == ("none", 0.0, "{}") and parse_text("cosine:{}") == ("cosine", 1.0, "{}")
+    assert parse_text("mapped:10:a_{}_product") == ("mapped", 10.0, "a {} product")
+    with pytest.raises(SystemExit, match="bad --text variant"):
+        parse_text("mapped:10:a_{}_product:wordnet")  # the WordNet class text left the code
+
+
 def test_the_meta_text_features_bench_reads_validation_only(text_data, text_store, capsys):
     """bench/meta_text_features.py on the generated catalogue: one validation row per embedding scale, the scale-0
     arm being meta_only's own model; no test figure in its output."""
