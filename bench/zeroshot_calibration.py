@@ -8,10 +8,9 @@ class-mean Top-1 of the pseudo-seen (S) and pseudo-unseen (U) rows and H = 2SU /
 Name evidence (``--text``, the ``zeroshot.*`` keys): ``none`` (the name matcher alone),
 ``cosine:<template>`` (+ the cosine of all-MiniLM-L6-v2 sentence embeddings of the product name and the class
 text), ``mapped:<l2>:<template>`` (+ that cosine through a map learned on the fold's seen classes, pulled toward
-the identity with strength l2); a template is ``{}`` (the class name) or e.g. ``a_{}_product`` (``_`` for a space);
-a trailing ``:wordnet`` embeds the template followed by WordNet's definition of the name (``zeroshot.class_text``).
-(The definition-word, photo and other-stage variants this bench once compared were not adopted; they are in git
-history, see docs/selection-ledger.md.)
+the identity with strength l2); a template is ``{}`` (the class name) or e.g. ``a_{}_product`` (``_`` for a space).
+(The definition-word, photo, other-stage and WordNet class-text (``:wordnet``) variants this bench once compared
+were not adopted; they are in git history, see docs/selection-ledger.md.)
 Hold-back of the seen classes:
 
 - ``constant``: gamma (calibrated stacking; the first pass of #18);
@@ -115,21 +114,16 @@ def name_words(names) -> list[set[str]]:
     return [set(t[:n]) for t, _, n in map(name_tokens, names)]
 
 
-def parse_text(variant: str) -> tuple[str, float, str, str]:
-    """(mode, l2, template, class text) of a ``--text`` variant; a trailing ``:wordnet`` adds the definitions."""
+def parse_text(variant: str) -> tuple[str, float, str]:
+    """(mode, l2, template) of a ``--text`` variant."""
     parts = variant.split(":")
-    kind = "name"
-    if len(parts) > 1 and parts[-1] in ("name", "wordnet"):
-        kind = parts.pop()
-    if parts[0] == "none" and len(parts) == 1 and kind == "name":
-        return "none", 0.0, "{}", kind
+    if parts[0] == "none" and len(parts) == 1:
+        return "none", 0.0, "{}"
     if parts[0] == "cosine" and len(parts) == 2:
-        return "cosine", 1.0, parts[1].replace("_", " "), kind
+        return "cosine", 1.0, parts[1].replace("_", " ")
     if parts[0] == "mapped" and len(parts) == 3:
-        return "mapped", float(parts[1]), parts[2].replace("_", " "), kind
-    raise SystemExit(
-        f"bad --text variant {variant!r}: none, cosine:<template>[:wordnet] or mapped:<l2>:<template>[:wordnet]"
-    )
+        return "mapped", float(parts[1]), parts[2].replace("_", " ")
+    raise SystemExit(f"bad --text variant {variant!r}: none, cosine:<template> or mapped:<l2>:<template>")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,13 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     phi = {s: matcher.features(r[TEXT_FIELD]) for s, r in rows.items()}
     words = {s: name_words(r[TEXT_FIELD]) for s, r in rows.items()}
     texts = {}
-    if any(mode != "none" for mode, _, _, _ in text_variants.values()):
+    if any(mode != "none" for mode, _, _ in text_variants.values()):
         enc = load_encoder()
-        ids, emb = stage_name_embeddings(p, args.stage, enc)
-        emb = {s: rows_of(ids, emb, r.index) for s, r in rows.items()}
-        for v, (mode, l2, template, kind) in text_variants.items():
+        ids, all_emb = stage_name_embeddings(p, args.stage, enc)
+        emb = {s: rows_of(ids, all_emb, r.index) for s, r in rows.items()}
+        for v, (mode, l2, template) in text_variants.items():
             if mode != "none":
-                class_emb, _, _ = class_text_embeddings(classes, template, kind, enc)
+                class_emb, _ = class_text_embeddings(classes, template, enc)
                 texts[v] = TextInputs(mode, l2, template, class_emb, enc.source, emb)
     c = cfg.metadata.logreg_c if cfg.metadata.logreg_c > 0 else 1.0
     groups = class_groups(rows["train"], y["train"], args.fold_by)

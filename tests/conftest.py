@@ -13,20 +13,10 @@ import pytest
 
 from tests.helpers.data import make_dataset, real_data_path
 from tests.helpers.store import isolate, module_store
-from tests.helpers.zeroshot import make_wordnet
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a run may leave in the checkout: the caches of Python, pytest and the lint tools (a `make lint` alongside).
 RUN_LITTER = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def generated_wordnet(tmp_path_factory):
-    """Every test reads the generated WordNet of ``tests.helpers.zeroshot`` (never the machine's own, if it has one)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FASHION_WORDNET_DIR", str(make_wordnet(tmp_path_factory.mktemp("wordnet"))))
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="session")

@@ -141,8 +141,39 @@ def test_the_project_techniques_compose():
     pt = load_experiment(EXP / "pretrain" / "fused_text.yaml", stage="pretrain")
     assert ft.fusion == pt.fusion and ft.loss == pt.loss and ft.train.epochs == 10
     zs = load_experiment(EXP / "finetune" / "zeroshot.yaml", stage="finetune")
-    assert zs.zeroshot.enabled and zs.zeroshot.class_text == "wordnet" and zs.transfer.method == "scratch"
+    assert zs.zeroshot.enabled and zs.zeroshot.fold_by == "subCategory" and zs.transfer.method == "scratch"
     assert zs.fusion == load_experiment(EXP / "finetune" / "meta_only.yaml", stage="finetune").fusion
+
+
+def test_a_logged_config_with_a_removed_key_reads_back(tmp_path):
+    """Configs logged before the WordNet class text left carry ``zeroshot.class_text``: at ``name`` (what the code
+    does) the key loads as if absent, as a file, a nested mapping or an override; ``wordnet`` is refused with why."""
+    import yaml
+
+    from fashion_core.config.schema import ExperimentConfig, flatten
+
+    zs = load_experiment(EXP / "finetune" / "zeroshot.yaml", stage="finetune")
+    assert "class_text" not in zs.to_dict()["zeroshot"]
+    logged = zs.to_dict()
+    logged["zeroshot"]["class_text"] = "name"
+    path = tmp_path / "config.yaml"  # as a run logs it
+    path.write_text(yaml.safe_dump(logged, sort_keys=False))
+    assert load_experiment(path, stage="finetune") == zs
+    assert ExperimentConfig(stage="finetune").replace(**flatten(logged)) == zs
+    assert ExperimentConfig(stage="finetune").replace(zeroshot={"class_text": "name"}) == ExperimentConfig("finetune")
+    assert zs.replace(**parse_overrides(["zeroshot.class_text=name"])) == zs
+    logged["zeroshot"]["class_text"] = "wordnet"
+    path.write_text(yaml.safe_dump(logged, sort_keys=False))
+    why = r"zeroshot.class_text=wordnet is no longer an option: .*preferred the name alone"
+    for load in (
+        lambda: load_experiment(path, stage="finetune"),
+        lambda: ExperimentConfig(stage="finetune").replace(zeroshot={"class_text": "wordnet"}),
+        lambda: zs.replace(**{"zeroshot.class_text": "wordnet"}),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            load()
+    with pytest.raises(ConfigError, match="unknown config key 'zeroshot.class_texts'"):
+        zs.replace(**{"zeroshot.class_texts": "name"})
 
 
 def test_the_sections_of_metadata_and_zero_shot():

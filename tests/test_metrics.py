@@ -402,19 +402,3 @@ def test_confusion_figure_keeps_most_frequent_classes():
     assert "10 most frequent of 30" in fig.layout.title.text
     raw = confusion_matrix_figure(labels, top5[:, 0], names, normalize=False, max_classes=10)
     assert np.array(raw.data[0].z).sum() == counts[kept].sum()
-
-
-def test_seed_mean_interval_two_stage_bootstrap():
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 25)
-    top5 = np.stack([rng.permutation(4) for _ in range(100)])
-    reps = metrics.bootstrap_class_mean_replicates(labels, top5, np.arange(4), n_boot=500, seed=1)
-    # one seed: its own interval, exactly what bootstrap_class_mean gives with the same seed
-    assert metrics.bootstrap_seed_mean([reps["top1"]]) == pytest.approx(
-        metrics.bootstrap_class_mean(labels, top5, np.arange(4), n_boot=500, seed=1)["top1"]
-    )
-    same = metrics.bootstrap_seed_mean([reps["top1"], reps["top1"]], seed=3)
-    apart = metrics.bootstrap_seed_mean([reps["top1"], reps["top1"] + 0.4], seed=3)
-    assert apart[1] - apart[0] > 0.4 + 0.5 * (same[1] - same[0]) - 1e-9  # the seeds' spread is in it
-    assert apart == metrics.bootstrap_seed_mean([reps["top1"], reps["top1"] + 0.4], seed=3)  # seeded
-    assert np.isnan(metrics.bootstrap_seed_mean([np.zeros(0)])).all()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fashion_core.report.analysis import split_pair
-from fashion_core.report.runs import config_groups, run_config
+from fashion_core.report.runs import config_groups, config_label, run_config
 from fashion_core.report.stats import (
     Row,
     StageSample,
@@ -125,3 +125,23 @@ def test_split_pair_and_seed_free_config():
     assert run_config(runs[0]) == {"data.top_k": "20"}
     of, groups = config_groups(runs)
     assert set(of.values()) == {0} and len(groups[("finetune", "finetune+meta_only")]) == 1
+
+
+def test_a_removed_keys_logged_value_groups_as_the_code_runs():
+    """Runs logged before ``zeroshot.class_text`` left carry it: at ``name`` they are the configuration of a run
+    logged since (which has no such param), at ``wordnet`` one of their own, labelled by it."""
+
+    def run(i, **params):
+        return SimpleNamespace(
+            info=SimpleNamespace(run_id=f"r{i}"),
+            data=SimpleNamespace(
+                tags={"stage": "finetune", "technique": "zeroshot"}, params={"data.top_k": "20", **params}
+            ),
+        )
+
+    runs = [run(0), run(1, **{"zeroshot.class_text": "name"}), run(2, **{"zeroshot.class_text": "wordnet"})]
+    assert run_config(runs[1]) == run_config(runs[0]) == {"data.top_k": "20"}
+    of, groups = config_groups(runs)
+    assert of == {"r0": 0, "r1": 0, "r2": 1}
+    configs = groups[("finetune", "zeroshot")]
+    assert config_label(configs, 1) == "zeroshot.class_text=wordnet" and config_label(configs, 0) == "config 1"

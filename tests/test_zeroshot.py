@@ -12,7 +12,7 @@ import pytest
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import load_experiment
 from fashion_core.evaluation import metrics as M
-from fashion_core.zeroshot.calibration import pseudo_unseen_folds
+from fashion_core.zeroshot.calibration import class_groups, pseudo_unseen_folds
 from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes, name_tokens
 from fashion_core.zeroshot.ranker import doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
 from tests.helpers.runs import run_data, run_table
@@ -99,6 +99,23 @@ def test_stacked_scores_and_calibration_constant():
     assert stacked_scores(unsure, name, seen, -1.0, beta=4.0).argmax() == 2  # unsure: -1 + 4 * 0.69 > 0
     folds = pseudo_unseen_folds(np.arange(9), seed=0)
     assert len(folds) == 3 and sorted(np.concatenate(folds).tolist()) == list(range(9))
+
+
+def test_grouped_folds_hold_whole_groups_out():
+    groups = {i: ("Bottomwear" if i < 8 else "Bags" if i < 13 else f"small{i % 5}") for i in range(24)}
+    for seed in range(4):
+        folds = pseudo_unseen_folds(np.arange(24), seed, groups=groups)
+        assert len(folds) == 3 and sorted(np.concatenate(folds).tolist()) == list(range(24))
+        held = [{groups[int(c)] for c in f} for f in folds]
+        assert all(not (a & b) for i, a in enumerate(held) for b in held[i + 1 :])  # no group split between folds
+        assert max(map(len, folds)) - min(map(len, folds)) <= 3  # largest groups first keeps them balanced
+    assert pseudo_unseen_folds(np.arange(6), 0, groups={i: "one" for i in range(6)}) == []  # a single group
+    rows = pd.DataFrame({"subCategory": ["Bags", "Bags", "Belts", "Bags", "Belts"]})
+    assert class_groups(rows, np.array([0, 0, 1, 1, 1]), "subCategory") == {0: "Bags", 1: "Belts"}
+    assert class_groups(rows, np.array([0, 0, 1, 1, 1]), "class") is None
+    with pytest.raises(ConfigError, match="zeroshot.fold_by"):
+        cfg(**{"zeroshot.fold_by": "brand"})
+    assert cfg(**{"zeroshot.fold_by": "subCategory"}).zeroshot.fold_by == "subCategory"
 
 
 def test_gzsl_summary_against_a_hand_count():

@@ -180,6 +180,15 @@ def test_the_calibration_bench_compares_text_variants(text_data, text_store, tmp
     assert set(saved["variant"]) == {"constant", "doubt"} and saved["H"].between(0, 1).all()
 
 
+def test_the_calibration_bench_reads_its_text_variants():
+    from bench.zeroshot_calibration import parse_text
+
+    assert parse_text("none") == ("none", 0.0, "{}") and parse_text("cosine:{}") == ("cosine", 1.0, "{}")
+    assert parse_text("mapped:10:a_{}_product") == ("mapped", 10.0, "a {} product")
+    with pytest.raises(SystemExit, match="bad --text variant"):
+        parse_text("mapped:10:a_{}_product:wordnet")  # the WordNet class text left the code
+
+
 def test_the_meta_text_features_bench_reads_validation_only(text_data, text_store, capsys):
     """bench/meta_text_features.py on the generated catalogue: one validation row per embedding scale, the scale-0
     arm being meta_only's own model; no test figure in its output."""
@@ -199,16 +208,13 @@ def test_the_meta_text_features_bench_reads_validation_only(text_data, text_stor
     assert all(0 <= r["val_top1_mean"] <= 1 and r["val_top1_mean"] <= r["val_top5_mean"] for r in rows)
 
 
-def test_the_run_logs_its_class_descriptions(runs, tmp_path):
-    """The technique file's class texts add WordNet's definitions (here the generated stand-in database): the run
-    logs every class text and where the definitions came from."""
+def test_the_run_logs_its_class_texts(runs, tmp_path):
+    """The class text is the name in the technique file's template: the run logs every class's."""
     from fashion_core.tracking.runs import download_artifact
 
     texts = json.loads(Path(download_artifact(runs["mapped"], "zeroshot/class_texts.json", tmp_path)).read_text())
-    assert texts["Baby Dolls"].startswith("a Baby Dolls product: Dolls, a small replica of a person")  # the toy
-    assert texts["Watches"] == "a Watches product"  # no entry: the name alone
-    tags = run_data(runs["mapped"]).tags
-    assert tags["text_encoder_descriptions_sha256"] and "data.noun" in tags["text_encoder_descriptions_file"]
+    assert texts["Baby Dolls"] == "a Baby Dolls product" and texts["Watches"] == "a Watches product"
+    assert not any(k.startswith("text_encoder_descriptions") for k in run_data(runs["mapped"]).tags)
 
 
 def test_a_head_with_dropped_evidence_kinds_is_refused():

@@ -4,7 +4,9 @@ A technique is one YAML file under ``experiments/<stage>/``; it holds only the k
 that differ from the defaults below, or from the technique it names as ``parent``
 (``technique_raw``; docs/techniques.md). ``load_experiment`` resolves it (profile, then
 file over its parents, then ``-o key=value`` overrides) and validates every name and number,
-so a bad value is a clear :class:`ConfigError` before any run starts.
+so a bad value is a clear :class:`ConfigError` before any run starts. The key of an option removed from the code
+(``checks.REMOVED_KEYS``) still loads at the value the code follows, so a config logged before reads back; at any
+other value it is refused with the reason it left.
 
     python -c "from fashion_core.config.schema import load_experiment; print(load_experiment('experiments/pretrain/baseline.yaml'))"
 """
@@ -22,7 +24,7 @@ import yaml
 
 # The names, ConfigError and the checks live in config_checks, the profiles in config_profiles; callers
 # import every one of them from here.
-from fashion_core.config.checks import ConfigError, validate
+from fashion_core.config.checks import REMOVED_KEYS, ConfigError, validate
 from fashion_core.config.profiles import PROFILES
 
 
@@ -111,9 +113,6 @@ class ZeroShotConfig:
     text: str = "none"
     text_l2: float = 10.0
     class_template: str = "{}"  # the text embedded for a class name ("{}" = the name)
-    # the class text: name (the template alone) | wordnet (the template + WordNet's definition of the name's
-    # parts, zeroshot/lexicon.py; needs the WordNet database files, e.g. Debian's wordnet-base)
-    class_text: str = "name"
     # how the calibration's pseudo-unseen folds hold classes out: class (a random third of the classes) or a
     # catalogue column (subCategory, masterCategory): whole groups of classes together (zeroshot/calibration.py)
     fold_by: str = "class"
@@ -250,10 +249,21 @@ def _coerce(value: Any, current: Any, key: str) -> Any:  # noqa: C901 - one bran
     return value
 
 
+def _removed(full: str, value: Any) -> None:
+    """A removed key (``REMOVED_KEYS``, e.g. in a config logged before it left): nothing to set at the value the
+    code still follows, a ConfigError with the reason at any other."""
+    kept, why = REMOVED_KEYS[full]
+    if str(value).strip() != kept:
+        raise ConfigError(f"{full}={value} is no longer an option: {why}; leave the key out (or set it to {kept})")
+
+
 def _set(obj: Any, path: list[str], value: Any, full: str) -> Any:
     names = [f.name for f in fields(obj)]
     head = path[0]
     if head not in names:
+        if full in REMOVED_KEYS:
+            _removed(full, value)
+            return obj
         raise ConfigError(f"unknown config key {full!r}; valid keys here: {', '.join(names)}")
     current = getattr(obj, head)
     if len(path) == 1:

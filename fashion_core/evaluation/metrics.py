@@ -299,34 +299,6 @@ def bootstrap_class_mean_replicates(
     return {"top1": acc1.mean(axis=1), "top5": acc5.mean(axis=1)}
 
 
-def bootstrap_seed_mean(
-    replicates: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-) -> tuple[float, float]:
-    """Percentile interval of a mean over seeds that includes the seed-to-seed variance.
-
-    A two-stage bootstrap: each replicate draws as many seeds as there are, with replacement,
-    and for each drawn seed one of its own test-image replicates (``bootstrap_class_mean_replicates``
-    of that run), then averages them. Averaging the bounds of per-seed intervals instead would
-    ignore how far the seeds disagree. With one seed it is that seed's own interval.
-
-    Args:
-        replicates: per seed, its (B,) bootstrap replicates of the class-mean accuracy.
-        n_boot, seed, alpha: replicates drawn, the Generator's seed, 1 - confidence level.
-    """
-    reps = [np.asarray(r, dtype=float) for r in replicates if len(r)]
-    if not reps:
-        return float("nan"), float("nan")
-    if len(reps) == 1:
-        return percentile_interval(reps[0], alpha)
-    width = min(len(r) for r in reps)
-    table = np.stack([r[:width] for r in reps])  # (S, B)
-    rng = np.random.default_rng(seed)
-    s = len(reps)
-    pick = rng.integers(0, s, size=(n_boot, s))
-    draw = rng.integers(0, width, size=(n_boot, s))
-    return percentile_interval(table[pick, draw].mean(axis=1), alpha)
-
-
 def predictions_frame(ids: Any, labels: Any, top5: Any, class_names: Sequence[str]) -> pd.DataFrame:
     """The table written as ``predictions.csv``.
 

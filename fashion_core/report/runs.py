@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from fashion_core.config.checks import ConfigError
+from fashion_core.config.checks import REMOVED_KEYS, ConfigError
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.runs import tracking_uri
 
@@ -86,13 +86,19 @@ RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 
 
 def run_config(run) -> dict[str, str]:
-    """A run's logged configuration (its params), less ``NOT_CONFIG`` and params that name run ids."""
-    return {k: v for k, v in run.data.params.items() if k not in NOT_CONFIG and not RUN_ID.search(str(v))}
+    """A run's logged configuration (its params), less ``NOT_CONFIG``, params that name run ids, and the keys of
+    removed options (``REMOVED_KEYS``) at the value the code still follows (what a run logged since does)."""
+    return {
+        k: v
+        for k, v in run.data.params.items()
+        if k not in NOT_CONFIG and not RUN_ID.search(str(v)) and not (k in REMOVED_KEYS and v == REMOVED_KEYS[k][0])
+    }
 
 
 def same_config(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
-    """Two logged configs agree on every key both have (a key added to the code since is not a difference)."""
-    return all(a[k] == b[k] for k in a.keys() & b.keys())
+    """Two logged configs agree on every key both have (a key added to the code since is not a difference); a
+    removed option's key that only one holds is (``run_config`` keeps it only at a value the code left)."""
+    return all(a[k] == b[k] for k in a.keys() & b.keys()) and all((k in a) == (k in b) for k in REMOVED_KEYS)
 
 
 def config_groups(runs: Sequence) -> tuple[dict[str, int], dict[tuple, list[dict]]]:
@@ -116,7 +122,8 @@ def config_label(configs: Sequence[Mapping[str, str]], i: int, max_keys: int = 3
     if len(configs) < 2:
         return ""
     mine = configs[i]
-    keys = sorted(k for k in mine if any(k in c and c[k] != mine[k] for c in configs))
+    # a key another config has at another value, or a removed option's that it lacks (the value the code follows)
+    keys = sorted(k for k in mine if any(c[k] != mine[k] if k in c else k in REMOVED_KEYS for c in configs))
     text = ", ".join(f"{k}={mine[k]}" for k in keys[:max_keys]) + (
         f", +{len(keys) - max_keys} more" if len(keys) > max_keys else ""
     )

@@ -204,7 +204,7 @@ def run_zeroshot(
             log(
                 f"text encoder: {evidence.source.get('package')} {evidence.source.get('version')} "
                 f"({evidence.source.get('file')}, sha256 {str(evidence.source.get('sha256'))[:12]}), "
-                f"zeroshot.text {cfg.zeroshot.text}, class texts: {cfg.zeroshot.class_text}"
+                f"zeroshot.text {cfg.zeroshot.text}, class texts: {cfg.zeroshot.class_template!r}"
             )
             mlflow.log_dict(dict(zip(classes, text.texts)), "zeroshot/class_texts.json")
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)

@@ -41,15 +41,13 @@ training rows of seen classes only, and one constant chosen on validation:
    training products (``mapped``: a ridge from a product's embedding to its class name's, pulled toward the
    identity with strength ``zeroshot.text_l2``; refitted in each calibration fold without its held-out
    classes). It knows what no name matcher can: "Lip Balm" is Lip Care, "Nightdress" Baby Dolls.
-6. **Class definitions** (``zeroshot.class_text=wordnet``, ``lexicon.py``): the class text adds WordNet 3.0's
-   definition of each part of the name ("a Deodorant product: Deodorant, a toiletry applied to the skin ..."),
-   so the class side of the cosine holds words a product name may use. With ``zeroshot.fold_by=subCategory``
-   the calibration's folds hold whole subCategories out, so a pseudo-unseen class keeps no sibling among the
-   seen ones (the finetune stage's unseen classes are a new department).
+6. **Grouped folds** (``zeroshot.fold_by=subCategory``): the calibration's folds hold whole subCategories out,
+   so a pseudo-unseen class keeps no sibling among the seen ones (the finetune stage's unseen classes are a new
+   department).
 
 Evidence measured on validation and not adopted (definition words as evidence kinds, the photo's ImageNet labels
-as ConSE points, the text map fitted on the other stage's classes) is in git history; docs/selection-ledger.md
-names the commit.
+as ConSE points, the text map fitted on the other stage's classes, WordNet's definitions in the class text) is in
+git history; docs/selection-ledger.md names the commit.
 
 Test products enter only to be scored once at the end. Honoured keys: those of the metadata-only baseline
 (``fusion.*``, ``metadata.*``, ``loss.weights``, ``train.seed``) and the ``zeroshot`` section.

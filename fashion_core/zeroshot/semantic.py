@@ -172,31 +172,10 @@ class TextInputs:
         return TextEvidence.fit(self.class_emb, self.template, self.source, self.mode, self.l2, train, y, balanced)
 
 
-def class_text_embeddings(
-    classes: Sequence[str], template: str, kind: str, encoder, log=print
-) -> tuple[np.ndarray, list[str], dict]:
-    """(C, D) embeddings of the class texts, the texts, and where any description came from (``{}`` for names).
-
-    ``kind`` is ``zeroshot.class_text``: ``name`` (the template filled with the name) or ``wordnet`` (and WordNet's
-    definition of the name's parts, ``lexicon.describe_classes``; only the class names and WordNet enter)."""
-    texts, source = class_texts(classes, template), {}
-    if kind == "wordnet":
-        from fashion_core.zeroshot.lexicon import WordNet, describe_classes
-
-        wn = WordNet.load()
-        texts, found = describe_classes(
-            classes, wn, lambda t: embed_texts(t, encoder, log=lambda m: None), template=template
-        )
-        missing = [c for c, d in found.items() if not d]
-        none = f" (none for {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})" if missing else ""
-        log(
-            f"class descriptions from {wn.source['file']}: {len(classes) - len(missing)} of {len(classes)} classes "
-            f"defined{none}"
-        )
-        source = dict(wn.source)
-    elif kind != "name":
-        raise ConfigError(f"unknown zeroshot.class_text {kind!r}; choose one of: name, wordnet")
-    return embed_texts(texts, encoder, log=log).astype(np.float64), texts, source
+def class_text_embeddings(classes: Sequence[str], template: str, encoder, log=print) -> tuple[np.ndarray, list[str]]:
+    """(C, D) embeddings of the class texts (``template`` filled with each class name) and the texts."""
+    texts = class_texts(classes, template)
+    return embed_texts(texts, encoder, log=log).astype(np.float64), texts
 
 
 def text_inputs(
@@ -209,15 +188,13 @@ def text_inputs(
         return None
     enc = encoder if encoder is not None else text_encoder.load_encoder()
     index, emb = stage_name_embeddings(prepared, stage, enc, log=log)
-    class_emb, texts, described = class_text_embeddings(classes, zs.class_template, zs.class_text, enc, log=log)
-    source = dict(enc.source)
-    source.update({f"descriptions_{k}": v for k, v in described.items()})
+    class_emb, texts = class_text_embeddings(classes, zs.class_template, enc, log=log)
     return TextInputs(
         zs.text,
         float(zs.text_l2),
         zs.class_template,
         class_emb,
-        source,
+        dict(enc.source),
         {s: rows_of(index, emb, i) for s, i in ids.items()},
         tuple(texts),
     )

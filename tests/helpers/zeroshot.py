@@ -1,4 +1,4 @@
-"""Stand-ins for the zero-shot tests: a concept sentence encoder, WordNet files, and a catalogue with unseen classes."""
+"""Stand-ins for the zero-shot tests: a concept sentence encoder and a catalogue with unseen classes."""
 
 from __future__ import annotations
 
@@ -10,22 +10,6 @@ from fashion_core.config.schema import load_experiment
 from tests.helpers.data import HEADER, write_image
 
 EXP = Path(__file__).resolve().parents[2] / "experiments"
-
-# A few WordNet noun synsets: (lemmas, lexicographer file, gloss); 6 noun.artifact, 27 noun.substance,
-# 18 noun.person, 15 noun.location
-SYNSETS = [
-    (["compact", "compact_car"], 6, "a small and economical car"),
-    (["compact", "powder_compact"], 6, "a small cosmetics case with a mirror; to be carried in a woman's purse"),
-    (["compact", "covenant"], 10, "a signed written agreement"),
-    (["doll"], 18, "informal terms for a (young) woman"),
-    (["doll", "dolly"], 6, "a small replica of a person; used as a toy"),
-    (["deodorant", "deodourant"], 6, "a toiletry applied to the skin in order to mask unpleasant odors"),
-    (["nail_polish", "nail_enamel", "nail_varnish"], 6, "a cosmetic lacquer applied to the nails"),
-    (["capri"], 15, "an island in the Bay of Naples"),
-    (["kit", "outfit"], 6, "gear consisting of a set of articles or tools for a specified purpose"),
-    (["bootee", "bootie"], 6, "a slipper that is soft and wool (for babies)"),
-    (["booty", "loot"], 21, "goods or money obtained illegally"),
-]
 
 
 class ConceptEncoder:
@@ -57,28 +41,6 @@ class ConceptEncoder:
                 v = np.mean([self._vector(w) for w in words], axis=0)
                 out[i] = v / np.linalg.norm(v)
         return out
-
-
-def make_wordnet(folder: Path) -> Path:
-    """Write index.noun / data.noun / noun.exc in WordNet's database format (byte offsets and all): a stand-in for
-    the WordNet 3.0 files of class descriptions (zeroshot/lexicon.py) in logic tests."""
-    folder.mkdir(parents=True, exist_ok=True)
-    header = "  1 This is a generated stand-in of the WordNet 3.0 database, for tests.\n"
-    data, offsets, index = header.encode(), [], {}
-    for lemmas, lexfile, gloss in SYNSETS:
-        offsets.append(len(data))
-        words = " ".join(f"{w} 0" for w in lemmas)
-        line = f'{len(data):08d} {lexfile:02d} n {len(lemmas):02x} {words} 000 | {gloss}; "an example"  \n'
-        data += line.encode()
-        for w in lemmas:
-            index.setdefault(w, []).append(offsets[-1])
-    (folder / "data.noun").write_bytes(data)
-    lines = [header] + [
-        f"{w} n {len(o)} 0 {len(o)} 0 {' '.join(f'{x:08d}' for x in o)}  \n" for w, o in sorted(index.items())
-    ]
-    (folder / "index.noun").write_text("".join(lines))
-    (folder / "noun.exc").write_text("dollies dolly\n")
-    return folder
 
 
 QUIET = dict(log=lambda m: None)
