@@ -91,6 +91,21 @@ def test_the_count_is_distinct_configurations_without_seed_of_one_technique_stag
     assert tags[CONFIG_KEY_TAG] == config_key(client.get_run(first).data.params)
 
 
+def test_the_config_key_survives_a_key_added_at_its_default_or_removed_at_its_no_op_value():
+    """A run logged before a key existed (or after one left) is the same configuration as today's run of the same
+    setting; a different value of the key is another configuration."""
+    from fashion_core.config.schema import ExperimentConfig, to_dict
+    from fashion_core.tracking.runs import param_strings
+
+    today = param_strings(to_dict(ExperimentConfig(stage="finetune").replace(**{"loss.gamma": 1.0})))
+    older = {k: v for k, v in today.items() if not k.startswith("zeroshot.holdout")}  # before the key existed
+    older["zeroshot.class_text"] = "name"  # a key removed since, at the value today's code behaves as
+    assert config_key(older) == config_key(today)
+    assert config_key({**older, "zeroshot.class_text": "wordnet"}) != config_key(today)
+    assert config_key({**today, "zeroshot.holdout_n": "15"}) != config_key(today)
+    assert config_key({**today, "stage": "pretrain"}) != config_key(today)
+
+
 def test_the_config_key_ignores_seed_and_device_only():
     base = {"train.epochs": "5", "train.seed": "0", "train.device": "cpu", "loss.gamma": "2.0"}
     assert config_key(base) == config_key({**base, "train.seed": "3", "train.device": "cuda"})

@@ -380,6 +380,12 @@ def start_run(
             heartbeat.stop(run.info.run_id)
 
 
+def param_strings(config: Mapping[str, Any]) -> dict[str, str]:
+    """A config as MLflow params: dotted keys, lists as JSON, every value a string (at most 6,000 characters)."""
+    params = {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in flatten(config).items()}
+    return {k: str(v)[:6000] for k, v in params.items()}
+
+
 def log_config(config: Mapping[str, Any]) -> None:
     """The resolved config as params (dotted keys) and as a ``config.yaml`` artifact.
 
@@ -388,8 +394,7 @@ def log_config(config: Mapping[str, Any]) -> None:
     """
     import mlflow
 
-    params = {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in flatten(config).items()}
-    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+    mlflow.log_params(param_strings(config))
     mlflow.log_text(yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
 
 

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fashion_core.config.checks import REMOVED_KEYS
+from fashion_core.config.schema import ExperimentConfig, to_dict
 from fashion_core.data.stage import StageData
 from fashion_core.evaluation import metrics as M
 from fashion_core.evaluation.test_split import score_test_split
@@ -69,10 +71,15 @@ def config_key(params: Mapping[str, str], client=None) -> str:
     """16 hex digits naming a run's configuration: its logged params without the seed and operational keys.
 
     The params are the config as ``tracking.log_config`` logged it (dotted keys, strings), so a run logged
-    before these tags existed gets the same key as a new one. An ensemble's member run ids are replaced by
-    the members' keys: two seeds of one ensemble are one configuration.
+    before these tags existed gets the same key as a new one. A key at today's default value counts as absent,
+    and so does a removed key at the value that behaved as today's code does: a key added (at its default) or
+    removed by a later commit does not make an older run of the same setting another configuration. An
+    ensemble's member run ids are replaced by the members' keys: two seeds of one ensemble are one configuration.
     """
-    kept: dict[str, Any] = {k: v for k, v in params.items() if k not in OPERATIONAL_KEYS}
+    defaults = _default_params()
+    kept: dict[str, Any] = {
+        k: v for k, v in params.items() if k not in OPERATIONAL_KEYS and defaults.get(k, _NO_DEFAULT) != v
+    }
     if ENSEMBLE_MEMBERS in kept and client is not None:
         try:
             ids = json.loads(kept[ENSEMBLE_MEMBERS])
@@ -80,6 +87,17 @@ def config_key(params: Mapping[str, str], client=None) -> str:
         except Exception:  # a member deleted from the store: its run id stays the identity
             pass
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_NO_DEFAULT = object()
+
+
+def _default_params() -> dict[str, str]:
+    """Today's default config as logged params, plus each removed key at its no-op value."""
+    params = tracking.param_strings(to_dict(ExperimentConfig()))
+    params.update({k: v for k, (v, _why) in REMOVED_KEYS.items()})
+    params.pop("stage", None)  # the stage is part of what a configuration is, whatever its default
+    return params
 
 
 def _read_on_test(run) -> bool:
