@@ -16,8 +16,7 @@ from fashion_core.zeroshot.calibration import class_groups, pseudo_unseen_folds
 from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes, name_tokens
 from fashion_core.zeroshot.ranker import doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
 from tests.helpers.runs import run_data, run_table
-from tests.helpers.store import module_store
-from tests.helpers.zeroshot import EXP, QUIET, UNSEEN, ConceptEncoder, cfg, make_zs_dataset
+from tests.helpers.zeroshot import EXP, QUIET, UNSEEN, cfg, concept_store, make_zs_dataset
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +26,8 @@ def zs_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def zs_store(tmp_path_factory):
-    """The module's store; a tiny stand-in wherever the technique loads the packaged sentence encoder."""
-    from fashion_core.zeroshot import text_encoder
-
-    with module_store(tmp_path_factory, "zs-store") as (path, mp):
-        mp.setattr(text_encoder, "load_encoder", ConceptEncoder)
+    """The module's store, with a tiny stand-in for the packaged sentence encoder."""
+    with concept_store(tmp_path_factory, "zs-store") as path:
         yield path
 
 

@@ -12,8 +12,7 @@ import pytest
 from fashion_core.config.checks import ConfigError
 from fashion_core.zeroshot.holdout import draw_holdout, eligible_classes, hold_out
 from tests.helpers.runs import run_data, run_table
-from tests.helpers.store import module_store
-from tests.helpers.zeroshot import QUIET, SEEN, UNSEEN, ConceptEncoder, cfg, make_zs_dataset
+from tests.helpers.zeroshot import QUIET, SEEN, UNSEEN, cfg, concept_store, make_zs_dataset
 
 HELD = ("Ties", "Wallets")
 
@@ -75,10 +74,8 @@ def ho_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ho_store(tmp_path_factory):
-    from fashion_core.zeroshot import text_encoder
-
-    with module_store(tmp_path_factory, "zs-holdout-store") as (path, mp):
-        mp.setattr(text_encoder, "load_encoder", ConceptEncoder)
+    """The module's store, with a tiny stand-in for the packaged sentence encoder."""
+    with concept_store(tmp_path_factory, "zs-holdout-store") as path:
         yield path
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from fashion_core.config.schema import load_experiment
 from tests.helpers.data import HEADER, write_image
+from tests.helpers.store import module_store
 
 EXP = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -88,3 +91,14 @@ def cfg(stage="finetune", **over):
     """The zero-shot technique file of ``stage`` on the smoke profile, with ``over`` on top."""
     over = {"data.top_k": 1, "metadata.logreg_c": 1.0, **over}
     return load_experiment(EXP / stage / "zeroshot.yaml", overrides=over, profile="smoke", stage=stage)
+
+
+@contextmanager
+def concept_store(tmp_path_factory, name: str) -> Iterator[Path]:
+    """A module's store (``module_store``) in which the technique's packaged sentence encoder is the tiny
+    ``ConceptEncoder``; yields the store's folder."""
+    from fashion_core.zeroshot import text_encoder
+
+    with module_store(tmp_path_factory, name) as (path, mp):
+        mp.setattr(text_encoder, "load_encoder", ConceptEncoder)
+        yield path
