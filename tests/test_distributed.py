@@ -100,17 +100,40 @@ def _fit_worker(rank: int, world: int, port: int, out: str) -> None:
     )
 
 
+SHARED_KEYS = ("train_loss", "train_top1", "lr", "val_top1_mean", "val_loss", "best_val_top1_mean")
+
+
 def _stage_worker(rank: int, world: int, port: int, out: str, data: str, tracking_uri: str, cache: str) -> None:
-    """One spawned rank running a whole pretrain stage (run_stage); writes the run id it returned."""
+    """One spawned rank running a whole pretrain stage (run_stage); writes the run id it returned and what its
+    ``fit`` was given and gave back (the rank-independent metrics, a checksum of each trained parameter)."""
+    from unittest import mock
+
     _join(rank, world, port, MLFLOW_TRACKING_URI=tracking_uri, FASHION_CACHE=cache)
     from fashion_core.config.schema import load_experiment
+    from fashion_core.runners import network
     from fashion_core.runners.stage import run_stage
 
+    fits: list[dict] = []
+
+    def recording_fit(model, *args, **kwargs):
+        result = real_fit(model, *args, **kwargs)
+        fits.append(
+            {
+                "history": [{k: h[k] for k in SHARED_KEYS if k in h} for h in result.history],
+                "params": [float(p.detach().double().sum()) for p in model.parameters()],
+                "checkpoint": kwargs.get("checkpoint_path") is not None,
+                "on_epoch": kwargs.get("on_epoch") is not None,
+            }
+        )
+        return result
+
+    real_fit = network.fit
     cfg = load_experiment(None, profile="smoke", stage="pretrain").replace(
         **{"data.top_k": 4, "train.device": "cpu", "train.epochs": 2}
     )
-    run_id = run_stage(cfg, data, register=False, log=lambda m: None)
-    Path(out, f"stage{rank}.json").write_text(json.dumps({"run_id": run_id}))
+    with mock.patch.object(network, "fit", recording_fit):
+        run_id = run_stage(cfg, data, register=False, log=lambda m: None)
+    Path(out, f"stage{rank}.json").write_text(json.dumps({"run_id": run_id, "fits": fits}))
 
 
 def test_shard_indices_equal_disjoint_covering():
@@ -190,22 +213,35 @@ def test_ddp_fit_on_two_gloo_processes_matches_one_process(tmp_path):
 
 @pytest.mark.integration  # two spawned gloo ranks
 @pytest.mark.slow
-def test_run_stage_on_two_ranks_logs_one_run(tmp_path):
-    """A pretrain stage on 2 gloo ranks: one MLflow run (rank 0's) tagged with the world size; rank 1 logs nothing."""
+def test_run_stage_on_two_ranks_logs_one_run(tmp_path, monkeypatch):
+    """A pretrain stage on 2 gloo ranks: both ranks go through the same ``fit`` and train identically; one MLflow run
+    (rank 0's) tagged with the world size; rank 1 logs nothing and writes no checkpoint."""
     import mlflow
 
     from tests.helpers.data import make_dataset
 
     data = make_dataset(tmp_path / "mini", per_class=(30, 30, 24, 24), n_classes=4, odd_rows=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # the ranks start here: the store's artifacts (./mlruns) stay out of the checkout
     torch.multiprocessing.spawn(
         _stage_worker,
         nprocs=2,
         join=True,
         args=(2, free_port(), str(tmp_path), str(data), uri, str(tmp_path / "cache")),
     )
-    ids = [json.loads((tmp_path / f"stage{r}.json").read_text())["run_id"] for r in range(2)]
+    ranks = [json.loads((tmp_path / f"stage{r}.json").read_text()) for r in range(2)]
+    ids = [r["run_id"] for r in ranks]
     assert ids[0] and ids[1] == ""
+    fits = [r["fits"] for r in ranks]
+    assert len(fits[0]) == len(fits[1]) == 1, "every rank trains once, through the same fit"
+    main, other = fits[0][0], fits[1][0]
+    assert (main["checkpoint"], main["on_epoch"]) == (True, True)  # rank 0 writes the checkpoint and logs epochs
+    assert (other["checkpoint"], other["on_epoch"]) == (False, False)  # rank 1 neither
+    assert len(main["history"]) == 2 and main["history"] == other["history"]
+    # DDP averages the same gradients on both ranks: the trained parameters agree
+    assert main["params"] and len(main["params"]) == len(other["params"])
+    np.testing.assert_allclose(other["params"], main["params"], rtol=1e-6, atol=1e-6)
+    assert not list((tmp_path / "cache" / "checkpoints").glob("*.pt"))  # rank 0 logged its checkpoint and removed it
     client = mlflow.MlflowClient(uri)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert [r.info.run_id for r in runs] == [ids[0]]

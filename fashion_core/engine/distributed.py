@@ -9,7 +9,7 @@ process group (nccl on CUDA, gloo on CPU); outside torchrun it returns a one-pro
   N processes take the same optimisation steps as one (same steps per epoch, same lr schedule);
 - DDP all-reduces (averages) the gradients; per-epoch train metrics are summed over ranks;
 - rank 0 alone evaluates validation and broadcasts the numbers, so early stopping agrees;
-- rank 0 alone talks to MLflow, writes checkpoints and evaluates test (``runners.stage.run_stage``).
+- rank 0 alone talks to MLflow, writes checkpoints and evaluates test (``runners.network.run_network``).
 
 BatchNorm statistics stay per process (batch_size / N images each, as in torchvision's
 references without --sync-bn). One torchrun job runs one ``pretrain`` or ``finetune`` stage;

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from fashion_core.data.sources import cache_root
 from fashion_core.data.stage import ExtrasFn, StageData, build_stage_data
 from fashion_core.engine import distributed
 from fashion_core.engine.devices import pick_device, to_preferred_layout
-from fashion_core.engine.train import evaluate, fit, load_checkpoint, load_error, predict_scores
+from fashion_core.engine.train import FitResult, evaluate, fit, load_checkpoint, load_error, predict_scores
 from fashion_core.fusion.meta import model_meta
 from fashion_core.fusion.modules import param_groups, wrap_criterion
 from fashion_core.fusion.plan import FusionPlan, plan_stage, run_tags
@@ -213,24 +214,98 @@ def _quiet(message: str) -> None:
     """The log of ranks > 0: one process prints."""
 
 
-def _follow_fit(
+def _run_on_main(env: distributed.DistEnv, cfg: ExperimentConfig, p: Prepared, **start) -> AbstractContextManager:
+    """Rank 0: the stage's MLflow run (``tracking.start_run``); ranks > 0: a context that yields None and tracks
+    nothing (torchvision's ``save_on_master`` idea: every rank runs the same code, one of them records it)."""
+    if not env.is_main:
+        return nullcontext(None)
+    return tracking.start_run(cfg.stage, cfg.technique, p.digest, run_name=run_name(cfg), config=to_dict(cfg), **start)
+
+
+def _log_sizes(model: FashionNet, sd: StageData, criterion, selection: bool) -> None:
+    """The data and model sizes (metrics) and the classes and their loss weights (``classes.json``)."""
+    import mlflow
+
+    tracking.log_metrics(
+        {
+            "n_classes": len(sd.classes),
+            "n_train_images": len(sd.train),
+            "n_val_images": len(sd.val),
+            **({} if selection else {"n_test_images_learnable": len(sd.test)}),
+            "n_params": sum(p_.numel() for p_ in model.parameters()),
+            "n_trainable_params": sum(p_.numel() for p_ in model.parameters() if p_.requires_grad),
+        }
+    )
+    mlflow.log_dict(
+        {
+            "classes": sd.classes,
+            "test_only": sd.test_only,
+            "class_weight": criterion.loss.class_weight.tolist()
+            if getattr(criterion.loss, "class_weight", None) is not None
+            else None,
+        },
+        "classes.json",
+    )
+
+
+def _resume_state(resume: str) -> dict:
+    """The training checkpoint (``checkpoint/last.pt``) of the run ``--resume`` continues."""
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            return load_checkpoint(tracking.download_artifact(resume, LAST_ARTIFACT, d))
+        except Exception as e:
+            raise SourceError(f"--resume {resume}: no loadable {LAST_ARTIFACT} in that run ({load_error(e)})") from None
+
+
+def _stage_tags(
     cfg: ExperimentConfig,
-    sd: StageData,
-    source: tuple[FashionNet, dict] | None,
-    device: torch.device,
-    resume_state: dict | None,
     env: distributed.DistEnv,
-    plan: FusionPlan | None = None,
-) -> None:
-    """A rank > 0 of a torchrun job: the same model, loss and ``fit`` as rank 0 in ``run_stage`` (keep them in
-    step), without tracking, checkpoints or test evaluation."""
-    model, policy, lr_mult = setup_model(cfg, sd, source, device, _quiet, plan=plan)
-    if not policy.train:
-        return
-    criterion = wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
-    model.to(device)
-    groups = param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
-    fit(model, sd.train, sd.val, criterion, groups, cfg.train, device, resume=resume_state, log=_quiet, dist=env)
+    device: torch.device,
+    tags: dict | None,
+    src_run: str | None,
+    split_tags: dict,
+    plan: FusionPlan | None,
+    selection: bool,
+) -> dict:
+    """The run's tags beyond ``tracking.start_run``'s own: seed, device, transfer, the process group, the source run
+    (and a mismatched split), the fusion inputs and whether it is a selection run."""
+    all_tags = {
+        "leaky": str(cfg.fusion.leaky).lower(),
+        "seed": cfg.train.seed,
+        "device": device.type,
+        "transfer": cfg.transfer.method if cfg.stage == "finetune" else "",
+        **(tags or {}),
+    }
+    if env.active:
+        all_tags.update({"world_size": env.world_size, "ddp_backend": env.backend})
+    if src_run:
+        all_tags["source_run_id"] = src_run
+        all_tags.update(split_tags)
+    all_tags.update(run_tags(cfg, plan))
+    all_tags.update(selection_tags(selection))
+    return all_tags
+
+
+def _select(
+    model: FashionNet, result: FitResult | None, sd: StageData, device: torch.device, criterion, log=print
+) -> float:
+    """Rank 0 after training: load the selected weights and log how they were chosen; without training (a frozen
+    transfer), score validation once. Returns the validation class-mean top-1 (NaN without validation)."""
+    import mlflow
+
+    if result is None:
+        v = evaluate(model, sd.val, device, criterion) if len(sd.val) else {}
+        tracking.log_metrics({f"val_{k}": x for k, x in v.items()}, step=0)
+        return v.get("top1_mean", float("nan"))
+    model.load_state_dict(result.best_state)
+    tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
+    mlflow.set_tag("selection", result.selection)
+    if result.selection != "val_top1_mean":
+        log(
+            f"no validation images: kept the weights of the last epoch ({result.best_epoch}), "
+            f"tagged selection={result.selection}"
+        )
+    return result.best_val
 
 
 def _source_of(
@@ -277,8 +352,10 @@ def run_network(
 ) -> str:
     """Train, select (on validation) and log one network of a stage as an MLflow run; return its run id.
 
-    Under ``torchrun`` (see ``engine.distributed``) every rank trains, rank 0 alone logs the run and returns its id;
-    the other ranks return "". ``runners.stage.run_stage`` prepares the data and calls this for a network technique.
+    Under ``torchrun`` (see ``engine.distributed``) every rank runs this same code (model, loss, ``fit``); rank 0
+    alone talks to MLflow (the run, its metrics, checkpoints, test, the model) and returns the run id, the other
+    ranks return "" once ``fit`` is done. ``runners.stage.run_stage`` prepares the data and calls this for a
+    network technique.
 
     Args:
         cfg: the resolved experiment config (its ``stage`` says which stage).
@@ -293,10 +370,11 @@ def run_network(
     A selection run (``test_reads.scores_test`` false: the year-held-out validation) scores no test:
     ``fashion evaluate RUN`` does, later, once.
     """
-    import mlflow
-
     t_start = started if started is not None else time.perf_counter()
     env = env or distributed.init_from_env(cfg.train.device)
+    main = env.is_main  # rank 0 alone talks to MLflow, writes files, scores test and prints
+    if not main:
+        log = _quiet
     cfg, src_run, src_model, split_tags = _source_of(cfg, p, source, experiment, allow_split_mismatch, env)
     cfg, plan = plan_stage(cfg, p, src_model, log)  # metadata encoders and auxiliary heads, if any
     if plan is not None:
@@ -308,81 +386,42 @@ def run_network(
     sd = build_stage_data(without_test(p) if selection else p, cfg.stage, extras_fn)
     if len(sd.train) == 0:
         raise ConfigError(f"the {cfg.stage} stage has no training images with these split settings")
-    resume_state = None
-    if resume:
-        with tempfile.TemporaryDirectory() as d:
-            try:
-                resume_state = load_checkpoint(tracking.download_artifact(resume, LAST_ARTIFACT, d))
-            except Exception as e:
-                raise SourceError(
-                    f"--resume {resume}: no loadable {LAST_ARTIFACT} in that run ({load_error(e)})"
-                ) from None
-    if not env.is_main:  # ranks > 0 of a torchrun job: train in step with rank 0, log and write nothing
-        _follow_fit(cfg, sd, src_model, device, resume_state, env, plan)
-        return ""
-    all_tags = {
-        "leaky": str(cfg.fusion.leaky).lower(),
-        "seed": cfg.train.seed,
-        "device": device.type,
-        "transfer": cfg.transfer.method if cfg.stage == "finetune" else "",
-        **(tags or {}),
-    }
-    if env.active:
-        all_tags.update({"world_size": env.world_size, "ddp_backend": env.backend})
-    if src_run:
-        all_tags["source_run_id"] = src_run
-        all_tags.update(split_tags)
-    all_tags.update(run_tags(cfg, plan))
-    all_tags.update(selection_tags(selection))
+    resume_state = _resume_state(resume) if resume else None
+    all_tags = _stage_tags(cfg, env, device, tags, src_run, split_tags, plan, selection)
     ckpt_dir = cache_root() / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    with tracking.start_run(
-        cfg.stage,
-        cfg.technique,
-        p.digest,
-        run_name=run_name(cfg),
-        config=to_dict(cfg),
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with _run_on_main(
+        env,
+        cfg,
+        p,
         tags=all_tags,
         description=cfg.description or None,
         parent_run_id=parent_run_id,
         run_id=resume,
     ) as run:
-        run_id = run.info.run_id
-        ckpt_path = ckpt_dir / f"{run_id}.pt"
-        log_dataset_input(p, cfg.stage)  # the runs table's Dataset column
-        if resume_state is not None:
-            _log_missing_epochs(run_id, resume_state["history"])
+        run_id = run.info.run_id if main else ""
+        ckpt_path = ckpt_dir / f"{run_id}.pt" if main else None
+        if main:
+            log_dataset_input(p, cfg.stage)  # the runs table's Dataset column
+            if resume_state is not None:
+                _log_missing_epochs(run_id, resume_state["history"])
         log(
             f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "
             f"{len(sd.train)} train / {len(sd.val)} val / "
             + ("test deferred (selection run)" if selection else f"{len(sd.test)} test images")
             + f", device {device}"
         )
+        # Every rank builds the same model and loss and trains it through the same fit (DDP keeps them in step).
         model, policy, lr_mult = setup_model(cfg, sd, src_model, device, log, plan=plan)
-        _log_init(getattr(model, "init_report", None) if cfg.stage == "pretrain" or not src_run else None, log)
+        if main:
+            _log_init(getattr(model, "init_report", None) if cfg.stage == "pretrain" or not src_run else None, log)
         criterion = wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
-        tracking.log_metrics(
-            {
-                "n_classes": len(sd.classes),
-                "n_train_images": len(sd.train),
-                "n_val_images": len(sd.val),
-                **({} if selection else {"n_test_images_learnable": len(sd.test)}),
-                "n_params": sum(p_.numel() for p_ in model.parameters()),
-                "n_trainable_params": sum(p_.numel() for p_ in model.parameters() if p_.requires_grad),
-            }
-        )
-        mlflow.log_dict(
-            {
-                "classes": sd.classes,
-                "test_only": sd.test_only,
-                "class_weight": criterion.loss.class_weight.tolist()
-                if getattr(criterion.loss, "class_weight", None) is not None
-                else None,
-            },
-            "classes.json",
-        )
+        if main:
+            _log_sizes(model, sd, criterion, selection)
         model.to(device)
         try:
+            result = None
             if policy.train:
                 groups = param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
                 result = fit(
@@ -393,27 +432,19 @@ def run_network(
                     groups,
                     cfg.train,
                     device,
-                    on_epoch=lambda e, m: tracking.log_metrics(m, step=e),
+                    on_epoch=(lambda e, m: tracking.log_metrics(m, step=e)) if main else None,
                     checkpoint_path=ckpt_path,
                     resume=resume_state,
                     log=log,
                     dist=env,
                 )
-                model.load_state_dict(result.best_state)
-                tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
-                mlflow.set_tag("selection", result.selection)
-                if result.selection != "val_top1_mean":
-                    log(
-                        f"no validation images: kept the weights of the last epoch ({result.best_epoch}), "
-                        f"tagged selection={result.selection}"
-                    )
-                val_score = result.best_val
-            else:
-                v = evaluate(model, sd.val, device, criterion) if len(sd.val) else {}
-                tracking.log_metrics({f"val_{k}": x for k, x in v.items()}, step=0)
-                val_score = v.get("top1_mean", float("nan"))
+            if not main:
+                # fit's collectives are the run's last: what follows (selection, test, checkpoints, the model)
+                # is rank 0's alone and must stay free of them.
+                return ""
+            val_score = _select(model, result, sd, device, criterion, log)
         except KeyboardInterrupt:
-            if ckpt_path.is_file():
+            if ckpt_path is not None and ckpt_path.is_file():
                 _log_last(ckpt_path)
                 log(
                     f"interrupted: last checkpoint logged to run {run_id} as {LAST_ARTIFACT}; "
@@ -423,7 +454,7 @@ def run_network(
         if not selection:
             test_metrics = log_test(run_id, sd, predict_scores(model, sd.test, device), cfg.train.seed)
         _log_state(model, cfg, sd.classes, {"source_run_id": src_run})
-        if ckpt_path.is_file():
+        if ckpt_path is not None and ckpt_path.is_file():
             _log_last(ckpt_path)
             ckpt_path.unlink(missing_ok=True)
         inputs = "image+metadata" if getattr(model, "uses_batch", False) else "image"
