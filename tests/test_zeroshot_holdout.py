@@ -146,3 +146,16 @@ def test_a_deferred_holdout_run_is_evaluated_with_the_same_classes_held_out(ho_r
     keys = sorted(k for k in a if k.startswith("test_"))
     assert "test_top1_unseen_heldout_mean" in keys
     assert [b.get(k) for k in keys] == pytest.approx([a[k] for k in keys], abs=1e-9)
+
+
+def test_compare_shows_the_held_out_u_beside_the_stage_own(ho_run, tmp_path):
+    from fashion_core.report.compare import run_compare
+    from fashion_core.report.tables import display_summary
+
+    res = run_compare("catalogue", stages=["finetune"], grid="none", out=tmp_path / "report", log_run=False, **QUIET)
+    summ = res.tables.summary["finetune"].set_index("technique")
+    m = run_data(ho_run).metrics
+    assert summ.loc["zeroshot", "top1_unseen_heldout_mean"] == pytest.approx(m["test_top1_unseen_heldout_mean"])
+    assert summ.loc["zeroshot", "top1_harmonic_heldout"] == pytest.approx(m["test_top1_harmonic_heldout"])
+    assert summ.loc["zeroshot", "top1_unseen_native_mean"] == pytest.approx(m["test_top1_unseen_native_mean"])
+    assert {"U held out", "H held out", "U stage's own"} <= set(display_summary(res.tables.summary["finetune"]))

@@ -26,6 +26,7 @@ from fashion_core.report.runs import PER_CLASS_ARTIFACT, PREDICTIONS_ARTIFACT, S
 from fashion_core.report.stats import seed_mean_interval
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.runs import run_inputs
+from fashion_core.zeroshot.holdout import HOLDOUT_TAG, held_out_summary
 
 N_BOOT = 1000
 # Training-set sizes grouped for the few-shot curve: few-shot classes get fine bins.
@@ -39,6 +40,10 @@ GZSL_COLUMNS = (
     "top5_unseen_mean",
     "top5_mean_all",
     "n_classes_unseen",
+    # with zeroshot.holdout_*: U and H over the held-out classes alone, U over the stage's own unseen ones
+    "top1_unseen_heldout_mean",
+    "top1_harmonic_heldout",
+    "top1_unseen_native_mean",
 )
 
 
@@ -161,6 +166,9 @@ def evaluate_run(run, folder: str | Path, config: str = "") -> RunEval:
     # The intervals come later, in build_tables: every run of a stage is resampled on the same test images.
     summ.update({"top1_lo": np.nan, "top1_hi": np.nan, "top5_lo": np.nan, "top5_hi": np.nan})
     summ.update(M.gzsl_summary(table))  # seen / unseen / harmonic / all-class means (generalised zero-shot)
+    held = [c for c in run.data.tags.get(HOLDOUT_TAG, "").split(",") if c]
+    summ.update({k: np.nan for k in GZSL_COLUMNS if k not in summ})
+    summ.update(held_out_summary(table, held))  # a zero-shot benchmark's held-out classes, if any
     t = run.data.tags
     technique = t.get("technique", "")
     try:
@@ -418,6 +426,10 @@ def display_summary(summ: pd.DataFrame) -> pd.DataFrame:
         out["Top-1 unseen (U)"] = summ["top1_unseen_mean"].map(lambda v: f"{v:.3f}")
         out["H"] = summ["top1_harmonic"].map(lambda v: f"{v:.3f}")
         out["Top-1 all classes"] = summ["top1_mean_all"].map(lambda v: f"{v:.3f}")
+        if summ["top1_unseen_heldout_mean"].notna().any():  # a held-out benchmark: its own U and H, and the stage's U
+            out["U held out"] = summ["top1_unseen_heldout_mean"].map(lambda v: "" if v != v else f"{v:.3f}")
+            out["H held out"] = summ["top1_harmonic_heldout"].map(lambda v: "" if v != v else f"{v:.3f}")
+            out["U stage's own"] = summ["top1_unseen_native_mean"].map(lambda v: "" if v != v else f"{v:.3f}")
     out["classes evaluated"] = summ["n_classes_evaluated"]
     out["classes won"] = summ["classes_won"]
     out["seeds"] = summ["seeds"]

@@ -23,7 +23,7 @@ from fashion_core.tracking.runs import run_name
 from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags
 from fashion_core.zeroshot.calibration import calibrate, class_groups, fit_models, model_scores
 from fashion_core.zeroshot.head import HEAD_FILE, ZeroShotHead
-from fashion_core.zeroshot.holdout import held_out_summary, holdout_of
+from fashion_core.zeroshot.holdout import HOLDOUT_TAG, held_out_summary, holdout_of
 from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes
 from fashion_core.zeroshot.ranker import MIXES
 from fashion_core.zeroshot.semantic import TEXT_FEATURE, text_inputs, with_text
@@ -165,7 +165,7 @@ def run_zeroshot(
         "fusion": cfg.fusion.mode,
         "fusion_inputs": ",".join(inputs),
         ZERO_SHOT_TAG: "true",
-        **({"zs_holdout_classes": ",".join(held)} if held else {}),
+        **({HOLDOUT_TAG: ",".join(held)} if held else {}),
         **selection_tags(selection),
         **(tags or {}),
     }

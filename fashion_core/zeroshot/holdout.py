@@ -18,6 +18,8 @@ import pandas as pd
 
 from fashion_core.config.checks import ConfigError
 
+HOLDOUT_TAG = "zs_holdout_classes"  # run tag: the held-out classes, comma-separated
+
 
 def eligible_classes(splits: pd.DataFrame, stage: str) -> list[str]:
     """The stage's classes a draw may hold out: those with training images and test images, sorted."""
