@@ -178,13 +178,14 @@ def check_fit(dev, compile: bool) -> str:
 
     from bench.throughput import synthetic_data
     from fashion_core.config.schema import ModelConfig, TrainConfig
-    from fashion_core.engine.train import LabelLoss, evaluate, fit
+    from fashion_core.engine.train import evaluate, fit
+    from fashion_core.losses import Criterion
     from fashion_core.models.network import build_model, param_groups
 
     model = build_model(ModelConfig(backbone="resnet18", width_mult=0.25), 5)
     train, val = synthetic_data(64, 80, 60, 5).to(dev), synthetic_data(32, 80, 60, 5, seed=1).to(dev)
     cfg = TrainConfig(epochs=2, batch_size=16, patience=0, warmup_epochs=0.0, compile=compile, device=dev.type)
-    crit = LabelLoss(torch.nn.CrossEntropyLoss())
+    crit = Criterion(torch.nn.CrossEntropyLoss())
     t0 = time.perf_counter()
     res = fit(model, train, val, crit, param_groups(model, cfg.lr, 1.0, cfg.weight_decay), cfg, dev, log=lambda m: None)
     seconds = time.perf_counter() - t0
@@ -216,7 +217,8 @@ def _default_pretrain(n: int, epochs: int, max_batches: int, seed: int = 0) -> d
     from bench.throughput import synthetic_data
     from fashion_core.config.schema import ExperimentConfig
     from fashion_core.engine.devices import pick_device
-    from fashion_core.engine.train import LabelLoss, fit
+    from fashion_core.engine.train import fit
+    from fashion_core.losses import Criterion
     from fashion_core.models.network import build_model, param_groups
 
     dev = pick_device("auto")
@@ -229,7 +231,7 @@ def _default_pretrain(n: int, epochs: int, max_batches: int, seed: int = 0) -> d
         model,
         train,
         empty,
-        LabelLoss(torch.nn.CrossEntropyLoss()),
+        Criterion(torch.nn.CrossEntropyLoss()),
         param_groups(model, train_cfg.lr, 1.0, train_cfg.weight_decay),
         train_cfg,
         dev,

@@ -51,11 +51,12 @@ def _sync(dev: torch.device) -> None:
 
 def compute_rate(model, xs: list, ys: list, dev: torch.device, compile: bool, lr: float = 1e-3) -> float:
     """Images/s of forward + backward + AdamW step on ready batches (same autocast as fit)."""
-    from fashion_core.engine.train import LabelLoss, train_step
+    from fashion_core.engine.train import train_step
+    from fashion_core.losses import Criterion
     from fashion_core.models.network import param_groups
 
     fwd = torch.compile(model) if compile else model
-    criterion = LabelLoss(torch.nn.CrossEntropyLoss())
+    criterion = Criterion(torch.nn.CrossEntropyLoss())
     opt = torch.optim.AdamW(param_groups(model, lr, 1.0, 0.05), lr=lr)
     model.train()
     _sync(dev)
@@ -111,7 +112,8 @@ def measure(
     from fashion_core.config.schema import ModelConfig, TrainConfig
     from fashion_core.data.loader import TensorData, augment, batches
     from fashion_core.engine.devices import channels_last_on
-    from fashion_core.engine.train import LabelLoss, fit
+    from fashion_core.engine.train import fit
+    from fashion_core.losses import Criterion
     from fashion_core.models.network import build_model, param_groups
 
     dev = torch.device(device)
@@ -131,7 +133,7 @@ def measure(
         compile=compile,
         device=device,
     )
-    criterion = LabelLoss(torch.nn.CrossEntropyLoss())
+    criterion = Criterion(torch.nn.CrossEntropyLoss())
     channels_last = channels_last_on(dev)  # as fit does
 
     def loop_rate(cfg) -> float:

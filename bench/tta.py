@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core.data.prepared import prepare_data, without_test
     from fashion_core.data.stage import build_stage_data
     from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
+    from fashion_core.fusion.modules import reads_metadata
     from fashion_core.tracking.references import load_run_model, resolve_model_uri
 
     if args.threads:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         run = MlflowClient().get_run(run_id)
         stage, technique = run.data.tags.get("stage", "?"), run.data.tags.get("technique", "?")
         model, meta = load_run_model(run_id)
-        if getattr(model, "uses_batch", False):
+        if reads_metadata(model):
             print(
                 f"{run_id[:8]}: skipped, it fuses product metadata (this script scores image-only models)",
                 file=sys.stderr,

@@ -3,21 +3,23 @@
 Every loss is an ``nn.Module`` with ``forward(logits, target)`` returning a scalar, computes in
 float32 (safe under bf16 autocast), and exposes ``.class_weight`` (C,) for logging. Class weights
 reduce like ``F.cross_entropy(weight=...)``: sum(w_y * loss) / sum(w_y), so focal loss with
-gamma 0 *is* weighted cross-entropy.
+gamma 0 *is* weighted cross-entropy. ``Criterion`` is what training calls: a network's output
+(``{"logits", <auxiliary heads>}``) and its batch -> the class loss plus each weighted auxiliary
+head's cross-entropy; ``build_criterion`` builds it from a stage's config.
 
     .venv/bin/python -c "from fashion_core.losses import class_weights; print(class_weights([1, 4, 100, 0], 'effective_number'))"
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fashion_core.config.checks import LOSS_NAMES, WEIGHT_SCHEMES, ConfigError
-from fashion_core.config.schema import LossConfig
+from fashion_core.config.schema import ExperimentConfig, LossConfig
 
 # log of the prior used for a class with no training examples: very unlikely, but finite
 # (exp(-27.6) ~ 1e-12), so the adjusted logits never hold -inf and nothing turns NaN.
@@ -205,3 +207,35 @@ def build_loss(cfg: LossConfig, class_counts: Sequence[int] | Tensor) -> nn.Modu
     if cfg.name == "focal":
         return FocalLoss(cfg.gamma, alpha=weight, label_smoothing=cfg.label_smoothing)
     return LogitAdjustedLoss(counts, tau=cfg.tau, weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+class Criterion(nn.Module):
+    """A network's output and its batch -> the training loss: ``(output, batch) -> scalar``.
+
+    The class loss of ``output["logits"]`` against ``batch["label"]``, plus ``weight * cross-entropy`` of
+    each weighted auxiliary head whose key is in both the output and the batch (targets of -1 are
+    ignored; a batch with none left adds nothing). An output without the auxiliary keys (the logits
+    alone, as ``train.evaluate`` scores) gives the class loss alone.
+
+    Args:
+        loss: the class loss ``loss(logits, target)`` (``build_loss``); kept as ``.loss``.
+        aux_weights: output key ("aux_master" / "aux_sub") -> loss weight; weights of 0 are left out.
+    """
+
+    def __init__(self, loss: nn.Module, aux_weights: Mapping[str, float] | None = None):
+        super().__init__()
+        self.loss = loss
+        self.aux_weights = {k: float(w) for k, w in (aux_weights or {}).items() if w > 0}
+
+    def forward(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
+        total = self.loss(out["logits"].float(), batch["label"])
+        for key, w in self.aux_weights.items():
+            if key in out and key in batch and bool((batch[key] >= 0).any()):
+                total = total + w * F.cross_entropy(out[key].float(), batch[key], ignore_index=-1)
+        return total
+
+
+def build_criterion(cfg: ExperimentConfig, class_counts: Sequence[int] | Tensor) -> Criterion:
+    """A stage's criterion: ``build_loss(cfg.loss, class_counts)`` and the auxiliary heads' weights of ``cfg.fusion``."""
+    aux = {"aux_master": cfg.fusion.aux_master, "aux_sub": cfg.fusion.aux_sub}
+    return Criterion(build_loss(cfg.loss, class_counts), aux)

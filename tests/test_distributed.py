@@ -43,7 +43,8 @@ def free_port() -> int:
 
 def run_fit(env: DistEnv | None, epochs: int = 4) -> list[dict]:
     """A seeded fit of TinyNet on toy data; the history of per-epoch metrics."""
-    from fashion_core.engine.train import LabelLoss, fit
+    from fashion_core.engine.train import fit
+    from fashion_core.losses import Criterion
 
     torch.manual_seed(0)
     model = TinyNet()
@@ -54,7 +55,7 @@ def run_fit(env: DistEnv | None, epochs: int = 4) -> list[dict]:
         model,
         toy_data(100, 1),
         toy_data(40, 2),
-        LabelLoss(nn.CrossEntropyLoss()),
+        Criterion(nn.CrossEntropyLoss()),
         [{"params": list(model.parameters())}],
         cfg,
         torch.device("cpu"),

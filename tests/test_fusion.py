@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from fashion_core.config.checks import BACKBONES, ConfigError
 from fashion_core.config.schema import FusionConfig, ModelConfig, load_experiment
-from fashion_core.engine.train import LabelLoss
 from fashion_core.fusion.encoders import MISSING, UNKNOWN, CategoryVocab, MetaVocab, TextHasher
 from fashion_core.fusion.meta import model_from_meta, model_meta
-from fashion_core.fusion.modules import AuxLoss, FusedNet, param_groups, wrap_criterion
+from fashion_core.fusion.modules import FusedNet, param_groups, reads_metadata
+from fashion_core.losses import Criterion, build_criterion
 from fashion_core.models.network import build_model
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
@@ -172,9 +172,11 @@ def test_fused_shapes_on_every_backbone(backbone):
             out = model(x, batch)
         assert feats.shape == (4, model.embed_dim) == (4, image_dim), mode
         assert out["logits"].shape == (4, 5) and out["aux_master"].shape == (4, 2) and out["aux_sub"].shape == (4, 3)
-        assert model.uses_batch
+        assert reads_metadata(model)
         with pytest.raises(ValueError, match="metadata"):
             model(x)
+    # an image network, or one with auxiliary heads and no metadata encoder, serves on the photo alone
+    assert not reads_metadata(net) and not reads_metadata(FusedNet(net, None, aux={"aux_master": ("a", "b")}))
 
 
 def test_film_starts_as_the_image_model_and_metadata_changes_late_fusion():
@@ -267,7 +269,7 @@ def test_aux_loss_is_wired_and_weighted():
         "aux_master": torch.tensor([0, 1, 1, 0, -1, 1]),
         "aux_sub": torch.tensor([2, 1, 0, 0, 1, -1]),
     }
-    loss = AuxLoss(torch.nn.CrossEntropyLoss(), {"aux_master": 0.3, "aux_sub": 0.7})
+    loss = Criterion(torch.nn.CrossEntropyLoss(), {"aux_master": 0.3, "aux_sub": 0.7})
     want = (
         F.cross_entropy(out["logits"], batch["label"])
         + 0.3
@@ -278,24 +280,26 @@ def test_aux_loss_is_wired_and_weighted():
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
     got.backward()
     assert out["aux_sub"].grad.abs().sum() > 0 and out["aux_sub"].grad[5].abs().sum() == 0  # -1 is ignored
-    assert loss(out["logits"], batch).item() == pytest.approx(F.cross_entropy(out["logits"], batch["label"]).item())
-    zero = AuxLoss(torch.nn.CrossEntropyLoss(), {"aux_master": 0.0, "aux_sub": 1.0})
-    assert set(zero.weights) == {"aux_sub"}
-    plain = wrap_criterion(load_experiment(EXP / "pretrain" / "fused_text.yaml"), torch.nn.CrossEntropyLoss())
-    assert type(plain) is LabelLoss
-    aux = wrap_criterion(load_experiment(EXP / "pretrain" / "fused_text_aux.yaml"), torch.nn.CrossEntropyLoss())
-    assert isinstance(aux, AuxLoss) and aux.weights == {"aux_master": 0.3, "aux_sub": 0.3}
+    logits_only = {"logits": out["logits"]}  # as train.evaluate scores: the class loss alone
+    assert loss(logits_only, batch).item() == pytest.approx(F.cross_entropy(out["logits"], batch["label"]).item())
+    zero = Criterion(torch.nn.CrossEntropyLoss(), {"aux_master": 0.0, "aux_sub": 1.0})
+    assert set(zero.aux_weights) == {"aux_sub"}
+    counts = [5, 3, 2]
+    plain = build_criterion(load_experiment(EXP / "pretrain" / "fused_text.yaml"), counts)
+    assert plain.aux_weights == {}
+    aux = build_criterion(load_experiment(EXP / "pretrain" / "fused_text_aux.yaml"), counts)
+    assert aux.aux_weights == {"aux_master": 0.3, "aux_sub": 0.3}
 
 
 def test_aux_gradient_reaches_the_shared_embedding():
     model, vocab, x, batch = tiny_late({"aux_master": ("Apparel", "Footwear")})
     batch.update(label=torch.tensor([0, 1, 2, 0]), aux_master=torch.tensor([1, 0, 1, 1]))
     out = model(x, batch)
-    AuxLoss(torch.nn.CrossEntropyLoss(), {"aux_master": 1.0})(out, batch).backward()
+    Criterion(torch.nn.CrossEntropyLoss(), {"aux_master": 1.0})(out, batch).backward()
     with_aux = [p.grad.clone() for p in model.fuse.parameters()]
     model.zero_grad()
     out = model(x, batch)
-    LabelLoss(torch.nn.CrossEntropyLoss())(out, batch).backward()
+    Criterion(torch.nn.CrossEntropyLoss())(out, batch).backward()
     assert any(not torch.allclose(a, p.grad) for a, p in zip(with_aux, model.fuse.parameters()))
     assert model.aux["aux_master"].weight.grad is None or model.aux["aux_master"].weight.grad.abs().sum() == 0
 

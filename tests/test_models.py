@@ -41,7 +41,9 @@ def test_every_backbone_and_stem_builds(backbone, stem, images):
     model = build_model(tiny(backbone, stem=stem, dropout=0.1), NUM_CLASSES).eval()
     with torch.no_grad():
         feats = model.forward_features(images)
-        logits = model(images)
+        out = model(images)
+        logits = out["logits"]
+    assert set(out) == {"logits"}  # the one calling convention: a dict, the logits under "logits"
     assert feats.shape == (2, model.embed_dim)
     assert logits.shape == (2, NUM_CLASSES) and model.num_classes == NUM_CLASSES
     assert torch.allclose(logits, model.forward_head(feats), atol=1e-5)
@@ -88,10 +90,18 @@ def test_scratch_resnet_zero_inits_last_bn():
 def test_channels_last(images):
     model = build_model(tiny("resnet18"), 3).eval()
     with torch.no_grad():
-        ref = model(images)
+        ref = model(images)["logits"]
         model = model.to(memory_format=torch.channels_last)
-        out = model(images.to(memory_format=torch.channels_last))
+        out = model(images.to(memory_format=torch.channels_last))["logits"]
     assert torch.allclose(ref, out, atol=1e-4)
+
+
+def test_an_image_network_takes_the_batch_and_ignores_it(images):
+    model = build_model(tiny("resnet18"), 3).eval()
+    batch = {"label": torch.tensor([0, 1]), "meta_cat": torch.zeros(2, 3, dtype=torch.long)}
+    with torch.no_grad():
+        assert torch.equal(model(images, batch)["logits"], model(images)["logits"])
+        assert torch.equal(model.forward_features(images, batch), model.forward_features(images))
 
 
 def test_reset_head_keeps_backbone(images):
@@ -99,9 +109,9 @@ def test_reset_head_keeps_backbone(images):
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     model.reset_head(9, kind="cosine")
     assert isinstance(model.head, CosineHead) and model.head_kind == "cosine"
-    assert model(images).shape == (2, 9) and model.num_classes == 9
+    assert model(images)["logits"].shape == (2, 9) and model.num_classes == 9
     model.reset_head(4)
-    assert isinstance(model.head, LinearHead) and model(images).shape == (2, 4)
+    assert isinstance(model.head, LinearHead) and model(images)["logits"].shape == (2, 4)
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
     with pytest.raises(ConfigError, match="set_head"):
         model.reset_head(4, kind="ncm")
@@ -155,7 +165,7 @@ def test_set_head_ncm(images):
     with torch.no_grad():
         feats = model.forward_features(images)
         model.set_head(NCMHead.from_features(feats, torch.tensor([0, 1]), 2, normalize=True))
-        assert model.head_kind == "ncm" and model(images).argmax(1).tolist() == [0, 1]
+        assert model.head_kind == "ncm" and model(images)["logits"].argmax(1).tolist() == [0, 1]
     assert list(model.head_parameters()) == []
 
 
@@ -170,7 +180,7 @@ def test_set_trainable_head_freezes_backbone_and_bn(images):
     assert all(p.requires_grad for p in model.head_parameters())
     model.train()
     before = _bn_stats(model.backbone)
-    model(images).sum().backward()
+    model(images)["logits"].sum().backward()
     assert all(torch.equal(a, b) for a, b in zip(before, _bn_stats(model.backbone)))
     assert model.head.weight.grad is not None
     model.set_trainable("all")

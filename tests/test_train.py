@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import AugmentConfig, TrainConfig, load_experiment
-from fashion_core.engine.train import LabelLoss, WeightEMA, evaluate, fit, load_checkpoint
+from fashion_core.engine.train import WeightEMA, evaluate, fit, load_checkpoint
+from fashion_core.losses import Criterion
 from tests.helpers.train import TinyNet, toy_data
 
 NO_AUG = AugmentConfig(crop_scale_min=1.0, hflip=False, jitter=0.0)
@@ -22,8 +23,8 @@ class BNNet(nn.Module):
         self.bn = nn.BatchNorm1d(8 * 6 * 3)
         self.fc = nn.Linear(8 * 6 * 3, 3)
 
-    def forward(self, x):
-        return self.fc(self.bn(x.flatten(1)))
+    def forward(self, x, batch=None):
+        return {"logits": self.fc(self.bn(x.flatten(1)))}
 
 
 def test_ema_follows_the_warmed_up_formula_and_copies_integer_buffers():
@@ -33,7 +34,7 @@ def test_ema_follows_the_warmed_up_formula_and_copies_integer_buffers():
     expect = {k: v.clone() for k, v in live.state_dict().items()}
     for t in range(1, 30):
         live.train()
-        live(torch.randn(16, 8, 6, 3)).sum().backward()
+        live(torch.randn(16, 8, 6, 3))["logits"].sum().backward()
         with torch.no_grad():
             for p in live.parameters():
                 p -= 0.1 * p.grad
@@ -75,7 +76,7 @@ def _fit(ema_decay: float, checkpoint=None, resume=None, on_epoch=None, live=Non
         model,
         toy_data(100, 1),
         toy_data(40, 2),
-        LabelLoss(nn.CrossEntropyLoss()),
+        Criterion(nn.CrossEntropyLoss()),
         [{"params": list(model.parameters())}],
         cfg,
         torch.device("cpu"),
@@ -143,7 +144,7 @@ def test_fit_without_validation_keeps_the_last_epochs_weights():
         model,
         toy_data(100, 1),
         toy_data(0, 2),
-        LabelLoss(nn.CrossEntropyLoss()),
+        Criterion(nn.CrossEntropyLoss()),
         [{"params": list(model.parameters())}],
         cfg,
         torch.device("cpu"),
@@ -191,7 +192,7 @@ def test_one_epoch_reads_the_device_once_whatever_the_number_of_steps(monkeypatc
     calls = _count_host_reads(monkeypatch)
     loss_sum, hits, seen = train_one_epoch(
         model,
-        LabelLoss(nn.CrossEntropyLoss()),
+        Criterion(nn.CrossEntropyLoss()),
         opt,
         sched,
         batches(data, 16, shuffle=True, generator=gen),
@@ -233,8 +234,8 @@ class ConvNet(nn.Module):
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.fc = nn.Linear(4, 3)
 
-    def forward(self, x):
-        return self.fc(self.conv(x).mean((2, 3)))
+    def forward(self, x, batch=None):
+        return {"logits": self.fc(self.conv(x).mean((2, 3)))}
 
 
 def test_cpu_scoring_runs_channels_last_with_the_same_scores():
@@ -244,7 +245,7 @@ def test_cpu_scoring_runs_channels_last_with_the_same_scores():
     torch.manual_seed(0)
     model, data = ConvNet(), toy_data(20, 3)
     with torch.no_grad():
-        expect = model.eval()(to_float(data.images)).numpy()  # default (contiguous) layout
+        expect = model.eval()(to_float(data.images))["logits"].numpy()  # default (contiguous) layout
     got = predict_scores(model, data, torch.device("cpu"))
     assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)  # oneDNN's layout on CPUs
     torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(expect), rtol=1e-5, atol=1e-5)
@@ -268,7 +269,7 @@ def test_cpu_training_runs_channels_last(monkeypatch):
         model,
         toy_data(40, 1),
         toy_data(20, 2),
-        LabelLoss(nn.CrossEntropyLoss()),
+        Criterion(nn.CrossEntropyLoss()),
         [{"params": list(model.parameters())}],
         cfg,
         torch.device("cpu"),

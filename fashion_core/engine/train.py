@@ -28,7 +28,7 @@ import torch.nn as nn
 from fashion_core.config.schema import TrainConfig
 from fashion_core.data.loader import TensorData, augment, batches, num_batches, to_float
 from fashion_core.engine.devices import autocast_for, channels_last_on, grad_scaler_for, place_data, to_preferred_layout
-from fashion_core.engine.distributed import DistEnv, unwrap
+from fashion_core.engine.distributed import DistEnv
 from fashion_core.engine.distributed import shard_batches as dist_shard_batches
 from fashion_core.engine.progress import EpochProgress
 from fashion_core.evaluation.scoring import class_mean_accuracy
@@ -45,29 +45,6 @@ def seed_everything(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
-
-
-def logits_of(out: Any) -> torch.Tensor:
-    """Model outputs are a logits tensor or a dict holding ``logits`` (plus auxiliary heads)."""
-    return out["logits"] if isinstance(out, dict) else out
-
-
-def call_model(model: nn.Module, x: torch.Tensor, batch: dict[str, torch.Tensor]) -> Any:
-    """Models that fuse metadata take the whole batch too (``uses_batch = True``)."""
-    if getattr(unwrap(model), "uses_batch", False):  # DDP does not forward attributes of its module
-        return model(x, batch)
-    return model(x)
-
-
-class LabelLoss(nn.Module):
-    """Adapts a ``loss(logits, target)`` module to ``(output, batch)``."""
-
-    def __init__(self, loss: nn.Module):
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.loss(logits_of(out).float(), batch["label"])
 
 
 def build_optimizer(param_groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -100,7 +77,7 @@ def predict_scores(model: nn.Module, data: TensorData, device: torch.device, bat
     for batch in batches(data, batch_size, shuffle=False, device=device):
         x = to_float(batch["image"], channels_last)
         with autocast_for(device):
-            logits = logits_of(call_model(model, x, batch))
+            logits = model(x, batch)["logits"]
         out.append(logits.float().cpu())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
@@ -123,7 +100,7 @@ def evaluate(
         if ok.any():
             s = torch.from_numpy(scores[ok])
             b = {"label": torch.from_numpy(labels[ok])}
-            res["loss"] = float(criterion(s, b).item())
+            res["loss"] = float(criterion({"logits": s}, b).item())
     return res
 
 
@@ -135,14 +112,15 @@ def train_step(
     batch: dict[str, torch.Tensor],
     device: torch.device,
     scaler: torch.amp.GradScaler | None = None,
-) -> tuple[torch.Tensor, Any]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step on a ready input batch (autocast as on ``device``); returns (loss, output).
 
+    The output is ``model(x, batch)`` (``{"logits", ...}``), scored by ``criterion(output, batch)``.
     ``scaler``: fp16's gradient scaler (``grad_scaler_for``); when enabled it reads one flag from the
     device per step (only on GPUs without bf16).
     """
     with autocast_for(device):
-        out = call_model(model, x, batch)
+        out = model(x, batch)
     loss = criterion(out, batch)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():
@@ -272,7 +250,7 @@ def train_one_epoch(
             ema.update()
         bs = batch["label"].shape[0]
         loss_sum += loss.detach().to(loss_sum.dtype) * bs
-        hit_sum += (logits_of(out).argmax(1) == batch["label"]).sum()
+        hit_sum += (out["logits"].argmax(1) == batch["label"]).sum()
         seen += bs
         if progress is not None:
             progress.update(bs)
@@ -375,7 +353,7 @@ def fit(
     returned as ``best_state``; the live weights only train.
 
     Args:
-        criterion: ``(output, batch) -> loss`` (see LabelLoss).
+        criterion: ``(output, batch) -> loss`` (``losses.Criterion``).
         param_groups: optimizer groups (frozen parameters left out).
         on_epoch: called after each epoch with ``train_*``/``val_*`` metrics; may raise to stop (pruning).
         checkpoint_path: written after every epoch (a checkpoint dict loadable with weights_only=True).

@@ -1,17 +1,17 @@
-"""The fusion modules: metadata encoder, late / FiLM fusion, ``FusedNet``, its parameter groups and auxiliary loss."""
+"""The fusion modules: metadata encoder, late / FiLM fusion, ``FusedNet`` and its parameter groups.
+
+The auxiliary heads' loss is ``losses.Criterion``'s (weighted by ``fusion.aux_master`` / ``fusion.aux_sub``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fashion_core.config.checks import ConfigError
-from fashion_core.config.schema import ExperimentConfig
-from fashion_core.engine.train import LabelLoss, logits_of
 from fashion_core.fusion.encoders import MetaVocab
 from fashion_core.models.network import FashionNet
 from fashion_core.models.network import param_groups as plain_param_groups
@@ -140,10 +140,6 @@ class FusedNet(FashionNet):
         ref = next(self.backbone.parameters())
         self.to(device=ref.device, dtype=ref.dtype)
 
-    @property
-    def uses_batch(self) -> bool:
-        return self.meta is not None
-
     def set_aux(self, aux: Mapping[str, tuple[str, ...]]) -> None:
         """Replace the auxiliary heads by fresh linear ones, one per entry (name -> classes)."""
         self.aux_classes = {k: tuple(v) for k, v in aux.items()}
@@ -197,6 +193,14 @@ def is_fused(model: nn.Module) -> bool:
     return isinstance(model, FusedNet)
 
 
+def reads_metadata(model: nn.Module) -> bool:
+    """Whether a network reads catalogue fields from its batch (a FusedNet with a metadata encoder).
+
+    It decides what serving asks for (photo and fields, or the photo alone), not how the network is called.
+    """
+    return isinstance(model, FusedNet) and model.meta is not None
+
+
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0) -> list[dict]:
     """Optimizer groups as ``models.param_groups``; a FusedNet's metadata encoder and fusion layer run at ``lr``.
 
@@ -234,36 +238,3 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, wei
                     {"name": name, "params": params, "lr": part_lr, "weight_decay": weight_decay if decay else 0.0}
                 )
     return groups
-
-
-# ---------------------------------------------------------------- loss
-
-
-class AuxLoss(LabelLoss):
-    """The label loss plus ``weight * cross-entropy`` of each auxiliary head (targets of -1 are ignored).
-
-    Outputs without the auxiliary keys (a plain logits tensor, as ``train.evaluate`` passes) give the
-    label loss alone.
-
-    Args:
-        loss: the class loss ``loss(logits, target)`` (``losses.build_loss``).
-        weights: output key ("aux_master" / "aux_sub") -> loss weight.
-    """
-
-    def __init__(self, loss: nn.Module, weights: Mapping[str, float]):
-        super().__init__(loss)
-        self.weights = {k: float(w) for k, w in weights.items() if w > 0}
-
-    def forward(self, out: Any, batch: Mapping[str, Tensor]) -> Tensor:
-        total = self.loss(logits_of(out).float(), batch["label"])
-        if isinstance(out, Mapping):
-            for key, w in self.weights.items():
-                if key in out and key in batch and bool((batch[key] >= 0).any()):
-                    total = total + w * F.cross_entropy(out[key].float(), batch[key], ignore_index=-1)
-        return total
-
-
-def wrap_criterion(cfg: ExperimentConfig, loss: nn.Module) -> LabelLoss:
-    """``LabelLoss(loss)``, or ``AuxLoss`` when the config weights an auxiliary head."""
-    weights = {"aux_master": cfg.fusion.aux_master, "aux_sub": cfg.fusion.aux_sub}
-    return AuxLoss(loss, weights) if any(w > 0 for w in weights.values()) else LabelLoss(loss)

@@ -1,12 +1,14 @@
 """Models: one interface (``FashionNet``) over every backbone, built by name from ``ModelConfig``.
 
 FashionNet = backbone (feature map) -> global average pool (embedding) -> dropout -> head.
-``forward_features`` / ``forward_head`` / ``reset_head`` are the seam transfer learning uses
-(as in timm); ``transfer_policy`` says, per ``transfer.method``, which head to put on that
-seam and what to train; ``param_groups`` turns that into optimizer groups. Trunks and weight
+Every network is called one way: ``model(x, batch)``, the images and their batch (a network that
+reads no metadata ignores it), returns ``{"logits": (B, C)}`` plus, for a fused network, its
+auxiliary heads. ``forward_features`` / ``forward_head`` / ``reset_head`` are the seam transfer
+learning uses (as in timm); ``transfer_policy`` says, per ``transfer.method``, which head to put on
+that seam and what to train; ``param_groups`` turns that into optimizer groups. Trunks and weight
 files live in backbones.py, heads in heads.py.
 
-    .venv/bin/python -c "import torch; from fashion_core.config.schema import ModelConfig; from fashion_core.models import build_model; print(build_model(ModelConfig(width_mult=0.25), 10)(torch.zeros(2, 3, 80, 60)).shape)"
+    .venv/bin/python -c "import torch; from fashion_core.config.schema import ModelConfig; from fashion_core.models.network import build_model; print(build_model(ModelConfig(width_mult=0.25), 10)(torch.zeros(2, 3, 80, 60))['logits'].shape)"
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ TRAINABLE_POLICIES = ("all", "head", "last_block")
 
 
 class FashionNet(nn.Module):
-    """Backbone -> pooled embedding -> dropout -> head.
+    """Backbone -> pooled embedding -> dropout -> head; ``forward(x, batch=None)`` returns ``{"logits": (B, C)}``.
+
+    The batch (metadata codes) is accepted and unused, so that one call serves image and fused networks
+    (``fusion.FusedNet`` reads it and adds its auxiliary heads' outputs to the dict).
 
     Args:
         backbone: a trunk from ``backbones.build_backbone`` (``out_channels``, ``last_block()``).
@@ -92,16 +97,17 @@ class FashionNet(nn.Module):
             return x
         return F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Images (B, 3, H, W) -> pooled embedding (B, embed_dim)."""
+    def forward_features(self, x: Tensor, batch: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Images (B, 3, H, W) -> pooled embedding (B, embed_dim); ``batch`` is unused (an image network)."""
         return torch.flatten(F.adaptive_avg_pool2d(self.backbone(self.scale_input(x)), 1), 1)
 
     def forward_head(self, feats: Tensor) -> Tensor:
         """Embedding (B, embed_dim) -> logits (B, num_classes), through dropout."""
         return self.head(self.drop(feats))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: Tensor, batch: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Images (and their batch, unused) -> ``{"logits": (B, num_classes)}``."""
+        return {"logits": self.forward_head(self.forward_features(x))}
 
     def reset_head(self, num_classes: int, kind: str = "linear") -> None:
         """Replace the head by a fresh trainable one ("linear" | "cosine") on the model's device/dtype.

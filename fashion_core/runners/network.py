@@ -29,9 +29,9 @@ from fashion_core.engine import distributed
 from fashion_core.engine.devices import pick_device, to_preferred_layout
 from fashion_core.engine.train import FitResult, evaluate, fit, load_checkpoint, load_error, predict_scores
 from fashion_core.fusion.meta import model_meta
-from fashion_core.fusion.modules import param_groups, wrap_criterion
+from fashion_core.fusion.modules import param_groups, reads_metadata
 from fashion_core.fusion.plan import FusionPlan, plan_stage, run_tags
-from fashion_core.losses import build_loss
+from fashion_core.losses import build_criterion
 from fashion_core.models.heads import NCMHead, imprint_weights
 from fashion_core.models.network import PRETRAIN_POLICY, FashionNet, TransferPolicy, build_model, transfer_policy
 from fashion_core.runners.prepare import log_dataset_input
@@ -54,15 +54,8 @@ def embed(model: FashionNet, data: TensorData, device: torch.device, batch_size:
     """Embeddings of every item, unaugmented."""
     model.eval()
     cl = to_preferred_layout(model, device)
-    # A fused model's embedding needs the batch's metadata too.
     out = [
-        (
-            model.forward_features(to_float(b["image"], cl), b)
-            if getattr(model, "uses_batch", False)
-            else model.forward_features(to_float(b["image"], cl))
-        )
-        .float()
-        .cpu()
+        model.forward_features(to_float(b["image"], cl), b).float().cpu()
         for b in batches(data, batch_size, shuffle=False, device=device)
     ]
     return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
@@ -188,7 +181,7 @@ def _log_mlflow_model(
     image network; a pyfunc (photo bytes + catalogue fields in) for a fused one (``serving.log_product_model``)."""
     import mlflow
 
-    if getattr(model, "uses_batch", False):
+    if reads_metadata(model):
         with tempfile.TemporaryDirectory() as d:
             _write_checkpoint(model, _checkpoint_meta(model, cfg, classes), Path(d))
             log_product_model(d, register, val_score, log)
@@ -416,7 +409,7 @@ def run_network(
         model, policy, lr_mult = setup_model(cfg, sd, src_model, device, log, plan=plan)
         if main:
             _log_init(getattr(model, "init_report", None) if cfg.stage == "pretrain" or not src_run else None, log)
-        criterion = wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
+        criterion = build_criterion(cfg, sd.n_train)
         if main:
             _log_sizes(model, sd, criterion, selection)
         model.to(device)
@@ -457,7 +450,7 @@ def run_network(
         if ckpt_path is not None and ckpt_path.is_file():
             _log_last(ckpt_path)
             ckpt_path.unlink(missing_ok=True)
-        inputs = "image+metadata" if getattr(model, "uses_batch", False) else "image"
+        inputs = "image+metadata" if reads_metadata(model) else "image"
         _log_mlflow_model(
             model,
             cfg,

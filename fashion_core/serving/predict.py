@@ -24,6 +24,7 @@ from fashion_core.engine.train import load_error
 from fashion_core.fusion.encoders import TEXT_FIELD
 from fashion_core.fusion.metadata_only import STATE_ARTIFACT as BASELINE_STATE
 from fashion_core.fusion.metadata_only import WEIGHTS_ARTIFACT as BASELINE_WEIGHTS
+from fashion_core.fusion.modules import reads_metadata
 from fashion_core.tracking.references import load_run_model, resolve_model_uri
 from fashion_core.tracking.runs import _quiet_mlflow, download_artifact
 from fashion_core.zeroshot.head import HEAD_FILE
@@ -63,9 +64,7 @@ class ServingModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = to_float(images.to(torch.uint8))
-        out = self.model(x)
-        logits = out["logits"] if isinstance(out, dict) else out
-        return torch.softmax(logits.float(), dim=1)
+        return torch.softmax(self.model(x)["logits"].float(), dim=1)
 
 
 def predict_images(paths: list[str | Path], model_uri: str, k: int = 5) -> list[list[tuple[str, float]]]:
@@ -75,9 +74,7 @@ def predict_images(paths: list[str | Path], model_uri: str, k: int = 5) -> list[
     """
     run_id = resolve_model_uri(model_uri)
     model, meta = load_run_model(run_id)
-    if getattr(model, "uses_batch", False):
-        from fashion_core.config.checks import ConfigError
-
+    if reads_metadata(model):
         raise ConfigError(
             f"{model_uri} fuses product metadata: predict it with predict_products(..., meta=...) "
             "(fashion predict --meta)"
@@ -86,8 +83,6 @@ def predict_images(paths: list[str | Path], model_uri: str, k: int = 5) -> list[
     try:
         images = decode_rows([str(p) for p in paths], h, w, names=[str(p) for p in paths])
     except ProductInputError as e:
-        from fashion_core.config.checks import ConfigError
-
         raise ConfigError(str(e)) from None
     serving = ServingModel(model.eval(), meta["classes"])
     with torch.no_grad():
@@ -160,7 +155,7 @@ class ProductModel:
                 meta = json.loads((folder / "model.json").read_text())
                 state = torch.load(folder / "model_state.pt", map_location="cpu", weights_only=True)
                 net = model_from_checkpoint(meta, state).eval()
-                vocab = getattr(net, "vocab", None) if getattr(net, "uses_batch", False) else None
+                vocab = net.vocab if reads_metadata(net) else None
                 return cls(meta["classes"], meta["height"], meta["width"], net=net, vocab=vocab)
             from fashion_core.fusion.metadata_only import baseline_from_folder
             from fashion_core.zeroshot.head import HEAD_FILE, ZeroShotHead
@@ -226,8 +221,7 @@ class ProductModel:
         batch = self.vocab.encode(rows) if self.fields else None
         x = to_float(torch.from_numpy(images))
         with torch.no_grad():
-            out = self.net(x, batch) if batch is not None else self.net(x)
-        logits = out["logits"] if isinstance(out, dict) else out
+            logits = self.net(x, batch)["logits"]
         return torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -15,9 +15,9 @@ from fashion_core.config.schema import ExperimentConfig, flatten, to_dict
 from fashion_core.data.stage import build_stage_data
 from fashion_core.engine.devices import pick_device
 from fashion_core.engine.train import evaluate, fit
-from fashion_core.fusion.modules import param_groups, wrap_criterion
+from fashion_core.fusion.modules import param_groups
 from fashion_core.fusion.plan import plan_stage
-from fashion_core.losses import build_loss
+from fashion_core.losses import build_criterion
 from fashion_core.runners.network import setup_model
 from fashion_core.tracking import runs as tracking
 from fashion_core.tuning.spaces import SearchSpace, trial_config
@@ -242,7 +242,7 @@ class Objective:
         torch.manual_seed(cfg.train.seed)  # the same initial weights as run_stage gives this config (--final)
         source = copy.deepcopy(self.source) if self.source is not None else None
         model, policy, lr_mult = setup_model(cfg, sd, source, device, self.log, plan=plan)
-        criterion = wrap_criterion(cfg, build_loss(cfg.loss, sd.n_train))
+        criterion = build_criterion(cfg, sd.n_train)
         tracking.log_metrics(
             {"n_classes": len(sd.classes), "n_train_images": len(sd.train), "n_val_images": len(sd.val)}
         )

@@ -18,11 +18,11 @@ def toy_data(n: int, seed: int) -> TensorData:
 
 
 class TinyNet(nn.Module):
-    """No BatchNorm, so N processes must reproduce one process exactly."""
+    """No BatchNorm, so N processes must reproduce one process exactly; called as every network is (``{"logits"}``)."""
 
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(8 * 6 * 3, 3)
 
-    def forward(self, x):
-        return self.fc(x.flatten(1))
+    def forward(self, x, batch=None):
+        return {"logits": self.fc(x.flatten(1))}
