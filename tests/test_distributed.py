@@ -27,7 +27,6 @@ from fashion_core.engine.distributed import (
     shard_batches,
     shard_indices,
     torchrun_command,
-    unwrap,
 )
 from tests.helpers.train import TinyNet, toy_data
 
@@ -176,13 +175,6 @@ def test_single_process_env_without_torchrun(monkeypatch):
     assert env.device_for(torch.device("cpu")) == torch.device("cpu")
     model = TinyNet()
     assert env.wrap(model, torch.device("cpu")) is model
-
-    class Wrapper(nn.Module):  # how DDP holds its model
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-    assert unwrap(Wrapper(model)) is model and unwrap(model) is model
 
 
 def test_torchrun_command_drops_gpus():

@@ -205,17 +205,6 @@ def shard_batches(
     )
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP (and torch.compile) wrappers."""
-    while True:
-        inner = getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
     """The torchrun command line that runs ``fashion <argv>`` (``--gpus`` removed) in ``nproc`` processes."""
     rest: list[str] = []

@@ -189,10 +189,6 @@ class FusedNet(FashionNet):
         self.aux.requires_grad_(True)
 
 
-def is_fused(model: nn.Module) -> bool:
-    return isinstance(model, FusedNet)
-
-
 def reads_metadata(model: nn.Module) -> bool:
     """Whether a network reads catalogue fields from its batch (a FusedNet with a metadata encoder).
 
