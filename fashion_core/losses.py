@@ -94,6 +94,8 @@ class FocalLoss(nn.Module):
         reduction: "mean" (weighted, as above), "sum" or "none" (per example, weighted, not normalised).
     """
 
+    alpha: Tensor | None  # a buffer (register_buffer), None for all 1
+
     def __init__(
         self,
         gamma: float = 2.0,
@@ -158,6 +160,9 @@ class LogitAdjustedLoss(nn.Module):
         weight: optional (C,) class weights, reduced as in ``F.cross_entropy``.
         label_smoothing: eps in [0, 1).
     """
+
+    log_prior: Tensor  # buffers (register_buffer)
+    weight: Tensor | None
 
     def __init__(
         self,

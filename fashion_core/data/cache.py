@@ -37,6 +37,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -71,7 +72,7 @@ def decode_image(path: str, height: int, width: int, draft: bool = True) -> np.n
         scale = min(width / w, height / h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         if (nw, nh) != (w, h):
-            im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
+            im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
         if (nw, nh) == (width, height):
             return np.asarray(im, dtype=np.uint8)
         canvas = np.full((height, width, 3), 255, dtype=np.uint8)
@@ -239,7 +240,7 @@ def build_cache(
         and (folder / "images.u8").is_file()
         and (folder / "images.u8").stat().st_size == n * height * width * 3
     )
-    mode = "r+" if resuming else "w+"
+    mode: Literal["r+", "w+"] = "r+" if resuming else "w+"
     row_bytes = height * width * 3
     # Pixels are written with pwrite, not through a memmap: written pages then stay in the page
     # cache only, so the builder's resident memory does not grow with the dataset (gigabytes at full
@@ -309,7 +310,8 @@ def build_cache(
         _write_json_atomic(errors_path, errors)
         if bar is not None:
             bar.close()
-    status = None  # release the memory map (the chunk callback is done with it)
+    # Release the memory map (the chunk callback is done with it); nothing reads the name after this.
+    status = None  # type: ignore[assignment]
     seconds = time.perf_counter() - t0
     (folder / "errors.json").write_text(json.dumps({str(k): v for k, v in errors.items()}))
     errors_path.unlink(missing_ok=True)
@@ -336,7 +338,8 @@ def _write_rows(fd: int, rows: np.ndarray, arr: np.ndarray, row_bytes: int) -> N
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     for end in [*breaks.tolist(), len(rows)]:
         block = np.ascontiguousarray(arr[start:end])
-        view, offset = memoryview(block).cast("B"), int(rows[start]) * row_bytes
+        # numpy's stubs give ndarray the buffer protocol (__buffer__) only for Python 3.12+.
+        view, offset = memoryview(block).cast("B"), int(rows[start]) * row_bytes  # type: ignore[arg-type]
         while len(view):  # pwrite may write less than asked
             done = os.pwrite(fd, view, offset)
             view, offset = view[done:], offset + done

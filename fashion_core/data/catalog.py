@@ -116,10 +116,10 @@ def build_catalog(root: str | Path) -> pd.DataFrame:
                 files[stem] = p
     paths, sizes = [], []
     for pid in raw["id"]:
-        p = files.get(pid)
-        paths.append(str(p) if p is not None else "")
+        found = files.get(pid)
+        paths.append(str(found) if found is not None else "")
         try:
-            sizes.append(p.stat().st_size if p is not None else 0)
+            sizes.append(found.stat().st_size if found is not None else 0)
         except OSError:
             sizes.append(0)
     df["image"] = paths

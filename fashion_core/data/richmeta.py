@@ -25,6 +25,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,9 @@ def _number(value: object) -> float:
     if isinstance(value, bool):
         return float("nan")
     try:
-        x = float(value)  # the public files hold ints; some mirrors write strings
+        # The public files hold ints; some mirrors write strings. Any value is tried: one float()
+        # rejects raises TypeError or ValueError, caught below.
+        x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return float("nan")
     return x if np.isfinite(x) else float("nan")
@@ -217,7 +220,8 @@ def detect_layout(root: str | Path, catalog: pd.DataFrame, sample: int = 16) -> 
                 sizes.append(im.size)
         except Exception:  # an undecodable file says nothing about the layout
             continue
-    size = tuple(int(v) for v in np.median(np.asarray(sizes), axis=0)) if sizes else None
+    # The median of (width, height) pairs along axis 0: two values.
+    size = cast("tuple[int, int]", tuple(int(v) for v in np.median(np.asarray(sizes), axis=0))) if sizes else None
     big = size is not None and min(size) > 200
     return DatasetLayout(
         kind="full" if (n_json or big) else "small", n_json=n_json, image_size=size, n_sampled=len(sizes)

@@ -192,7 +192,7 @@ def _kaggle_download(handle: str) -> Path:
         raise DataSourceError(f"kagglehub could not download {handle}: {e}. {HOW_TO_GET}") from None
 
 
-def check_data_spec(spec: str | Path | None) -> str:
+def check_data_spec(spec: str | os.PathLike | None) -> str:
     """The ``--data`` value (``$FASHION_DATA`` when empty) if it names something; else a DataSourceError that says what to do."""
     spec = str(spec or os.environ.get("FASHION_DATA") or "")
     if not spec:

@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -31,6 +31,9 @@ from fashion_core.tracking import heartbeat
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.runs import best_val_score, run_name
 from fashion_core.tracking.versions import git_commit
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 RUNS_ARTIFACT = tracking.GRID_RUNS_ARTIFACT
 SOURCE_ARTIFACT = "grid/source.json"
@@ -288,7 +291,7 @@ def _prepared_for(cell: Cell, log):
     return _PREPARED[key]
 
 
-def _close_dead_attempts(cell: Cell) -> dict | None:
+def _close_dead_attempts(cell: Cell) -> Run | None:
     """Before a cell runs: an earlier attempt's FINISHED run is the result; a RUNNING one (its worker died) is KILLED.
 
     A grid invocation runs a cell again only when Ray or the pool retries it after losing its worker; this

@@ -83,6 +83,7 @@ def expected_seconds(cells: Sequence[CellCost], measured: Mapping[str, float]) -
         return sum(s for _, s in pairs) / weight if pairs and weight > 0 else None
 
     fallback = rate([p for p in done if p[0].group in TRAINING]) or rate(done)
+    assert fallback is not None  # done is not empty and its weights are positive, so rate(done) is a number
     rates = {g: rate([p for p in done if p[0].group == g]) for g in {c.group for c in cells}}
     return {c.name: c.weight * (rates.get(c.group) or fallback) for c in cells}
 

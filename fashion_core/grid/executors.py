@@ -32,9 +32,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fashion_core.grid.worker_pool import RestartingPool
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -164,7 +167,7 @@ class StartBoard:
     Ray's task-state API needs the dashboard, which a cluster may run without; this needs nothing.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._started: set[int] = set()
 
     def start(self, key: int) -> None:
@@ -245,7 +248,8 @@ class RayExecutor(cf.Executor):
                     address=address,
                     runtime_env={"env_vars": env},
                     log_to_driver=True,
-                    logging_level="warning",
+                    # Ray annotates logging_level as int, yet takes a level name too (its own default is one)
+                    logging_level="warning",  # type: ignore[arg-type]
                     configure_logging=True,
                 )
             except ConnectionError:  # no cluster at that address (a laptop, a first try): say how to get one
@@ -273,7 +277,7 @@ class RayExecutor(cf.Executor):
         self._threads = max(1, int(cpus_per_cell))
         self._refs: list = []
         self._keys: dict[cf.Future, int] = {}  # a cell's future -> its key on the start board
-        self._board = ray.remote(num_cpus=0)(StartBoard).remote()
+        self._board = cast("ActorHandle[StartBoard]", ray.remote(num_cpus=0)(StartBoard).remote())
         self._seen: set[int] = set()  # keys the board said started, as of the last answer
         self._asking = None  # the board's answer on its way
 

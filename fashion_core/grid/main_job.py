@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -125,8 +125,8 @@ def run_main_ensembles(
                 f"{' and '.join(t for t, i in zip((a, b), ids) if i is None)}"
             )
             continue
-        try:
-            done.append(run_ensemble(ids, data, grid_run=grid_run_id, log=log))
+        try:  # both ids found: a None was skipped above
+            done.append(run_ensemble(cast("list[str]", ids), data, grid_run=grid_run_id, log=log))
         except Exception as e:  # the grid's runs stand; the report compares what there is
             log(f"ensemble {stage}/{a}+{b} failed: {type(e).__name__}: {e}")
     return done

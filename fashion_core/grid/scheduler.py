@@ -291,6 +291,7 @@ def run_grid(  # noqa: C901 - to split: reuse, claims and scheduling in one loop
         At most ``concurrency`` at a time: a worker may start its next cell a moment before the end
         of the previous one reaches this process.
         """
+        assert status is not None  # called only when the status is shown
         started = executor.started(list(running))
         free = how["concurrency"] - sum(v == "running" for v in shown.values())
         for f, cell in running.items():

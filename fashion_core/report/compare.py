@@ -58,8 +58,8 @@ def run_compare(
     t0 = time.perf_counter()
     try:
         wanted = [split_pair(p) for p in pairs]
-    except ValueError as e:
-        raise CompareError(str(e)) from None
+    except ValueError as err:
+        raise CompareError(str(err)) from None
     tracking._quiet_mlflow()  # no progress bar per downloaded artifact
     scope = find_runs(experiment, stages, grid, tags)
     log(
@@ -75,7 +75,7 @@ def run_compare(
             f"warning: run {e.run_id} ({e.run_name}): {e.n_mismatch} classes of eval/per_class.csv differ from "
             "eval/predictions.csv; the report uses the predictions"
         )
-    names = {}
+    names: dict[str, set[str]] = {}
     for e in evals:
         names.setdefault(e.stage, set()).add(e.technique)
     missing = unknown_pairs(wanted, names)

@@ -79,7 +79,7 @@ def thumbnail(image: np.ndarray, height: int = THUMB_HEIGHT) -> str:
     im = Image.fromarray(np.ascontiguousarray(image))
     w = max(1, round(im.width * height / im.height))
     buf = io.BytesIO()
-    im.resize((w, height), Image.BILINEAR).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    im.resize((w, height), Image.Resampling.BILINEAR).save(buf, format="JPEG", quality=JPEG_QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

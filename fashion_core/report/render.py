@@ -34,7 +34,7 @@ ts[i].dataset.class===sel.value?'':'none'}}</script>"""
 def display_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
     """The paired comparisons as people read them."""
 
-    def iv(m, lo, hi, signed=True):
+    def iv(m, lo, hi, *, signed=True):
         f = "+.3f" if signed else ".2f"
         return "" if m != m else f"{format(m, f)} [{format(lo, f)}, {format(hi, f)}]"
 
@@ -150,7 +150,7 @@ def report_html(
         )
 
     stages = list(tables.summary)
-    parts = {k: [] for k in SECTIONS}
+    parts: dict[str, list[str]] = {k: [] for k in SECTIONS}
     for stage in stages:
         summ, wide = tables.summary[stage], tables.per_class[stage]
         order = list(summ["technique"])

@@ -332,7 +332,7 @@ def build_tables(
         )
         # The interval of the seed mean: seeds resampled and, in the same replicate, the stage's test images
         # resampled once for every seed (they share one test set), not the mean of per-seed bounds.
-        reps = {}
+        reps: dict[str, list[dict]] = {}
         for e in sorted((e for e in evals if e.stage == stage), key=lambda e: e.seed):
             reps.setdefault(e.technique, []).append(e.replicates)
         for metric in ("top1", "top5"):
@@ -396,7 +396,12 @@ def build_tables(
         per_class=per_class,
         not_evaluated=not_evaluated,
         left_out=left_out if left_out is not None else pd.DataFrame(),
-        **extra,
+        paired=extra["paired"],
+        paired_classes=extra["paired_classes"],
+        paired_text=extra["paired_text"],
+        protocols=extra["protocols"],
+        confusions=extra["confusions"],
+        class_view=extra["class_view"],
     )
 
 

@@ -154,7 +154,7 @@ def crossfit(a: np.ndarray, b: np.ndarray, labels: np.ndarray, seed: int, weight
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         half[idx[: len(idx) // 2]] = True
-    out = {"ensemble": [], "a": [], "b": []}
+    out: dict[str, list[float]] = {"ensemble": [], "a": [], "b": []}
     for fit, score in ((half, ~half), (~half, half)):
         if not fit.any() or not score.any():
             continue

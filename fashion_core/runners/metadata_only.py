@@ -24,6 +24,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -105,7 +106,8 @@ def run_metadata_baseline(
     if len(y_val) == 0 and len(grid) > 1:
         grid = [1.0]  # nothing to select on: scikit-learn's default
         log("no validation rows: logreg C = 1.0 (scikit-learn's default)")
-    search, best = [], None
+    search: list[dict] = []
+    best: tuple[Any, float, float, float, bool] | None = None  # (model, val top-1, val top-5, C, converged)
     for c in grid:
         clf, converged = fit_logreg(x_train, y_train, c, class_weight, cfg.train.seed)
         v1, v5 = (
@@ -120,6 +122,7 @@ def run_metadata_baseline(
         )
         if best is None or v1 > best[1]:
             best = (clf, v1, v5, c, converged)
+    assert best is not None  # the grid holds at least one C
     clf, val1, val5, c_best, converged = best
     inputs = vocab.fields + ([TEXT_FIELD] if vocab.text else [])
     all_tags = {

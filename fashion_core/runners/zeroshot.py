@@ -125,6 +125,7 @@ def run_zeroshot(
         log(f"metadata model C={c:g}: val class-mean top-1 (seen classes only) {v1:.4f}")
         if best is None or v1 > best[1]:
             best = (c, v1, clf)
+    assert best is not None  # the grid holds at least one C
     c_best = best[0]
     groups = class_groups(rows["train"], y_train, cfg.zeroshot.fold_by)  # whole groups held out together, if set
     gamma, beta, mix, curve = (
@@ -148,6 +149,7 @@ def run_zeroshot(
     )
     evidence = text.evidence(None, y_train, class_weight == "balanced") if text is not None else None
     if evidence is not None:
+        assert text is not None  # the evidence is fitted from text
         phi = {s: with_text(f, evidence, text.emb[s]) for s, f in phi.items()}
     features_used = FEATURES + ((TEXT_FEATURE,) if evidence is not None else ())
     models = fit_models(x["train"], phi["train"], y_train, n, c_best, class_weight, cfg.train.seed, clf=best[2])
@@ -206,6 +208,7 @@ def run_zeroshot(
                 f"({evidence.source.get('file')}, sha256 {str(evidence.source.get('sha256'))[:12]}), "
                 f"zeroshot.text {cfg.zeroshot.text}, class texts: {cfg.zeroshot.class_template!r}"
             )
+            assert text is not None  # the evidence is fitted from text
             mlflow.log_dict(dict(zip(classes, text.texts)), "zeroshot/class_texts.json")
         tracking.log_metrics({"val_top1_mean": val1, "val_top5_mean": val5}, step=0)
         if len(curve):

@@ -127,7 +127,7 @@ def run_tags() -> dict[str, str]:
 class _Beater:
     """One daemon thread per process that refreshes the ``heartbeat`` tag of every run held open here."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.runs: collections.Counter[str] = collections.Counter()
         self.thread: threading.Thread | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from typing import cast
 
 import torch
 
@@ -71,7 +72,8 @@ def resolve_model_uri(spec: str, experiment: str | None = None, stage: str = "pr
                 mv = client.get_model_version(name, version)
         except MlflowException as e:
             raise SourceError(f"{spec}: {e.message}; {tracking.store_hint()}") from None
-        return mv.run_id
+        # Optional in MLflow's model; this project registers versions from runs (log_model), which set it.
+        return cast(str, mv.run_id)
     if _RUN_ID.match(spec):
         return spec
     raise SourceError(

@@ -76,7 +76,7 @@ def ensure_store() -> None:
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; one process at a time there
-        fcntl = None
+        fcntl = None  # type: ignore[assignment]  # None marks the module's absence
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{db}.lock", "a") as lock:
         if fcntl is not None:
@@ -240,7 +240,8 @@ def log_dataset(table, source: str, name: str, digest: str, context: str) -> Non
     """The run's dataset as an MLflow input (the runs table's Dataset column): the split table, named and digested."""
     import mlflow
 
-    ds = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)
+    # mlflow.data sets its dataset constructors (from_pandas ...) on itself at import: no static attribute
+    ds = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)  # type: ignore[attr-defined]
     for attempt in range(4):
         try:
             mlflow.log_input(ds, context=context)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
@@ -49,10 +49,15 @@ class Param:
 
     def suggest(self, trial: optuna.Trial) -> Any:
         """Ask the trial for a value."""
+        # a range: _parse_param set low and high (and any step), floats for a float parameter, ints for an int one
         if self.kind == "float":
-            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+            return trial.suggest_float(
+                self.name, cast(float, self.low), cast(float, self.high), log=self.log, step=self.step
+            )
         if self.kind == "int":
-            return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=self.step or 1)
+            return trial.suggest_int(
+                self.name, cast(int, self.low), cast(int, self.high), log=self.log, step=cast(int, self.step or 1)
+            )
         return trial.suggest_categorical(self.name, list(self.choices))
 
     def extremes(self) -> list[Any]:

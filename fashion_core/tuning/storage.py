@@ -102,6 +102,7 @@ def open_storage(
     if kind == "journal":
         from optuna.storages.journal import JournalFileBackend
 
+        assert journal is not None  # check_storage_url says journal only for a journal path
         if not journal.parent.is_dir():
             raise ConfigError(f"storage {url!r}: folder {str(journal.parent)!r} does not exist")
         return StudyStorage(url, optuna.storages.JournalStorage(JournalFileBackend(str(journal))), "journal", journal)

@@ -188,12 +188,12 @@ class Objective:
         reap_dead_workers(trial.study, self.storage, self.log)
         params = self.space.sample(trial)
         cfg, plan, sd = self.stage(trial_config(self.base, params))
-        for key, value in (
+        for key, attr in (
             ("worker", _worker_id()),
             ("worker_trial", trial.number),
             ("mlflow_parent_run_id", self.parent_run_id),
         ):
-            trial.set_user_attr(key, value)
+            trial.set_user_attr(key, attr)
         tags = {
             "optuna_study": self.study_name,
             "optuna_trial": trial.number,

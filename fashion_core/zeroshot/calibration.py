@@ -92,11 +92,11 @@ def pseudo_unseen_folds(
     names = sorted(set(keys))
     if len(names) < 2:
         return []
-    folds = [[] for _ in range(max(1, min(n_folds, len(classes) // k, len(names))))]
+    grouped: list[list[Any]] = [[] for _ in range(max(1, min(n_folds, len(classes) // k, len(names))))]
     tie = dict(zip(names, rng.permutation(len(names))))
     for g in sorted(names, key=lambda g: (-keys.count(g), tie[g])):  # largest first (balanced), seeded ties
-        min(folds, key=len).extend(c for c, key in zip(classes, keys) if key == g)
-    return [np.sort(np.asarray(f, dtype=classes.dtype)) for f in folds if 0 < len(f) < len(classes)]
+        min(grouped, key=len).extend(c for c, key in zip(classes, keys) if key == g)
+    return [np.sort(np.asarray(f, dtype=classes.dtype)) for f in grouped if 0 < len(f) < len(classes)]
 
 
 def class_groups(rows: pd.DataFrame, labels: np.ndarray, column: str) -> dict | None:

@@ -81,16 +81,17 @@ def stacked_scores(
     if len(name_logp) == 0:
         return np.zeros_like(name_logp)
     out = name_logp.copy()
+    held_back: float | np.ndarray = gamma  # per row (N, 1) when beta adds the doubt
     if beta and seen.any():
-        gamma = gamma + beta * doubt(meta_logp, seen)[:, None]
+        held_back = gamma + beta * doubt(meta_logp, seen)[:, None]
     if mix == "product":
-        out[:, seen] = name_logp[:, seen] + meta_logp[:, seen] - gamma
+        out[:, seen] = name_logp[:, seen] + meta_logp[:, seen] - held_back
         return out
     m = name_logp[:, seen].max(axis=1, keepdims=True)
     log_seen = (
         m[:, 0] + np.log(np.exp(name_logp[:, seen] - m).sum(axis=1)) if seen.any() else np.full(len(name_logp), NEG)
     )
-    out[:, seen] = log_seen[:, None] + meta_logp[:, seen] - gamma
+    out[:, seen] = log_seen[:, None] + meta_logp[:, seen] - held_back
     return out
 
 

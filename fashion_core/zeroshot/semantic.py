@@ -135,6 +135,7 @@ def with_text(phi: np.ndarray, text: TextEvidence | None, emb: np.ndarray | None
     """The name evidence ``phi`` (N, C, F) with the text cosine appended as one more kind (unchanged when None)."""
     if text is None:
         return phi
+    assert emb is not None  # the text evidence needs the products' embeddings
     return np.concatenate([phi, text.features(emb)], axis=2)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata, util
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -120,13 +120,13 @@ class _Layer(nn.Module):
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
         b, n, d = x.shape
-        att = self.attention["self"]
+        att, att_out = cast(nn.ModuleDict, self.attention["self"]), cast(nn.ModuleDict, self.attention["output"])
         q, k, v = (
             att[name](x).view(b, n, self.heads, d // self.heads).transpose(1, 2) for name in ("query", "key", "value")
         )
         w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads) + bias, dim=-1)
         a = (w @ v).transpose(1, 2).reshape(b, n, d)
-        x = self.attention["output"]["LayerNorm"](self.attention["output"]["dense"](a) + x)
+        x = att_out["LayerNorm"](att_out["dense"](a) + x)
         h = nn.functional.gelu(self.intermediate["dense"](x))  # exact (erf) GELU, as BERT's "gelu"
         return self.output["LayerNorm"](self.output["dense"](h) + x)
 
@@ -165,11 +165,15 @@ class MiniBert(nn.Module):
         """(B, D) unit-length embeddings of token ids (B, L) with their attention mask (B, L)."""
         e = self.embeddings
         pos = torch.arange(ids.shape[1], device=ids.device)
-        x = e["word_embeddings"](ids) + e["position_embeddings"](pos)[None] + e["token_type_embeddings"].weight[0]
+        x = (
+            e["word_embeddings"](ids)
+            + e["position_embeddings"](pos)[None]
+            + cast(nn.Embedding, e["token_type_embeddings"]).weight[0]
+        )
         x = e["LayerNorm"](x)
         m = mask.to(x.dtype)
         bias = (1.0 - m)[:, None, None, :] * torch.finfo(x.dtype).min  # padding gets no attention
-        for layer in self.encoder["layer"]:
+        for layer in cast(nn.ModuleList, self.encoder["layer"]):
             x = layer(x, bias)
         pooled = (x * m[..., None]).sum(dim=1) / m.sum(dim=1, keepdim=True).clamp(min=1e-9)
         return nn.functional.normalize(pooled, dim=1)
@@ -210,7 +214,9 @@ class SentenceEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(N, D) float32 L2-normalised embeddings; texts are batched by length (torch's own thread count)."""
         ids = self.token_ids(texts)
-        out = np.zeros((len(ids), self.net.embeddings["word_embeddings"].embedding_dim), dtype=np.float32)
+        out = np.zeros(
+            (len(ids), cast(nn.Embedding, self.net.embeddings["word_embeddings"]).embedding_dim), dtype=np.float32
+        )
         order = np.argsort([len(i) for i in ids], kind="stable")
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
@@ -254,8 +260,8 @@ def embed_texts(
             the texts and ``encoder.source["sha256"]``.
     """
     rows = ["" if t is None or (isinstance(t, float) and t != t) else str(t) for t in texts]
-    distinct, inverse = np.unique(np.asarray(rows, dtype=object), return_inverse=True)
-    distinct = [str(t) for t in distinct]
+    unique, inverse = np.unique(np.asarray(rows, dtype=object), return_inverse=True)
+    distinct = [str(t) for t in unique]
     sha = encoder.source["sha256"] if encoder is not None else read_model_files().source["sha256"]
     path = embeddings_cache_path(distinct, sha)
     if use_cache and path.is_file():
