@@ -677,3 +677,26 @@ def test_gallery_renders_offline(gallery, tmp_path):
     facts = page_facts(dom)
     assert facts["resources"] == [] and facts["images"] == page.count("<img ") >= len(res.tables.thumbnails) > 0
     assert facts["images_ok"] == facts["images"]
+
+
+def test_selection_runs_are_left_out_not_compared(store, tmp_path):
+    """Runs that scored no test (a selection run: tag test_scored=false), even when they outnumber the runs that
+    did and sit on another split's digest, are left out with the reason; compare reports the scored runs."""
+    scored = log_fake_run("pretrain", "baseline", 0, 0.6, experiment="with-selection", digest="standard")
+    selection = [
+        log_fake_run(
+            "pretrain",
+            "baseline",
+            s,
+            0.6,
+            experiment="with-selection",
+            digest="year-held-out",
+            tags={"selection_run": "true", "test_scored": "false"},
+        )
+        for s in (1, 2, 3)
+    ]
+    res = run_compare(experiment="with-selection", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    assert set(res.tables.runs["run_id"]) == {scored}
+    left = res.scope.left_out.set_index("run_id")
+    assert set(selection) <= set(left.index)
+    assert all(left.loc[r, "reason"].startswith("not read on test (a selection run") for r in selection)

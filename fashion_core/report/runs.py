@@ -11,6 +11,7 @@ import pandas as pd
 from fashion_core.config.checks import REMOVED_KEYS, ConfigError
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.runs import tracking_uri
+from fashion_core.tracking.test_reads import TEST_SCORED_TAG
 
 STAGES = ("pretrain", "finetune")
 PER_CLASS_ARTIFACT = "eval/per_class.csv"
@@ -130,6 +131,11 @@ def config_label(configs: Sequence[Mapping[str, str]], i: int, max_keys: int = 3
     return text or f"config {i + 1}"
 
 
+def _unscored(run) -> bool:
+    """A run that has not scored test yet: a selection run (or an ensemble of them) before `fashion evaluate`."""
+    return run.data.tags.get(TEST_SCORED_TAG) == "false"
+
+
 def find_runs(  # noqa: C901 - one branch per run filter
     experiment: str | None = None,
     stages: Sequence[str] = STAGES,
@@ -195,10 +201,13 @@ def find_runs(  # noqa: C901 - one branch per run filter
     kept, left = [], []
     # Runs on other data (another split or top-k) are not comparable: keep the digest most runs share
     # (the newest run's among equals).
-    finished = [r.data.tags.get("dataset_digest", "") for r in runs if r.info.status == "FINISHED"]
+    # A selection run (the year-held-out validation) has scored no test: it has nothing to report until
+    # `fashion evaluate` scores it, and its split's digest must not outvote the runs that have.
+    scored = [r for r in runs if r.info.status == "FINISHED" and not _unscored(r)]
+    finished = [r.data.tags.get("dataset_digest", "") for r in scored]
     digest = max(dict.fromkeys(finished), key=finished.count) if finished else ""
     seen: dict[tuple, str] = {}
-    comparable = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("dataset_digest", "") == digest]
+    comparable = [r for r in scored if r.data.tags.get("dataset_digest", "") == digest]
     group_of, groups = config_groups(comparable)
     for r in runs:
         t = r.data.tags
@@ -206,6 +215,8 @@ def find_runs(  # noqa: C901 - one branch per run filter
         reason = ""
         if r.info.status != "FINISHED":
             reason = f"{r.info.status.lower()}" + (f": {t['error'].splitlines()[0]}" if t.get("error") else "")
+        elif _unscored(r):
+            reason = f"not read on test (a selection run; `fashion evaluate {r.info.run_id}` scores it once)"
         elif t.get("dataset_digest", "") != digest:
             reason = f"other dataset digest ({t.get('dataset_digest')} vs {digest})"
         elif key in seen:
