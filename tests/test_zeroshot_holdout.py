@@ -159,3 +159,6 @@ def test_compare_shows_the_held_out_u_beside_the_stage_own(ho_run, tmp_path):
     assert summ.loc["zeroshot", "top1_harmonic_heldout"] == pytest.approx(m["test_top1_harmonic_heldout"])
     assert summ.loc["zeroshot", "top1_unseen_native_mean"] == pytest.approx(m["test_top1_unseen_native_mean"])
     assert {"U held out", "H held out", "U stage's own"} <= set(display_summary(res.tables.summary["finetune"]))
+    # another benchmark (fewer seen classes): never the stage's best, not paired against it
+    pairs = res.tables.paired["finetune"]
+    assert "zeroshot" not in set(pairs["a"]) | set(pairs["b"])

@@ -66,9 +66,19 @@ def split_pair(text: str) -> tuple[str, str]:
     return parts[0].strip(), parts[1].strip()
 
 
+def held_out_rows(summ: pd.DataFrame) -> set[str]:
+    """Rows of a zero-shot benchmark with held-out classes: their class-mean is over fewer seen classes than the
+    stage's, so they are another benchmark, not a contender for the stage's best."""
+    if "top1_unseen_heldout_mean" not in summ:
+        return set()
+    return set(summ.loc[summ["top1_unseen_heldout_mean"].notna(), "technique"])
+
+
 def best_row(summ: pd.DataFrame) -> str:
-    """The stage's reference: the top-ranked row that is not test-informed (else the top-ranked row)."""
+    """The stage's reference: the top-ranked row that is neither test-informed nor a held-out benchmark (else the
+    top-ranked row)."""
     clean = summ[~summ["test_informed"]] if "test_informed" in summ else summ
+    clean = clean[~clean["technique"].isin(held_out_rows(summ))]
     return str((clean if len(clean) else summ)["technique"].iloc[0])
 
 
@@ -86,7 +96,8 @@ def paired_comparisons(
         and the per-class McNemar lines of every pair (columns ``a``, ``b`` first).
     """
     best = best_row(summ)
-    todo = [(t, best, "against the best") for t in summ["technique"] if t != best]
+    other_benchmark = held_out_rows(summ)
+    todo = [(t, best, "against the best") for t in summ["technique"] if t != best and t not in other_benchmark]
     for a, b in pairs:
         if a in rows and b in rows and (a, b) not in [(x, y) for x, y, _ in todo]:
             todo.append((a, b, "requested"))
