@@ -12,11 +12,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fashion_core.config.checks import HEADS, ConfigError
+
+if TYPE_CHECKING:  # network imports this module
+    from fashion_core.models.network import FashionNet
 
 
 class LinearHead(nn.Linear):
@@ -69,6 +74,8 @@ class NCMHead(nn.Module):
     """
 
     kind = "ncm"
+    means: Tensor
+    present: Tensor
 
     def __init__(self, means: Tensor, normalize: bool = False):
         super().__init__()
@@ -154,7 +161,7 @@ def class_means(feats: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 
 @torch.no_grad()
 def imprint_weights(
-    model: nn.Module, feats: Tensor, labels: Tensor, num_classes: int, generator: torch.Generator | None = None
+    model: FashionNet, feats: Tensor, labels: Tensor, num_classes: int, generator: torch.Generator | None = None
 ) -> Tensor:
     """Imprint a cosine head: each class weight = normalised mean of its normalised embeddings.
 
@@ -163,7 +170,7 @@ def imprint_weights(
     a cosine head with ``num_classes`` outputs, a new one is installed with ``model.reset_head``.
 
     Args:
-        model: a FashionNet (anything with ``head`` and ``reset_head``).
+        model: a FashionNet (or a subclass, e.g. ``fusion.FusedNet``).
         feats: (N, D) embeddings from ``model.forward_features``.
         labels: (N,) class indices.
         num_classes: C.
@@ -175,7 +182,7 @@ def imprint_weights(
     head = model.head
     if not (isinstance(head, CosineHead) and head.num_classes == num_classes):
         model.reset_head(num_classes, kind="cosine")
-        head = model.head
+        head = cast(CosineHead, model.head)  # reset_head(kind="cosine") installs a CosineHead
     means = class_means(F.normalize(feats.float(), dim=1), labels, num_classes)
     empty = ~torch.isfinite(means).all(dim=1)
     if empty.any():
