@@ -12,16 +12,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fashion_core.config.checks import HEADS, ConfigError
-
-if TYPE_CHECKING:  # network imports this module
-    from fashion_core.models.network import FashionNet
 
 
 class LinearHead(nn.Linear):
@@ -159,9 +156,17 @@ def class_means(feats: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     return sums / counts[:, None]
 
 
+class _HasHead(Protocol):
+    """What ``imprint_weights`` needs of a model: a ``head`` and ``reset_head``, as a FashionNet has."""
+
+    head: nn.Module
+
+    def reset_head(self, num_classes: int, kind: str = "linear") -> None: ...
+
+
 @torch.no_grad()
 def imprint_weights(
-    model: FashionNet, feats: Tensor, labels: Tensor, num_classes: int, generator: torch.Generator | None = None
+    model: _HasHead, feats: Tensor, labels: Tensor, num_classes: int, generator: torch.Generator | None = None
 ) -> Tensor:
     """Imprint a cosine head: each class weight = normalised mean of its normalised embeddings.
 
@@ -170,7 +175,7 @@ def imprint_weights(
     a cosine head with ``num_classes`` outputs, a new one is installed with ``model.reset_head``.
 
     Args:
-        model: a FashionNet (or a subclass, e.g. ``fusion.FusedNet``).
+        model: a FashionNet (anything with ``head`` and ``reset_head``).
         feats: (N, D) embeddings from ``model.forward_features``.
         labels: (N,) class indices.
         num_classes: C.
