@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -191,7 +192,7 @@ class LogitAdjustedLoss(nn.Module):
             return F.cross_entropy(adjusted, target.long(), weight=self.weight, label_smoothing=self.label_smoothing)
 
 
-def build_loss(cfg: LossConfig, class_counts: Sequence[int] | Tensor) -> nn.Module:
+def build_loss(cfg: LossConfig, class_counts: Sequence[int] | np.ndarray | Tensor) -> nn.Module:
     """The training loss named by ``cfg.name``, weighted from the stage's training counts.
 
     Args:
@@ -240,7 +241,7 @@ class Criterion(nn.Module):
         return total
 
 
-def build_criterion(cfg: ExperimentConfig, class_counts: Sequence[int] | Tensor) -> Criterion:
+def build_criterion(cfg: ExperimentConfig, class_counts: Sequence[int] | np.ndarray | Tensor) -> Criterion:
     """A stage's criterion: ``build_loss(cfg.loss, class_counts)`` and the auxiliary heads' weights of ``cfg.fusion``."""
     aux = {"aux_master": cfg.fusion.aux_master, "aux_sub": cfg.fusion.aux_sub}
     return Criterion(build_loss(cfg.loss, class_counts), aux)

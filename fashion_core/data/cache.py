@@ -37,7 +37,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 import pandas as pd
@@ -51,8 +51,11 @@ PENDING, DECODED, FAILED = 0, 1, 2
 INFLIGHT_BYTES = 256 << 20
 
 
-def decode_image(path: str, height: int, width: int, draft: bool = True) -> np.ndarray:
-    """One image file -> H x W x 3 uint8 (fit inside, centred on white). Raises on undecodable files."""
+def decode_image(path: str | Path | IO[bytes], height: int, width: int, draft: bool = True) -> np.ndarray:
+    """One image file -> H x W x 3 uint8 (fit inside, centred on white). Raises on undecodable files.
+
+    ``path`` is a file path or an open binary file (serving decodes request bytes through a BytesIO).
+    """
     from PIL import Image
 
     with Image.open(path) as im:

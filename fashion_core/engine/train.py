@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -369,9 +369,10 @@ def fit(
     model.to(device)
     to_preferred_layout(model, device)
     train, val = place_data(train, device), place_data(val, device)
-    ddp = dist is not None and dist.active
-    net = dist.wrap(model, device) if ddp else model
-    fwd = torch.compile(net) if cfg.compile else net
+    ddp = dist is not None and dist.active  # the "dist is not None" tests below restate this for the type checker
+    net = dist.wrap(model, device) if ddp and dist is not None else model
+    # torch.compile of a Module returns a Module (OptimizedModule); its stub only says a callable
+    fwd = cast(nn.Module, torch.compile(net)) if cfg.compile else net
     optimizer = build_optimizer(param_groups, cfg)
     scaler = grad_scaler_for(device)
     steps_per_epoch = num_batches(
@@ -388,8 +389,11 @@ def fit(
         start_epoch, sel = _resume(resume, model, optimizer, scheduler, ema, gen)
         log(f"resuming at epoch {start_epoch} (best val top-1 {sel.best_val:.4f} at epoch {sel.best_epoch})")
     epoch_images = min(len(train), steps_per_epoch * cfg.batch_size)
-    show = progress and (not ddp or dist.is_main)
+    show = progress and (not ddp or (dist is not None and dist.is_main))
     stopped = False
+    loss_sum: float
+    hit_sum: float  # hit_sum and seen are counts, floats once summed over ranks
+    seen: float
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         epoch_batches, aug_gen = _epoch_batches(train, cfg, gen, device, epoch, dist)
@@ -411,7 +415,7 @@ def fit(
         finally:
             if bar is not None:
                 bar.close()
-        if ddp:
+        if ddp and dist is not None:
             loss_sum, hit_sum, seen = dist.all_reduce_sums(loss_sum, hit_sum, seen)
         train_seconds = time.perf_counter() - t0
         metrics = {
@@ -423,8 +427,9 @@ def fit(
         }
         if len(val):
             # Under DDP rank 0 alone evaluates; every rank gets its numbers, so early stopping agrees.
-            v = evaluate(selected, val, device, criterion) if not ddp or dist.is_main else None
-            v = dist.broadcast_object(v) if ddp else v
+            v = evaluate(selected, val, device, criterion) if not ddp or (dist is not None and dist.is_main) else None
+            v = dist.broadcast_object(v) if ddp and dist is not None else v
+            assert v is not None  # rank 0 evaluated; every other rank holds its broadcast
             metrics.update({f"val_{k}": x for k, x in v.items()})
         sel.update(epoch, metrics, selected, bool(len(val)))
         if checkpoint_path is not None:  # before the epoch line: once it is printed, the epoch is resumable

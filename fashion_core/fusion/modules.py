@@ -6,6 +6,7 @@ The auxiliary heads' loss is ``losses.Criterion``'s (weighted by ``fusion.aux_ma
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -153,7 +154,8 @@ class FusedNet(FashionNet):
         """The metadata encoder's lookup tables (one row per value / hash bucket)."""
         if self.meta is None:
             return []
-        return [e.weight for e in self.meta.cat] + ([self.meta.text.weight] if self.meta.text is not None else [])
+        tables = [e.weight for e in self.meta.cat] + ([self.meta.text.weight] if self.meta.text is not None else [])
+        return cast(list[nn.Parameter], tables)  # an embedding's weight is a Parameter
 
     def metadata_parameters(self):
         """Parameters of the metadata encoder and the fusion layer."""
@@ -172,6 +174,7 @@ class FusedNet(FashionNet):
         if self.training and self.meta_dropout > 0:
             keep = torch.rand(meta.shape[0], 1, device=meta.device) >= self.meta_dropout
             meta = meta * keep.to(meta.dtype)
+        assert self.fuse is not None  # __init__ sets it together with self.meta
         return self.fuse(fmap, meta)
 
     def forward(self, x: Tensor, batch: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -69,6 +71,8 @@ class NCMHead(nn.Module):
     """
 
     kind = "ncm"
+    means: Tensor
+    present: Tensor
 
     def __init__(self, means: Tensor, normalize: bool = False):
         super().__init__()
@@ -152,9 +156,17 @@ def class_means(feats: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     return sums / counts[:, None]
 
 
+class _HasHead(Protocol):
+    """What ``imprint_weights`` needs of a model: a ``head`` and ``reset_head``, as a FashionNet has."""
+
+    head: nn.Module
+
+    def reset_head(self, num_classes: int, kind: str = "linear") -> None: ...
+
+
 @torch.no_grad()
 def imprint_weights(
-    model: nn.Module, feats: Tensor, labels: Tensor, num_classes: int, generator: torch.Generator | None = None
+    model: _HasHead, feats: Tensor, labels: Tensor, num_classes: int, generator: torch.Generator | None = None
 ) -> Tensor:
     """Imprint a cosine head: each class weight = normalised mean of its normalised embeddings.
 
@@ -175,7 +187,7 @@ def imprint_weights(
     head = model.head
     if not (isinstance(head, CosineHead) and head.num_classes == num_classes):
         model.reset_head(num_classes, kind="cosine")
-        head = model.head
+        head = cast(CosineHead, model.head)  # reset_head(kind="cosine") installs a CosineHead
     means = class_means(F.normalize(feats.float(), dim=1), labels, num_classes)
     empty = ~torch.isfinite(means).all(dim=1)
     if empty.any():

@@ -14,8 +14,9 @@ files live in backbones.py, heads in heads.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,8 @@ class FashionNet(nn.Module):
         trainable: the last ``set_trainable`` policy.
     """
 
+    init_report: dict[str, Any] | None  # set by build_model
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -78,18 +81,18 @@ class FashionNet(nn.Module):
         self.name = name
         self.input_scale = float(input_scale)
         self.backbone = backbone
-        self.embed_dim: int = backbone.out_channels
+        self.embed_dim: int = cast(int, backbone.out_channels)  # every trunk from build_backbone has it
         self.drop = nn.Dropout(dropout)
         self.head: nn.Module = make_head(head, self.embed_dim, num_classes)
         self.trainable = "all"
 
     @property
     def num_classes(self) -> int:
-        return self.head.num_classes
+        return cast(int, self.head.num_classes)  # every head has num_classes and kind (see set_head)
 
     @property
     def head_kind(self) -> str:
-        return self.head.kind
+        return cast(str, self.head.kind)
 
     def scale_input(self, x: Tensor) -> Tensor:
         """The images the trunk sees: upsampled by ``input_scale`` (bilinear, on the device) unless it is 1."""
@@ -146,7 +149,8 @@ class FashionNet(nn.Module):
             raise ConfigError(f"unknown trainable policy {policy!r}; choose one of: {', '.join(TRAINABLE_POLICIES)}")
         self.backbone.requires_grad_(policy == "all")
         if policy == "last_block":
-            self.backbone.last_block().requires_grad_(True)
+            last_block = cast(Callable[[], nn.Module], self.backbone.last_block)  # as out_channels
+            last_block().requires_grad_(True)
         self.head.requires_grad_(True)
         self.trainable = policy
         self.train(self.training)
@@ -320,7 +324,11 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, wei
         Non-empty groups, each ``{"name", "params", "lr", "weight_decay"}``, in the order
         backbone, backbone_no_decay, head, head_no_decay.
     """
-    head_ids = {id(p) for p in model.head_parameters()} if hasattr(model, "head_parameters") else set()
+    if hasattr(model, "head_parameters"):
+        head_parameters = cast(Callable[[], Iterator[nn.Parameter]], model.head_parameters)
+        head_ids = {id(p) for p in head_parameters()}
+    else:
+        head_ids = set()
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:

@@ -15,6 +15,7 @@ import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -318,7 +319,8 @@ def _source_of(
             f"finetune with transfer.method={cfg.transfer.method} needs --from "
             "(a pretrain run id, runs:/ or models:/ URI, or latest)"
         )
-    src_run = env.broadcast_object(resolve_source(source, experiment) if env.is_main else None)
+    # rank 0's run id, a str on every rank once broadcast
+    src_run = cast(str, env.broadcast_object(resolve_source(source, experiment) if env.is_main else None))
     split_tags: dict = {}
     if env.is_main:  # a source of another split: its trunk saw this run's validation (or test) images
         split_tags = check_source_split(src_run, p.digest, cfg.data, allow_split_mismatch)

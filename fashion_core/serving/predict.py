@@ -388,15 +388,15 @@ def log_product_model(folder: str | Path, register: str | None, val_score: float
     """
     import mlflow
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, Schema, TensorSpec
 
     _quiet_mlflow()
     model = ProductModel.from_folder(folder)
     # Optional in the signature: MLflow's own check of a missing column answers with the whole request frame;
     # ProductModel.check_columns answers "missing fields: ..." in one line instead.
-    cols = ([ColSpec("binary", IMAGE_COLUMN, required=False)] if model.needs_image else []) + [
-        ColSpec("string", f, required=False) for f in model.fields
-    ]
+    # Schema takes a list[ColSpec | TensorSpec], and list is invariant: the annotation lets a list of ColSpec pass.
+    cols: list[ColSpec | TensorSpec] = [ColSpec("binary", IMAGE_COLUMN, required=False)] if model.needs_image else []
+    cols += [ColSpec("string", f, required=False) for f in model.fields]
     signature = ModelSignature(Schema(cols), Schema([ColSpec("double", c) for c in model.classes]))
     here = Path(__file__).resolve().parent
     info = mlflow.pyfunc.log_model(
