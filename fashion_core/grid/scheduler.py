@@ -25,14 +25,15 @@ import concurrent.futures as cf
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from fashion_core.config.checks import ConfigError
-from fashion_core.data.prepared import prepare_data
+from fashion_core.data.prepared import Prepared, prepare_data
 
 # The plan and the cells live in grid_plan and grid_cells; callers import them from here (as before the split).
 from fashion_core.grid.cells import (
@@ -81,7 +82,7 @@ class GridResult:
     rankings: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def run_grid(  # noqa: C901 - to split: reuse, claims and scheduling in one loop (docs/ARCHITECTURE.md)
+def run_grid(
     tasks: Sequence[GridTask],
     data: str | None,
     *,
@@ -187,210 +188,302 @@ def run_grid(  # noqa: C901 - to split: reuse, claims and scheduling in one loop
         f"{how['executor']}"
     )
     status = _status(tasks, how, profile, gpus_per_cell, bool(fixed)) if show_status else None
-    shown: dict = {}  # a submitted cell's future -> the state the status shows (queued / running)
-    rows: list[dict | None] = [None] * len(tasks)
-    sources: dict[str, str | None] = {}  # model kind -> pretrain run, chosen when every pretrain run of it ended
-    rankings: list[pd.DataFrame] = []
-    running: dict = {}  # future -> Cell
-    deferred: dict[int, tuple[Cell, str]] = {}  # cells another live grid runs: index -> (cell, that grid's run)
-    waiting = [i for i, t in enumerate(tasks) if needs_source(t.cfg)]
-    inline = how["executor"] == "sequential"
-    poll = min(5.0, max(0.2, heartbeat.interval() / 4))  # how often a deferred cell's run is looked at
+    return _GridLoop(
+        tasks=tasks,
+        prepared=prepared,
+        data=data,
+        exp_name=exp_name,
+        experiment_id=experiment_id,
+        parent=parent,
+        own_grids=own_grids,
+        code=code,
+        register=register,
+        libs=libs,
+        session=session,
+        profile=profile,
+        reuse=reuse,
+        fixed=fixed,
+        executor=executor,
+        how=how,
+        status=status,
+        log=log,
+        t0=t0,
+    ).run()
 
-    def start(i: int, this_source: str | None) -> None:
-        task = tasks[i]
+
+@dataclass(eq=False)
+class _GridLoop:
+    """One grid's scheduling, once ``run_grid`` has set it up: the cells' state, shared by the steps of its loop.
+
+    ``run`` starts the cells without a source, then waits for the cells that run, looks at the deferred ones
+    (another live grid runs them) and releases the finetune cells whose source is known, until none is left;
+    then it stops the executor and finishes the parent run (KILLED on Ctrl-C or SIGTERM).
+    """
+
+    tasks: Sequence[GridTask]
+    prepared: Prepared
+    data: str | None
+    exp_name: str
+    experiment_id: str
+    parent: str
+    own_grids: list[str]
+    code: str
+    register: bool
+    libs: str
+    session: str
+    profile: str
+    reuse: bool
+    fixed: str | None  # the --from source of every finetune cell, resolved
+    executor: Any
+    how: dict
+    status: GridStatus | None
+    log: Callable
+    t0: float
+    # a submitted cell's future -> the state the status shows (queued / running)
+    shown: dict = field(init=False)
+    rows: list[dict | None] = field(init=False)
+    # model kind -> pretrain run, chosen when every pretrain run of it ended
+    sources: dict[str, str | None] = field(init=False)
+    rankings: list[pd.DataFrame] = field(init=False)
+    running: dict = field(init=False)  # future -> Cell
+    # cells another live grid runs: index -> (cell, that grid's run)
+    deferred: dict[int, tuple[Cell, str]] = field(init=False)
+    waiting: list[int] = field(init=False)
+    inline: bool = field(init=False)
+    poll: float = field(init=False)  # how often a deferred cell's run is looked at
+
+    def __post_init__(self) -> None:
+        self.shown = {}
+        self.rows = [None] * len(self.tasks)
+        self.sources = {}
+        self.rankings = []
+        self.running = {}
+        self.deferred = {}
+        self.waiting = [i for i, t in enumerate(self.tasks) if needs_source(t.cfg)]
+        self.inline = self.how["executor"] == "sequential"
+        self.poll = min(5.0, max(0.2, heartbeat.interval() / 4))
+
+    def start(self, i: int, this_source: str | None) -> None:
+        task = self.tasks[i]
         h = config_hash(task.cfg, this_source)
-        own = finished_in(experiment_id, h, own_grids)
+        own = finished_in(self.experiment_id, h, self.own_grids)
         if own is not None:
-            log(f"[{i + 1}/{len(tasks)}] {task.name}\n  finished before the restart: run {own.info.run_id}")
-            rows[i] = task_row(
-                task, own.info.run_id, "FINISHED", own.data.tags.get("grid_run_id") != parent, 0.0, h, this_source
+            self.log(f"[{i + 1}/{len(self.tasks)}] {task.name}\n  finished before the restart: run {own.info.run_id}")
+            self.rows[i] = task_row(
+                task, own.info.run_id, "FINISHED", own.data.tags.get("grid_run_id") != self.parent, 0.0, h, this_source
             )
-            if status is not None:
-                status.update(task.name, "finished", 0.0)
+            if self.status is not None:
+                self.status.update(task.name, "finished", 0.0)
             return
-        old = find_reusable(h, prepared.digest, code, experiment_id) if reuse else None
+        old = find_reusable(h, self.prepared.digest, self.code, self.experiment_id) if self.reuse else None
         if old is not None:
-            log(
-                f"[{i + 1}/{len(tasks)}] {task.name}\n  reusing finished run {old.info.run_id} "
+            self.log(
+                f"[{i + 1}/{len(self.tasks)}] {task.name}\n  reusing finished run {old.info.run_id} "
                 "(same config, data, code and libraries)"
             )
-            rows[i] = task_row(task, old.info.run_id, "FINISHED", True, 0.0, h, this_source)
-            if status is not None:
-                status.update(task.name, "reused")
+            self.rows[i] = task_row(task, old.info.run_id, "FINISHED", True, 0.0, h, this_source)
+            if self.status is not None:
+                self.status.update(task.name, "reused")
             return
         cell = Cell(
             i,
             task,
             this_source,
             h,
-            data,
-            exp_name,
-            experiment_id,
-            parent,
-            prepared.digest,
-            code,
-            register,
-            libs,
-            session,
-            cell_key(h, prepared.digest, code, session),
-            profile,
+            self.data,
+            self.exp_name,
+            self.experiment_id,
+            self.parent,
+            self.prepared.digest,
+            self.code,
+            self.register,
+            self.libs,
+            self.session,
+            cell_key(h, self.prepared.digest, self.code, self.session),
+            self.profile,
         )
-        log(f"[{i + 1}/{len(tasks)}] {task.name}")
-        submit(cell)
+        self.log(f"[{i + 1}/{len(self.tasks)}] {task.name}")
+        self.submit(cell)
 
-    def submit(cell: Cell) -> None:
+    def submit(self, cell: Cell) -> None:
         i, task = cell.index, cell.task
-        if inline:  # it runs now, in this process
-            if status is not None:
-                status.update(task.name, "running")
-            running[executor.submit(run_cell, cell, prepared, log)] = cell
+        if self.inline:  # it runs now, in this process
+            if self.status is not None:
+                self.status.update(task.name, "running")
+            self.running[self.executor.submit(run_cell, cell, self.prepared, self.log)] = cell
             return
         try:
-            future = executor.submit(run_cell, cell)
+            future = self.executor.submit(run_cell, cell)
         except RuntimeError as e:  # a broken pool (a worker was killed) takes no more cells
-            rows[i] = cell_failed(cell, f"{type(e).__name__}: {e}", 0.0)
-            if status is not None:
-                status.update(task.name, "failed")
+            self.rows[i] = cell_failed(cell, f"{type(e).__name__}: {e}", 0.0)
+            if self.status is not None:
+                self.status.update(task.name, "failed")
             return
-        running[future] = cell
-        if status is not None:  # running only once a worker has started it (show_starts)
-            shown[future] = "queued"
-            status.update(task.name, "queued")
+        self.running[future] = cell
+        if self.status is not None:  # running only once a worker has started it (show_starts)
+            self.shown[future] = "queued"
+            self.status.update(task.name, "queued")
 
-    def settle(cell: Cell, row: dict) -> None:
+    def settle(self, cell: Cell, row: dict) -> None:
         """A cell's row came back: its result, or word that another live grid runs it (then it waits)."""
         if row["status"] == WAITING:
-            deferred[cell.index] = (cell, row["run_id"])
-            if status is not None:
-                status.update(cell.task.name, "queued")
+            self.deferred[cell.index] = (cell, row["run_id"])
+            if self.status is not None:
+                self.status.update(cell.task.name, "queued")
             return
-        rows[cell.index] = row
-        if status is not None:
-            status.update(cell.task.name, "reused" if row["reused"] else row["status"].lower(), row["seconds"])
+        self.rows[cell.index] = row
+        if self.status is not None:
+            self.status.update(cell.task.name, "reused" if row["reused"] else row["status"].lower(), row["seconds"])
 
-    def look_at_deferred() -> None:
+    def look_at_deferred(self) -> None:
         """Reuse the runs other grids finished for the deferred cells; claim again those whose run ended otherwise."""
-        for i, (cell, holder) in list(deferred.items()):
-            state = holder_state(holder, log)
+        for i, (cell, holder) in list(self.deferred.items()):
+            state = holder_state(holder, self.log)
             if state == "running":
                 continue
-            del deferred[i]
+            del self.deferred[i]
             if state == "finished":
-                theirs = mlflow_client().get_run(holder).data.tags.get("grid_run_id") != parent
-                log(f"  {cell.task.name}: reusing run {holder}, which another grid finished")
-                settle(cell, task_row(cell.task, holder, "FINISHED", theirs, 0.0, cell.cfg_hash, cell.source))
+                theirs = mlflow_client().get_run(holder).data.tags.get("grid_run_id") != self.parent
+                self.log(f"  {cell.task.name}: reusing run {holder}, which another grid finished")
+                self.settle(cell, task_row(cell.task, holder, "FINISHED", theirs, 0.0, cell.cfg_hash, cell.source))
             else:
-                log(f"  {cell.task.name}: run {holder} ended unfinished; claiming the cell again")
-                time.sleep(random.uniform(0, poll))  # two grids that lost a tie do not tie again
-                submit(cell)
+                self.log(f"  {cell.task.name}: run {holder} ended unfinished; claiming the cell again")
+                time.sleep(random.uniform(0, self.poll))  # two grids that lost a tie do not tie again
+                self.submit(cell)
 
-    def show_starts() -> None:
+    def show_starts(self) -> None:
         """Show the cells a worker has started as running (and a rerun that waits again as queued).
 
         At most ``concurrency`` at a time: a worker may start its next cell a moment before the end
         of the previous one reaches this process.
         """
-        assert status is not None  # called only when the status is shown
-        started = executor.started(list(running))
-        free = how["concurrency"] - sum(v == "running" for v in shown.values())
-        for f, cell in running.items():
-            now = shown.get(f)
+        assert self.status is not None  # called only when the status is shown
+        started = self.executor.started(list(self.running))
+        free = self.how["concurrency"] - sum(v == "running" for v in self.shown.values())
+        for f, cell in self.running.items():
+            now = self.shown.get(f)
             if now == "queued" and f in started and free > 0:
-                shown[f], free = "running", free - 1
-                status.update(cell.task.name, "running")
+                self.shown[f], free = "running", free - 1
+                self.status.update(cell.task.name, "running")
             elif now == "running" and f not in started:
-                shown[f] = "queued"
-                status.update(cell.task.name, "queued")
+                self.shown[f] = "queued"
+                self.status.update(cell.task.name, "queued")
 
-    def release() -> None:
+    def release(self) -> None:
         """Start the finetune cells whose source is known (every pretrain cell of their kind has ended)."""
-        for i in list(waiting):
-            kind = model_kind(tasks[i].cfg)
-            if kind not in sources:
-                if not fixed and any(
-                    rows[j] is None
-                    for j, t in enumerate(tasks)
+        for i in list(self.waiting):
+            kind = model_kind(self.tasks[i].cfg)
+            if kind not in self.sources:
+                if not self.fixed and any(
+                    self.rows[j] is None
+                    for j, t in enumerate(self.tasks)
                     if t.cfg.stage == "pretrain" and model_kind(t.cfg) == kind
                 ):
                     continue
-                sources[kind], ranking = (
-                    (fixed, pd.DataFrame())
-                    if fixed
-                    else _pick_source([r for r in rows if r is not None], tasks, kind, exp_name, log)
+                self.sources[kind], ranking = (
+                    (self.fixed, pd.DataFrame())
+                    if self.fixed
+                    else _pick_source(
+                        [r for r in self.rows if r is not None], self.tasks, kind, self.exp_name, self.log
+                    )
                 )
-                rankings.append(ranking)
-            waiting.remove(i)
-            start(i, sources[kind])
+                self.rankings.append(ranking)
+            self.waiting.remove(i)
+            self.start(i, self.sources[kind])
 
-    status_ = "FAILED"
-    try:
-        # SIGTERM between two children must end the parent KILLED too, not leave it RUNNING.
-        with tracking._sigterm_as_interrupt():
-            for i, task in enumerate(tasks):
-                if not needs_source(task.cfg):
-                    start(i, None)
-            release()
-            looked = time.monotonic()
-            while running or deferred:
-                if running:
-                    wait = STATUS_POLL_SECONDS if status is not None else None
-                    if deferred:
-                        wait = min(wait or poll, poll)
-                    done, _ = cf.wait(list(running), timeout=wait, return_when=cf.FIRST_COMPLETED)
-                else:
-                    time.sleep(poll)
-                    done = set()
-                for f in done:
-                    cell = running.pop(f)
-                    shown.pop(f, None)
-                    try:
-                        row = f.result()
-                    except Exception as e:  # the worker itself died (a cell's own errors come back as rows)
-                        error = f"{type(e).__name__}: {e}"
-                        log(f"  {cell.task.name} FAILED: {error}")
-                        row = cell_failed(cell, error, 0.0)
-                    settle(cell, row)
-                if deferred and time.monotonic() - looked >= poll:
-                    looked = time.monotonic()
-                    look_at_deferred()
-                release()
-                if status is not None and not inline:
-                    show_starts()
-        status_ = "FINISHED"
-    except KeyboardInterrupt:
-        status_ = "KILLED"
-        raise
-    finally:
+    def run(self) -> GridResult:
+        """Run every cell, then finish the parent run: FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED."""
+        status_ = "FAILED"
+        try:
+            # SIGTERM between two children must end the parent KILLED too, not leave it RUNNING.
+            with tracking._sigterm_as_interrupt():
+                self.loop()
+            status_ = "FINISHED"
+        except KeyboardInterrupt:
+            status_ = "KILLED"
+            raise
+        finally:
+            runs, seconds, ranked = self.finish(status_)
+        self.log(
+            f"grid {self.parent} done in {seconds:.0f} s: {int((runs['status'] == 'FINISHED').sum())} finished, "
+            f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused"
+        )
+        return GridResult(
+            parent_run_id=self.parent,
+            runs=runs,
+            source_run_id=self.sources.get(IMAGE),
+            seconds=seconds,
+            experiment_id=self.experiment_id,
+            sources=self.sources,
+            rankings=ranked,
+        )
+
+    def loop(self) -> None:
+        """Start the cells without a source, then every other one as soon as it can, until none runs or waits."""
+        for i, task in enumerate(self.tasks):
+            if not needs_source(task.cfg):
+                self.start(i, None)
+        self.release()
+        looked = time.monotonic()
+        while self.running or self.deferred:
+            for f in self.ended():
+                self.collect(f)
+            if self.deferred and time.monotonic() - looked >= self.poll:
+                looked = time.monotonic()
+                self.look_at_deferred()
+            self.release()
+            if self.status is not None and not self.inline:
+                self.show_starts()
+
+    def ended(self) -> set:
+        """The running cells' futures that are done (the set may be empty).
+
+        Waits for the first at most until the status or a deferred cell is next looked at; a grid with only
+        deferred cells sleeps a poll.
+        """
+        if self.running:
+            wait = STATUS_POLL_SECONDS if self.status is not None else None
+            if self.deferred:
+                wait = min(wait or self.poll, self.poll)
+            done, _ = cf.wait(list(self.running), timeout=wait, return_when=cf.FIRST_COMPLETED)
+        else:
+            time.sleep(self.poll)
+            done = set()
+        return done
+
+    def collect(self, f: cf.Future) -> None:
+        """A running cell ended: its row, or a FAILED one when its worker died."""
+        cell = self.running.pop(f)
+        self.shown.pop(f, None)
+        try:
+            row = f.result()
+        except Exception as e:  # the worker itself died (a cell's own errors come back as rows)
+            error = f"{type(e).__name__}: {e}"
+            self.log(f"  {cell.task.name} FAILED: {error}")
+            row = cell_failed(cell, error, 0.0)
+        self.settle(cell, row)
+
+    def finish(self, status_: str) -> tuple[pd.DataFrame, float, pd.DataFrame]:
+        """Stop the executor (at once unless every cell ended), finish the parent run; its runs, seconds, rankings."""
         from fashion_core.grid.executors import stop_pool
 
-        if status_ == "FINISHED" or inline:
-            executor.shutdown(wait=True)
-        elif hasattr(executor, "_processes"):  # a local pool: its workers are stopped (their runs end KILLED)
-            stop_pool(executor)
+        if status_ == "FINISHED" or self.inline:
+            self.executor.shutdown(wait=True)
+        elif hasattr(self.executor, "_processes"):  # a local pool: its workers are stopped (their runs end KILLED)
+            stop_pool(self.executor)
         else:
-            executor.shutdown(wait=False, cancel_futures=True)
-        if status is not None:
-            status.close()
-        seconds = time.perf_counter() - t0
-        ranked = pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.status is not None:
+            self.status.close()
+        seconds = time.perf_counter() - self.t0
+        ranked = pd.concat(self.rankings, ignore_index=True) if self.rankings else pd.DataFrame()
         try:
-            runs = finish_parent(parent, [r for r in rows if r is not None], sources, ranked, seconds, status_)
+            runs = finish_parent(
+                self.parent, [r for r in self.rows if r is not None], self.sources, ranked, seconds, status_
+            )
         finally:
-            heartbeat.stop(parent)
-    log(
-        f"grid {parent} done in {seconds:.0f} s: {int((runs['status'] == 'FINISHED').sum())} finished, "
-        f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused"
-    )
-    return GridResult(
-        parent_run_id=parent,
-        runs=runs,
-        source_run_id=sources.get(IMAGE),
-        seconds=seconds,
-        experiment_id=experiment_id,
-        sources=sources,
-        rankings=ranked,
-    )
+            heartbeat.stop(self.parent)
+        return runs, seconds, ranked
 
 
 def _status(
