@@ -254,10 +254,19 @@ def _grid_cmd(dataset: Path, *extra: str) -> list[str]:
 
 
 def _runs(root: Path) -> list:
-    """Every run of the test's store (read through a client of that store)."""
+    """Every run of the test's store (read through a client of that store). The first read may create the
+    store's tables while the grid's process does too: it takes the lock ``tracking.ensure_store`` takes."""
+    import fcntl
+
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    with open(f"{root / 'mlflow.db'}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client.search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     exp = client.get_experiment_by_name("crash")
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
 
