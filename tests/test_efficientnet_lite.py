@@ -136,7 +136,7 @@ def test_input_scale_upsamples_inside_the_model():
     model.backbone.register_forward_hook(lambda m, inp, out: seen.update(shape=inp[0].shape))
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 40, 30))
-    assert seen["shape"] == (1, 3, 80, 60) and out.shape == (1, 4)
+    assert seen["shape"] == (1, 3, 80, 60) and out["logits"].shape == (1, 4)
     from fashion_core.config.schema import ExperimentConfig
 
     with pytest.raises(ConfigError, match="input_scale"):
