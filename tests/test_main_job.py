@@ -102,12 +102,7 @@ def test_make_run_does_the_whole_job(made):
     runs = all_runs()
     by_stage = {s: [r for r in runs if r.data.tags.get("stage") == s] for s in STAGES + ("grid",)}
     assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
-    assert {r.data.tags["technique"] for r in by_stage["pretrain"]} == {
-        "class_balanced",
-        "fused_text",
-        "meta_only",
-        "meta_only+class_balanced",
-    }
+    assert {r.data.tags["technique"] for r in by_stage["pretrain"]} == {"class_balanced", "fused_text", "meta_only"}
     assert {r.data.tags["technique"] for r in by_stage["finetune"]} == {
         "imprint_balanced",
         "fused_text",
@@ -117,7 +112,7 @@ def test_make_run_does_the_whole_job(made):
     # main.yaml's ensembles joined the grid, so the report compares them with their members
     grid_id = by_stage["grid"][0].info.run_id
     ensembles = [r for r in runs if r.data.tags.get("ensemble_of")]
-    assert len(ensembles) == 2 and all(r.data.tags["mlflow.parentRunId"] == grid_id for r in ensembles)
+    assert len(ensembles) == 1 and all(r.data.tags["mlflow.parentRunId"] == grid_id for r in ensembles)
     assert "meta_only+imprint_balanced" in (path / "report" / "summary_finetune.csv").read_text()
     assert len(by_stage["prepare"]) == len(by_stage["grid"]) == len(by_stage["compare"]) == 1
     # The run `mlflow run . -e main` opened is the job's own, main/<profile>: prepare, grid and compare nest under it
@@ -144,7 +139,7 @@ def test_every_training_run_logs_its_dataset_and_the_experiment_is_model_develop
     from mlflow.tracking import MlflowClient
 
     runs = [r for r in all_runs() if r.data.tags.get("stage") in ("prepare", "pretrain", "finetune")]
-    assert len(runs) == 9  # prepare, 6 techniques, 2 ensembles
+    assert len(runs) == 8  # prepare, 6 techniques, the finetune ensemble
     for r in runs:
         inputs = r.inputs.dataset_inputs
         assert [d.dataset.name for d in inputs] == ["fashion-mini"], r.info.run_name
@@ -507,10 +502,7 @@ def test_main_yaml_ensembles_are_pairs_and_a_pair_without_its_runs_is_skipped(tm
     from fashion_core.config.checks import ConfigError
     from fashion_core.grid.main_job import load_main_ensembles, load_main_techniques, run_main_ensembles
 
-    assert load_main_ensembles(EXPERIMENTS) == [
-        ("pretrain", "meta_only", "class_balanced"),
-        ("finetune", "meta_only", "imprint_balanced"),
-    ]
+    assert load_main_ensembles(EXPERIMENTS) == [("finetune", "meta_only", "imprint_balanced")]
     (tmp_path / "main.yaml").write_text("pretrain: [meta_only]\nensembles:\n  finetune: [[meta_only]]\n")
     assert load_main_techniques(tmp_path) == ["pretrain/meta_only"]
     with pytest.raises(ConfigError, match="pair"):
