@@ -139,7 +139,7 @@ def test_the_project_techniques_compose():
     assert technique_raw(EXP / "pretrain" / "fused_text_film.yaml")["fusion"]["mode"] == "film"
     ft = load_experiment(EXP / "finetune" / "fused_text.yaml", stage="finetune")
     pt = load_experiment(EXP / "pretrain" / "fused_text.yaml", stage="pretrain")
-    assert ft.fusion == pt.fusion and ft.loss == pt.loss and ft.train.epochs == 10
+    assert ft.fusion == pt.fusion and ft.loss == pt.loss and ft.train.epochs == 15
     zs = load_experiment(EXP / "finetune" / "zeroshot.yaml", stage="finetune")
     assert zs.zeroshot.enabled and zs.zeroshot.fold_by == "subCategory" and zs.transfer.method == "scratch"
     assert zs.fusion == load_experiment(EXP / "finetune" / "meta_only.yaml", stage="finetune").fusion
