@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers.data import make_dataset, real_data_path
 from tests.helpers.store import isolate, module_store
+from tests.helpers.zeroshot import concept_store, make_zs_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a run may leave in the checkout: the caches of Python, pytest and the lint tools (a `make lint` alongside).
@@ -114,3 +115,16 @@ def writes_nothing_in_the_checkout():
     after = _git_status()
     if before is not None and after is not None and after - before:
         pytest.fail(f"the test run changed the checkout {ROOT}: {sorted(after - before)[:20]}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def zs_data(tmp_path_factory) -> Path:
+    """A catalogue with unseen classes (``tests.helpers.zeroshot.make_zs_dataset``), one per test module."""
+    return make_zs_dataset(tmp_path_factory.mktemp("zs") / "catalogue")
+
+
+@pytest.fixture(scope="module")
+def zs_store(tmp_path_factory):
+    """The module's store, with a tiny stand-in for the packaged sentence encoder."""
+    with concept_store(tmp_path_factory, "zs-store") as path:
+        yield path

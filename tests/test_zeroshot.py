@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,20 +15,7 @@ from fashion_core.zeroshot.calibration import class_groups, pseudo_unseen_folds
 from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes, name_tokens
 from fashion_core.zeroshot.ranker import doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
 from tests.helpers.runs import run_data, run_table
-from tests.helpers.zeroshot import EXP, QUIET, UNSEEN, cfg, concept_store, make_zs_dataset
-
-
-@pytest.fixture(scope="module")
-def zs_data(tmp_path_factory) -> Path:
-    return make_zs_dataset(tmp_path_factory.mktemp("zs") / "catalogue")
-
-
-@pytest.fixture(scope="module")
-def zs_store(tmp_path_factory):
-    """The module's store, with a tiny stand-in for the packaged sentence encoder."""
-    with concept_store(tmp_path_factory, "zs-store") as path:
-        yield path
-
+from tests.helpers.zeroshot import EXP, QUIET, UNSEEN, cfg
 
 # ---------------------------------------------------------------- pieces
 

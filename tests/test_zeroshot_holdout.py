@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,7 @@ import pytest
 from fashion_core.config.checks import ConfigError
 from fashion_core.zeroshot.holdout import draw_holdout, eligible_classes, hold_out
 from tests.helpers.runs import run_data, run_table
-from tests.helpers.zeroshot import QUIET, SEEN, UNSEEN, cfg, concept_store, make_zs_dataset
+from tests.helpers.zeroshot import QUIET, SEEN, UNSEEN, cfg
 
 HELD = ("Ties", "Wallets")
 
@@ -68,22 +67,10 @@ def test_holdout_needs_the_zero_shot_model():
 
 
 @pytest.fixture(scope="module")
-def ho_data(tmp_path_factory) -> Path:
-    return make_zs_dataset(tmp_path_factory.mktemp("zs-holdout") / "catalogue")
-
-
-@pytest.fixture(scope="module")
-def ho_store(tmp_path_factory):
-    """The module's store, with a tiny stand-in for the packaged sentence encoder."""
-    with concept_store(tmp_path_factory, "zs-holdout-store") as path:
-        yield path
-
-
-@pytest.fixture(scope="module")
-def ho_run(ho_data, ho_store):
+def ho_run(zs_data, zs_store):
     from fashion_core.runners.stage import run_stage
 
-    return run_stage(cfg(**{"zeroshot.holdout_classes": HELD}), str(ho_data), **QUIET)
+    return run_stage(cfg(**{"zeroshot.holdout_classes": HELD}), str(zs_data), **QUIET)
 
 
 def test_held_out_classes_are_scored_as_unseen_beside_the_stage_own(ho_run, tmp_path):
@@ -104,7 +91,7 @@ def test_held_out_classes_are_scored_as_unseen_beside_the_stage_own(ho_run, tmp_
     assert m["n_classes_seen"] == len(SEEN) - len(HELD)  # Bags, the top class, is the pretrain stage's
 
 
-def test_no_row_of_a_held_out_class_but_test_enters_fitting(ho_run, ho_data, tmp_path):
+def test_no_row_of_a_held_out_class_but_test_enters_fitting(ho_run, zs_data, tmp_path):
     """Poison the held-out classes' training and validation rows (names, colours): the fit is unchanged."""
     from fashion_core.data.prepared import prepare_data
     from fashion_core.runners.zeroshot import run_zeroshot
@@ -112,7 +99,7 @@ def test_no_row_of_a_held_out_class_but_test_enters_fitting(ho_run, ho_data, tmp
     from fashion_core.tracking.runs import download_artifact
 
     c = cfg(**{"zeroshot.holdout_classes": HELD})
-    p = prepare_data(str(ho_data), c.data, log=lambda m: None)
+    p = prepare_data(str(zs_data), c.data, log=lambda m: None)
     fit_rows = p.splits["label"].isin(list(HELD)) & p.splits["split"].isin(["train", "val"])
     ids = p.splits.loc[fit_rows, "id"]
     assert len(ids) > 0
@@ -130,7 +117,7 @@ def test_no_row_of_a_held_out_class_but_test_enters_fitting(ho_run, ho_data, tmp
     assert np.array_equal(w1["coef"], w2["coef"])
 
 
-def test_a_deferred_holdout_run_is_evaluated_with_the_same_classes_held_out(ho_run, ho_data, monkeypatch):
+def test_a_deferred_holdout_run_is_evaluated_with_the_same_classes_held_out(ho_run, zs_data, monkeypatch):
     from fashion_core.runners.evaluate import evaluate_run
     from fashion_core.runners.stage import run_stage
     from fashion_core.tracking import runs as tracking
@@ -139,9 +126,9 @@ def test_a_deferred_holdout_run_is_evaluated_with_the_same_classes_held_out(ho_r
     with monkeypatch.context() as mp:
         mp.setattr("fashion_core.runners.zeroshot.scores_test", lambda cfg, members=None: False)
         deferred = run_stage(
-            cfg(**{"zeroshot.holdout_classes": HELD}), str(ho_data), experiment="deferred-holdout", **QUIET
+            cfg(**{"zeroshot.holdout_classes": HELD}), str(zs_data), experiment="deferred-holdout", **QUIET
         )
-    evaluate_run(deferred, str(ho_data), **QUIET)
+    evaluate_run(deferred, str(zs_data), **QUIET)
     a, b = run_data(ho_run).metrics, run_data(deferred).metrics
     keys = sorted(k for k in a if k.startswith("test_"))
     assert "test_top1_unseen_heldout_mean" in keys
