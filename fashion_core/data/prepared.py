@@ -9,7 +9,7 @@ import pandas as pd
 
 from fashion_core.config.schema import DataConfig
 from fashion_core.data.cache import ImageCache, build_cache
-from fashion_core.data.catalog import build_catalog, mark_undecodable, reason_counts
+from fashion_core.data.catalog import CatalogError, build_catalog, mark_undecodable, reason_counts
 from fashion_core.data.richmeta import DatasetLayout, detect_layout
 from fashion_core.data.sources import resolve_dataset
 from fashion_core.data.splits import SplitSummary, dataset_digest, make_splits, summarize_splits, top_classes
@@ -54,8 +54,6 @@ def prepare_data(data: str | None, cfg: DataConfig, workers: int | None = None, 
     if cache.failures:
         catalog = mark_undecodable(catalog, cache.failures)
     if not catalog["valid"].any():
-        from fashion_core.data.catalog import CatalogError
-
         raise CatalogError(f"no valid product in {root}: excluded {reason_counts(catalog)}")
     top = top_classes(catalog, cfg.top_k, cfg.rank_on)
     splits = make_splits(catalog, cfg)

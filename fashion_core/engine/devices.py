@@ -12,6 +12,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from fashion_core.config.checks import ConfigError
 from fashion_core.data.loader import TensorData
 
 
@@ -24,8 +25,6 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from fashion_core.config.checks import ConfigError
-
         raise ConfigError("train.device=cuda but no CUDA device is available; use auto or cpu")
     return torch.device(name)
 

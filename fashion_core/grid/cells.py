@@ -21,7 +21,14 @@ import pandas as pd
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, to_dict
 from fashion_core.data.prepared import prepare_data
-from fashion_core.grid.claims import CELL_KEY_TAG, CONTINUED_BY_TAG, CONTINUES_TAG, GRID_KEY_TAG, SESSION_TAG
+from fashion_core.grid.claims import (
+    CELL_KEY_TAG,
+    CONTINUED_BY_TAG,
+    CONTINUES_TAG,
+    GRID_KEY_TAG,
+    SESSION_TAG,
+    claim_cell,
+)
 from fashion_core.grid.claims import reopen as reopen_run
 from fashion_core.grid.executors import worker_place
 from fashion_core.grid.plan import IMAGE, STAGE_ORDER, GridTask, model_kind, needs_source
@@ -366,8 +373,6 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
             )
         claim, holder = None, None
         if cell.cell_key:
-            from fashion_core.grid.claims import claim_cell
-
             claim, holder = claim_cell(cell.experiment_id, cell.cell_key, lambda: _claim_run(cell), log)
         if holder is not None:  # another live grid runs this cell: the grid waits for it (grid.run_grid)
             log(f"  another grid is running this cell: run {holder}")

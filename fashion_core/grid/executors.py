@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from fashion_core.config.checks import ConfigError
 from fashion_core.grid.worker_pool import RestartingPool
 
 if TYPE_CHECKING:
@@ -112,8 +113,6 @@ def local_pool(
             n_gpus = torch.cuda.device_count()
         values = gpu_slots(n_gpus, gpus_per_cell)
         if not values:
-            from fashion_core.config.checks import ConfigError
-
             raise ConfigError(f"--gpus-per-cell {gpus_per_cell}: no GPU slot on this machine ({n_gpus} GPUs)")
         jobs = min(jobs, len(values))
     threads = threads_per_cell or max(1, (os.cpu_count() or 1) // jobs)
@@ -222,8 +221,6 @@ class RayExecutor(cf.Executor):
         try:
             import ray
         except ImportError:
-            from fashion_core.config.checks import ConfigError
-
             raise ConfigError("--ray needs the ray package: pip install 'fashion-grid[ray]'") from None
         import mlflow
 
@@ -253,8 +250,6 @@ class RayExecutor(cf.Executor):
                     configure_logging=True,
                 )
             except ConnectionError:  # no cluster at that address (a laptop, a first try): say how to get one
-                from fashion_core.config.checks import ConfigError
-
                 raise ConfigError(
                     f"--ray {address}: no running Ray cluster found; start one with `ray start --head` "
                     "(then --ray auto), give --ray HOST:PORT of a running one, or leave out --ray "

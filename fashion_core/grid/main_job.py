@@ -22,6 +22,7 @@ from typing import Any, cast
 import yaml
 
 from fashion_core.config.checks import STAGES, ConfigError
+from fashion_core.config.schema import describe
 from fashion_core.data.sources import check_data_spec, resolve_dataset
 
 # The cost figures live in run_costs (the grid's ETA uses them too); main_job's names as before.
@@ -32,6 +33,7 @@ from fashion_core.report.compare import run_compare
 from fashion_core.runners.ensemble import run_ensemble
 from fashion_core.runners.prepare import run_prepare
 from fashion_core.tracking import runs as tracking
+from fashion_core.tracking.store import store_line
 from fashion_core.tracking.versions import git_commit
 
 MAIN_FILE = "main.yaml"  # in the experiments folder
@@ -259,9 +261,6 @@ def run_main(
         + "; estimated from the measured figures in docs/"
     )
     if dry_run:
-        from fashion_core.config.schema import describe
-        from fashion_core.tracking.store import store_line
-
         for t in tasks:
             log("  " + describe(t.cfg))
         log(f"data: {data or os.environ.get('FASHION_DATA')} (exists)")

@@ -50,7 +50,7 @@ from fashion_core.grid.cells import (
 )
 from fashion_core.grid.claims import cell_key, finished_in, grid_key, holder_state, unfinished_grid
 from fashion_core.grid.eta import cell_costs
-from fashion_core.grid.executors import InlineExecutor, RayExecutor, local_pool
+from fashion_core.grid.executors import InlineExecutor, RayExecutor, local_pool, stop_pool
 from fashion_core.grid.plan import IMAGE, GridTask, config_hash, model_kind, needs_source, pick_best_pretrain
 from fashion_core.grid.status import GridStatus
 from fashion_core.tracking import heartbeat
@@ -465,7 +465,6 @@ class _GridLoop:
 
     def finish(self, status_: str) -> tuple[pd.DataFrame, float, pd.DataFrame]:
         """Stop the executor (at once unless every cell ended), finish the parent run; its runs, seconds, rankings."""
-        from fashion_core.grid.executors import stop_pool
 
         if status_ == "FINISHED" or self.inline:
             self.executor.shutdown(wait=True)

@@ -30,13 +30,15 @@ import pandas as pd
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig
-from fashion_core.data.prepared import prepare_data
+from fashion_core.data.prepared import prepare_data, without_test
 from fashion_core.data.stage import build_stage_data
 from fashion_core.engine.devices import pick_device
 from fashion_core.engine.train import predict_scores
 from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
+from fashion_core.fusion.metadata_only import class_scores, features
 from fashion_core.fusion.modules import FusedNet
 from fashion_core.fusion.plan import stage_rows
+from fashion_core.runners.metadata_only import load_metadata_baseline
 from fashion_core.runners.prepare import log_dataset_input
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.references import load_run_model, resolve_model_uri
@@ -102,9 +104,6 @@ def _member_scores(run, p, stage: str, sd, splits=("val", "test")) -> dict:
 
     run_id = run.info.run_id
     if run.data.tags.get("baseline") == "metadata_only":
-        from fashion_core.fusion.metadata_only import class_scores, features
-        from fashion_core.runners.metadata_only import load_metadata_baseline
-
         clf, vocab, classes = load_metadata_baseline(run_id)
         out = {}
         for split in splits:
@@ -249,8 +248,6 @@ def run_ensemble(
     p = prepared or prepare_data(data, base.data, log=log)
     selection = not scores_test(base, [r.data.tags for r in runs])
     if selection:  # the weight of a selection run is chosen, and the run ends, without a test row in memory
-        from fashion_core.data.prepared import without_test
-
         p_rows = without_test(p)
     else:
         p_rows = p

@@ -31,6 +31,7 @@ import pandas as pd
 
 from fashion_core.config.checks import LOGREG_C_GRID, ConfigError
 from fashion_core.config.schema import ExperimentConfig, to_dict
+from fashion_core.data.prepared import without_test
 from fashion_core.data.stage import build_stage_data
 from fashion_core.evaluation.scoring import class_mean_accuracy, topk_predictions
 from fashion_core.fusion.encoders import TEXT_FIELD, MetaVocab
@@ -86,8 +87,6 @@ def run_metadata_baseline(
     t_start = time.perf_counter()
     selection = not scores_test(cfg)
     if selection:  # a selection run never gathers a test row: `fashion evaluate` scores it later, once
-        from fashion_core.data.prepared import without_test
-
         p_rows = without_test(p)
     else:
         p_rows = p

@@ -24,10 +24,11 @@ from fashion_core.engine.train import load_error
 from fashion_core.fusion.encoders import TEXT_FIELD
 from fashion_core.fusion.metadata_only import STATE_ARTIFACT as BASELINE_STATE
 from fashion_core.fusion.metadata_only import WEIGHTS_ARTIFACT as BASELINE_WEIGHTS
+from fashion_core.fusion.metadata_only import baseline_from_folder, class_scores, features
 from fashion_core.fusion.modules import reads_metadata
-from fashion_core.tracking.references import load_run_model, resolve_model_uri
+from fashion_core.tracking.references import load_run_model, model_from_checkpoint, resolve_model_uri
 from fashion_core.tracking.runs import _quiet_mlflow, download_artifact
-from fashion_core.zeroshot.head import HEAD_FILE
+from fashion_core.zeroshot.head import HEAD_FILE, ZeroShotHead
 
 
 class ProductInputError(ValueError):
@@ -150,15 +151,11 @@ class ProductModel:
         folder = Path(folder)
         try:
             if (folder / "model.json").is_file():
-                from fashion_core.tracking.references import model_from_checkpoint
-
                 meta = json.loads((folder / "model.json").read_text())
                 state = torch.load(folder / "model_state.pt", map_location="cpu", weights_only=True)
                 net = model_from_checkpoint(meta, state).eval()
                 vocab = net.vocab if reads_metadata(net) else None
                 return cls(meta["classes"], meta["height"], meta["width"], net=net, vocab=vocab)
-            from fashion_core.fusion.metadata_only import baseline_from_folder
-            from fashion_core.zeroshot.head import HEAD_FILE, ZeroShotHead
 
             clf, vocab, classes = baseline_from_folder(folder)
             head = folder / HEAD_FILE
@@ -210,8 +207,6 @@ class ProductModel:
         rows = frame.reset_index(drop=True)
         self.check_columns(rows)
         if self.net is None:
-            from fashion_core.fusion.metadata_only import class_scores, features
-
             scores = class_scores(self.logreg, features(self.vocab, rows), len(self.classes))
             if self.zeroshot is not None:
                 scores = self.zeroshot.scores(scores, rows[_text_field()])

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
+from fashion_core.config.checks import ConfigError
+
 INTERVAL_ENV = "FASHION_HEARTBEAT_S"
 DEFAULT_INTERVAL = 60.0
 # A beat can be late by a busy database or a loaded machine; five missed ones are a dead process, not a slow one.
@@ -45,8 +47,6 @@ def interval() -> float:
     except ValueError:
         value = -1.0
     if not value > 0:
-        from fashion_core.config.checks import ConfigError
-
         raise ConfigError(f"{INTERVAL_ENV}={text!r}: expected a positive number of seconds, e.g. 60")
     return value
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, flatten, load_experiment, to_dict
 from fashion_core.data.prepared import prepare_data, without_test
+from fashion_core.models.network import transfer_policy
 from fashion_core.runners.stage import run_stage
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.references import load_run_model, resolve_source
@@ -217,8 +218,6 @@ def run_tune(
     src_run, src_model = None, None
     split_tags: dict = {}
     if space.stage == "finetune":
-        from fashion_core.models.network import transfer_policy
-
         if transfer_policy(base.transfer.method).pretrained:
             src_run = resolve_source(source or "latest", experiment)
             split_tags = check_source_split(src_run, p.digest, base.data, allow_split_mismatch)

@@ -147,7 +147,6 @@ def calibrate(
             x_train[np.flatnonzero(keep)], fold_phi_train, y_train[keep], n_classes, c, class_weight, seed
         )
         pseudo_seen = np.setdiff1d(np.unique(y_val), held)
-        from fashion_core.fusion.metadata_only import class_scores
 
         nov = doubt(class_scores(models.clf, x_val, n_classes), models.seen)
         for mix in MIXES:
