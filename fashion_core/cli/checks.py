@@ -75,15 +75,6 @@ def check_source(spec: str, experiment: str | None = None) -> str:
     return resolve_source(spec, experiment)
 
 
-def check_model(spec: str) -> str:
-    """``--model``: the run behind it, checked before any image is read."""
-    check_reference_form(spec, "--model")
-    require_store(f"model for --model {spec}")
-    from fashion_core.tracking.references import resolve_model_uri
-
-    return resolve_model_uri(spec)
-
-
 def dry_run(
     cfgs: Sequence[Any],
     data: str | None,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -347,10 +346,6 @@ def _write_rows(fd: int, rows: np.ndarray, arr: np.ndarray, row_bytes: int) -> N
             done = os.pwrite(fd, view, offset)
             view, offset = view[done:], offset + done
         start = end
-
-
-def remove_cache(folder: str | Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

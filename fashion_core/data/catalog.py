@@ -70,15 +70,6 @@ def read_styles(path: str | Path) -> pd.DataFrame:
     return df[list(COLUMNS)].apply(lambda s: s.str.strip())
 
 
-def find_image(images_dir: Path, pid: str) -> Path | None:
-    """The image file of a product id (``<id>.jpg``, any case or common extension)."""
-    for ext in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG"):
-        p = images_dir / f"{pid}{ext}"
-        if p.is_file():
-            return p
-    return None
-
-
 def build_catalog(root: str | Path) -> pd.DataFrame:
     """The Catalog of a dataset folder: every row of styles.csv, typed, with image path and validity.
 

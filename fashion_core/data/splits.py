@@ -34,7 +34,6 @@ from fashion_core.data.cache import catalog_cache_key
 from fashion_core.data.catalog import LABEL
 from fashion_core.data.richmeta import RICH_FIELDS
 
-SPLITS = ("train", "val", "test", "excluded")
 SUBSETS = ("pretrain", "finetune")
 
 

@@ -475,7 +475,3 @@ def load_error(e: Exception) -> str:
 def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint written by ``fit``; loaded with weights_only=True (no arbitrary unpickling)."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})

@@ -119,14 +119,6 @@ def class_mean_replicates(
     return M.bootstrap_class_mean_replicates(labels, top5, np.flatnonzero(evaluated), n_boot=N_BOOT, seed=seed)
 
 
-def class_mean_interval(
-    per_class_classes: Sequence[str], evaluated: np.ndarray, preds: pd.DataFrame, seed: int = 0
-) -> dict[str, tuple[float, float]]:
-    """95 % stratified-bootstrap interval of the class-mean top-1/top-5 from a predictions table."""
-    reps = class_mean_replicates(per_class_classes, evaluated, preds, seed)
-    return {k: M.percentile_interval(v) for k, v in reps.items()}
-
-
 def evaluate_run(run, folder: str | Path, config: str = "") -> RunEval:
     """Download a run's ``eval/`` tables and recompute its per-class numbers from ``predictions.csv``."""
     run_id = run.info.run_id

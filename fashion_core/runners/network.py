@@ -43,7 +43,6 @@ from fashion_core.tracking.runs import run_name
 from fashion_core.tracking.split_check import check_source_split
 from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
-REGISTERED_PRETRAIN = "fashion-pretrain"
 LAST_ARTIFACT = "checkpoint/last.pt"
 
 
