@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fashion_core.config.checks import ConfigError
-from fashion_core.zeroshot.holdout import draw_holdout, eligible_classes, hold_out
+from fashion_core.zeroshot.holdout import draw_holdout, eligible_classes, held_out_summary, hold_out
 from tests.helpers.runs import run_data, run_table
 from tests.helpers.zeroshot import QUIET, SEEN, UNSEEN, cfg
 
@@ -149,3 +149,27 @@ def test_compare_shows_the_held_out_u_beside_the_stage_own(ho_run, tmp_path):
     # another benchmark (fewer seen classes): never the stage's best, not paired against it
     pairs = res.tables.paired["finetune"]
     assert "zeroshot" not in set(pairs["a"]) | set(pairs["b"])
+
+
+def test_held_out_summary_scores_the_drawn_classes_apart_from_the_stage_own_unseen():
+    # seen A, B (0.8, 0.6); drawn H1, H2 (no train rows in the benchmark run: 0.5, 0.3); the stage's own unseen
+    # N (0.1); a class without test images (Z) counts nowhere
+    table = pd.DataFrame(
+        {
+            "class": ["A", "B", "H1", "H2", "N", "Z"],
+            "n_train": [10, 5, 0, 0, 0, 3],
+            "n_test": [4, 2, 3, 1, 2, 0],
+            "top1": [0.8, 0.6, 0.5, 0.3, 0.1, np.nan],
+            "top5": [1.0, 1.0, 0.9, 0.7, 0.4, np.nan],
+        }
+    )
+    out = held_out_summary(table, ["H1", "H2"])
+    s, u = 0.7, 0.4
+    assert out["top1_unseen_heldout_mean"] == pytest.approx(u)
+    assert out["top1_harmonic_heldout"] == pytest.approx(2 * s * u / (s + u))
+    assert out["n_classes_heldout"] == 2
+    assert out["top1_unseen_native_mean"] == pytest.approx(0.1)
+    assert out["n_classes_unseen_native"] == 1
+    assert held_out_summary(table, []) == {}
+    # no stage-own unseen class: no native figure
+    assert "top1_unseen_native_mean" not in held_out_summary(table[table["class"] != "N"], ["H1", "H2"])

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fashion_core.config.checks import ConfigError
+from fashion_core.evaluation.metrics import gzsl_summary
 
 HOLDOUT_TAG = "zs_holdout_classes"  # run tag: the held-out classes, comma-separated
 
@@ -113,22 +114,22 @@ def holdout_of(p, zeroshot: dict, stage: str):
 
 def held_out_summary(table: pd.DataFrame, held: Sequence[str]) -> dict[str, float | int]:
     """U and H over the held-out classes alone, and U over the stage's own unseen classes (a per-class table with
-    ``class, n_train, n_test, top1``); empty when nothing is held out."""
+    ``class, n_train, n_test, top1, top5``); empty when nothing is held out.
+
+    Both are :func:`gzsl_summary` on part of the table: the held-out classes beside the seen ones (so they are the
+    only unseen classes), and the table without them (so the stage's own unseen classes are).
+    """
     if not len(held):
         return {}
-    has_test = table["n_test"].to_numpy() > 0
-    acc = np.nan_to_num(table["top1"].to_numpy(dtype=np.float64), nan=0.0)
-    drawn = has_test & table["class"].isin(list(held)).to_numpy()
-    seen = has_test & (table["n_train"].to_numpy() > 0)
-    native = has_test & ~seen & ~drawn
-    s = float(acc[seen].mean()) if seen.any() else float("nan")
-    u = float(acc[drawn].mean()) if drawn.any() else float("nan")
+    drawn = table["class"].isin(list(held)).to_numpy()
+    ours = gzsl_summary(table.assign(n_train=np.where(drawn, 0, table["n_train"]))[drawn | (table["n_train"] > 0)])
     out: dict[str, float | int] = {
-        "top1_unseen_heldout_mean": u,
-        "top1_harmonic_heldout": 2 * s * u / (s + u) if s + u > 0 else 0.0,
-        "n_classes_heldout": int(drawn.sum()),
+        "top1_unseen_heldout_mean": ours["top1_unseen_mean"],
+        "top1_harmonic_heldout": ours["top1_harmonic"],
+        "n_classes_heldout": ours["n_classes_unseen"],
     }
-    if native.any():
-        out["top1_unseen_native_mean"] = float(acc[native].mean())
-        out["n_classes_unseen_native"] = int(native.sum())
+    native = gzsl_summary(table[~drawn])
+    if native["n_classes_unseen"]:
+        out["top1_unseen_native_mean"] = native["top1_unseen_mean"]
+        out["n_classes_unseen_native"] = native["n_classes_unseen"]
     return out
