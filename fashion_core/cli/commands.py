@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import click
 
-# The shared options live in cli_options; callers and tests import them from here too.
 from fashion_core.cli.options import (
     DATA_HELP,
     PROFILE_HELP,
