@@ -30,8 +30,17 @@ from fashion_core.config.schema import DataConfig
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-def main() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Show only warnings and errors (no progress lines).")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool) -> None:
     """fashion-grid: transfer learning on a fashion catalogue, tracked in MLflow, tuned with Optuna."""
+    import logging
+
+    from fashion_core.engine.console import console
+
+    # The library's messages (module loggers) are shown by this command only: the bare text, INFO on stdout,
+    # warnings on stderr, until the command ends.
+    ctx.with_resource(console(logging.WARNING if quiet else logging.INFO))
 
 
 @main.command()

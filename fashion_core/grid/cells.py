@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 import traceback
@@ -21,6 +22,7 @@ import pandas as pd
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, to_dict
 from fashion_core.data.prepared import prepare_data
+from fashion_core.engine.console import console
 from fashion_core.grid.claims import CELL_KEY_TAG, CONTINUED_BY_TAG, CONTINUES_TAG, GRID_KEY_TAG, SESSION_TAG
 from fashion_core.grid.claims import reopen as reopen_run
 from fashion_core.grid.executors import worker_place
@@ -34,6 +36,8 @@ from fashion_core.tracking.versions import git_commit
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
+
+logger = logging.getLogger(__name__)
 
 RUNS_ARTIFACT = tracking.GRID_RUNS_ARTIFACT
 SOURCE_ARTIFACT = "grid/source.json"
@@ -349,11 +353,9 @@ def _claim_run(cell: Cell) -> str:
 def run_cell(cell: Cell, prepared=None, log=None) -> dict:
     """Run one cell as a child run of the grid (or record its failure); returns its row of ``RUN_COLUMNS``."""
     task, place = cell.task, worker_place()
-    if log is None:  # a worker: every line says which cell it is about (each line of a message)
-
-        def log(message: str, _name=task.name) -> None:
-            print("\n".join(f"[{_name}] {line}" for line in str(message).split("\n")), flush=True)
-
+    if log is None:  # a worker: the package's messages on its stdout, every line saying which cell it is about
+        with console(prefix=f"[{task.name}] "):
+            return run_cell(cell, prepared, logger.info)
     t1 = time.perf_counter()
     try:
         earlier = _close_dead_attempts(cell)
