@@ -197,7 +197,7 @@ def jobs_part(
 
     tasks = pick_cells(plan_grid(EXPERIMENTS, techniques, seeds=[0], profile=profile, overrides=overrides), cells)
     log(f"{len(tasks)} cells: {', '.join(t.name for t in tasks)}")
-    prepare_data(data, tasks[0].cfg.data, log=log)  # the image cache is built before either timing starts
+    prepare_data(data, tasks[0].cfg.data)  # the image cache is built before either timing starts
     threads = threads or os.cpu_count() or 1
     seq_name, par_name = f"sequential, {threads} threads", f"--jobs {jobs}, 1 thread per cell"
     arms = Arms(log)
@@ -280,7 +280,7 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
     tasks = plan_grid(
         EXPERIMENTS, [technique], seeds=list(range(cells)), profile="smoke", overrides={**RAY_OVERRIDES, **overrides}
     )
-    prepare_data(data, tasks[0].cfg.data, log=log)  # the image cache is built before either timing starts
+    prepare_data(data, tasks[0].cfg.data)  # the image cache is built before either timing starts
     ray_name, one_name = "Ray, 2 nodes x 1 CPU", "one process, 1 thread"
     parts = (
         [tasks[: (len(tasks) + 1) // 2], tasks[(len(tasks) + 1) // 2 :]] if interleave and len(tasks) > 1 else [tasks]

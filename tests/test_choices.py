@@ -49,7 +49,7 @@ def test_no_test_label_enters_the_epoch_or_the_regularisation_a_run_keeps(techni
     from fashion_core.runners.stage import run_stage
 
     c = cfg(technique)
-    p = prepare_data(str(dataset), c.data, log=lambda m: None)
+    p = prepare_data(str(dataset), c.data)
     clean = run_stage(c, str(dataset), prepared=p, register=False, **QUIET)
     poisoned = run_stage(c, str(dataset), prepared=_poisoned(p), register=False, **QUIET)
     a, b = (MlflowClient().get_run(r).data.metrics for r in (clean, poisoned))

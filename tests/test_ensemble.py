@@ -138,7 +138,7 @@ def test_no_test_label_enters_the_weight_choice(members, dataset, isolated_modul
 
     image, meta = members
     clean = run_ensemble([image, meta], str(dataset), **QUIET)
-    p = prepare_data(str(dataset), cfg("pretrain", "baseline").data, log=lambda m: None)
+    p = prepare_data(str(dataset), cfg("pretrain", "baseline").data)
     splits = p.splits.copy()
     test = (splits["split"] == "test") & (splits["subset"] == "pretrain")
     # a derangement of the test labels among the stage's classes: every test label is wrong now

@@ -351,7 +351,7 @@ def test_vocabularies_come_from_the_train_split_only(tmp_path, monkeypatch):
     with open(root / "styles.csv", "a") as f:  # a test-year (odd) product with values no training row has
         f.write("1900,Girls,Apparel,Dress,C0,Magenta,Spring,2013,Party,Tiny Girls Magenta Party Dress\n")
     (root / "images" / "1900.jpg").write_bytes((root / "images" / "1000.jpg").read_bytes())
-    p = prepare_data(str(root), cfg("pretrain", "fused_text").data, log=lambda m: None)
+    p = prepare_data(str(root), cfg("pretrain", "fused_text").data)
     _, plan = plan_stage(cfg("pretrain", "fused_text_aux"), p, None, log=lambda m: None)
     cats = {v.field: v.values for v in plan.vocab.categorical}
     assert cats["baseColour"] == ("Blue",) and cats["usage"] == ("Casual", "NA") and "Girls" not in cats["gender"]
@@ -447,7 +447,7 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
     from fashion_core.data.prepared import prepare_data
     from fashion_core.fusion.plan import stage_rows
 
-    p = prepare_data(str(dataset), cfg("pretrain", "meta_only").data, log=lambda m: None)
+    p = prepare_data(str(dataset), cfg("pretrain", "meta_only").data)
     test = preds.head(5)
     top1 = class_scores(clf, features(vocab, stage_rows(p, test["id"])), len(classes)).argmax(1)
     assert [classes[i] for i in top1] == test["pred1"].tolist()
@@ -475,6 +475,6 @@ def test_leaky_configs_are_tagged(fused_pretrain, dataset):
     source = load_run_model(fused_pretrain)
     source[1]["fusion"]["leaky_fields"] = ["subCategory"]  # as a leaky pretrain run's model.json says
     source[1]["fused"]["vocab"]["categorical"]["subCategory"] = ["Topwear"]
-    p = prepare_data(str(dataset), cfg("finetune", "ncm").data, log=lambda m: None)
+    p = prepare_data(str(dataset), cfg("finetune", "ncm").data)
     adopted, plan = plan_stage(cfg("finetune", "ncm"), p, source, log=lambda m: None)
     assert adopted.fusion.leaky and adopted.fusion.mode == "late" and plan.vocab is not None

@@ -246,7 +246,7 @@ def test_objective_never_touches_the_test_split(dataset, store, tmp_path):
     from fashion_core.tuning.study import Objective
 
     sp = focal()
-    p = prepare_data(str(dataset), base_config(sp, "smoke", FAST).data, log=quiet)
+    p = prepare_data(str(dataset), base_config(sp, "smoke", FAST).data)
     test = p.splits[p.splits["split"] == "test"]
     assert len(test)
     # Poison the test split: its images may not be gathered, and its labels are nonsense.

@@ -190,7 +190,7 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     from fashion_core.runners.zeroshot import run_zeroshot
 
     c = cfg()
-    p = prepare_data(str(zs_data), c.data, log=lambda m: None)
+    p = prepare_data(str(zs_data), c.data)
     splits = p.splits.copy()
     test = (splits["split"] == "test") & (splits["subset"] == "finetune")
     splits.loc[test, "label"] = np.random.default_rng(1).permutation(splits.loc[test, "label"].to_numpy())

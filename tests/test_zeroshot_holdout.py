@@ -99,7 +99,7 @@ def test_no_row_of_a_held_out_class_but_test_enters_fitting(ho_run, zs_data, tmp
     from fashion_core.tracking.runs import download_artifact
 
     c = cfg(**{"zeroshot.holdout_classes": HELD})
-    p = prepare_data(str(zs_data), c.data, log=lambda m: None)
+    p = prepare_data(str(zs_data), c.data)
     fit_rows = p.splits["label"].isin(list(HELD)) & p.splits["split"].isin(["train", "val"])
     ids = p.splits.loc[fit_rows, "id"]
     assert len(ids) > 0

@@ -123,7 +123,7 @@ def test_no_test_label_enters_the_text_map_or_calibration(runs, text_data, tmp_p
     from fashion_core.tracking.runs import download_artifact
 
     c = cfg(**TEXT)
-    p = prepare_data(str(text_data), c.data, log=lambda m: None)
+    p = prepare_data(str(text_data), c.data)
     splits = p.splits.copy()
     test = (splits["split"] == "test") & (splits["subset"] == "finetune")
     splits.loc[test, "label"] = np.random.default_rng(1).permutation(splits.loc[test, "label"].to_numpy())

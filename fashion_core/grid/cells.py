@@ -291,7 +291,7 @@ _PREPARED: dict[tuple, Any] = {}  # per worker process: the data is prepared (th
 def _prepared_for(cell: Cell, log):
     key = (cell.data, json.dumps(to_dict(cell.task.cfg.data), sort_keys=True))
     if key not in _PREPARED:
-        _PREPARED[key] = prepare_data(cell.data, cell.task.cfg.data, log=log)
+        _PREPARED[key] = prepare_data(cell.data, cell.task.cfg.data)
     return _PREPARED[key]
 
 

@@ -270,7 +270,7 @@ def run_main(
         return None
     client = MlflowClient()
     # under `mlflow run` the experiment is the launched run's (set_experiment reads it before it is adopted)
-    exp_id = tracking.set_experiment(experiment or tracking.experiment_name_for(resolve_dataset(data, progress=log)))
+    exp_id = tracking.set_experiment(experiment or tracking.experiment_name_for(resolve_dataset(data)))
     exp_name = client.get_experiment(exp_id).name
     main_run = start_main_run(exp_id, chosen, [f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks])
     log(f"main job run {main_run} (main/{chosen}): prepare, grid and compare nest under it")

@@ -132,7 +132,7 @@ def run_grid(
     if not tasks:
         raise ConfigError("the grid has no technique to run")
     t0 = time.perf_counter()
-    prepared = prepare_data(data, tasks[0].cfg.data, log=log)
+    prepared = prepare_data(data, tasks[0].cfg.data)
     experiment_id = tracking.set_experiment(experiment or tracking.experiment_name_for(prepared.root))
     exp_name = mlflow_client().get_experiment(experiment_id).name  # under `mlflow run`, the launched run's experiment
     fixed = resolve_source(source, exp_name) if source else None  # a bad --from fails before any run

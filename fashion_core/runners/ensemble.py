@@ -246,7 +246,7 @@ def run_ensemble(
         nets = [c for r, c in zip(runs, configs) if r.data.tags.get("baseline") != "metadata_only"] or configs
         seed = int((nets[0].get("train") or {}).get("seed", 0))
     base = ExperimentConfig(stage=stage).replace(**{f"data.{k}": v for k, v in configs[0]["data"].items()})
-    p = prepared or prepare_data(data, base.data, log=log)
+    p = prepared or prepare_data(data, base.data)
     selection = not scores_test(base, [r.data.tags for r in runs])
     if selection:  # the weight of a selection run is chosen, and the run ends, without a test row in memory
         from fashion_core.data.prepared import without_test

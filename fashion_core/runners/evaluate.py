@@ -146,7 +146,7 @@ def evaluate_run(spec: str, data: str | None, *, device: str = "auto", log=print
         )
     config = _run_config(run_id)
     base = ExperimentConfig(stage=stage).replace(**{f"data.{k}": v for k, v in (config.get("data") or {}).items()})
-    p = prepare_data(data, base.data, log=log)
+    p = prepare_data(data, base.data)
     if p.digest != t.get("dataset_digest"):
         raise ConfigError(
             f"--data gives dataset digest {p.digest}, run {run_id} was trained on "

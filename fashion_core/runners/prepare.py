@@ -116,7 +116,7 @@ def run_prepare(
     import mlflow
 
     t0 = time.perf_counter()
-    p = prepare_data(data, cfg, workers=workers, log=log)
+    p = prepare_data(data, cfg, workers=workers)
     tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
     with tracking.start_run(
         "prepare",

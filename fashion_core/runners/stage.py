@@ -69,7 +69,7 @@ def run_stage(
     if not env.is_main:
         log = _quiet
     # Under torchrun rank 0 builds the image cache first; the other ranks then reuse it.
-    p = prepared or env.rank0_first(lambda: prepare_data(data, cfg.data, log=log))
+    p = prepared or env.rank0_first(lambda: prepare_data(data, cfg.data))
     if env.is_main:
         tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
     runner = runner_of(cfg)

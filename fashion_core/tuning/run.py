@@ -211,7 +211,7 @@ def run_tune(
     if base.fusion.mode == "metadata_only":
         raise ConfigError(f"{space.base_path}: the metadata-only baseline trains no network; nothing to tune here")
     check_space_config(space, base)
-    p = prepared or prepare_data(data, base.data, log=log)
+    p = prepared or prepare_data(data, base.data)
     experiment = experiment or tracking.experiment_name_for(p.root)
     tracking.set_experiment(experiment)
     src_run, src_model = None, None
