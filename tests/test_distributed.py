@@ -58,7 +58,6 @@ def run_fit(env: DistEnv | None, epochs: int = 4) -> list[dict]:
         [{"params": list(model.parameters())}],
         cfg,
         torch.device("cpu"),
-        log=lambda m: None,
         dist=env,
     )
     return res.history

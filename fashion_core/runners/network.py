@@ -430,7 +430,6 @@ def run_network(
                     on_epoch=(lambda e, m: tracking.log_metrics(m, step=e)) if main else None,
                     checkpoint_path=ckpt_path,
                     resume=resume_state,
-                    log=log,
                     dist=env,
                 )
             if not main:

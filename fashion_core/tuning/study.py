@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, flatten, to_dict
 from fashion_core.data.stage import build_stage_data
+from fashion_core.engine.console import prefixed
 from fashion_core.engine.devices import pick_device
 from fashion_core.engine.train import evaluate, fit
+from fashion_core.engine.train import logger as train_logger
 from fashion_core.fusion.modules import param_groups
 from fashion_core.fusion.plan import plan_stage
 from fashion_core.losses import build_criterion
@@ -265,18 +267,8 @@ class Objective:
                 )
 
         groups = param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
-        prefix = f"trial {trial.number}: "
-        result = fit(
-            model,
-            sd.train,
-            sd.val,
-            criterion,
-            groups,
-            cfg.train,
-            device,
-            on_epoch=on_epoch,
-            log=lambda m: self.log(prefix + m),
-        )
+        with prefixed(f"trial {trial.number}: ", train_logger):  # the epoch lines say which trial they are of
+            result = fit(model, sd.train, sd.val, criterion, groups, cfg.train, device, on_epoch=on_epoch)
         best = result.history[result.best_epoch - 1] if result.best_epoch else {}
         value = float(result.best_val if key == "val_top1_mean" else best.get(key, float("nan")))
         tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history), "objective": value})
