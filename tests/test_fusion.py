@@ -352,7 +352,7 @@ def test_vocabularies_come_from_the_train_split_only(tmp_path, monkeypatch):
         f.write("1900,Girls,Apparel,Dress,C0,Magenta,Spring,2013,Party,Tiny Girls Magenta Party Dress\n")
     (root / "images" / "1900.jpg").write_bytes((root / "images" / "1000.jpg").read_bytes())
     p = prepare_data(str(root), cfg("pretrain", "fused_text").data)
-    _, plan = plan_stage(cfg("pretrain", "fused_text_aux"), p, None, log=lambda m: None)
+    _, plan = plan_stage(cfg("pretrain", "fused_text_aux"), p, None)
     cats = {v.field: v.values for v in plan.vocab.categorical}
     assert cats["baseColour"] == ("Blue",) and cats["usage"] == ("Casual", "NA") and "Girls" not in cats["gender"]
     assert plan.aux["aux_sub"] == ("Topwear",)
@@ -476,5 +476,5 @@ def test_leaky_configs_are_tagged(fused_pretrain, dataset):
     source[1]["fusion"]["leaky_fields"] = ["subCategory"]  # as a leaky pretrain run's model.json says
     source[1]["fused"]["vocab"]["categorical"]["subCategory"] = ["Topwear"]
     p = prepare_data(str(dataset), cfg("finetune", "ncm").data)
-    adopted, plan = plan_stage(cfg("finetune", "ncm"), p, source, log=lambda m: None)
+    adopted, plan = plan_stage(cfg("finetune", "ncm"), p, source)
     assert adopted.fusion.leaky and adopted.fusion.mode == "late" and plan.vocab is not None

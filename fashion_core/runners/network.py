@@ -371,7 +371,7 @@ def run_network(
     if not main:
         log = _quiet
     cfg, src_run, src_model, split_tags = _source_of(cfg, p, source, experiment, allow_split_mismatch, env)
-    cfg, plan = plan_stage(cfg, p, src_model, log)  # metadata encoders and auxiliary heads, if any
+    cfg, plan = plan_stage(cfg, p, src_model)  # metadata encoders and auxiliary heads, if any
     if plan is not None:
         extras_fn = plan.chain(extras_fn)
     device = env.device_for(pick_device(cfg.train.device))

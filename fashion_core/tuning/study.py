@@ -169,7 +169,7 @@ class Objective:
         key = json.dumps(to_dict(cfg.fusion), sort_keys=True)
         if self._stage_cache is None or self._stage_cache[0] != key:
             self._stage_cache = None  # free the old tensors before gathering new ones
-            planned, plan = plan_stage(cfg, self.prepared, self.source, self.log)
+            planned, plan = plan_stage(cfg, self.prepared, self.source)
             sd = build_stage_data(self.prepared, cfg.stage, plan.extras if plan is not None else None)
             if len(sd.val) == 0:
                 raise ConfigError(
