@@ -11,6 +11,7 @@ identical grids started at once: one FINISHED run per cell.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -56,7 +57,7 @@ def test_a_run_beats_while_open_and_stops_when_it_ends(isolated, monkeypatch):
     assert run.info.status == "FINISHED" and run.data.tags["heartbeat"] == last  # no beat after the end
 
 
-def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypatch):
+def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypatch, caplog):
     """Dead: its process is gone (same machine), a stale heartbeat, no heartbeat and older than the window.
     Alive: a fresh heartbeat from another machine, no heartbeat but young, a slow writer's heartbeat within its own
     period, and the runs this process beats."""
@@ -107,6 +108,8 @@ def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypa
     state = {k: client.get_run(v) for k, v in ids.items()}
     for k in ("process gone", "stale", "old, no heartbeat"):
         assert state[k].info.status == "KILLED", k
+        said = [r for r in caplog.records if r.getMessage().startswith(f"ended run {ids[k]} ")]
+        assert len(said) == 1 and said[0].levelno == logging.WARNING, k  # a warning (stderr in the CLI) each
     assert state["process gone"].data.tags["killed_reason"].startswith(f"its process is gone (pid {gone.pid}")
     assert state["stale"].data.tags["killed_reason"].startswith("stale heartbeat (last seen ")
     assert state["stale"].info.end_time == int(float(state["stale"].data.tags["heartbeat"]) * 1000)

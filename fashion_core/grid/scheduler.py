@@ -138,7 +138,7 @@ def run_grid(
     fixed = resolve_source(source, exp_name) if source else None  # a bad --from fails before any run
     seeds = list(seeds) if seeds is not None else sorted({t.cfg.train.seed for t in tasks})
     code = code_version()
-    heartbeat.sweep(experiment_id, log)  # runs left RUNNING by a crash (this grid's, or anyone's) end KILLED
+    heartbeat.sweep(experiment_id)  # runs left RUNNING by a crash (this grid's, or anyone's) end KILLED
     session = uuid.uuid4().hex[:12]
     key = grid_key([config_hash(t.cfg) for t in tasks], prepared.digest, code, profile, seeds, source, reuse)
     ended = unfinished_grid(experiment_id, key)
