@@ -226,7 +226,7 @@ def _log_model(
         for name, content in (extra or {}).items():
             Path(d, name).write_text(json.dumps(content))
         mlflow.log_artifacts(d, str(Path(STATE_ARTIFACT).parent))
-        log_product_model(d, register, val_score, log)
+        log_product_model(d, register, val_score)
 
 
 def load_metadata_baseline(run_id: str):

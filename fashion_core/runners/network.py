@@ -185,7 +185,7 @@ def _log_mlflow_model(
     if reads_metadata(model):
         with tempfile.TemporaryDirectory() as d:
             _write_checkpoint(model, _checkpoint_meta(model, cfg, classes), Path(d))
-            log_product_model(d, register, val_score, log)
+            log_product_model(d, register, val_score)
         return
     serving = ServingModel(model.cpu().eval(), classes)
     example = np.full((1, cfg.data.height, cfg.data.width, 3), 255, dtype=np.uint8)
@@ -201,7 +201,7 @@ def _log_mlflow_model(
     )
     mlflow.log_dict({"classes": classes}, "model_classes.json")
     if register and info.registered_model_version is not None:
-        set_best_alias(register, str(info.registered_model_version), val_score, log)
+        set_best_alias(register, str(info.registered_model_version), val_score)
 
 
 def _quiet(message: str) -> None:
