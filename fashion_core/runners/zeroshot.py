@@ -113,7 +113,7 @@ def run_zeroshot(
     n = len(classes)
     class_weight = "balanced" if cfg.loss.weights == "inverse" else None
     # word meanings (zeroshot.text): sentence embeddings of the names; the map, if any, is refitted in each fold
-    text = text_inputs(cfg.zeroshot, p, cfg.stage, classes, {s: r.index for s, r in rows.items()}, log=log)
+    text = text_inputs(cfg.zeroshot, p, cfg.stage, classes, {s: r.index for s, r in rows.items()})
     # The metadata model's C as the metadata-only baseline picks it: validation class-mean over seen classes.
     grid = [cfg.metadata.logreg_c] if cfg.metadata.logreg_c > 0 else list(LOGREG_C_GRID)
     if len(y_val) == 0:
@@ -142,7 +142,6 @@ def run_zeroshot(
             cfg.train.seed,
             text=text,
             groups=groups,
-            log=log,
         )
         if len(y_val)
         else (0.0, 0.0, MIXES[0], pd.DataFrame())
