@@ -16,7 +16,6 @@ import pytest
 from fashion_core.config.schema import load_experiment
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
-QUIET = dict(log=lambda m: None)
 
 
 def cfg(technique, **over):
@@ -50,8 +49,8 @@ def test_no_test_label_enters_the_epoch_or_the_regularisation_a_run_keeps(techni
 
     c = cfg(technique)
     p = prepare_data(str(dataset), c.data)
-    clean = run_stage(c, str(dataset), prepared=p, register=False, **QUIET)
-    poisoned = run_stage(c, str(dataset), prepared=_poisoned(p), register=False, **QUIET)
+    clean = run_stage(c, str(dataset), prepared=p, register=False)
+    poisoned = run_stage(c, str(dataset), prepared=_poisoned(p), register=False)
     a, b = (MlflowClient().get_run(r).data.metrics for r in (clean, poisoned))
     assert {k: a[k] for k in chosen} == {k: b[k] for k in chosen}
     assert _history(clean, "val_top1_mean") == _history(poisoned, "val_top1_mean")  # the curve that chose

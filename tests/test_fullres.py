@@ -277,7 +277,7 @@ def test_rich_fields_feed_the_fusion_encoders(isolated):
             "fusion.fields": "gender,brandName,ageGroup",
         }
     )
-    run_id = run_stage(cfg, str(data), register=False, log=lambda m: None)
+    run_id = run_stage(cfg, str(data), register=False)
     meta = _json.loads(tracking.download_artifact(run_id, MODEL_JSON, isolated / "dl").read_text())
     vocab = meta["fused"]["vocab"]["categorical"]
     assert set(vocab) == {"gender", "brandName", "ageGroup"}

@@ -22,7 +22,6 @@ from fashion_core.losses import Criterion, build_criterion
 from fashion_core.models.network import build_model
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
-QUIET = dict(log=lambda m: None)
 
 
 def cfg(stage, technique, **over):
@@ -323,7 +322,7 @@ def _artifacts(run_id, path=""):
 def fused_pretrain(dataset, isolated_module):
     from fashion_core.runners.stage import run_stage
 
-    return run_stage(cfg("pretrain", "fused_text_aux"), str(dataset), **QUIET)
+    return run_stage(cfg("pretrain", "fused_text_aux"), str(dataset))
 
 
 def test_fused_pretrain_logs_encoders_and_tags(fused_pretrain):
@@ -373,7 +372,6 @@ def test_finetune_carries_the_encoders_across(fused_pretrain, dataset):
         cfg("finetune", "fused_text_aux", **{"transfer.method": "linear_probe"}),
         str(dataset),
         source=fused_pretrain,
-        **QUIET,
     )
     tuned, meta = load_run_model(run_id)
     assert isinstance(tuned, FusedNet) and meta["fused"]["vocab"] == src_meta["fused"]["vocab"]
@@ -391,7 +389,7 @@ def test_image_techniques_adopt_the_fused_source(fused_pretrain, dataset, techni
     from fashion_core.runners.stage import run_stage
     from fashion_core.tracking.references import load_run_model
 
-    run_id = run_stage(cfg("finetune", technique), str(dataset), source=fused_pretrain, **QUIET)
+    run_id = run_stage(cfg("finetune", technique), str(dataset), source=fused_pretrain)
     tags = _tags(run_id)
     assert tags["fusion"] == "late" and tags["fusion_inputs"].endswith("productDisplayName")
     model, meta = load_run_model(run_id)
@@ -406,7 +404,7 @@ def test_fused_technique_needs_a_matching_source(fused_pretrain, dataset):
 
     before = len(MlflowClient().search_runs([_experiment_id(fused_pretrain)]))
     with pytest.raises(ConfigError, match="fields"):
-        run_stage(cfg("finetune", "fused"), str(dataset), source=fused_pretrain, **QUIET)
+        run_stage(cfg("finetune", "fused"), str(dataset), source=fused_pretrain)
     assert len(MlflowClient().search_runs([_experiment_id(fused_pretrain)])) == before  # no run left behind
 
 
@@ -426,7 +424,7 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
     from fashion_core.tracking.references import SourceError, resolve_source
     from fashion_core.tracking.runs import download_artifact
 
-    run_id = run_stage(cfg("pretrain", "meta_only", **{"metadata.logreg_c": 1.0}), str(dataset), **QUIET)
+    run_id = run_stage(cfg("pretrain", "meta_only", **{"metadata.logreg_c": 1.0}), str(dataset))
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["stage"] == "pretrain" and run.data.tags["technique"] == "meta_only"
@@ -463,7 +461,6 @@ def test_leaky_configs_are_tagged(fused_pretrain, dataset):
     run_id = run_stage(
         cfg("finetune", "meta_only", **{"fusion.leaky_fields": "subCategory", "metadata.logreg_c": 1.0}),
         str(dataset),
-        **QUIET,
     )
     tags = _tags(run_id)
     assert tags["leaky"] == "true" and "subCategory" in tags["fusion_inputs"].split(",")

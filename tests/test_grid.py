@@ -118,7 +118,7 @@ def test_rerun_reuses_finished_runs_and_compare_reads_the_grid(grid, dataset, st
     assert again.runs.loc[ok, "run_id"].tolist() == first.runs.loc[ok, "run_id"].tolist()
     assert again.source_run_id == first.source_run_id
     assert set(grid_run_ids(again.parent_run_id)) == set(again.runs["run_id"])
-    rep = run_compare(grid="latest", out=store / "report", log=lambda m: None)
+    rep = run_compare(grid="latest", out=store / "report")
     assert rep.scope.grid_run_id == again.parent_run_id
     assert set(rep.tables.runs["run_id"]) == set(first.runs.loc[ok, "run_id"])
     assert set(rep.tables.summary) == {"pretrain", "finetune"}

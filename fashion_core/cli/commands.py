@@ -53,9 +53,7 @@ def prepare(data, experiment, workers, **opts):
     """Validate the catalogue, split it, build the image cache; log a `stage=prepare` run."""
     from fashion_core.runners.prepare import run_prepare
 
-    run_prepare(
-        data, data_config_of(opts), workers=workers, experiment=experiment, log=lambda m: click.echo(m, err=False)
-    )
+    run_prepare(data, data_config_of(opts), workers=workers, experiment=experiment)
 
 
 @main.command()
@@ -84,9 +82,7 @@ def pretrain(data, experiment, resume, register, dry_run, **opts):
     from fashion_core.runners.stage import run_stage
 
     torchrun_if_asked()
-    run_stage(
-        cfg, data, experiment=experiment, register=register, resume=resume, tags={"profile": chosen}, log=click.echo
-    )
+    run_stage(cfg, data, experiment=experiment, register=register, resume=resume, tags={"profile": chosen})
 
 
 @main.command()
@@ -135,7 +131,6 @@ def finetune(data, experiment, source, resume, dry_run, allow_split_mismatch, **
         experiment=experiment,
         resume=resume,
         tags={"profile": chosen},
-        log=click.echo,
         allow_split_mismatch=allow_split_mismatch,
     )
 
@@ -187,7 +182,7 @@ def evaluate(run, data, device):
     """
     from fashion_core.runners.evaluate import evaluate_run
 
-    evaluate_run(run, data, device=device, log=click.echo)
+    evaluate_run(run, data, device=device)
 
 
 @main.command()
@@ -524,7 +519,7 @@ def ensemble(runs, data, grid_run, seed):
     """
     from fashion_core.runners.ensemble import run_ensemble
 
-    run_ensemble(split_words(runs, ","), data, grid_run=grid_run, seed=seed, log=click.echo)
+    run_ensemble(split_words(runs, ","), data, grid_run=grid_run, seed=seed)
 
 
 @main.command()
@@ -586,7 +581,6 @@ def compare(experiment, stage, grid_run, tag, out, log_run, pair, ui_url):
         tags,
         out,
         log_run=log_run,
-        log=click.echo,
         pairs=pair,
         ui_url=ui_url,
     )

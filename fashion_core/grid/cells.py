@@ -387,7 +387,6 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
                 parent_run_id=cell.parent,
                 register=cell.register,
                 prepared=prepared,
-                log=log,
                 tags={
                     "config_hash": cell.cfg_hash,
                     "grid_run_id": cell.parent,

@@ -126,7 +126,7 @@ def run_main_ensembles(
             )
             continue
         try:  # both ids found: a None was skipped above
-            done.append(run_ensemble(cast("list[str]", ids), data, grid_run=grid_run_id, log=log))
+            done.append(run_ensemble(cast("list[str]", ids), data, grid_run=grid_run_id))
         except Exception as e:  # the grid's runs stand; the report compares what there is
             log(f"ensemble {stage}/{a}+{b} failed: {type(e).__name__}: {e}")
     return done
@@ -275,13 +275,13 @@ def run_main(
     main_run = start_main_run(exp_id, chosen, [f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks])
     log(f"main job run {main_run} (main/{chosen}): prepare, grid and compare nest under it")
     try:
-        p, prepare_run = run_prepare(data, tasks[0].cfg.data, experiment=exp_name, log=log)
+        p, prepare_run = run_prepare(data, tasks[0].cfg.data, experiment=exp_name)
         client.set_tag(main_run, "dataset_digest", p.digest)
         client.set_tag(prepare_run, "mlflow.parentRunId", main_run)
         grid = run_grid(tasks, data, experiment=exp_name, reuse=reuse, profile=chosen, seeds=[0], log=log)
         client.set_tag(grid.parent_run_id, "mlflow.parentRunId", main_run)
         run_main_ensembles(pairs, grid.runs, data, grid.parent_run_id, log=log)
-        report = run_compare(exp_name, STAGES, grid.parent_run_id, out=out, log=log)
+        report = run_compare(exp_name, STAGES, grid.parent_run_id, out=out)
         if report.run_id:
             client.set_tag(report.run_id, "mlflow.parentRunId", main_run)
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ once on test, and log config, per-epoch metrics, ``eval/`` artifacts, checkpoint
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -43,6 +44,8 @@ from fashion_core.tracking.runs import run_name
 from fashion_core.tracking.split_check import check_source_split
 from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
+logger = logging.getLogger(__name__)
+
 REGISTERED_PRETRAIN = "fashion-pretrain"
 LAST_ARTIFACT = "checkpoint/last.pt"
 
@@ -67,7 +70,6 @@ def setup_model(
     sd: StageData,
     source: tuple[FashionNet, dict] | None,
     device: torch.device,
-    log=print,
     plan: FusionPlan | None = None,
 ) -> tuple[FashionNet, TransferPolicy, float]:
     """The model a stage trains, its transfer policy, and the backbone lr multiplier.
@@ -136,7 +138,7 @@ def _log_state(model: FashionNet, cfg: ExperimentConfig, classes: list[str], ext
         mlflow.log_artifacts(d, "checkpoint")
 
 
-def _log_init(report: dict | None, log=print) -> None:
+def _log_init(report: dict | None) -> None:
     """Where a new network's initial weights came from: ``init/report.json`` and, for packaged ImageNet
     weights, the tags ``init_package``, ``init_version``, ``init_file``, ``init_sha256``."""
     import mlflow
@@ -147,7 +149,7 @@ def _log_init(report: dict | None, log=print) -> None:
     source = report.get("source") or {}
     if source:
         mlflow.set_tags({f"init_{k}": v for k, v in source.items()})
-        log(
+        logger.info(
             f"initial weights: {source['package']} {source['version']} ({source['file']}, sha256 {source['sha256'][:12]}), "
             f"{len(report['loaded'])} tensors"
         )
@@ -176,7 +178,7 @@ def _log_last(ckpt_path: Path) -> None:
 
 
 def _log_mlflow_model(
-    model: FashionNet, cfg: ExperimentConfig, classes: list[str], register: str | None, val_score: float, log=print
+    model: FashionNet, cfg: ExperimentConfig, classes: list[str], register: str | None, val_score: float
 ) -> None:
     """The run's MLflow model: ``mlflow.pytorch`` of a serving wrapper (uint8 NHWC in, probabilities out) for an
     image network; a pyfunc (photo bytes + catalogue fields in) for a fused one (``serving.log_product_model``)."""
@@ -202,10 +204,6 @@ def _log_mlflow_model(
     mlflow.log_dict({"classes": classes}, "model_classes.json")
     if register and info.registered_model_version is not None:
         set_best_alias(register, str(info.registered_model_version), val_score)
-
-
-def _quiet(message: str) -> None:
-    """The log of ranks > 0: one process prints."""
 
 
 def _run_on_main(env: distributed.DistEnv, cfg: ExperimentConfig, p: Prepared, **start) -> AbstractContextManager:
@@ -280,9 +278,7 @@ def _stage_tags(
     return all_tags
 
 
-def _select(
-    model: FashionNet, result: FitResult | None, sd: StageData, device: torch.device, criterion, log=print
-) -> float:
+def _select(model: FashionNet, result: FitResult | None, sd: StageData, device: torch.device, criterion) -> float:
     """Rank 0 after training: load the selected weights and log how they were chosen; without training (a frozen
     transfer), score validation once. Returns the validation class-mean top-1 (NaN without validation)."""
     import mlflow
@@ -295,7 +291,7 @@ def _select(
     tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
     mlflow.set_tag("selection", result.selection)
     if result.selection != "val_top1_mean":
-        log(
+        logger.info(
             f"no validation images: kept the weights of the last epoch ({result.best_epoch}), "
             f"tagged selection={result.selection}"
         )
@@ -340,7 +336,6 @@ def run_network(
     register: bool = True,
     resume: str | None = None,
     extras_fn: ExtrasFn | None = None,
-    log=print,
     allow_split_mismatch: bool = False,
     env: distributed.DistEnv | None = None,
     started: float | None = None,
@@ -367,9 +362,7 @@ def run_network(
     """
     t_start = started if started is not None else time.perf_counter()
     env = env or distributed.init_from_env(cfg.train.device)
-    main = env.is_main  # rank 0 alone talks to MLflow, writes files, scores test and prints
-    if not main:
-        log = _quiet
+    main = env.is_main  # rank 0 alone talks to MLflow, writes files and scores test (run_stage silences the others)
     cfg, src_run, src_model, split_tags = _source_of(cfg, p, source, experiment, allow_split_mismatch, env)
     cfg, plan = plan_stage(cfg, p, src_model)  # metadata encoders and auxiliary heads, if any
     if plan is not None:
@@ -401,16 +394,16 @@ def run_network(
             log_dataset_input(p, cfg.stage)  # the runs table's Dataset column
             if resume_state is not None:
                 _log_missing_epochs(run_id, resume_state["history"])
-        log(
+        logger.info(
             f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "
             f"{len(sd.train)} train / {len(sd.val)} val / "
             + ("test deferred (selection run)" if selection else f"{len(sd.test)} test images")
             + f", device {device}"
         )
         # Every rank builds the same model and loss and trains it through the same fit (DDP keeps them in step).
-        model, policy, lr_mult = setup_model(cfg, sd, src_model, device, log, plan=plan)
+        model, policy, lr_mult = setup_model(cfg, sd, src_model, device, plan=plan)
         if main:
-            _log_init(getattr(model, "init_report", None) if cfg.stage == "pretrain" or not src_run else None, log)
+            _log_init(getattr(model, "init_report", None) if cfg.stage == "pretrain" or not src_run else None)
         criterion = build_criterion(cfg, sd.n_train)
         if main:
             _log_sizes(model, sd, criterion, selection)
@@ -436,11 +429,11 @@ def run_network(
                 # fit's collectives are the run's last: what follows (selection, test, checkpoints, the model)
                 # is rank 0's alone and must stay free of them.
                 return ""
-            val_score = _select(model, result, sd, device, criterion, log)
+            val_score = _select(model, result, sd, device, criterion)
         except KeyboardInterrupt:
             if ckpt_path is not None and ckpt_path.is_file():
                 _log_last(ckpt_path)
-                log(
+                logger.info(
                     f"interrupted: last checkpoint logged to run {run_id} as {LAST_ARTIFACT}; "
                     f"continue with --resume {run_id}"
                 )
@@ -458,10 +451,9 @@ def run_network(
             sd.classes,
             registered_name(cfg.stage, inputs) if register else None,
             val_score if val_score == val_score else -1.0,
-            log,
         )
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
-        log(
+        logger.info(
             test_summary(cfg.stage, cfg.technique, test_metrics, sd.test_only)
             if not selection
             else deferred_line(cfg.stage, cfg.technique, run_id, val_score)

@@ -11,6 +11,7 @@ same runner; only rank 0 logs to MLflow and returns the run id, the others retur
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,6 +27,8 @@ from fashion_core.runners.network import run_network
 from fashion_core.runners.zeroshot import run_zeroshot
 from fashion_core.tracking import runs as tracking
 
+logger = logging.getLogger(__name__)
+
 Runner = Callable[..., str]
 
 
@@ -34,10 +37,6 @@ def runner_of(cfg: ExperimentConfig) -> Runner:
     if cfg.fusion.mode == "metadata_only":
         return run_zeroshot if cfg.zeroshot.enabled else run_metadata_baseline
     return run_network
-
-
-def _quiet(message: str) -> None:
-    """The log of ranks > 0: one process prints."""
 
 
 def run_stage(
@@ -51,7 +50,6 @@ def run_stage(
     register: bool = True,
     resume: str | None = None,
     extras_fn: ExtrasFn | None = None,
-    log=print,
     prepared: Prepared | None = None,
     allow_split_mismatch: bool = False,
 ) -> str:
@@ -68,8 +66,6 @@ def run_stage(
     """
     started = time.perf_counter()
     env = distributed.init_from_env(cfg.train.device)  # one process unless launched by torchrun
-    if not env.is_main:
-        log = _quiet
     with nullcontext() if env.is_main else silenced():  # one process prints: the ranks > 0 run silenced
         # Under torchrun rank 0 builds the image cache first; the other ranks then reuse it.
         p = prepared or env.rank0_first(lambda: prepare_data(data, cfg.data))
@@ -93,7 +89,6 @@ def run_stage(
             register=register,
             resume=resume,
             extras_fn=extras_fn,
-            log=log,
             allow_split_mismatch=allow_split_mismatch,
             env=env,
             started=started,

@@ -384,7 +384,6 @@ def final_run(
         experiment=experiment,
         tags=tags,
         prepared=prepared,
-        log=log,
         allow_split_mismatch=allow_split_mismatch,
     )
     if run_id:

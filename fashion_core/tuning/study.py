@@ -243,7 +243,7 @@ class Objective:
         device = pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)  # the same initial weights as run_stage gives this config (--final)
         source = copy.deepcopy(self.source) if self.source is not None else None
-        model, policy, lr_mult = setup_model(cfg, sd, source, device, self.log, plan=plan)
+        model, policy, lr_mult = setup_model(cfg, sd, source, device, plan=plan)
         criterion = build_criterion(cfg, sd.n_train)
         tracking.log_metrics(
             {"n_classes": len(sd.classes), "n_train_images": len(sd.train), "n_val_images": len(sd.val)}
