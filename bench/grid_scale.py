@@ -205,7 +205,7 @@ def jobs_part(
         torch.set_num_threads(threads)
         arms.run(
             seq_name,
-            lambda: run_grid(part, data, experiment=f"grid-scale-seq-{k}", register=False, profile=profile, log=log),
+            lambda: run_grid(part, data, experiment=f"grid-scale-seq-{k}", register=False, profile=profile),
         )
         arms.run(
             par_name,
@@ -215,7 +215,6 @@ def jobs_part(
                 experiment=f"grid-scale-jobs-{k}",
                 register=False,
                 profile=profile,
-                log=log,
                 jobs=jobs,
                 threads_per_cell=1,
             ),
@@ -289,7 +288,7 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
 
     def one(part: list, k: int):
         torch.set_num_threads(1)
-        return run_grid(part, data, experiment=f"grid-scale-one-{k}", register=False, profile="smoke", log=log)
+        return run_grid(part, data, experiment=f"grid-scale-one-{k}", register=False, profile="smoke")
 
     # Ray prints its workers' lines on this process's stdout: they go to stderr, the table stays alone.
     with (
@@ -305,7 +304,6 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
                     experiment=f"grid-scale-ray-{k}",
                     register=False,
                     profile="smoke",
-                    log=log,
                     ray=address,
                     cpus_per_cell=1,
                 ),

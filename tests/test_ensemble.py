@@ -179,7 +179,7 @@ def test_it_joins_the_members_grid_so_compare_shows_it(dataset, isolated):
     from fashion_core.report.runs import find_runs
 
     tasks = plan_grid(EXP, ["pretrain/baseline", "pretrain/meta_only"], seeds=[0], profile="smoke", overrides=TINY)
-    run_grid(tasks, str(dataset), profile="smoke", seeds=[0], register=False, log=lambda m: None)
+    run_grid(tasks, str(dataset), profile="smoke", seeds=[0], register=False)
     runs = find_runs(stages=("pretrain",)).runs
     by_tech = {r.data.tags["technique"]: r.info.run_id for r in runs}
     run_id = run_ensemble([by_tech["baseline"], by_tech["meta_only"]], str(dataset))

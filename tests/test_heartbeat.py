@@ -461,14 +461,10 @@ def test_a_grid_that_ended_unfinished_is_continued_or_under_mlflow_run_linked(is
 
     monkeypatch.setattr("fashion_core.grid.scheduler.code_version", lambda: "c0ffee+beat")
     tasks = plan_grid(EXP, ["pretrain/meta_only"], seeds=[0, 1], profile="smoke", overrides={"data.top_k": 4})
-    first = run_grid(
-        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
-    )
+    first = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False)
     client = _client()
     client.set_terminated(first.parent_run_id, "KILLED")  # as if it had been stopped after its cells
-    again = run_grid(
-        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
-    )
+    again = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False)
     assert again.parent_run_id == first.parent_run_id and not again.runs["reused"].any()
     assert list(again.runs["run_id"]) == list(first.runs["run_id"])  # its own cells, not run again
     parent = client.get_run(first.parent_run_id)
@@ -477,15 +473,13 @@ def test_a_grid_that_ended_unfinished_is_continued_or_under_mlflow_run_linked(is
     client.set_terminated(first.parent_run_id, "KILLED")
     launched = client.create_run(first.experiment_id, tags={"mlflow.source.type": "PROJECT"}).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launched)
-    linked = run_grid(
-        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
-    )
+    linked = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False)
     assert linked.parent_run_id == launched and linked.runs["reused"].all()
     assert list(linked.runs["run_id"]) == list(first.runs["run_id"])
     assert client.get_run(launched).data.tags["continues_grid_run_id"] == first.parent_run_id
     assert client.get_run(first.parent_run_id).data.tags["continued_by"] == launched
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     fresh = run_grid(
-        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
+        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False
     )  # the KILLED one was continued already: a new grid run, every cell reused
     assert fresh.parent_run_id not in (first.parent_run_id, launched) and fresh.runs["reused"].all()

@@ -394,7 +394,6 @@ def grid(
         register=register,
         profile=profile,
         seeds=seed_list,
-        log=click.echo,
         jobs=jobs,
         gpus_per_cell=gpus_per_cell,
         ray=ray_address or None,
@@ -489,7 +488,6 @@ def run_job(
         experiment,
         out,
         reuse,
-        log=click.echo,
         dry_run=dry_run,
     )
 
