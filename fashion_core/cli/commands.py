@@ -788,7 +788,6 @@ def tune(
         final=final,
         source=source,
         allow_split_mismatch=allow_split_mismatch,
-        log=click.echo,
     )
     if res.best_trial is not None:
         click.echo(

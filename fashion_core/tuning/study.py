@@ -151,13 +151,12 @@ class Objective:
         storage: StudyStorage,
         study_name: str,
         source: tuple | None = None,
-        log=print,
     ):
         if (prepared.splits["split"] == "test").any():
             raise ValueError("the objective takes validation-only prepared data (see without_test)")
         self.space, self.base, self.prepared, self.digest = space, base, prepared, digest
         self.parent_run_id, self.storage, self.study_name = parent_run_id, storage, study_name
-        self.source, self.log = source, log
+        self.source = source
         self._stage_cache: tuple[str, Any] | None = None
 
     def stage(self, cfg: ExperimentConfig):
@@ -187,7 +186,7 @@ class Objective:
         import mlflow
         import optuna
 
-        reap_dead_workers(trial.study, self.storage, self.log)
+        reap_dead_workers(trial.study, self.storage)
         params = self.space.sample(trial)
         cfg, plan, sd = self.stage(trial_config(self.base, params))
         for key, attr in (
@@ -227,7 +226,7 @@ class Objective:
                 state, pruned = "pruned", e
             except KeyboardInterrupt:
                 # A stopped worker (Ctrl-C, SIGTERM): the trial never got a fair evaluation; queue it again.
-                retry_dead_trial(trial.study, _frozen(trial), self.log, why="interrupted", close_runs=False)
+                retry_dead_trial(trial.study, _frozen(trial), why="interrupted", close_runs=False)
                 raise
             finally:
                 mlflow.set_tag("trial_state", state)
