@@ -78,3 +78,24 @@ def test_a_line_logged_under_a_progress_bar_leaves_the_bar_whole(monkeypatch):
     before, after = text.split("a cell finished\n")
     assert before.endswith(" " * 20 + "\r")  # the bar's line was blanked before the message
     assert after.startswith("\rgrid:  30%")  # and drawn again on the line below it
+
+
+def test_the_fashion_command_shows_the_library_lines_and_q_keeps_only_the_warnings(dataset):
+    """The command installs the console for its run only: the plan's lines on its output, none with -q, and the
+    package's logger as it was afterwards."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from fashion_core.cli.commands import main
+
+    experiments = str(Path(__file__).resolve().parents[1] / "experiments")
+    args = ["pretrain", "--dry-run", "--data", str(dataset), "--profile", "smoke", "--experiments-dir", experiments]
+    logger = logging.getLogger(PACKAGE)
+    before = (logger.level, logger.propagate, list(logger.handlers))
+    shown = CliRunner().invoke(main, args)
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.startswith("profile smoke\n") and "dry run: the config is valid" in shown.output
+    quiet = CliRunner().invoke(main, ["-q", *args])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before

@@ -38,8 +38,7 @@ def main(ctx: click.Context, quiet: bool) -> None:
 
     from fashion_core.engine.console import console
 
-    # The library's messages (module loggers) are shown by this command only: the bare text, INFO on stdout,
-    # warnings on stderr, until the command ends.
+    # The library's messages (module loggers) are shown by the command, until it ends: the bare text on stdout.
     ctx.with_resource(console(logging.WARNING if quiet else logging.INFO))
 
 
@@ -75,10 +74,10 @@ def pretrain(data, experiment, resume, register, dry_run, **opts):
 
     if resume:
         checks.check_reference_form(resume, "--resume")
-    chosen, gpu, cfg = stage_config("pretrain", opts, click.echo)
+    chosen, gpu, cfg = stage_config("pretrain", opts)
     if dry_run:
-        return checks.dry_run([cfg], data, chosen, gpu, click.echo)
-    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu, click.echo)
+        return checks.dry_run([cfg], data, chosen, gpu)
+    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu)
     from fashion_core.runners.stage import run_stage
 
     torchrun_if_asked()
@@ -115,12 +114,12 @@ def finetune(data, experiment, source, resume, dry_run, allow_split_mismatch, **
         checks.check_reference_form(resume, "--resume")
     if opts["technique"] == "baseline":
         opts["technique"] = "finetune"
-    chosen, gpu, cfg = stage_config("finetune", opts, click.echo)
+    chosen, gpu, cfg = stage_config("finetune", opts)
     if dry_run:
-        return checks.dry_run([cfg], data, chosen, gpu, click.echo, extra=[_source_line(source, cfg)])
+        return checks.dry_run([cfg], data, chosen, gpu, extra=[_source_line(source, cfg)])
     if _needs_source(cfg):  # the reference is checked before any data is read
         source = checks.check_source(source, experiment)
-    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu, click.echo)
+    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu)
     from fashion_core.runners.stage import run_stage
 
     torchrun_if_asked()
@@ -353,7 +352,7 @@ def grid(
 
     if source:
         checks.check_reference_form(source, "--from")
-    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
+    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides))
     extra = data_overrides(data_config_of(data_opts))
     if epochs is not None:
         extra["train.epochs"] = epochs
@@ -371,7 +370,6 @@ def grid(
             data,
             profile,
             gpu,
-            click.echo,
             extra=[f"cells run: {how}"] + ([_source_line(source)] if source else []),
         )
     if source == "latest":  # looked up in the dataset's experiment once the data is read; the store must exist
@@ -380,9 +378,7 @@ def grid(
         require_store("pretrained model for --from latest")
     elif source:
         source = checks.check_source(source, experiment)
-    checks.log_expected(
-        checks_minutes(tasks, profile, gpu), f"{len(tasks)} run{'s' if len(tasks) != 1 else ''}", gpu, click.echo
-    )
+    checks.log_expected(checks_minutes(tasks, profile, gpu), f"{len(tasks)} run{'s' if len(tasks) != 1 else ''}", gpu)
     from fashion_core.grid.scheduler import run_grid
 
     run_grid(
@@ -733,7 +729,7 @@ def tune(
 
     checks.check_reference_form(source, "--from")
     spc = load_space(space, spaces_dir, experiments_dir)
-    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
+    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides))
     extra = data_overrides(data_config_of(data_opts))
     if device is not None:
         extra["train.device"] = device
@@ -747,7 +743,6 @@ def tune(
             data,
             profile,
             gpu,
-            click.echo,
             runs=trials,
             extra=[
                 f"study {study_name or spc.name!r} in {storage}: {n_trials} trial(s) of "
@@ -761,7 +756,6 @@ def tune(
         checks_minutes([_Task(base)] * trials, profile, gpu),
         f"at most {trials} run{'s' if trials != 1 else ''}; pruned trials stop early",
         gpu,
-        click.echo,
     )
     import logging
 
