@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 
 from fashion_core.engine.console import PACKAGE, console, prefixed, silenced
 
 demo = logging.getLogger(f"{PACKAGE}.demo")
 
 
-def test_console_shows_bare_messages_info_on_stdout_warnings_on_stderr(capsys):
+def test_console_shows_bare_messages_on_stdout(capsys):
     demo.info("before: no handler, not shown")
     with console():
         demo.info("an info line")
@@ -18,8 +19,11 @@ def test_console_shows_bare_messages_info_on_stdout_warnings_on_stderr(capsys):
         demo.debug("a debug line")
     demo.info("after: not shown")
     out = capsys.readouterr()
-    assert out.out == "an info line\n"
-    assert out.err == "a warning\nof two lines\n"
+    assert out.out == "an info line\na warning\nof two lines\n" and out.err == ""
+    with console(stream=sys.stderr):  # a benchmark whose stdout is its table
+        demo.info("on stderr")
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == "on stderr\n"
 
 
 def test_console_restores_the_logger_and_quiet_keeps_warnings(capsys):
@@ -30,8 +34,7 @@ def test_console_restores_the_logger_and_quiet_keeps_warnings(capsys):
         demo.info("quiet: not shown")
         demo.warning("shown")
     assert (logger.level, logger.propagate, list(logger.handlers)) == before
-    out = capsys.readouterr()
-    assert out.out == "" and out.err == "shown\n"
+    assert capsys.readouterr().out == "shown\n"
 
 
 def test_a_prefix_starts_every_line(capsys):

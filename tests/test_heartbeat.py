@@ -109,7 +109,7 @@ def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypa
     for k in ("process gone", "stale", "old, no heartbeat"):
         assert state[k].info.status == "KILLED", k
         said = [r for r in caplog.records if r.getMessage().startswith(f"ended run {ids[k]} ")]
-        assert len(said) == 1 and said[0].levelno == logging.WARNING, k  # a warning (stderr in the CLI) each
+        assert len(said) == 1 and said[0].levelno == logging.WARNING, k  # a warning each
     assert state["process gone"].data.tags["killed_reason"].startswith(f"its process is gone (pid {gone.pid}")
     assert state["stale"].data.tags["killed_reason"].startswith("stale heartbeat (last seen ")
     assert state["stale"].info.end_time == int(float(state["stale"].data.tags["heartbeat"]) * 1000)

@@ -1,16 +1,18 @@
 """The package's messages on a terminal: module loggers in the library, one handler in the application.
 
 Every module logs through its own ``logging.getLogger(__name__)``: INFO for what a run is doing, WARNING for
-what went wrong by itself (a dead run ended, a worker process lost). The library installs no handler and
-configures nothing at import. An application shows the messages with :func:`console`, which puts a
-:class:`ConsoleHandler` on the ``fashion_core`` logger for a block: the bare message, INFO on stdout and
-WARNING and above on stderr, written through ``tqdm.write`` once tqdm is in use so that a progress bar on the
-screen is cleared and drawn again below the line instead of broken. The ``fashion`` command does this at
+what to notice although the work goes on (a cell or an ensemble that failed, a dead run ended, a worker process
+lost, a leaky technique). The library installs no handler and
+configures nothing at import (a warning with no handler anywhere still reaches stderr through ``logging``'s
+last resort). An application shows the messages with :func:`console`, which puts a :class:`ConsoleHandler` on
+the ``fashion_core`` logger for a block: the bare message on stdout, the text the commands printed before
+they logged, written through ``tqdm.write`` once tqdm is in use so that a progress bar on the screen is
+cleared and drawn again below the line instead of broken. The ``fashion`` command does this at
 start-up (``-q`` keeps the warnings only); a grid worker does it for each cell with the cell's name before
 every line (``grid.cells.run_cell``). :func:`silenced` keeps the ranks > 0 of a torchrun job quiet;
 :func:`prefixed` puts a word before the messages of one logger for a block (an Optuna trial's epoch lines).
 
-    fashion prepare --data /path/to/fashion-product-images-small.tar.gz      # the INFO lines on stdout
+    fashion prepare --data /path/to/fashion-product-images-small.tar.gz      # every line on stdout
     fashion -q prepare --data /path/to/fashion-product-images-small.tar.gz   # the warnings only
 """
 
@@ -21,6 +23,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator
+from typing import IO
 
 PACKAGE = "fashion_core"
 
@@ -37,12 +40,12 @@ def write_line(text: str, stream) -> None:
 
 
 class ConsoleHandler(logging.Handler):
-    """The bare message of a record, INFO on stdout and WARNING and above on stderr (read when it is written, so
-    that a redirected ``sys.stdout`` is followed); ``prefix`` starts each of its lines."""
+    """The bare message of a record on ``stream`` (default: ``sys.stdout`` as it is when the line is written, so
+    that a redirected stdout is followed); ``prefix`` starts each of its lines."""
 
-    def __init__(self, prefix: str = "", level: int = logging.NOTSET):
+    def __init__(self, prefix: str = "", stream: IO[str] | None = None, level: int = logging.NOTSET):
         super().__init__(level)
-        self.prefix = prefix
+        self.prefix, self.stream = prefix, stream
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -50,20 +53,21 @@ class ConsoleHandler(logging.Handler):
             text = self.format(record)
             if self.prefix:
                 text = "\n".join(self.prefix + line for line in text.split("\n"))
-            write_line(text, sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
+            write_line(text, self.stream or sys.stdout)
         except Exception:  # noqa: BLE001 - logging's own convention: report, never raise into the caller
             self.handleError(record)
 
 
 @contextlib.contextmanager
-def console(level: int = logging.INFO, prefix: str = "") -> Iterator[ConsoleHandler]:
-    """Inside the block, the package's messages at ``level`` and above are shown by a :class:`ConsoleHandler`.
+def console(level: int = logging.INFO, prefix: str = "", stream: IO[str] | None = None) -> Iterator[ConsoleHandler]:
+    """Inside the block, the package's messages at ``level`` and above are shown by a :class:`ConsoleHandler` on
+    ``stream`` (default stdout; a benchmark that prints its table on stdout shows them on stderr).
 
     They do not also travel up to the root logger (a root handler that another library installed would print
     them twice); the logger's level and propagation are restored at the end.
     """
     logger = logging.getLogger(PACKAGE)
-    handler = ConsoleHandler(prefix)
+    handler = ConsoleHandler(prefix, stream)
     old_level, old_propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(level)
