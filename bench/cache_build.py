@@ -135,4 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fashion_core.engine.console import console
+
+    with console(stream=sys.stderr):  # the library's lines (an archive extracted) on stderr, beside the bench's own
+        main()

@@ -371,31 +371,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from fashion_core.engine.console import console
+
     args = parse_args(argv)
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    _private_store(Path(tempfile.mkdtemp(prefix="grid-scale-")))
-    sets = " ".join(f"--set {k}={v}" for k, v in args.overrides.items())
-    print(f"Grid scaling, {machine_line()}\n")
-    if args.part in ("jobs", "both"):
-        techniques = None if args.techniques == "all" else args.techniques.split(",")
-        print(f"(a) techniques {args.techniques}, profile {args.profile}, seed 0, {args.cells or 'all'} cells {sets}\n")
-        rows, warning = jobs_part(
-            args.data,
-            techniques,
-            args.profile,
-            args.jobs,
-            args.overrides,
-            args.cells,
-            log,
-            threads=args.threads,
-            interleave=args.interleave,
-        )
-        print(table(rows) + "\n" + (f"\n{warning}\n" if warning else ""))
-    if args.part in ("ray", "both"):
-        cells = args.cells or 50
-        print(f"(b) {cells} smoke cells of {args.technique} (seeds 0..{cells - 1}), generated data {sets}\n")
-        rows, warning = ray_part(cells, args.technique, args.overrides, log, interleave=args.interleave)
-        print(table(rows) + "\n" + (f"\n{warning}\n" if warning else ""))
+    with contextlib.ExitStack() as stack:
+        if not args.quiet:  # the library's lines (the data, the grids' cells) on stderr, as the bench's own
+            stack.enter_context(console(stream=sys.stderr))
+        log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+        _private_store(Path(tempfile.mkdtemp(prefix="grid-scale-")))
+        sets = " ".join(f"--set {k}={v}" for k, v in args.overrides.items())
+        print(f"Grid scaling, {machine_line()}\n")
+        if args.part in ("jobs", "both"):
+            techniques = None if args.techniques == "all" else args.techniques.split(",")
+            print(
+                f"(a) techniques {args.techniques}, profile {args.profile}, seed 0, {args.cells or 'all'} cells {sets}\n"
+            )
+            rows, warning = jobs_part(
+                args.data,
+                techniques,
+                args.profile,
+                args.jobs,
+                args.overrides,
+                args.cells,
+                log,
+                threads=args.threads,
+                interleave=args.interleave,
+            )
+            print(table(rows) + "\n" + (f"\n{warning}\n" if warning else ""))
+        if args.part in ("ray", "both"):
+            cells = args.cells or 50
+            print(f"(b) {cells} smoke cells of {args.technique} (seeds 0..{cells - 1}), generated data {sets}\n")
+            rows, warning = ray_part(cells, args.technique, args.overrides, log, interleave=args.interleave)
+            print(table(rows) + "\n" + (f"\n{warning}\n" if warning else ""))
 
 
 if __name__ == "__main__":

@@ -287,4 +287,7 @@ def summary(df: pd.DataFrame, seeds: int) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fashion_core.engine.console import console
+
+    with console():  # the library's lines (data, runs, epochs) on stdout
+        raise SystemExit(main())
