@@ -145,4 +145,7 @@ def seed_summary(rows: list[tuple]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from fashion_core.engine.console import console
+
+    with console():  # the library's lines (data, runs, epochs) on stdout
+        main()

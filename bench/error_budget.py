@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         dcfg = run_data_config(run_id)
         key = tuple(sorted(vars(dcfg).items()))
         if key not in prepared:
-            prepared[key] = prepare_data(args.data, dcfg, log=lambda *a: None)
+            prepared[key] = prepare_data(args.data, dcfg)
         pred = evaluated_predictions(pred, per_class)
         right = pred["label"] == pred["pred1"]
         print(

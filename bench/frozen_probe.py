@@ -42,7 +42,7 @@ def probe_rows(
     from fashion_core.runners.network import embed
 
     cfg = ExperimentConfig().replace(**(val_overrides or {}))
-    p = prepare_data(data, cfg.data, log=log)
+    p = prepare_data(data, cfg.data)
     sd = build_stage_data(without_test(p), "pretrain")  # a choice: no test image in memory
     g = torch.Generator().manual_seed(seed)
     take = torch.randperm(len(sd.train), generator=g)[:n_train]
@@ -110,4 +110,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fashion_core.engine.console import console
+
+    with console():  # the library's lines (data, runs, epochs) on stdout
+        main()

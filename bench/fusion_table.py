@@ -165,4 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fashion_core.engine.console import console
+
+    with console():  # the library's lines (data, runs, epochs) on stdout
+        sys.exit(main())

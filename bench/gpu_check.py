@@ -187,7 +187,7 @@ def check_fit(dev, compile: bool) -> str:
     cfg = TrainConfig(epochs=2, batch_size=16, patience=0, warmup_epochs=0.0, compile=compile, device=dev.type)
     crit = Criterion(torch.nn.CrossEntropyLoss())
     t0 = time.perf_counter()
-    res = fit(model, train, val, crit, param_groups(model, cfg.lr, 1.0, cfg.weight_decay), cfg, dev, log=lambda m: None)
+    res = fit(model, train, val, crit, param_groups(model, cfg.lr, 1.0, cfg.weight_decay), cfg, dev)
     seconds = time.perf_counter() - t0
     assert len(res.history) == 2 and all(h["train_loss"] == h["train_loss"] for h in res.history), res.history
     if dev.type == "cuda":
@@ -235,7 +235,6 @@ def _default_pretrain(n: int, epochs: int, max_batches: int, seed: int = 0) -> d
         param_groups(model, train_cfg.lr, 1.0, train_cfg.weight_decay),
         train_cfg,
         dev,
-        log=lambda m: None,
         progress=False,
     )
     return {

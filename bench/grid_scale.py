@@ -197,7 +197,7 @@ def jobs_part(
 
     tasks = pick_cells(plan_grid(EXPERIMENTS, techniques, seeds=[0], profile=profile, overrides=overrides), cells)
     log(f"{len(tasks)} cells: {', '.join(t.name for t in tasks)}")
-    prepare_data(data, tasks[0].cfg.data, log=log)  # the image cache is built before either timing starts
+    prepare_data(data, tasks[0].cfg.data)  # the image cache is built before either timing starts
     threads = threads or os.cpu_count() or 1
     seq_name, par_name = f"sequential, {threads} threads", f"--jobs {jobs}, 1 thread per cell"
     arms = Arms(log)
@@ -205,7 +205,7 @@ def jobs_part(
         torch.set_num_threads(threads)
         arms.run(
             seq_name,
-            lambda: run_grid(part, data, experiment=f"grid-scale-seq-{k}", register=False, profile=profile, log=log),
+            lambda: run_grid(part, data, experiment=f"grid-scale-seq-{k}", register=False, profile=profile),
         )
         arms.run(
             par_name,
@@ -215,7 +215,6 @@ def jobs_part(
                 experiment=f"grid-scale-jobs-{k}",
                 register=False,
                 profile=profile,
-                log=log,
                 jobs=jobs,
                 threads_per_cell=1,
             ),
@@ -280,7 +279,7 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
     tasks = plan_grid(
         EXPERIMENTS, [technique], seeds=list(range(cells)), profile="smoke", overrides={**RAY_OVERRIDES, **overrides}
     )
-    prepare_data(data, tasks[0].cfg.data, log=log)  # the image cache is built before either timing starts
+    prepare_data(data, tasks[0].cfg.data)  # the image cache is built before either timing starts
     ray_name, one_name = "Ray, 2 nodes x 1 CPU", "one process, 1 thread"
     parts = (
         [tasks[: (len(tasks) + 1) // 2], tasks[(len(tasks) + 1) // 2 :]] if interleave and len(tasks) > 1 else [tasks]
@@ -289,7 +288,7 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
 
     def one(part: list, k: int):
         torch.set_num_threads(1)
-        return run_grid(part, data, experiment=f"grid-scale-one-{k}", register=False, profile="smoke", log=log)
+        return run_grid(part, data, experiment=f"grid-scale-one-{k}", register=False, profile="smoke")
 
     # Ray prints its workers' lines on this process's stdout: they go to stderr, the table stays alone.
     with (
@@ -305,7 +304,6 @@ def ray_part(cells: int, technique: str, overrides: dict, log, interleave: bool 
                     experiment=f"grid-scale-ray-{k}",
                     register=False,
                     profile="smoke",
-                    log=log,
                     ray=address,
                     cpus_per_cell=1,
                 ),
@@ -373,31 +371,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from fashion_core.engine.console import console
+
     args = parse_args(argv)
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    _private_store(Path(tempfile.mkdtemp(prefix="grid-scale-")))
-    sets = " ".join(f"--set {k}={v}" for k, v in args.overrides.items())
-    print(f"Grid scaling, {machine_line()}\n")
-    if args.part in ("jobs", "both"):
-        techniques = None if args.techniques == "all" else args.techniques.split(",")
-        print(f"(a) techniques {args.techniques}, profile {args.profile}, seed 0, {args.cells or 'all'} cells {sets}\n")
-        rows, warning = jobs_part(
-            args.data,
-            techniques,
-            args.profile,
-            args.jobs,
-            args.overrides,
-            args.cells,
-            log,
-            threads=args.threads,
-            interleave=args.interleave,
-        )
-        print(table(rows) + "\n" + (f"\n{warning}\n" if warning else ""))
-    if args.part in ("ray", "both"):
-        cells = args.cells or 50
-        print(f"(b) {cells} smoke cells of {args.technique} (seeds 0..{cells - 1}), generated data {sets}\n")
-        rows, warning = ray_part(cells, args.technique, args.overrides, log, interleave=args.interleave)
-        print(table(rows) + "\n" + (f"\n{warning}\n" if warning else ""))
+    with contextlib.ExitStack() as stack:
+        if not args.quiet:  # the library's lines (the data, the grids' cells) on stderr, as the bench's own
+            stack.enter_context(console(stream=sys.stderr))
+        log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+        _private_store(Path(tempfile.mkdtemp(prefix="grid-scale-")))
+        sets = " ".join(f"--set {k}={v}" for k, v in args.overrides.items())
+        print(f"Grid scaling, {machine_line()}\n")
+        if args.part in ("jobs", "both"):
+            techniques = None if args.techniques == "all" else args.techniques.split(",")
+            print(
+                f"(a) techniques {args.techniques}, profile {args.profile}, seed 0, {args.cells or 'all'} cells {sets}\n"
+            )
+            rows, warning = jobs_part(
+                args.data,
+                techniques,
+                args.profile,
+                args.jobs,
+                args.overrides,
+                args.cells,
+                log,
+                threads=args.threads,
+                interleave=args.interleave,
+            )
+            print(table(rows) + "\n" + (f"\n{warning}\n" if warning else ""))
+        if args.part in ("ray", "both"):
+            cells = args.cells or 50
+            print(f"(b) {cells} smoke cells of {args.technique} (seeds 0..{cells - 1}), generated data {sets}\n")
+            rows, warning = ray_part(cells, args.technique, args.overrides, log, interleave=args.interleave)
+            print(table(rows) + "\n" + (f"\n{warning}\n" if warning else ""))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ data, root, h, w, workers, draft = sys.argv[1], sys.argv[2], int(sys.argv[3]), i
 cat = build_catalog(data)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-cache = build_cache(cat, h, w, workers=workers, root=root, draft=draft, log=lambda m: None)
+cache = build_cache(cat, h, w, workers=workers, root=root, draft=draft)
 seconds = time.perf_counter() - t0
 me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 cpu = me.ru_utime + me.ru_stime - c0.ru_utime - c0.ru_stime + kids.ru_utime + kids.ru_stime

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from fashion_core.config.schema import DataConfig
     from fashion_core.data.prepared import prepare_data
 
-    p = prepare_data(args.data, DataConfig(), log=lambda *a: None)
+    p = prepare_data(args.data, DataConfig())
     rows = p.splits[p.splits["subset"] == args.stage]
     names = p.catalog.set_index("id")["productDisplayName"]
     table, conflicts = name_conflicts(rows, names)

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         ROOT / "experiments" / args.stage / "meta_only.yaml", overrides=over, profile="quick", stage=args.stage
     )
     c = cfg.metadata.logreg_c if cfg.metadata.logreg_c > 0 else 1.0
-    p = prepare_data(args.data, cfg.data, log=lambda m: None)
+    p = prepare_data(args.data, cfg.data)
     sd = build_stage_data(without_test(p), cfg.stage)  # a choice: no test row in memory
     rows = {s: _split_rows(p, sd, s) for s in ("train", "val")}
     vocab = MetaVocab.fit(rows["train"], cfg.fusion)
@@ -97,4 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fashion_core.engine.console import console
+
+    with console():  # the library's lines (data, runs, epochs) on stdout
+        raise SystemExit(main())

@@ -61,7 +61,7 @@ def image_files(data: str | None, n: int, scratch: Path) -> tuple[list[str], str
         from fashion_core.data.catalog import build_catalog
         from fashion_core.data.sources import resolve_dataset
 
-        cat = build_catalog(resolve_dataset(data, progress=lambda m: None))
+        cat = build_catalog(resolve_dataset(data))
         cat = cat[(cat["image"] != "") & (cat["image_bytes"] > 0)]
         paths = cat["image"].head(n).tolist()
         return paths, f"{len(paths)} images of {Path(data).name}"

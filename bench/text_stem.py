@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     years = [int(y) for y in args.val_years.split(",")]
     cfg = load_experiment(ROOT / "experiments" / "pretrain" / "meta_only.yaml", profile="quick", stage="pretrain")
     data_cfg = cfg.replace(**{"data.val_by": "year", "data.val_years": tuple(years)}).data
-    p = without_test(prepare_data(args.data, data_cfg, log=lambda m: None))  # selection: no test row at all
+    p = without_test(prepare_data(args.data, data_cfg))  # selection: no test row at all
     rows = []
     for stage in ("pretrain", "finetune"):
         for seed in args.seeds:

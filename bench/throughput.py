@@ -145,7 +145,6 @@ def measure(
             param_groups(model, cfg.lr, 1.0, cfg.weight_decay),
             cfg,
             dev,
-            log=lambda m: None,
         )
         return res.history[-1]["train_images_per_second"]
 

@@ -131,4 +131,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fashion_core.engine.console import console
+
+    with console():  # the library's lines (data, runs, epochs) on stdout
+        main()

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         dcfg = run_data_config(run_id)
         key = tuple(sorted(vars(dcfg).items()))
         if key not in prepared:
-            prepared[key] = prepare_data(args.data, dcfg, log=lambda *a: None)
+            prepared[key] = prepare_data(args.data, dcfg)
         sd = build_stage_data(without_test(prepared[key]), stage, classes=meta["classes"])
         row = {"run": run_id[:8], "stage": stage, "technique": technique}
         for split, data in (("val", sd.val),):

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_experiment(
         find_technique("meta_only", args.stage, ROOT / "experiments"), parse_overrides(args.override), stage=args.stage
     )
-    p = prepare_data(args.data, cfg.data, log=lambda *a: None)
+    p = prepare_data(args.data, cfg.data)
     sd = build_stage_data(p, cfg.stage)
     rows = {s: stage_rows(p, sd.frame.loc[sd.frame["split"] == s, "id"]) for s in ("train", "val", "test")}
     y = {"train": sd.train.labels.numpy(), "val": sd.val.labels.numpy(), "test": sd.test.labels.numpy()}

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_experiment(
         ROOT / "experiments" / args.stage / "zeroshot.yaml", overrides=over, profile="quick", stage=args.stage
     )
-    p = prepare_data(args.data, cfg.data, log=lambda m: None)
+    p = prepare_data(args.data, cfg.data)
     classes = candidate_classes(p.splits, args.stage)
     index = {c: i for i, c in enumerate(classes)}
     sp = p.splits[(p.splits["subset"] == args.stage) & p.splits["split"].isin(["train", "val"])]
@@ -287,4 +287,7 @@ def summary(df: pd.DataFrame, seeds: int) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from fashion_core.engine.console import console
+
+    with console():  # the library's lines (data, runs, epochs) on stdout
+        raise SystemExit(main())

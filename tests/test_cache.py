@@ -1,6 +1,7 @@
 """Image cache: decode once, fixed size with a white-padding policy, reuse, resume, failures as exclusions."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -28,26 +29,26 @@ def test_decode_any_mode_to_rgb(tmp_path, mode):
     assert out.shape == (80, 60, 3)
 
 
-def test_build_reuse_and_failures(dataset, tmp_path):
+def test_build_reuse_and_failures(dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fashion_core")
     cat = build_catalog(dataset)
-    logs = []
-    cache = build_cache(cat, 40, 30, workers=2, root=tmp_path, chunk=16, log=logs.append)
+    cache = build_cache(cat, 40, 30, workers=2, root=tmp_path, chunk=16)
     assert cache.images.shape[1:] == (40, 30, 3)
     assert set(cache.failures) == {90006, 90007}
     row = cache.rows_of(np.array([1000]))[0]
     assert np.array_equal(cache.images[row], decode_image(str(dataset / "images" / "1000.jpg"), 40, 30))
-    again = build_cache(cat, 40, 30, root=tmp_path, log=logs.append)
-    assert "reusing" in logs[-1] and again.folder == cache.folder
+    again = build_cache(cat, 40, 30, root=tmp_path)
+    assert "reusing" in caplog.messages[-1] and again.folder == cache.folder
     assert np.array_equal(np.asarray(again.images), np.asarray(cache.images))
-    other = build_cache(cat, 32, 24, root=tmp_path, log=logs.append)
+    other = build_cache(cat, 32, 24, root=tmp_path)
     assert other.folder != cache.folder
 
 
-def test_interrupted_build_resumes(dataset, tmp_path):
+def test_interrupted_build_resumes(dataset, tmp_path, caplog):
     cat = build_catalog(dataset)
-    clean = build_cache(cat, 40, 30, workers=1, root=tmp_path / "a", log=lambda m: None)
+    clean = build_cache(cat, 40, 30, workers=1, root=tmp_path / "a")
     # simulate a build killed half-way: mark the second half pending and garble it
-    partial = build_cache(cat, 40, 30, workers=1, root=tmp_path / "b", log=lambda m: None)
+    partial = build_cache(cat, 40, 30, workers=1, root=tmp_path / "b")
     folder = partial.folder
     meta = json.loads((folder / "meta.json").read_text())
     (folder / "meta.json").write_text(json.dumps({**meta, "complete": False}))
@@ -59,14 +60,14 @@ def test_interrupted_build_resumes(dataset, tmp_path):
     status.flush()
     images.flush()
     del status, images
-    logs = []
-    resumed = build_cache(cat, 40, 30, workers=1, root=tmp_path / "b", log=logs.append)
-    assert any("resuming" in m for m in logs)
+    caplog.set_level(logging.INFO, logger="fashion_core")
+    resumed = build_cache(cat, 40, 30, workers=1, root=tmp_path / "b")
+    assert any("resuming" in m for m in caplog.messages)
     assert np.array_equal(np.asarray(resumed.images), np.asarray(clean.images))
 
 
 def test_take_keeps_the_requested_order(dataset, tmp_path):
-    cache = build_cache(build_catalog(dataset), 40, 30, workers=1, root=tmp_path, log=lambda m: None)
+    cache = build_cache(build_catalog(dataset), 40, 30, workers=1, root=tmp_path)
     ids = np.array([1005, 1000, 1003])
     got = cache.take(ids)
     for i, pid in enumerate(ids):

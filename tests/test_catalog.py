@@ -33,7 +33,7 @@ def test_exclusion_reasons(dataset):
 
 
 def test_undecodable_images_are_excluded_and_odd_modes_kept(dataset, isolated):
-    p = prepare_data(str(dataset), DataConfig(top_k=4), log=lambda m: None)
+    p = prepare_data(str(dataset), DataConfig(top_k=4))
     reason = dict(zip(p.catalog["id"], p.catalog["reason"]))
     assert reason[90006] == "undecodable_image"  # truncated
     assert reason[90007] == "undecodable_image"  # not an image

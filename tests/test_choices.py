@@ -16,7 +16,6 @@ import pytest
 from fashion_core.config.schema import load_experiment
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
-QUIET = dict(log=lambda m: None)
 
 
 def cfg(technique, **over):
@@ -49,9 +48,9 @@ def test_no_test_label_enters_the_epoch_or_the_regularisation_a_run_keeps(techni
     from fashion_core.runners.stage import run_stage
 
     c = cfg(technique)
-    p = prepare_data(str(dataset), c.data, log=lambda m: None)
-    clean = run_stage(c, str(dataset), prepared=p, register=False, **QUIET)
-    poisoned = run_stage(c, str(dataset), prepared=_poisoned(p), register=False, **QUIET)
+    p = prepare_data(str(dataset), c.data)
+    clean = run_stage(c, str(dataset), prepared=p, register=False)
+    poisoned = run_stage(c, str(dataset), prepared=_poisoned(p), register=False)
     a, b = (MlflowClient().get_run(r).data.metrics for r in (clean, poisoned))
     assert {k: a[k] for k in chosen} == {k: b[k] for k in chosen}
     assert _history(clean, "val_top1_mean") == _history(poisoned, "val_top1_mean")  # the curve that chose

@@ -244,7 +244,6 @@ def test_the_study_names_its_objective_for_the_dashboard(isolated, dataset, tmp_
         overrides={"data.top_k": 4},
         study_name="named",
         create_only=True,
-        log=lambda m: None,
     )
     assert optuna.load_study(study_name="named", storage=url).metric_names == ["val_top1_mean"]
 

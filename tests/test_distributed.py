@@ -8,6 +8,7 @@ through ``fashion pretrain --gpus 2``). The two that start MLflow in every proce
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -58,7 +59,6 @@ def run_fit(env: DistEnv | None, epochs: int = 4) -> list[dict]:
         [{"params": list(model.parameters())}],
         cfg,
         torch.device("cpu"),
-        log=lambda m: None,
         dist=env,
     )
     return res.history
@@ -131,9 +131,18 @@ def _stage_worker(rank: int, world: int, port: int, out: str, data: str, trackin
     cfg = load_experiment(None, profile="smoke", stage="pretrain").replace(
         **{"data.top_k": 4, "train.device": "cpu", "train.epochs": 2}
     )
+    said: list[str] = []  # the package's messages in this rank
+
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    package = logging.getLogger("fashion_core")
+    package.addHandler(Said())
+    package.setLevel(logging.INFO)
     with mock.patch.object(network, "fit", recording_fit):
-        run_id = run_stage(cfg, data, register=False, log=lambda m: None)
-    Path(out, f"stage{rank}.json").write_text(json.dumps({"run_id": run_id, "fits": fits}))
+        run_id = run_stage(cfg, data, register=False)
+    Path(out, f"stage{rank}.json").write_text(json.dumps({"run_id": run_id, "fits": fits, "said": said}))
 
 
 def test_shard_indices_equal_disjoint_covering():
@@ -208,7 +217,7 @@ def test_ddp_fit_on_two_gloo_processes_matches_one_process(tmp_path):
 @pytest.mark.slow
 def test_run_stage_on_two_ranks_logs_one_run(tmp_path, monkeypatch):
     """A pretrain stage on 2 gloo ranks: both ranks go through the same ``fit`` and train identically; one MLflow run
-    (rank 0's) tagged with the world size; rank 1 logs nothing and writes no checkpoint."""
+    (rank 0's) tagged with the world size; rank 1 logs nothing, prints nothing and writes no checkpoint."""
     import mlflow
 
     from tests.helpers.data import make_dataset
@@ -225,6 +234,9 @@ def test_run_stage_on_two_ranks_logs_one_run(tmp_path, monkeypatch):
     ranks = [json.loads((tmp_path / f"stage{r}.json").read_text()) for r in range(2)]
     ids = [r["run_id"] for r in ranks]
     assert ids[0] and ids[1] == ""
+    said = [r["said"] for r in ranks]  # one process prints: rank 0 its run's lines, rank 1 nothing
+    assert any(m.startswith("epoch 2/2") for m in said[0]) and any(f"run {ids[0]}" in m for m in said[0])
+    assert said[1] == []
     fits = [r["fits"] for r in ranks]
     assert len(fits[0]) == len(fits[1]) == 1, "every rank trains once, through the same fit"
     main, other = fits[0][0], fits[1][0]

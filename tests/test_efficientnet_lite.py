@@ -167,7 +167,6 @@ def test_lite_pretrain_then_finetune_carries_the_trunk(dataset, isolated):
     pre = run_stage(
         load_experiment(exp / "pretrain" / "baseline.yaml", overrides=lite, profile="smoke", stage="pretrain"),
         str(dataset),
-        log=lambda m: None,
     )
     run = MlflowClient().get_run(pre)
     assert run.info.status == "FINISHED"
@@ -182,7 +181,6 @@ def test_lite_pretrain_then_finetune_carries_the_trunk(dataset, isolated):
         ),
         str(dataset),
         source=pre,
-        log=lambda m: None,
     )
     assert MlflowClient().get_run(fine).info.status == "FINISHED"
     src, _ = load_run_model(pre)

@@ -15,7 +15,6 @@ from fashion_core.config.schema import load_experiment
 from fashion_core.runners.ensemble import ENSEMBLE_TAG, WEIGHTS, choose_weight, crossfit, run_ensemble
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
-QUIET = dict(log=lambda m: None)
 TINY = {"data.top_k": 4, "train.epochs": 1}
 
 
@@ -81,8 +80,8 @@ def test_crossfit_holds_the_ensemble_against_the_members_on_the_same_halves():
 def members(dataset, isolated_module):
     from fashion_core.runners.stage import run_stage
 
-    image = run_stage(cfg("pretrain", "baseline"), str(dataset), register=False, **QUIET)
-    meta = run_stage(cfg("pretrain", "meta_only"), str(dataset), register=False, **QUIET)
+    image = run_stage(cfg("pretrain", "baseline"), str(dataset), register=False)
+    meta = run_stage(cfg("pretrain", "meta_only"), str(dataset), register=False)
     return image, meta
 
 
@@ -96,7 +95,7 @@ def test_an_ensemble_run_is_a_run_of_its_stage_with_the_chosen_weight(members, d
     from mlflow.tracking import MlflowClient
 
     image, meta = members
-    run_id = run_ensemble([image, meta], str(dataset), **QUIET)
+    run_id = run_ensemble([image, meta], str(dataset))
     run = _run(run_id)
     t, m = run.data.tags, run.data.metrics
     assert t["stage"] == "pretrain" and t["technique"] == "baseline+meta_only"
@@ -137,14 +136,14 @@ def test_no_test_label_enters_the_weight_choice(members, dataset, isolated_modul
     from fashion_core.tracking.runs import download_artifact
 
     image, meta = members
-    clean = run_ensemble([image, meta], str(dataset), **QUIET)
-    p = prepare_data(str(dataset), cfg("pretrain", "baseline").data, log=lambda m: None)
+    clean = run_ensemble([image, meta], str(dataset))
+    p = prepare_data(str(dataset), cfg("pretrain", "baseline").data)
     splits = p.splits.copy()
     test = (splits["split"] == "test") & (splits["subset"] == "pretrain")
     # a derangement of the test labels among the stage's classes: every test label is wrong now
     classes = sorted(splits.loc[test, "label"].unique())
     splits.loc[test, "label"] = splits.loc[test, "label"].map(dict(zip(classes, classes[1:] + classes[:1])))
-    poisoned = run_ensemble([image, meta], str(dataset), prepared=dataclasses.replace(p, splits=splits), **QUIET)
+    poisoned = run_ensemble([image, meta], str(dataset), prepared=dataclasses.replace(p, splits=splits))
     a, b = _run(clean).data.metrics, _run(poisoned).data.metrics
     chosen = [
         "ensemble_weight",
@@ -166,7 +165,7 @@ def test_no_test_label_enters_the_weight_choice(members, dataset, isolated_modul
 def test_a_weight_of_zero_reproduces_the_anchors_own_test_figures(members, dataset, anchor):
     """The members' scores are rebuilt from their logged models: w = 0 must give the anchor's logged test metrics."""
     runs = list(members) if anchor == 0 else list(members)[::-1]
-    run_id = run_ensemble(runs, str(dataset), weights=(0.0,), **QUIET)
+    run_id = run_ensemble(runs, str(dataset), weights=(0.0,))
     mine, own = _run(run_id).data.metrics, _run(runs[0]).data.metrics
     for key in ("test_top1_mean", "test_top5_mean", "test_top1_micro"):
         assert mine[key] == pytest.approx(own[key], abs=1e-9), key
@@ -180,10 +179,10 @@ def test_it_joins_the_members_grid_so_compare_shows_it(dataset, isolated):
     from fashion_core.report.runs import find_runs
 
     tasks = plan_grid(EXP, ["pretrain/baseline", "pretrain/meta_only"], seeds=[0], profile="smoke", overrides=TINY)
-    run_grid(tasks, str(dataset), profile="smoke", seeds=[0], register=False, log=lambda m: None)
+    run_grid(tasks, str(dataset), profile="smoke", seeds=[0], register=False)
     runs = find_runs(stages=("pretrain",)).runs
     by_tech = {r.data.tags["technique"]: r.info.run_id for r in runs}
-    run_id = run_ensemble([by_tech["baseline"], by_tech["meta_only"]], str(dataset), **QUIET)
+    run_id = run_ensemble([by_tech["baseline"], by_tech["meta_only"]], str(dataset))
     assert _run(run_id).data.tags["mlflow.parentRunId"] == _run(by_tech["baseline"]).data.tags["mlflow.parentRunId"]
     shown = {r.info.run_id for r in find_runs(stages=("pretrain",)).runs}
     assert run_id in shown and set(by_tech.values()) <= shown
@@ -194,17 +193,15 @@ def test_refusals(members, dataset):
 
     image, meta = members
     with pytest.raises(ConfigError, match="two runs"):
-        run_ensemble([image], str(dataset), **QUIET)
+        run_ensemble([image], str(dataset))
     with pytest.raises(ConfigError, match="with itself"):
-        run_ensemble([image, image], str(dataset), **QUIET)
-    other_split = run_stage(
-        cfg("pretrain", "meta_only", **{"data.split_seed": 1}), str(dataset), register=False, **QUIET
-    )
+        run_ensemble([image, image], str(dataset))
+    other_split = run_stage(cfg("pretrain", "meta_only", **{"data.split_seed": 1}), str(dataset), register=False)
     with pytest.raises(ConfigError, match="dataset_digest|different splits"):
-        run_ensemble([image, other_split], str(dataset), **QUIET)
-    finetune = run_stage(cfg("finetune", "meta_only"), str(dataset), register=False, **QUIET)
+        run_ensemble([image, other_split], str(dataset))
+    finetune = run_stage(cfg("finetune", "meta_only"), str(dataset), register=False)
     with pytest.raises(ConfigError, match="differ in stage"):
-        run_ensemble([image, finetune], str(dataset), **QUIET)
+        run_ensemble([image, finetune], str(dataset))
 
 
 def test_the_command_takes_two_runs_apart_or_comma_joined_and_names_a_missing_one(isolated):

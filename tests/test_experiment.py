@@ -27,7 +27,7 @@ def artifacts(run_id, path=""):
 
 @pytest.fixture(scope="module")
 def pretrained(dataset, isolated_module):
-    run_id = run_stage(cfg("pretrain", "baseline"), str(dataset), log=lambda m: None)
+    run_id = run_stage(cfg("pretrain", "baseline"), str(dataset))
     return run_id
 
 
@@ -92,7 +92,7 @@ def test_per_class_table_matches_predictions(pretrained, tmp_path):
 def test_finetune_techniques(pretrained, dataset, technique):
     from mlflow.tracking import MlflowClient
 
-    run_id = run_stage(cfg("finetune", technique), str(dataset), source=pretrained, log=lambda m: None)
+    run_id = run_stage(cfg("finetune", technique), str(dataset), source=pretrained)
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["stage"] == "finetune" and run.data.tags["transfer"] == technique
@@ -106,7 +106,7 @@ def test_linear_probe_really_starts_from_the_pretrained_weights(pretrained, data
     from mlflow.tracking import MlflowClient
 
     source, _ = load_run_model(pretrained)
-    run_id = run_stage(cfg("finetune", "linear_probe"), str(dataset), source=pretrained, log=lambda m: None)
+    run_id = run_stage(cfg("finetune", "linear_probe"), str(dataset), source=pretrained)
     run = MlflowClient().get_run(run_id)
     assert run.data.tags["source_run_id"] == pretrained and run.data.tags["transfer"] == "linear_probe"
     tuned, meta = load_run_model(run_id)
@@ -123,7 +123,7 @@ def test_linear_probe_really_starts_from_the_pretrained_weights(pretrained, data
 
 def test_full_finetune_moves_the_backbone_from_the_source(pretrained, dataset):
     source, _ = load_run_model(pretrained)
-    run_id = run_stage(cfg("finetune", "finetune"), str(dataset), source=pretrained, log=lambda m: None)
+    run_id = run_stage(cfg("finetune", "finetune"), str(dataset), source=pretrained)
     tuned, _ = load_run_model(run_id)
     key = "backbone.layer1.0.conv1.weight"
     delta = (tuned.state_dict()[key] - source.state_dict()[key]).abs().max().item()
@@ -137,7 +137,7 @@ def test_source_resolution(pretrained, dataset):
     assert resolve_source("models:/fashion-pretrain/1") == pretrained
     with pytest.raises(SourceError, match="no run"):
         resolve_source("0" * 32)
-    ft = run_stage(cfg("finetune", "ncm"), str(dataset), source=pretrained, log=lambda m: None)
+    ft = run_stage(cfg("finetune", "ncm"), str(dataset), source=pretrained)
     with pytest.raises(SourceError, match="not a pretrain run"):
         resolve_source(ft)
     with pytest.raises(SourceError, match="expected a run id"):
@@ -147,8 +147,8 @@ def test_source_resolution(pretrained, dataset):
 def test_same_seed_same_result(dataset, isolated):
     from mlflow.tracking import MlflowClient
 
-    a = run_stage(cfg("pretrain", "baseline"), str(dataset), log=lambda m: None, register=False)
-    b = run_stage(cfg("pretrain", "baseline"), str(dataset), log=lambda m: None, register=False)
+    a = run_stage(cfg("pretrain", "baseline"), str(dataset), register=False)
+    b = run_stage(cfg("pretrain", "baseline"), str(dataset), register=False)
     ma, mb = MlflowClient().get_run(a).data.metrics, MlflowClient().get_run(b).data.metrics
     assert ma["train_loss"] == pytest.approx(mb["train_loss"], rel=1e-6)
     assert ma["test_top1_mean"] == mb["test_top1_mean"]

@@ -4,6 +4,7 @@ on 1800x2400 JPEGs that keeps memory bounded and resumes after SIGKILL to the sa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ from fashion_core.data.catalog import build_catalog
 data, root, workers, draft = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 cat = build_catalog(data)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-build_cache(cat, 299, 224, workers=workers, root=root, chunk=2, draft=draft, log=lambda m: None)
+build_cache(cat, 299, 224, workers=workers, root=root, chunk=2, draft=draft)
 print(json.dumps({"before": before, "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
@@ -159,12 +160,12 @@ def test_cli_short_side_sets_height_and_width():
         cli.main.commands.pop("probe-size", None)
 
 
-def test_prepare_reports_the_layout(cache_env, tmp_path):
+def test_prepare_reports_the_layout(cache_env, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fashion_core")
     data = make_fullres_dataset(tmp_path / "fashion-dataset", n=24, size=(240, 320))
-    logs: list[str] = []
-    p = prepare_data(str(data), DataConfig(height=40, width=30, top_k=2), workers=1, log=logs.append)
+    p = prepare_data(str(data), DataConfig(height=40, width=30, top_k=2), workers=1)
     assert p.layout.kind == "full" and "brandName" in p.catalog.columns
-    text = "\n".join(logs)
+    text = "\n".join(caplog.messages)
     assert "dataset layout: full" in text and "json_corrupt 2" in text and "--short-side 224" in text
 
 
@@ -197,7 +198,7 @@ def test_full_size_build_keeps_memory_bounded(fullres, tmp_path):
 
 
 @pytest.mark.integration  # a cache build in a child process, killed
-def test_killed_build_resumes_to_the_clean_result(fullres, tmp_path):
+def test_killed_build_resumes_to_the_clean_result(fullres, tmp_path, caplog):
     """SIGKILL a build mid-way (after the undecodable first image), resume, compare with a clean build."""
     root = tmp_path / "killed"
     # draft=False and 2-image chunks keep the build slow enough to be caught mid-way
@@ -230,10 +231,10 @@ def test_killed_build_resumes_to_the_clean_result(fullres, tmp_path):
     assert 0 < (status != 0).sum() < N_FULL and status[0] == 2  # the truncated first image failed before the kill
 
     cat = build_catalog(fullres)
-    logs: list[str] = []
-    resumed = build_cache(cat, 299, 224, workers=1, root=root, draft=False, log=logs.append)
-    assert any("resuming" in m for m in logs), logs
-    clean = build_cache(cat, 299, 224, workers=2, root=tmp_path / "clean", draft=False, log=lambda m: None)
+    caplog.set_level(logging.INFO, logger="fashion_core")
+    resumed = build_cache(cat, 299, 224, workers=1, root=root, draft=False)
+    assert any("resuming" in m for m in caplog.messages), caplog.messages
+    clean = build_cache(cat, 299, 224, workers=2, root=tmp_path / "clean", draft=False)
     assert resumed.folder.name == clean.folder.name
     assert np.array_equal(resumed.ids, clean.ids)
     assert np.array_equal(np.asarray(resumed.images), np.asarray(clean.images))
@@ -276,7 +277,7 @@ def test_rich_fields_feed_the_fusion_encoders(isolated):
             "fusion.fields": "gender,brandName,ageGroup",
         }
     )
-    run_id = run_stage(cfg, str(data), register=False, log=lambda m: None)
+    run_id = run_stage(cfg, str(data), register=False)
     meta = _json.loads(tracking.download_artifact(run_id, MODEL_JSON, isolated / "dl").read_text())
     vocab = meta["fused"]["vocab"]["categorical"]
     assert set(vocab) == {"gender", "brandName", "ageGroup"}

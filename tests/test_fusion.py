@@ -22,7 +22,6 @@ from fashion_core.losses import Criterion, build_criterion
 from fashion_core.models.network import build_model
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
-QUIET = dict(log=lambda m: None)
 
 
 def cfg(stage, technique, **over):
@@ -323,7 +322,7 @@ def _artifacts(run_id, path=""):
 def fused_pretrain(dataset, isolated_module):
     from fashion_core.runners.stage import run_stage
 
-    return run_stage(cfg("pretrain", "fused_text_aux"), str(dataset), **QUIET)
+    return run_stage(cfg("pretrain", "fused_text_aux"), str(dataset))
 
 
 def test_fused_pretrain_logs_encoders_and_tags(fused_pretrain):
@@ -351,8 +350,8 @@ def test_vocabularies_come_from_the_train_split_only(tmp_path, monkeypatch):
     with open(root / "styles.csv", "a") as f:  # a test-year (odd) product with values no training row has
         f.write("1900,Girls,Apparel,Dress,C0,Magenta,Spring,2013,Party,Tiny Girls Magenta Party Dress\n")
     (root / "images" / "1900.jpg").write_bytes((root / "images" / "1000.jpg").read_bytes())
-    p = prepare_data(str(root), cfg("pretrain", "fused_text").data, log=lambda m: None)
-    _, plan = plan_stage(cfg("pretrain", "fused_text_aux"), p, None, log=lambda m: None)
+    p = prepare_data(str(root), cfg("pretrain", "fused_text").data)
+    _, plan = plan_stage(cfg("pretrain", "fused_text_aux"), p, None)
     cats = {v.field: v.values for v in plan.vocab.categorical}
     assert cats["baseColour"] == ("Blue",) and cats["usage"] == ("Casual", "NA") and "Girls" not in cats["gender"]
     assert plan.aux["aux_sub"] == ("Topwear",)
@@ -373,7 +372,6 @@ def test_finetune_carries_the_encoders_across(fused_pretrain, dataset):
         cfg("finetune", "fused_text_aux", **{"transfer.method": "linear_probe"}),
         str(dataset),
         source=fused_pretrain,
-        **QUIET,
     )
     tuned, meta = load_run_model(run_id)
     assert isinstance(tuned, FusedNet) and meta["fused"]["vocab"] == src_meta["fused"]["vocab"]
@@ -391,7 +389,7 @@ def test_image_techniques_adopt_the_fused_source(fused_pretrain, dataset, techni
     from fashion_core.runners.stage import run_stage
     from fashion_core.tracking.references import load_run_model
 
-    run_id = run_stage(cfg("finetune", technique), str(dataset), source=fused_pretrain, **QUIET)
+    run_id = run_stage(cfg("finetune", technique), str(dataset), source=fused_pretrain)
     tags = _tags(run_id)
     assert tags["fusion"] == "late" and tags["fusion_inputs"].endswith("productDisplayName")
     model, meta = load_run_model(run_id)
@@ -406,7 +404,7 @@ def test_fused_technique_needs_a_matching_source(fused_pretrain, dataset):
 
     before = len(MlflowClient().search_runs([_experiment_id(fused_pretrain)]))
     with pytest.raises(ConfigError, match="fields"):
-        run_stage(cfg("finetune", "fused"), str(dataset), source=fused_pretrain, **QUIET)
+        run_stage(cfg("finetune", "fused"), str(dataset), source=fused_pretrain)
     assert len(MlflowClient().search_runs([_experiment_id(fused_pretrain)])) == before  # no run left behind
 
 
@@ -426,7 +424,7 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
     from fashion_core.tracking.references import SourceError, resolve_source
     from fashion_core.tracking.runs import download_artifact
 
-    run_id = run_stage(cfg("pretrain", "meta_only", **{"metadata.logreg_c": 1.0}), str(dataset), **QUIET)
+    run_id = run_stage(cfg("pretrain", "meta_only", **{"metadata.logreg_c": 1.0}), str(dataset))
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["stage"] == "pretrain" and run.data.tags["technique"] == "meta_only"
@@ -447,7 +445,7 @@ def test_metadata_baseline_is_a_run_of_the_stage(fused_pretrain, dataset, tmp_pa
     from fashion_core.data.prepared import prepare_data
     from fashion_core.fusion.plan import stage_rows
 
-    p = prepare_data(str(dataset), cfg("pretrain", "meta_only").data, log=lambda m: None)
+    p = prepare_data(str(dataset), cfg("pretrain", "meta_only").data)
     test = preds.head(5)
     top1 = class_scores(clf, features(vocab, stage_rows(p, test["id"])), len(classes)).argmax(1)
     assert [classes[i] for i in top1] == test["pred1"].tolist()
@@ -463,7 +461,6 @@ def test_leaky_configs_are_tagged(fused_pretrain, dataset):
     run_id = run_stage(
         cfg("finetune", "meta_only", **{"fusion.leaky_fields": "subCategory", "metadata.logreg_c": 1.0}),
         str(dataset),
-        **QUIET,
     )
     tags = _tags(run_id)
     assert tags["leaky"] == "true" and "subCategory" in tags["fusion_inputs"].split(",")
@@ -475,6 +472,6 @@ def test_leaky_configs_are_tagged(fused_pretrain, dataset):
     source = load_run_model(fused_pretrain)
     source[1]["fusion"]["leaky_fields"] = ["subCategory"]  # as a leaky pretrain run's model.json says
     source[1]["fused"]["vocab"]["categorical"]["subCategory"] = ["Topwear"]
-    p = prepare_data(str(dataset), cfg("finetune", "ncm").data, log=lambda m: None)
-    adopted, plan = plan_stage(cfg("finetune", "ncm"), p, source, log=lambda m: None)
+    p = prepare_data(str(dataset), cfg("finetune", "ncm").data)
+    adopted, plan = plan_stage(cfg("finetune", "ncm"), p, source)
     assert adopted.fusion.leaky and adopted.fusion.mode == "late" and plan.vocab is not None

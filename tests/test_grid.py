@@ -47,7 +47,7 @@ def store(tmp_path_factory, dataset):
 @pytest.fixture(scope="module")
 def grid(store, dataset):
     tasks = plan_grid(experiments_dir(store), seeds=[0, 1], profile="smoke", overrides=TINY)
-    return tasks, run_grid(tasks, str(dataset), profile="smoke", seeds=[0, 1], register=False, log=lambda m: None)
+    return tasks, run_grid(tasks, str(dataset), profile="smoke", seeds=[0, 1], register=False)
 
 
 @pytest.mark.integration  # a whole grid end to end (the module's `grid` fixture)
@@ -112,20 +112,20 @@ def test_rerun_reuses_finished_runs_and_compare_reads_the_grid(grid, dataset, st
     from fashion_core.report.compare import run_compare
 
     tasks, first = grid
-    again = run_grid(tasks, str(dataset), profile="smoke", seeds=[0, 1], register=False, log=lambda m: None)
+    again = run_grid(tasks, str(dataset), profile="smoke", seeds=[0, 1], register=False)
     ok = first.runs["status"] == "FINISHED"
     assert again.runs["reused"].tolist() == ok.tolist()  # finished runs reused, failed ones tried again
     assert again.runs.loc[ok, "run_id"].tolist() == first.runs.loc[ok, "run_id"].tolist()
     assert again.source_run_id == first.source_run_id
     assert set(grid_run_ids(again.parent_run_id)) == set(again.runs["run_id"])
-    rep = run_compare(grid="latest", out=store / "report", log=lambda m: None)
+    rep = run_compare(grid="latest", out=store / "report")
     assert rep.scope.grid_run_id == again.parent_run_id
     assert set(rep.tables.runs["run_id"]) == set(first.runs.loc[ok, "run_id"])
     assert set(rep.tables.summary) == {"pretrain", "finetune"}
     assert (rep.tables.runs["n_mismatch"] == 0).all()  # per_class.csv agrees with predictions.csv
     assert "failed" in " ".join(rep.scope.left_out["reason"])
     ncm = [t for t in tasks if t.cfg.technique == "ncm"][:1]  # no training: a cheap forced rerun
-    forced = run_grid(ncm, str(dataset), source=first.source_run_id, reuse=False, log=lambda m: None)
+    forced = run_grid(ncm, str(dataset), source=first.source_run_id, reuse=False)
     old_ncm = first.runs.loc[first.runs["technique"] == "ncm", "run_id"].iloc[0]
     assert not forced.runs["reused"].any() and forced.runs["run_id"][0] != old_ncm
     assert forced.runs["config_hash"][0] == first.runs.loc[first.runs["technique"] == "ncm", "config_hash"].iloc[0]
@@ -144,7 +144,7 @@ def test_under_mlflow_run_the_launched_run_is_the_parent(grid, dataset, monkeypa
     client.log_param(launched, "from", "''")  # how `mlflow run` logs an empty parameter
     monkeypatch.setenv("MLFLOW_RUN_ID", launched)
     ncm = [t for t in tasks if t.cfg.technique == "ncm"][:1]
-    res = run_grid(ncm, str(dataset), source=first.source_run_id, profile="smoke", log=lambda m: None)
+    res = run_grid(ncm, str(dataset), source=first.source_run_id, profile="smoke")
     assert res.parent_run_id == launched and "MLFLOW_RUN_ID" not in os.environ
     parent = client.get_run(launched)
     assert parent.info.run_name == "grid/smoke/seeds0" and parent.data.tags["stage"] == "grid"
@@ -157,7 +157,7 @@ def test_a_technique_failing_before_its_run_is_recorded(store, dataset):
     from mlflow.tracking import MlflowClient
 
     tasks = plan_grid(EXP, ["finetune/ncm"], seeds=[0], profile="smoke", overrides=TINY)
-    res = run_grid(tasks, str(dataset), experiment="no-pretrain-here", log=lambda m: None)
+    res = run_grid(tasks, str(dataset), experiment="no-pretrain-here")
     row = res.runs.iloc[0]
     assert row["status"] == "FAILED" and "pretrain" in row["error"]
     run = MlflowClient().get_run(row["run_id"])
@@ -172,7 +172,7 @@ def test_bad_from_fails_before_any_run(store, dataset):
     before = len(find_runs("tags.stage = 'grid'"))
     tasks = plan_grid(EXP, ["finetune/ncm"], seeds=[0], profile="smoke", overrides=TINY)
     with pytest.raises(SourceError, match="no run"):
-        run_grid(tasks, str(dataset), source="0" * 32, log=lambda m: None)
+        run_grid(tasks, str(dataset), source="0" * 32)
     assert len(find_runs("tags.stage = 'grid'")) == before
 
 
@@ -244,7 +244,7 @@ def test_reuse_needs_the_same_dataset_digest_not_just_the_folder_name(store, dat
         for t in plan_grid(experiments_dir(tmp_path), seeds=[0], profile="smoke", overrides=TINY)
         if t.cfg.technique == "meta_only"
     ]
-    quiet = dict(profile="smoke", seeds=[0], register=False, log=lambda m: None)
+    quiet = dict(profile="smoke", seeds=[0], register=False)
     first = run_grid(tasks, str(dataset), **quiet)
     assert run_grid(tasks, str(dataset), **quiet).runs["reused"].all()  # the same data: reused
     other = tmp_path / "elsewhere" / dataset.name
@@ -414,7 +414,6 @@ def test_jobs_2_gives_the_sequential_grid_numbers(grid, dataset):
         str(dataset),
         experiment="jobs-2",
         register=False,
-        log=lambda m: None,
         jobs=2,
         threads_per_cell=torch.get_num_threads(),
     )
@@ -424,7 +423,7 @@ def test_jobs_2_gives_the_sequential_grid_numbers(grid, dataset):
     expected = cell_numbers(seq)
     got = cell_numbers(par)
     assert got == {k: expected[k] for k in got}  # every metric of every cell, and the same source choice
-    again = run_grid(tasks, str(dataset), experiment="jobs-2", register=False, log=lambda m: None, jobs=2)
+    again = run_grid(tasks, str(dataset), experiment="jobs-2", register=False, jobs=2)
     assert again.runs["reused"].all() and list(again.runs["run_id"]) == list(par.runs["run_id"])
 
 
@@ -439,7 +438,6 @@ def test_jobs_2_status_shows_a_cell_running_only_once_a_worker_started_it(store,
         str(dataset),
         experiment="jobs-2-status",
         register=False,
-        log=lambda m: None,
         jobs=2,
         threads_per_cell=1,
         show_status=True,
@@ -487,7 +485,6 @@ def test_status_never_shows_more_cells_running_than_slots_even_when_the_executor
         str(dataset),
         experiment="status-cap",
         register=False,
-        log=lambda m: None,
         jobs=4,
         show_status=True,
         profile="smoke",

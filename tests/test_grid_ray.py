@@ -63,7 +63,7 @@ def test_ray_grid_on_two_nodes_survives_a_killed_worker(cluster, store, dataset,
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # what each Ray cell has (cpus_per_cell=1)
     try:
-        seq = run_grid(tasks, str(dataset), experiment="ray-seq", register=False, log=lambda m: None)
+        seq = run_grid(tasks, str(dataset), experiment="ray-seq", register=False)
     finally:
         torch.set_num_threads(before)
     assert cell_numbers(res) == cell_numbers(seq)

@@ -11,6 +11,7 @@ identical grids started at once: one FINISHED run per cell.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -56,7 +57,7 @@ def test_a_run_beats_while_open_and_stops_when_it_ends(isolated, monkeypatch):
     assert run.info.status == "FINISHED" and run.data.tags["heartbeat"] == last  # no beat after the end
 
 
-def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypatch):
+def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypatch, caplog):
     """Dead: its process is gone (same machine), a stale heartbeat, no heartbeat and older than the window.
     Alive: a fresh heartbeat from another machine, no heartbeat but young, a slow writer's heartbeat within its own
     period, and the runs this process beats."""
@@ -107,6 +108,8 @@ def test_a_top_level_run_ends_the_dead_runs_of_its_experiment(isolated, monkeypa
     state = {k: client.get_run(v) for k, v in ids.items()}
     for k in ("process gone", "stale", "old, no heartbeat"):
         assert state[k].info.status == "KILLED", k
+        said = [r for r in caplog.records if r.getMessage().startswith(f"ended run {ids[k]} ")]
+        assert len(said) == 1 and said[0].levelno == logging.WARNING, k  # a warning each
     assert state["process gone"].data.tags["killed_reason"].startswith(f"its process is gone (pid {gone.pid}")
     assert state["stale"].data.tags["killed_reason"].startswith("stale heartbeat (last seen ")
     assert state["stale"].info.end_time == int(float(state["stale"].data.tags["heartbeat"]) * 1000)
@@ -458,14 +461,10 @@ def test_a_grid_that_ended_unfinished_is_continued_or_under_mlflow_run_linked(is
 
     monkeypatch.setattr("fashion_core.grid.scheduler.code_version", lambda: "c0ffee+beat")
     tasks = plan_grid(EXP, ["pretrain/meta_only"], seeds=[0, 1], profile="smoke", overrides={"data.top_k": 4})
-    first = run_grid(
-        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
-    )
+    first = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False)
     client = _client()
     client.set_terminated(first.parent_run_id, "KILLED")  # as if it had been stopped after its cells
-    again = run_grid(
-        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
-    )
+    again = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False)
     assert again.parent_run_id == first.parent_run_id and not again.runs["reused"].any()
     assert list(again.runs["run_id"]) == list(first.runs["run_id"])  # its own cells, not run again
     parent = client.get_run(first.parent_run_id)
@@ -474,15 +473,13 @@ def test_a_grid_that_ended_unfinished_is_continued_or_under_mlflow_run_linked(is
     client.set_terminated(first.parent_run_id, "KILLED")
     launched = client.create_run(first.experiment_id, tags={"mlflow.source.type": "PROJECT"}).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launched)
-    linked = run_grid(
-        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
-    )
+    linked = run_grid(tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False)
     assert linked.parent_run_id == launched and linked.runs["reused"].all()
     assert list(linked.runs["run_id"]) == list(first.runs["run_id"])
     assert client.get_run(launched).data.tags["continues_grid_run_id"] == first.parent_run_id
     assert client.get_run(first.parent_run_id).data.tags["continued_by"] == launched
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     fresh = run_grid(
-        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False, log=lambda m: None
+        tasks, str(dataset), experiment="continue", profile="smoke", seeds=[0, 1], register=False
     )  # the KILLED one was continued already: a new grid run, every cell reused
     assert fresh.parent_run_id not in (first.parent_run_id, launched) and fresh.runs["reused"].all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import signal
@@ -496,7 +497,7 @@ def test_runs_in_the_checkout_while_working_elsewhere(isolated, tmp_path_factory
     )
 
 
-def test_main_yaml_ensembles_are_pairs_and_a_pair_without_its_runs_is_skipped(tmp_path):
+def test_main_yaml_ensembles_are_pairs_and_a_pair_without_its_runs_is_skipped(tmp_path, caplog):
     import pandas as pd
 
     from fashion_core.config.checks import ConfigError
@@ -516,11 +517,9 @@ def test_main_yaml_ensembles_are_pairs_and_a_pair_without_its_runs_is_skipped(tm
             {"stage": "finetune", "technique": "imprint_balanced", "run_id": "b" * 32, "status": "FAILED"},
         ]
     )
-    said = []
-    assert (
-        run_main_ensembles([("finetune", "meta_only", "imprint_balanced")], runs, None, "g" * 32, log=said.append) == []
-    )
-    assert said == [
+    caplog.set_level(logging.INFO, logger="fashion_core")
+    assert run_main_ensembles([("finetune", "meta_only", "imprint_balanced")], runs, None, "g" * 32) == []
+    assert caplog.messages == [
         "ensemble finetune/meta_only+imprint_balanced: skipped, the grid has no finished finetune run "
         "of imprint_balanced"
     ]

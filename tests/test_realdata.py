@@ -1,5 +1,7 @@
 """The real catalogue: the counts DESIGN.md and the data README list (skipped when the data is absent)."""
 
+import logging
+
 import pytest
 
 from fashion_core.config.schema import DataConfig
@@ -30,12 +32,12 @@ TOP20 = [
 ]
 
 
-def test_prepare_on_the_real_data(real_data, isolated):
+def test_prepare_on_the_real_data(real_data, isolated, caplog):
     from mlflow.tracking import MlflowClient
 
     from fashion_core.runners.prepare import run_prepare
 
-    p, run_id = run_prepare(real_data, DataConfig(), log=lambda m: None)
+    p, run_id = run_prepare(real_data, DataConfig())
     m = MlflowClient().get_run(run_id).data.metrics
     assert m["n_rows"] == 44446 and m["n_valid"] == 44072
     assert m["n_train"] + m["n_val"] == 23755 and m["n_test"] == 20317
@@ -51,6 +53,6 @@ def test_prepare_on_the_real_data(real_data, isolated):
     arts = {a.path for a in MlflowClient().list_artifacts(run_id, "splits")}
     assert {"splits/splits.parquet", "splits/class_frequency.html", "splits/class_counts.json"} <= arts
     # a second prepare reuses the cache
-    logs = []
-    run_prepare(real_data, DataConfig(), log=logs.append)
-    assert any("reusing" in line for line in logs)
+    caplog.set_level(logging.INFO, logger="fashion_core")
+    run_prepare(real_data, DataConfig())
+    assert any("reusing" in line for line in caplog.messages)

@@ -115,7 +115,7 @@ def fake_runs(store):
 @pytest.fixture(scope="module")
 def compared(fake_runs, store):
     """The report of the fake runs, built once."""
-    return run_compare(experiment="fake-data", grid="none", out=store / "out", log=lambda m: None)
+    return run_compare(experiment="fake-data", grid="none", out=store / "out")
 
 
 def plotly_data(html_text: str, div_id: str) -> list[dict]:
@@ -242,7 +242,7 @@ def test_compare_run_holds_the_report(fake_runs, compared, tmp_path):
     assert {"report/report.html", "report/summary.md", "report/summary_pretrain.csv"} <= names
     assert "focal" in run.data.tags["mlflow.note.content"]
     # A compare run is not itself compared.
-    again = run_compare(experiment="fake-data", grid="none", out=tmp_path / "again", log_run=False, log=lambda m: None)
+    again = run_compare(experiment="fake-data", grid="none", out=tmp_path / "again", log_run=False)
     assert res.run_id not in set(again.tables.runs["run_id"])
 
 
@@ -290,7 +290,7 @@ def test_the_seed_mean_interval_includes_the_seeds_spread(store, tmp_path):
         log_fake_run("pretrain", "shaky", 0, 0.2, experiment="spread"),
         log_fake_run("pretrain", "shaky", 1, 0.95, experiment="spread"),
     )
-    res = run_compare(experiment="spread", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    res = run_compare(experiment="spread", grid="none", out=tmp_path / "o", log_run=False)
     row = res.tables.summary["pretrain"].set_index("technique").loc["shaky"]
     runs = res.tables.runs.set_index("run_id")
     seeds = [runs.loc[low, "top1_mean"], runs.loc[high, "top1_mean"]]
@@ -321,7 +321,7 @@ def test_grid_none_keeps_each_configuration_of_a_technique(store, tmp_path):
     scope = find_runs(experiment="configs", grid="none")
     assert {r.info.run_id for r in scope.runs} == {*short, *long, older_code}
     assert "superseded" in scope.left_out.set_index("run_id").loc[long_old, "reason"]
-    res = run_compare(experiment="configs", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    res = run_compare(experiment="configs", grid="none", out=tmp_path / "o", log_run=False)
     summ = res.tables.summary["finetune"].set_index("technique")
     assert set(summ.index) == {"fused [train.epochs=4]", "fused [train.epochs=20]"}
     assert summ.loc["fused [train.epochs=4]", "seeds"] == "0,1,2"
@@ -388,7 +388,7 @@ def test_identical_seeds_give_one_seeds_interval_in_compare(store, tmp_path):
     for seed in (0, 1, 2):
         log_fake_run("pretrain", "triple", seed, 0.6, experiment="identical", draw=7)
     single = log_fake_run("pretrain", "single", 0, 0.6, experiment="identical", draw=7)
-    res = run_compare(experiment="identical", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    res = run_compare(experiment="identical", grid="none", out=tmp_path / "o", log_run=False)
     summ = res.tables.summary["pretrain"].set_index("technique")
     assert summ.loc["triple", "n_seeds"] == 3
     runs = res.tables.runs.set_index("run_id")
@@ -417,7 +417,7 @@ def test_ensemble_seeds_are_one_row(store, tmp_path):
             experiment="ensembles",
             config={"ensemble": {"members": members, "weights": [0.5, 1.0]}, "data": {"top_k": 20}},
         )
-    res = run_compare(experiment="ensembles", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    res = run_compare(experiment="ensembles", grid="none", out=tmp_path / "o", log_run=False)
     summ = res.tables.summary["finetune"]
     assert list(summ["technique"]) == ["finetune+meta_only"] and summ["seeds"].iloc[0] == "0,1,2"
 
@@ -430,7 +430,7 @@ def test_reads_on_test_test_informed_and_peer_protocols(store, tmp_path):
     run("honest", 1, 0.6, configs_read_on_test=3)
     run("peeked", 0, 0.95, test_informed="true")
     run("plain", 0, 0.3)
-    res = run_compare(experiment="marks", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    res = run_compare(experiment="marks", grid="none", out=tmp_path / "o", log_run=False)
     summ = res.tables.summary["pretrain"]
     assert summ["technique"].iloc[0] == "peeked"  # ranked first, but never the reference
     shown = display_summary(summ).set_index("technique")
@@ -560,7 +560,7 @@ def gallery(store, tmp_path_factory):
     tracking.set_experiment("gallery")
     with tracking.start_run("prepare", "prepare", "digest-g", tags={"cache_folder": str(folder)}):
         pass
-    res = run_compare(experiment="gallery", grid="none", out=root / "o", log_run=False, log=lambda m: None)
+    res = run_compare(experiment="gallery", grid="none", out=root / "o", log_run=False)
     return res, folder
 
 
@@ -695,7 +695,7 @@ def test_selection_runs_are_left_out_not_compared(store, tmp_path):
         )
         for s in (1, 2, 3)
     ]
-    res = run_compare(experiment="with-selection", grid="none", out=tmp_path / "o", log_run=False, log=lambda m: None)
+    res = run_compare(experiment="with-selection", grid="none", out=tmp_path / "o", log_run=False)
     assert set(res.tables.runs["run_id"]) == {scored}
     left = res.scope.left_out.set_index("run_id")
     assert set(selection) <= set(left.index)

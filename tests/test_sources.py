@@ -1,5 +1,6 @@
 """Dataset sources: folders at any of three depths, archives extracted once and safely, kaggle via a fake downloader."""
 
+import logging
 import os
 import tarfile
 import zipfile
@@ -43,22 +44,22 @@ def test_env_variable_is_the_default(monkeypatch, dataset):
     assert resolve_dataset(None) == dataset
 
 
-def test_tar_and_zip_are_extracted_once(tmp_path, monkeypatch, dataset):
+def test_tar_and_zip_are_extracted_once(tmp_path, monkeypatch, dataset, caplog):
     monkeypatch.setenv("FASHION_CACHE", str(tmp_path / "cache"))
     tgz = tmp_path / "ds.tar.gz"
     with tarfile.open(tgz, "w:gz") as tf:
         tf.add(dataset, arcname="fashion-mini")
-    root = resolve_dataset(tgz, progress=lambda m: None)
+    root = resolve_dataset(tgz)
     assert (root / "styles.csv").read_bytes() == (dataset / "styles.csv").read_bytes()
     assert len(list((root / "images").iterdir())) == len(list((dataset / "images").iterdir()))
-    calls = []
-    assert resolve_dataset(tgz, progress=calls.append) == root
-    assert calls == []  # reused, not extracted again
+    caplog.set_level(logging.INFO, logger="fashion_core")
+    assert resolve_dataset(tgz) == root
+    assert caplog.messages == []  # reused, not extracted again
     zp = tmp_path / "ds.zip"
     with zipfile.ZipFile(zp, "w") as zf:
         for p in dataset.rglob("*"):
             zf.write(p, Path("top") / "fashion-mini" / p.relative_to(dataset))
-    zroot = resolve_dataset(zp, progress=lambda m: None)
+    zroot = resolve_dataset(zp)
     assert zroot.name == "fashion-mini" and (zroot / "styles.csv").is_file()
 
 
@@ -73,7 +74,7 @@ def test_tar_traversal_is_refused(tmp_path, monkeypatch, make, match):
     monkeypatch.setenv("FASHION_CACHE", str(tmp_path / "cache"))
     tgz = _tar(tmp_path / "bad.tar.gz", make(), {e.name: b"x" for e in make()})
     with pytest.raises(DataSourceError, match=match):
-        resolve_dataset(tgz, progress=lambda m: None)
+        resolve_dataset(tgz)
     assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()
     assert list((tmp_path / "cache" / "extracted").iterdir()) == []  # the partial extraction is removed
 
@@ -85,13 +86,13 @@ def test_links_pointing_outside_are_refused(tmp_path, monkeypatch):
     link.linkname = "../../../../etc/passwd"
     tgz = _tar(tmp_path / "link.tar.gz", [_file("ds/styles.csv"), link], {"ds/styles.csv": b"id\n"})
     with pytest.raises(DataSourceError, match="points outside"):
-        resolve_dataset(tgz, progress=lambda m: None)
+        resolve_dataset(tgz)
     abs_link = tarfile.TarInfo("ds/x")
     abs_link.type = tarfile.SYMTYPE
     abs_link.linkname = "/etc/passwd"
     tgz2 = _tar(tmp_path / "abs.tar.gz", [abs_link])
     with pytest.raises(DataSourceError, match="absolute target"):
-        resolve_dataset(tgz2, progress=lambda m: None)
+        resolve_dataset(tgz2)
     # nothing was written outside the cache folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abs.tar.gz", "cache", "link.tar.gz"]
 
@@ -103,7 +104,7 @@ def test_zip_traversal_is_refused(tmp_path, monkeypatch):
         zf.writestr("ds/styles.csv", "id\n")
         zf.writestr("../evil.txt", "x")
     with pytest.raises(DataSourceError, match=r"'\.\.'"):
-        resolve_dataset(zp, progress=lambda m: None)
+        resolve_dataset(zp)
     assert not (tmp_path / "evil.txt").exists()
 
 

@@ -6,6 +6,7 @@ test read is counted per configuration; a ``--from`` source of another split is 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,6 @@ from fashion_core.tracking.test_reads import (
 )
 
 EXP = Path(__file__).resolve().parents[1] / "experiments"
-QUIET = dict(log=lambda m: None)
 YEAR = {
     "data.top_k": 4,
     "train.epochs": 1,
@@ -150,7 +150,7 @@ def _table(run_id, path, dst):
 
 @pytest.mark.parametrize("technique", ["baseline", "meta_only"])
 def test_a_deferred_run_evaluated_later_logs_what_it_would_have_logged_at_its_end(
-    technique, years, isolated, monkeypatch, tmp_path
+    technique, years, isolated, monkeypatch, tmp_path, caplog
 ):
     from mlflow.tracking import MlflowClient
 
@@ -160,7 +160,7 @@ def test_a_deferred_run_evaluated_later_logs_what_it_would_have_logged_at_its_en
     from fashion_core.runners.stage import run_stage
 
     c = cfg("pretrain", technique)
-    deferred = run_stage(c, str(years), register=False, **QUIET)
+    deferred = run_stage(c, str(years), register=False)
     run = MlflowClient().get_run(deferred)
     assert run.data.tags[SELECTION_TAG] == "true" and run.data.tags[TEST_SCORED_TAG] == "false"
     assert _test_metrics(deferred) == {} and _eval_files(deferred) == set()  # no test figure, no eval/ table
@@ -171,9 +171,11 @@ def test_a_deferred_run_evaluated_later_logs_what_it_would_have_logged_at_its_en
     with monkeypatch.context() as mp:
         mp.setattr(experiment, "scores_test", lambda cfg: True)
         mp.setattr(metadata_baseline, "scores_test", lambda cfg: True)
-        at_end = run_stage(c, str(years), register=False, **QUIET)
-    lines = []
-    got = evaluate_run(deferred, str(years), log=lines.append)
+        at_end = run_stage(c, str(years), register=False)
+    caplog.set_level(logging.INFO, logger="fashion_core")
+    caplog.clear()
+    got = evaluate_run(deferred, str(years))
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("fashion_core")]
     assert "configurations read on test: 1" in lines[-1]  # the forced run read this very configuration
     mine, theirs = _test_metrics(deferred), _test_metrics(at_end)
     assert mine == theirs and mine["test_top1_mean"] == got["test_top1_mean"]
@@ -184,9 +186,9 @@ def test_a_deferred_run_evaluated_later_logs_what_it_would_have_logged_at_its_en
     assert tags[TEST_SCORED_TAG] == "true" and tags["test_scored_by"] == "evaluate" and tags[READS_TAG] == "1"
     assert MlflowClient().get_run(deferred).info.status == "FINISHED"
     with pytest.raises(ConfigError, match="already scored test"):  # once
-        evaluate_run(deferred, str(years), **QUIET)
+        evaluate_run(deferred, str(years))
     with pytest.raises(ConfigError, match="already scored test"):  # a run that scored test at its end
-        evaluate_run(at_end, str(years), **QUIET)
+        evaluate_run(at_end, str(years))
 
 
 def test_an_ensemble_of_selection_runs_is_one_and_is_evaluated_once(years, isolated, monkeypatch, tmp_path):
@@ -196,17 +198,17 @@ def test_an_ensemble_of_selection_runs_is_one_and_is_evaluated_once(years, isola
     from fashion_core.runners.evaluate import evaluate_run
     from fashion_core.runners.stage import run_stage
 
-    image = run_stage(cfg("pretrain", "baseline"), str(years), register=False, **QUIET)
-    meta = run_stage(cfg("pretrain", "meta_only"), str(years), register=False, **QUIET)
-    deferred = run_ensemble([image, meta], str(years), **QUIET)
+    image = run_stage(cfg("pretrain", "baseline"), str(years), register=False)
+    meta = run_stage(cfg("pretrain", "meta_only"), str(years), register=False)
+    deferred = run_ensemble([image, meta], str(years))
     run = MlflowClient().get_run(deferred)
     assert run.data.tags[SELECTION_TAG] == "true" and _test_metrics(deferred) == {} and _eval_files(deferred) == set()
     # the same ensemble, scoring test at its end (the predicate as the ensemble runner holds it)
     with monkeypatch.context() as mp:
         mp.setattr("fashion_core.runners.ensemble.scores_test", lambda cfg, members=None: True)
-        at_end = run_ensemble([image, meta], str(years), **QUIET)
+        at_end = run_ensemble([image, meta], str(years))
     assert MlflowClient().get_run(at_end).data.metrics["ensemble_weight"] == run.data.metrics["ensemble_weight"]
-    evaluate_run(deferred, str(years), **QUIET)
+    evaluate_run(deferred, str(years))
     assert _test_metrics(deferred) == _test_metrics(at_end)
     pd.testing.assert_frame_equal(
         _table(deferred, "eval/predictions.csv", tmp_path / "a"), _table(at_end, "eval/predictions.csv", tmp_path / "b")
@@ -224,19 +226,19 @@ def test_from_refuses_a_source_of_another_split_unless_allowed(years, isolated):
     from fashion_core.runners.stage import run_stage
     from fashion_core.tracking.references import SourceError
 
-    src = run_stage(cfg("pretrain", "baseline"), str(years), register=False, **QUIET)
+    src = run_stage(cfg("pretrain", "baseline"), str(years), register=False)
     standard = cfg("finetune", "finetune", **{"data.val_by": "random"})
     with pytest.raises(
         SourceError,
         match=r"another split \(digest \w+, val_by=year val_years=2016\) than this "
         r"run \(digest \w+, val_by=random\).*--allow-split-mismatch",
     ):
-        run_stage(standard, str(years), source=src, **QUIET)
-    run_id = run_stage(standard, str(years), source=src, allow_split_mismatch=True, **QUIET)
+        run_stage(standard, str(years), source=src)
+    run_id = run_stage(standard, str(years), source=src, allow_split_mismatch=True)
     tags = MlflowClient().get_run(run_id).data.tags
     assert tags["split_mismatch_allowed"] == "true" and tags["source_val_by"] == "year"
     assert tags["source_val_years"] == "2016" and tags["source_dataset_digest"] != tags["dataset_digest"]
-    same = run_stage(cfg("finetune", "finetune"), str(years), source=src, **QUIET)  # the same split: accepted
+    same = run_stage(cfg("finetune", "finetune"), str(years), source=src)  # the same split: accepted
     assert "split_mismatch_allowed" not in MlflowClient().get_run(same).data.tags
     smoke = [
         "--data",

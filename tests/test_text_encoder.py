@@ -79,12 +79,12 @@ def test_missing_package_is_a_clear_error(monkeypatch):
 
 def test_embeddings_are_cached_by_texts_and_model(isolated):
     enc = CountingEncoder()
-    first = T.embed_texts(["b", "a", "b", None], enc, log=lambda m: None)
+    first = T.embed_texts(["b", "a", "b", None], enc)
     assert enc.calls == [3]  # the distinct texts once: "", "a", "b"
     assert np.array_equal(first[0], first[1] * 0 + first[0]) and np.array_equal(first[0], first[2])
-    again = T.embed_texts(["a", "b", "b", None], enc, log=lambda m: None)  # the same distinct texts: a cache hit
+    again = T.embed_texts(["a", "b", "b", None], enc)  # the same distinct texts: a cache hit
     assert enc.calls == [3] and np.array_equal(again[0], first[1])
     other = CountingEncoder(sha="stub-2")  # another model file: another key
-    T.embed_texts(["a", "b", ""], other, log=lambda m: None)
+    T.embed_texts(["a", "b", ""], other)
     assert other.calls == [3]
     assert len(list((isolated / "cache" / "text_embeddings").glob("*.npy"))) == 2

@@ -80,7 +80,6 @@ def _fit(ema_decay: float, checkpoint=None, resume=None, on_epoch=None, live=Non
         [{"params": list(model.parameters())}],
         cfg,
         torch.device("cpu"),
-        log=lambda m: None,
         checkpoint_path=checkpoint,
         resume=resume,
         on_epoch=on_epoch,
@@ -148,7 +147,6 @@ def test_fit_without_validation_keeps_the_last_epochs_weights():
         [{"params": list(model.parameters())}],
         cfg,
         torch.device("cpu"),
-        log=lambda m: None,
     )
     assert res.selection == "last_epoch" and res.best_epoch == 3 and len(res.history) == 3
     assert not res.stopped_early
@@ -273,7 +271,6 @@ def test_cpu_training_runs_channels_last(monkeypatch):
         [{"params": list(model.parameters())}],
         cfg,
         torch.device("cpu"),
-        log=lambda m: None,
     )
     assert layouts == [True, True]  # every batch of the epoch (40 items, batch 16, last partial dropped)
     assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)

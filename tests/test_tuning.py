@@ -28,10 +28,6 @@ FAST = {"data.top_k": 4, "train.epochs": 2, "train.max_batches_per_epoch": 2}  #
 CLI_FAST = ["--profile", "smoke", "-o", "data.top_k=4", "-o", "train.epochs=1", "-o", "train.max_batches_per_epoch=2"]
 
 
-def quiet(msg: str) -> None:
-    pass
-
-
 def focal():
     return load_space("focal_weights", SPACES, EXP)
 
@@ -46,9 +42,7 @@ def store(tmp_path_factory):
 
 def tune(dataset, tmp_path, study_name: str, **kw):
     """run_tune of the focal space on the generated data, fast settings, a sqlite storage under tmp_path."""
-    opts = dict(
-        profile="smoke", overrides=FAST, storage=f"sqlite:///{tmp_path / 'optuna.db'}", log=quiet, study_name=study_name
-    )
+    opts = dict(profile="smoke", overrides=FAST, storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name=study_name)
     return run_tune(focal(), str(dataset), **{**opts, **kw})
 
 
@@ -246,7 +240,7 @@ def test_objective_never_touches_the_test_split(dataset, store, tmp_path):
     from fashion_core.tuning.study import Objective
 
     sp = focal()
-    p = prepare_data(str(dataset), base_config(sp, "smoke", FAST).data, log=quiet)
+    p = prepare_data(str(dataset), base_config(sp, "smoke", FAST).data)
     test = p.splits[p.splits["split"] == "test"]
     assert len(test)
     # Poison the test split: its images may not be gathered, and its labels are nonsense.

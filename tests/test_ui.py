@@ -120,8 +120,8 @@ def grid_over_http(server, dataset, tmp_path_factory):
         tasks = plan_grid(
             EXP, ["pretrain/baseline"], seeds=[0], profile="smoke", overrides={"data.top_k": 4, "train.epochs": 1}
         )
-        res = run_grid(tasks, str(dataset), profile="smoke", seeds=[0], register=False, log=lambda m: None)
-        rep = run_compare(out=work / "report", log=lambda m: None)
+        res = run_grid(tasks, str(dataset), profile="smoke", seeds=[0], register=False)
+        rep = run_compare(out=work / "report")
         numbers = {r: recompute(r, work / "dl") for r in res.runs["run_id"]}
         yield res, rep, numbers, work
 

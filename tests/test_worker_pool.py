@@ -43,27 +43,25 @@ def _slow(value: int, seconds: float) -> int:
     return value
 
 
-def _pool(workers: int, max_retries: int, messages: list) -> RestartingPool:
+def _pool(workers: int, max_retries: int) -> RestartingPool:
     return RestartingPool(
-        lambda: cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")),
-        max_retries=max_retries,
-        log=messages.append,
+        lambda: cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")), max_retries=max_retries
     )
 
 
-def test_a_dead_worker_is_replaced_and_every_call_finishes(tmp_path):
-    messages: list = []
-    with _pool(2, 1, messages) as pool:
+def test_a_dead_worker_is_replaced_and_every_call_finishes(tmp_path, caplog):
+    with _pool(2, 1) as pool:
         dying = pool.submit(_die_once, str(tmp_path / "flag"), 7)
         others = [pool.submit(_slow, v, 1.0) for v in range(3)]  # one runs beside it, two wait in the queue
         assert dying.result(timeout=120) == 7
         assert [f.result(timeout=120) for f in others] == [0, 1, 2]
+        messages = [r.getMessage() for r in caplog.records if r.name == "fashion_core.grid.worker_pool"]
         assert pool.restarts == 1 and len(messages) == 1 and "restarted" in messages[0]
 
 
 def test_only_the_call_whose_worker_died_counts_its_retries(tmp_path):
     """A call that kills its worker every time fails after max_retries reruns; the calls beside it finish."""
-    with _pool(3, 1, []) as pool:
+    with _pool(3, 1) as pool:
         doomed = pool.submit(_always_die, 0.5)
         beside = [pool.submit(_slow, v, 2.0) for v in range(2)]  # running when the pool first broke
         with pytest.raises(cf.process.BrokenProcessPool, match="died 2 times"):
@@ -76,7 +74,7 @@ def test_only_the_call_whose_worker_died_counts_its_retries(tmp_path):
 
 
 def test_no_retry_with_max_retries_0_and_none_after_shutdown(tmp_path):
-    pool = _pool(1, 0, [])
+    pool = _pool(1, 0)
     with pytest.raises(cf.process.BrokenProcessPool, match="died 1 times"):
         pool.submit(_always_die, 0.0).result(timeout=120)
     assert pool.submit(_slow, 5, 0.0).result(timeout=120) == 5  # the rebuilt pool takes new calls
@@ -105,7 +103,7 @@ def test_jobs_2_grid_survives_a_worker_killed_in_a_cell(store, dataset):
 
 
 def test_a_call_counts_as_started_only_once_a_worker_runs_it():
-    with _pool(1, 0, []) as pool:
+    with _pool(1, 0) as pool:
         first = pool.submit(_slow, 0, 5.0)
         queued = [pool.submit(_slow, v, 0.0) for v in (1, 2)]
         deadline = time.time() + 120

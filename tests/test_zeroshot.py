@@ -15,7 +15,7 @@ from fashion_core.zeroshot.calibration import class_groups, pseudo_unseen_folds
 from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes, name_tokens
 from fashion_core.zeroshot.ranker import doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
 from tests.helpers.runs import run_data, run_table
-from tests.helpers.zeroshot import EXP, QUIET, UNSEEN, cfg
+from tests.helpers.zeroshot import EXP, UNSEEN, cfg
 
 # ---------------------------------------------------------------- pieces
 
@@ -132,7 +132,7 @@ def test_zero_shot_needs_the_metadata_only_model():
 def zs_run(zs_data, zs_store):
     from fashion_core.runners.stage import run_stage
 
-    return run_stage(cfg(), str(zs_data), **QUIET)
+    return run_stage(cfg(), str(zs_data))
 
 
 def test_unseen_classes_are_predicted_and_logged(zs_run, zs_data, tmp_path):
@@ -190,7 +190,7 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     from fashion_core.runners.zeroshot import run_zeroshot
 
     c = cfg()
-    p = prepare_data(str(zs_data), c.data, log=lambda m: None)
+    p = prepare_data(str(zs_data), c.data)
     splits = p.splits.copy()
     test = (splits["split"] == "test") & (splits["subset"] == "finetune")
     splits.loc[test, "label"] = np.random.default_rng(1).permutation(splits.loc[test, "label"].to_numpy())
@@ -202,7 +202,7 @@ def test_no_test_label_enters_fitting_or_calibration(zs_run, zs_data, tmp_path):
     from fashion_core.tracking import runs as tracking
 
     tracking.set_experiment("poisoned")  # apart from the runs the compare test reads
-    again = run_zeroshot(c, poisoned, **QUIET)
+    again = run_zeroshot(c, poisoned)
     a, b = run_data(zs_run).metrics, run_data(again).metrics
     fitted = ["zs_gamma", "zs_beta", "zs_mix_product", "logreg_c", "val_top1_mean", "val_pseudo_harmonic"]
     fitted += [f"zs_w_{f}" for f in FEATURES]
@@ -228,10 +228,10 @@ def test_a_deferred_zero_shot_run_evaluated_later_logs_what_it_logs_at_its_end(z
     tracking.set_experiment("deferred")  # apart from the runs the compare test reads
     with monkeypatch.context() as mp:
         mp.setattr("fashion_core.runners.zeroshot.scores_test", lambda cfg, members=None: False)
-        deferred = run_stage(cfg(), str(zs_data), experiment="deferred", **QUIET)
+        deferred = run_stage(cfg(), str(zs_data), experiment="deferred")
     assert not any(k.startswith("test_") for k in run_data(deferred).metrics)
     assert run_data(deferred).tags["selection_run"] == "true"
-    evaluate_run(deferred, str(zs_data), **QUIET)
+    evaluate_run(deferred, str(zs_data))
     a, b = run_data(zs_run).metrics, run_data(deferred).metrics
     tests = sorted(k for k in a if k.startswith("test_"))
     assert "test_top1_unseen_mean" in tests and [b.get(k) for k in tests] == pytest.approx(
@@ -252,9 +252,8 @@ def test_compare_shows_gzsl_columns_and_shrinks_not_evaluated(zs_run, zs_data, t
     meta = run_stage(
         load_experiment(EXP / "finetune" / "meta_only.yaml", overrides=over, profile="smoke", stage="finetune"),
         str(zs_data),
-        **QUIET,
     )
-    res = run_compare("catalogue", stages=["finetune"], grid="none", out=tmp_path / "report", log_run=False, **QUIET)
+    res = run_compare("catalogue", stages=["finetune"], grid="none", out=tmp_path / "report", log_run=False)
     summ = res.tables.summary["finetune"].set_index("technique")
     m = run_data(zs_run).metrics
     assert summ.loc["zeroshot", "top1_unseen_mean"] == pytest.approx(m["test_top1_unseen_mean"])
@@ -270,7 +269,7 @@ def test_pretrain_stage_with_a_class_without_training_images(zs_data, zs_store, 
     """--rank-on all puts classes with no training image into the pretrain stage: they are predicted too."""
     from fashion_core.runners.stage import run_stage
 
-    run_id = run_stage(cfg("pretrain", **{"data.rank_on": "all", "data.top_k": 11}), str(zs_data), **QUIET)
+    run_id = run_stage(cfg("pretrain", **{"data.rank_on": "all", "data.top_k": 11}), str(zs_data))
     table = run_table(run_id, tmp_path).set_index("class")
     assert table.loc["Lipstick", "n_train"] == 0 and table.loc["Lipstick", "top1"] == 1.0
     assert run_data(run_id).metrics["test_top1_unseen_mean"] > 0

@@ -11,7 +11,7 @@ import pytest
 from fashion_core.config.checks import ConfigError
 from fashion_core.zeroshot.holdout import draw_holdout, eligible_classes, held_out_summary, hold_out
 from tests.helpers.runs import run_data, run_table
-from tests.helpers.zeroshot import QUIET, SEEN, UNSEEN, cfg
+from tests.helpers.zeroshot import SEEN, UNSEEN, cfg
 
 HELD = ("Ties", "Wallets")
 
@@ -70,7 +70,7 @@ def test_holdout_needs_the_zero_shot_model():
 def ho_run(zs_data, zs_store):
     from fashion_core.runners.stage import run_stage
 
-    return run_stage(cfg(**{"zeroshot.holdout_classes": HELD}), str(zs_data), **QUIET)
+    return run_stage(cfg(**{"zeroshot.holdout_classes": HELD}), str(zs_data))
 
 
 def test_held_out_classes_are_scored_as_unseen_beside_the_stage_own(ho_run, tmp_path):
@@ -99,7 +99,7 @@ def test_no_row_of_a_held_out_class_but_test_enters_fitting(ho_run, zs_data, tmp
     from fashion_core.tracking.runs import download_artifact
 
     c = cfg(**{"zeroshot.holdout_classes": HELD})
-    p = prepare_data(str(zs_data), c.data, log=lambda m: None)
+    p = prepare_data(str(zs_data), c.data)
     fit_rows = p.splits["label"].isin(list(HELD)) & p.splits["split"].isin(["train", "val"])
     ids = p.splits.loc[fit_rows, "id"]
     assert len(ids) > 0
@@ -107,7 +107,7 @@ def test_no_row_of_a_held_out_class_but_test_enters_fitting(ho_run, zs_data, tmp
     catalog.loc[catalog["id"].isin(ids), "productDisplayName"] = "Lakme Deo Eye Shadow Lipstick Suit"
     catalog.loc[catalog["id"].isin(ids), "baseColour"] = "Poison"
     tracking.set_experiment("poisoned-holdout")
-    again = run_zeroshot(c, dataclasses.replace(p, catalog=catalog), **QUIET)
+    again = run_zeroshot(c, dataclasses.replace(p, catalog=catalog))
     a, b = run_data(ho_run).metrics, run_data(again).metrics
     assert {k: v for k, v in a.items() if k != "run_seconds"} == pytest.approx(
         {k: v for k, v in b.items() if k != "run_seconds"}
@@ -125,10 +125,8 @@ def test_a_deferred_holdout_run_is_evaluated_with_the_same_classes_held_out(ho_r
     tracking.set_experiment("deferred-holdout")
     with monkeypatch.context() as mp:
         mp.setattr("fashion_core.runners.zeroshot.scores_test", lambda cfg, members=None: False)
-        deferred = run_stage(
-            cfg(**{"zeroshot.holdout_classes": HELD}), str(zs_data), experiment="deferred-holdout", **QUIET
-        )
-    evaluate_run(deferred, str(zs_data), **QUIET)
+        deferred = run_stage(cfg(**{"zeroshot.holdout_classes": HELD}), str(zs_data), experiment="deferred-holdout")
+    evaluate_run(deferred, str(zs_data))
     a, b = run_data(ho_run).metrics, run_data(deferred).metrics
     keys = sorted(k for k in a if k.startswith("test_"))
     assert "test_top1_unseen_heldout_mean" in keys
@@ -139,7 +137,7 @@ def test_compare_shows_the_held_out_u_beside_the_stage_own(ho_run, tmp_path):
     from fashion_core.report.compare import run_compare
     from fashion_core.report.tables import display_summary
 
-    res = run_compare("catalogue", stages=["finetune"], grid="none", out=tmp_path / "report", log_run=False, **QUIET)
+    res = run_compare("catalogue", stages=["finetune"], grid="none", out=tmp_path / "report", log_run=False)
     summ = res.tables.summary["finetune"].set_index("technique")
     m = run_data(ho_run).metrics
     assert summ.loc["zeroshot", "top1_unseen_heldout_mean"] == pytest.approx(m["test_top1_unseen_heldout_mean"])

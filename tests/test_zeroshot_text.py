@@ -15,7 +15,7 @@ from fashion_core.zeroshot import text_encoder
 from fashion_core.zeroshot.semantic import TEXT_FEATURE, TextEvidence, class_texts, fit_text_map, with_text
 from tests.helpers.runs import run_data, run_table
 from tests.helpers.store import module_store
-from tests.helpers.zeroshot import QUIET, UNSEEN, ConceptEncoder, cfg, make_zs_dataset
+from tests.helpers.zeroshot import UNSEEN, ConceptEncoder, cfg, make_zs_dataset
 
 # A class whose products never say its name: only word meanings link "Nightdress" to Baby Dolls.
 MEANING_ONLY = {"Baby Dolls": ["Clovia Women Pink Nightdress", "Secret Wish Women Nightdress"]}
@@ -40,9 +40,7 @@ def text_store(tmp_path_factory):
 def runs(text_data, text_store):
     from fashion_core.runners.stage import run_stage
 
-    return {
-        mode: run_stage(cfg(**{**TEXT, "zeroshot.text": mode}), str(text_data), **QUIET) for mode in ("none", "mapped")
-    }
+    return {mode: run_stage(cfg(**{**TEXT, "zeroshot.text": mode}), str(text_data)) for mode in ("none", "mapped")}
 
 
 # ---------------------------------------------------------------- pieces
@@ -123,7 +121,7 @@ def test_no_test_label_enters_the_text_map_or_calibration(runs, text_data, tmp_p
     from fashion_core.tracking.runs import download_artifact
 
     c = cfg(**TEXT)
-    p = prepare_data(str(text_data), c.data, log=lambda m: None)
+    p = prepare_data(str(text_data), c.data)
     splits = p.splits.copy()
     test = (splits["split"] == "test") & (splits["subset"] == "finetune")
     splits.loc[test, "label"] = np.random.default_rng(1).permutation(splits.loc[test, "label"].to_numpy())
@@ -131,7 +129,7 @@ def test_no_test_label_enters_the_text_map_or_calibration(runs, text_data, tmp_p
     unseen_ids = p.splits.loc[test & p.splits["label"].isin(list({**UNSEEN, **MEANING_ONLY})), "id"]
     catalog.loc[catalog["id"].isin(unseen_ids), "productDisplayName"] = "Clovia Night Suit Tie Watch Wallet"
     tracking.set_experiment("poisoned-text")
-    again = run_zeroshot(c, dataclasses.replace(p, splits=splits, catalog=catalog), **QUIET)
+    again = run_zeroshot(c, dataclasses.replace(p, splits=splits, catalog=catalog))
     a, b = run_data(runs["mapped"]).metrics, run_data(again).metrics
     fitted = [k for k in a if k.startswith("zs_") or k in ("logreg_c", "val_top1_mean", "val_pseudo_harmonic")]
     assert f"zs_w_{TEXT_FEATURE}" in fitted and {k: a[k] for k in fitted} == {k: b[k] for k in fitted}

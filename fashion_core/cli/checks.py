@@ -10,13 +10,16 @@ for runs in a sqlite store that does not exist rather than creating an empty one
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import describe, parse_overrides
 from fashion_core.tracking.store import require_store, store_line
+
+logger = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 REFERENCE_FORMS = "a run id, runs:/<id>, models:/<name>/<version>, models:/<name>@<alias> or latest"
@@ -28,7 +31,7 @@ def explicit_device(device: str | None, override: Sequence[str] = (), overrides:
     return device or (str(given) if given is not None else None)
 
 
-def pick_profile(profile: str, device: str | None, log: Callable[[str], None] = print) -> tuple[str, bool]:
+def pick_profile(profile: str, device: str | None) -> tuple[str, bool]:
     """(profile, gpu): ``auto`` follows the machine, ``default`` without a GPU is refused (see main_job).
 
     ``--device cuda`` on a machine without one is refused here too, before any data is read.
@@ -39,15 +42,15 @@ def pick_profile(profile: str, device: str | None, log: Callable[[str], None] = 
     if device == "cuda" and not gpu:
         raise ConfigError("--device cuda but there is no CUDA GPU here; use auto or cpu")
     chosen, why = choose_profile(profile, device, gpu=gpu)
-    log(f"profile {chosen}" + (f" (auto): {why}" if profile == AUTO else ""))
+    logger.info(f"profile {chosen}" + (f" (auto): {why}" if profile == AUTO else ""))
     return chosen, gpu and device != "cpu"
 
 
-def log_expected(minutes: float, what: str, gpu: bool, log: Callable[[str], None] = print) -> None:
+def log_expected(minutes: float, what: str, gpu: bool) -> None:
     """The expected-time line of a command (the main job's wording)."""
     from fashion_core.grid.main_job import _duration
 
-    log(
+    logger.info(
         f"expected time: about {_duration(minutes)} ({what}) on "
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
         + "; estimated from the measured figures in docs/"
@@ -80,7 +83,6 @@ def dry_run(
     data: str | None,
     profile: str,
     gpu: bool,
-    log: Callable[[str], None] = print,
     extra: Sequence[str] = (),
     runs: int | None = None,
 ) -> None:
@@ -90,12 +92,14 @@ def dry_run(
 
     spec = check_data_spec(data)
     for cfg in cfgs:
-        log("  " + describe(cfg))
+        logger.info("  " + describe(cfg))
     for line in extra:
-        log(line)
+        logger.info(line)
     n = len(cfgs) if runs is None else runs
     minutes = PREPARE_MINUTES + sum(task_minutes(c, profile, gpu) for c in cfgs) * (n / max(1, len(cfgs)))
-    log_expected(minutes, f"{n} run{'s' if n != 1 else ''}", gpu, log)
-    log(f"data: {spec} (exists)" if not spec.startswith("kaggle:") else f"data: {spec} (downloaded at run time)")
-    log(store_line())
-    log("dry run: the config is valid; nothing was run and no store was opened")
+    log_expected(minutes, f"{n} run{'s' if n != 1 else ''}", gpu)
+    logger.info(
+        f"data: {spec} (exists)" if not spec.startswith("kaggle:") else f"data: {spec} (downloaded at run time)"
+    )
+    logger.info(store_line())
+    logger.info("dry run: the config is valid; nothing was run and no store was opened")

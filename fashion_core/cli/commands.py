@@ -29,8 +29,16 @@ from fashion_core.config.schema import DataConfig
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-def main() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Show only warnings and errors (no progress lines).")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool) -> None:
     """fashion-grid: transfer learning on a fashion catalogue, tracked in MLflow, tuned with Optuna."""
+    import logging
+
+    from fashion_core.engine.console import console
+
+    # The library's messages (module loggers) are shown by the command, until it ends: the bare text on stdout.
+    ctx.with_resource(console(logging.WARNING if quiet else logging.INFO))
 
 
 @main.command()
@@ -43,9 +51,7 @@ def prepare(data, experiment, workers, **opts):
     """Validate the catalogue, split it, build the image cache; log a `stage=prepare` run."""
     from fashion_core.runners.prepare import run_prepare
 
-    run_prepare(
-        data, data_config_of(opts), workers=workers, experiment=experiment, log=lambda m: click.echo(m, err=False)
-    )
+    run_prepare(data, data_config_of(opts), workers=workers, experiment=experiment)
 
 
 @main.command()
@@ -67,16 +73,14 @@ def pretrain(data, experiment, resume, register, dry_run, **opts):
 
     if resume:
         checks.check_reference_form(resume, "--resume")
-    chosen, gpu, cfg = stage_config("pretrain", opts, click.echo)
+    chosen, gpu, cfg = stage_config("pretrain", opts)
     if dry_run:
-        return checks.dry_run([cfg], data, chosen, gpu, click.echo)
-    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu, click.echo)
+        return checks.dry_run([cfg], data, chosen, gpu)
+    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu)
     from fashion_core.runners.stage import run_stage
 
     torchrun_if_asked()
-    run_stage(
-        cfg, data, experiment=experiment, register=register, resume=resume, tags={"profile": chosen}, log=click.echo
-    )
+    run_stage(cfg, data, experiment=experiment, register=register, resume=resume, tags={"profile": chosen})
 
 
 @main.command()
@@ -109,12 +113,12 @@ def finetune(data, experiment, source, resume, dry_run, allow_split_mismatch, **
         checks.check_reference_form(resume, "--resume")
     if opts["technique"] == "baseline":
         opts["technique"] = "finetune"
-    chosen, gpu, cfg = stage_config("finetune", opts, click.echo)
+    chosen, gpu, cfg = stage_config("finetune", opts)
     if dry_run:
-        return checks.dry_run([cfg], data, chosen, gpu, click.echo, extra=[_source_line(source, cfg)])
+        return checks.dry_run([cfg], data, chosen, gpu, extra=[_source_line(source, cfg)])
     if _needs_source(cfg):  # the reference is checked before any data is read
         source = checks.check_source(source, experiment)
-    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu, click.echo)
+    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu)
     from fashion_core.runners.stage import run_stage
 
     torchrun_if_asked()
@@ -125,7 +129,6 @@ def finetune(data, experiment, source, resume, dry_run, allow_split_mismatch, **
         experiment=experiment,
         resume=resume,
         tags={"profile": chosen},
-        log=click.echo,
         allow_split_mismatch=allow_split_mismatch,
     )
 
@@ -177,7 +180,7 @@ def evaluate(run, data, device):
     """
     from fashion_core.runners.evaluate import evaluate_run
 
-    evaluate_run(run, data, device=device, log=click.echo)
+    evaluate_run(run, data, device=device)
 
 
 @main.command()
@@ -348,7 +351,7 @@ def grid(
 
     if source:
         checks.check_reference_form(source, "--from")
-    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
+    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides))
     extra = data_overrides(data_config_of(data_opts))
     if epochs is not None:
         extra["train.epochs"] = epochs
@@ -366,7 +369,6 @@ def grid(
             data,
             profile,
             gpu,
-            click.echo,
             extra=[f"cells run: {how}"] + ([_source_line(source)] if source else []),
         )
     if source == "latest":  # looked up in the dataset's experiment once the data is read; the store must exist
@@ -375,9 +377,7 @@ def grid(
         require_store("pretrained model for --from latest")
     elif source:
         source = checks.check_source(source, experiment)
-    checks.log_expected(
-        checks_minutes(tasks, profile, gpu), f"{len(tasks)} run{'s' if len(tasks) != 1 else ''}", gpu, click.echo
-    )
+    checks.log_expected(checks_minutes(tasks, profile, gpu), f"{len(tasks)} run{'s' if len(tasks) != 1 else ''}", gpu)
     from fashion_core.grid.scheduler import run_grid
 
     run_grid(
@@ -389,7 +389,6 @@ def grid(
         register=register,
         profile=profile,
         seeds=seed_list,
-        log=click.echo,
         jobs=jobs,
         gpus_per_cell=gpus_per_cell,
         ray=ray_address or None,
@@ -484,7 +483,6 @@ def run_job(
         experiment,
         out,
         reuse,
-        log=click.echo,
         dry_run=dry_run,
     )
 
@@ -514,7 +512,7 @@ def ensemble(runs, data, grid_run, seed):
     """
     from fashion_core.runners.ensemble import run_ensemble
 
-    run_ensemble(split_words(runs, ","), data, grid_run=grid_run, seed=seed, log=click.echo)
+    run_ensemble(split_words(runs, ","), data, grid_run=grid_run, seed=seed)
 
 
 @main.command()
@@ -576,7 +574,6 @@ def compare(experiment, stage, grid_run, tag, out, log_run, pair, ui_url):
         tags,
         out,
         log_run=log_run,
-        log=click.echo,
         pairs=pair,
         ui_url=ui_url,
     )
@@ -731,7 +728,7 @@ def tune(
 
     checks.check_reference_form(source, "--from")
     spc = load_space(space, spaces_dir, experiments_dir)
-    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides), click.echo)
+    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides))
     extra = data_overrides(data_config_of(data_opts))
     if device is not None:
         extra["train.device"] = device
@@ -745,7 +742,6 @@ def tune(
             data,
             profile,
             gpu,
-            click.echo,
             runs=trials,
             extra=[
                 f"study {study_name or spc.name!r} in {storage}: {n_trials} trial(s) of "
@@ -759,7 +755,6 @@ def tune(
         checks_minutes([_Task(base)] * trials, profile, gpu),
         f"at most {trials} run{'s' if trials != 1 else ''}; pruned trials stop early",
         gpu,
-        click.echo,
     )
     import logging
 
@@ -786,7 +781,6 @@ def tune(
         final=final,
         source=source,
         allow_split_mismatch=allow_split_mismatch,
-        log=click.echo,
     )
     if res.best_trial is not None:
         click.echo(

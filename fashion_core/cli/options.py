@@ -296,11 +296,11 @@ def resolve_config(
     return cfg.replace(**extra) if extra else cfg
 
 
-def stage_config(stage: str, opts: dict, echo):
+def stage_config(stage: str, opts: dict):
     """(profile, on a GPU, config) of a one-stage command from its ``data_options`` and ``technique_options``
     keyword arguments: the profile picked (``auto`` says why), then ``resolve_config``."""
     device = checks.explicit_device(opts["device"], opts["override"], opts["overrides"])
-    chosen, gpu = checks.pick_profile(opts["profile"], device, echo)
+    chosen, gpu = checks.pick_profile(opts["profile"], device)
     cfg = resolve_config(
         stage,
         opts["technique"],

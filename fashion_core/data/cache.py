@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -42,6 +43,8 @@ import numpy as np
 import pandas as pd
 
 from fashion_core.data.sources import cache_root
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PENDING, DECODED, FAILED = 0, 1, 2
@@ -211,7 +214,6 @@ def build_cache(
     root: str | Path | None = None,
     chunk: int = 256,
     draft: bool = True,
-    log=print,
 ) -> ImageCache:
     """Decode every catalogue row that has an image file into the cache (or reuse / resume it).
 
@@ -232,7 +234,7 @@ def build_cache(
     folder = Path(root or cache_root()) / "images" / key
     meta_path = folder / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("complete"):
-        log(f"image cache: reusing {folder}")
+        logger.info(f"image cache: reusing {folder}")
         return ImageCache.open(folder)
 
     n = len(ids)
@@ -259,9 +261,9 @@ def build_cache(
     pd.DataFrame({"id": ids, "row": np.arange(n)}).to_parquet(folder / "index.parquet", index=False)
     pending = np.flatnonzero(status[:n] == PENDING)
     if resuming:
-        log(f"image cache: resuming {folder} ({n - len(pending)}/{n} done)")
+        logger.info(f"image cache: resuming {folder} ({n - len(pending)}/{n} done)")
     else:
-        log(f"image cache: building {folder} ({n} images, {height}x{width})")
+        logger.info(f"image cache: building {folder} ({n} images, {height}x{width})")
 
     t0 = time.perf_counter()
     workers = workers or os.cpu_count() or 1
@@ -330,7 +332,7 @@ def build_cache(
     tmp = meta_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(meta_path)
-    log(f"image cache: {n} images in {seconds:.1f}s, {len(errors)} undecodable")
+    logger.info(f"image cache: {n} images in {seconds:.1f}s, {len(errors)} undecodable")
     return ImageCache.open(folder)
 
 

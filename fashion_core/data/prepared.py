@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from fashion_core.data.catalog import CatalogError, build_catalog, mark_undecoda
 from fashion_core.data.richmeta import DatasetLayout, detect_layout
 from fashion_core.data.sources import resolve_dataset
 from fashion_core.data.splits import SplitSummary, dataset_digest, make_splits, summarize_splits, top_classes
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,24 +36,24 @@ class Prepared:
         return self.summary.top
 
 
-def prepare_data(data: str | None, cfg: DataConfig, workers: int | None = None, log=print) -> Prepared:
+def prepare_data(data: str | None, cfg: DataConfig, workers: int | None = None) -> Prepared:
     """Resolve the dataset, read the catalogue, build or reuse the image cache, make the splits.
 
     Undecodable images found while caching are marked invalid before splitting,
     so the split and the digest only ever see images that decode.
     """
-    root = resolve_dataset(data, progress=log)
+    root = resolve_dataset(data)
     catalog = build_catalog(root)
     layout = detect_layout(root, catalog)
-    log(layout.describe())
+    logger.info(layout.describe())
     if "richmeta" in catalog.attrs:
-        log("rich metadata: " + ", ".join(f"{k} {v:,}" for k, v in catalog.attrs["richmeta"].items()))
+        logger.info("rich metadata: " + ", ".join(f"{k} {v:,}" for k, v in catalog.attrs["richmeta"].items()))
     if layout.kind == "full" and max(cfg.height, cfg.width) <= 80:
-        log(
+        logger.info(
             f"note: full-resolution photos cached at {cfg.height}x{cfg.width}; "
             "use --short-side 224 (299x224) or 160 (213x160) to keep more detail"
         )
-    cache = build_cache(catalog, cfg.height, cfg.width, workers=workers, log=log)
+    cache = build_cache(catalog, cfg.height, cfg.width, workers=workers)
     if cache.failures:
         catalog = mark_undecodable(catalog, cache.failures)
     if not catalog["valid"].any():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -18,6 +19,8 @@ import tarfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+
+logger = logging.getLogger(__name__)
 
 PUBLIC_DATASETS = {
     "small": "paramaggarwal/fashion-product-images-small",
@@ -152,7 +155,7 @@ def archive_kind(path: Path) -> str | None:
     return None
 
 
-def extract_archive(archive: Path, progress: Callable[[str], None] = print) -> Path:
+def extract_archive(archive: Path) -> Path:
     """Extract ``archive`` once into the cache, keyed by its sha256; return the extraction folder."""
     kind = archive_kind(archive)
     if kind is None:
@@ -164,7 +167,7 @@ def extract_archive(archive: Path, progress: Callable[[str], None] = print) -> P
     tmp = dest.with_name(f"{digest}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    progress(f"extracting {archive.name} into {dest} (once) ...")
+    logger.info(f"extracting {archive.name} into {dest} (once) ...")
     try:
         (_extract_zip if kind == "zip" else _extract_tar)(archive, tmp.resolve())
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
@@ -205,7 +208,6 @@ def check_data_spec(spec: str | os.PathLike | None) -> str:
 def resolve_dataset(
     spec: str | os.PathLike | None,
     downloader: Callable[[str], Path] | None = None,
-    progress: Callable[[str], None] = print,
 ) -> Path:
     """The dataset folder (holding styles.csv) for a ``--data`` value.
 
@@ -221,9 +223,9 @@ def resolve_dataset(
     if spec.startswith("kaggle:"):
         handle = spec[len("kaggle:") :] or PUBLIC_DATASETS["small"]
         folder = (downloader or _kaggle_download)(handle)
-        return resolve_dataset(folder, downloader, progress)
+        return resolve_dataset(folder, downloader)
     path = Path(spec).expanduser()
-    folder = path if path.is_dir() else extract_archive(path, progress)
+    folder = path if path.is_dir() else extract_archive(path)
     root = find_root(folder)
     if root is None:
         raise DataSourceError(f"no styles.csv in {path} (looked two levels down). {HOW_TO_GET}")

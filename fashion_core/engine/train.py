@@ -13,6 +13,7 @@ epoch to log or prune.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import time
@@ -33,6 +34,8 @@ from fashion_core.engine.distributed import shard_batches as dist_shard_batches
 from fashion_core.engine.progress import EpochProgress
 from fashion_core.evaluation.scoring import class_mean_accuracy
 from fashion_core.evaluation.scoring import topk_predictions as top5_of
+
+logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -342,7 +345,6 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     checkpoint_path: str | Path | None = None,
     resume: dict | None = None,
-    log=print,
     dist: DistEnv | None = None,
     progress: bool = True,
 ) -> FitResult:
@@ -387,7 +389,7 @@ def fit(
     start_epoch, sel = 1, _Selection({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     if resume is not None:
         start_epoch, sel = _resume(resume, model, optimizer, scheduler, ema, gen)
-        log(f"resuming at epoch {start_epoch} (best val top-1 {sel.best_val:.4f} at epoch {sel.best_epoch})")
+        logger.info(f"resuming at epoch {start_epoch} (best val top-1 {sel.best_val:.4f} at epoch {sel.best_epoch})")
     epoch_images = min(len(train), steps_per_epoch * cfg.batch_size)
     show = progress and (not ddp or (dist is not None and dist.is_main))
     stopped = False
@@ -434,7 +436,7 @@ def fit(
         sel.update(epoch, metrics, selected, bool(len(val)))
         if checkpoint_path is not None:  # before the epoch line: once it is printed, the epoch is resumable
             _save(_checkpoint(model, optimizer, scheduler, epoch, sel, gen, ema), checkpoint_path)
-        log(
+        logger.info(
             f"epoch {epoch}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  train top-1 {metrics['train_top1']:.3f}  "
             + (
                 f"val top-1 {metrics['val_top1_mean']:.4f}  val top-5 {metrics['val_top5_mean']:.4f}  "
@@ -446,7 +448,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if cfg.patience and sel.bad_epochs >= cfg.patience and len(val):
-            log(f"early stop: no validation gain for {cfg.patience} epochs (best epoch {sel.best_epoch})")
+            logger.info(f"early stop: no validation gain for {cfg.patience} epochs (best epoch {sel.best_epoch})")
             stopped = True
             break
     return FitResult(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,8 @@ from fashion_core.config.schema import ExperimentConfig, FusionConfig, ModelConf
 from fashion_core.fusion.encoders import INPUT_KEYS, TEXT_FIELD, MetaVocab, aux_vocab, encode_aux
 from fashion_core.fusion.modules import FUSERS, FusedNet
 from fashion_core.models.network import FashionNet, build_model
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- a stage's plan
 
@@ -79,7 +82,7 @@ def needs_plan(cfg: ExperimentConfig) -> bool:
 
 
 def plan_stage(
-    cfg: ExperimentConfig, prepared, source: tuple[FashionNet, dict] | None = None, log=print
+    cfg: ExperimentConfig, prepared, source: tuple[FashionNet, dict] | None = None
 ) -> tuple[ExperimentConfig, FusionPlan | None]:
     """The fusion plan of a network run, and its config with the encoder settings it really uses.
 
@@ -117,7 +120,9 @@ def plan_stage(
                 )
             if cfg.fusion.mode == "none":
                 inputs = ", ".join(list(theirs["fields"]) + list(theirs["leaky_fields"]))
-                log(f"the pretrained model fuses metadata ({theirs['mode']}: {inputs}); its encoders carry over")
+                logger.info(
+                    f"the pretrained model fuses metadata ({theirs['mode']}: {inputs}); its encoders carry over"
+                )
             cfg = cfg.replace(**{f"fusion.{k}": v for k, v in theirs.items()})
             src_vocab = MetaVocab.from_dict(src_fused)
         elif cfg.fusion.mode != "none":
@@ -136,7 +141,7 @@ def plan_stage(
     if vocab is None and cfg.fusion.mode in FUSERS:
         vocab = MetaVocab.fit(train_rows, cfg.fusion)
     if cfg.fusion.leaky:
-        log(f"LEAKY: {', '.join(cfg.fusion.leaky_fields)} are model inputs; the run is tagged leaky=true")
+        logger.warning(f"LEAKY: {', '.join(cfg.fusion.leaky_fields)} are model inputs; the run is tagged leaky=true")
     return cfg, FusionPlan(cfg.fusion, vocab, aux_vocab(train_rows, cfg.fusion))
 
 

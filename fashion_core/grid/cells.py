@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 import traceback
@@ -21,6 +22,7 @@ import pandas as pd
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, to_dict
 from fashion_core.data.prepared import prepare_data
+from fashion_core.engine.console import console
 from fashion_core.grid.claims import (
     CELL_KEY_TAG,
     CONTINUED_BY_TAG,
@@ -41,6 +43,8 @@ from fashion_core.tracking.versions import git_commit
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
+
+logger = logging.getLogger(__name__)
 
 RUNS_ARTIFACT = tracking.GRID_RUNS_ARTIFACT
 SOURCE_ARTIFACT = "grid/source.json"
@@ -95,7 +99,6 @@ def start_parent(
     params: Mapping[str, Any],
     key: str = "",
     reopen: str | None = None,
-    log=print,
 ) -> str:
     """Create the parent run (not made active: the children are started by ``run_stage`` meanwhile).
 
@@ -134,7 +137,7 @@ def start_parent(
         if reopen:  # the launched run is this command's run: the old one is linked, not continued
             tags[CONTINUES_TAG] = reopen
             client.set_tag(reopen, CONTINUED_BY_TAG, run_id)
-            log(f"grid run {reopen} of the same grid ended unfinished; this grid run continues it")
+            logger.info(f"grid run {reopen} of the same grid ended unfinished; this grid run continues it")
         client.set_tag(run_id, "mlflow.runName", name)
         for k, v in tags.items():
             client.set_tag(run_id, k, v)
@@ -142,7 +145,7 @@ def start_parent(
         run_id = reopen
         why = client.get_run(run_id).data.tags.get(heartbeat.REASON_TAG, client.get_run(run_id).info.status)
         restarts = reopen_run(run_id, tags)
-        log(f"continuing grid run {run_id} of the same grid (it had ended: {why}); restart {restarts}")
+        logger.info(f"continuing grid run {run_id} of the same grid (it had ended: {why}); restart {restarts}")
     else:
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     logged = client.get_run(run_id).data.params  # `mlflow run` logged its entry point's parameters already
@@ -291,10 +294,10 @@ class Cell:
 _PREPARED: dict[tuple, Any] = {}  # per worker process: the data is prepared (the cache opened) once
 
 
-def _prepared_for(cell: Cell, log):
+def _prepared_for(cell: Cell):
     key = (cell.data, json.dumps(to_dict(cell.task.cfg.data), sort_keys=True))
     if key not in _PREPARED:
-        _PREPARED[key] = prepare_data(cell.data, cell.task.cfg.data, log=log)
+        _PREPARED[key] = prepare_data(cell.data, cell.task.cfg.data)
     return _PREPARED[key]
 
 
@@ -353,19 +356,22 @@ def _claim_run(cell: Cell) -> str:
     return mlflow_client().create_run(cell.experiment_id, run_name=run_name(task.cfg), tags=tags).info.run_id
 
 
-def run_cell(cell: Cell, prepared=None, log=None) -> dict:
-    """Run one cell as a child run of the grid (or record its failure); returns its row of ``RUN_COLUMNS``."""
+def run_cell(cell: Cell, prepared=None, worker: bool = True) -> dict:
+    """Run one cell as a child run of the grid (or record its failure); returns its row of ``RUN_COLUMNS``.
+
+    ``worker``: in a worker process (``--jobs``, Ray), whose logging nothing has set up: the package's messages are
+    shown on its stdout (its warnings on its stderr) while the cell runs, every line starting with the cell's name
+    (``executors.CELL_LINE``). The grid's own process (``worker=False``) shows them as its application set up.
+    """
     task, place = cell.task, worker_place()
-    if log is None:  # a worker: every line says which cell it is about (each line of a message)
-
-        def log(message: str, _name=task.name) -> None:
-            print("\n".join(f"[{_name}] {line}" for line in str(message).split("\n")), flush=True)
-
+    if worker:
+        with console(prefix=f"[{task.name}] "):
+            return run_cell(cell, prepared, worker=False)
     t1 = time.perf_counter()
     try:
         earlier = _close_dead_attempts(cell)
         if earlier is not None:
-            log(f"  an earlier attempt finished: run {earlier.info.run_id}")
+            logger.info(f"  an earlier attempt finished: run {earlier.info.run_id}")
             return {**task_row(task, earlier.info.run_id, "FINISHED", False, 0.0, cell.cfg_hash, cell.source), **place}
         if needs_source(task.cfg) and not cell.source:
             raise ConfigError(
@@ -373,15 +379,15 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
             )
         claim, holder = None, None
         if cell.cell_key:
-            claim, holder = claim_cell(cell.experiment_id, cell.cell_key, lambda: _claim_run(cell), log)
+            claim, holder = claim_cell(cell.experiment_id, cell.cell_key, lambda: _claim_run(cell))
         if holder is not None:  # another live grid runs this cell: the grid waits for it (grid.run_grid)
-            log(f"  another grid is running this cell: run {holder}")
+            logger.info(f"  another grid is running this cell: run {holder}")
             return {**task_row(task, holder, WAITING, False, 0.0, cell.cfg_hash, cell.source), **place}
         with contextlib.ExitStack() as stack:
             if claim is not None:
                 stack.enter_context(_claim_held(claim))
                 stack.enter_context(tracking.claimed_run(claim, cell.parent))
-            prepared = prepared or _prepared_for(cell, log)
+            prepared = prepared or _prepared_for(cell)
             run_id = runner_for(task.cfg)(
                 task.cfg,
                 cell.data,
@@ -390,7 +396,6 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
                 parent_run_id=cell.parent,
                 register=cell.register,
                 prepared=prepared,
-                log=log,
                 tags={
                     "config_hash": cell.cfg_hash,
                     "grid_run_id": cell.parent,
@@ -404,7 +409,7 @@ def run_cell(cell: Cell, prepared=None, log=None) -> dict:
         row = task_row(task, run_id, "FINISHED", False, time.perf_counter() - t1, cell.cfg_hash, cell.source)
     except Exception as e:  # one technique failing must not stop the grid
         error = f"{type(e).__name__}: {e}"
-        log(f"  FAILED: {error}")
+        logger.warning(f"  FAILED: {error}")
         row = cell_failed(cell, error + "\n\n" + traceback.format_exc(), time.perf_counter() - t1)
     return {**row, **place}
 

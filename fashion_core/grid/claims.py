@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from fashion_core.tracking import heartbeat
 from fashion_core.tracking.versions import reusable_version
+
+logger = logging.getLogger(__name__)
 
 GRID_KEY_TAG, CELL_KEY_TAG, SESSION_TAG = "grid_key", "cell_key", "grid_session"
 RESTARTS_TAG, CONTINUES_TAG, CONTINUED_BY_TAG = "grid_restarts", "continues_grid_run_id", "continued_by"
@@ -111,8 +114,9 @@ def finished_in(experiment_id: str, cfg_hash: str, grid_ids: Sequence[str]):
     return None
 
 
-def live_claims(experiment_id: str, key: str, log: Callable[[str], None] | None = None) -> list:
-    """The RUNNING runs of a cell key whose process is alive, oldest first; dead ones are ended KILLED on the way."""
+def live_claims(experiment_id: str, key: str) -> list:
+    """The RUNNING runs of a cell key whose process is alive, oldest first; dead ones are ended KILLED on the way
+    (a warning each)."""
     client = _client()
     alive = []
     for run in client.search_runs(
@@ -126,8 +130,7 @@ def live_claims(experiment_id: str, key: str, log: Callable[[str], None] | None 
             heartbeat.end_dead(client, run, reason)
         except Exception:  # noqa: BLE001 - ended by another grid meanwhile
             continue
-        if log is not None:
-            log(f"  ended run {run.info.run_id} KILLED: {reason}")
+        logger.warning(f"  ended run {run.info.run_id} KILLED: {reason}")
     return sorted(alive, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
@@ -136,9 +139,7 @@ def live_claims(experiment_id: str, key: str, log: Callable[[str], None] | None 
 CLAIM_SETTLE_S = 0.5
 
 
-def claim_cell(
-    experiment_id: str, key: str, create: Callable[[], str], log: Callable[[str], None] | None = None
-) -> tuple[str | None, str | None]:
+def claim_cell(experiment_id: str, key: str, create: Callable[[], str]) -> tuple[str | None, str | None]:
     """Claim a cell: ``(run_id, None)`` when this process runs it in the run ``create`` made, else
     ``(None, holder)``: the run of another live grid that runs it now.
 
@@ -147,13 +148,13 @@ def claim_cell(
     another's but written after it (two grids a few milliseconds apart); a claim made after the wait sees the
     winner and loses.
     """
-    held = live_claims(experiment_id, key, log)
+    held = live_claims(experiment_id, key)
     if held:
         return None, held[0].info.run_id
     mine = create()
     time.sleep(CLAIM_SETTLE_S)
     client = _client()
-    claims = live_claims(experiment_id, key, log)
+    claims = live_claims(experiment_id, key)
     winner = min(claims, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
     if winner is None or winner.info.run_id == mine:
         return mine, None
@@ -161,7 +162,7 @@ def claim_cell(
     return None, winner.info.run_id
 
 
-def holder_state(run_id: str, log: Callable[[str], None] | None = None) -> str:
+def holder_state(run_id: str) -> str:
     """What became of the run a waiting cell waits for: ``finished``, ``running`` or ``gone`` (claim again)."""
     client = _client()
     try:
@@ -179,8 +180,7 @@ def holder_state(run_id: str, log: Callable[[str], None] | None = None) -> str:
         return "running"
     try:
         heartbeat.end_dead(client, run, reason)
-        if log is not None:
-            log(f"  ended run {run_id} KILLED: {reason}")
+        logger.warning(f"  ended run {run_id} KILLED: {reason}")
     except Exception:  # noqa: BLE001 - ended meanwhile
         pass
     return "gone"

@@ -12,6 +12,7 @@ pretrain run of their kind by validation), then the file's ``ensembles`` combine
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,8 @@ from fashion_core.runners.prepare import run_prepare
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.store import store_line
 from fashion_core.tracking.versions import git_commit
+
+logger = logging.getLogger(__name__)
 
 MAIN_FILE = "main.yaml"  # in the experiments folder
 ENSEMBLES_KEY = "ensembles"  # main.yaml: per stage, [anchor, second] technique pairs combined after the grid
@@ -103,7 +106,7 @@ def load_main_ensembles(experiments_dir: str | Path = "experiments") -> list[tup
 
 
 def run_main_ensembles(
-    pairs: Sequence[tuple[str, str, str]], runs: Any, data: str | None, grid_run_id: str, log=print
+    pairs: Sequence[tuple[str, str, str]], runs: Any, data: str | None, grid_run_id: str
 ) -> list[str]:
     """Combine the grid's finished runs of each pair (``fashion ensemble``), as children of the grid run.
 
@@ -122,15 +125,15 @@ def run_main_ensembles(
             )
             ids.append(next(iter(hit), None))
         if None in ids:
-            log(
+            logger.info(
                 f"ensemble {stage}/{a}+{b}: skipped, the grid has no finished {stage} run of "
                 f"{' and '.join(t for t, i in zip((a, b), ids) if i is None)}"
             )
             continue
         try:  # both ids found: a None was skipped above
-            done.append(run_ensemble(cast("list[str]", ids), data, grid_run=grid_run_id, log=log))
+            done.append(run_ensemble(cast("list[str]", ids), data, grid_run=grid_run_id))
         except Exception as e:  # the grid's runs stand; the report compares what there is
-            log(f"ensemble {stage}/{a}+{b} failed: {type(e).__name__}: {e}")
+            logger.warning(f"ensemble {stage}/{a}+{b} failed: {type(e).__name__}: {e}")
     return done
 
 
@@ -218,7 +221,6 @@ def run_main(
     experiment: str | None = None,
     out: str | Path = "reports/compare",
     reuse: bool = True,
-    log=print,
     dry_run: bool = False,
 ) -> MainResult | None:
     """Prepare the data, run the main techniques as one grid, and compare them.
@@ -251,36 +253,36 @@ def run_main(
     pairs = [x for x in load_main_ensembles(experiments_dir) if {(x[0], x[1]), (x[0], x[2])} <= planned]
     gpu = has_gpu() and device != "cpu"
     minutes = estimate_minutes(tasks, chosen, gpu) + ENSEMBLE_MINUTES * len(pairs)
-    log(f"profile {chosen}" + (f" (auto): {why}" if profile == AUTO else ""))
-    log(f"techniques: {', '.join(dict.fromkeys(f'{t.cfg.stage}/{t.cfg.technique}' for t in tasks))}")
+    logger.info(f"profile {chosen}" + (f" (auto): {why}" if profile == AUTO else ""))
+    logger.info(f"techniques: {', '.join(dict.fromkeys(f'{t.cfg.stage}/{t.cfg.technique}' for t in tasks))}")
     if pairs:
-        log(f"then ensembles (validation-weighted): {', '.join(f'{st}/{a}+{b}' for st, a, b in pairs)}")
-    log(
+        logger.info(f"then ensembles (validation-weighted): {', '.join(f'{st}/{a}+{b}' for st, a, b in pairs)}")
+    logger.info(
         f"expected time: about {_duration(minutes)} (prepare, {len(tasks) + len(pairs)} runs, compare) on "
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
         + "; estimated from the measured figures in docs/"
     )
     if dry_run:
         for t in tasks:
-            log("  " + describe(t.cfg))
-        log(f"data: {data or os.environ.get('FASHION_DATA')} (exists)")
-        log(store_line())
-        log("dry run: every config is valid; nothing was run and no store was opened")
+            logger.info("  " + describe(t.cfg))
+        logger.info(f"data: {data or os.environ.get('FASHION_DATA')} (exists)")
+        logger.info(store_line())
+        logger.info("dry run: every config is valid; nothing was run and no store was opened")
         return None
     client = MlflowClient()
     # under `mlflow run` the experiment is the launched run's (set_experiment reads it before it is adopted)
-    exp_id = tracking.set_experiment(experiment or tracking.experiment_name_for(resolve_dataset(data, progress=log)))
+    exp_id = tracking.set_experiment(experiment or tracking.experiment_name_for(resolve_dataset(data)))
     exp_name = client.get_experiment(exp_id).name
     main_run = start_main_run(exp_id, chosen, [f"{t.cfg.stage}/{t.cfg.technique}" for t in tasks])
-    log(f"main job run {main_run} (main/{chosen}): prepare, grid and compare nest under it")
+    logger.info(f"main job run {main_run} (main/{chosen}): prepare, grid and compare nest under it")
     try:
-        p, prepare_run = run_prepare(data, tasks[0].cfg.data, experiment=exp_name, log=log)
+        p, prepare_run = run_prepare(data, tasks[0].cfg.data, experiment=exp_name)
         client.set_tag(main_run, "dataset_digest", p.digest)
         client.set_tag(prepare_run, "mlflow.parentRunId", main_run)
-        grid = run_grid(tasks, data, experiment=exp_name, reuse=reuse, profile=chosen, seeds=[0], log=log)
+        grid = run_grid(tasks, data, experiment=exp_name, reuse=reuse, profile=chosen, seeds=[0])
         client.set_tag(grid.parent_run_id, "mlflow.parentRunId", main_run)
-        run_main_ensembles(pairs, grid.runs, data, grid.parent_run_id, log=log)
-        report = run_compare(exp_name, STAGES, grid.parent_run_id, out=out, log=log)
+        run_main_ensembles(pairs, grid.runs, data, grid.parent_run_id)
+        report = run_compare(exp_name, STAGES, grid.parent_run_id, out=out)
         if report.run_id:
             client.set_tag(report.run_id, "mlflow.parentRunId", main_run)
     except KeyboardInterrupt:
@@ -292,6 +294,6 @@ def run_main(
     client.set_terminated(main_run, "FINISHED")
     elapsed = (time.perf_counter() - t0) / 60
     path = (Path(out) / "report.html").resolve()
-    log(f"\nmain job done in {elapsed:.1f} min (profile {chosen}): the report is {path}")
-    log(f"browse the runs: `make ui`, then {tracking.runs_page(grid.experiment_id)}")
+    logger.info(f"\nmain job done in {elapsed:.1f} min (profile {chosen}): the report is {path}")
+    logger.info(f"browse the runs: `make ui`, then {tracking.runs_page(grid.experiment_id)}")
     return MainResult(chosen, prepare_run, grid.parent_run_id, report.run_id, path, elapsed, main_run)

@@ -22,10 +22,11 @@ that another live grid runs already (same cell key) is waited for and reused (``
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ from fashion_core.tracking.references import resolve_source
 from fashion_core.tracking.runs import find_reusable
 from fashion_core.tracking.versions import code_version, library_versions, reusable_version
 
+logger = logging.getLogger(__name__)
+
 STATUS_POLL_SECONDS = 0.5  # how often the status asks the workers which cells they have started
 
 
@@ -92,7 +95,6 @@ def run_grid(
     register: bool = True,
     profile: str = "",
     seeds: Sequence[int] | None = None,
-    log=print,
     jobs: int = 1,
     gpus_per_cell: float = 0.0,
     ray: str | None = None,
@@ -132,18 +134,18 @@ def run_grid(
     if not tasks:
         raise ConfigError("the grid has no technique to run")
     t0 = time.perf_counter()
-    prepared = prepare_data(data, tasks[0].cfg.data, log=log)
+    prepared = prepare_data(data, tasks[0].cfg.data)
     experiment_id = tracking.set_experiment(experiment or tracking.experiment_name_for(prepared.root))
     exp_name = mlflow_client().get_experiment(experiment_id).name  # under `mlflow run`, the launched run's experiment
     fixed = resolve_source(source, exp_name) if source else None  # a bad --from fails before any run
     seeds = list(seeds) if seeds is not None else sorted({t.cfg.train.seed for t in tasks})
     code = code_version()
-    heartbeat.sweep(experiment_id, log)  # runs left RUNNING by a crash (this grid's, or anyone's) end KILLED
+    heartbeat.sweep(experiment_id)  # runs left RUNNING by a crash (this grid's, or anyone's) end KILLED
     session = uuid.uuid4().hex[:12]
     key = grid_key([config_hash(t.cfg) for t in tasks], prepared.digest, code, profile, seeds, source, reuse)
     ended = unfinished_grid(experiment_id, key)
     if reuse and not reusable_version(code):
-        log("code version unknown (not a git checkout): no finished run is reused, every technique runs")
+        logger.info("code version unknown (not a git checkout): no finished run is reused, every technique runs")
     executor, how = _executor(jobs, gpus_per_cell, ray, cpus_per_cell, max_retries, threads_per_cell)
     if data and ray:  # Ray workers may start elsewhere: a path, not a relative one
         data = str(Path(data).resolve()) if Path(data).exists() else data
@@ -167,7 +169,6 @@ def run_grid(
         params,
         key=key,
         reopen=ended.info.run_id if ended is not None else None,
-        log=log,
     )
     heartbeat.start(parent)
     # A continued grid's own finished cells are its result; a linked (mlflow run) grid's are reused.
@@ -183,7 +184,7 @@ def run_grid(
         },
         PLAN_ARTIFACT,
     )
-    log(
+    logger.info(
         f"grid run {parent}: {len(tasks)} runs in experiment {exp_name!r} (dataset digest {prepared.digest}), "
         f"{how['executor']}"
     )
@@ -206,7 +207,6 @@ def run_grid(
         executor=executor,
         how=how,
         status=status,
-        log=log,
         t0=t0,
     ).run()
 
@@ -237,7 +237,6 @@ class _GridLoop:
     executor: Any
     how: dict
     status: GridStatus | None
-    log: Callable
     t0: float
     # a submitted cell's future -> the state the status shows (queued / running)
     shown: dict = field(init=False)
@@ -268,7 +267,9 @@ class _GridLoop:
         h = config_hash(task.cfg, this_source)
         own = finished_in(self.experiment_id, h, self.own_grids)
         if own is not None:
-            self.log(f"[{i + 1}/{len(self.tasks)}] {task.name}\n  finished before the restart: run {own.info.run_id}")
+            logger.info(
+                f"[{i + 1}/{len(self.tasks)}] {task.name}\n  finished before the restart: run {own.info.run_id}"
+            )
             self.rows[i] = task_row(
                 task, own.info.run_id, "FINISHED", own.data.tags.get("grid_run_id") != self.parent, 0.0, h, this_source
             )
@@ -277,7 +278,7 @@ class _GridLoop:
             return
         old = find_reusable(h, self.prepared.digest, self.code, self.experiment_id) if self.reuse else None
         if old is not None:
-            self.log(
+            logger.info(
                 f"[{i + 1}/{len(self.tasks)}] {task.name}\n  reusing finished run {old.info.run_id} "
                 "(same config, data, code and libraries)"
             )
@@ -302,7 +303,7 @@ class _GridLoop:
             cell_key(h, self.prepared.digest, self.code, self.session),
             self.profile,
         )
-        self.log(f"[{i + 1}/{len(self.tasks)}] {task.name}")
+        logger.info(f"[{i + 1}/{len(self.tasks)}] {task.name}")
         self.submit(cell)
 
     def submit(self, cell: Cell) -> None:
@@ -310,7 +311,7 @@ class _GridLoop:
         if self.inline:  # it runs now, in this process
             if self.status is not None:
                 self.status.update(task.name, "running")
-            self.running[self.executor.submit(run_cell, cell, self.prepared, self.log)] = cell
+            self.running[self.executor.submit(run_cell, cell, self.prepared, worker=False)] = cell
             return
         try:
             future = self.executor.submit(run_cell, cell)
@@ -338,16 +339,16 @@ class _GridLoop:
     def look_at_deferred(self) -> None:
         """Reuse the runs other grids finished for the deferred cells; claim again those whose run ended otherwise."""
         for i, (cell, holder) in list(self.deferred.items()):
-            state = holder_state(holder, self.log)
+            state = holder_state(holder)
             if state == "running":
                 continue
             del self.deferred[i]
             if state == "finished":
                 theirs = mlflow_client().get_run(holder).data.tags.get("grid_run_id") != self.parent
-                self.log(f"  {cell.task.name}: reusing run {holder}, which another grid finished")
+                logger.info(f"  {cell.task.name}: reusing run {holder}, which another grid finished")
                 self.settle(cell, task_row(cell.task, holder, "FINISHED", theirs, 0.0, cell.cfg_hash, cell.source))
             else:
-                self.log(f"  {cell.task.name}: run {holder} ended unfinished; claiming the cell again")
+                logger.info(f"  {cell.task.name}: run {holder} ended unfinished; claiming the cell again")
                 time.sleep(random.uniform(0, self.poll))  # two grids that lost a tie do not tie again
                 self.submit(cell)
 
@@ -383,9 +384,7 @@ class _GridLoop:
                 self.sources[kind], ranking = (
                     (self.fixed, pd.DataFrame())
                     if self.fixed
-                    else _pick_source(
-                        [r for r in self.rows if r is not None], self.tasks, kind, self.exp_name, self.log
-                    )
+                    else _pick_source([r for r in self.rows if r is not None], self.tasks, kind, self.exp_name)
                 )
                 self.rankings.append(ranking)
             self.waiting.remove(i)
@@ -404,7 +403,7 @@ class _GridLoop:
             raise
         finally:
             runs, seconds, ranked = self.finish(status_)
-        self.log(
+        logger.info(
             f"grid {self.parent} done in {seconds:.0f} s: {int((runs['status'] == 'FINISHED').sum())} finished, "
             f"{int((runs['status'] == 'FAILED').sum())} failed, {int(runs['reused'].sum())} reused"
         )
@@ -459,7 +458,7 @@ class _GridLoop:
             row = f.result()
         except Exception as e:  # the worker itself died (a cell's own errors come back as rows)
             error = f"{type(e).__name__}: {e}"
-            self.log(f"  {cell.task.name} FAILED: {error}")
+            logger.warning(f"  {cell.task.name} FAILED: {error}")
             row = cell_failed(cell, error, 0.0)
         self.settle(cell, row)
 
@@ -523,22 +522,22 @@ def _executor(
 
 
 def _pick_source(
-    rows: list[dict], tasks: Sequence[GridTask], kind: str, exp_name: str, log
+    rows: list[dict], tasks: Sequence[GridTask], kind: str, exp_name: str
 ) -> tuple[str | None, pd.DataFrame]:
     """The source of a model kind without ``--from``: the grid's best pretrain run of it, else ``latest``."""
     src, ranking = pick_best_pretrain(pd.DataFrame(rows, columns=list(RUN_COLUMNS)), kind)
     if src:
         best = ranking.iloc[0]
-        log(
+        logger.info(
             f"{kind} finetune techniques start from pretrain run {src}: best validation class-mean top-1 "
             f"{best['val_top1_best']:.4f} ({best['technique']}, seed {best['seed']})"
         )
     elif kind == IMAGE and not any(t.cfg.stage == "pretrain" for t in tasks):
         try:
             src = resolve_source("latest", exp_name)
-            log(f"image finetune techniques start from the latest finished pretrain run {src}")
+            logger.info(f"image finetune techniques start from the latest finished pretrain run {src}")
         except ConfigError as e:
-            log(f"no pretrained model for the finetune techniques: {e}")
+            logger.info(f"no pretrained model for the finetune techniques: {e}")
     else:
-        log(f"no finished {kind} pretrain run in this grid: the {kind} techniques that need one fail")
+        logger.info(f"no finished {kind} pretrain run in this grid: the {kind} techniques that need one fail")
     return src, ranking

@@ -13,14 +13,16 @@ are resubmitted without counting an attempt. ``fashion grid --jobs N`` runs its 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def _marked(mark: str, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
@@ -55,19 +57,18 @@ class RestartingPool(cf.Executor):
     Args:
         make_pool: builds a fresh ``ProcessPoolExecutor`` (at the start and after each breakage).
         max_retries: reruns of a call whose worker died.
-        log: where a restart is announced (default: stderr).
+
+    A restart is announced as a warning of this module's logger.
     """
 
     def __init__(
         self,
         make_pool: Callable[[], cf.ProcessPoolExecutor],
         max_retries: int = 2,
-        log: Callable[[str], None] | None = None,
     ):
         self._make = make_pool
         self._pool = make_pool()
         self.max_retries = max_retries
-        self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self._lock = threading.RLock()
         self._calls: dict[int, _Call] = {}
         self._by_future: dict[cf.Future, _Call] = {}  # the caller's future -> its call
@@ -182,7 +183,7 @@ class RestartingPool(cf.Executor):
                 return
             if self._pool is call.pool:
                 held = sum(c.pool is call.pool and not c.outer.done() for c in self._calls.values())
-                self._log(
+                logger.warning(
                     f"a worker process died (pid {', '.join(map(str, sorted(died))) or '?'}): the pool is "
                     f"restarted and its {held} unfinished calls resubmitted"
                 )

@@ -42,7 +42,7 @@ __all__ = [
     "imprint_weights",
     "TRAINABLE_POLICIES",
 ]
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TRAINABLE_POLICIES = ("all", "head", "last_block")
 
@@ -251,7 +251,7 @@ def load_pretrained(model: FashionNet, state: Mapping[str, Tensor], source: str 
         )
     model.load_state_dict(loaded, strict=False)
     missing = [k for k in own if k.startswith("backbone.") and k not in loaded]
-    log.info(
+    logger.debug(
         "init from %s: loaded %d tensors, skipped %d %s, %d backbone keys left at fresh init %s",
         source,
         len(loaded),

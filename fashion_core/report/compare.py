@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,8 @@ from fashion_core.report.runs import STAGES, CompareError, Scope, find_runs
 from fashion_core.report.tables import Tables, build_tables, display_summary, evaluate_run, markdown_table
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.runs import tracking_uri
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- the command
 
@@ -37,7 +40,6 @@ def run_compare(
     tags: Mapping[str, str] | None = None,
     out: str | Path = "reports/compare",
     log_run: bool = True,
-    log=print,
     pairs: Sequence[str] = (),
     ui_url: str = UI_URL,
     images: bool = True,
@@ -62,7 +64,7 @@ def run_compare(
         raise CompareError(str(err)) from None
     tracking._quiet_mlflow()  # no progress bar per downloaded artifact
     scope = find_runs(experiment, stages, grid, tags)
-    log(
+    logger.info(
         f"comparing {len(scope.runs)} runs of experiment {scope.experiment_name!r}"
         + (f", grid {scope.grid_run_id}" if scope.grid_run_id else "")
         + (f" ({len(scope.left_out)} left out)" if len(scope.left_out) else "")
@@ -71,7 +73,7 @@ def run_compare(
         evals = [evaluate_run(r, d, scope.configs.get(r.info.run_id, "")) for r in scope.runs]
     bad = [e for e in evals if e.n_mismatch]
     for e in bad:
-        log(
+        logger.warning(
             f"warning: run {e.run_id} ({e.run_name}): {e.n_mismatch} classes of eval/per_class.csv differ from "
             "eval/predictions.csv; the report uses the predictions"
         )
@@ -127,9 +129,9 @@ def run_compare(
                     "compare_seconds": time.perf_counter() - t0,
                 }
             )
-    log(f"report: {Path(out) / 'report.html'}" + (f" (compare run {run_id})" if run_id else ""))
+    logger.info(f"report: {Path(out) / 'report.html'}" + (f" (compare run {run_id})" if run_id else ""))
     for stage, summ in tables.summary.items():
-        log(f"\n{stage}:\n" + markdown_table(display_summary(summ)))
+        logger.info(f"\n{stage}:\n" + markdown_table(display_summary(summ)))
         if tables.paired_text.get(stage):
-            log(tables.paired_text[stage])
+            logger.info(tables.paired_text[stage])
     return CompareResult(tables=tables, out=Path(out), files=files, run_id=run_id, scope=scope)

@@ -22,6 +22,7 @@ model of its own: its members are the models.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 
@@ -44,6 +45,8 @@ from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.references import load_run_model, resolve_model_uri
 from fashion_core.tracking.runs import run_inputs
 from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
+
+logger = logging.getLogger(__name__)
 
 ENSEMBLE_TAG = "ensemble_of"  # run tag: the member run ids, comma-separated
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
@@ -194,7 +197,6 @@ def run_ensemble(
     seed: int | None = None,
     weights=WEIGHTS,
     prepared=None,
-    log=print,
 ) -> str:
     """Combine two finished runs of one stage (weight chosen on validation), score test once, log one run.
 
@@ -245,7 +247,7 @@ def run_ensemble(
         nets = [c for r, c in zip(runs, configs) if r.data.tags.get("baseline") != "metadata_only"] or configs
         seed = int((nets[0].get("train") or {}).get("seed", 0))
     base = ExperimentConfig(stage=stage).replace(**{f"data.{k}": v for k, v in configs[0]["data"].items()})
-    p = prepared or prepare_data(data, base.data, log=log)
+    p = prepared or prepare_data(data, base.data)
     selection = not scores_test(base, [r.data.tags for r in runs])
     if selection:  # the weight of a selection run is chosen, and the run ends, without a test row in memory
         p_rows = without_test(p)
@@ -259,7 +261,7 @@ def run_ensemble(
     sd = build_stage_data(p_rows, stage)
     scored = []
     for r in runs:
-        log(
+        logger.info(
             f"scoring {r.data.tags.get('technique')} ({r.info.run_id[:8]}) on validation"
             + ("" if selection else " and test")
         )
@@ -278,7 +280,7 @@ def run_ensemble(
     member_val = [_class_mean(y_val, s["val"])[0] for s in scored]
     val1, val5 = _class_mean(y_val, scored[0]["val"] + w * scored[1]["val"])
     honest = crossfit(scored[0]["val"], scored[1]["val"], y_val, seed, weights)
-    log(
+    logger.info(
         f"ensemble {names[0]} + w {names[1]}: validation class-mean top-1 {val1:.4f} at w={w:g}, alone "
         f"{member_val[0]:.4f} / {member_val[1]:.4f}; cross-fitted halves {honest['ensemble']:.4f}, alone "
         f"{honest['a']:.4f} / {honest['b']:.4f}"
@@ -347,7 +349,7 @@ def run_ensemble(
         if not selection:
             test_metrics = log_test(run_id, sd, scored[0]["test"] + w * scored[1]["test"], seed)
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
-        log(
+        logger.info(
             f"{stage} run {run_id} ({technique}, w={w:g}): "
             + (
                 test_summary(stage, technique, test_metrics)

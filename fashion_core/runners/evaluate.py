@@ -13,6 +13,7 @@ is evaluated once: a second ``fashion evaluate`` of it is refused.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 
 import numpy as np
@@ -37,6 +38,8 @@ from fashion_core.tracking.versions import git_commit
 from fashion_core.zeroshot.head import ZeroShotHead
 from fashion_core.zeroshot.holdout import holdout_of
 from fashion_core.zeroshot.names import candidate_classes
+
+logger = logging.getLogger(__name__)
 
 EVALUATED_COMMIT_TAG = "test_evaluated_commit"
 
@@ -110,7 +113,7 @@ def _same_classes(run, expected: list[str], got: list[str]) -> None:
         )
 
 
-def evaluate_run(spec: str, data: str | None, *, device: str = "auto", log=print) -> dict:
+def evaluate_run(spec: str, data: str | None, *, device: str = "auto") -> dict:
     """Score a finished run's test split once, from its logged model, and log it to that run.
 
     Args:
@@ -146,7 +149,7 @@ def evaluate_run(spec: str, data: str | None, *, device: str = "auto", log=print
         )
     config = _run_config(run_id)
     base = ExperimentConfig(stage=stage).replace(**{f"data.{k}": v for k, v in (config.get("data") or {}).items()})
-    p = prepare_data(data, base.data, log=log)
+    p = prepare_data(data, base.data)
     if p.digest != t.get("dataset_digest"):
         raise ConfigError(
             f"--data gives dataset digest {p.digest}, run {run_id} was trained on "
@@ -172,5 +175,5 @@ def evaluate_run(spec: str, data: str | None, *, device: str = "auto", log=print
         mlflow.set_tag(EVALUATED_COMMIT_TAG, git_commit()[0])
     finally:  # the run stays FINISHED whatever happens here: it trained to its end
         mlflow.end_run("FINISHED")
-    log(test_summary(stage, technique, metrics, sd.test_only))
+    logger.info(test_summary(stage, technique, metrics, sd.test_only))
     return metrics

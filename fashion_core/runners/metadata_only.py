@@ -21,6 +21,7 @@ keys: ``data.*``, ``fusion.fields``, ``fusion.leaky_fields``, ``fusion.text_buck
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +51,8 @@ from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.runs import run_name
 from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
+logger = logging.getLogger(__name__)
+
 BASELINE_TAG = "metadata_only"  # value of the ``baseline`` tag
 
 
@@ -65,7 +68,6 @@ def run_metadata_baseline(
     parent_run_id: str | None = None,
     tags: dict | None = None,
     register: bool = True,
-    log=print,
     **_network_only,
 ) -> str:
     """Fit, select (on validation), evaluate (on test) and log the metadata-only baseline as one run.
@@ -104,7 +106,7 @@ def run_metadata_baseline(
     grid = [cfg.metadata.logreg_c] if cfg.metadata.logreg_c > 0 else list(LOGREG_C_GRID)
     if len(y_val) == 0 and len(grid) > 1:
         grid = [1.0]  # nothing to select on: scikit-learn's default
-        log("no validation rows: logreg C = 1.0 (scikit-learn's default)")
+        logger.info("no validation rows: logreg C = 1.0 (scikit-learn's default)")
     search: list[dict] = []
     best: tuple[Any, float, float, float, bool] | None = None  # (model, val top-1, val top-5, C, converged)
     for c in grid:
@@ -115,7 +117,7 @@ def run_metadata_baseline(
             else (np.nan, np.nan)
         )
         search.append({"C": c, "val_top1_mean": v1, "val_top5_mean": v5, "converged": converged})
-        log(
+        logger.info(
             f"logreg C={c:g}: val class-mean top-1 {v1:.4f}  top-5 {v5:.4f}"
             + ("" if converged else "  (not converged)")
         )
@@ -136,7 +138,7 @@ def run_metadata_baseline(
         **(tags or {}),
     }
     if cfg.fusion.leaky:
-        log(f"LEAKY: {', '.join(cfg.fusion.leaky_fields)} are model inputs; the run is tagged leaky=true")
+        logger.warning(f"LEAKY: {', '.join(cfg.fusion.leaky_fields)} are model inputs; the run is tagged leaky=true")
     with tracking.start_run(
         cfg.stage,
         cfg.technique,
@@ -149,7 +151,7 @@ def run_metadata_baseline(
     ) as run:
         run_id = run.info.run_id
         log_dataset_input(p, cfg.stage)
-        log(
+        logger.info(
             f"{cfg.stage} run {run_id} ({run_name(cfg)}): metadata-only logistic regression on {', '.join(inputs)}; "
             f"{n} classes, {len(sd.train)} train / {len(sd.val)} val / {len(sd.test)} test rows, "
             f"{x_train.shape[1]} features, C={c_best:g}"
@@ -179,10 +181,9 @@ def run_metadata_baseline(
             sd.classes,
             registered_name(cfg.stage, "metadata") if register else None,
             val1 if val1 == val1 else -1.0,
-            log,
         )
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
-        log(
+        logger.info(
             (
                 test_summary(cfg.stage, cfg.technique, test_metrics)
                 if not selection
@@ -200,7 +201,6 @@ def _log_model(
     classes: list[str],
     register: str | None = None,
     val_score: float = -1.0,
-    log=print,
     extra: dict[str, dict] | None = None,
 ) -> None:
     """The fitted model without pickles (vocabularies and settings as JSON, coefficients as ``.npz``), and the same
@@ -225,7 +225,7 @@ def _log_model(
         for name, content in (extra or {}).items():
             Path(d, name).write_text(json.dumps(content))
         mlflow.log_artifacts(d, str(Path(STATE_ARTIFACT).parent))
-        log_product_model(d, register, val_score, log)
+        log_product_model(d, register, val_score)
 
 
 def load_metadata_baseline(run_id: str):

@@ -11,6 +11,7 @@ once on test, and log config, per-epoch metrics, ``eval/`` artifacts, checkpoint
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -43,6 +44,8 @@ from fashion_core.tracking.runs import run_name
 from fashion_core.tracking.split_check import check_source_split
 from fashion_core.tracking.test_reads import deferred_line, log_test, scores_test, selection_tags, test_summary
 
+logger = logging.getLogger(__name__)
+
 LAST_ARTIFACT = "checkpoint/last.pt"
 
 
@@ -66,7 +69,6 @@ def setup_model(
     sd: StageData,
     source: tuple[FashionNet, dict] | None,
     device: torch.device,
-    log=print,
     plan: FusionPlan | None = None,
 ) -> tuple[FashionNet, TransferPolicy, float]:
     """The model a stage trains, its transfer policy, and the backbone lr multiplier.
@@ -135,7 +137,7 @@ def _log_state(model: FashionNet, cfg: ExperimentConfig, classes: list[str], ext
         mlflow.log_artifacts(d, "checkpoint")
 
 
-def _log_init(report: dict | None, log=print) -> None:
+def _log_init(report: dict | None) -> None:
     """Where a new network's initial weights came from: ``init/report.json`` and, for packaged ImageNet
     weights, the tags ``init_package``, ``init_version``, ``init_file``, ``init_sha256``."""
     import mlflow
@@ -146,7 +148,7 @@ def _log_init(report: dict | None, log=print) -> None:
     source = report.get("source") or {}
     if source:
         mlflow.set_tags({f"init_{k}": v for k, v in source.items()})
-        log(
+        logger.info(
             f"initial weights: {source['package']} {source['version']} ({source['file']}, sha256 {source['sha256'][:12]}), "
             f"{len(report['loaded'])} tensors"
         )
@@ -175,7 +177,7 @@ def _log_last(ckpt_path: Path) -> None:
 
 
 def _log_mlflow_model(
-    model: FashionNet, cfg: ExperimentConfig, classes: list[str], register: str | None, val_score: float, log=print
+    model: FashionNet, cfg: ExperimentConfig, classes: list[str], register: str | None, val_score: float
 ) -> None:
     """The run's MLflow model: ``mlflow.pytorch`` of a serving wrapper (uint8 NHWC in, probabilities out) for an
     image network; a pyfunc (photo bytes + catalogue fields in) for a fused one (``serving.log_product_model``)."""
@@ -184,7 +186,7 @@ def _log_mlflow_model(
     if reads_metadata(model):
         with tempfile.TemporaryDirectory() as d:
             _write_checkpoint(model, _checkpoint_meta(model, cfg, classes), Path(d))
-            log_product_model(d, register, val_score, log)
+            log_product_model(d, register, val_score)
         return
     serving = ServingModel(model.cpu().eval(), classes)
     example = np.full((1, cfg.data.height, cfg.data.width, 3), 255, dtype=np.uint8)
@@ -200,11 +202,7 @@ def _log_mlflow_model(
     )
     mlflow.log_dict({"classes": classes}, "model_classes.json")
     if register and info.registered_model_version is not None:
-        set_best_alias(register, str(info.registered_model_version), val_score, log)
-
-
-def _quiet(message: str) -> None:
-    """The log of ranks > 0: one process prints."""
+        set_best_alias(register, str(info.registered_model_version), val_score)
 
 
 def _run_on_main(env: distributed.DistEnv, cfg: ExperimentConfig, p: Prepared, **start) -> AbstractContextManager:
@@ -279,9 +277,7 @@ def _stage_tags(
     return all_tags
 
 
-def _select(
-    model: FashionNet, result: FitResult | None, sd: StageData, device: torch.device, criterion, log=print
-) -> float:
+def _select(model: FashionNet, result: FitResult | None, sd: StageData, device: torch.device, criterion) -> float:
     """Rank 0 after training: load the selected weights and log how they were chosen; without training (a frozen
     transfer), score validation once. Returns the validation class-mean top-1 (NaN without validation)."""
     import mlflow
@@ -294,7 +290,7 @@ def _select(
     tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)})
     mlflow.set_tag("selection", result.selection)
     if result.selection != "val_top1_mean":
-        log(
+        logger.info(
             f"no validation images: kept the weights of the last epoch ({result.best_epoch}), "
             f"tagged selection={result.selection}"
         )
@@ -339,7 +335,6 @@ def run_network(
     register: bool = True,
     resume: str | None = None,
     extras_fn: ExtrasFn | None = None,
-    log=print,
     allow_split_mismatch: bool = False,
     env: distributed.DistEnv | None = None,
     started: float | None = None,
@@ -366,11 +361,9 @@ def run_network(
     """
     t_start = started if started is not None else time.perf_counter()
     env = env or distributed.init_from_env(cfg.train.device)
-    main = env.is_main  # rank 0 alone talks to MLflow, writes files, scores test and prints
-    if not main:
-        log = _quiet
+    main = env.is_main  # rank 0 alone talks to MLflow, writes files and scores test (run_stage silences the others)
     cfg, src_run, src_model, split_tags = _source_of(cfg, p, source, experiment, allow_split_mismatch, env)
-    cfg, plan = plan_stage(cfg, p, src_model, log)  # metadata encoders and auxiliary heads, if any
+    cfg, plan = plan_stage(cfg, p, src_model)  # metadata encoders and auxiliary heads, if any
     if plan is not None:
         extras_fn = plan.chain(extras_fn)
     device = env.device_for(pick_device(cfg.train.device))
@@ -400,16 +393,16 @@ def run_network(
             log_dataset_input(p, cfg.stage)  # the runs table's Dataset column
             if resume_state is not None:
                 _log_missing_epochs(run_id, resume_state["history"])
-        log(
+        logger.info(
             f"{cfg.stage} run {run_id} ({run_name(cfg)}): {len(sd.classes)} classes, "
             f"{len(sd.train)} train / {len(sd.val)} val / "
             + ("test deferred (selection run)" if selection else f"{len(sd.test)} test images")
             + f", device {device}"
         )
         # Every rank builds the same model and loss and trains it through the same fit (DDP keeps them in step).
-        model, policy, lr_mult = setup_model(cfg, sd, src_model, device, log, plan=plan)
+        model, policy, lr_mult = setup_model(cfg, sd, src_model, device, plan=plan)
         if main:
-            _log_init(getattr(model, "init_report", None) if cfg.stage == "pretrain" or not src_run else None, log)
+            _log_init(getattr(model, "init_report", None) if cfg.stage == "pretrain" or not src_run else None)
         criterion = build_criterion(cfg, sd.n_train)
         if main:
             _log_sizes(model, sd, criterion, selection)
@@ -429,18 +422,17 @@ def run_network(
                     on_epoch=(lambda e, m: tracking.log_metrics(m, step=e)) if main else None,
                     checkpoint_path=ckpt_path,
                     resume=resume_state,
-                    log=log,
                     dist=env,
                 )
             if not main:
                 # fit's collectives are the run's last: what follows (selection, test, checkpoints, the model)
                 # is rank 0's alone and must stay free of them.
                 return ""
-            val_score = _select(model, result, sd, device, criterion, log)
+            val_score = _select(model, result, sd, device, criterion)
         except KeyboardInterrupt:
             if ckpt_path is not None and ckpt_path.is_file():
                 _log_last(ckpt_path)
-                log(
+                logger.info(
                     f"interrupted: last checkpoint logged to run {run_id} as {LAST_ARTIFACT}; "
                     f"continue with --resume {run_id}"
                 )
@@ -458,10 +450,9 @@ def run_network(
             sd.classes,
             registered_name(cfg.stage, inputs) if register else None,
             val_score if val_score == val_score else -1.0,
-            log,
         )
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
-        log(
+        logger.info(
             test_summary(cfg.stage, cfg.technique, test_metrics, sd.test_only)
             if not selection
             else deferred_line(cfg.stage, cfg.technique, run_id, val_score)

@@ -5,6 +5,7 @@ fashion prepare --data /path/to/fashion-product-images-small.tar.gz
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from fashion_core.config.schema import DataConfig, to_dict
 from fashion_core.data.catalog import reason_counts
 from fashion_core.data.prepared import Prepared, prepare_data
 from fashion_core.tracking import runs as tracking
+
+logger = logging.getLogger(__name__)
 
 
 def class_frequency_figure(counts: pd.DataFrame, top: list[str]):
@@ -110,13 +113,13 @@ def log_dataset_input(p: Prepared, context: str, table: pd.DataFrame | None = No
 
 
 def run_prepare(
-    data: str | None, cfg: DataConfig, workers: int | None = None, experiment: str | None = None, log=print
+    data: str | None, cfg: DataConfig, workers: int | None = None, experiment: str | None = None
 ) -> tuple[Prepared, str]:
     """Prepare the data and log the ``stage=prepare`` run. Returns (prepared, run_id)."""
     import mlflow
 
     t0 = time.perf_counter()
-    p = prepare_data(data, cfg, workers=workers, log=log)
+    p = prepare_data(data, cfg, workers=workers)
     tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
     with tracking.start_run(
         "prepare",
@@ -147,6 +150,6 @@ def run_prepare(
         text = summary_text(p)
         mlflow.log_text(text, "summary.txt")
         log_dataset_input(p, "prepare", table)
-        log(text)
-        log(f"prepare run: {run.info.run_id}")
+        logger.info(text)
+        logger.info(f"prepare run: {run.info.run_id}")
         return p, run.info.run_id

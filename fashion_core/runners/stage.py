@@ -11,18 +11,23 @@ same runner; only rank 0 logs to MLflow and returns the run id, the others retur
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig
 from fashion_core.data.prepared import Prepared, prepare_data
 from fashion_core.data.stage import ExtrasFn
 from fashion_core.engine import distributed
+from fashion_core.engine.console import silenced
 from fashion_core.runners.metadata_only import run_metadata_baseline
 from fashion_core.runners.network import run_network
 from fashion_core.runners.zeroshot import run_zeroshot
 from fashion_core.tracking import runs as tracking
+
+logger = logging.getLogger(__name__)
 
 Runner = Callable[..., str]
 
@@ -32,10 +37,6 @@ def runner_of(cfg: ExperimentConfig) -> Runner:
     if cfg.fusion.mode == "metadata_only":
         return run_zeroshot if cfg.zeroshot.enabled else run_metadata_baseline
     return run_network
-
-
-def _quiet(message: str) -> None:
-    """The log of ranks > 0: one process prints."""
 
 
 def run_stage(
@@ -49,7 +50,6 @@ def run_stage(
     register: bool = True,
     resume: str | None = None,
     extras_fn: ExtrasFn | None = None,
-    log=print,
     prepared: Prepared | None = None,
     allow_split_mismatch: bool = False,
 ) -> str:
@@ -66,32 +66,30 @@ def run_stage(
     """
     started = time.perf_counter()
     env = distributed.init_from_env(cfg.train.device)  # one process unless launched by torchrun
-    if not env.is_main:
-        log = _quiet
-    # Under torchrun rank 0 builds the image cache first; the other ranks then reuse it.
-    p = prepared or env.rank0_first(lambda: prepare_data(data, cfg.data, log=log))
-    if env.is_main:
-        tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
-    runner = runner_of(cfg)
-    if runner is not run_network:  # the metadata-only model: no network, no checkpoint, one process fits it
-        if resume:
-            raise ConfigError(
-                "the metadata-only model fits in seconds and has no checkpoint: run it again instead of --resume"
-            )
-        if not env.is_main:
-            return ""
-    return runner(
-        cfg,
-        p,
-        source=source,
-        experiment=experiment,
-        parent_run_id=parent_run_id,
-        tags=tags,
-        register=register,
-        resume=resume,
-        extras_fn=extras_fn,
-        log=log,
-        allow_split_mismatch=allow_split_mismatch,
-        env=env,
-        started=started,
-    )
+    with nullcontext() if env.is_main else silenced():  # one process prints: the ranks > 0 run silenced
+        # Under torchrun rank 0 builds the image cache first; the other ranks then reuse it.
+        p = prepared or env.rank0_first(lambda: prepare_data(data, cfg.data))
+        if env.is_main:
+            tracking.set_experiment(experiment or tracking.experiment_name_for(p.root))
+        runner = runner_of(cfg)
+        if runner is not run_network:  # the metadata-only model: no network, no checkpoint, one process fits it
+            if resume:
+                raise ConfigError(
+                    "the metadata-only model fits in seconds and has no checkpoint: run it again instead of --resume"
+                )
+            if not env.is_main:
+                return ""
+        return runner(
+            cfg,
+            p,
+            source=source,
+            experiment=experiment,
+            parent_run_id=parent_run_id,
+            tags=tags,
+            register=register,
+            resume=resume,
+            extras_fn=extras_fn,
+            allow_split_mismatch=allow_split_mismatch,
+            env=env,
+            started=started,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -27,6 +28,8 @@ from fashion_core.zeroshot.holdout import HOLDOUT_TAG, held_out_summary, holdout
 from fashion_core.zeroshot.names import FEATURES, NameMatcher, candidate_classes
 from fashion_core.zeroshot.ranker import MIXES
 from fashion_core.zeroshot.semantic import TEXT_FEATURE, text_inputs, with_text
+
+logger = logging.getLogger(__name__)
 
 ZERO_SHOT_TAG = "zero_shot"  # run tag: "true" on a run that predicts classes without training images
 STATE_ARTIFACT = f"checkpoint/{HEAD_FILE}"
@@ -70,7 +73,6 @@ def run_zeroshot(
     parent_run_id: str | None = None,
     tags: dict | None = None,
     register: bool = True,
-    log=print,
     **_network_only,
 ) -> str:
     """Fit (on seen classes' training rows), calibrate (on validation), evaluate (on test) and log one GZSL run.
@@ -94,7 +96,7 @@ def run_zeroshot(
     # a benchmark no design has seen: classes with training images held out as unseen (zeroshot/holdout.py)
     p, held = holdout_of(p, to_dict(cfg.zeroshot), cfg.stage)
     if held:
-        log(f"zero-shot hold-out: {len(held)} classes with training images scored as unseen: {', '.join(held)}")
+        logger.info(f"zero-shot hold-out: {len(held)} classes with training images scored as unseen: {', '.join(held)}")
     classes = candidate_classes(p.splits, cfg.stage)
     sd = build_stage_data(p, cfg.stage, classes=classes)  # unseen classes are labels too, with no training row
     if len(np.unique(sd.train.labels.numpy())) < 2:
@@ -113,7 +115,7 @@ def run_zeroshot(
     n = len(classes)
     class_weight = "balanced" if cfg.loss.weights == "inverse" else None
     # word meanings (zeroshot.text): sentence embeddings of the names; the map, if any, is refitted in each fold
-    text = text_inputs(cfg.zeroshot, p, cfg.stage, classes, {s: r.index for s, r in rows.items()}, log=log)
+    text = text_inputs(cfg.zeroshot, p, cfg.stage, classes, {s: r.index for s, r in rows.items()})
     # The metadata model's C as the metadata-only baseline picks it: validation class-mean over seen classes.
     grid = [cfg.metadata.logreg_c] if cfg.metadata.logreg_c > 0 else list(LOGREG_C_GRID)
     if len(y_val) == 0:
@@ -122,7 +124,7 @@ def run_zeroshot(
     for c in grid:
         clf, _ = fit_logreg(x["train"], y_train, c, class_weight, cfg.train.seed)
         v1 = class_mean_accuracy(y_val, top5_of(class_scores(clf, x["val"], n)))[0] if len(y_val) else float("nan")
-        log(f"metadata model C={c:g}: val class-mean top-1 (seen classes only) {v1:.4f}")
+        logger.info(f"metadata model C={c:g}: val class-mean top-1 (seen classes only) {v1:.4f}")
         if best is None or v1 > best[1]:
             best = (c, v1, clf)
     assert best is not None  # the grid holds at least one C
@@ -142,7 +144,6 @@ def run_zeroshot(
             cfg.train.seed,
             text=text,
             groups=groups,
-            log=log,
         )
         if len(y_val)
         else (0.0, 0.0, MIXES[0], pd.DataFrame())
@@ -182,7 +183,7 @@ def run_zeroshot(
         parent_run_id=parent_run_id,
     ) as run:
         run_id = run.info.run_id
-        log(
+        logger.info(
             f"{cfg.stage} run {run_id} ({run_name(cfg)}): generalised zero-shot over {n} candidate classes "
             f"({int(models.seen.sum())} seen, {len(unseen)} without training images); C={c_best:g}, mix {mix}, "
             f"gamma={gamma:g}, beta={beta:g}"
@@ -203,7 +204,7 @@ def run_zeroshot(
         )
         if evidence is not None:  # where the sentence encoder came from, like init_* for packaged image weights
             mlflow.set_tags({f"text_encoder_{k}": v for k, v in evidence.source.items()})
-            log(
+            logger.info(
                 f"text encoder: {evidence.source.get('package')} {evidence.source.get('version')} "
                 f"({evidence.source.get('file')}, sha256 {str(evidence.source.get('sha256'))[:12]}), "
                 f"zeroshot.text {cfg.zeroshot.text}, class texts: {cfg.zeroshot.class_template!r}"
@@ -242,14 +243,13 @@ def run_zeroshot(
             classes,
             registered_name(cfg.stage, "zeroshot") if register else None,
             val_h if val_h == val_h else -1.0,
-            log,
             extra={HEAD_FILE: head.to_dict(features_used)},
         )
         tracking.log_metrics({"run_seconds": time.perf_counter() - t_start})
         if selection:
-            log(deferred_line(cfg.stage, cfg.technique, run_id, val1))
+            logger.info(deferred_line(cfg.stage, cfg.technique, run_id, val1))
             return run_id
-        log(
+        logger.info(
             f"{cfg.stage} {cfg.technique}: test Top-1 seen S {test_metrics['test_top1_seen_mean']:.4f}  "
             f"unseen U {test_metrics['test_top1_unseen_mean']:.4f}  H {test_metrics['test_top1_harmonic']:.4f}  "
             f"all {test_metrics['test_n_classes_all']} classes {test_metrics['test_top1_mean_all']:.4f}  "
@@ -257,7 +257,7 @@ def run_zeroshot(
             f"{test_metrics['test_n_classes_evaluated']} seen classes, {test_metrics['test_n_classes_unseen']} unseen)"
         )
         if held:
-            log(
+            logger.info(
                 f"{cfg.stage} {cfg.technique}: the {len(held)} held-out classes U "
                 f"{test_metrics['test_top1_unseen_heldout_mean']:.4f}  H {test_metrics['test_top1_harmonic_heldout']:.4f}"
                 + (

@@ -10,6 +10,7 @@ frame with an ``image`` column (the file's bytes) and the catalogue fields they 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from fashion_core.fusion.modules import reads_metadata
 from fashion_core.tracking.references import load_run_model, model_from_checkpoint, resolve_model_uri
 from fashion_core.tracking.runs import _quiet_mlflow, download_artifact
 from fashion_core.zeroshot.head import HEAD_FILE, ZeroShotHead
+
+logger = logging.getLogger(__name__)
 
 
 class ProductInputError(ValueError):
@@ -373,7 +376,7 @@ def example_frame(model: ProductModel) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def log_product_model(folder: str | Path, register: str | None, val_score: float, log=print):
+def log_product_model(folder: str | Path, register: str | None, val_score: float):
     """Log a run's checkpoint folder as the MLflow pyfunc ``model`` (image and/or fields in) and register it.
 
     Args:
@@ -406,11 +409,11 @@ def log_product_model(folder: str | Path, register: str | None, val_score: float
     )
     mlflow.log_dict({"classes": model.classes, "inputs": model.inputs, "fields": model.fields}, "model_classes.json")
     if register and info.registered_model_version is not None:
-        set_best_alias(register, str(info.registered_model_version), val_score, log)
+        set_best_alias(register, str(info.registered_model_version), val_score)
     return info
 
 
-def set_best_alias(name: str, version: str, val_score: float, log=print) -> None:
+def set_best_alias(name: str, version: str, val_score: float) -> None:
     """Tag a registered version with its validation score; move ``@best`` to it when it beats the current best."""
     from mlflow.tracking import MlflowClient
 
@@ -424,4 +427,4 @@ def set_best_alias(name: str, version: str, val_score: float, log=print) -> None
     best_score = float(best.tags.get("val_top1_mean", "-1")) if best is not None else -1.0
     if val_score > best_score:
         client.set_registered_model_alias(name, "best", version)
-        log(f"registered {name} version {version} as models:/{name}@best (val top-1 {val_score:.4f})")
+        logger.info(f"registered {name} version {version} as models:/{name}@best (val top-1 {val_score:.4f})")

@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from fashion_core.config.checks import ConfigError
+
+logger = logging.getLogger(__name__)
 
 INTERVAL_ENV = "FASHION_HEARTBEAT_S"
 DEFAULT_INTERVAL = 60.0
@@ -242,8 +245,8 @@ def end_dead(client, run, reason: str) -> None:
     client.set_terminated(run.info.run_id, "KILLED", end_time=end)
 
 
-def sweep(experiment_id: str, log: Callable[[str], None] | None = None) -> list[str]:
-    """End the experiment's dead RUNNING runs KILLED (``killed_reason`` says why); returns their ids."""
+def sweep(experiment_id: str) -> list[str]:
+    """End the experiment's dead RUNNING runs KILLED (``killed_reason`` says why), a warning each; returns their ids."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -258,6 +261,5 @@ def sweep(experiment_id: str, log: Callable[[str], None] | None = None) -> list[
         except Exception:  # noqa: BLE001 - ended or deleted by someone else meanwhile
             continue
         ended.append(run.info.run_id)
-        if log is not None:
-            log(f"ended run {run.info.run_id} ({run.info.run_name}) KILLED: {reason}")
+        logger.warning(f"ended run {run.info.run_id} ({run.info.run_name}) KILLED: {reason}")
     return ended

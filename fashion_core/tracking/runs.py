@@ -30,6 +30,8 @@ from fashion_core.tracking import heartbeat
 # The code version lives in versions.py; callers import it from here too (store_hint reads PROJECT_DIR here).
 from fashion_core.tracking.versions import PROJECT_DIR, git_commit, reusable_version
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_EXPERIMENT = "fashion-product-images-small"
 GRID_RUNS_ARTIFACT = "grid/runs.csv"  # a grid parent run's table of its runs (grid.py writes it)
 
@@ -290,12 +292,10 @@ def claimed_run(run_id: str, parent_run_id: str) -> Iterator[None]:
 
 def _sweep_quietly(experiment_id: str) -> None:
     """End the experiment's runs whose process died (``heartbeat.sweep``); a failed sweep never stops a run."""
-    import sys
-
     try:
-        heartbeat.sweep(experiment_id, log=lambda m: print(m, file=sys.stderr, flush=True))
+        heartbeat.sweep(experiment_id)
     except Exception as e:  # noqa: BLE001 - a busy store: the next run that starts sweeps again
-        print(f"could not look for dead runs: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        logger.warning(f"could not look for dead runs: {type(e).__name__}: {e}")
 
 
 @contextlib.contextmanager

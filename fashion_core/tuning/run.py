@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
 import warnings
@@ -28,6 +29,8 @@ from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retry_dea
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
     from fashion_core.data.prepared import Prepared
 
+logger = logging.getLogger(__name__)
+
 
 # ---------------------------------------------------------------- the parent run's summary
 
@@ -47,7 +50,7 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(level)
 
 
-def log_study_summary(study, space: SearchSpace, header: str = "", log=print) -> dict[str, Any]:
+def log_study_summary(study, space: SearchSpace, header: str = "") -> dict[str, Any]:
     """On the active parent run: Optuna's figures, the trials table, counts and the best configuration.
 
     Returns:
@@ -84,7 +87,7 @@ def log_study_summary(study, space: SearchSpace, header: str = "", log=print) ->
             with _quiet_optuna():
                 fig = make()
         except Exception as e:  # a figure is never worth losing the summary (importances need 2+ complete trials)
-            log(f"figure {name} skipped: {e}")
+            logger.info(f"figure {name} skipped: {e}")
             continue
         tracking.log_figure_html(fig, f"tune/figures/{name}.html")
     out: dict[str, Any] = {
@@ -177,7 +180,6 @@ def run_tune(
     pruner=None,
     catch: tuple[type[BaseException], ...] = (RuntimeError,),
     allow_split_mismatch: bool = False,
-    log=print,
 ) -> TuneResult:
     """One ``fashion tune`` invocation: a worker of a study, and optionally its final run.
 
@@ -212,7 +214,7 @@ def run_tune(
     if base.fusion.mode == "metadata_only":
         raise ConfigError(f"{space.base_path}: the metadata-only baseline trains no network; nothing to tune here")
     check_space_config(space, base)
-    p = prepared or prepare_data(data, base.data, log=log)
+    p = prepared or prepare_data(data, base.data)
     experiment = experiment or tracking.experiment_name_for(p.root)
     tracking.set_experiment(experiment)
     src_run, src_model = None, None
@@ -225,7 +227,7 @@ def run_tune(
             # The architecture comes from the pretrained run, as in run_stage.
             base = base.replace(**{f"model.{k}": v for k, v in src_model[1]["model"].items() if k != "init"})
     settings = study_settings(space, base, p.digest, src_run)
-    st = open_storage(storage, heartbeat, on_dead_trial=lambda s, t: retry_dead_trial(s, t, log))
+    st = open_storage(storage, heartbeat, on_dead_trial=lambda s, t: retry_dead_trial(s, t))
     study = open_study(
         st,
         study_name,
@@ -236,12 +238,12 @@ def run_tune(
     )
     result = TuneResult(study_name=study_name, storage=st.display, dashboard=st.dashboard)
     n_before = len(study.get_trials(deepcopy=False))
-    log(f"study {study_name!r} in {st.display}: {n_before} trial(s) so far; MLflow experiment {experiment!r}")
+    logger.info(f"study {study_name!r} in {st.display}: {n_before} trial(s) so far; MLflow experiment {experiment!r}")
     if create_only:
         return result
     if n_trials > 0:
-        reap_dead_workers(study, st, log)
-        objective = Objective(space, base, without_test(p), p.digest, "", st, study_name, src_model, log)
+        reap_dead_workers(study, st)
+        objective = Objective(space, base, without_test(p), p.digest, "", st, study_name, src_model)
         objective.stage(base)  # gathers the images once; no data is an error before the parent run starts
         tags = {
             "optuna_study": study_name,
@@ -287,12 +289,12 @@ def run_tune(
                     best = f"; best {study_.best_value:.4f} (trial {study_.best_trial.number})"
                 value = f" {trial.value:.4f}" if trial.value is not None else ""
                 params = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in trial.params.items()}
-                log(f"trial {trial.number} {trial.state.name.lower()}{value} {params}{best}")
+                logger.info(f"trial {trial.number} {trial.state.name.lower()}{value} {params}{best}")
 
             try:
                 study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=catch, callbacks=[progress])
             finally:
-                summary = log_study_summary(study, space, _header(study_name, st, profile, overrides), log)
+                summary = log_study_summary(study, space, _header(study_name, st, profile, overrides))
             for k in ("counts", "best_value", "best_trial", "best_params", "best_yaml"):
                 setattr(result, k, summary[k])
     else:
@@ -312,7 +314,6 @@ def run_tune(
             tune_run_id=result.parent_run_id,
             header=_header(study_name, st, profile, overrides),
             allow_split_mismatch=allow_split_mismatch,
-            log=log,
         )
     result.seconds = time.perf_counter() - t0
     return result
@@ -331,7 +332,6 @@ def final_run(
     tune_run_id: str | None = None,
     header: str = "",
     allow_split_mismatch: bool = False,
-    log=print,
 ) -> str:
     """Train the study's best configuration as a normal pretrain/finetune run tagged ``selected=true``.
 
@@ -363,7 +363,7 @@ def final_run(
         }
         if mismatch:  # the YAML must reproduce the trial exactly; anything else is a bug worth stopping for
             raise RuntimeError(f"best-configuration YAML does not reproduce trial {best.number}: {mismatch}")
-    log(
+    logger.info(
         f"final run of study {study.study_name!r}: trial {best.number} {best.params} "
         f"(validation {space.objective} {best.value:.4f})"
     )
@@ -383,7 +383,6 @@ def final_run(
         experiment=experiment,
         tags=tags,
         prepared=prepared,
-        log=log,
         allow_split_mismatch=allow_split_mismatch,
     )
     if run_id:

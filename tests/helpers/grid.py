@@ -44,7 +44,7 @@ def run_grid_killing_one_cell(tasks, dataset, **grid_options):
     killer = threading.Thread(target=kill_first_running_cell, args=(stop, killed), daemon=True)
     killer.start()
     try:
-        res = run_grid(tasks, str(dataset), register=False, log=lambda m: None, **grid_options)
+        res = run_grid(tasks, str(dataset), register=False, **grid_options)
     finally:
         stop.set()
     client = MlflowClient()

@@ -46,7 +46,6 @@ class ConceptEncoder:
         return out
 
 
-QUIET = dict(log=lambda m: None)
 # class -> (product names; "seen" classes have products in even (training) and odd (test) years, the others odd only)
 SEEN = {
     "Watches": ["Titan Men Black Watch", "Fastrack Women Steel Watch", "Casio Men Digital Watch"],
