@@ -52,10 +52,11 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 # Unit tests only: what starts no server, cluster or subprocess and needs no real data. In TEST_JOBS processes
-# (pytest-xdist, from the dev extra; each has its own MLflow stores and cache folder); TEST_JOBS=0 runs in this one.
+# (pytest-xdist, from the dev extra; each has its own MLflow stores and cache folder), a test module's tests in one
+# of them (--dist loadscope: a module's shared runs are made once); TEST_JOBS=0 runs them in this one.
 TEST_JOBS ?= 2
 test-fast: venv
-	$(BIN)/python -m pytest -q -n $(TEST_JOBS) -m "not integration and not realdata and not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadscope -m "not integration and not realdata and not slow"
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""
