@@ -2,8 +2,9 @@
 #   make run    creates .venv when missing, then the main job through the MLproject's `main` entry point:
 #               prepare -> pretrain -> finetune -> compare with the techniques of experiments/main.yaml
 #   make test   creates .venv when missing (with the dev and ray extras), then runs the test suite (what CI runs)
-# Daily loop: make test-fast (unit tests, no integration/realdata/slow), make lint, make format; make test-all adds
-#             the slow tests. pre-commit: .venv/bin/pre-commit install (runs the same ruff and mypy on commit).
+# Daily loop: make test-fast (unit tests, no integration/realdata/slow; 2 processes), make lint, make format;
+#             make test-all adds the slow tests. pre-commit: .venv/bin/pre-commit install (runs the same ruff and
+#             mypy on commit).
 # Options: make run DATA=/path/to/dataset PROFILE=quick   (DATA defaults to $FASHION_DATA; PROFILE=auto picks
 #          default on a CUDA GPU, quick on CPUs; DEVICE=cpu|cuda; TECHNIQUES=a,b instead of experiments/main.yaml;
 #          OVERRIDE='data.top_k=10 train.epochs=2' for every technique)
@@ -50,9 +51,12 @@ run: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Unit tests only: what starts no server, cluster or subprocess and needs no real data.
+# Unit tests only: what starts no server, cluster or subprocess and needs no real data. In TEST_JOBS processes
+# (pytest-xdist, from the dev extra; each has its own MLflow stores and cache folder), a test module's tests in one
+# of them (--dist loadscope: a module's shared runs are made once); TEST_JOBS=0 runs them in this one.
+TEST_JOBS ?= 2
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not integration and not realdata and not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadscope -m "not integration and not realdata and not slow"
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""

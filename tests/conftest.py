@@ -26,6 +26,21 @@ def dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "fashion-mini")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_per_xdist_worker():
+    """Under pytest-xdist (``-n 2``) each worker gets a cache folder of its own, below the configured one: two
+    workers building the image cache of the same generated catalogue at once would write the same files."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        yield
+        return
+    from fashion_core.data.sources import cache_root
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASHION_CACHE", str(cache_root() / f"xdist-{worker}"))
+        yield
+
+
 @pytest.fixture()
 def isolated(tmp_path, monkeypatch) -> Path:
     """An MLflow sqlite store, cache folder and working directory of the test's own."""

@@ -131,6 +131,7 @@ def test_rerun_reuses_finished_runs_and_compare_reads_the_grid(grid, dataset, st
     assert forced.runs["config_hash"][0] == first.runs.loc[first.runs["technique"] == "ncm", "config_hash"].iloc[0]
 
 
+@pytest.mark.integration  # a whole grid end to end (the module's `grid` fixture), then a second grid
 def test_under_mlflow_run_the_launched_run_is_the_parent(grid, dataset, monkeypatch):
     """`mlflow run . -e grid` creates a run, logs the entry point's parameters and exports MLFLOW_RUN_ID."""
     import os

@@ -1,5 +1,5 @@
 """The project's declared environments agree: conda.yaml (the MLproject's conda env) lists exactly pyproject.toml's
-dependencies, its Python satisfies ``requires-python``, and the dev extra brings the tools ``make lint`` calls.
+dependencies, its Python satisfies ``requires-python``, and the dev extra brings the tools ``make lint`` and ``make test-fast`` call.
 
     python -m pytest -q tests/test_packaging.py
 """
@@ -64,7 +64,7 @@ def test_conda_python_satisfies_requires_python():
 
 def test_the_dev_extra_brings_the_lint_tools():
     dev = {Requirement(s).name for s in pyproject()["project"]["optional-dependencies"]["dev"]}
-    assert {"pytest", "ruff", "mypy", "pre-commit"} <= dev, dev
+    assert {"pytest", "pytest-xdist", "ruff", "mypy", "pre-commit"} <= dev, dev  # xdist: make test-fast's -n
 
 
 def test_canonical_spelling():
