@@ -263,10 +263,10 @@ def _runs(root: Path) -> list:
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     with open(f"{root / 'mlflow.db'}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
+        try:  # the client's constructor is what creates the tables: it too must hold the lock
+            client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
             client.search_experiments(max_results=1)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
