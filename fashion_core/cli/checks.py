@@ -48,10 +48,10 @@ def pick_profile(profile: str, device: str | None) -> tuple[str, bool]:
 
 def log_expected(minutes: float, what: str, gpu: bool) -> None:
     """The expected-time line of a command (the main job's wording)."""
-    from fashion_core.grid.main_job import _duration
+    from fashion_core.grid.main_job import duration
 
     logger.info(
-        f"expected time: about {_duration(minutes)} ({what}) on "
+        f"expected time: about {duration(minutes)} ({what}) on "
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
         + "; estimated from the measured figures in docs/"
     )

@@ -208,7 +208,8 @@ def estimate_minutes(tasks: Sequence[Any], profile: str, gpu: bool) -> float:
     return PREPARE_MINUTES + COMPARE_MINUTES + sum(task_minutes(t.cfg, profile, gpu) for t in tasks)
 
 
-def _duration(minutes: float) -> str:
+def duration(minutes: float) -> str:
+    """Minutes as a person reads them: whole minutes, or hours with one decimal from 90 minutes on."""
     return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{max(1, round(minutes))} min"
 
 
@@ -258,7 +259,7 @@ def run_main(
     if pairs:
         logger.info(f"then ensembles (validation-weighted): {', '.join(f'{st}/{a}+{b}' for st, a, b in pairs)}")
     logger.info(
-        f"expected time: about {_duration(minutes)} (prepare, {len(tasks) + len(pairs)} runs, compare) on "
+        f"expected time: about {duration(minutes)} (prepare, {len(tasks) + len(pairs)} runs, compare) on "
         + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
         + "; estimated from the measured figures in docs/"
     )
