@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 # Per-image scoring (top-k, hits, class-mean) lives in scoring.py; these names are part of metrics' API too.
-from fashion_core.evaluation.scoring import TOPK, _hits, _int_labels, _rates, _to_numpy, _topk_matrix
+from fashion_core.evaluation.scoring import TOPK, as_numpy, hit_rates, int_labels, topk_hits, topk_matrix
 
 PER_CLASS_COLUMNS = ("class", "n_train", "n_val", "n_test", "top1", "top5")
 PREDICTION_COLUMNS = ("id", "label", "pred1", "pred2", "pred3", "pred4", "pred5")
@@ -66,15 +66,15 @@ def per_class_table(
     n_classes = len(names)
     if len(set(names)) != n_classes:
         raise ValueError("class_names must be unique")
-    labels = _int_labels(labels, n_classes)
-    top5 = _topk_matrix(top5, len(labels))
+    labels = int_labels(labels, n_classes)
+    top5 = topk_matrix(top5, len(labels))
     n_train = np.asarray(n_train, dtype=np.int64).reshape(-1)
     n_val = np.asarray(n_val, dtype=np.int64).reshape(-1)
     for what, counts in (("n_train", n_train), ("n_val", n_val)):
         if len(counts) != n_classes:
             raise ValueError(f"{what} must have one count per class ({n_classes}); got {len(counts)}")
-    hit1, hit5 = _hits(labels, top5)
-    n_test, top1, top5_rate = _rates(labels, hit1, hit5, n_classes)
+    hit1, hit5 = topk_hits(labels, top5)
+    n_test, top1, top5_rate = hit_rates(labels, hit1, hit5, n_classes)
     table = pd.DataFrame(
         {"class": names, "n_train": n_train, "n_val": n_val, "n_test": n_test, "top1": top1, "top5": top5_rate}
     )
@@ -276,11 +276,11 @@ def bootstrap_class_mean_replicates(
     Returns:
         ``{"top1": (n_boot,), "top5": (n_boot,)}``; empty arrays when no class has test images.
     """
-    labels = _to_numpy(labels).astype(np.int64, copy=False).reshape(-1)
-    top5_preds = _topk_matrix(top5_preds, len(labels))
+    labels = as_numpy(labels).astype(np.int64, copy=False).reshape(-1)
+    top5_preds = topk_matrix(top5_preds, len(labels))
     classes = np.unique(np.asarray(class_ids_evaluated, dtype=np.int64).reshape(-1))
     n_classes = int(max(labels.max(initial=-1), classes.max(initial=-1))) + 1
-    hit1, hit5 = _hits(labels, top5_preds)
+    hit1, hit5 = topk_hits(labels, top5_preds)
     keep = labels >= 0  # negative labels (unknown to the model) have no class to stratify on
     n = np.bincount(labels[keep], minlength=n_classes)[classes]
     k1 = np.bincount(labels[keep], weights=hit1[keep], minlength=n_classes)[classes]
@@ -314,14 +314,14 @@ def predictions_frame(ids: Any, labels: Any, top5: Any, class_names: Sequence[st
         holding class names.
     """
     names = np.asarray([str(c) for c in class_names] + [""], dtype=object)  # index -1 -> ''
-    label_arr = _to_numpy(labels)
+    label_arr = as_numpy(labels)
     if np.issubdtype(label_arr.dtype, np.integer):
-        label_arr = names[:-1][_int_labels(label_arr, len(class_names))]
+        label_arr = names[:-1][int_labels(label_arr, len(class_names))]
     label_arr = np.asarray(label_arr, dtype=object).reshape(-1)
-    ids = _to_numpy(ids).reshape(-1)
+    ids = as_numpy(ids).reshape(-1)
     if len(ids) != len(label_arr):
         raise ValueError(f"ids and labels differ in length: {len(ids)} vs {len(label_arr)}")
-    top5 = _topk_matrix(top5, len(label_arr))[:, :TOPK]
+    top5 = topk_matrix(top5, len(label_arr))[:, :TOPK]
     if top5.size and (top5.min() < -1 or top5.max() >= len(class_names)):
         raise ValueError(f"predictions must be class indices in [0, {len(class_names)}) or -1")
     frame = pd.DataFrame({"id": ids, "label": label_arr})
@@ -370,7 +370,7 @@ def per_class_from_predictions(pred_df: pd.DataFrame, class_names: Sequence[str]
     # (padding) never equals a label.
     hit1 = preds[:, 0] == labels
     hit5 = (preds == labels[:, None]).any(axis=1)
-    n_test, top1, top5 = _rates(codes, hit1, hit5, len(categories))
+    n_test, top1, top5 = hit_rates(codes, hit1, hit5, len(categories))
     return pd.DataFrame({"class": categories, "n_test": n_test, "top1": top1, "top5": top5})
 
 
@@ -396,12 +396,12 @@ def confusion_matrix_figure(
 
     names = [str(c) for c in class_names]
     n_classes = len(names)
-    labels = _to_numpy(labels).astype(np.int64, copy=False).reshape(-1)
-    pred1 = _to_numpy(pred1).astype(np.int64, copy=False).reshape(-1)
+    labels = as_numpy(labels).astype(np.int64, copy=False).reshape(-1)
+    pred1 = as_numpy(pred1).astype(np.int64, copy=False).reshape(-1)
     if len(labels) != len(pred1):
         raise ValueError(f"labels and pred1 differ in length: {len(labels)} vs {len(pred1)}")
     keep = labels >= 0
-    labels, pred1 = _int_labels(labels[keep], n_classes), _int_labels(pred1[keep], n_classes)
+    labels, pred1 = int_labels(labels[keep], n_classes), int_labels(pred1[keep], n_classes)
     counts = np.bincount(labels * n_classes + pred1, minlength=n_classes * n_classes)
     counts = counts.reshape(n_classes, n_classes)
     row_n = counts.sum(axis=1)

@@ -15,7 +15,7 @@ import numpy as np
 TOPK = 5  # the "top-5" of every artifact; fewer columns are padded, more are cut
 
 
-def _to_numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any) -> np.ndarray:
     """Array from a numpy array, a list or a (CPU or device) torch tensor, without importing torch."""
     if hasattr(x, "detach"):  # a torch tensor: it may live on the GPU or be bf16, which numpy cannot read
         x = x.detach().cpu()
@@ -25,9 +25,9 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _int_labels(labels: Any, n_classes: int) -> np.ndarray:
+def int_labels(labels: Any, n_classes: int) -> np.ndarray:
     """1-D int64 class indices, checked to lie in [0, n_classes)."""
-    labels = _to_numpy(labels).astype(np.int64, copy=False).reshape(-1)
+    labels = as_numpy(labels).astype(np.int64, copy=False).reshape(-1)
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(
             f"labels must be class indices in [0, {n_classes}); got values in [{labels.min()}, {labels.max()}]"
@@ -35,9 +35,9 @@ def _int_labels(labels: Any, n_classes: int) -> np.ndarray:
     return labels
 
 
-def _topk_matrix(top5: Any, n_rows: int) -> np.ndarray:
+def topk_matrix(top5: Any, n_rows: int) -> np.ndarray:
     """(N, k) int64 matrix of predicted indices, checked against the number of labels."""
-    top5 = _to_numpy(top5).astype(np.int64, copy=False)
+    top5 = as_numpy(top5).astype(np.int64, copy=False)
     if top5.ndim == 1:  # a single prediction per image
         top5 = top5[:, None]
     if top5.ndim != 2 or top5.shape[0] != n_rows:
@@ -45,7 +45,7 @@ def _topk_matrix(top5: Any, n_rows: int) -> np.ndarray:
     return top5
 
 
-def _hits(labels: np.ndarray, top5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def topk_hits(labels: np.ndarray, top5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-image top-1 and top-5 hits (bool arrays); a padded prediction (-1 or '') never hits."""
     if top5.shape[1] == 0:
         no_hit = np.zeros(len(labels), dtype=bool)
@@ -55,7 +55,7 @@ def _hits(labels: np.ndarray, top5: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return hit1, hit5
 
 
-def _rates(
+def hit_rates(
     codes: np.ndarray, hit1: np.ndarray, hit5: np.ndarray, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class test count and top-1/top-5 rates (NaN where a class has no test image).
@@ -85,7 +85,7 @@ def topk_predictions(scores: Any, k: int = TOPK) -> np.ndarray:
     """
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
-    scores = _to_numpy(scores)
+    scores = as_numpy(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores must have shape (N, C); got {scores.shape}")
     n, c = scores.shape
@@ -99,11 +99,11 @@ def topk_predictions(scores: Any, k: int = TOPK) -> np.ndarray:
 
 def class_mean_accuracy(labels: Any, top5: Any) -> tuple[float, float]:
     """(class-mean top-1, class-mean top-5) over the classes present in ``labels`` (labels < 0 are left out)."""
-    labels = _to_numpy(labels)
+    labels = as_numpy(labels)
     ok = labels >= 0
-    labels, top5 = labels[ok], _to_numpy(top5)[ok]
+    labels, top5 = labels[ok], as_numpy(top5)[ok]
     if len(labels) == 0:
         return float("nan"), float("nan")
     classes, codes = np.unique(labels, return_inverse=True)
-    _, top1, top5_rate = _rates(codes, *_hits(labels, top5), len(classes))
+    _, top1, top5_rate = hit_rates(codes, *topk_hits(labels, top5), len(classes))
     return float(top1.mean()), float(top5_rate.mean())

@@ -22,13 +22,13 @@ MAX_TOKENS = 32  # hashed n-grams kept per name (the longest real name has 14 wo
 AUX_FIELDS = {"aux_master": "masterCategory", "aux_sub": "subCategory"}  # output key -> catalogue column
 # The fusion settings that shape the encoders: a finetune run takes them from its pretrain run.
 INPUT_KEYS = ("mode", "fields", "leaky_fields", "text_buckets", "text_ngrams", "embed_dim")
-_TOKEN = re.compile(r"[a-z0-9]+")
+TOKEN = re.compile(r"[a-z0-9]+")
 
 
 # ---------------------------------------------------------------- encoders (vocabularies)
 
 
-def _clean(values: Iterable[Any]) -> list[str]:
+def clean_text(values: Iterable[Any]) -> list[str]:
     """Cells as stripped strings; None / NaN become '' (missing)."""
     out = []
     for v in values:
@@ -49,7 +49,7 @@ class CategoryVocab:
     @classmethod
     def fit(cls, field_name: str, values: Iterable[Any]) -> CategoryVocab:
         """The vocabulary of the non-empty values among ``values`` (the training rows)."""
-        return cls(field_name, tuple(sorted({v for v in _clean(values) if v})))
+        return cls(field_name, tuple(sorted({v for v in clean_text(values) if v})))
 
     @property
     def size(self) -> int:
@@ -58,7 +58,7 @@ class CategoryVocab:
     def encode(self, values: Iterable[Any]) -> np.ndarray:
         """Values -> int64 codes; empty -> MISSING, never seen in training -> UNKNOWN."""
         index = {v: i + 2 for i, v in enumerate(self.values)}
-        return np.asarray([MISSING if not v else index.get(v, UNKNOWN) for v in _clean(values)], dtype=np.int64)
+        return np.asarray([MISSING if not v else index.get(v, UNKNOWN) for v in clean_text(values)], dtype=np.int64)
 
 
 def s_stem(word: str) -> str:
@@ -88,12 +88,12 @@ _NOT_CLASS_WORDS = {"and", "of", "the", "with", "for"}  # "Perfume and Body Mist
 
 def class_words(label: str) -> set[str]:
     """The singular words of a class name that a product name may hold ("Casual Shoes" -> casual, shoe)."""
-    return {s_stem(w) for w in _TOKEN.findall(label.lower()) if w not in _NOT_CLASS_WORDS}
+    return {s_stem(w) for w in TOKEN.findall(label.lower()) if w not in _NOT_CLASS_WORDS}
 
 
 def holds_class_word(label: str, name: Any) -> bool:
     """Whether the name holds a word of its class, letters and digits only ("T-shirt" holds "Tshirts")."""
-    compact = re.sub(r"[^a-z0-9]", "", _clean([name])[0].lower())
+    compact = re.sub(r"[^a-z0-9]", "", clean_text([name])[0].lower())
     return any(w in compact for w in class_words(label))
 
 
@@ -106,7 +106,7 @@ class TextHasher:
 
     def tokens(self, text: str) -> list[str]:
         """Lower-cased alphanumeric words made singular (``s_stem``), then the word pairs (and triples) when ngrams > 1."""
-        words = [s_stem(w) for w in _TOKEN.findall(text.lower())]
+        words = [s_stem(w) for w in TOKEN.findall(text.lower())]
         grams = list(words)
         for n in range(2, self.ngrams + 1):
             grams += [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
@@ -118,7 +118,7 @@ class TextHasher:
 
     def encode(self, texts: Iterable[Any]) -> np.ndarray:
         """(N, MAX_TOKENS) int64 bucket ids, padded with ``buckets``; an empty name is all padding."""
-        texts = _clean(texts)
+        texts = clean_text(texts)
         out = np.full((len(texts), MAX_TOKENS), self.buckets, dtype=np.int64)
         memo: dict[str, int] = {}
         for i, t in enumerate(texts):
@@ -189,7 +189,9 @@ class MetaVocab:
 def aux_vocab(rows: pd.DataFrame, fcfg: FusionConfig) -> dict[str, tuple[str, ...]]:
     """The classes of each auxiliary head with a weight > 0, from the stage's training rows."""
     weights = {"aux_master": fcfg.aux_master, "aux_sub": fcfg.aux_sub}
-    return {k: tuple(sorted({v for v in _clean(rows[col]) if v})) for k, col in AUX_FIELDS.items() if weights[k] > 0}
+    return {
+        k: tuple(sorted({v for v in clean_text(rows[col]) if v})) for k, col in AUX_FIELDS.items() if weights[k] > 0
+    }
 
 
 def encode_aux(rows: pd.DataFrame, aux: Mapping[str, tuple[str, ...]]) -> dict[str, Tensor]:
@@ -197,5 +199,5 @@ def encode_aux(rows: pd.DataFrame, aux: Mapping[str, tuple[str, ...]]) -> dict[s
     out = {}
     for key, values in aux.items():
         index = {v: i for i, v in enumerate(values)}
-        out[key] = torch.tensor([index.get(v, -1) for v in _clean(rows[AUX_FIELDS[key]])], dtype=torch.int64)
+        out[key] = torch.tensor([index.get(v, -1) for v in clean_text(rows[AUX_FIELDS[key]])], dtype=torch.int64)
     return out

@@ -61,7 +61,7 @@ def class_scores(clf, x, n_classes: int) -> np.ndarray:
 
 
 def baseline_from_folder(folder: str | Path):
-    """(model, vocabularies, class names) from a folder holding the two files of ``metadata_baseline._log_model``."""
+    """(model, vocabularies, class names) from a folder holding the two files of ``runners.metadata_only.log_metadata_model``."""
     from sklearn.linear_model import LogisticRegression
 
     state = json.loads(Path(folder, Path(STATE_ARTIFACT).name).read_text())

@@ -62,7 +62,7 @@ def run_compare(
         wanted = [split_pair(p) for p in pairs]
     except ValueError as err:
         raise CompareError(str(err)) from None
-    tracking._quiet_mlflow()  # no progress bar per downloaded artifact
+    tracking.quiet_mlflow()  # no progress bar per downloaded artifact
     scope = find_runs(experiment, stages, grid, tags)
     logger.info(
         f"comparing {len(scope.runs)} runs of experiment {scope.experiment_name!r}"

@@ -45,7 +45,7 @@ def _client():
     return MlflowClient()
 
 
-def _seed_of(run) -> int:
+def seed_of(run) -> int:
     tags, params = run.data.tags, run.data.params
     value = tags.get("seed", params.get("train.seed", "0"))
     try:
@@ -211,7 +211,7 @@ def find_runs(  # noqa: C901 - one branch per run filter
     group_of, groups = config_groups(comparable)
     for r in runs:
         t = r.data.tags
-        key = (t.get("stage"), t.get("technique"), group_of.get(r.info.run_id, -1), _seed_of(r))
+        key = (t.get("stage"), t.get("technique"), group_of.get(r.info.run_id, -1), seed_of(r))
         reason = ""
         if r.info.status != "FINISHED":
             reason = f"{r.info.status.lower()}" + (f": {t['error'].splitlines()[0]}" if t.get("error") else "")

@@ -22,7 +22,7 @@ from fashion_core.report.analysis import (
     stage_sample,
 )
 from fashion_core.report.marks import is_test_informed
-from fashion_core.report.runs import PER_CLASS_ARTIFACT, PREDICTIONS_ARTIFACT, STAGES, _seed_of
+from fashion_core.report.runs import PER_CLASS_ARTIFACT, PREDICTIONS_ARTIFACT, STAGES, seed_of
 from fashion_core.report.stats import seed_mean_interval
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.runs import run_inputs
@@ -172,7 +172,7 @@ def evaluate_run(run, folder: str | Path, config: str = "") -> RunEval:
         run_name=run.info.run_name,
         stage=t.get("stage", ""),
         technique=f"{technique} [{config}]" if config else technique,
-        seed=_seed_of(run),
+        seed=seed_of(run),
         leaky=t.get("leaky", "false") == "true",
         inputs=run_inputs(t),
         transfer=t.get("transfer", ""),

@@ -54,7 +54,7 @@ FLOOR = -1e4  # log-probability floor: a class a member never saw (-1e30 in the 
 SAME_KEYS = ("stage", "dataset_digest")
 
 
-def _run_config(run_id: str) -> dict:
+def member_config(run_id: str) -> dict:
     import yaml
 
     with tempfile.TemporaryDirectory() as d:
@@ -97,7 +97,7 @@ def check_members(runs: list) -> None:
             )
 
 
-def _member_scores(run, p, stage: str, sd, splits=("val", "test")) -> dict:
+def member_scores(run, p, stage: str, sd, splits=("val", "test")) -> dict:
     """Log-probabilities (val, test) of a finished network or metadata-only run over the stage's classes.
 
     ``sd``: the stage's data, gathered once by the caller; only a fused network gathers it again, with its
@@ -231,7 +231,7 @@ def run_ensemble(
         except Exception:
             raise ConfigError(f"{spec}: no run {run_id}; {tracking.store_hint()}") from None
     check_members(runs)
-    configs = [_run_config(r.info.run_id) for r in runs]
+    configs = [member_config(r.info.run_id) for r in runs]
     if configs[0].get("data") != configs[1].get("data"):
         diff = sorted(
             k
@@ -265,7 +265,7 @@ def run_ensemble(
             f"scoring {r.data.tags.get('technique')} ({r.info.run_id[:8]}) on validation"
             + ("" if selection else " and test")
         )
-        s = _member_scores(r, p_rows, stage, sd, ("val",) if selection else ("val", "test"))
+        s = member_scores(r, p_rows, stage, sd, ("val",) if selection else ("val", "test"))
         if s["classes"] != sd.classes:
             raise ConfigError(
                 f"run {r.info.run_id} predicts other classes than the {stage} stage's "

@@ -28,7 +28,7 @@ from fashion_core.fusion.encoders import TEXT_FIELD
 from fashion_core.fusion.metadata_only import class_scores, features
 from fashion_core.fusion.modules import FusedNet
 from fashion_core.fusion.plan import stage_rows
-from fashion_core.runners.ensemble import ENSEMBLE_TAG, FLOOR, _member_scores, _run_config
+from fashion_core.runners.ensemble import ENSEMBLE_TAG, FLOOR, member_config, member_scores
 from fashion_core.runners.metadata_only import load_metadata_baseline
 from fashion_core.runners.zeroshot import STATE_ARTIFACT, ZERO_SHOT_TAG, gzsl_extra
 from fashion_core.tracking import runs as tracking
@@ -99,7 +99,7 @@ def _scores_ensemble(run, p, stage: str):
     sd = build_stage_data(p, stage)
     scored = []
     for m in members:
-        s = _member_scores(m, p, stage, sd, ("test",))
+        s = member_scores(m, p, stage, sd, ("test",))
         _same_classes(m, sd.classes, s["classes"])
         scored.append(np.maximum(s["test"], FLOOR))
     return sd, scored[0] + w * scored[1]
@@ -147,7 +147,7 @@ def evaluate_run(spec: str, data: str | None, *, device: str = "auto") -> dict:
             f"run {run_id} has already scored test ({t.get(SCORED_BY_TAG) or 'at its end'}); "
             "a run reads its test split once"
         )
-    config = _run_config(run_id)
+    config = member_config(run_id)
     base = ExperimentConfig(stage=stage).replace(**{f"data.{k}": v for k, v in (config.get("data") or {}).items()})
     p = prepare_data(data, base.data)
     if p.digest != t.get("dataset_digest"):

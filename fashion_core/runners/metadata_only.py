@@ -174,7 +174,7 @@ def run_metadata_baseline(
         if not selection:
             x_test = features(vocab, _split_rows(p, sd, "test"))
             test_metrics = log_test(run_id, sd, class_scores(clf, x_test, n), cfg.train.seed)
-        _log_model(
+        log_metadata_model(
             clf,
             vocab,
             c_best,
@@ -194,7 +194,7 @@ def run_metadata_baseline(
     return run_id
 
 
-def _log_model(
+def log_metadata_model(
     clf,
     vocab: MetaVocab,
     c: float,

@@ -17,7 +17,7 @@ from fashion_core.evaluation.scoring import topk_predictions as top5_of
 from fashion_core.fusion.encoders import TEXT_FIELD, MetaVocab
 from fashion_core.fusion.metadata_only import class_scores, features, fit_logreg
 from fashion_core.fusion.plan import stage_rows
-from fashion_core.runners.metadata_only import BASELINE_TAG, _log_model
+from fashion_core.runners.metadata_only import BASELINE_TAG, log_metadata_model
 from fashion_core.serving.predict import registered_name
 from fashion_core.tracking import runs as tracking
 from fashion_core.tracking.runs import run_name
@@ -236,7 +236,7 @@ def run_zeroshot(
         # The metadata model's files and the zero-shot head (checkpoint/zeroshot.json), served together as a pyfunc.
         head = ZeroShotHead(matcher, models.w, models.seen, gamma, beta, mix, evidence)
         val_h = float(at["val_harmonic"]) if len(curve) else -1.0
-        _log_model(
+        log_metadata_model(
             models.clf,
             vocab,
             c_best,

@@ -28,7 +28,7 @@ from fashion_core.fusion.metadata_only import WEIGHTS_ARTIFACT as BASELINE_WEIGH
 from fashion_core.fusion.metadata_only import baseline_from_folder, class_scores, features
 from fashion_core.fusion.modules import reads_metadata
 from fashion_core.tracking.references import load_run_model, model_from_checkpoint, resolve_model_uri
-from fashion_core.tracking.runs import _quiet_mlflow, download_artifact
+from fashion_core.tracking.runs import download_artifact, quiet_mlflow
 from fashion_core.zeroshot.head import HEAD_FILE, ZeroShotHead
 
 logger = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ def predict_products(
         meta: a CSV (styles.csv rows, matched by id) or JSON of the products' fields; a model that reads
             metadata refuses to run without it.
     """
-    _quiet_mlflow()  # no progress bar per downloaded file
+    quiet_mlflow()  # no progress bar per downloaded file
     model = ProductModel.from_run(resolve_model_uri(model_uri))
     if model.fields and meta is None:
         raise ConfigError(
@@ -388,7 +388,7 @@ def log_product_model(folder: str | Path, register: str | None, val_score: float
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    _quiet_mlflow()
+    quiet_mlflow()
     model = ProductModel.from_folder(folder)
     # Optional in the signature: MLflow's own check of a missing column answers with the whole request frame;
     # ProductModel.check_columns answers "missing fields: ..." in one line instead.

@@ -36,7 +36,7 @@ DEFAULT_EXPERIMENT = "fashion-product-images-small"
 GRID_RUNS_ARTIFACT = "grid/runs.csv"  # a grid parent run's table of its runs (grid.py writes it)
 
 
-def _quiet_mlflow() -> None:
+def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine
     warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
@@ -177,7 +177,7 @@ def set_experiment(name: str) -> str:
     """
     import mlflow
 
-    _quiet_mlflow()
+    quiet_mlflow()
     ensure_store()
     env_run = launched_run_id()
     if env_run:
@@ -327,7 +327,7 @@ def start_run(
     """
     import mlflow
 
-    _quiet_mlflow()
+    quiet_mlflow()
     ensure_store()
     commit, dirty = git_commit()
     all_tags = {

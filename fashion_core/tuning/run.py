@@ -24,7 +24,7 @@ from fashion_core.tracking.split_check import check_source_split
 from fashion_core.tuning.spaces import SearchSpace, base_config, best_config_yaml, trial_config
 from fashion_core.tuning.storage import DEFAULT_STORAGE, StudyStorage, check_storage_url, open_storage
 from fashion_core.tuning.study import Objective, make_pruner, open_study, study_settings
-from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retry_dead_trial
+from fashion_core.tuning.workers import reap_dead_workers, retry_dead_trial, worker_id
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
     from fashion_core.data.prepared import Prepared
@@ -253,7 +253,7 @@ def run_tune(
             "tune_role": "study",
             "base_technique": space.base_path.stem,
             "profile": profile,
-            "worker": _worker_id(),
+            "worker": worker_id(),
         }
         if src_run:
             tags["source_run_id"] = src_run

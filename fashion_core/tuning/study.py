@@ -24,7 +24,7 @@ from fashion_core.runners.network import setup_model
 from fashion_core.tracking import runs as tracking
 from fashion_core.tuning.spaces import SearchSpace, trial_config
 from fashion_core.tuning.storage import StudyStorage
-from fashion_core.tuning.workers import _worker_id, reap_dead_workers, retried_trial_number, retry_dead_trial
+from fashion_core.tuning.workers import reap_dead_workers, retried_trial_number, retry_dead_trial, worker_id
 
 if TYPE_CHECKING:  # optuna and torch are imported where used, never at import time
     import optuna
@@ -190,7 +190,7 @@ class Objective:
         params = self.space.sample(trial)
         cfg, plan, sd = self.stage(trial_config(self.base, params))
         for key, attr in (
-            ("worker", _worker_id()),
+            ("worker", worker_id()),
             ("worker_trial", trial.number),
             ("mlflow_parent_run_id", self.parent_run_id),
         ):

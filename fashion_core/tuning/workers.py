@@ -22,7 +22,7 @@ MAX_RETRY = 2  # a trial whose worker died is queued again at most this many tim
 # ---------------------------------------------------------------- dead workers
 
 
-def _worker_id() -> str:
+def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fashion_core.fusion.encoders import _TOKEN, _clean, class_words, s_stem
+from fashion_core.fusion.encoders import TOKEN, class_words, clean_text, s_stem
 
 FEATURES = (
     "share_exact",
@@ -41,7 +41,7 @@ def name_tokens(name: Any) -> tuple[list[str], list[str], int]:
     """(tokens, head tokens, number of words) of a product name: singular words, then adjacent pairs joined
     ("eye shadow" -> eyeshadow); the head is the last alphabetic word of 3+ letters and its join with the
     word before."""
-    words = _TOKEN.findall(_clean([name])[0].lower())
+    words = TOKEN.findall(clean_text([name])[0].lower())
     stems = [s_stem(w) for w in words]
     joined = [s_stem(a + b) for a, b in zip(words, words[1:])]
     alpha = [i for i, w in enumerate(words) if w.isalpha() and len(w) >= 3]
