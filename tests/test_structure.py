@@ -240,3 +240,28 @@ def test_no_run_ids_or_dates_in_code_and_technique_files():
         for n, what in evidence(f.read_text(errors="replace"))
     ]
     assert not found, "run ids or dates (evidence belongs in docs/; say why in words):\n" + "\n".join(found)
+
+
+def private_imports(files: dict[str, Path]) -> list[str]:
+    """``module: name from other`` for every underscore name a module of the package imports from another one."""
+    out = []
+    for name, f in files.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE):
+                out += [
+                    f"{name}: {a.name} from {node.module}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    return out
+
+
+def test_the_private_import_finder_on_a_known_module(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from fashion_core.x import _hidden, shown\nfrom fashion_core import __version__ as v\n")
+    assert private_imports({"m": f}) == ["m: _hidden from fashion_core.x"]  # a dunder is no private name
+
+
+def test_no_module_imports_another_modules_private_name():
+    """A name another module needs is part of its module's interface: it has no leading underscore."""
+    assert private_imports(module_files()) == []
