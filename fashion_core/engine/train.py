@@ -371,8 +371,8 @@ def fit(
     model.to(device)
     to_preferred_layout(model, device)
     train, val = place_data(train, device), place_data(val, device)
-    ddp = dist is not None and dist.active  # the "dist is not None" tests below restate this for the type checker
-    net = dist.wrap(model, device) if ddp and dist is not None else model
+    ddp = dist if dist is not None and dist.active else None  # the torchrun job this process trains in, if any
+    net = ddp.wrap(model, device) if ddp is not None else model
     # torch.compile of a Module returns a Module (OptimizedModule); its stub only says a callable
     fwd = cast(nn.Module, torch.compile(net)) if cfg.compile else net
     optimizer = build_optimizer(param_groups, cfg)
@@ -391,7 +391,7 @@ def fit(
         start_epoch, sel = _resume(resume, model, optimizer, scheduler, ema, gen)
         logger.info(f"resuming at epoch {start_epoch} (best val top-1 {sel.best_val:.4f} at epoch {sel.best_epoch})")
     epoch_images = min(len(train), steps_per_epoch * cfg.batch_size)
-    show = progress and (not ddp or (dist is not None and dist.is_main))
+    show = progress and (ddp is None or ddp.is_main)
     stopped = False
     loss_sum: float
     hit_sum: float  # hit_sum and seen are counts, floats once summed over ranks
@@ -417,8 +417,8 @@ def fit(
         finally:
             if bar is not None:
                 bar.close()
-        if ddp and dist is not None:
-            loss_sum, hit_sum, seen = dist.all_reduce_sums(loss_sum, hit_sum, seen)
+        if ddp is not None:
+            loss_sum, hit_sum, seen = ddp.all_reduce_sums(loss_sum, hit_sum, seen)
         train_seconds = time.perf_counter() - t0
         metrics = {
             "train_loss": loss_sum / max(1, seen),
@@ -429,8 +429,8 @@ def fit(
         }
         if len(val):
             # Under DDP rank 0 alone evaluates; every rank gets its numbers, so early stopping agrees.
-            v = evaluate(selected, val, device, criterion) if not ddp or (dist is not None and dist.is_main) else None
-            v = dist.broadcast_object(v) if ddp and dist is not None else v
+            v = evaluate(selected, val, device, criterion) if ddp is None or ddp.is_main else None
+            v = ddp.broadcast_object(v) if ddp is not None else v
             assert v is not None  # rank 0 evaluated; every other rank holds its broadcast
             metrics.update({f"val_{k}": x for k, x in v.items()})
         sel.update(epoch, metrics, selected, bool(len(val)))

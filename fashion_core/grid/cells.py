@@ -13,14 +13,14 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from fashion_core.config.checks import ConfigError
-from fashion_core.config.schema import ExperimentConfig, to_dict
+from fashion_core.config.schema import to_dict
 from fashion_core.data.prepared import prepare_data
 from fashion_core.engine.console import console
 from fashion_core.grid.claims import (
@@ -68,16 +68,6 @@ RUN_COLUMNS = (
     "worker",
     "device",
 )
-
-
-# ---------------------------------------------------------------- dispatch
-
-Runner = Callable[..., str]
-
-
-def runner_for(cfg: ExperimentConfig) -> Runner:
-    """The function that runs a config as one MLflow run (same keywords as ``runners.stage.run_stage``)."""
-    return run_stage
 
 
 # ---------------------------------------------------------------- the grid's runs
@@ -388,7 +378,7 @@ def run_cell(cell: Cell, prepared=None, worker: bool = True) -> dict:
                 stack.enter_context(_claim_held(claim))
                 stack.enter_context(tracking.claimed_run(claim, cell.parent))
             prepared = prepared or _prepared_for(cell)
-            run_id = runner_for(task.cfg)(
+            run_id = run_stage(
                 task.cfg,
                 cell.data,
                 source=cell.source,
