@@ -31,32 +31,6 @@ def explicit_device(device: str | None, override: Sequence[str] = (), overrides:
     return device or (str(given) if given is not None else None)
 
 
-def pick_profile(profile: str, device: str | None) -> tuple[str, bool]:
-    """(profile, gpu): ``auto`` follows the machine, ``default`` without a GPU is refused (see main_job).
-
-    ``--device cuda`` on a machine without one is refused here too, before any data is read.
-    """
-    from fashion_core.grid.main_job import AUTO, choose_profile, has_gpu
-
-    gpu = has_gpu()
-    if device == "cuda" and not gpu:
-        raise ConfigError("--device cuda but there is no CUDA GPU here; use auto or cpu")
-    chosen, why = choose_profile(profile, device, gpu=gpu)
-    logger.info(f"profile {chosen}" + (f" (auto): {why}" if profile == AUTO else ""))
-    return chosen, gpu and device != "cpu"
-
-
-def log_expected(minutes: float, what: str, gpu: bool) -> None:
-    """The expected-time line of a command (the main job's wording)."""
-    from fashion_core.grid.main_job import duration
-
-    logger.info(
-        f"expected time: about {duration(minutes)} ({what}) on "
-        + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
-        + "; estimated from the measured figures in docs/"
-    )
-
-
 def check_reference_form(spec: str, option: str) -> None:
     """A model reference that cannot be one is a one-line error before anything is imported or opened."""
     if (
@@ -89,6 +63,7 @@ def dry_run(
     """Print the resolved plan of a training command (the data path checked, nothing opened or run)."""
     from fashion_core.data.sources import check_data_spec
     from fashion_core.grid.costs import PREPARE_MINUTES, task_minutes
+    from fashion_core.grid.main_job import log_expected
 
     spec = check_data_spec(data)
     for cfg in cfgs:

@@ -70,13 +70,14 @@ def prepare(data, experiment, workers, **opts):
 def pretrain(data, experiment, resume, register, dry_run, **opts):
     """Train on the top-k classes; evaluate per class on the test split; log a `stage=pretrain` run."""
     from fashion_core.cli import checks
+    from fashion_core.grid.main_job import log_expected
 
     if resume:
         checks.check_reference_form(resume, "--resume")
     chosen, gpu, cfg = stage_config("pretrain", opts)
     if dry_run:
         return checks.dry_run([cfg], data, chosen, gpu)
-    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu)
+    log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu)
     from fashion_core.runners.stage import run_stage
 
     torchrun_if_asked()
@@ -107,6 +108,7 @@ def pretrain(data, experiment, resume, register, dry_run, **opts):
 def finetune(data, experiment, source, resume, dry_run, allow_split_mismatch, **opts):
     """Transfer the pretrained network to the other classes; log a `stage=finetune` run."""
     from fashion_core.cli import checks
+    from fashion_core.grid.main_job import log_expected
 
     checks.check_reference_form(source, "--from")  # a typo is refused at once, before torch or MLflow load
     if resume:
@@ -118,7 +120,7 @@ def finetune(data, experiment, source, resume, dry_run, allow_split_mismatch, **
         return checks.dry_run([cfg], data, chosen, gpu, extra=[_source_line(source, cfg)])
     if _needs_source(cfg):  # the reference is checked before any data is read
         source = checks.check_source(source, experiment)
-    checks.log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu)
+    log_expected(_one_run_minutes(cfg, chosen, gpu), "1 run", gpu)
     from fashion_core.runners.stage import run_stage
 
     torchrun_if_asked()
@@ -347,11 +349,12 @@ def grid(
     """Run the technique grid: every chosen technique x seed as a child run of one `stage=grid` run."""
     from fashion_core.cli import checks
     from fashion_core.config.schema import parse_overrides
+    from fashion_core.grid.main_job import log_expected, pick_profile
     from fashion_core.grid.plan import parse_seeds, plan_grid
 
     if source:
         checks.check_reference_form(source, "--from")
-    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides))
+    profile, gpu = pick_profile(profile, checks.explicit_device(device, override, overrides))
     extra = data_overrides(data_config_of(data_opts))
     if epochs is not None:
         extra["train.epochs"] = epochs
@@ -377,7 +380,7 @@ def grid(
         require_store("pretrained model for --from latest")
     elif source:
         source = checks.check_source(source, experiment)
-    checks.log_expected(checks_minutes(tasks, profile, gpu), f"{len(tasks)} run{'s' if len(tasks) != 1 else ''}", gpu)
+    log_expected(checks_minutes(tasks, profile, gpu), f"{len(tasks)} run{'s' if len(tasks) != 1 else ''}", gpu)
     from fashion_core.grid.scheduler import run_grid
 
     run_grid(
@@ -723,12 +726,13 @@ def tune(
     """Tune a search space with Optuna: one nested MLflow run per trial, chosen on validation only."""
     from fashion_core.cli import checks
     from fashion_core.config.schema import parse_overrides
+    from fashion_core.grid.main_job import log_expected, pick_profile
     from fashion_core.tuning.run import check_space_config
     from fashion_core.tuning.spaces import base_config, load_space
 
     checks.check_reference_form(source, "--from")
     spc = load_space(space, spaces_dir, experiments_dir)
-    profile, gpu = checks.pick_profile(profile, checks.explicit_device(device, override, overrides))
+    profile, gpu = pick_profile(profile, checks.explicit_device(device, override, overrides))
     extra = data_overrides(data_config_of(data_opts))
     if device is not None:
         extra["train.device"] = device
@@ -751,7 +755,7 @@ def tune(
         )
     if spc.stage == "finetune" and _needs_source(base) and source != "latest":
         checks.check_source(source, experiment)  # `latest` is looked up in the dataset's experiment
-    checks.log_expected(
+    log_expected(
         checks_minutes([_Task(base)] * trials, profile, gpu),
         f"at most {trials} run{'s' if trials != 1 else ''}; pruned trials stop early",
         gpu,

@@ -300,7 +300,9 @@ def stage_config(stage: str, opts: dict):
     """(profile, on a GPU, config) of a one-stage command from its ``data_options`` and ``technique_options``
     keyword arguments: the profile picked (``auto`` says why), then ``resolve_config``."""
     device = checks.explicit_device(opts["device"], opts["override"], opts["overrides"])
-    chosen, gpu = checks.pick_profile(opts["profile"], device)
+    from fashion_core.grid.main_job import pick_profile
+
+    chosen, gpu = pick_profile(opts["profile"], device)
     cfg = resolve_config(
         stage,
         opts["technique"],

@@ -213,6 +213,29 @@ def duration(minutes: float) -> str:
     return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{max(1, round(minutes))} min"
 
 
+def log_expected(minutes: float, what: str, gpu: bool) -> None:
+    """The expected-time line of a command: the main job's, and every training command's before it starts."""
+    logger.info(
+        f"expected time: about {duration(minutes)} ({what}) on "
+        + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
+        + "; estimated from the measured figures in docs/"
+    )
+
+
+def pick_profile(profile: str, device: str | None) -> tuple[str, bool]:
+    """(profile, on a GPU) of a command, the choice logged (``auto`` says why): see :func:`choose_profile`.
+
+    ``device`` is ``train.device`` as the user gave it; ``cuda`` on a machine without one is refused here, before
+    any data is read.
+    """
+    gpu = has_gpu()
+    if device == "cuda" and not gpu:
+        raise ConfigError("--device cuda but there is no CUDA GPU here; use auto or cpu")
+    chosen, why = choose_profile(profile, device, gpu=gpu)
+    logger.info(f"profile {chosen}" + (f" (auto): {why}" if profile == AUTO else ""))
+    return chosen, gpu and device != "cpu"
+
+
 def run_main(
     data: str | None,
     profile: str = AUTO,
@@ -244,25 +267,16 @@ def run_main(
     t0 = time.perf_counter()
     check_data_spec(data)  # no data / a path that does not exist: one line, before anything else
     overrides = dict(overrides or {})
-    device = overrides.get("train.device")
-    if device == "cuda" and not has_gpu():
-        raise ConfigError("--device cuda but there is no CUDA GPU here; use auto or cpu")
-    chosen, why = choose_profile(profile, device)
+    chosen, gpu = pick_profile(profile, overrides.get("train.device"))
     names = list(techniques) if techniques else load_main_techniques(experiments_dir)
     tasks = plan_grid(experiments_dir, names, STAGES, [0], chosen, overrides)  # every config checked before any run
     planned = {(t.cfg.stage, t.cfg.technique) for t in tasks}
     pairs = [x for x in load_main_ensembles(experiments_dir) if {(x[0], x[1]), (x[0], x[2])} <= planned]
-    gpu = has_gpu() and device != "cpu"
     minutes = estimate_minutes(tasks, chosen, gpu) + ENSEMBLE_MINUTES * len(pairs)
-    logger.info(f"profile {chosen}" + (f" (auto): {why}" if profile == AUTO else ""))
     logger.info(f"techniques: {', '.join(dict.fromkeys(f'{t.cfg.stage}/{t.cfg.technique}' for t in tasks))}")
     if pairs:
         logger.info(f"then ensembles (validation-weighted): {', '.join(f'{st}/{a}+{b}' for st, a, b in pairs)}")
-    logger.info(
-        f"expected time: about {duration(minutes)} (prepare, {len(tasks) + len(pairs)} runs, compare) on "
-        + ("one GPU" if gpu else "2 idle CPU cores; more when other jobs share them")
-        + "; estimated from the measured figures in docs/"
-    )
+    log_expected(minutes, f"prepare, {len(tasks) + len(pairs)} runs, compare", gpu)
     if dry_run:
         for t in tasks:
             logger.info("  " + describe(t.cfg))
